@@ -1,0 +1,199 @@
+"""The toolkit's own model graph: layers joined by activation tensors, in topological order.
+
+Everything downstream of the ONNX reader (costs, blocks, partition, store) works on these
+dataclasses only, so none of it needs `onnx` to run or to be tested.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+
+from toolkit.errors import ModelError
+
+
+@dataclass(frozen=True)
+class Tensor:
+    """An activation tensor. `bytes` is per sample; `producer` is None for a raw graph input."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    bytes: int
+    producer: str | None
+    consumers: tuple[str, ...] = ()
+    shape_known: bool = True
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One trainable-graph node with its per-sample forward facts.
+
+    `inputs`/`outputs` name activation tensors only; parameters (initializers and anything
+    computed from them alone) are folded into `params`/`param_bytes`.
+    """
+
+    name: str
+    op: str
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    flops: float = 0.0
+    macs: float = 0.0
+    params: int = 0
+    param_bytes: int = 0
+    in_bytes: int = 0
+    out_bytes: int = 0
+    module: str | None = None
+    module_class: str | None = None
+    attrs: str = ""
+    supported: bool = True
+    reads_input: bool = False
+
+    @property
+    def trainable(self) -> bool:
+        return self.params > 0
+
+
+@dataclass
+class LayerGraph:
+    """A DAG of layers. Build it with `LayerGraph.build`, which validates and orders it."""
+
+    name: str
+    layers: dict[str, Layer]
+    tensors: dict[str, Tensor]
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    unsupported_ops: dict[str, int] = field(default_factory=dict)
+    unknown_shapes: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
+
+    @classmethod
+    def build(
+        cls,
+        name: str,
+        layers: Iterable[Layer],
+        tensors: Mapping[str, Tensor],
+        inputs: Iterable[str],
+        outputs: Iterable[str],
+        **extra: object,
+    ) -> LayerGraph:
+        """Validate names and references, fill tensor consumers, and sort layers topologically."""
+        layer_list = list(layers)
+        if not layer_list:
+            raise ModelError(f"model {name!r} has no layers: the graph holds no computation")
+        by_name: dict[str, Layer] = {}
+        for layer in layer_list:
+            if layer.name in by_name:
+                raise ModelError(f"model {name!r}: two layers are named {layer.name!r}")
+            by_name[layer.name] = layer
+        consumers: dict[str, list[str]] = {t: [] for t in tensors}
+        for layer in layer_list:
+            for t in layer.inputs:
+                if t not in tensors:
+                    raise ModelError(
+                        f"model {name!r}: layer {layer.name!r} reads tensor {t!r}, "
+                        "which nothing produces (dangling tensor name)"
+                    )
+                if layer.name not in consumers[t]:
+                    consumers[t].append(layer.name)
+            for t in layer.outputs:
+                if t not in tensors or tensors[t].producer != layer.name:
+                    raise ModelError(
+                        f"model {name!r}: tensor {t!r} of layer {layer.name!r} has no record"
+                    )
+        full = {
+            t.name: Tensor(
+                t.name, t.shape, t.dtype, t.bytes, t.producer, tuple(consumers[t.name]),
+                t.shape_known,
+            )
+            for t in tensors.values()
+        }
+        ordered = _topological(name, layer_list, full)
+        return cls(
+            name=name,
+            layers={layer.name: layer for layer in ordered},
+            tensors=full,
+            inputs=tuple(inputs),
+            outputs=tuple(outputs),
+            **extra,  # type: ignore[arg-type]
+        )
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def __iter__(self) -> Iterator[Layer]:
+        return iter(self.layers.values())
+
+    def activations(self) -> Iterator[Tensor]:
+        """Tensors produced by a layer and read by at least one other: the crossing candidates."""
+        for t in self.tensors.values():
+            if t.producer is not None and t.consumers:
+                yield t
+
+    def edges(self) -> Iterator[tuple[str, str, str]]:
+        """(producer, consumer, tensor) for every data edge between layers."""
+        for t in self.activations():
+            for c in t.consumers:
+                assert t.producer is not None
+                yield t.producer, c, t.name
+
+    def successors(self) -> dict[str, list[str]]:
+        succ: dict[str, list[str]] = {n: [] for n in self.layers}
+        for u, w, _ in self.edges():
+            if w not in succ[u]:
+                succ[u].append(w)
+        return succ
+
+    def predecessors(self) -> dict[str, list[str]]:
+        pred: dict[str, list[str]] = {n: [] for n in self.layers}
+        for u, w, _ in self.edges():
+            if u not in pred[w]:
+                pred[w].append(u)
+        return pred
+
+    def input_layers(self) -> list[str]:
+        """Layers that read a raw model input: they stay on the device."""
+        return [layer.name for layer in self if layer.reads_input]
+
+    @property
+    def total_flops(self) -> float:
+        return sum(layer.flops for layer in self)
+
+    @property
+    def total_macs(self) -> float:
+        return sum(layer.macs for layer in self)
+
+    @property
+    def total_params(self) -> int:
+        return sum(layer.params for layer in self)
+
+
+def _topological(name: str, layers: list[Layer], tensors: Mapping[str, Tensor]) -> list[Layer]:
+    """Kahn's algorithm, ties broken by file order so the result is stable and familiar."""
+    index = {layer.name: i for i, layer in enumerate(layers)}
+    indegree = dict.fromkeys(index, 0)
+    succ: dict[str, set[str]] = {n: set() for n in index}
+    for layer in layers:
+        for t in layer.inputs:
+            producer = tensors[t].producer
+            if producer is not None and layer.name not in succ[producer]:
+                succ[producer].add(layer.name)
+                indegree[layer.name] += 1
+    heap = [index[n] for n, d in indegree.items() if d == 0]
+    heapq.heapify(heap)
+    ordered: list[Layer] = []
+    while heap:
+        layer = layers[heapq.heappop(heap)]
+        ordered.append(layer)
+        for w in succ[layer.name]:
+            indegree[w] -= 1
+            if indegree[w] == 0:
+                heapq.heappush(heap, index[w])
+    if len(ordered) != len(layers):
+        stuck = sorted((n for n, d in indegree.items() if d > 0), key=index.__getitem__)
+        raise ModelError(
+            f"model {name!r} has a cycle: {len(stuck)} layers depend on each other "
+            f"(first: {stuck[0]!r})"
+        )
+    return ordered

@@ -1,0 +1,526 @@
+"""ONNX file -> LayerGraph. The only module that imports `onnx`.
+
+Shape inference gives every tensor a size; nodes fed only by initializers or Constants are
+folded into parameters (they are weights, not layers); each remaining node becomes a Layer whose
+FLOPs and MACs come from the handle registry in `toolkit.ops`.
+"""
+
+from __future__ import annotations
+
+import ast
+import heapq
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+from google.protobuf.message import DecodeError
+from onnx import AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto, ValueInfoProto
+
+from toolkit.errors import ModelError
+from toolkit.graph import Layer, LayerGraph, Tensor
+from toolkit.ops import OpFacts, Shape, cost_of, numel
+
+log = logging.getLogger(__name__)
+
+_NEVER_CONSTANT = frozenset(
+    {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial",
+     "Bernoulli"}
+)
+_NOT_TRAINABLE_INPUTS: dict[str, frozenset[int]] = {
+    "BatchNormalization": frozenset({3, 4}),
+}
+_TYPE_ONLY_INPUTS = frozenset({"CastLike"})
+_SUBGRAPH_OPS = frozenset({"If", "Loop", "Scan"})
+_BIG_WEIGHT_BYTES = 4096
+_OP_CLASS_PREFIXES = ("aten.", "prims.", "<built-in", "torch.ops.")
+_NAME_SCOPES = "pkg.torch.onnx.name_scopes"
+_CLASS_HIERARCHY = "pkg.torch.onnx.class_hierarchy"
+
+
+def load_model(path: str | Path) -> ModelProto:
+    """Read an ONNX file's structure (external weights are not loaded) or raise ModelError."""
+    p = Path(path)
+    if not p.exists():
+        raise ModelError(f"no such file: {p}")
+    if not p.is_file():
+        raise ModelError(f"not a file: {p}")
+    try:
+        model = onnx.load(str(p), load_external_data=False)
+    except (DecodeError, ValueError, RuntimeError, UnicodeDecodeError) as exc:
+        raise ModelError(f"{p} is not a valid ONNX file ({_first_line(exc)})") from exc
+    except Exception as exc:  # protobuf raises assorted errors on garbage input
+        raise ModelError(f"{p} is not a valid ONNX file ({type(exc).__name__})") from exc
+    if not model.graph.node:
+        raise ModelError(f"{p} holds no ONNX graph nodes: not an ONNX model, or an empty one")
+    return model
+
+
+def read_onnx(path: str | Path, name: str | None = None) -> LayerGraph:
+    """Read an ONNX file into a validated LayerGraph named `name` (default: the file stem)."""
+    p = Path(path)
+    return read_model(load_model(p), name or p.stem, base_dir=p.parent)
+
+
+def read_model(model: ModelProto, name: str, base_dir: Path | None = None) -> LayerGraph:
+    """Turn a loaded ModelProto into a LayerGraph with per-sample facts.
+
+    `base_dir` is where external weight files live; they are read only if static shape
+    inference leaves sizes symbolic and the model must be run once to learn them.
+    """
+    if not model.graph.node:
+        raise ModelError(f"model {name!r} has no nodes")
+    reader = _Reader(_infer_shapes(model), name)
+    missing = reader.unresolved()
+    if missing:
+        if base_dir is not None and _has_external_data(model):
+            model = _with_external_data(model, base_dir)
+        reader.refine(runtime_shapes(model, missing))
+    return reader.build()
+
+
+def _has_external_data(model: ModelProto) -> bool:
+    return any(t.data_location == TensorProto.EXTERNAL for t in model.graph.initializer)
+
+
+def _with_external_data(model: ModelProto, base_dir: Path) -> ModelProto:
+    full = ModelProto()
+    full.CopyFrom(model)
+    try:
+        onnx.external_data_helper.load_external_data_for_model(full, str(base_dir))
+    except (OSError, ValueError) as exc:
+        log.info("external weights unreadable (%s)", _first_line(exc))
+        return model
+    return full
+
+
+def layer_names(graph: GraphProto) -> list[str]:
+    """The layer name of each node, in file order: the node's name, made unique and non-empty."""
+    seen: dict[str, int] = {}
+    names: list[str] = []
+    for i, node in enumerate(graph.node):
+        base = node.name or f"{node.op_type}_{i}"
+        count = seen.get(base, 0)
+        seen[base] = count + 1
+        names.append(base if count == 0 else f"{base}#{count}")
+    return names
+
+
+def _infer_shapes(model: ModelProto) -> ModelProto:
+    """ONNX shape inference on a weightless view of the model (big weights only cost time)."""
+    stash: list[tuple[TensorProto, bytes]] = []
+    for t in model.graph.initializer:
+        if len(t.raw_data) > _BIG_WEIGHT_BYTES:
+            stash.append((t, t.raw_data))
+            t.ClearField("raw_data")
+    try:
+        return onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+    except Exception as exc:
+        log.warning("shape inference failed (%s); using declared shapes only", _first_line(exc))
+        return model
+    finally:
+        for t, raw in stash:
+            t.raw_data = raw
+
+
+def runtime_shapes(model: ModelProto, names: dict[str, int]) -> dict[str, Shape]:
+    """Shapes of `names` (name -> element type) seen running the model once in onnxruntime.
+
+    Used where static inference leaves sizes symbolic (shapes computed from Shape ops, as in
+    Swin's window partition). Symbolic input dimensions are taken as 1. Returns {} if the model
+    cannot run (custom ops, missing weights), in which case the static shapes stand.
+    """
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return {}
+    probe = ModelProto()
+    probe.CopyFrom(model)
+    del probe.graph.output[:]
+    for name, elem_type in names.items():
+        probe.graph.output.append(onnx.helper.make_tensor_value_info(name, elem_type, None))
+    if not probe.graph.output:
+        return {}
+    initializers = {t.name for t in model.graph.initializer}
+    feeds = {}
+    for vi in model.graph.input:
+        if vi.name in initializers:
+            continue
+        info = _value_info(vi)
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(info.elem_type or TensorProto.FLOAT)
+        feeds[vi.name] = np.zeros(info.shape or (), dtype=dtype)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.log_severity_level = 3
+    try:
+        session = ort.InferenceSession(
+            probe.SerializeToString(), options, providers=["CPUExecutionProvider"]
+        )
+        values = session.run(None, feeds)
+    except Exception as exc:
+        log.info("onnxruntime could not refine shapes (%s)", _first_line(exc))
+        return {}
+    return {
+        o.name: tuple(int(d) for d in np.shape(v))
+        for o, v in zip(probe.graph.output, values, strict=True)
+    }
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else type(exc).__name__
+
+
+_ELEM_BYTES: dict[int, int] = {
+    TensorProto.FLOAT: 4, TensorProto.DOUBLE: 8, TensorProto.FLOAT16: 2, TensorProto.BFLOAT16: 2,
+    TensorProto.INT8: 1, TensorProto.UINT8: 1, TensorProto.INT16: 2, TensorProto.UINT16: 2,
+    TensorProto.INT32: 4, TensorProto.UINT32: 4, TensorProto.INT64: 8, TensorProto.UINT64: 8,
+    TensorProto.BOOL: 1, TensorProto.COMPLEX64: 8, TensorProto.COMPLEX128: 16,
+    TensorProto.STRING: 8,
+}
+_FLOAT_TYPES = frozenset(
+    {TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16}
+)
+
+
+def _dtype_name(elem_type: int) -> str:
+    try:
+        return str(TensorProto.DataType.Name(elem_type)).lower()
+    except ValueError:
+        return "undefined"
+
+
+@dataclass(frozen=True)
+class _Info:
+    shape: Shape | None
+    elem_type: int
+    symbolic: bool = False
+
+
+def _value_info(vi: ValueInfoProto) -> _Info:
+    tt = vi.type.tensor_type
+    if not vi.type.HasField("tensor_type") or not tt.HasField("shape"):
+        return _Info(None, tt.elem_type if vi.type.HasField("tensor_type") else 0)
+    dims: list[int] = []
+    symbolic = False
+    for d in tt.shape.dim:
+        if d.HasField("dim_value") and d.dim_value >= 0:
+            dims.append(int(d.dim_value))
+        else:
+            dims.append(1)
+            symbolic = True
+    return _Info(tuple(dims), tt.elem_type, symbolic)
+
+
+def _attr_value(attr: AttributeProto) -> object:
+    if attr.type == AttributeProto.TENSOR:
+        return f"tensor{tuple(attr.t.dims)}:{_dtype_name(attr.t.data_type)}"
+    if attr.type in (AttributeProto.GRAPH, AttributeProto.GRAPHS):
+        graphs = [attr.g] if attr.type == AttributeProto.GRAPH else list(attr.graphs)
+        return "graph:" + "|".join(",".join(n.op_type for n in g.node) for g in graphs)
+    value = onnx.helper.get_attribute_value(attr)
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, list):
+        return [v.decode("utf-8", "replace") if isinstance(v, bytes) else v for v in value]
+    return value
+
+
+def _canonical_attrs(attrs: dict[str, object]) -> str:
+    return ";".join(f"{k}={attrs[k]!r}" for k in sorted(attrs))
+
+
+def _subgraph_outer_names(node: NodeProto) -> list[str]:
+    """Names a node's subgraphs read from the enclosing scope: hidden data dependencies."""
+    found: list[str] = []
+
+    def visit(g: GraphProto, bound: set[str]) -> None:
+        local = bound | {i.name for i in g.input} | {t.name for t in g.initializer}
+        for n in g.node:
+            for name in n.input:
+                if name and name not in local and name not in found:
+                    found.append(name)
+            for attr in n.attribute:
+                for sub in [attr.g] if attr.type == AttributeProto.GRAPH else list(attr.graphs):
+                    visit(sub, local)
+            local |= {o for o in n.output if o}
+
+    for attr in node.attribute:
+        for sub in [attr.g] if attr.type == AttributeProto.GRAPH else list(attr.graphs):
+            visit(sub, set())
+    return found
+
+
+def _module_of(node: NodeProto) -> tuple[str | None, str | None]:
+    """PyTorch module path and class of a node, from exporter metadata or a scoped node name."""
+    meta = {p.key: p.value for p in node.metadata_props}
+    scopes = _parse_list(meta.get(_NAME_SCOPES))
+    classes = _parse_list(meta.get(_CLASS_HIERARCHY))
+    if scopes:
+        if classes and classes[-1].startswith(_OP_CLASS_PREFIXES):  # innermost is the op itself
+            scopes, classes = scopes[:-1], classes[:-1]
+        module = _join_scopes([s for s in scopes if s])
+        return module or None, classes[-1] if classes else None
+    if node.name.startswith("/"):
+        parts = [p for p in node.name.split("/")[1:-1] if p]
+        return _join_scopes(parts) or None, None
+    return None, None
+
+
+def _parse_list(text: str | None) -> list[str]:
+    if not text:
+        return []
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return [text]
+    return [str(v) for v in value] if isinstance(value, list | tuple) else [str(value)]
+
+
+def _join_scopes(parts: Sequence[str]) -> str:
+    """['layer1', 'layer1.0', 'conv1'] -> 'layer1.0.conv1' (parts may be qualified or not)."""
+    path = ""
+    for part in parts:
+        qualified = not path or part == path or part.startswith(path + ".")
+        path = part if qualified else f"{path}.{part}"
+    return path
+
+
+class _Reader:
+    """One pass over a shape-inferred model: order nodes, fold constants, build layers."""
+
+    def __init__(self, model: ModelProto, name: str) -> None:
+        self.model = model
+        self.name = name
+        g = model.graph
+        self.graph = g
+        self.initializers = {t.name: t for t in g.initializer}
+        self.info: dict[str, _Info] = {}
+        for vi in [*g.input, *g.value_info, *g.output]:
+            if vi.name:
+                self.info[vi.name] = _value_info(vi)
+        for t in g.initializer:
+            self.info[t.name] = _Info(tuple(int(d) for d in t.dims), t.data_type)
+        self.raw_inputs = [i.name for i in g.input if i.name not in self.initializers]
+        self.names = layer_names(g)
+
+    def unresolved(self) -> dict[str, int]:
+        """Node outputs (with element type) whose size static inference left unknown or symbolic."""
+        found: dict[str, int] = {}
+        for node in self.graph.node:
+            for out in node.output:
+                info = self.info.get(out)
+                if info is not None and info.elem_type and (info.shape is None or info.symbolic):
+                    found[out] = info.elem_type
+        return found
+
+    def refine(self, shapes: dict[str, Shape]) -> None:
+        for name, shape in shapes.items():
+            old = self.info.get(name)
+            self.info[name] = _Info(shape, old.elem_type if old else TensorProto.FLOAT)
+
+    def build(self) -> LayerGraph:
+        order = self._node_order()
+        batch = self._batch_factor()
+        constant, consts = self._fold_constants(order)
+        claimed: set[str] = set()
+        unsupported: dict[str, int] = {}
+        unknown: list[str] = []
+        tensors: dict[str, Tensor] = {}
+        for name in self.raw_inputs:
+            tensors[name] = self._tensor(name, None, batch, fallback=0)
+        layers: list[Layer] = []
+        for i in order:
+            if i in constant:
+                continue
+            node = self.graph.node[i]
+            layer = self._layer(i, node, consts, claimed, batch, tensors)
+            for out in layer.outputs:
+                if not tensors[out].shape_known:
+                    unknown.append(out)
+            if not layer.supported:
+                unsupported[node.op_type] = unsupported.get(node.op_type, 0) + 1
+            layers.append(layer)
+        outputs = [o.name for o in self.graph.output if o.name in tensors]
+        notes = []
+        if batch > 1:
+            notes.append(f"exported with batch {batch}: figures are divided by it (per sample)")
+        symbolic = [n for n in self.raw_inputs if self.info.get(n, _Info(None, 0)).symbolic]
+        if symbolic:
+            notes.append("symbolic input dimensions count as 1: " + ", ".join(symbolic))
+        return LayerGraph.build(
+            self.name, layers, tensors, self.raw_inputs, outputs,
+            unsupported_ops=unsupported, unknown_shapes=tuple(unknown), notes=tuple(notes),
+        )
+
+    def _node_order(self) -> list[int]:
+        """Node indices in topological order; a cycle or a dangling name is a ModelError."""
+        nodes = self.graph.node
+        producer: dict[str, int] = {}
+        for i, node in enumerate(nodes):
+            for out in node.output:
+                if not out:
+                    continue
+                if out in producer or out in self.initializers or out in self.raw_inputs:
+                    raise ModelError(f"model {self.name!r}: tensor {out!r} is produced twice")
+                producer[out] = i
+        self.deps: list[list[str]] = []
+        indegree = [0] * len(nodes)
+        succ: list[list[int]] = [[] for _ in nodes]
+        for i, node in enumerate(nodes):
+            names = [n for n in node.input if n]
+            if node.op_type in _SUBGRAPH_OPS or any(
+                a.type in (AttributeProto.GRAPH, AttributeProto.GRAPHS) for a in node.attribute
+            ):
+                names += [n for n in _subgraph_outer_names(node) if n not in names]
+            self.deps.append(names)
+            for name in dict.fromkeys(names):
+                if name in producer:
+                    succ[producer[name]].append(i)
+                    indegree[i] += 1
+                elif name not in self.initializers and name not in self.raw_inputs:
+                    raise ModelError(
+                        f"model {self.name!r}: node {self.names[i]!r} reads tensor {name!r}, "
+                        "which is neither a graph input, an initializer nor a node output "
+                        "(dangling tensor name)"
+                    )
+        heap = [i for i in range(len(nodes)) if indegree[i] == 0]
+        order: list[int] = []
+        while heap:
+            i = heapq.heappop(heap)
+            order.append(i)
+            for j in succ[i]:
+                indegree[j] -= 1
+                if indegree[j] == 0:
+                    heapq.heappush(heap, j)
+        if len(order) != len(nodes):
+            stuck = next(i for i in range(len(nodes)) if indegree[i] > 0)
+            raise ModelError(
+                f"model {self.name!r} has a cycle: {len(nodes) - len(order)} nodes depend on "
+                f"each other (first: {self.names[stuck]!r})"
+            )
+        return order
+
+    def _batch_factor(self) -> int:
+        """The exported batch size, when every batched raw input agrees on a concrete one."""
+        firsts = set()
+        for name in self.raw_inputs:
+            info = self.info.get(name)
+            if info is None or info.shape is None or len(info.shape) < 2:
+                continue
+            if info.symbolic:
+                return 1
+            firsts.add(info.shape[0])
+        return firsts.pop() if len(firsts) == 1 and min(firsts) > 1 else 1
+
+    def _fold_constants(self, order: list[int]) -> tuple[set[int], set[str]]:
+        """Nodes computable from initializers alone, and every constant tensor's name."""
+        consts = set(self.initializers)
+        constant: set[int] = set()
+        for i in order:
+            node = self.graph.node[i]
+            names = self.deps[i]
+            if node.op_type in _NEVER_CONSTANT:
+                continue
+            static_shape = node.op_type in ("Shape", "Size") and self._static(node.input[0])
+            if node.op_type in _TYPE_ONLY_INPUTS:  # CastLike reads only its target's dtype
+                names = [n for n in node.input[:1] if n]
+            if static_shape or all(n in consts for n in names):
+                constant.add(i)
+                consts.update(out for out in node.output if out)
+        return constant, consts
+
+    def _static(self, name: str) -> bool:
+        info = self.info.get(name)
+        return info is not None and info.shape is not None and not info.symbolic
+
+    def _tensor(self, name: str, producer: str | None, batch: int, fallback: int) -> Tensor:
+        info = self.info.get(name)
+        if info is None or info.shape is None:
+            return Tensor(name, (), "undefined", fallback, producer, shape_known=False)
+        size = _ELEM_BYTES.get(info.elem_type, 4)
+        nbytes = math.ceil(numel(info.shape) * size / batch)
+        return Tensor(name, info.shape, _dtype_name(info.elem_type), nbytes, producer)
+
+    def _layer(
+        self,
+        i: int,
+        node: NodeProto,
+        consts: set[str],
+        claimed: set[str],
+        batch: int,
+        tensors: dict[str, Tensor],
+    ) -> Layer:
+        name = self.names[i]
+        acts = [n for n in dict.fromkeys(self.deps[i]) if n not in consts]
+        params = param_bytes = 0
+        skip = _NOT_TRAINABLE_INPUTS.get(node.op_type, frozenset())
+        for k, inp in enumerate(node.input):
+            info = self.info.get(inp)
+            if inp not in consts or inp in claimed or k in skip or info is None:
+                continue
+            if info.elem_type in _FLOAT_TYPES and info.shape is not None:
+                claimed.add(inp)
+                params += numel(info.shape)
+                param_bytes += numel(info.shape) * _ELEM_BYTES[info.elem_type]
+        in_bytes = sum(tensors[n].bytes for n in acts if n in tensors)
+        outs = [o for o in node.output if o]
+        fallback = max((tensors[n].bytes for n in acts if n in tensors), default=0)
+        for out in outs:
+            tensors[out] = self._tensor(out, name, batch, fallback)
+        attrs = {a.name: _attr_value(a) for a in node.attribute}
+        cost = cost_of(
+            OpFacts(
+                node.op_type,
+                [self._shape(n) for n in node.input],
+                [self._shape(n) for n in node.output],
+                attrs,
+            )
+        )
+        flops, macs, supported = cost.flops, cost.macs, cost.supported
+        if node.op_type in _SUBGRAPH_OPS:
+            flops, supported = self._subgraph_flops(node), True
+        module, module_class = _module_of(node)
+        return Layer(
+            name=name,
+            op=node.op_type if not node.domain or node.domain == "ai.onnx"
+            else f"{node.domain}.{node.op_type}",
+            inputs=tuple(acts),
+            outputs=tuple(outs),
+            flops=flops / batch,
+            macs=macs / batch,
+            params=params,
+            param_bytes=param_bytes,
+            in_bytes=in_bytes,
+            out_bytes=sum(tensors[o].bytes for o in outs),
+            module=module,
+            module_class=module_class,
+            attrs=_canonical_attrs(attrs),
+            supported=supported,
+            reads_input=any(n in self.raw_inputs for n in acts),
+        )
+
+    def _shape(self, name: str) -> Shape | None:
+        info = self.info.get(name) if name else None
+        return info.shape if info is not None else None
+
+    def _subgraph_flops(self, node: NodeProto) -> float:
+        """Control flow counts as one layer costing the sum of its bodies (one iteration each)."""
+        total = 0.0
+        for attr in node.attribute:
+            for g in [attr.g] if attr.type == AttributeProto.GRAPH else list(attr.graphs):
+                local = {vi.name: _value_info(vi) for vi in [*g.input, *g.value_info, *g.output]}
+                for n in g.node:
+                    shapes_in = [self._local_shape(x, local) for x in n.input]
+                    shapes_out = [self._local_shape(x, local) for x in n.output]
+                    attrs = {a.name: _attr_value(a) for a in n.attribute}
+                    total += cost_of(OpFacts(n.op_type, shapes_in, shapes_out, attrs)).flops
+        return total
+
+    def _local_shape(self, name: str, local: dict[str, _Info]) -> Shape | None:
+        info = local.get(name) or self.info.get(name)
+        return info.shape if info is not None else None
+

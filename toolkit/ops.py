@@ -1,0 +1,244 @@
+"""Per-op forward cost handles: a registry from ONNX op type to a function of shapes and attributes.
+
+A handle returns FLOPs (a multiply-accumulate counts 2) and MACs (only for Conv/Gemm/MatMul-like
+ops, the convention torchvision publishes as "GFLOPS"). Unknown ops get a conservative estimate and
+are reported as unsupported by the reader, never fatal. Pure: no `onnx` import.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+Shape = tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class OpFacts:
+    """What a handle may look at: op type, attributes, and the shapes around the node."""
+
+    op: str
+    inputs: Sequence[Shape | None]
+    outputs: Sequence[Shape | None]
+    attrs: dict[str, object] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class OpCost:
+    flops: float
+    macs: float = 0.0
+    supported: bool = True
+
+
+Handle = Callable[[OpFacts], OpCost]
+
+
+def numel(shape: Shape | None) -> int:
+    return math.prod(shape) if shape is not None else 0
+
+
+def _out(f: OpFacts) -> int:
+    return sum(numel(s) for s in f.outputs)
+
+
+def _first_out(f: OpFacts) -> int:
+    return numel(f.outputs[0]) if f.outputs else 0
+
+
+def _in(f: OpFacts) -> int:
+    return sum(numel(s) for s in f.inputs)
+
+
+def _shape(f: OpFacts, i: int) -> Shape | None:
+    return f.inputs[i] if i < len(f.inputs) else None
+
+
+def per_output(factor: float) -> Handle:
+    """Elementwise family: `factor` FLOPs per output element (for variadic ops, per extra input)."""
+
+    def handle(f: OpFacts) -> OpCost:
+        extra = max(1, sum(1 for s in f.inputs if s is not None) - 1)
+        return OpCost(factor * _first_out(f) * extra)
+
+    return handle
+
+
+def per_input(factor: float) -> Handle:
+    """Reductions: every input element is read and combined once."""
+
+    def handle(f: OpFacts) -> OpCost:
+        return OpCost(factor * numel(_shape(f, 0)))
+
+    return handle
+
+
+def zero_cost(f: OpFacts) -> OpCost:
+    """Data movement and shape plumbing: no arithmetic (the roofline charges memory traffic)."""
+    return OpCost(0.0)
+
+
+def conv(f: OpFacts) -> OpCost:
+    w = _shape(f, 1)
+    if w is None:
+        return unknown(f)
+    macs = _first_out(f) * math.prod(w[1:])
+    bias = _first_out(f) if _shape(f, 2) is not None else 0
+    return OpCost(2.0 * macs + bias, macs)
+
+
+def conv_transpose(f: OpFacts) -> OpCost:
+    x, w = _shape(f, 0), _shape(f, 1)
+    if x is None or w is None:
+        return unknown(f)
+    macs = numel(x) * math.prod(w[1:])
+    bias = _first_out(f) if _shape(f, 2) is not None else 0
+    return OpCost(2.0 * macs + bias, macs)
+
+
+def gemm(f: OpFacts) -> OpCost:
+    a = _shape(f, 0)
+    if a is None or len(a) != 2 or not f.outputs or f.outputs[0] is None:
+        return unknown(f)
+    k = a[0] if f.attrs.get("transA", 0) else a[1]
+    macs = _first_out(f) * k
+    bias = _first_out(f) if _shape(f, 2) is not None else 0
+    return OpCost(2.0 * macs + bias, macs)
+
+
+def matmul(f: OpFacts) -> OpCost:
+    a = _shape(f, 0)
+    if a is None or not a or not f.outputs or f.outputs[0] is None:
+        return unknown(f)
+    macs = _first_out(f) * a[-1]
+    return OpCost(2.0 * macs, macs)
+
+
+def einsum(f: OpFacts) -> OpCost:
+    """MACs of a contraction: the product of every index's extent (one MAC per index tuple)."""
+    equation = str(f.attrs.get("equation", "")).replace(" ", "")
+    operands = equation.split("->")[0].split(",")
+    if len(operands) != len(f.inputs) or any(s is None for s in f.inputs):
+        return unknown(f)
+    sizes: dict[str, int] = {}
+    ellipsis = 1
+    for term, shape in zip(operands, f.inputs, strict=True):
+        assert shape is not None
+        letters = term.replace("...", "")
+        if "..." in term:
+            ellipsis = max(ellipsis, math.prod(shape[: len(shape) - len(letters)]))
+        tail = shape[len(shape) - len(letters) :] if letters else ()
+        for letter, extent in zip(letters, tail, strict=True):
+            sizes[letter] = max(sizes.get(letter, 1), extent)
+    macs = math.prod(sizes.values()) * ellipsis
+    if len(operands) == 1:
+        return OpCost(float(macs))
+    return OpCost(2.0 * macs, float(macs))
+
+
+def pool(f: OpFacts) -> OpCost:
+    kernel = f.attrs.get("kernel_shape")
+    k = math.prod(kernel) if isinstance(kernel, list | tuple) else 1
+    return OpCost(float(_first_out(f) * k))
+
+
+def recurrent(gates: int) -> Handle:
+    """RNN/GRU/LSTM: every step multiplies input and hidden state by the gate weights."""
+
+    def handle(f: OpFacts) -> OpCost:
+        x, w, r = _shape(f, 0), _shape(f, 1), _shape(f, 2)
+        if x is None or w is None or r is None or len(x) < 2:
+            return unknown(f)
+        seq, batch = x[0], x[1]
+        if f.attrs.get("layout", 0):
+            seq, batch = x[1], x[0]
+        macs = seq * batch * w[0] * w[1] * (w[2] + r[2])
+        return OpCost(2.0 * macs + 4.0 * seq * batch * w[0] * w[1], float(macs))
+
+    handle.__doc__ = f"Recurrent cell with {gates} gates."
+    return handle
+
+
+def resize(f: OpFacts) -> OpCost:
+    mode = str(f.attrs.get("mode", "nearest"))
+    factor = {"nearest": 1.0, "linear": 4.0, "cubic": 16.0}.get(mode, 4.0)
+    return OpCost(factor * _first_out(f))
+
+
+def unknown(f: OpFacts) -> OpCost:
+    """Conservative guess for an op nobody taught us: two FLOPs per element read or written."""
+    return OpCost(2.0 * (_in(f) + _out(f)), 0.0, supported=False)
+
+
+_ZERO = (
+    "Reshape Flatten Squeeze Unsqueeze Transpose Concat Split Slice Gather GatherElements "
+    "GatherND Identity Cast CastLike Expand Tile Pad Shape Size Constant ConstantOfShape Range "
+    "DepthToSpace SpaceToDepth NonZero OneHot Trilu EyeLike ScatterND ScatterElements "
+    "SplitToSequence SequenceAt SequenceConstruct ConcatFromSequence Optional OptionalGetElement "
+    "ReverseSequence Compress"
+)
+_CHEAP_ELEMENTWISE = (
+    "Add Sub Mul Div Max Min Mean Sum Equal Less LessOrEqual Greater GreaterOrEqual Where And Or "
+    "Xor Not Mod BitShift PRelu Relu LeakyRelu Clip Abs Neg Floor Ceil Round Sign IsNaN IsInf "
+    "ThresholdedRelu Dropout Reciprocal BitwiseAnd BitwiseOr BitwiseXor BitwiseNot "
+    "QuantizeLinear DequantizeLinear"
+)
+_TRANSCENDENTAL = (
+    "Sigmoid Tanh Exp Log Sqrt Erf Pow Elu Selu Celu Softplus Softsign HardSigmoid HardSwish "
+    "Sin Cos Tan Asin Acos Atan Sinh Cosh Asinh Acosh Atanh Shrink"
+)
+_REDUCTIONS = (
+    "ReduceSum ReduceMean ReduceMax ReduceMin ReduceProd ReduceL1 ReduceL2 ReduceLogSum "
+    "ReduceLogSumExp ReduceSumSquare ArgMax ArgMin CumSum GlobalAveragePool GlobalMaxPool "
+    "GlobalLpPool TopK"
+)
+
+REGISTRY: dict[str, Handle] = {
+    **dict.fromkeys(_ZERO.split(), zero_cost),
+    **dict.fromkeys(_CHEAP_ELEMENTWISE.split(), per_output(1.0)),
+    **dict.fromkeys(_TRANSCENDENTAL.split(), per_output(4.0)),
+    **dict.fromkeys(_REDUCTIONS.split(), per_input(1.0)),
+    "Gelu": per_output(8.0),
+    "Mish": per_output(8.0),
+    "FastGelu": per_output(8.0),
+    "Softmax": per_output(5.0),
+    "LogSoftmax": per_output(5.0),
+    "Hardmax": per_output(2.0),
+    "BatchNormalization": per_output(2.0),
+    "InstanceNormalization": per_output(5.0),
+    "LayerNormalization": per_output(5.0),
+    "SimplifiedLayerNormalization": per_output(4.0),
+    "RMSNormalization": per_output(4.0),
+    "GroupNormalization": per_output(5.0),
+    "LpNormalization": per_output(3.0),
+    "MeanVarianceNormalization": per_output(5.0),
+    "LRN": per_output(5.0),
+    "Conv": conv,
+    "ConvInteger": conv,
+    "QLinearConv": conv,
+    "ConvTranspose": conv_transpose,
+    "Gemm": gemm,
+    "MatMul": matmul,
+    "MatMulInteger": matmul,
+    "QLinearMatMul": matmul,
+    "Einsum": einsum,
+    "MaxPool": pool,
+    "AveragePool": pool,
+    "LpPool": pool,
+    "MaxRoiPool": pool,
+    "RNN": recurrent(1),
+    "GRU": recurrent(3),
+    "LSTM": recurrent(4),
+    "Resize": resize,
+    "Upsample": resize,
+}
+
+MAC_OPS = frozenset(
+    op for op, h in REGISTRY.items() if h in (conv, conv_transpose, gemm, matmul, einsum)
+) | {"RNN", "GRU", "LSTM"}
+
+
+def cost_of(facts: OpFacts) -> OpCost:
+    """Look up the handle for `facts.op`; fall back to the conservative estimate."""
+    handle = REGISTRY.get(facts.op, unknown)
+    return handle(facts)
