@@ -10,7 +10,6 @@ from __future__ import annotations
 import ast
 import heapq
 import logging
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -282,11 +281,15 @@ def _parse_list(text: str | None) -> list[str]:
 
 def _join_scopes(parts: Sequence[str]) -> str:
     """['layer1', 'layer1.0', 'conv1'] -> 'layer1.0.conv1' (parts may be qualified or not)."""
-    path = ""
+    comps: list[str] = []
     for part in parts:
-        qualified = not path or part == path or part.startswith(path + ".")
-        path = part if qualified else f"{path}.{part}"
-    return path
+        for k in range(len(comps)):  # a part may repeat a tail of the path: 'downsample.0'
+            tail = ".".join(comps[k:])
+            if part == tail or part.startswith(tail + "."):
+                comps = comps[:k]
+                break
+        comps.extend(part.split("."))
+    return ".".join(comps)
 
 
 class _Reader:
@@ -324,20 +327,19 @@ class _Reader:
 
     def build(self) -> LayerGraph:
         order = self._node_order()
-        batch = self._batch_factor()
         constant, consts = self._fold_constants(order)
         claimed: set[str] = set()
         unsupported: dict[str, int] = {}
         unknown: list[str] = []
         tensors: dict[str, Tensor] = {}
         for name in self.raw_inputs:
-            tensors[name] = self._tensor(name, None, batch, fallback=0)
+            tensors[name] = self._tensor(name, None, fallback=0)
         layers: list[Layer] = []
         for i in order:
             if i in constant:
                 continue
             node = self.graph.node[i]
-            layer = self._layer(i, node, consts, claimed, batch, tensors)
+            layer = self._layer(i, node, consts, claimed, tensors)
             for out in layer.outputs:
                 if not tensors[out].shape_known:
                     unknown.append(out)
@@ -346,8 +348,6 @@ class _Reader:
             layers.append(layer)
         outputs = [o.name for o in self.graph.output if o.name in tensors]
         notes = []
-        if batch > 1:
-            notes.append(f"exported with batch {batch}: figures are divided by it (per sample)")
         symbolic = [n for n in self.raw_inputs if self.info.get(n, _Info(None, 0)).symbolic]
         if symbolic:
             notes.append("symbolic input dimensions count as 1: " + ", ".join(symbolic))
@@ -404,18 +404,6 @@ class _Reader:
             )
         return order
 
-    def _batch_factor(self) -> int:
-        """The exported batch size, when every batched raw input agrees on a concrete one."""
-        firsts = set()
-        for name in self.raw_inputs:
-            info = self.info.get(name)
-            if info is None or info.shape is None or len(info.shape) < 2:
-                continue
-            if info.symbolic:
-                return 1
-            firsts.add(info.shape[0])
-        return firsts.pop() if len(firsts) == 1 and min(firsts) > 1 else 1
-
     def _fold_constants(self, order: list[int]) -> tuple[set[int], set[str]]:
         """Nodes computable from initializers alone, and every constant tensor's name."""
         consts = set(self.initializers)
@@ -437,12 +425,12 @@ class _Reader:
         info = self.info.get(name)
         return info is not None and info.shape is not None and not info.symbolic
 
-    def _tensor(self, name: str, producer: str | None, batch: int, fallback: int) -> Tensor:
+    def _tensor(self, name: str, producer: str | None, fallback: int) -> Tensor:
         info = self.info.get(name)
         if info is None or info.shape is None:
             return Tensor(name, (), "undefined", fallback, producer, shape_known=False)
         size = _ELEM_BYTES.get(info.elem_type, 4)
-        nbytes = math.ceil(numel(info.shape) * size / batch)
+        nbytes = numel(info.shape) * size
         return Tensor(name, info.shape, _dtype_name(info.elem_type), nbytes, producer)
 
     def _layer(
@@ -451,7 +439,6 @@ class _Reader:
         node: NodeProto,
         consts: set[str],
         claimed: set[str],
-        batch: int,
         tensors: dict[str, Tensor],
     ) -> Layer:
         name = self.names[i]
@@ -470,7 +457,7 @@ class _Reader:
         outs = [o for o in node.output if o]
         fallback = max((tensors[n].bytes for n in acts if n in tensors), default=0)
         for out in outs:
-            tensors[out] = self._tensor(out, name, batch, fallback)
+            tensors[out] = self._tensor(out, name, fallback)
         attrs = {a.name: _attr_value(a) for a in node.attribute}
         cost = cost_of(
             OpFacts(
@@ -490,8 +477,8 @@ class _Reader:
             else f"{node.domain}.{node.op_type}",
             inputs=tuple(acts),
             outputs=tuple(outs),
-            flops=flops / batch,
-            macs=macs / batch,
+            flops=flops,
+            macs=macs,
             params=params,
             param_bytes=param_bytes,
             in_bytes=in_bytes,

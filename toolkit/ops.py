@@ -55,13 +55,17 @@ def _shape(f: OpFacts, i: int) -> Shape | None:
 
 
 def per_output(factor: float) -> Handle:
-    """Elementwise family: `factor` FLOPs per output element (for variadic ops, per extra input)."""
+    """Elementwise family: `factor` FLOPs per output element."""
 
     def handle(f: OpFacts) -> OpCost:
-        extra = max(1, sum(1 for s in f.inputs if s is not None) - 1)
-        return OpCost(factor * _first_out(f) * extra)
+        return OpCost(factor * _first_out(f))
 
     return handle
+
+
+def variadic(f: OpFacts) -> OpCost:
+    """Sum/Mean/Max/Min of n inputs: n - 1 operations per output element."""
+    return OpCost(_first_out(f) * max(1, sum(1 for s in f.inputs if s is not None) - 1))
 
 
 def per_input(factor: float) -> Handle:
@@ -178,7 +182,7 @@ _ZERO = (
     "ReverseSequence Compress"
 )
 _CHEAP_ELEMENTWISE = (
-    "Add Sub Mul Div Max Min Mean Sum Equal Less LessOrEqual Greater GreaterOrEqual Where And Or "
+    "Add Sub Mul Div Equal Less LessOrEqual Greater GreaterOrEqual Where And Or "
     "Xor Not Mod BitShift PRelu Relu LeakyRelu Clip Abs Neg Floor Ceil Round Sign IsNaN IsInf "
     "ThresholdedRelu Dropout Reciprocal BitwiseAnd BitwiseOr BitwiseXor BitwiseNot "
     "QuantizeLinear DequantizeLinear"
@@ -198,6 +202,7 @@ REGISTRY: dict[str, Handle] = {
     **dict.fromkeys(_CHEAP_ELEMENTWISE.split(), per_output(1.0)),
     **dict.fromkeys(_TRANSCENDENTAL.split(), per_output(4.0)),
     **dict.fromkeys(_REDUCTIONS.split(), per_input(1.0)),
+    **dict.fromkeys(("Max", "Min", "Mean", "Sum"), variadic),
     "Gelu": per_output(8.0),
     "Mish": per_output(8.0),
     "FastGelu": per_output(8.0),

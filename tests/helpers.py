@@ -1,0 +1,62 @@
+"""Tiny ONNX models built in code with onnx.helper, so tests commit no binaries."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+
+def vi(
+    name: str, shape: Sequence[int | str] | None, dtype: int = TensorProto.FLOAT
+) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(name, dtype, shape)
+
+
+def weight(name: str, *shape: int, seed: int = 0) -> TensorProto:
+    rng = np.random.default_rng(seed)
+    return numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), name)
+
+
+def model(
+    nodes: Sequence[onnx.NodeProto],
+    inputs: Sequence[onnx.ValueInfoProto],
+    outputs: Sequence[onnx.ValueInfoProto],
+    initializers: Sequence[TensorProto] = (),
+    opset: int = 17,
+    check: bool = True,
+) -> onnx.ModelProto:
+    graph = helper.make_graph(list(nodes), "g", list(inputs), list(outputs), list(initializers))
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    m.ir_version = 8
+    if check:
+        onnx.checker.check_model(m)
+    return m
+
+
+def save(m: onnx.ModelProto, path: Path) -> Path:
+    onnx.save(m, str(path))
+    return path
+
+
+def single_op(op: str, in_shapes: dict[str, Sequence[int]], out_shape: Sequence[int],
+              weights: Sequence[TensorProto] = (), **attrs: object) -> onnx.ModelProto:
+    """One node `op` reading the named inputs (then the weights) and writing `y`."""
+    names = [*in_shapes, *(w.name for w in weights)]
+    node = helper.make_node(op, names, ["y"], name=op, **attrs)
+    return model([node], [vi(n, s) for n, s in in_shapes.items()], [vi("y", out_shape)], weights)
+
+
+def chain(n: int, width: int = 8) -> onnx.ModelProto:
+    """x -> (MatMul -> Relu) * n, a plain chain."""
+    nodes, inits = [], []
+    prev = "x"
+    for i in range(n):
+        inits.append(weight(f"w{i}", width, width, seed=i))
+        nodes.append(helper.make_node("MatMul", [prev, f"w{i}"], [f"m{i}"], name=f"mm{i}"))
+        nodes.append(helper.make_node("Relu", [f"m{i}"], [f"r{i}"], name=f"relu{i}"))
+        prev = f"r{i}"
+    return model(nodes, [vi("x", [1, width])], [vi(prev, [1, width])], inits)

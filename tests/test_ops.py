@@ -1,0 +1,119 @@
+"""Each op handle on a tiny model built with onnx.helper, against the formula by hand."""
+
+from __future__ import annotations
+
+import pytest
+from onnx import helper
+
+from tests.helpers import model, single_op, vi, weight
+from toolkit.onnx_reader import read_model
+
+
+def only_layer(m, name="t"):
+    graph = read_model(m, name)
+    assert len(graph) == 1
+    return next(iter(graph))
+
+
+def test_conv_with_groups_dilation_and_bias():
+    # 8 -> 16 channels, groups 2, 3x3 kernel dilated 2, stride 1, pad 2: output 16x10x10
+    m = single_op("Conv", {"x": [1, 8, 10, 10]}, [1, 16, 10, 10],
+                  [weight("w", 16, 4, 3, 3), weight("b", 16)],
+                  group=2, dilations=[2, 2], pads=[2, 2, 2, 2])
+    layer = only_layer(m)
+    macs = 16 * 10 * 10 * 4 * 3 * 3
+    assert layer.macs == macs
+    assert layer.flops == 2 * macs + 16 * 10 * 10
+    assert layer.params == 16 * 4 * 9 + 16
+    assert layer.out_bytes == 16 * 10 * 10 * 4
+
+
+def test_conv_transpose():
+    m = single_op("ConvTranspose", {"x": [1, 4, 5, 5]}, [1, 6, 10, 10],
+                  [weight("w", 4, 6, 2, 2)], strides=[2, 2])
+    layer = only_layer(m)
+    assert layer.macs == 4 * 5 * 5 * 6 * 2 * 2
+
+
+@pytest.mark.parametrize("trans_a", [0, 1])
+def test_gemm(trans_a):
+    a_shape = [7, 3] if trans_a else [3, 7]
+    m = single_op("Gemm", {"a": a_shape}, [3, 5], [weight("b", 7, 5), weight("c", 5)],
+                  transA=trans_a)
+    layer = only_layer(m)
+    assert layer.macs == 3 * 5 * 7
+    assert layer.params == 7 * 5 + 5
+
+
+def test_batched_matmul_with_broadcast():
+    m = single_op("MatMul", {"a": [1, 4, 6, 8], "b": [1, 1, 8, 3]}, [1, 4, 6, 3])
+    assert only_layer(m).macs == 4 * 6 * 3 * 8
+
+
+def test_einsum_contraction():
+    m = single_op("Einsum", {"a": [1, 4, 6, 8], "b": [1, 4, 8, 3]}, [1, 4, 6, 3],
+                  equation="bhij,bhjk->bhik")
+    assert only_layer(m).macs == 4 * 6 * 8 * 3
+
+
+def test_batchnorm_running_stats_are_not_trainable():
+    ws = [weight("s", 8), weight("b", 8), weight("mean", 8), weight("var", 8)]
+    m = single_op("BatchNormalization", {"x": [1, 8, 4, 4]}, [1, 8, 4, 4], ws)
+    layer = only_layer(m)
+    assert layer.params == 16
+    assert layer.macs == 0
+    assert layer.flops == 2 * 8 * 4 * 4
+
+
+@pytest.mark.parametrize(("op", "attrs", "out", "flops"), [
+    ("MaxPool", {"kernel_shape": [3, 3], "strides": [2, 2]}, [1, 4, 3, 3], 4 * 3 * 3 * 9),
+    ("AveragePool", {"kernel_shape": [2, 2], "strides": [2, 2]}, [1, 4, 4, 4], 4 * 4 * 4 * 4),
+    ("GlobalAveragePool", {}, [1, 4, 1, 1], 4 * 8 * 8),
+    ("Relu", {}, [1, 4, 8, 8], 256),
+    ("Sigmoid", {}, [1, 4, 8, 8], 4 * 256),
+    ("Softmax", {"axis": -1}, [1, 4, 8, 8], 5 * 256),
+    ("ReduceMax", {"keepdims": 1}, [1, 1, 1, 1], 256),
+    ("Flatten", {}, [1, 256], 0),
+    ("Transpose", {"perm": [0, 2, 3, 1]}, [1, 8, 8, 4], 0),
+])
+def test_unary_handles(op, attrs, out, flops):
+    m = single_op(op, {"x": [1, 4, 8, 8]}, out, **attrs)
+    layer = only_layer(m)
+    assert layer.flops == flops
+    assert layer.macs == 0
+
+
+def test_binary_elementwise_and_concat():
+    m = single_op("Add", {"a": [1, 4, 8], "b": [1, 4, 8]}, [1, 4, 8])
+    assert only_layer(m).flops == 32
+    m = single_op("Concat", {"a": [1, 4, 8], "b": [1, 4, 8]}, [1, 8, 8], axis=1)
+    layer = only_layer(m)
+    assert layer.flops == 0
+    assert layer.in_bytes == 2 * 32 * 4
+
+
+def test_resize_linear():
+    scales = helper.make_tensor("scales", 1, [4], [1, 1, 2, 2])
+    node = helper.make_node("Resize", ["x", "", "scales"], ["y"], mode="linear")
+    m = model([node], [vi("x", [1, 2, 4, 4])], [vi("y", [1, 2, 8, 8])], [scales])
+    assert only_layer(m).flops == 4 * 2 * 8 * 8
+
+
+def test_lstm_counts_gate_macs():
+    seq, batch, inp, hidden = 5, 1, 6, 4
+    ws = [weight("W", 1, 4 * hidden, inp), weight("R", 1, 4 * hidden, hidden)]
+    node = helper.make_node("LSTM", ["x", "W", "R"], ["y"], hidden_size=hidden)
+    m = model([node], [vi("x", [seq, batch, inp])], [vi("y", [seq, 1, batch, hidden])], ws)
+    assert only_layer(m).macs == seq * batch * 4 * hidden * (inp + hidden)
+
+
+def test_unknown_op_is_estimated_and_reported_not_fatal():
+    node = helper.make_node("FancyOp", ["x"], ["y"], domain="com.example")
+    graph = helper.make_graph([node], "g", [vi("x", [1, 10])], [vi("y", [1, 10])])
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                helper.make_opsetid("com.example", 1)])
+    graph = read_model(m, "custom")
+    layer = next(iter(graph))
+    assert not layer.supported
+    assert layer.flops > 0
+    assert graph.unsupported_ops == {"FancyOp": 1}

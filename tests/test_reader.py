@@ -1,0 +1,168 @@
+"""Graph structure from the reader: folding, several inputs/outputs, control flow, bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import onnx
+import pytest
+from click.testing import CliRunner
+from onnx import TensorProto, helper
+
+from tests.helpers import chain, model, save, vi, weight
+from toolkit.cli import cli
+from toolkit.errors import ModelError
+from toolkit.onnx_reader import read_model, read_onnx
+
+
+def test_identity_and_constant_chains_on_weights_are_folded_into_parameters():
+    nodes = [
+        helper.make_node("Identity", ["w"], ["w_id"], name="weight_copy"),
+        helper.make_node("Constant", [], ["two"], name="two",
+                         value=helper.make_tensor("v", TensorProto.FLOAT, [], [2.0])),
+        helper.make_node("Mul", ["w_id", "two"], ["w2"], name="scale_weight"),
+        helper.make_node("MatMul", ["x", "w2"], ["y"], name="mm"),
+    ]
+    graph = read_model(model(nodes, [vi("x", [1, 4])], [vi("y", [1, 3])], [weight("w", 4, 3)]), "m")
+    assert list(graph.layers) == ["mm"]
+    mm = graph.layers["mm"]
+    assert mm.inputs == ("x",)
+    assert mm.params == 12
+    assert mm.reads_input
+
+
+def test_shape_of_a_static_tensor_is_a_constant_not_a_layer():
+    shape_init = helper.make_tensor("axes", TensorProto.INT64, [1], [0])
+    nodes = [
+        helper.make_node("Relu", ["x"], ["r"], name="relu"),
+        helper.make_node("Shape", ["r"], ["s"], name="shape"),
+        helper.make_node("Reshape", ["r", "s"], ["y"], name="reshape"),
+    ]
+    graph = read_model(model(nodes, [vi("x", [2, 3])], [vi("y", [2, 3])], [shape_init]), "m")
+    assert list(graph.layers) == ["relu", "reshape"]
+    assert graph.layers["reshape"].inputs == ("r",)
+
+
+def test_several_inputs_outputs_and_a_tensor_with_three_consumers():
+    nodes = [
+        helper.make_node("Add", ["a", "b"], ["s"], name="add"),
+        helper.make_node("Relu", ["s"], ["r1"], name="r1"),
+        helper.make_node("Sigmoid", ["s"], ["r2"], name="r2"),
+        helper.make_node("Tanh", ["s"], ["r3"], name="r3"),
+    ]
+    graph = read_model(model(nodes, [vi("a", [1, 5]), vi("b", [1, 5])],
+                             [vi("r1", [1, 5]), vi("r2", [1, 5]), vi("r3", [1, 5])]), "m")
+    assert graph.inputs == ("a", "b")
+    assert graph.outputs == ("r1", "r2", "r3")
+    assert graph.tensors["s"].consumers == ("r1", "r2", "r3")
+    assert graph.input_layers() == ["add"]
+    assert [t.name for t in graph.activations()] == ["s"]
+
+
+def test_if_is_one_layer_and_its_outer_scope_reads_are_edges():
+    then_g = helper.make_graph([helper.make_node("Relu", ["h"], ["o1"])], "then", [],
+                               [vi("o1", [1, 4])])
+    else_g = helper.make_graph([helper.make_node("Neg", ["h"], ["o2"])], "else", [],
+                               [vi("o2", [1, 4])])
+    nodes = [
+        helper.make_node("Sigmoid", ["x"], ["h"], name="hidden"),
+        helper.make_node("ReduceSum", ["x"], ["c0"], name="sum", keepdims=0),
+        helper.make_node("Cast", ["c0"], ["c"], name="cond", to=TensorProto.BOOL),
+        helper.make_node("If", ["c"], ["y"], name="branch", then_branch=then_g,
+                         else_branch=else_g),
+    ]
+    graph = read_model(model(nodes, [vi("x", [1, 4])], [vi("y", [1, 4])], check=False), "m")
+    assert graph.layers["branch"].op == "If"
+    assert set(graph.layers["branch"].inputs) == {"c", "h"}
+    assert graph.layers["branch"].flops > 0
+    assert list(graph.layers).index("hidden") < list(graph.layers).index("branch")
+
+
+def test_symbolic_batch_counts_as_one_and_is_noted():
+    m = model([helper.make_node("Relu", ["x"], ["y"], name="relu")],
+              [vi("x", ["batch", 3, 8])], [vi("y", ["batch", 3, 8])])
+    graph = read_model(m, "m")
+    assert graph.tensors["y"].bytes == 3 * 8 * 4
+    assert any("symbolic" in n for n in graph.notes)
+
+
+def test_nodes_out_of_order_are_sorted():
+    m = chain(3)
+    nodes = list(m.graph.node)
+    del m.graph.node[:]
+    m.graph.node.extend(reversed(nodes))
+    graph = read_model(m, "m")
+    assert list(graph.layers) == ["mm0", "relu0", "mm1", "relu1", "mm2", "relu2"]
+
+
+def test_external_data_model_reads_without_loading_weights(tmp_path):
+    m = chain(2, width=64)
+    onnx.save(m, str(tmp_path / "ext.onnx"), save_as_external_data=True, size_threshold=0,
+              all_tensors_to_one_file=True, location="ext.bin")
+    graph = read_onnx(tmp_path / "ext.onnx")
+    assert graph.name == "ext"
+    assert graph.total_params == 2 * 64 * 64
+
+
+def _cycle() -> onnx.ModelProto:
+    nodes = [helper.make_node("Add", ["x", "b"], ["a"], name="n1"),
+             helper.make_node("Relu", ["a"], ["b"], name="n2")]
+    return model(nodes, [vi("x", [1])], [vi("b", [1])], check=False)
+
+
+def _dangling() -> onnx.ModelProto:
+    return model([helper.make_node("Add", ["x", "ghost"], ["y"], name="add")],
+                 [vi("x", [1])], [vi("y", [1])], check=False)
+
+
+def _empty() -> onnx.ModelProto:
+    return model([], [vi("x", [1])], [vi("x", [1])], check=False)
+
+
+@pytest.mark.parametrize(("make", "message"), [
+    (_cycle, "cycle"), (_dangling, "dangling tensor name"), (_empty, "no ONNX graph nodes"),
+])
+def test_broken_graphs_raise_model_error(tmp_path, make, message):
+    path = save(make(), tmp_path / "bad.onnx")
+    with pytest.raises(ModelError, match=message):
+        read_onnx(path)
+
+
+def _write_bad_files(tmp_path):
+    good = save(chain(4), tmp_path / "good.onnx").read_bytes()
+    (tmp_path / "truncated.onnx").write_bytes(good[: len(good) // 2])
+    (tmp_path / "text.onnx").write_text("this is not a model\n")
+    save(_cycle(), tmp_path / "cycle.onnx")
+    save(_dangling(), tmp_path / "dangling.onnx")
+    save(_empty(), tmp_path / "empty.onnx")
+
+
+@pytest.mark.parametrize(("name", "message"), [
+    ("missing.onnx", "no such file"),
+    ("truncated.onnx", "not a valid ONNX file"),
+    ("text.onnx", "ONNX"),
+    ("cycle.onnx", "cycle"),
+    ("dangling.onnx", "dangling"),
+    ("empty.onnx", "no ONNX graph nodes"),
+])
+def test_cli_bad_input_is_one_line_exit_2(tmp_path, name, message):
+    _write_bad_files(tmp_path)
+    proc = subprocess.run([sys.executable, "-c", "from toolkit.cli import main; main()",
+                           "inspect", str(tmp_path / name)], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_cli_inspect_json(tmp_path):
+    path = save(chain(3), tmp_path / "c.onnx")
+    result = CliRunner().invoke(cli, ["inspect", str(path), "--json", "--name", "mine"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert data["model"] == "mine"
+    assert data["totals"]["layers"] == 6
+    assert data["totals"]["macs"] == 3 * 8 * 8
+    assert data["unsupported_ops"] == {}
