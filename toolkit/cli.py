@@ -12,10 +12,12 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from toolkit import __version__, zoo
+from toolkit import __version__, api, profiles, zoo
+from toolkit.costs import PRECISIONS, Scenario, build_cost_graph
 from toolkit.errors import ToolkitError
 from toolkit.graph import LayerGraph
-from toolkit.report import human, human_bytes, inspect_dict
+from toolkit.partition import METHODS
+from toolkit.report import human, human_bytes, inspect_dict, partition_report
 
 F = TypeVar("F", bound=Callable[..., Any])
 console = Console()
@@ -35,20 +37,41 @@ def json_option(func: F) -> F:
     return click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")(func)
 
 
+def scenario_options(func: F) -> F:
+    """Device, server, link and training settings shared by graph and partition."""
+    opts = [
+        click.option("--device", default="jetson-nano", show_default=True,
+                     help="Device profile name or TOML path."),
+        click.option("--server", default="rtx-3090", show_default=True,
+                     help="Server profile name or TOML path."),
+        click.option("--link", default="wifi5", show_default=True,
+                     help="Link preset (wifi5, wifi6, lte, 5g, ethernet)."),
+        click.option("--uplink", help="Uplink rate, e.g. 20Mbps (overrides the preset)."),
+        click.option("--downlink", help="Downlink rate, e.g. 100Mbps (overrides the preset)."),
+        click.option("--latency", help="One-way latency, e.g. 5ms (overrides the preset)."),
+        click.option("--batch", type=int, default=32, show_default=True, help="Batch size."),
+        click.option("--precision", type=click.Choice(PRECISIONS), default="fp32",
+                     show_default=True),
+        click.option("--sync-every", type=int,
+                     help="Split-federated: device model synchronised every N iterations."),
+        click.option("--profile-dir", help="Folder with extra profile TOML files."),
+    ]
+    for opt in reversed(opts):
+        func = opt(func)
+    return func
+
+
 def load_graph(model: str, name: str | None, exporter: str) -> LayerGraph:
-    from toolkit.onnx_reader import read_onnx
+    if not sys.stderr.isatty():
+        return api.load_graph(model, name, exporter)
+    with console.status(f"reading {model}", spinner="dots"):
+        return api.load_graph(model, name, exporter)
 
-    with console.status(f"reading {model}", spinner="dots") if sys.stderr.isatty() else _null():
-        path, default_name = zoo.resolve(model, exporter)
-        return read_onnx(path, name or default_name)
 
-
-class _null:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *_: object) -> None:
-        return None
+def build_scenario(kw: dict[str, Any]) -> Scenario:
+    keys = ("device", "server", "link", "uplink", "downlink", "latency", "batch", "precision",
+            "profile_dir", "sync_every")
+    return api.make_scenario(**{k: kw.pop(k) for k in keys})
 
 
 def emit_json(data: object) -> None:
@@ -99,6 +122,82 @@ def inspect(model: str, name: str | None, exporter: str, as_json: bool) -> None:
         console.print(f"[yellow]{len(graph.unknown_shapes)} tensors of unknown shape[/yellow]")
     for note in graph.notes:
         console.print(f"note: {note}")
+
+
+@cli.command(name="profiles")
+@click.option("--profile-dir", help="Folder with extra profile TOML files.")
+@json_option
+def profiles_cmd(profile_dir: str | None, as_json: bool) -> None:
+    """List device, server and link profiles. Example: splitcut profiles"""
+    procs = profiles.processors(profile_dir)
+    links = profiles.links()
+    if as_json:
+        emit_json({
+            "processors": [
+                {k: v for k, v in vars(p).items() if k != "sources"} for p in procs.values()
+            ],
+            "links": [vars(link) for link in links.values()],
+        })
+        return
+    table = Table("name", "kind", "FP32 TFLOPS", "FP16 TFLOPS", "GB/s", "description")
+    for p in sorted(procs.values(), key=lambda p: (p.kind, p.name)):
+        table.add_row(p.name, p.kind, f"{p.fp32_tflops:g}", f"{p.fp16_tflops:g}",
+                      f"{p.memory_gbps:g}", p.description)
+    console.print(table)
+    links_table = Table("link", "uplink", "downlink", "latency", "description")
+    for link in links.values():
+        links_table.add_row(link.name, human(link.uplink_bps, "bit/s"),
+                            human(link.downlink_bps, "bit/s"), f"{link.latency_ms:g} ms",
+                            link.description)
+    console.print(links_table)
+
+
+@cli.command()
+@model_options
+@scenario_options
+@json_option
+def graph(model: str, name: str | None, exporter: str, as_json: bool, **kw: Any) -> None:
+    """The cost graph a partition is judged on: per-layer delays, per-tensor crossing delays.
+
+    Example: splitcut graph resnet18 --device jetson-nano --server a100 --uplink 20Mbps --json
+    """
+    scenario = build_scenario(kw)
+    costs = build_cost_graph(load_graph(model, name, exporter), scenario)
+    if as_json:
+        emit_json(costs.to_dict())
+        return
+    table = Table(title=f"{costs.model}: delays for one batch of {scenario.batch}")
+    for col in ("layer", "op", "device ms", "server ms", "pinned"):
+        table.add_column(col)
+    for i, layer_name in enumerate(costs.names):
+        table.add_row(layer_name, costs.ops[i], f"{costs.device_ms[i]:.3f}",
+                      f"{costs.server_ms[i]:.3f}", "device" if costs.pinned[i] else "")
+    console.print(table)
+    console.print(f"device total {sum(costs.device_ms):.1f} ms, "
+                  f"server total {sum(costs.server_ms):.1f} ms, "
+                  f"{len(costs.tensors)} activation tensors")
+
+
+@cli.command()
+@model_options
+@scenario_options
+@click.option("--method", type=click.Choice(METHODS), default=METHODS[-1], show_default=True)
+@click.option("--pin", multiple=True, help="Keep this layer on the device (repeatable).")
+@click.option("--pin-server", multiple=True, help="Run this layer on the server (repeatable).")
+@json_option
+def partition(model: str, name: str | None, exporter: str, as_json: bool, method: str,
+              pin: tuple[str, ...], pin_server: tuple[str, ...], **kw: Any) -> None:
+    """Where to cut MODEL between device and server for the least training delay.
+
+    Example: splitcut partition resnet50 --device jetson-nano --server rtx-3090 --link lte
+    """
+    scenario = build_scenario(kw)
+    graph = load_graph(model, name, exporter)
+    result = api.partition_model(graph, scenario, method, pin, pin_server)
+    if as_json:
+        emit_json(result.to_dict())
+        return
+    console.print(partition_report(result, graph))
 
 
 @cli.group(name="zoo")

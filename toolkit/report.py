@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from rich.console import Group, RenderableType
+from rich.table import Table
+
 from toolkit.graph import LayerGraph
+from toolkit.partition import Partition
 
 
 def inspect_dict(graph: LayerGraph) -> dict[str, Any]:
@@ -55,3 +59,53 @@ def human_bytes(n: float) -> str:
         if abs(n) >= scale:
             return f"{n / scale:.1f} {suffix}"
     return f"{n:.0f} B"
+
+
+def partition_report(result: Partition, graph: LayerGraph) -> Group:
+    """For people: where the cut is, what crosses, the delays, and the gain over baselines."""
+    data = result.to_dict()
+    g = result.graph
+    on_device = set(result.device)
+    modules = [layer.module or layer.name for layer in graph]
+    device_modules = list(dict.fromkeys(modules[i] for i in sorted(on_device)))
+    server_modules = list(dict.fromkeys(modules[i] for i in range(len(g)) if i not in on_device))
+    sc = data["scenario"]
+    lines: list[RenderableType] = [
+        f"[bold]{g.model}[/bold] on {sc['device']} + {sc['server']}, "
+        f"uplink {human(sc['uplink_bps'], 'bit/s')}, "
+        f"downlink {human(sc['downlink_bps'], 'bit/s')}, "
+        f"latency {sc['latency_ms']:g} ms, batch {sc['batch']}",
+        f"device: {len(on_device)} layers ({_span(device_modules)})",
+        f"server: {len(g) - len(on_device)} layers ({_span(server_modules)})",
+    ]
+    cut = Table("crossing tensor", "from", "size / sample", "ms per iteration", title="cut")
+    for t in g.tensors:
+        if t.name in data["partition"]["cut_tensors"]:
+            cut.add_row(t.name, g.names[t.producer], human_bytes(t.bytes), f"{t.crossing_ms:.2f}")
+    if data["partition"]["cut_tensors"]:
+        lines.append(cut)
+    d = data["delay_ms"]
+    lines.append(
+        f"training delay per iteration: [bold]{d['total']:.2f} ms[/bold] = device "
+        f"{d['device_compute']:.2f} + server {d['server_compute']:.2f} + crossing "
+        f"{d['crossing']:.2f}"
+    )
+    base = Table("baseline", "delay ms", "optimum saves", title="baselines (same cost model)")
+    for key, value in data["baselines_ms"].items():
+        gain = (1 - d["total"] / value) * 100 if value > 0 else 0.0
+        base.add_row(key.replace("_", " "), f"{value:.2f}", f"{gain:.1f}%")
+    lines.append(base)
+    s = data["solver"]
+    lines.append(
+        f"solver: {s['method']}, {s['vertices']} vertices, {s['edges']} edges, "
+        f"{s['solve_ms']:.2f} ms (blocks {s['blocks_ms']:.2f} ms)"
+    )
+    return Group(*lines)
+
+
+def _span(modules: list[str]) -> str:
+    if not modules:
+        return "none"
+    if len(modules) <= 3:
+        return ", ".join(modules)
+    return f"{modules[0]} … {modules[-1]}"

@@ -1,0 +1,74 @@
+"""The library's front door: what the CLI commands call, one function each."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from toolkit import profiles, zoo
+from toolkit.costgraph import CostGraph
+from toolkit.costs import Scenario, build_cost_graph
+from toolkit.errors import PartitionError
+from toolkit.graph import LayerGraph
+from toolkit.partition import Partition, solve
+
+
+def load_graph(model: str, name: str | None = None, exporter: str = "torchscript") -> LayerGraph:
+    """MODEL is an .onnx path or a zoo name (exported once, then cached)."""
+    from toolkit.onnx_reader import read_onnx
+
+    path, default_name = zoo.resolve(model, exporter)
+    return read_onnx(path, name or default_name)
+
+
+def make_scenario(
+    device: str = "jetson-nano",
+    server: str = "rtx-3090",
+    link: str | None = "wifi5",
+    uplink: str | None = None,
+    downlink: str | None = None,
+    latency: str | None = None,
+    batch: int = 32,
+    precision: str = "fp32",
+    profile_dir: str | None = None,
+    sync_every: int | None = None,
+) -> Scenario:
+    """A scenario from profile names and link settings; explicit rates override the preset."""
+    preset = profiles.link(link) if link else None
+    if preset is None and (uplink is None or downlink is None):
+        raise PartitionError("give a --link preset or both --uplink and --downlink")
+    up = profiles.parse_rate(uplink) if uplink else preset.uplink_bps  # type: ignore[union-attr]
+    down = profiles.parse_rate(downlink) if downlink else preset.downlink_bps  # type: ignore[union-attr]
+    lat = profiles.parse_latency(latency) if latency else (preset.latency_ms if preset else 0.0)
+    return Scenario(
+        device=profiles.processor(device, profile_dir),
+        server=profiles.processor(server, profile_dir),
+        uplink_bps=up, downlink_bps=down, latency_ms=lat, batch=batch, precision=precision,
+        link=link if preset and not (uplink or downlink or latency) else None,
+        sync_every=sync_every,
+    )
+
+
+def layer_indices(graph: CostGraph, names: Sequence[str], what: str) -> list[int]:
+    """Layer names (or unique module paths) -> indices; an unknown name is a clear error."""
+    index = graph.index()
+    out = []
+    for name in names:
+        if name not in index:
+            raise PartitionError(f"{what}: no layer named {name!r} in {graph.model}")
+        out.append(index[name])
+    return out
+
+
+def partition_model(
+    graph: LayerGraph,
+    scenario: Scenario,
+    method: str = "general",
+    pin_device: Sequence[str] = (),
+    pin_server: Sequence[str] = (),
+) -> Partition:
+    """Cost the model under `scenario` and find its optimal partition."""
+    costs = build_cost_graph(graph, scenario)
+    for i in layer_indices(costs, pin_device, "--pin"):
+        costs.pinned[i] = True
+    server = layer_indices(costs, pin_server, "--pin-server")
+    return solve(costs, method, server)

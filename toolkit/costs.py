@@ -1,0 +1,134 @@
+"""LayerGraph + scenario -> CostGraph: per-layer training delays and per-tensor crossing delays.
+
+The estimate is a roofline per layer and pass, for one batch of `b` samples:
+
+    t_pass = max(FLOPs / (peak x efficiency), bytes / (bandwidth x memory_efficiency)) + overhead
+
+with `efficiency` = matmul_efficiency for Conv/Gemm/MatMul-like layers (those with MACs) and
+vector_efficiency otherwise. Forward FLOPs are b·F; backward FLOPs are 2·b·F for layers with
+trainable weights (gradients for inputs and weights) and b·F without. Bytes moved are the
+activations in and out (b per sample) plus the parameters (read once per pass; the backward
+pass also writes their gradients). `device_ms` and `server_ms` are forward + backward.
+
+Crossing a tensor of A bytes per sample costs b·A·8/uplink (activations up) + b·A·8/downlink
+(gradients down) + 2·latency, charged once however many consumers it has. In mixed precision
+(`fp16`) the peak is the FP16 rate and float activations move at 2 bytes per element.
+
+Split-federated mode (`sync_every=k`): device-side parameters are sent up and down once every
+k iterations, and that cost is spread over the device layers that own the parameters.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from toolkit.costgraph import CostGraph, CostTensor
+from toolkit.errors import ScenarioError
+from toolkit.graph import Layer, LayerGraph
+from toolkit.profiles import Processor
+
+PRECISIONS = ("fp32", "fp16")
+
+
+@dataclass(frozen=True)
+class Scenario:
+    device: Processor
+    server: Processor
+    uplink_bps: float
+    downlink_bps: float
+    latency_ms: float
+    batch: int = 32
+    precision: str = "fp32"
+    link: str | None = None
+    sync_every: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.uplink_bps <= 0 or self.downlink_bps <= 0:
+            raise ScenarioError("uplink and downlink rates must be greater than zero")
+        if self.latency_ms < 0:
+            raise ScenarioError("latency cannot be negative")
+        if self.batch < 1:
+            raise ScenarioError(f"batch size must be at least 1, not {self.batch}")
+        if self.precision not in PRECISIONS:
+            raise ScenarioError(f"precision must be one of {', '.join(PRECISIONS)}")
+        if self.sync_every is not None and self.sync_every < 1:
+            raise ScenarioError("--sync-every must be at least 1 iteration")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The scenario as the JSON contract writes it."""
+        out: dict[str, Any] = {
+            "device": self.device.name, "server": self.server.name,
+            "uplink_bps": self.uplink_bps, "downlink_bps": self.downlink_bps,
+            "latency_ms": self.latency_ms, "batch": self.batch, "precision": self.precision,
+        }
+        if self.link:
+            out["link"] = self.link
+        if self.sync_every:
+            out["sync_every"] = self.sync_every
+        return out
+
+
+def _precision_bytes(scenario: Scenario, nbytes: float, dtype_is_float: bool = True) -> float:
+    return nbytes / 2 if scenario.precision == "fp16" and dtype_is_float else nbytes
+
+
+def layer_ms(layer: Layer, proc: Processor, scenario: Scenario) -> float:
+    """Forward + backward time of one layer for one batch on `proc`, in milliseconds."""
+    peak = (proc.fp16_tflops if scenario.precision == "fp16" else proc.fp32_tflops) * 1e12
+    efficiency = proc.matmul_efficiency if layer.macs > 0 else proc.vector_efficiency
+    flop_rate = peak * efficiency
+    byte_rate = proc.memory_gbps * 1e9 * proc.memory_efficiency
+    b = scenario.batch
+    activations = _precision_bytes(scenario, layer.in_bytes + layer.out_bytes) * b
+    weights = _precision_bytes(scenario, layer.param_bytes)
+    fwd_flops = layer.flops * b
+    bwd_flops = fwd_flops * (2.0 if layer.trainable else 1.0)
+    fwd = max(fwd_flops / flop_rate, (activations + weights) / byte_rate)
+    bwd = max(bwd_flops / flop_rate, (2 * activations + 2 * weights) / byte_rate)
+    overhead_s = proc.layer_overhead_us * 1e-6 * 2
+    return (fwd + bwd + overhead_s) * 1e3
+
+
+def crossing_ms(nbytes: float, scenario: Scenario, is_float: bool = True) -> float:
+    """Activations up, gradients down, one latency each way."""
+    bits = _precision_bytes(scenario, nbytes, is_float) * scenario.batch * 8
+    transfer_s = bits / scenario.uplink_bps + bits / scenario.downlink_bps
+    return transfer_s * 1e3 + 2 * scenario.latency_ms
+
+
+def sync_ms(layer: Layer, scenario: Scenario) -> float:
+    """Split-federated: this layer's parameters up and down once per round, per iteration."""
+    if not scenario.sync_every or not layer.param_bytes:
+        return 0.0
+    bits = _precision_bytes(scenario, layer.param_bytes) * 8
+    return (bits / scenario.uplink_bps + bits / scenario.downlink_bps) * 1e3 / scenario.sync_every
+
+
+def build_cost_graph(graph: LayerGraph, scenario: Scenario) -> CostGraph:
+    """Every layer's device/server delay and every activation's crossing delay."""
+    layers = list(graph)
+    index = {layer.name: i for i, layer in enumerate(layers)}
+    tensors = []
+    for t in graph.activations():
+        assert t.producer is not None
+        is_float = t.dtype.startswith(("float", "bfloat", "double"))
+        tensors.append(CostTensor(
+            t.name, index[t.producer], tuple(index[c] for c in t.consumers), float(t.bytes),
+            crossing_ms(t.bytes, scenario, is_float),
+        ))
+    raw = sum(graph.tensors[name].bytes for name in graph.inputs)
+    return CostGraph(
+        model=graph.name,
+        names=[layer.name for layer in layers],
+        ops=[layer.op for layer in layers],
+        device_ms=[layer_ms(x, scenario.device, scenario) + sync_ms(x, scenario) for x in layers],
+        server_ms=[layer_ms(x, scenario.server, scenario) for x in layers],
+        pinned=[layer.reads_input for layer in layers],
+        tensors=tensors,
+        scenario=scenario.to_dict(),
+        flops=[layer.flops for layer in layers],
+        macs=[layer.macs for layer in layers],
+        params=[layer.params for layer in layers],
+        raw_upload_ms=raw * scenario.batch * 8 / scenario.uplink_bps * 1e3 + scenario.latency_ms,
+    )

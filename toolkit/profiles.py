@@ -1,0 +1,159 @@
+"""Processor and link profiles: TOML data shipped in `toolkit/profiles/`, or the user's own."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from toolkit.errors import ProfileError, ScenarioError
+
+_NUMBERS = (
+    "fp32_tflops", "fp16_tflops", "memory_gbps", "matmul_efficiency", "vector_efficiency",
+    "memory_efficiency", "layer_overhead_us",
+)
+
+
+@dataclass(frozen=True)
+class Processor:
+    """Where layers run: peak rates, sustained efficiencies and a per-op launch overhead."""
+
+    name: str
+    kind: str
+    description: str
+    fp32_tflops: float
+    fp16_tflops: float
+    memory_gbps: float
+    matmul_efficiency: float
+    vector_efficiency: float
+    memory_efficiency: float
+    layer_overhead_us: float
+    sources: dict[str, str]
+
+
+@dataclass(frozen=True)
+class Link:
+    name: str
+    description: str
+    uplink_bps: float
+    downlink_bps: float
+    latency_ms: float
+    source: str
+
+
+def _builtin_files() -> list[Path]:
+    root = resources.files("toolkit") / "profiles"
+    return sorted(Path(str(p)) for p in root.iterdir() if str(p).endswith(".toml"))
+
+
+def _read_toml(path: Path) -> dict[str, object]:
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except OSError as exc:
+        raise ProfileError(f"cannot read profile {path}: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ProfileError(f"malformed TOML in {path}: {exc}") from exc
+
+
+def parse_processor(data: dict[str, object], origin: str) -> Processor:
+    """Validate one processor profile: every number present, positive, and with a source."""
+    missing = [k for k in ("name", "kind", *_NUMBERS) if k not in data]
+    if missing:
+        raise ProfileError(f"profile {origin} lacks {', '.join(missing)}")
+    values: dict[str, float] = {}
+    for key in _NUMBERS:
+        value = data[key]
+        if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
+            raise ProfileError(f"profile {origin}: {key} must be a non-negative number")
+        values[key] = float(value)
+    for key in ("fp32_tflops", "fp16_tflops", "memory_gbps", "matmul_efficiency",
+                "vector_efficiency", "memory_efficiency"):
+        if values[key] <= 0:
+            raise ProfileError(f"profile {origin}: {key} must be positive")
+    if data["kind"] not in ("device", "server"):
+        raise ProfileError(f"profile {origin}: kind must be 'device' or 'server'")
+    sources = data.get("sources", {})
+    if not isinstance(sources, dict):
+        raise ProfileError(f"profile {origin}: [sources] must be a table")
+    return Processor(
+        name=str(data["name"]), kind=str(data["kind"]),
+        description=str(data.get("description", "")), sources={
+            str(k): str(v) for k, v in sources.items()
+        }, **values,
+    )
+
+
+def processors(profile_dir: str | Path | None = None) -> dict[str, Processor]:
+    """Built-in processors plus those in `profile_dir` (which win on a name clash)."""
+    files = [p for p in _builtin_files() if p.name != "links.toml"]
+    if profile_dir is not None:
+        d = Path(profile_dir)
+        if not d.is_dir():
+            raise ProfileError(f"profile directory {d} does not exist")
+        files += sorted(p for p in d.glob("*.toml") if p.name != "links.toml")
+    found: dict[str, Processor] = {}
+    for path in files:
+        proc = parse_processor(_read_toml(path), str(path))
+        found[proc.name] = proc
+    return found
+
+
+def processor(name_or_path: str, profile_dir: str | Path | None = None) -> Processor:
+    """A processor by name, or from a TOML file path; unknown names list the known ones."""
+    if name_or_path.endswith(".toml"):
+        return parse_processor(_read_toml(Path(name_or_path)), name_or_path)
+    known = processors(profile_dir)
+    if name_or_path not in known:
+        raise ProfileError(
+            f"unknown profile {name_or_path!r}; known: {', '.join(sorted(known))}"
+        )
+    return known[name_or_path]
+
+
+def links() -> dict[str, Link]:
+    data = _read_toml(next(p for p in _builtin_files() if p.name == "links.toml"))
+    found = {}
+    for name, entry in data.items():
+        assert isinstance(entry, dict)
+        found[name] = Link(
+            name, str(entry["description"]), float(entry["uplink_bps"]),
+            float(entry["downlink_bps"]), float(entry["latency_ms"]), str(entry["source"]),
+        )
+    return found
+
+
+def link(name: str) -> Link:
+    known = links()
+    if name not in known:
+        raise ProfileError(f"unknown link preset {name!r}; known: {', '.join(known)}")
+    return known[name]
+
+
+_RATE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*([kmgt]?)(bps|bit/s|b/s)?\s*$", re.I)
+_SCALE = {"": 1.0, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}
+
+
+def parse_rate(text: str) -> float:
+    """'20Mbps', '1.5 Gbit/s', '800k', '2e7' -> bit/s. Zero or negative is an error."""
+    m = _RATE.match(text)
+    if m is None:
+        raise ScenarioError(f"cannot read rate {text!r}: write it like 20Mbps, 1.5Gbps or 800kbps")
+    value = float(m.group(1)) * _SCALE[m.group(2).lower()]
+    if value <= 0:
+        raise ScenarioError(f"rate {text!r} must be greater than zero")
+    return value
+
+
+_TIME = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*(ms|s|us)?\s*$", re.I)
+
+
+def parse_latency(text: str) -> float:
+    """'5ms', '0.2 s', '300us', '5' (ms) -> milliseconds."""
+    m = _TIME.match(text)
+    if m is None:
+        raise ScenarioError(f"cannot read latency {text!r}: write it like 5ms or 300us")
+    unit = (m.group(2) or "ms").lower()
+    return float(m.group(1)) * {"ms": 1.0, "s": 1000.0, "us": 0.001}[unit]
