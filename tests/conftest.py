@@ -3,6 +3,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from toolkit import zoo
 
@@ -15,3 +16,7 @@ def zoo_path():
         return zoo.export(name, exporter=exporter)
 
     return get
+
+
+settings.register_profile("default", deadline=None)
+settings.load_profile("default")

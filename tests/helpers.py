@@ -60,3 +60,19 @@ def chain(n: int, width: int = 8) -> onnx.ModelProto:
         nodes.append(helper.make_node("Relu", [f"m{i}"], [f"r{i}"], name=f"relu{i}"))
         prev = f"r{i}"
     return model(nodes, [vi("x", [1, width])], [vi(prev, [1, width])], inits)
+
+
+def run_main(args: Sequence[str], capsys: object, monkeypatch: object) -> tuple[int, str, str]:
+    """Run the console entry point in-process: (exit code, stdout, stderr)."""
+    import sys
+
+    from toolkit.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["splitcut", *args])  # type: ignore[attr-defined]
+    code = 0
+    try:
+        main()
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    captured = capsys.readouterr()  # type: ignore[attr-defined]
+    return code, captured.out, captured.err

@@ -30,6 +30,16 @@ from toolkit.profiles import Processor
 
 PRECISIONS = ("fp32", "fp16")
 
+BUILTIN_SCENARIOS: dict[str, dict[str, str]] = {
+    "nano-3090-wifi5": {"device": "jetson-nano", "server": "rtx-3090", "link": "wifi5"},
+    "nano-3090-lte": {"device": "jetson-nano", "server": "rtx-3090", "link": "lte"},
+    "orin-a100-5g": {"device": "jetson-agx-orin", "server": "a100", "link": "5g"},
+    "xavier-a100-wifi6": {"device": "jetson-xavier-nx", "server": "a100", "link": "wifi6"},
+    "pi4-cpu-ethernet": {"device": "raspberry-pi-4", "server": "cpu-server", "link": "ethernet"},
+    "phone-h100-5g": {"device": "midrange-phone", "server": "h100", "link": "5g"},
+}
+"""Named scenarios covering weak/strong devices, GPU/CPU servers and slow/fast links."""
+
 
 @dataclass(frozen=True)
 class Scenario:

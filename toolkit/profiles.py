@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import tomllib
 from dataclasses import dataclass
@@ -88,16 +89,26 @@ def parse_processor(data: dict[str, object], origin: str) -> Processor:
 
 def processors(profile_dir: str | Path | None = None) -> dict[str, Processor]:
     """Built-in processors plus those in `profile_dir` (which win on a name clash)."""
-    files = [p for p in _builtin_files() if p.name != "links.toml"]
+    found = dict(_builtin_processors())
     if profile_dir is not None:
         d = Path(profile_dir)
         if not d.is_dir():
             raise ProfileError(f"profile directory {d} does not exist")
-        files += sorted(p for p in d.glob("*.toml") if p.name != "links.toml")
+        found.update(_parse_files(sorted(d.glob("*.toml"))))
+    return found
+
+
+@functools.cache
+def _builtin_processors() -> dict[str, Processor]:
+    return _parse_files(_builtin_files())
+
+
+def _parse_files(files: list[Path]) -> dict[str, Processor]:
     found: dict[str, Processor] = {}
     for path in files:
-        proc = parse_processor(_read_toml(path), str(path))
-        found[proc.name] = proc
+        if path.name != "links.toml":
+            proc = parse_processor(_read_toml(path), str(path))
+            found[proc.name] = proc
     return found
 
 
@@ -113,6 +124,7 @@ def processor(name_or_path: str, profile_dir: str | Path | None = None) -> Proce
     return known[name_or_path]
 
 
+@functools.cache
 def links() -> dict[str, Link]:
     data = _read_toml(next(p for p in _builtin_files() if p.name == "links.toml"))
     found = {}

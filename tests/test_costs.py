@@ -1,0 +1,134 @@
+"""The delay model: scaling laws as properties, single charging of shared tensors, JSON contract."""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+
+import jsonschema
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from onnx import helper
+
+from tests.helpers import chain, model, run_main, save, vi
+from toolkit import api
+from toolkit.costgraph import CostGraph, delay
+from toolkit.costs import build_cost_graph, crossing_ms, layer_ms
+from toolkit.onnx_reader import read_model
+
+GRAPH = chain(4, width=64)
+LAYERS = read_model(GRAPH, "chain")
+
+
+def scenario(**kw):
+    base = {"device": "jetson-nano", "server": "rtx-3090", "link": None, "uplink": "20Mbps",
+            "downlink": "100Mbps", "latency": "5ms"}
+    base.update(kw)
+    return api.make_scenario(**base)
+
+
+batches = st.integers(min_value=1, max_value=512)
+rates = st.floats(min_value=1e5, max_value=1e10)
+
+
+@given(batch=batches, nbytes=st.integers(min_value=0, max_value=10**8))
+def test_crossing_transfer_is_linear_in_batch_and_latency_is_paid_twice(batch, nbytes):
+    one = scenario(batch=1)
+    many = scenario(batch=batch)
+    lat = 2 * one.latency_ms
+    assert crossing_ms(nbytes, many) - lat == pytest.approx((crossing_ms(nbytes, one) - lat) * batch)
+    assert crossing_ms(0, many) == pytest.approx(lat)
+
+
+@given(up=rates, down=rates, nbytes=st.integers(min_value=1, max_value=10**8))
+def test_crossing_follows_the_formula(up, down, nbytes):
+    s = scenario(uplink=str(up), downlink=str(down), latency="0ms", batch=8)
+    bits = nbytes * 8 * 8
+    assert crossing_ms(nbytes, s) == pytest.approx((bits / up + bits / down) * 1e3)
+    faster = scenario(uplink=str(2 * up), downlink=str(2 * down), latency="0ms", batch=8)
+    assert crossing_ms(nbytes, faster) == pytest.approx(crossing_ms(nbytes, s) / 2)
+
+
+@settings(max_examples=50)
+@given(b1=batches, b2=batches)
+def test_layer_delay_grows_with_batch_and_compute_part_is_linear(b1, b2):
+    small, large = sorted((b1, b2))
+    for layer in LAYERS:
+        for proc in ("device", "server"):
+            s1, s2 = scenario(batch=small), scenario(batch=large)
+            p1, p2 = getattr(s1, proc), getattr(s2, proc)
+            assert layer_ms(layer, p1, s1) <= layer_ms(layer, p2, s2) + 1e-12
+            overhead = 2 * p1.layer_overhead_us * 1e-3
+            assert layer_ms(layer, p2, s2) - overhead <= (
+                (layer_ms(layer, p1, s1) - overhead) * large / small * (1 + 1e-9)
+            )
+
+
+@pytest.mark.parametrize("device", ["jetson-nano", "jetson-agx-orin", "raspberry-pi-4"])
+def test_fp16_is_never_slower_and_halves_crossing_bytes(device):
+    fp32, fp16 = scenario(device=device), scenario(device=device, precision="fp16")
+    for layer in LAYERS:
+        assert layer_ms(layer, fp16.device, fp16) <= layer_ms(layer, fp32.device, fp32)
+    lat = 2 * fp32.latency_ms
+    assert crossing_ms(1000, fp16) - lat == pytest.approx((crossing_ms(1000, fp32) - lat) / 2)
+
+
+def test_split_federated_sync_is_charged_to_device_layers_only():
+    plain = build_cost_graph(LAYERS, scenario())
+    fed = build_cost_graph(LAYERS, scenario(sync_every=10))
+    for i, layer in enumerate(LAYERS):
+        extra = fed.device_ms[i] - plain.device_ms[i]
+        assert (extra > 0) == (layer.params > 0)
+        assert fed.server_ms[i] == plain.server_ms[i]
+
+
+def three_consumers() -> CostGraph:
+    nodes = [
+        helper.make_node("Relu", ["x"], ["h"], name="producer"),
+        helper.make_node("Sigmoid", ["h"], ["a"], name="c1"),
+        helper.make_node("Tanh", ["h"], ["b"], name="c2"),
+        helper.make_node("Exp", ["h"], ["c"], name="c3"),
+    ]
+    m = model(nodes, [vi("x", [1, 256])], [vi("a", [1, 256]), vi("b", [1, 256]), vi("c", [1, 256])])
+    return build_cost_graph(read_model(m, "fan"), scenario())
+
+
+def test_a_tensor_with_three_consumers_is_charged_once():
+    g = three_consumers()
+    h = next(t for t in g.tensors if t.name == "h")
+    assert len(h.consumers) == 3
+    only_producer = delay(g, {0})
+    assert only_producer.crossing == pytest.approx(h.crossing_ms)
+    assert only_producer.crossing == pytest.approx(crossing_ms(256 * 4, scenario()))
+    assert delay(g, {0, 1}).crossing == pytest.approx(h.crossing_ms)
+    assert delay(g, {0, 1, 2, 3}).crossing == 0
+
+
+def schema(name: str) -> dict:
+    text = (resources.files("toolkit") / "schemas" / f"{name}.schema.json").read_text()
+    return json.loads(text)
+
+
+def test_graph_and_partition_json_follow_the_contract_and_agree(tmp_path, capsys, monkeypatch):
+    path = save(GRAPH, tmp_path / "chain.onnx")
+    args = ["--device", "jetson-tx2", "--server", "a100", "--uplink", "50Mbps", "--batch", "16"]
+    code, out, _ = run_main(["graph", str(path), *args, "--json"], capsys, monkeypatch)
+    assert code == 0
+    graph = json.loads(out)
+    jsonschema.validate(graph, schema("graph"))
+    code, out, _ = run_main(["partition", str(path), *args, "--json"], capsys, monkeypatch)
+    assert code == 0
+    part = json.loads(out)
+    jsonschema.validate(part, schema("partition"))
+    assert part["scenario"] == graph["scenario"]
+    # D(S) recomputed from the graph JSON alone, as a user would
+    device = set(part["partition"]["device_layers"])
+    layers = {layer["name"]: layer for layer in graph["layers"]}
+    total = sum(layers[n]["device_ms"] if n in device else layers[n]["server_ms"] for n in layers)
+    total += sum(t["crossing_ms"] for t in graph["tensors"]
+                 if t["producer"] in device and any(c not in device for c in t["consumers"]))
+    assert part["delay_ms"]["total"] == pytest.approx(total, rel=1e-12)
+    cut = {t["name"] for t in graph["tensors"]
+           if t["producer"] in device and any(c not in device for c in t["consumers"])}
+    assert set(part["partition"]["cut_tensors"]) == cut
