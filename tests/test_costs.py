@@ -37,7 +37,8 @@ def test_crossing_transfer_is_linear_in_batch_and_latency_is_paid_twice(batch, n
     one = scenario(batch=1)
     many = scenario(batch=batch)
     lat = 2 * one.latency_ms
-    assert crossing_ms(nbytes, many) - lat == pytest.approx((crossing_ms(nbytes, one) - lat) * batch)
+    per_sample = crossing_ms(nbytes, one) - lat
+    assert crossing_ms(nbytes, many) - lat == pytest.approx(per_sample * batch)
     assert crossing_ms(0, many) == pytest.approx(lat)
 
 

@@ -33,7 +33,7 @@ def test_every_link_has_a_source_and_positive_rates():
 
 
 def test_unknown_profile_lists_the_known_ones():
-    with pytest.raises(ProfileError, match="known: .*jetson-nano"):
+    with pytest.raises(ProfileError, match=r"known: .*jetson-nano"):
         profiles.processor("jetson-mega")
 
 
