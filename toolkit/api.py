@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from toolkit import profiles, zoo
 from toolkit.costgraph import CostGraph
@@ -11,6 +12,9 @@ from toolkit.errors import PartitionError
 from toolkit.graph import LayerGraph
 from toolkit.partition import Partition, solve
 
+if TYPE_CHECKING:
+    from toolkit.onnx_split import SplitResult
+
 
 def load_graph(model: str, name: str | None = None, exporter: str = "torchscript") -> LayerGraph:
     """MODEL is an .onnx path or a zoo name (exported once, then cached)."""
@@ -18,6 +22,17 @@ def load_graph(model: str, name: str | None = None, exporter: str = "torchscript
 
     path, default_name = zoo.resolve(model, exporter)
     return read_onnx(path, name or default_name)
+
+
+def split_halves(
+    model: str, result: Partition, out_dir: str, exporter: str = "torchscript", check: bool = True
+) -> SplitResult:
+    """Write the partition's device.onnx and server.onnx and check them against the whole."""
+    from toolkit.onnx_split import split_model
+
+    path, _ = zoo.resolve(model, exporter)
+    device = [result.graph.names[i] for i in result.device]
+    return split_model(path, device, out_dir, check)
 
 
 def make_scenario(

@@ -200,6 +200,42 @@ def partition(model: str, name: str | None, exporter: str, as_json: bool, method
     console.print(partition_report(result, graph))
 
 
+@cli.command()
+@model_options
+@scenario_options
+@click.option("--method", type=click.Choice(METHODS), default=METHODS[-1], show_default=True)
+@click.option("--pin", multiple=True, help="Keep this layer on the device (repeatable).")
+@click.option("--pin-server", multiple=True, help="Run this layer on the server (repeatable).")
+@click.option("-o", "--out", "out_dir", required=True, help="Folder for device.onnx/server.onnx.")
+@click.option("--no-check", is_flag=True, help="Skip the onnxruntime equivalence check.")
+@json_option
+def split(model: str, name: str | None, exporter: str, as_json: bool, method: str,
+          pin: tuple[str, ...], pin_server: tuple[str, ...], out_dir: str, no_check: bool,
+          **kw: Any) -> None:
+    """Write the optimal partition of MODEL as device.onnx and server.onnx, and check them.
+
+    Example: splitcut split resnet18 --link lte -o halves/
+    """
+    scenario = build_scenario(kw)
+    result = api.partition_model(load_graph(model, name, exporter), scenario, method, pin,
+                                 pin_server)
+    halves = api.split_halves(model, result, out_dir, exporter, check=not no_check)
+    data = {
+        "device": str(halves.device_path), "server": str(halves.server_path),
+        "cut_tensors": halves.cut_tensors, "max_abs_error": halves.max_abs_error,
+        "max_rel_error": halves.max_rel_error,
+        "delay_ms": result.delay.total,
+    }
+    if as_json:
+        emit_json(data)
+        return
+    click.echo(f"device half: {halves.device_path}")
+    click.echo(f"server half: {halves.server_path} (inputs: {', '.join(halves.cut_tensors)})")
+    if halves.max_abs_error is not None:
+        click.echo(f"device then server reproduces the whole model: max abs error "
+                   f"{halves.max_abs_error:.3g} (relative {halves.max_rel_error:.3g})")
+
+
 @cli.group(name="zoo")
 def zoo_group() -> None:
     """Reference models built offline with random weights."""

@@ -70,6 +70,35 @@ def read_model(model: ModelProto, name: str, base_dir: Path | None = None) -> La
     `base_dir` is where external weight files live; they are read only if static shape
     inference leaves sizes symbolic and the model must be run once to learn them.
     """
+    return _prepared(model, name, base_dir).build()
+
+
+@dataclass(frozen=True)
+class NodeRoles:
+    """How the reader saw each node: what writing model halves needs to agree with it."""
+
+    names: list[str]
+    order: list[int]
+    constant: set[int]
+    deps: list[list[str]]
+    shapes: dict[str, Shape]
+    elem_types: dict[str, int]
+
+
+def node_roles(model: ModelProto, base_dir: Path | None = None) -> NodeRoles:
+    """Layer names, topological order and folded-constant nodes of `model`."""
+    reader = _prepared(model, "model", base_dir)
+    order = reader._node_order()
+    constant, _ = reader._fold_constants(order)
+    return NodeRoles(
+        reader.names, order, constant, reader.deps,
+        {n: i.shape for n, i in reader.info.items() if i.shape is not None and not i.symbolic},
+        {n: i.elem_type for n, i in reader.info.items()},
+    )
+
+
+def _prepared(model: ModelProto, name: str, base_dir: Path | None) -> _Reader:
+    """A reader over the shape-inferred model, symbolic sizes refined by one run if needed."""
     if not model.graph.node:
         raise ModelError(f"model {name!r} has no nodes")
     reader = _Reader(_infer_shapes(model), name)
@@ -78,7 +107,7 @@ def read_model(model: ModelProto, name: str, base_dir: Path | None = None) -> La
         if base_dir is not None and _has_external_data(model):
             model = _with_external_data(model, base_dir)
         reader.refine(runtime_shapes(model, missing))
-    return reader.build()
+    return reader
 
 
 def _has_external_data(model: ModelProto) -> bool:
@@ -326,7 +355,7 @@ class _Reader:
             self.info[name] = _Info(shape, old.elem_type if old else TensorProto.FLOAT)
 
     def build(self) -> LayerGraph:
-        order = self._node_order()
+        order = self._node_order()  # also fills self.deps
         constant, consts = self._fold_constants(order)
         claimed: set[str] = set()
         unsupported: dict[str, int] = {}

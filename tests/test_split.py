@@ -1,0 +1,34 @@
+"""Device and server halves reproduce the whole model (onnxruntime), on every zoo model."""
+
+from __future__ import annotations
+
+import onnx
+import pytest
+
+from tests.helpers import chain, run_main, save
+from toolkit import zoo
+from toolkit.onnx_reader import read_onnx
+from toolkit.onnx_split import split_model
+
+
+@pytest.mark.parametrize("name", list(zoo.MODELS))
+def test_halves_reproduce_every_zoo_model_cut_midway(zoo_path, tmp_path, name):
+    path = zoo_path(name)
+    graph = read_onnx(path, name)
+    layers = list(graph.layers)
+    device = layers[: len(layers) // 2]  # a topological prefix is always a valid device side
+    result = split_model(path, device, tmp_path)
+    assert result.cut_tensors
+    assert result.max_rel_error is not None and result.max_rel_error < 1e-4
+    server = onnx.load(str(result.server_path), load_external_data=False)
+    assert [i.name for i in server.graph.input] == result.cut_tensors
+
+
+def test_split_command_writes_both_halves(tmp_path, capsys, monkeypatch):
+    path = save(chain(6, width=32), tmp_path / "c.onnx")
+    code, out, _ = run_main(["split", str(path), "--uplink", "1Gbps", "--downlink", "1Gbps",
+                             "-o", str(tmp_path / "out")], capsys, monkeypatch)
+    assert code == 0
+    assert (tmp_path / "out" / "device.onnx").exists()
+    assert (tmp_path / "out" / "server.onnx").exists()
+    assert "max abs error" in out
