@@ -22,15 +22,18 @@ def test_identity_and_constant_chains_on_weights_are_folded_into_parameters():
         helper.make_node("Identity", ["w"], ["w_id"], name="weight_copy"),
         helper.make_node("Constant", [], ["two"], name="two",
                          value=helper.make_tensor("v", TensorProto.FLOAT, [], [2.0])),
-        helper.make_node("Mul", ["w_id", "two"], ["w2"], name="scale_weight"),
-        helper.make_node("MatMul", ["x", "w2"], ["y"], name="mm"),
+        helper.make_node("Mul", ["two", "two"], ["four"], name="scale"),
+        helper.make_node("Transpose", ["w_id"], ["wt"], name="transpose_weight"),
+        helper.make_node("MatMul", ["x", "wt"], ["h"], name="mm"),
+        helper.make_node("Add", ["h", "four"], ["y"], name="add"),
     ]
-    graph = read_model(model(nodes, [vi("x", [1, 4])], [vi("y", [1, 3])], [weight("w", 4, 3)]), "m")
-    assert list(graph.layers) == ["mm"]
+    graph = read_model(model(nodes, [vi("x", [1, 3])], [vi("y", [1, 4])], [weight("w", 4, 3)]), "m")
+    assert list(graph.layers) == ["mm", "add"]
     mm = graph.layers["mm"]
     assert mm.inputs == ("x",)
     assert mm.params == 12
     assert mm.reads_input
+    assert graph.layers["add"].params == 0  # a constant computed from Constant nodes is no weight
 
 
 def test_shape_of_a_static_tensor_is_a_constant_not_a_layer():

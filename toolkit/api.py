@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from toolkit import profiles, zoo
+from toolkit.blocks import find_blocks
 from toolkit.costgraph import CostGraph
 from toolkit.costs import Scenario, build_cost_graph
 from toolkit.errors import PartitionError
@@ -77,7 +79,7 @@ def layer_indices(graph: CostGraph, names: Sequence[str], what: str) -> list[int
 def partition_model(
     graph: LayerGraph,
     scenario: Scenario,
-    method: str = "general",
+    method: str = "blockwise",
     pin_device: Sequence[str] = (),
     pin_server: Sequence[str] = (),
 ) -> Partition:
@@ -86,4 +88,9 @@ def partition_model(
     for i in layer_indices(costs, pin_device, "--pin"):
         costs.pinned[i] = True
     server = layer_indices(costs, pin_server, "--pin-server")
-    return solve(costs, method, server)
+    blocks, blocks_ms = None, 0.0
+    if method == "blockwise":
+        start = time.perf_counter()
+        blocks = find_blocks(graph)
+        blocks_ms = (time.perf_counter() - start) * 1e3
+    return solve(costs, method, server, blocks=blocks, blocks_ms=blocks_ms)

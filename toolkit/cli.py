@@ -17,7 +17,15 @@ from toolkit.costs import PRECISIONS, Scenario, build_cost_graph
 from toolkit.errors import ToolkitError
 from toolkit.graph import LayerGraph
 from toolkit.partition import METHODS
-from toolkit.report import human, human_bytes, inspect_dict, partition_report
+from toolkit.blocks import find_blocks
+from toolkit.report import (
+    blocks_dict,
+    blocks_report,
+    human,
+    human_bytes,
+    inspect_dict,
+    partition_report,
+)
 
 F = TypeVar("F", bound=Callable[..., Any])
 console = Console()
@@ -122,6 +130,22 @@ def inspect(model: str, name: str | None, exporter: str, as_json: bool) -> None:
         console.print(f"[yellow]{len(graph.unknown_shapes)} tensors of unknown shape[/yellow]")
     for note in graph.notes:
         console.print(f"note: {note}")
+
+
+@cli.command()
+@model_options
+@json_option
+def blocks(model: str, name: str | None, exporter: str, as_json: bool) -> None:
+    """Cut vertices, segments and repeated block types of MODEL: its compressed chain.
+
+    Example: splitcut blocks resnet152
+    """
+    graph = load_graph(model, name, exporter)
+    structure = find_blocks(graph)
+    if as_json:
+        emit_json(blocks_dict(structure, graph))
+        return
+    console.print(blocks_report(structure))
 
 
 @cli.command(name="profiles")

@@ -45,7 +45,6 @@ class Layer:
     in_bytes: int = 0
     out_bytes: int = 0
     module: str | None = None
-    module_class: str | None = None
     attrs: str = ""
     supported: bool = True
     reads_input: bool = False
@@ -67,6 +66,7 @@ class LayerGraph:
     unsupported_ops: dict[str, int] = field(default_factory=dict)
     unknown_shapes: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
+    module_classes: dict[str, str] = field(default_factory=dict)  # module path -> class
 
     @classmethod
     def build(

@@ -33,6 +33,10 @@ _NOT_TRAINABLE_INPUTS: dict[str, frozenset[int]] = {
     "BatchNormalization": frozenset({3, 4}),
 }
 _TYPE_ONLY_INPUTS = frozenset({"CastLike"})
+_WEIGHT_VIEWS = frozenset(
+    {"Identity", "Transpose", "Cast", "CastLike", "Reshape", "Unsqueeze", "Squeeze", "Expand",
+     "Flatten"}
+)
 _SUBGRAPH_OPS = frozenset({"If", "Loop", "Scan"})
 _BIG_WEIGHT_BYTES = 4096
 _OP_CLASS_PREFIXES = ("aten.", "prims.", "<built-in", "torch.ops.")
@@ -282,20 +286,29 @@ def _subgraph_outer_names(node: NodeProto) -> list[str]:
     return found
 
 
-def _module_of(node: NodeProto) -> tuple[str | None, str | None]:
-    """PyTorch module path and class of a node, from exporter metadata or a scoped node name."""
+def _module_of(node: NodeProto) -> tuple[str | None, dict[str, str]]:
+    """PyTorch module path of a node and the class of each enclosing module, where known.
+
+    From the exporters' `pkg.torch.onnx.name_scopes`/`class_hierarchy` metadata, else from a
+    scoped node name such as `/layer1/layer1.0/conv1/Conv` (TorchScript), which has no classes.
+    """
     meta = {p.key: p.value for p in node.metadata_props}
     scopes = _parse_list(meta.get(_NAME_SCOPES))
     classes = _parse_list(meta.get(_CLASS_HIERARCHY))
     if scopes:
         if classes and classes[-1].startswith(_OP_CLASS_PREFIXES):  # innermost is the op itself
             scopes, classes = scopes[:-1], classes[:-1]
-        module = _join_scopes([s for s in scopes if s])
-        return module or None, classes[-1] if classes else None
-    if node.name.startswith("/"):
-        parts = [p for p in node.name.split("/")[1:-1] if p]
-        return _join_scopes(parts) or None, None
-    return None, None
+        paths = [_join_scopes([s for s in scopes[: k + 1] if s]) for k in range(len(scopes))]
+        known = {p: c for p, c in zip(paths, classes, strict=False) if p}
+        return (paths[-1] or None) if paths else None, known
+    return module_path(node.name), {}
+
+
+def module_path(node_name: str) -> str | None:
+    """'/layer1/layer1.0/conv1/Conv' -> 'layer1.0.conv1'; None for an unscoped name."""
+    if not node_name.startswith("/"):
+        return None
+    return _join_scopes([p for p in node_name.split("/")[1:-1] if p]) or None
 
 
 def _parse_list(text: str | None) -> list[str]:
@@ -338,6 +351,7 @@ class _Reader:
             self.info[t.name] = _Info(tuple(int(d) for d in t.dims), t.data_type)
         self.raw_inputs = [i.name for i in g.input if i.name not in self.initializers]
         self.names = layer_names(g)
+        self.module_classes: dict[str, str] = {}
 
     def unresolved(self) -> dict[str, int]:
         """Node outputs (with element type) whose size static inference left unknown or symbolic."""
@@ -357,7 +371,6 @@ class _Reader:
     def build(self) -> LayerGraph:
         order = self._node_order()  # also fills self.deps
         constant, consts = self._fold_constants(order)
-        claimed: set[str] = set()
         unsupported: dict[str, int] = {}
         unknown: list[str] = []
         tensors: dict[str, Tensor] = {}
@@ -368,7 +381,7 @@ class _Reader:
             if i in constant:
                 continue
             node = self.graph.node[i]
-            layer = self._layer(i, node, consts, claimed, tensors)
+            layer = self._layer(i, node, consts, tensors)
             for out in layer.outputs:
                 if not tensors[out].shape_known:
                     unknown.append(out)
@@ -383,6 +396,7 @@ class _Reader:
         return LayerGraph.build(
             self.name, layers, tensors, self.raw_inputs, outputs,
             unsupported_ops=unsupported, unknown_shapes=tuple(unknown), notes=tuple(notes),
+            module_classes=self.module_classes,
         )
 
     def _node_order(self) -> list[int]:
@@ -434,8 +448,14 @@ class _Reader:
         return order
 
     def _fold_constants(self, order: list[int]) -> tuple[set[int], set[str]]:
-        """Nodes computable from initializers alone, and every constant tensor's name."""
+        """Nodes computable from initializers alone, and every constant tensor's name.
+
+        Also fills `self.weights`: float initializers and views of them (Identity, Transpose,
+        Cast, ...). Those are a layer's trainable parameters; other constants (masks built
+        from Constant nodes, shapes) are not.
+        """
         consts = set(self.initializers)
+        self.weights = {n for n, t in self.initializers.items() if t.data_type in _FLOAT_TYPES}
         constant: set[int] = set()
         for i in order:
             node = self.graph.node[i]
@@ -448,6 +468,8 @@ class _Reader:
             if static_shape or all(n in consts for n in names):
                 constant.add(i)
                 consts.update(out for out in node.output if out)
+                if node.op_type in _WEIGHT_VIEWS and node.input and node.input[0] in self.weights:
+                    self.weights.update(out for out in node.output if out)
         return constant, consts
 
     def _static(self, name: str) -> bool:
@@ -467,7 +489,6 @@ class _Reader:
         i: int,
         node: NodeProto,
         consts: set[str],
-        claimed: set[str],
         tensors: dict[str, Tensor],
     ) -> Layer:
         name = self.names[i]
@@ -476,10 +497,9 @@ class _Reader:
         skip = _NOT_TRAINABLE_INPUTS.get(node.op_type, frozenset())
         for k, inp in enumerate(node.input):
             info = self.info.get(inp)
-            if inp not in consts or inp in claimed or k in skip or info is None:
+            if inp not in self.weights or k in skip or info is None:
                 continue
-            if info.elem_type in _FLOAT_TYPES and info.shape is not None:
-                claimed.add(inp)
+            if info.shape is not None:
                 params += numel(info.shape)
                 param_bytes += numel(info.shape) * _ELEM_BYTES[info.elem_type]
         in_bytes = sum(tensors[n].bytes for n in acts if n in tensors)
@@ -499,7 +519,8 @@ class _Reader:
         flops, macs, supported = cost.flops, cost.macs, cost.supported
         if node.op_type in _SUBGRAPH_OPS:
             flops, supported = self._subgraph_flops(node), True
-        module, module_class = _module_of(node)
+        module, classes = _module_of(node)
+        self.module_classes.update(classes)
         return Layer(
             name=name,
             op=node.op_type if not node.domain or node.domain == "ai.onnx"
@@ -513,7 +534,6 @@ class _Reader:
             in_bytes=in_bytes,
             out_bytes=sum(tensors[o].bytes for o in outs),
             module=module,
-            module_class=module_class,
             attrs=_canonical_attrs(attrs),
             supported=supported,
             reads_input=any(n in self.raw_inputs for n in acts),

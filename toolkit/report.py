@@ -5,8 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from rich.console import Group, RenderableType
+from rich.markup import escape
 from rich.table import Table
 
+from toolkit.blocks import BlockStructure
 from toolkit.graph import LayerGraph
 from toolkit.partition import Partition
 
@@ -109,3 +111,65 @@ def _span(modules: list[str]) -> str:
     if len(modules) <= 3:
         return ", ".join(modules)
     return f"{modules[0]} … {modules[-1]}"
+
+
+def blocks_dict(blocks: BlockStructure, graph: LayerGraph) -> dict[str, Any]:
+    """`splitcut blocks --json`: cut vertices, segments, block types and the compressed chain."""
+    names = list(graph.layers)
+    return {
+        "model": blocks.model,
+        "layers": blocks.layer_count,
+        "cut_vertices": [names[c] for c in blocks.cut_vertices],
+        "types": [
+            {"id": t.id, "name": t.name, "signature": t.signature, "size": t.size,
+             "count": t.count}
+            for t in blocks.types
+        ],
+        "segments": [
+            {"index": s.index, "type": s.type_id,
+             "entry": None if s.entry is None else names[s.entry],
+             "exit": None if s.exit is None else names[s.exit],
+             "layers": [names[p] for p in s.layers]}
+            for s in blocks.segments
+        ],
+        "chain": [[t, n] for t, n in blocks.chain()],
+    }
+
+
+def blocks_report(blocks: BlockStructure) -> Group:
+    table = Table("type", "name", "instances", "layers each", "signature",
+                  title=f"{blocks.model}: block types")
+    for t in sorted(blocks.types, key=lambda t: -t.count * t.size):
+        table.add_row(str(t.id), escape(t.name), str(t.count), str(t.size), t.signature)
+    types = {t.id: t for t in blocks.types}
+    chain = " → ".join(
+        (f"({' → '.join(types[t].name for t in period)}) x{n}" if len(period) > 1
+         else f"{types[period[0]].name}{f' x{n}' if n > 1 else ''}")
+        for period, n in _periodic([s.type_id for s in blocks.segments])
+    )
+    repeated = sum(t.size * (t.count - 1) for t in blocks.types)
+    return Group(
+        f"{blocks.layer_count} layers, {len(blocks.cut_vertices)} cut vertices, "
+        f"{len(blocks.segments)} segments of {len(blocks.types)} block types "
+        f"({repeated} layers are repeats of an earlier instance)",
+        table,
+        f"chain: {escape(chain)}",
+    )
+
+
+def _periodic(seq: list[int], longest: int = 4) -> list[tuple[list[int], int]]:
+    """[a, b, a, b, a, b, c] -> [([a, b], 3), ([c], 1)]: repeated runs for display."""
+    out: list[tuple[list[int], int]] = []
+    i = 0
+    while i < len(seq):
+        best = ([seq[i]], 1)
+        for p in range(1, longest + 1):
+            period = seq[i : i + p]
+            reps = 1
+            while seq[i + reps * p : i + (reps + 1) * p] == period:
+                reps += 1
+            if reps > 1 and reps * p > best[1] * len(best[0]):
+                best = (period, reps)
+        out.append(best)
+        i += best[1] * len(best[0])
+    return out

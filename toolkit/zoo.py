@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 
 EXPORTERS = ("torchscript", "dynamo")
 SEQUENCE_LENGTH = 128
+EXPORT_VERSION = 2  # bump when export settings change, so cached files are rebuilt
 
 
 @dataclass(frozen=True)
@@ -155,7 +156,8 @@ def export(
     directory = Path(out_dir) if out_dir is not None else cache_dir()
     directory.mkdir(parents=True, exist_ok=True)
     suffix = "" if exporter == "torchscript" else f".{exporter}"
-    tag = "" if out_dir is not None else f".torch{torch.__version__.split('+')[0]}"
+    torch_version = torch.__version__.split("+")[0]
+    tag = "" if out_dir is not None else f".v{EXPORT_VERSION}.torch{torch_version}"
     path = directory / f"{name}{suffix}{tag}.onnx"
     if path.exists() and not force:
         return path
@@ -165,8 +167,38 @@ def export(
     with tempfile.TemporaryDirectory(dir=directory) as tmp:
         tmp_path = Path(tmp) / path.name
         _export(torch, module, args, tmp_path, exporter)
+        if exporter == "torchscript":
+            _annotate_modules(tmp_path, module)
         os.replace(tmp_path, path)
     return path
+
+
+def _annotate_modules(path: Path, module: Any) -> None:
+    """Give TorchScript exports the module-class metadata the dynamo exporter writes.
+
+    TorchScript names nodes by module path only (`/layer1/layer1.0/conv1/Conv`); the classes
+    (`Bottleneck`) name block types. Same keys and format as dynamo's
+    `pkg.torch.onnx.name_scopes` / `pkg.torch.onnx.class_hierarchy`.
+    """
+    import onnx
+
+    from toolkit.onnx_reader import module_path
+
+    modules = {name: type(m) for name, m in module.named_modules()}
+    model = onnx.load(str(path))
+    for node in model.graph.node:
+        path_ = module_path(node.name)
+        if path_ is None:
+            continue
+        parts = path_.split(".")
+        prefixes = [".".join(parts[: k + 1]) for k in range(len(parts))]
+        scopes = ["", *(p for p in prefixes if p in modules)]
+        classes = [f"{modules[s].__module__}.{modules[s].__qualname__}" for s in scopes]
+        for key, value in (("pkg.torch.onnx.name_scopes", scopes),
+                           ("pkg.torch.onnx.class_hierarchy", classes)):
+            entry = node.metadata_props.add()
+            entry.key, entry.value = key, repr(value)
+    onnx.save(model, str(path))
 
 
 def _export(torch: Any, module: Any, args: tuple[Any, ...], path: Path, exporter: str) -> None:

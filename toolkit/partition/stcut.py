@@ -41,8 +41,12 @@ def min_cut(
     server_pinned: Collection[int] = (),
     monotone: bool = True,
     layers: Sequence[int] | None = None,
+    device_pinned: Collection[int] = (),
 ) -> CutResult:
-    """Solve the s-t cut over `layers` (default: all). Tensors leaving the subset are ignored."""
+    """Solve the s-t cut over `layers` (default: all). Tensors leaving the subset are ignored.
+
+    `device_pinned` adds pins to the graph's own (the block-wise solver pins a segment's entry).
+    """
     subset = list(range(len(graph))) if layers is None else list(layers)
     local = {v: k for k, v in enumerate(subset)}
     tensors = [
@@ -56,9 +60,10 @@ def min_cut(
     g.add_nodes(len(subset) + len(tensors))
     edges = 0
     server_only = set(server_pinned)
+    device_only = set(device_pinned)
     for v, k in local.items():
         to_server = inf if v in server_only else graph.device_ms[v]
-        from_device = inf if graph.pinned[v] else graph.server_ms[v]
+        from_device = inf if graph.pinned[v] or v in device_only else graph.server_ms[v]
         g.add_tedge(k, from_device, to_server)
         edges += 2
     aux = len(subset)

@@ -1,0 +1,221 @@
+"""Cut vertices, segments, block signatures and block types: the model's compressed chain. Pure.
+
+A cut vertex is a layer every input-to-output path passes through. In a topological order, v is
+one iff no edge jumps over v's position (with a virtual input feeding every layer that has no
+producer and a virtual output fed by every layer with no consumer) — one sweep, O(V + E), and
+the same set for any topological order.
+
+A segment is the run of layers after one cut vertex up to and including the next, so segments
+partition the layers and a ResNet bottleneck (with the ReLU that closes it) is one segment.
+Layers after the last cut vertex form a final segment with a virtual exit. Segments with equal
+signatures (ops, attributes, shapes, parameter counts and internal wiring, in order) are
+instances of one block type.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import numpy as np
+
+from toolkit.graph import Layer, LayerGraph
+
+
+@dataclass(frozen=True)
+class Segment:
+    index: int
+    layers: tuple[int, ...]  # topological positions; the last is `exit` when exit is not None
+    entry: int | None  # the cut vertex before it; None: the virtual input
+    exit: int | None  # the cut vertex closing it; None: the virtual output
+    type_id: int
+
+
+@dataclass(frozen=True)
+class BlockType:
+    id: int
+    signature: str
+    name: str
+    size: int
+    count: int
+    closed: bool  # ends at a real cut vertex (False: the final segment, virtual output)
+
+
+@dataclass
+class BlockStructure:
+    """Computed once per model; every scenario's block-wise solve reuses it."""
+
+    model: str
+    layer_count: int
+    cut_vertices: list[int]
+    segments: list[Segment]
+    types: list[BlockType]
+
+    def instances(self, type_id: int) -> np.ndarray:
+        """Rows of [entry, layers...] positions, one per instance of the type (entry -1: none)."""
+        rows = [
+            [-1 if s.entry is None else s.entry, *s.layers]
+            for s in self.segments
+            if s.type_id == type_id
+        ]
+        return np.asarray(rows, dtype=np.int64)
+
+    def chain(self) -> list[tuple[int, int]]:
+        """The compressed chain, run-length encoded: (type id, repeats)."""
+        runs: list[tuple[int, int]] = []
+        for s in self.segments:
+            if runs and runs[-1][0] == s.type_id:
+                runs[-1] = (s.type_id, runs[-1][1] + 1)
+            else:
+                runs.append((s.type_id, 1))
+        return runs
+
+
+def cut_vertices(n: int, edges: Iterable[tuple[int, int]]) -> list[int]:
+    """Positions 0..n-1 (a topological order) that every input-to-output path passes."""
+    furthest = [-1] * n
+    has_producer = [False] * n
+    for u, w in edges:
+        furthest[u] = max(furthest[u], w)
+        has_producer[w] = True
+    reach = max((i for i in range(n) if not has_producer[i]), default=0)  # virtual input
+    cuts = []
+    for p in range(n):
+        if reach <= p:
+            cuts.append(p)
+        reach = max(reach, furthest[p] if furthest[p] >= 0 else n)  # sinks feed the output
+    return cuts
+
+
+def find_blocks(graph: LayerGraph) -> BlockStructure:
+    """Cut vertices, segments and block types of a layer graph."""
+    layers = list(graph)
+    index = {layer.name: i for i, layer in enumerate(layers)}
+    edges = [(index[u], index[w]) for u, w, _ in graph.edges()]
+    cuts = cut_vertices(len(layers), edges)
+    bounds: list[tuple[int | None, int | None, tuple[int, ...]]] = []
+    start, entry = 0, None
+    for c in cuts:
+        bounds.append((entry, c, tuple(range(start, c + 1))))
+        start, entry = c + 1, c
+    if start < len(layers):
+        bounds.append((entry, None, tuple(range(start, len(layers)))))
+    signatures = [
+        _signature(graph, index, seg, entry, exit_ is not None) for entry, exit_, seg in bounds
+    ]
+    type_of: dict[str, int] = {}
+    for sig in signatures:
+        type_of.setdefault(sig, len(type_of))
+    segments = [
+        Segment(k, seg, entry, exit_, type_of[sig])
+        for k, ((entry, exit_, seg), sig) in enumerate(zip(bounds, signatures, strict=True))
+    ]
+    counts = Counter(s.type_id for s in segments)
+    first: dict[int, Segment] = {}
+    for s in segments:
+        first.setdefault(s.type_id, s)
+    names = _names(graph, layers, [first[t] for t in range(len(type_of))], counts)
+    types = [
+        BlockType(t, sig, names[t], len(first[t].layers), counts[t], first[t].exit is not None)
+        for sig, t in type_of.items()
+    ]
+    return BlockStructure(graph.name, len(layers), cuts, segments, types)
+
+
+def _signature(
+    graph: LayerGraph, index: dict[str, int], seg: tuple[int, ...], entry: int | None,
+    closed: bool,
+) -> str:
+    """Hash of a segment's canonical content; positions are relative, names play no part."""
+    layers = list(graph.layers.values())
+    local = {pos: j for j, pos in enumerate(seg)}
+    items = []
+    for pos in seg:
+        layer = layers[pos]
+        sources = []
+        for t in layer.inputs:
+            tensor = graph.tensors[t]
+            producer = None if tensor.producer is None else index[tensor.producer]
+            if producer is None:
+                src = "input"
+            elif producer in local:
+                src = f"{local[producer]}.{layers[producer].outputs.index(t)}"
+            elif producer == entry:
+                src = f"entry.{layers[producer].outputs.index(t)}"
+            else:
+                src = "outer"
+            sources.append((src, tensor.shape, tensor.dtype))
+        outputs = [(graph.tensors[t].shape, graph.tensors[t].dtype) for t in layer.outputs]
+        items.append((layer.op, layer.attrs, layer.params, sources, outputs))
+    return hashlib.sha1(repr((closed, items)).encode()).hexdigest()[:16]
+
+
+def _names(
+    graph: LayerGraph, layers: list[Layer], firsts: list[Segment], counts: Counter[int]
+) -> list[str]:
+    """Readable type names: a lone layer's op; else the enclosing module's class or path.
+
+    Types that would share a name are told apart by their module path (`Bottleneck layer3.N`
+    for repeated ones, `Bottleneck layer3.0` for a one-off), then by the child module holding
+    most of their layers (`[mlp]`), then by id.
+    """
+    names, paths = [], []
+    for t, seg in enumerate(firsts):
+        modules = _module_paths(layers, seg)
+        prefix = _common_prefix(modules) if len(modules) == len(seg.layers) else []
+        path = ".".join(prefix)
+        paths.append(_generalise(path) if counts[t] > 1 else path)
+        known = [".".join(prefix[:k]) for k in range(len(prefix), 0, -1)]
+        cls = next((graph.module_classes[p] for p in known if p in graph.module_classes), None)
+        ops = [layers[p].op for p in seg.layers]
+        if len(ops) == 1:
+            names.append(ops[0])
+        elif cls is not None:
+            names.append(cls.rsplit(".", 1)[-1])
+        elif path:
+            names.append(paths[-1])
+        else:
+            names.append("-".join(ops) if len(ops) <= 3 else f"{ops[0]}…{ops[-1]} ({len(ops)})")
+    refinements: tuple[Callable[[int], str], ...] = (
+        lambda i: paths[i] if paths[i] and paths[i] != names[i] else "",
+        lambda i: f"[{_main_child(layers, firsts[i])}]",
+        lambda i: f"#{i}",
+    )
+    for refine in refinements:
+        taken = Counter(names)
+        names = [
+            f"{name} {refine(i)}".rstrip() if taken[name] > 1 else name
+            for i, name in enumerate(names)
+        ]
+    return names
+
+
+def _generalise(path: str) -> str:
+    """'layer3.5' -> 'layer3.N', 'encoder.layers.encoder_layer_7' -> '...encoder_layer_N'."""
+    head, _, last = path.rpartition(".")
+    last = re.sub(r"\d+", "N", last)
+    return f"{head}.{last}" if head else last
+
+
+def _common_prefix(paths: list[list[str]]) -> list[str]:
+    prefix = paths[0] if paths else []
+    for p in paths[1:]:
+        k = 0
+        while k < min(len(prefix), len(p)) and prefix[k] == p[k]:
+            k += 1
+        prefix = prefix[:k]
+    return prefix
+
+
+def _module_paths(layers: list[Layer], seg: Segment) -> list[list[str]]:
+    return [m.split(".") for m in (layers[p].module for p in seg.layers) if m]
+
+
+def _main_child(layers: list[Layer], seg: Segment) -> str:
+    modules = _module_paths(layers, seg)
+    depth = len(_common_prefix(modules))
+    children = Counter(m[depth] for m in modules if len(m) > depth)
+    return children.most_common(1)[0][0] if children else layers[seg.layers[0]].op
