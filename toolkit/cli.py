@@ -13,11 +13,11 @@ from rich.console import Console
 from rich.table import Table
 
 from toolkit import __version__, api, profiles, zoo
+from toolkit.blocks import find_blocks
 from toolkit.costs import PRECISIONS, Scenario, build_cost_graph
 from toolkit.errors import ToolkitError
 from toolkit.graph import LayerGraph
 from toolkit.partition import METHODS
-from toolkit.blocks import find_blocks
 from toolkit.report import (
     blocks_dict,
     blocks_report,
