@@ -14,6 +14,7 @@ instances of one block type.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from collections import Counter
@@ -44,6 +45,17 @@ class BlockType:
     closed: bool  # ends at a real cut vertex (False: the final segment, virtual output)
 
 
+@dataclass(frozen=True)
+class ChainArrays:
+    cuts: np.ndarray
+    entries: np.ndarray  # per segment; -1: virtual input
+    exits: np.ndarray  # per segment; layer_count: virtual output
+    ends: np.ndarray  # first position after the segment
+    closed: np.ndarray
+    instances: dict[int, np.ndarray]  # type -> rows of [entry, layers...]
+    segments_of: dict[int, np.ndarray]  # type -> segment indices, in row order
+
+
 @dataclass
 class BlockStructure:
     """Computed once per model; every scenario's block-wise solve reuses it."""
@@ -54,14 +66,29 @@ class BlockStructure:
     segments: list[Segment]
     types: list[BlockType]
 
-    def instances(self, type_id: int) -> np.ndarray:
-        """Rows of [entry, layers...] positions, one per instance of the type (entry -1: none)."""
-        rows = [
-            [-1 if s.entry is None else s.entry, *s.layers]
-            for s in self.segments
-            if s.type_id == type_id
-        ]
-        return np.asarray(rows, dtype=np.int64)
+    @functools.cached_property
+    def arrays(self) -> ChainArrays:
+        """The chain as arrays, built once per model for the vectorised solver."""
+        segs = self.segments
+        by_type: dict[int, list[Segment]] = {t.id: [] for t in self.types}
+        for s in segs:
+            by_type[s.type_id].append(s)
+        return ChainArrays(
+            cuts=np.asarray(self.cut_vertices, dtype=np.int64),
+            entries=np.asarray([-1 if s.entry is None else s.entry for s in segs], np.int64),
+            exits=np.asarray([self.layer_count if s.exit is None else s.exit for s in segs],
+                             np.int64),
+            ends=np.asarray([self.layer_count if s.exit is None else s.exit + 1 for s in segs],
+                            np.int64),
+            closed=np.asarray([s.exit is not None for s in segs], dtype=bool),
+            instances={
+                t: np.asarray([[-1 if s.entry is None else s.entry, *s.layers] for s in ss],
+                              dtype=np.int64)
+                for t, ss in by_type.items()
+            },
+            segments_of={t: np.asarray([s.index for s in ss], np.int64)
+                         for t, ss in by_type.items()},
+        )
 
     def chain(self) -> list[tuple[int, int]]:
         """The compressed chain, run-length encoded: (type id, repeats)."""
@@ -104,7 +131,8 @@ def find_blocks(graph: LayerGraph) -> BlockStructure:
     if start < len(layers):
         bounds.append((entry, None, tuple(range(start, len(layers)))))
     signatures = [
-        _signature(graph, index, seg, entry, exit_ is not None) for entry, exit_, seg in bounds
+        _signature(graph, layers, index, seg, entry, exit_ is not None)
+        for entry, exit_, seg in bounds
     ]
     type_of: dict[str, int] = {}
     for sig in signatures:
@@ -126,11 +154,10 @@ def find_blocks(graph: LayerGraph) -> BlockStructure:
 
 
 def _signature(
-    graph: LayerGraph, index: dict[str, int], seg: tuple[int, ...], entry: int | None,
-    closed: bool,
+    graph: LayerGraph, layers: list[Layer], index: dict[str, int], seg: tuple[int, ...],
+    entry: int | None, closed: bool,
 ) -> str:
     """Hash of a segment's canonical content; positions are relative, names play no part."""
-    layers = list(graph.layers.values())
     local = {pos: j for j, pos in enumerate(seg)}
     items = []
     for pos in seg:

@@ -6,9 +6,12 @@ what `splitcut graph --json` prints and what every solver reads.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
 
 
 @dataclass(frozen=True)
@@ -29,7 +32,7 @@ class CostGraph:
     ops: list[str]
     device_ms: list[float]
     server_ms: list[float]
-    pinned: list[bool]
+    pinned: np.ndarray | list[bool]  # stored as a bool array
     tensors: list[CostTensor]
     scenario: dict[str, Any] = field(default_factory=dict)
     flops: list[float] = field(default_factory=list)
@@ -37,8 +40,34 @@ class CostGraph:
     params: list[int] = field(default_factory=list)
     raw_upload_ms: float = 0.0  # sending the raw input up once: the server-only reference
 
+    def __post_init__(self) -> None:
+        """Array views for the vectorised solvers, built once with the graph."""
+        self.pinned = np.array(self.pinned, dtype=bool)
+        self.device_arr = np.asarray(self.device_ms, dtype=np.float64)
+        self.server_arr = np.asarray(self.server_ms, dtype=np.float64)
+        self.tensor_producer = np.fromiter(
+            (t.producer for t in self.tensors), np.int64, len(self.tensors)
+        )
+        self.tensor_crossing = np.fromiter(
+            (t.crossing_ms for t in self.tensors), np.float64, len(self.tensors)
+        )
+
     def __len__(self) -> int:
         return len(self.names)
+
+    @functools.cached_property
+    def _by_producer(self) -> tuple[np.ndarray, np.ndarray]:
+        order = np.argsort(self.tensor_producer, kind="stable")
+        return order, self.tensor_producer[order]
+
+    def tensors_of(self, layers: Iterable[int]) -> list[int]:
+        """Indices of the tensors produced by `layers`, without scanning every tensor."""
+        order, sorted_producers = self._by_producer
+        found: list[int] = []
+        for v in layers:
+            lo, hi = np.searchsorted(sorted_producers, [v, v + 1])
+            found.extend(order[lo:hi].tolist())
+        return found
 
     def index(self) -> dict[str, int]:
         return {n: i for i, n in enumerate(self.names)}

@@ -17,6 +17,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 import maxflow
+import numpy as np
 
 from toolkit.costgraph import CostGraph
 from toolkit.errors import PartitionError
@@ -30,10 +31,12 @@ class CutResult:
     edges: int
 
 
-def infinity(graph: CostGraph) -> float:
+def infinity(graph: CostGraph, layers: Sequence[int], tensors: Sequence[int]) -> float:
     """A capacity no finite cut can reach: twice the sum of every finite capacity, plus one."""
-    finite = sum(graph.device_ms) + sum(graph.server_ms) + sum(t.crossing_ms for t in graph.tensors)
-    return 2.0 * finite + 1.0
+    idx = np.asarray(layers, dtype=np.int64)
+    finite = graph.device_arr[idx].sum() + graph.server_arr[idx].sum()
+    finite += graph.tensor_crossing[np.asarray(tensors, dtype=np.int64)].sum()
+    return 2.0 * float(finite) + 1.0
 
 
 def min_cut(
@@ -49,13 +52,13 @@ def min_cut(
     """
     subset = list(range(len(graph))) if layers is None else list(layers)
     local = {v: k for k, v in enumerate(subset)}
+    produced = range(len(graph.tensors)) if layers is None else graph.tensors_of(subset)
     tensors = [
-        (t, [local[c] for c in t.consumers if c in local])
-        for t in graph.tensors
-        if t.producer in local
+        (graph.tensors[j], [local[c] for c in graph.tensors[j].consumers if c in local])
+        for j in produced
     ]
     tensors = [(t, cs) for t, cs in tensors if cs]
-    inf = infinity(graph)
+    inf = infinity(graph, subset, produced)
     g = maxflow.Graph[float](len(subset) + len(tensors), 2 * len(tensors) + len(subset))
     g.add_nodes(len(subset) + len(tensors))
     edges = 0
