@@ -1,0 +1,137 @@
+"""Cut vertices, segments and block types; block-wise partition equals the general min cut."""
+
+from __future__ import annotations
+
+import networkx as nx
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tests.oracles import brute_force
+from toolkit import api, zoo
+from toolkit.blocks import cut_vertices, find_blocks
+from toolkit.costgraph import CostGraph, CostTensor
+from toolkit.costs import BUILTIN_SCENARIOS, build_cost_graph
+from toolkit.partition import solve
+from toolkit.synthetic import Spec, stack
+
+
+@st.composite
+def dags(draw, max_layers=16):
+    n = draw(st.integers(min_value=1, max_value=max_layers))
+    edges = set()
+    for w in range(1, n):
+        preds = draw(st.sets(st.integers(min_value=0, max_value=w - 1), max_size=3))
+        edges |= {(u, w) for u in preds}
+    return n, sorted(edges)
+
+
+@given(dags())
+def test_cut_vertices_are_exactly_the_layers_every_path_passes(graph):
+    n, edges = graph
+    g = nx.DiGraph()
+    g.add_nodes_from(range(n))
+    g.add_edges_from(edges)
+    for v in range(n):
+        if g.in_degree(v) == 0:
+            g.add_edge("in", v)
+        if g.out_degree(v) == 0:
+            g.add_edge(v, "out")
+    expected = []
+    for v in range(n):
+        h = g.copy()
+        h.remove_node(v)
+        if not nx.has_path(h, "in", "out"):
+            expected.append(v)
+    assert cut_vertices(n, edges) == expected
+
+
+@st.composite
+def repeated_block_models(draw):
+    """A random single-entry template, stacked 1-6 times, with random or repeated costs."""
+    size = draw(st.integers(min_value=1, max_value=5))
+    specs = []
+    for j in range(size):
+        choices = st.sets(st.integers(min_value=-1, max_value=j - 1), min_size=1, max_size=2)
+        preds = tuple(sorted(draw(choices)))
+        specs.append(Spec(f"Op{j}", 0, draw(st.integers(0, 3)), draw(st.integers(1, 50)), preds))
+    graph = stack(specs, draw(st.integers(min_value=1, max_value=6)), "random-blocks")
+    n = len(graph)
+    costs = st.floats(min_value=0.0, max_value=50.0, allow_nan=False)
+    repeat_costs = draw(st.booleans())
+    if repeat_costs:  # equal costs per template position: exercises the shared inner values
+        per_position = [draw(st.lists(costs, min_size=size, max_size=size)) for _ in range(3)]
+        dev, srv, cross = ([draw(costs)] + [p[(i - 1) % size] for i in range(1, n)]
+                           for p in per_position)
+    else:
+        dev, srv, cross = (draw(st.lists(costs, min_size=n, max_size=n)) for _ in range(3))
+    index = {name: i for i, name in enumerate(graph.layers)}
+    tensors = [
+        CostTensor(t.name, index[t.producer], tuple(index[c] for c in t.consumers), t.bytes,
+                   cross[index[t.producer]])
+        for t in graph.activations()
+    ]
+    cg = CostGraph("random-blocks", list(graph.layers), [x.op for x in graph], dev, srv,
+                   [x.reads_input for x in graph], tensors)
+    return graph, cg
+
+
+@given(repeated_block_models())
+def test_blockwise_equals_general_and_brute_force_on_repeated_random_blocks(model):
+    graph, costs = model
+    blocks = find_blocks(graph)
+    general = solve(costs, "general", with_baselines=False)
+    blockwise = solve(costs, "blockwise", blocks=blocks, with_baselines=False)
+    assert blockwise.delay.total == pytest.approx(general.delay.total, rel=1e-9, abs=1e-9)
+    if len(costs) <= 14:
+        assert blockwise.delay.total == pytest.approx(brute_force(costs), rel=1e-9, abs=1e-9)
+
+
+@pytest.mark.parametrize("name", list(zoo.MODELS))
+def test_blockwise_equals_general_on_every_zoo_model_and_scenario(zoo_path, name):
+    graph = api.load_graph(str(zoo_path(name)), name)
+    blocks = find_blocks(graph)
+    for scenario_name, settings in BUILTIN_SCENARIOS.items():
+        costs = build_cost_graph(graph, api.make_scenario(**settings))
+        general = solve(costs, "general", with_baselines=False)
+        blockwise = solve(costs, "blockwise", blocks=blocks, with_baselines=False)
+        assert blockwise.delay.total == pytest.approx(general.delay.total, rel=1e-9), (
+            scenario_name
+        )
+
+
+def test_segments_partition_the_layers_and_close_at_cut_vertices(zoo_path):
+    graph = api.load_graph(str(zoo_path("densenet121")), "densenet121")
+    blocks = find_blocks(graph)
+    covered = [p for s in blocks.segments for p in s.layers]
+    assert covered == list(range(len(graph)))
+    assert [s.exit for s in blocks.segments if s.exit is not None] == blocks.cut_vertices
+    assert max(len(s.layers) for s in blocks.segments) > 50  # dense blocks have no cut inside
+
+
+@pytest.mark.parametrize(("name", "block", "count"), [
+    ("resnet152", "Bottleneck layer3.N", 35),
+    ("vit_b_16", "EncoderBlock encoder.layers.encoder_layer_N [self_attention]", 12),
+    ("vit_b_16", "EncoderBlock encoder.layers.encoder_layer_N [mlp]", 12),
+    ("gpt2", "GPT2Block model.transformer.h.N [attn]", 12),
+    ("gpt2", "GPT2Block model.transformer.h.N [mlp]", 12),
+])
+def test_identical_blocks_map_to_one_named_type(zoo_path, name, block, count):
+    blocks = find_blocks(api.load_graph(str(zoo_path(name)), name))
+    named = {t.name: t for t in blocks.types}
+    assert named[block].count == count
+
+
+def test_signatures_are_stable_across_reads(zoo_path):
+    a = find_blocks(api.load_graph(str(zoo_path("resnet50")), "resnet50"))
+    b = find_blocks(api.load_graph(str(zoo_path("resnet50")), "other-name"))
+    assert [t.signature for t in a.types] == [t.signature for t in b.types]
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet152", "vit_b_16", "bert_base"])
+def test_both_exporters_give_the_same_block_type_counts(zoo_path, name):
+    counts = []
+    for exporter in ("torchscript", "dynamo"):
+        blocks = find_blocks(api.load_graph(str(zoo_path(name, exporter)), name))
+        counts.append(sorted(t.count for t in blocks.types))
+    assert counts[0] == counts[1]
