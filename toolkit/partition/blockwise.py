@@ -49,7 +49,7 @@ def solve_blockwise(
     server_set = set(server_pinned)
     first_server = min(server_set, default=n)
     candidates: list[tuple[float, str, int]] = []
-    if (last_pinned < 0 and first_server == 0) or last_pinned < 0:
+    if last_pinned < 0:  # nothing must stay on the device: all on the server is a candidate
         candidates.append((float(suffix_srv[0]), "none", -1))
 
     cuts = blocks.arrays.cuts  # right after a cut vertex
@@ -59,25 +59,33 @@ def solve_blockwise(
         k = int(boundary.argmin())
         candidates.append((float(boundary[k]), "cut", int(cuts[k])))
 
-    arr = blocks.arrays  # inside one segment
-    inner_value = np.full(len(blocks.segments), np.inf)
+    # inside one segment: solve block types in order of a lower bound, skip the hopeless ones
+    arr = blocks.arrays
+    outside = prefix_dev[arr.entries + 1] + suffix_srv[arr.ends]
+    cheapest = np.concatenate(([0.0], np.cumsum(np.minimum(graph.device_arr, graph.server_arr))))
+    bound = outside + cheapest[arr.ends] - cheapest[arr.entries + 1]  # each layer's cheaper side
+    invalid = (arr.closed & (last_pinned >= arr.exits)) | (first_server <= arr.entries)
+    bound[invalid] = np.inf
+    inner_total = np.full(len(blocks.segments), np.inf)
     solutions: dict[int, _Inner] = {}
     vertices = edges = len(blocks.segments)
-    for block_type in blocks.types:
-        if block_type.size == 1 and block_type.closed:
-            continue  # a lone cut vertex has no inside
-        rows = arr.instances[block_type.id]
-        found, keys = _inner_values(graph, rows, block_type.closed, out_cross, server_set)
-        segs = arr.segments_of[block_type.id]
-        inner_value[segs] = [found[k].value for k in keys]
+    incumbent = min((c[0] for c in candidates), default=np.inf)
+    type_bound = {t.id: float(bound[arr.segments_of[t.id]].min()) for t in blocks.types
+                  if not (t.size == 1 and t.closed)}  # a lone cut vertex has no inside
+    for type_id in sorted(type_bound, key=type_bound.__getitem__):
+        if type_bound[type_id] >= incumbent:
+            break
+        closed = bool(arr.closed[arr.segments_of[type_id][0]])
+        found, keys = _inner_values(graph, arr.instances[type_id], closed, out_cross, server_set)
+        segs = arr.segments_of[type_id]
+        inner_total[segs] = outside[segs] + np.asarray([found[k].value for k in keys])
+        inner_total[segs[invalid[segs]]] = np.inf
         for seg, k in zip(segs.tolist(), keys.tolist(), strict=True):
             solutions[seg] = found[k]
         vertices += sum(f.vertices for f in found)
         edges += sum(f.edges for f in found)
-    invalid = (arr.closed & (last_pinned >= arr.exits)) | (first_server <= arr.entries)
-    inner_total = prefix_dev[arr.entries + 1] + suffix_srv[arr.ends] + inner_value
-    inner_total[invalid] = np.inf
-    if inner_total.size:
+        incumbent = min(incumbent, float(inner_total[segs].min()))
+    if solutions:
         k = int(inner_total.argmin())
         candidates.append((float(inner_total[k]), "inner", k))
 

@@ -1,0 +1,1 @@
+"""Benchmarks: `python -m bench` regenerates docs/benchmarks.md on this machine."""
