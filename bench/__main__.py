@@ -104,7 +104,8 @@ def solver_comparison(doc: Doc, models: dict[str, LayerGraph], repeats: int) -> 
                 rows.append([name, str(len(graph)), solver, "not run (minutes)", ""])
                 continue
             value = fn(costs)
-            ms = median_ms(lambda fn=fn: fn(costs), repeats if "networkx" not in solver else 1)
+            ms = median_ms(lambda fn=fn, costs=costs: fn(costs),
+                           repeats if "networkx" not in solver else 1)
             rows.append([name, str(len(graph)), solver, f"{ms:.2f}",
                          f"{abs(value - reference) / max(reference, 1e-12):.1e}"])
     doc.table(["model", "layers", "solver", "ms", "value vs PyMaxflow"], rows)

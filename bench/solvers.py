@@ -39,7 +39,7 @@ def pymaxflow(graph: CostGraph) -> float:
 def ortools(graph: CostGraph) -> float:
     from ortools.graph.python import max_flow
 
-    count, edges = arcs(graph)
+    _, edges = arcs(graph)
     solver = max_flow.SimpleMaxFlow()
     tails = np.array([e[0] for e in edges], dtype=np.int64)
     heads = np.array([e[1] for e in edges], dtype=np.int64)
@@ -67,7 +67,7 @@ def scipy_flow(graph: CostGraph) -> float:
 
 
 def networkx_flow(graph: CostGraph) -> float:
-    count, edges = arcs(graph)
+    _, edges = arcs(graph)
     g = nx.DiGraph()
     for u, v, c in edges:
         g.add_edge(u, v, capacity=c)
@@ -86,7 +86,7 @@ SOLVERS: dict[str, Callable[[CostGraph], float]] = {
 
 def dads_networkx(graph: CostGraph) -> float:
     """DADS-style partition as published: networkx min cut without monotone edges."""
-    count, edges = arcs(graph)
+    _, edges = arcs(graph)
     g = nx.DiGraph()
     inf = infinity(graph, range(len(graph)), range(len(graph.tensors)))
     for u, v, c in edges:
