@@ -12,7 +12,9 @@ from toolkit.costgraph import CostGraph
 from toolkit.costs import Scenario, build_cost_graph
 from toolkit.errors import PartitionError
 from toolkit.graph import LayerGraph
+from toolkit.measure import MeasuredProfile, load_profile
 from toolkit.partition import Partition, solve
+from toolkit.profiles import Processor
 
 if TYPE_CHECKING:
     from toolkit.onnx_split import SplitResult
@@ -48,6 +50,7 @@ def make_scenario(
     precision: str = "fp32",
     profile_dir: str | None = None,
     sync_every: int | None = None,
+    measured: Sequence[str] = (),
 ) -> Scenario:
     """A scenario from profile names and link settings; explicit rates override the preset."""
     preset = profiles.link(link) if link else None
@@ -61,8 +64,34 @@ def make_scenario(
         server=profiles.processor(server, profile_dir),
         uplink_bps=up, downlink_bps=down, latency_ms=lat, batch=batch, precision=precision,
         link=link if preset and not (uplink or downlink or latency) else None,
-        sync_every=sync_every,
+        sync_every=sync_every, measured=tuple(load_profile(p) for p in measured),
     )
+
+
+def measure_model(
+    model: str, name: str | None, exporter: str, processor: str, use_torch: bool = True
+) -> MeasuredProfile:
+    """Per-layer times of MODEL on this machine (see `toolkit.measure`)."""
+    from toolkit.measure import measure
+
+    path, _ = zoo.resolve(model, exporter)
+    graph = load_graph(model, name, exporter)
+    zoo_name = model if use_torch and model in zoo.MODELS else None
+    return measure(path, graph, processor, zoo_name, source_model=model)
+
+
+def calibrate_profile(profile_paths: Sequence[str], base: str, name: str) -> Processor:
+    """Fit `base`'s efficiencies to measured profiles (each remembers the model it timed)."""
+    from toolkit.calibrate import fit
+    from toolkit.measure import load_profile
+
+    samples = []
+    for path in profile_paths:
+        measured = load_profile(path)
+        graph = load_graph(measured.source_model)
+        measured.check_model(graph)
+        samples.append((graph, measured.forward_ms))
+    return fit(profiles.processor(base), samples, name)
 
 
 def layer_indices(graph: CostGraph, names: Sequence[str], what: str) -> list[int]:

@@ -63,6 +63,9 @@ def scenario_options(func: F) -> F:
         click.option("--sync-every", type=int,
                      help="Split-federated: device model synchronised every N iterations."),
         click.option("--profile-dir", help="Folder with extra profile TOML files."),
+        click.option("--measured", multiple=True,
+                     help="Measured profile JSON (from `splitcut profile`) for the device or "
+                          "server it names; replaces the roofline there. Repeatable."),
     ]
     for opt in reversed(opts):
         func = opt(func)
@@ -78,7 +81,7 @@ def load_graph(model: str, name: str | None, exporter: str) -> LayerGraph:
 
 def build_scenario(kw: dict[str, Any]) -> Scenario:
     keys = ("device", "server", "link", "uplink", "downlink", "latency", "batch", "precision",
-            "profile_dir", "sync_every")
+            "profile_dir", "sync_every", "measured")
     return api.make_scenario(**{k: kw.pop(k) for k in keys})
 
 
@@ -258,6 +261,47 @@ def split(model: str, name: str | None, exporter: str, as_json: bool, method: st
     if halves.max_abs_error is not None:
         click.echo(f"device then server reproduces the whole model: max abs error "
                    f"{halves.max_abs_error:.3g} (relative {halves.max_rel_error:.3g})")
+
+
+@cli.command()
+@click.argument("model", required=False)
+@click.option("--name", help="Model name (default: file stem or zoo name).")
+@click.option("--exporter", type=click.Choice(zoo.EXPORTERS), default="torchscript",
+              show_default=True)
+@click.option("-o", "--out", "out_path", required=True,
+              help="Where to write the measured profile (JSON) or, with --calibrate, the TOML.")
+@click.option("--processor", default="this-machine", show_default=True,
+              help="Processor name the measurement (or calibrated profile) stands for.")
+@click.option("--no-torch", is_flag=True, help="Forward times only (onnxruntime).")
+@click.option("--calibrate", "calibrate_from", multiple=True,
+              help="Fit a CPU profile to these measured profiles instead of measuring.")
+@click.option("--base", default="cpu-server", show_default=True,
+              help="Profile whose peaks are kept when calibrating.")
+def profile(model: str | None, name: str | None, exporter: str, out_path: str, processor: str,
+            no_torch: bool, calibrate_from: tuple[str, ...], base: str) -> None:
+    """Measure per-layer times of MODEL on this machine, or calibrate a profile to them.
+
+    Examples: splitcut profile resnet18 -o r18.json;
+    splitcut profile --calibrate r18.json --processor this-machine -o this-machine.toml
+    """
+    from pathlib import Path
+
+    if calibrate_from:
+        from toolkit.calibrate import to_toml
+
+        fitted = api.calibrate_profile(calibrate_from, base, processor)
+        Path(out_path).write_text(to_toml(fitted))
+        click.echo(f"wrote {out_path}: matmul {fitted.matmul_efficiency:.3g}, vector "
+                   f"{fitted.vector_efficiency:.3g}, memory {fitted.memory_efficiency:.3g}, "
+                   f"overhead {fitted.layer_overhead_us:.3g} us")
+        return
+    if model is None:
+        raise click.UsageError("give MODEL to measure, or --calibrate PROFILE.json")
+    measured = api.measure_model(model, name, exporter, processor, use_torch=not no_torch)
+    Path(out_path).write_text(json.dumps(measured.to_dict(), indent=1))
+    total = sum(measured.forward_ms.values())
+    click.echo(f"wrote {out_path}: {len(measured.forward_ms)} layers, forward {total:.2f} ms "
+               f"per sample ({measured.source})")
 
 
 @cli.group(name="zoo")

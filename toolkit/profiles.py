@@ -12,8 +12,8 @@ from pathlib import Path
 from toolkit.errors import ProfileError, ScenarioError
 
 _NUMBERS = (
-    "fp32_tflops", "fp16_tflops", "memory_gbps", "matmul_efficiency", "vector_efficiency",
-    "memory_efficiency", "layer_overhead_us",
+    "fp32_tflops", "fp16_tflops", "memory_gbps", "matmul_efficiency", "conv_efficiency",
+    "vector_efficiency", "memory_efficiency", "layer_overhead_us",
 )
 
 
@@ -28,6 +28,7 @@ class Processor:
     fp16_tflops: float
     memory_gbps: float
     matmul_efficiency: float
+    conv_efficiency: float
     vector_efficiency: float
     memory_efficiency: float
     layer_overhead_us: float
@@ -71,7 +72,7 @@ def parse_processor(data: dict[str, object], origin: str) -> Processor:
             raise ProfileError(f"profile {origin}: {key} must be a non-negative number")
         values[key] = float(value)
     for key in ("fp32_tflops", "fp16_tflops", "memory_gbps", "matmul_efficiency",
-                "vector_efficiency", "memory_efficiency"):
+                "conv_efficiency", "vector_efficiency", "memory_efficiency"):
         if values[key] <= 0:
             raise ProfileError(f"profile {origin}: {key} must be positive")
     if data["kind"] not in ("device", "server"):

@@ -1,0 +1,79 @@
+"""Measured profiles: onnxruntime timing, use in place of the roofline, model checks, calibration."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+from tests.helpers import chain, run_main, save
+from toolkit import api, profiles
+from toolkit.calibrate import estimates, fit, to_toml
+from toolkit.costs import build_cost_graph
+from toolkit.measure import layers_sha, load_profile, measure, onnxruntime_forward
+from toolkit.onnx_reader import read_onnx
+
+
+def test_onnxruntime_times_every_layer(tmp_path):
+    path = save(chain(5, width=128), tmp_path / "c.onnx")
+    graph = read_onnx(path)
+    times = onnxruntime_forward(path, graph, runs=3)
+    assert set(times) == set(graph.layers)
+    assert all(t >= 0 for t in times.values())
+    assert sum(times.values()) > 0
+
+
+def test_measured_profile_replaces_the_roofline_on_its_processor(tmp_path):
+    path = save(chain(4, width=64), tmp_path / "c.onnx")
+    graph = read_onnx(path)
+    profile = dataclasses.replace(measure(path, graph, "jetson-nano"),
+                                  forward_ms={n: 1.0 for n in graph.layers}, backward_ms={})
+    file = tmp_path / "p.json"
+    file.write_text(json.dumps(profile.to_dict()))
+    scenario = api.make_scenario(batch=8, measured=[str(file)])
+    costs = build_cost_graph(graph, scenario)
+    for i, layer in enumerate(graph):
+        backward = 2.0 if layer.trainable else 1.0
+        assert costs.device_ms[i] == pytest.approx((1.0 + backward) * 8)
+    plain = build_cost_graph(graph, api.make_scenario(batch=8))
+    assert costs.server_ms == plain.server_ms
+
+
+def test_profile_for_another_model_is_refused(tmp_path, capsys, monkeypatch):
+    small = save(chain(2), tmp_path / "small.onnx")
+    big = save(chain(5), tmp_path / "big.onnx")
+    code, _, _ = run_main(["profile", str(small), "-o", str(tmp_path / "p.json"),
+                           "--processor", "jetson-nano"], capsys, monkeypatch)
+    assert code == 0
+    assert load_profile(tmp_path / "p.json").layers_sha == layers_sha(read_onnx(small))
+    code, _, err = run_main(["partition", str(big), "--measured", str(tmp_path / "p.json")],
+                            capsys, monkeypatch)
+    assert code == 2
+    assert "made for model 'small'" in err
+
+
+def test_profile_for_a_processor_outside_the_scenario_is_refused(tmp_path, capsys, monkeypatch):
+    small = save(chain(2), tmp_path / "small.onnx")
+    run_main(["profile", str(small), "-o", str(tmp_path / "p.json")], capsys, monkeypatch)
+    code, _, err = run_main(["graph", str(small), "--measured", str(tmp_path / "p.json")],
+                            capsys, monkeypatch)
+    assert code == 2
+    assert "'this-machine'" in err
+
+
+def test_calibration_recovers_known_efficiencies(zoo_path, tmp_path):
+    """Oracle: 'measurements' made by the roofline itself with known settings are fitted back."""
+    base = profiles.processor("cpu-server")
+    truth = dataclasses.replace(base, matmul_efficiency=0.08, conv_efficiency=0.05,
+                                vector_efficiency=0.004, layer_overhead_us=12.0)
+    samples = []
+    for name in ("resnet18", "mobilenet_v2", "bert_base"):
+        graph = read_onnx(zoo_path(name), name)
+        samples.append((graph, dict(zip(graph.layers, estimates(truth, graph), strict=True))))
+    fitted = fit(base, samples, "fitted")
+    for graph, times in samples:
+        assert estimates(fitted, graph).sum() == pytest.approx(sum(times.values()), rel=0.05)
+    (tmp_path / "fitted.toml").write_text(to_toml(fitted))
+    assert profiles.processor(str(tmp_path / "fitted.toml")) == fitted
+    assert fitted.sources["matmul_efficiency"].startswith("fitted by splitcut")

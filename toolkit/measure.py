@@ -1,0 +1,200 @@
+"""Measured per-layer times on this machine: onnxruntime per-node profiling (forward) and, for
+zoo models, torch autograd hooks (forward + backward).
+
+A measured profile is JSON: the model, its layer names, the processor name it stands for, the
+batch it was measured at, and per-layer `forward_ms` (and `backward_ms` where torch measured
+it). `--measured PROFILE.json` puts these times in place of the roofline for that processor.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import statistics
+import tempfile
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from toolkit.errors import ScenarioError, ToolkitError
+from toolkit.graph import LayerGraph
+
+
+@dataclass(frozen=True)
+class MeasuredProfile:
+    model: str
+    processor: str
+    batch: int
+    source: str
+    layers_sha: str
+    forward_ms: dict[str, float]
+    backward_ms: dict[str, float]
+    source_model: str = ""  # the MODEL argument it was measured from (file or zoo name)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model, "processor": self.processor, "batch": self.batch,
+            "source": self.source, "layers_sha256": self.layers_sha,
+            "source_model": self.source_model,
+            "layers": {
+                name: {"forward_ms": f, "backward_ms": self.backward_ms.get(name)}
+                for name, f in self.forward_ms.items()
+            },
+        }
+
+    def check_model(self, graph: LayerGraph) -> None:
+        """A profile measured on another model (or another export) is refused."""
+        if self.layers_sha != layers_sha(graph):
+            raise ScenarioError(
+                f"measured profile was made for model {self.model!r} "
+                f"({len(self.forward_ms)} layers), not for {graph.name!r} ({len(graph)} layers)"
+            )
+
+
+def layers_sha(graph: LayerGraph) -> str:
+    """Identifies a model's layer structure: names and ops in order."""
+    text = "\n".join(f"{layer.name}\t{layer.op}" for layer in graph)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def load_profile(path: str | Path) -> MeasuredProfile:
+    p = Path(path)
+    try:
+        data = json.loads(p.read_text())
+        layers = data["layers"]
+        return MeasuredProfile(
+            model=str(data["model"]), processor=str(data["processor"]), batch=int(data["batch"]),
+            source=str(data.get("source", "")), layers_sha=str(data["layers_sha256"]),
+            forward_ms={k: float(v["forward_ms"]) for k, v in layers.items()},
+            backward_ms={k: float(v["backward_ms"]) for k, v in layers.items()
+                         if v.get("backward_ms") is not None},
+            source_model=str(data.get("source_model", "")),
+        )
+    except OSError as exc:
+        raise ScenarioError(f"cannot read measured profile {p}: {exc.strerror}") from exc
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ScenarioError(f"{p} is not a measured profile ({type(exc).__name__}: {exc})") from exc
+
+
+def onnxruntime_forward(onnx_path: Path, graph: LayerGraph, runs: int = 5) -> dict[str, float]:
+    """Median per-layer forward time (ms) from onnxruntime's node profiler, optimisations off
+    so that every ONNX node keeps its own timing."""
+    import numpy as np
+    import onnxruntime as ort
+
+    ort.set_default_logger_severity(3)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.enable_profiling = True
+    options.intra_op_num_threads = 1
+    with tempfile.TemporaryDirectory() as tmp:
+        options.profile_file_prefix = str(Path(tmp) / "ort")
+        try:
+            session = ort.InferenceSession(str(onnx_path), options,
+                                           providers=["CPUExecutionProvider"])
+        except Exception as exc:
+            reason = str(exc).strip().splitlines()[0][:200]
+            raise ToolkitError(f"onnxruntime cannot run {onnx_path.name}: {reason}") from exc
+        feeds = {}
+        for inp in session.get_inputs():
+            shape = [d if isinstance(d, int) else 1 for d in inp.shape]
+            dtype = np.float32 if "float" in inp.type else np.int64
+            feeds[inp.name] = np.zeros(shape, dtype=dtype)
+        session.run(None, feeds)  # warm-up
+        for _ in range(runs):
+            session.run(None, feeds)
+        trace = json.loads(Path(session.end_profiling()).read_text())
+    samples: dict[str, list[float]] = defaultdict(list)
+    for event in trace:
+        name = event.get("name", "")
+        if event.get("cat") == "Node" and name.endswith("_kernel_time"):
+            samples[name[: -len("_kernel_time")]].append(event["dur"] / 1000.0)
+    node_ms = {name: statistics.median(values[-runs:]) for name, values in samples.items()}
+    return {layer.name: node_ms.get(layer.name, 0.0) for layer in graph}
+
+
+def torch_forward_backward(
+    zoo_name: str, graph: LayerGraph, runs: int = 3
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Per-layer forward and backward ms of a zoo model, timing each leaf module on its own.
+
+    One forward pass records every leaf module's inputs; each leaf is then run forward and
+    backward on those inputs `runs` times (median). A leaf's time is shared among the ONNX layers
+    it produced, in proportion to FLOPs; layers from functional code in a parent's forward
+    (residual adds, attention arithmetic) get no torch time and are left out.
+    """
+    import torch
+
+    from toolkit import zoo
+
+    module, args = zoo.get(zoo_name).build()
+    module.train()
+    leaves = {p: m for p, m in module.named_modules() if p and not any(True for _ in m.children())}
+    captured: dict[str, tuple[Any, ...]] = {}
+    handles = [
+        sub.register_forward_pre_hook(
+            lambda _m, inputs, p=path: captured.setdefault(p, tuple(
+                x.detach().clone() if isinstance(x, torch.Tensor) else x for x in inputs))
+        )
+        for path, sub in leaves.items()
+    ]
+    with torch.no_grad():
+        module(*args)
+    for h in handles:
+        h.remove()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # like onnxruntime's measurement: one thread, stable numbers
+    try:
+        times = {p: _time_leaf(leaves[p], inputs, runs) for p, inputs in captured.items()}
+    finally:
+        torch.set_num_threads(threads)
+    forward, backward = {}, {}
+    for path, (fwd_ms, bwd_ms) in times.items():
+        layers = [layer for layer in graph if layer.module == path
+                  or (layer.module or "").startswith(path + ".")]
+        total_flops = sum(layer.flops for layer in layers)
+        for layer in layers:
+            share = layer.flops / total_flops if total_flops else 1.0 / len(layers)
+            forward[layer.name] = fwd_ms * share
+            if bwd_ms is not None:
+                backward[layer.name] = bwd_ms * share
+    return forward, backward
+
+
+def _time_leaf(sub: Any, inputs: tuple[Any, ...], runs: int) -> tuple[float, float | None]:
+    """Median forward and backward ms of one module on recorded inputs."""
+    import torch
+
+    fwd, bwd = [], []
+    for _ in range(runs + 1):  # the first run warms up
+        args = tuple(x.clone().requires_grad_(True).clone()  # not a leaf: in-place ops work
+                     if isinstance(x, torch.Tensor) and x.is_floating_point() else x
+                     for x in inputs)
+        start = time.perf_counter()
+        out = sub(*args)
+        fwd.append(time.perf_counter() - start)
+        out = out[0] if isinstance(out, tuple) else out
+        if isinstance(out, torch.Tensor) and out.requires_grad:
+            start = time.perf_counter()
+            out.backward(torch.ones_like(out))
+            bwd.append(time.perf_counter() - start)
+    median_bwd = statistics.median(bwd[1:]) * 1e3 if len(bwd) > 1 else None
+    return statistics.median(fwd[1:]) * 1e3, median_bwd
+
+
+def measure(
+    onnx_path: Path, graph: LayerGraph, processor: str, zoo_name: str | None = None,
+    source_model: str = "",
+) -> MeasuredProfile:
+    """Forward by onnxruntime for every layer; forward + backward by torch where it can."""
+    forward = onnxruntime_forward(onnx_path, graph)
+    backward: dict[str, float] = {}
+    source = "onnxruntime"
+    if zoo_name is not None:
+        torch_fwd, backward = torch_forward_backward(zoo_name, graph)
+        forward.update(torch_fwd)
+        source = "onnxruntime+torch"
+    return MeasuredProfile(graph.name, processor, 1, source, layers_sha(graph), forward, backward,
+                           source_model or graph.name)
