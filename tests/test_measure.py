@@ -1,4 +1,4 @@
-"""Measured profiles: onnxruntime timing, use in place of the roofline, model checks, calibration."""
+"""Measured profiles: onnxruntime timing, use instead of the roofline, checks, calibration."""
 
 from __future__ import annotations
 
