@@ -88,3 +88,12 @@ def test_profiles_command_lists_everything():
     result = CliRunner().invoke(cli, ["profiles", "--json"])
     assert result.exit_code == 0
     assert "jetson-agx-orin" in result.output and "wifi5" in result.output
+
+
+def test_cli_malformed_profile_file_exits_2(tmp_path, capsys, monkeypatch):
+    path = save(chain(2), tmp_path / "c.onnx")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("name = [unclosed")
+    code, _, err = run_main(["graph", str(path), "--device", str(bad)], capsys, monkeypatch)
+    assert code == 2
+    assert "malformed TOML" in err

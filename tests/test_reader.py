@@ -169,3 +169,33 @@ def test_cli_inspect_json(tmp_path):
     assert data["totals"]["layers"] == 6
     assert data["totals"]["macs"] == 3 * 8 * 8
     assert data["unsupported_ops"] == {}
+
+
+@pytest.mark.parametrize("opset", [11, 13, 17, 21])
+def test_split_and_reduce_read_on_every_opset(opset):
+    """Split's sizes and ReduceMean's axes moved from attributes to inputs in opset 13/18."""
+    split_sizes = helper.make_tensor("sizes", TensorProto.INT64, [2], [3, 5])
+    axes = helper.make_tensor("axes", TensorProto.INT64, [1], [1])
+    split = (helper.make_node("Split", ["x"], ["a", "b"], name="split", axis=1, split=[3, 5])
+             if opset < 13 else
+             helper.make_node("Split", ["x", "sizes"], ["a", "b"], name="split", axis=1))
+    reduce = (helper.make_node("ReduceMean", ["b"], ["m"], name="mean", axes=[1])
+              if opset < 18 else helper.make_node("ReduceMean", ["b", "axes"], ["m"], name="mean"))
+    nodes = [split, reduce, helper.make_node("Relu", ["a"], ["r"], name="relu")]
+    inits = [split_sizes, axes] if opset >= 13 else []
+    m = model(nodes, [vi("x", [1, 8])], [vi("r", [1, 3]), vi("m", [1, 1])], inits, opset=opset)
+    graph = read_model(m, "m")
+    assert list(graph.layers) == ["split", "mean", "relu"]
+    assert graph.tensors["a"].bytes == 12 and graph.tensors["b"].bytes == 20
+    assert graph.layers["mean"].flops == 5
+
+
+def test_unknown_output_shapes_are_reported_with_a_conservative_size():
+    node = helper.make_node("Mystery", ["x"], ["y"], domain="com.example", name="mystery")
+    after = helper.make_node("Relu", ["y"], ["z"], name="relu")
+    graph = helper.make_graph([node, after], "g", [vi("x", [1, 32])], [vi("z", None)])
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                helper.make_opsetid("com.example", 1)])
+    result = read_model(m, "m")
+    assert "y" in result.unknown_shapes
+    assert result.tensors["y"].bytes == 32 * 4  # as large as its largest input

@@ -102,6 +102,12 @@ def partition_report(result: Partition, graph: LayerGraph) -> Group:
         f"solver: {s['method']}, {s['vertices']} vertices, {s['edges']} edges, "
         f"{s['solve_ms']:.2f} ms (blocks {s['blocks_ms']:.2f} ms)"
     )
+    if s["method"] == "blockwise":
+        saved = 1 - s["vertices"] / s["general_vertices"]
+        lines.append(
+            f"block abstraction: {s['vertices']} of the general graph's "
+            f"{s['general_vertices']} vertices touched ({saved:.0%} saved)"
+        )
     return Group(*lines)
 
 

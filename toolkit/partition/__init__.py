@@ -12,7 +12,7 @@ from toolkit.costgraph import CostGraph, Delay, crossing_tensors
 from toolkit.errors import PartitionError
 from toolkit.partition import baselines
 from toolkit.partition.blockwise import solve_blockwise
-from toolkit.partition.stcut import min_cut
+from toolkit.partition.stcut import general_size, min_cut
 from toolkit.partition.validate import validate_partition
 
 METHODS = ("general", "blockwise")
@@ -55,6 +55,7 @@ class Partition:
             "solver": {
                 "method": self.method, "vertices": self.vertices, "edges": self.edges,
                 "solve_ms": self.solve_ms, "blocks_ms": self.blocks_ms,
+                "general_vertices": general_size(g)[0], "general_edges": general_size(g)[1],
             },
         }
 

@@ -31,6 +31,12 @@ class CutResult:
     edges: int
 
 
+def general_size(graph: CostGraph) -> tuple[int, int]:
+    """Vertices and edges of the general construction over the whole model."""
+    consumers = sum(len(t.consumers) for t in graph.tensors)
+    return len(graph) + len(graph.tensors) + 2, 2 * len(graph) + len(graph.tensors) + 2 * consumers
+
+
 def infinity(graph: CostGraph, layers: Sequence[int], tensors: Sequence[int]) -> float:
     """A capacity no finite cut can reach: twice the sum of every finite capacity, plus one."""
     idx = np.asarray(layers, dtype=np.int64)
