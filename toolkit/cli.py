@@ -72,6 +72,20 @@ def scenario_options(func: F) -> F:
     return func
 
 
+def partition_options(func: F) -> F:
+    """Solver method and pins, shared by partition and split."""
+    opts = [
+        click.option("--method", type=click.Choice(METHODS), default="blockwise",
+                     show_default=True, help="Both are exact; block-wise is faster on deep models."),
+        click.option("--pin", multiple=True, help="Keep this layer on the device (repeatable)."),
+        click.option("--pin-server", multiple=True,
+                     help="Run this layer on the server (repeatable)."),
+    ]
+    for opt in reversed(opts):
+        func = opt(func)
+    return func
+
+
 def load_graph(model: str, name: str | None, exporter: str) -> LayerGraph:
     if not sys.stderr.isatty():
         return api.load_graph(model, name, exporter)
@@ -208,9 +222,7 @@ def graph(model: str, name: str | None, exporter: str, as_json: bool, **kw: Any)
 @cli.command()
 @model_options
 @scenario_options
-@click.option("--method", type=click.Choice(METHODS), default=METHODS[-1], show_default=True)
-@click.option("--pin", multiple=True, help="Keep this layer on the device (repeatable).")
-@click.option("--pin-server", multiple=True, help="Run this layer on the server (repeatable).")
+@partition_options
 @json_option
 def partition(model: str, name: str | None, exporter: str, as_json: bool, method: str,
               pin: tuple[str, ...], pin_server: tuple[str, ...], **kw: Any) -> None:
@@ -230,9 +242,7 @@ def partition(model: str, name: str | None, exporter: str, as_json: bool, method
 @cli.command()
 @model_options
 @scenario_options
-@click.option("--method", type=click.Choice(METHODS), default=METHODS[-1], show_default=True)
-@click.option("--pin", multiple=True, help="Keep this layer on the device (repeatable).")
-@click.option("--pin-server", multiple=True, help="Run this layer on the server (repeatable).")
+@partition_options
 @click.option("-o", "--out", "out_dir", required=True, help="Folder for device.onnx/server.onnx.")
 @click.option("--no-check", is_flag=True, help="Skip the onnxruntime equivalence check.")
 @json_option

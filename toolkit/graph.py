@@ -138,20 +138,6 @@ class LayerGraph:
                 assert t.producer is not None
                 yield t.producer, c, t.name
 
-    def successors(self) -> dict[str, list[str]]:
-        succ: dict[str, list[str]] = {n: [] for n in self.layers}
-        for u, w, _ in self.edges():
-            if w not in succ[u]:
-                succ[u].append(w)
-        return succ
-
-    def predecessors(self) -> dict[str, list[str]]:
-        pred: dict[str, list[str]] = {n: [] for n in self.layers}
-        for u, w, _ in self.edges():
-            if u not in pred[w]:
-                pred[w].append(u)
-        return pred
-
     def input_layers(self) -> list[str]:
         """Layers that read a raw model input: they stay on the device."""
         return [layer.name for layer in self if layer.reads_input]
