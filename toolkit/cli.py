@@ -76,7 +76,7 @@ def partition_options(func: F) -> F:
     """Solver method and pins, shared by partition and split."""
     opts = [
         click.option("--method", type=click.Choice(METHODS), default="blockwise",
-                     show_default=True, help="Both are exact; block-wise is faster on deep models."),
+                     show_default=True, help="Both exact; block-wise is faster on deep models."),
         click.option("--pin", multiple=True, help="Keep this layer on the device (repeatable)."),
         click.option("--pin-server", multiple=True,
                      help="Run this layer on the server (repeatable)."),
