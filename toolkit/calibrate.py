@@ -18,10 +18,10 @@ from toolkit.graph import LayerGraph
 from toolkit.profiles import Processor
 
 _GRIDS = {
-    "matmul_efficiency": np.geomspace(0.005, 1.0, 60),
-    "conv_efficiency": np.geomspace(0.005, 1.0, 60),
-    "vector_efficiency": np.geomspace(1e-4, 1.0, 70),
-    "memory_efficiency": np.geomspace(0.005, 1.0, 60),
+    "matmul_efficiency": np.geomspace(1e-4, 1.0, 80),
+    "conv_efficiency": np.geomspace(1e-4, 1.0, 80),
+    "vector_efficiency": np.geomspace(1e-5, 1.0, 90),
+    "memory_efficiency": np.geomspace(1e-3, 1.0, 70),
     "layer_overhead_us": np.concatenate(([0.0], np.geomspace(0.1, 500.0, 59))),
 }
 _FLOOR_MS = 1e-3

@@ -274,7 +274,7 @@ def split(model: str, name: str | None, exporter: str, as_json: bool, method: st
 
 
 @cli.command()
-@click.argument("model", required=False)
+@click.argument("inputs", nargs=-1, required=True)
 @click.option("--name", help="Model name (default: file stem or zoo name).")
 @click.option("--exporter", type=click.Choice(zoo.EXPORTERS), default="torchscript",
               show_default=True)
@@ -283,30 +283,31 @@ def split(model: str, name: str | None, exporter: str, as_json: bool, method: st
 @click.option("--processor", default="this-machine", show_default=True,
               help="Processor name the measurement (or calibrated profile) stands for.")
 @click.option("--no-torch", is_flag=True, help="Forward times only (onnxruntime).")
-@click.option("--calibrate", "calibrate_from", multiple=True,
-              help="Fit a CPU profile to these measured profiles instead of measuring.")
+@click.option("--calibrate", is_flag=True,
+              help="INPUTS are measured profiles: fit a CPU profile to them instead of measuring.")
 @click.option("--base", default="cpu-server", show_default=True,
               help="Profile whose peaks are kept when calibrating.")
-def profile(model: str | None, name: str | None, exporter: str, out_path: str, processor: str,
-            no_torch: bool, calibrate_from: tuple[str, ...], base: str) -> None:
-    """Measure per-layer times of MODEL on this machine, or calibrate a profile to them.
+def profile(inputs: tuple[str, ...], name: str | None, exporter: str, out_path: str,
+            processor: str, no_torch: bool, calibrate: bool, base: str) -> None:
+    """Measure per-layer times of a MODEL on this machine, or calibrate a profile to them.
 
     Examples: splitcut profile resnet18 -o r18.json;
-    splitcut profile --calibrate r18.json --processor this-machine -o this-machine.toml
+    splitcut profile --calibrate r18.json mbv2.json --processor this-machine -o this-machine.toml
     """
     from pathlib import Path
 
-    if calibrate_from:
+    if calibrate:
         from toolkit.calibrate import to_toml
 
-        fitted = api.calibrate_profile(calibrate_from, base, processor)
+        fitted = api.calibrate_profile(inputs, base, processor)
         Path(out_path).write_text(to_toml(fitted))
         click.echo(f"wrote {out_path}: matmul {fitted.matmul_efficiency:.3g}, vector "
                    f"{fitted.vector_efficiency:.3g}, memory {fitted.memory_efficiency:.3g}, "
                    f"overhead {fitted.layer_overhead_us:.3g} us")
         return
-    if model is None:
-        raise click.UsageError("give MODEL to measure, or --calibrate PROFILE.json")
+    if len(inputs) != 1:
+        raise click.UsageError("measure one MODEL at a time (or pass --calibrate PROFILES...)")
+    model = inputs[0]
     measured = api.measure_model(model, name, exporter, processor, use_torch=not no_torch)
     Path(out_path).write_text(json.dumps(measured.to_dict(), indent=1))
     total = sum(measured.forward_ms.values())

@@ -338,7 +338,6 @@ class _Reader:
     """One pass over a shape-inferred model: order nodes, fold constants, build layers."""
 
     def __init__(self, model: ModelProto, name: str) -> None:
-        self.model = model
         self.name = name
         g = model.graph
         self.graph = g
