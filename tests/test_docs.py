@@ -1,0 +1,28 @@
+"""Every command is documented in README, and every command's help has an example."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+import pytest
+
+from toolkit.cli import cli
+
+README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+
+
+def commands() -> list[tuple[str, click.Command]]:
+    found = []
+    for name, command in cli.commands.items():
+        if isinstance(command, click.Group):
+            found += [(f"{name} {sub}", c) for sub, c in command.commands.items()]
+        else:
+            found.append((name, command))
+    return found
+
+
+@pytest.mark.parametrize(("name", "command"), commands())
+def test_command_is_in_readme_and_has_an_example(name, command):
+    assert f"splitcut {name}" in README
+    assert "Example" in (command.help or "")
