@@ -131,7 +131,7 @@ def find_blocks(graph: LayerGraph) -> BlockStructure:
     if start < len(layers):
         bounds.append((entry, None, tuple(range(start, len(layers)))))
     signatures = [
-        _signature(graph, layers, index, seg, entry, exit_ is not None)
+        signature(segment_key(graph, layers, index, seg, entry, exit_ is not None))
         for entry, exit_, seg in bounds
     ]
     type_of: dict[str, int] = {}
@@ -153,31 +153,58 @@ def find_blocks(graph: LayerGraph) -> BlockStructure:
     return BlockStructure(graph.name, len(layers), cuts, segments, types)
 
 
-def _signature(
+def layer_key(graph: LayerGraph, layer: Layer) -> str:
+    """A layer's own content: op, attributes, parameters, outputs, raw inputs read. Stored on
+    `(:Layer)` at ingest so that Cypher can build the same segment keys."""
+    outs = ";".join(tensor_key(graph, layer, t) for t in layer.outputs)
+    raw = ";".join(
+        f"{graph.tensors[t].shape}:{graph.tensors[t].dtype}"
+        for t in layer.inputs if graph.tensors[t].producer is None
+    )
+    return f"{layer.op}|{layer.attrs}|{layer.params}|{outs}|{raw}"
+
+
+def tensor_key(graph: LayerGraph, producer: Layer, tensor: str) -> str:
+    """Which output of its producer a tensor is, and its shape and type (on `[:FEEDS]`)."""
+    t = graph.tensors[tensor]
+    return f"{producer.outputs.index(tensor)}:{t.shape}:{t.dtype}"
+
+
+def segment_key(
     graph: LayerGraph, layers: list[Layer], index: dict[str, int], seg: tuple[int, ...],
     entry: int | None, closed: bool,
 ) -> str:
-    """Hash of a segment's canonical content; positions are relative, names play no part."""
-    local = {pos: j for j, pos in enumerate(seg)}
-    items = []
+    """A segment's canonical content, the same string `cypher/detect_blocks_keys.cypher` builds.
+
+    'C' or 'O' (closed by a cut vertex or open at the end), then per layer in order
+    `[layer_key](sources)`, a source per input read from another layer, in input order:
+    `<position in segment>.<tensor_key>`, `e.<tensor_key>` from the entry, `o.<tensor_key>`
+    from elsewhere. Names play no part.
+    """
+    start = seg[0]
+    parts = ["C" if closed else "O"]
     for pos in seg:
         layer = layers[pos]
         sources = []
         for t in layer.inputs:
-            tensor = graph.tensors[t]
-            producer = None if tensor.producer is None else index[tensor.producer]
-            if producer is None:
-                src = "input"
-            elif producer in local:
-                src = f"{local[producer]}.{layers[producer].outputs.index(t)}"
+            producer_name = graph.tensors[t].producer
+            if producer_name is None:
+                continue
+            producer = index[producer_name]
+            key = tensor_key(graph, layers[producer], t)
+            if producer >= start:
+                sources.append(f"{producer - start}.{key}")
             elif producer == entry:
-                src = f"entry.{layers[producer].outputs.index(t)}"
+                sources.append(f"e.{key}")
             else:
-                src = "outer"
-            sources.append((src, tensor.shape, tensor.dtype))
-        outputs = [(graph.tensors[t].shape, graph.tensors[t].dtype) for t in layer.outputs]
-        items.append((layer.op, layer.attrs, layer.params, sources, outputs))
-    return hashlib.sha1(repr((closed, items)).encode()).hexdigest()[:16]
+                sources.append(f"o.{key}")
+        parts.append(f"[{layer_key(graph, layer)}]({','.join(sources)})")
+    return "".join(parts)
+
+
+def signature(key: str) -> str:
+    """The block type's name-free identity: a short hash of its segment key."""
+    return hashlib.sha1(key.encode()).hexdigest()[:16]
 
 
 def _names(
