@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from toolkit import profiles, zoo
@@ -18,6 +20,7 @@ from toolkit.profiles import Processor
 
 if TYPE_CHECKING:
     from toolkit.onnx_split import SplitResult
+    from toolkit.store import Store
 
 
 def load_graph(model: str, name: str | None = None, exporter: str = "torchscript") -> LayerGraph:
@@ -123,3 +126,52 @@ def partition_model(
         blocks = find_blocks(graph)
         blocks_ms = (time.perf_counter() - start) * 1e3
     return solve(costs, method, server, blocks=blocks, blocks_ms=blocks_ms)
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def ingest_model(
+    store: Store, model: str, scenario: Scenario, name: str | None = None,
+    exporter: str = "torchscript", progress: Callable[[int], None] | None = None,
+) -> tuple[LayerGraph, CostGraph, str]:
+    """Ingest MODEL with `scenario`'s delays and detect its blocks in Cypher.
+
+    Returns the graph, its cost graph and 'created', 'replaced' or 'unchanged' (same sha256:
+    nothing is written, though a different scenario's delays are put in place).
+    """
+    from toolkit.onnx_reader import opset_of
+
+    path, _ = zoo.resolve(model, exporter)
+    graph = load_graph(model, name, exporter)
+    costs = build_cost_graph(graph, scenario)
+    opset = opset_of(path)
+    store.ensure_schema()
+    status = store.ingest(graph, costs, file_sha256(path), str(path), opset, progress)
+    if status == "unchanged":
+        store.set_costs(costs)
+    else:
+        names = {t.signature: t.name for t in find_blocks(graph).types}
+        store.detect_blocks(graph.name, names)
+    return graph, costs, status
+
+
+def partition_in_neo4j(
+    store: Store, model: str, scenario: Scenario, name: str | None = None,
+    exporter: str = "torchscript", method: str = "blockwise",
+) -> tuple[Partition, dict[str, int]]:
+    """The main job through Neo4j: ingest (if new), read the cost graph and the Cypher-detected
+    block structure back, solve, and write the cut back as labels."""
+    graph, _, _ = ingest_model(store, model, scenario, name, exporter)
+    costs = store.read_cost_graph(graph.name)
+    costs.scenario = scenario.to_dict()
+    start = time.perf_counter()
+    blocks = store.read_blocks(graph.name)
+    blocks_ms = (time.perf_counter() - start) * 1e3
+    result = solve(costs, method, blocks=blocks, blocks_ms=blocks_ms)
+    return result, store.write_partition(result)

@@ -6,10 +6,11 @@ import json
 import logging
 import sys
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from toolkit import __version__, api, profiles, zoo
@@ -26,6 +27,9 @@ from toolkit.report import (
     inspect_dict,
     partition_report,
 )
+
+if TYPE_CHECKING:
+    from toolkit.store import Store
 
 F = TypeVar("F", bound=Callable[..., Any])
 console = Console()
@@ -84,6 +88,30 @@ def partition_options(func: F) -> F:
     for opt in reversed(opts):
         func = opt(func)
     return func
+
+
+def neo4j_options(func: F) -> F:
+    """Connection settings; default to NEO4J_URI, NEO4J_USER, NEO4J_PASSWORD, NEO4J_DATABASE."""
+    opts = [
+        click.option("--uri", envvar="NEO4J_URI", default="bolt://127.0.0.1:7687",
+                     show_default=True, help="Any URI the driver takes (bolt://, neo4j+s://)."),
+        click.option("--user", envvar="NEO4J_USER", default="neo4j", show_default=True),
+        click.option("--password", envvar="NEO4J_PASSWORD", default="", show_default=False,
+                     help="Default: $NEO4J_PASSWORD. Never printed."),
+        click.option("--database", envvar="NEO4J_DATABASE", default=None,
+                     help="Default: the server's default database."),
+    ]
+    for opt in reversed(opts):
+        func = opt(func)
+    return func
+
+
+def open_store(kw: dict[str, Any]) -> Store:
+    from toolkit.store import Connection, Store
+
+    connection = Connection.from_env(kw.pop("uri"), kw.pop("user"), kw.pop("password"),
+                                     kw.pop("database"))
+    return Store(connection)
 
 
 def load_graph(model: str, name: str | None, exporter: str) -> LayerGraph:
@@ -223,20 +251,114 @@ def graph(model: str, name: str | None, exporter: str, as_json: bool, **kw: Any)
 @model_options
 @scenario_options
 @partition_options
+@click.option("--neo4j", "use_neo4j", is_flag=True,
+              help="Run through Neo4j: ingest, Cypher block detection, cut written back.")
+@neo4j_options
 @json_option
 def partition(model: str, name: str | None, exporter: str, as_json: bool, method: str,
-              pin: tuple[str, ...], pin_server: tuple[str, ...], **kw: Any) -> None:
+              pin: tuple[str, ...], pin_server: tuple[str, ...], use_neo4j: bool,
+              **kw: Any) -> None:
     """Where to cut MODEL between device and server for the least training delay.
 
     Example: splitcut partition resnet50 --device jetson-nano --server rtx-3090 --link lte
     """
     scenario = build_scenario(kw)
+    if use_neo4j:
+        if pin or pin_server:
+            raise click.UsageError("--pin/--pin-server are not supported with --neo4j yet")
+        with open_store(kw) as store:
+            result, written = api.partition_in_neo4j(store, model, scenario, name, exporter,
+                                                     method)
+        data = result.to_dict()
+        data["neo4j"] = {"uri": store.connection.uri, "written": written}
+        if as_json:
+            emit_json(data)
+        else:
+            console.print(partition_report(result, load_graph(model, name, exporter)))
+            console.print(f"written to {store.connection.uri}: {written['device']} of "
+                          f"{written['layers']} layers labelled :Device, the rest :Server")
+        return
     graph = load_graph(model, name, exporter)
     result = api.partition_model(graph, scenario, method, pin, pin_server)
     if as_json:
         emit_json(result.to_dict())
         return
     console.print(partition_report(result, graph))
+
+
+@cli.command()
+@click.argument("models", nargs=-1, required=True)
+@click.option("--name", help="Model name (one MODEL only; default: file stem or zoo name).")
+@click.option("--exporter", type=click.Choice(zoo.EXPORTERS), default="torchscript",
+              show_default=True)
+@scenario_options
+@neo4j_options
+@json_option
+def ingest(models: tuple[str, ...], name: str | None, exporter: str, as_json: bool,
+           **kw: Any) -> None:
+    """Ingest models into Neo4j (one transaction each; unchanged files are skipped).
+
+    Example: splitcut ingest resnet18 resnet50 gpt2
+    """
+    from rich.progress import Progress
+
+    if name and len(models) > 1:
+        raise click.UsageError("--name names one model; give one MODEL with it")
+    scenario = build_scenario(kw)
+    rows = []
+    with open_store(kw) as store, Progress(console=console, transient=True,
+                                           disable=as_json) as progress:
+        task = progress.add_task("ingesting", total=len(models))
+        for model in models:
+            progress.update(task, description=f"ingesting {model}")
+            graph, _, status = api.ingest_model(store, model, scenario, name, exporter)
+            rows.append({"model": graph.name, "layers": len(graph), "status": status})
+            progress.advance(task)
+    if as_json:
+        emit_json(rows)
+        return
+    for row in rows:
+        console.print(f"{row['model']}: {row['status']} ({row['layers']} layers)")
+
+
+@cli.command()
+@click.argument("name", required=False)
+@click.option("--param", "params", multiple=True, metavar="KEY=VALUE",
+              help="Query parameter (a JSON value, else a string). Repeatable.")
+@neo4j_options
+@json_option
+def query(name: str | None, params: tuple[str, ...], as_json: bool, **kw: Any) -> None:
+    """Run a saved query from cypher/ (read-only); without NAME, list them.
+
+    Example: splitcut query read_blocks --param model=resnet18
+    """
+    from toolkit import queries
+
+    if name is None:
+        for known in queries.names():
+            click.echo(f"{known}: {queries.header(known).splitlines()[0]}")
+        return
+    queries.load(name)
+    values = dict(_parse_param(p) for p in params)
+    with open_store(kw) as store:
+        rows = store.run_saved(name, values)
+    if as_json:
+        emit_json(rows)
+        return
+    table = Table(*(rows[0].keys() if rows else ["(no rows)"]))
+    for row in rows:
+        table.add_row(*(escape(str(v)) for v in row.values()))
+    console.print(table)
+
+
+def _parse_param(text: str) -> tuple[str, Any]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise click.UsageError(f"--param takes KEY=VALUE, not {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
 
 
 @cli.command()

@@ -129,6 +129,12 @@ def _with_external_data(model: ModelProto, base_dir: Path) -> ModelProto:
     return full
 
 
+def opset_of(path: str | Path) -> int:
+    """The default-domain opset a model file was written for."""
+    model = load_model(path)
+    return max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
+
+
 def layer_names(graph: GraphProto) -> list[str]:
     """The layer name of each node, in file order: the node's name, made unique and non-empty."""
     seen: dict[str, int] = {}

@@ -1,0 +1,1 @@
+"""Saved Cypher queries, shipped in the package as `toolkit.cypher` (see README.md here)."""

@@ -1,0 +1,9 @@
+// Block detection, step 4: block types shared across models, keyed by the segment key's hash.
+// $rows: [{uid, signature, name, size}]. Returns nothing.
+UNWIND $rows AS row
+MERGE (t:BlockType {signature: row.signature})
+  ON CREATE SET t.name = row.name, t.size = row.size
+WITH row, t
+MATCH (b:Block {uid: row.uid})
+SET b.signature = row.signature
+MERGE (b)-[:OF_TYPE]->(t)

@@ -1,0 +1,17 @@
+// Replace a model's delays with those of another scenario (structure stays).
+// $model: model name; $scenario: JSON text; $layers: [{topo, device_ms, server_ms, pinned}];
+// $feeds: [{producer, tensor, crossing_ms}]. Returns nothing.
+MATCH (m:Model {name: $model})
+SET m.scenario = $scenario
+WITH m
+CALL (m) {
+  UNWIND $layers AS row
+  MATCH (l:Layer {model: m.name, topo: row.topo})
+  SET l.device_ms = row.device_ms, l.server_ms = row.server_ms, l.pinned = row.pinned
+}
+CALL (m) {
+  UNWIND $feeds AS row
+  MATCH (p:Layer {model: m.name, topo: row.producer})-[f:FEEDS {tensor: row.tensor}]->()
+  SET f.crossing_ms = row.crossing_ms
+}
+RETURN m.name AS model

@@ -1,0 +1,6 @@
+// A model's compressed chain: blocks in order with their span and type.
+// $model: model name. Returns index, entry, exit, closed, signature, name, size.
+MATCH (b:Block {model: $model})-[:OF_TYPE]->(t:BlockType)
+RETURN b.index AS index, b.entry AS entry, b.exit AS exit, b.closed AS closed,
+       b.signature AS signature, t.name AS name, t.size AS size
+ORDER BY b.index

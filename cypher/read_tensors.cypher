@@ -1,0 +1,8 @@
+// A model's activation tensors: producer, consumers (topological positions), size and delay.
+// $model: model name. Returns tensor, producer, consumers, bytes, crossing_ms.
+MATCH (p:Layer {model: $model})-[f:FEEDS]->(c:Layer)
+WITH f.tensor AS tensor, p.topo AS producer, c.topo AS consumer, f.bytes AS bytes,
+     f.crossing_ms AS crossing_ms
+ORDER BY producer, tensor, consumer
+RETURN tensor, producer, collect(consumer) AS consumers, bytes, crossing_ms
+ORDER BY producer, tensor

@@ -1,0 +1,28 @@
+// Write a partition back: labels :Device/:Server on the model's layers and blocks, replacing the
+// old ones, and a (:Partition)-[:OF]->(:Model) node that becomes the current one.
+// $model, $scenario (JSON text), $device (topological positions on the device), $total_ms,
+// $device_compute_ms, $server_compute_ms, $crossing_ms, $cut_tensors, $method.
+// Returns layers (count) and device (count).
+MATCH (m:Model {name: $model})
+CALL (m) { MATCH (p:Partition)-[:OF]->(m) SET p.current = false }
+CREATE (part:Partition {model: $model, scenario: $scenario, total_ms: $total_ms,
+        device_compute_ms: $device_compute_ms, server_compute_ms: $server_compute_ms,
+        crossing_ms: $crossing_ms, cut_tensors: $cut_tensors, method: $method,
+        device_layers: size($device), current: true, written_at: datetime()})-[:OF]->(m)
+WITH m, part
+MATCH (m)-[:HAS_LAYER]->(l:Layer)
+REMOVE l:Device:Server
+WITH m, part, l, l.topo IN $device AS on_device
+CALL (l, on_device) { WITH l WHERE on_device SET l:Device }
+CALL (l, on_device) { WITH l WHERE NOT on_device SET l:Server }
+WITH m, part, count(l) AS layers, sum(CASE WHEN on_device THEN 1 ELSE 0 END) AS device
+CALL (m) {
+  MATCH (b:Block {model: m.name})-[:CONTAINS]->(l:Layer)
+  WITH b, all(x IN collect(l) WHERE x:Device) AS all_device,
+       all(x IN collect(l) WHERE x:Server) AS all_server
+  REMOVE b:Device:Server
+  WITH b, all_device, all_server
+  CALL (b, all_device) { WITH b WHERE all_device SET b:Device }
+  CALL (b, all_server) { WITH b WHERE all_server SET b:Server }
+}
+RETURN layers, device

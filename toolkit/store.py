@@ -1,0 +1,304 @@
+"""The Neo4j store: the only module that imports `neo4j`.
+
+Every query comes from `cypher/` by name and takes parameters; nothing a user types is spliced
+into a query string, and labels come from a fixed set (:Device, :Server). A model is written in
+one managed transaction (there whole or not at all; transient errors are retried by the driver),
+and re-ingesting the same file changes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import neo4j
+from neo4j import GraphDatabase, ManagedTransaction
+from neo4j.exceptions import AuthError, DriverError, Neo4jError, ServiceUnavailable
+
+from toolkit import queries
+from toolkit.blocks import BlockStructure, BlockType, Segment, layer_key, signature, tensor_key
+from toolkit.costgraph import CostGraph, CostTensor
+from toolkit.errors import ToolkitError
+from toolkit.graph import LayerGraph
+from toolkit.partition import Partition
+
+log = logging.getLogger(__name__)
+
+BATCH = 5000
+
+
+class StoreError(ToolkitError):
+    """Neo4j is unreachable, refused us, or answered with an error."""
+
+
+@dataclass(frozen=True)
+class Connection:
+    uri: str
+    user: str
+    password: str
+    database: str | None
+
+    @classmethod
+    def from_env(
+        cls, uri: str | None = None, user: str | None = None, password: str | None = None,
+        database: str | None = None,
+    ) -> Connection:
+        """Explicit values, else NEO4J_URI / NEO4J_USER / NEO4J_PASSWORD / NEO4J_DATABASE."""
+        return cls(
+            uri or os.environ.get("NEO4J_URI", "bolt://127.0.0.1:7687"),
+            user or os.environ.get("NEO4J_USER", "neo4j"),
+            password if password is not None else os.environ.get("NEO4J_PASSWORD", ""),
+            database or os.environ.get("NEO4J_DATABASE") or None,
+        )
+
+    def __repr__(self) -> str:  # never show the password
+        return f"Connection(uri={self.uri!r}, user={self.user!r}, database={self.database!r})"
+
+
+class Store:
+    """A connection to one Neo4j database, used as a context manager."""
+
+    def __init__(self, connection: Connection) -> None:
+        self.connection = connection
+        with self._errors():
+            self.driver = GraphDatabase.driver(
+                connection.uri, auth=(connection.user, connection.password),
+                notifications_min_severity="OFF",
+            )
+            self.driver.verify_connectivity()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.driver.close()
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        """Driver exceptions -> one-line StoreErrors that name the URI, never the password."""
+        uri, user = self.connection.uri, self.connection.user
+        try:
+            yield
+        except AuthError as exc:
+            raise StoreError(
+                f"Neo4j at {uri} rejected the credentials of user {user!r} (check NEO4J_PASSWORD)"
+            ) from exc
+        except ServiceUnavailable as exc:
+            raise StoreError(
+                f"cannot reach Neo4j at {uri}: is it running? (scripts/neo4j-local start)"
+            ) from exc
+        except Neo4jError as exc:
+            message = (exc.message or "").strip().splitlines()
+            raise StoreError(
+                f"Neo4j at {uri} answered {exc.code}: {message[0] if message else ''}"
+            ) from exc
+        except (DriverError, OSError, ValueError) as exc:
+            raise StoreError(f"Neo4j at {uri}: {type(exc).__name__}: {exc}") from exc
+
+    def _session(self) -> neo4j.Session:
+        return self.driver.session(database=self.connection.database)
+
+    def _write(self, work: Callable[[ManagedTransaction], Any]) -> Any:
+        with self._errors(), self._session() as session:
+            return session.execute_write(work)
+
+    def _read(self, query: str, **params: Any) -> list[dict[str, Any]]:
+        text = queries.load(query)
+
+        def work(tx: ManagedTransaction) -> list[dict[str, Any]]:
+            return [record.data() for record in tx.run(text, params)]
+
+        with self._errors(), self._session() as session:
+            return list(session.execute_read(work))
+
+    def ensure_schema(self) -> None:
+        for statement in queries.statements("schema"):
+            with self._errors(), self._session() as session:
+                session.run(statement).consume()
+
+    # ingest ---------------------------------------------------------------------------------
+
+    def stored_sha(self, model: str) -> str | None:
+        rows = self._read("model_get", name=model)
+        return str(rows[0]["sha256"]) if rows else None
+
+    def ingest(
+        self, graph: LayerGraph, costs: CostGraph, sha256: str, source: str, opset: int,
+        progress: Callable[[int], None] | None = None,
+    ) -> str:
+        """Write a model whole in one transaction: 'created', 'replaced' or 'unchanged'."""
+        old = self.stored_sha(graph.name)
+        if old == sha256:
+            return "unchanged"
+        layers, feeds = ingest_rows(graph, costs)
+        model = {"name": graph.name, "sha256": sha256, "source": source, "opset": opset,
+                 "layer_count": len(graph), "scenario": json.dumps(costs.scenario, sort_keys=True)}
+
+        def work(tx: ManagedTransaction) -> None:
+            tx.run(queries.load("model_delete"), name=graph.name).consume()
+            tx.run(queries.load("model_create"), model).consume()
+            done = 0
+            for batch in _batches(layers):
+                tx.run(queries.load("ingest_layers"), model=graph.name, rows=batch).consume()
+                done += len(batch)
+                if progress is not None:
+                    progress(len(batch))
+            for batch in _batches(feeds):
+                tx.run(queries.load("ingest_feeds"), model=graph.name, rows=batch).consume()
+
+        self._write(work)
+        return "created" if old is None else "replaced"
+
+    def set_costs(self, costs: CostGraph) -> None:
+        """Put another scenario's delays on a stored model."""
+        layers = [
+            {"topo": i, "device_ms": float(costs.device_ms[i]),
+             "server_ms": float(costs.server_ms[i]), "pinned": bool(costs.pinned[i])}
+            for i in range(len(costs))
+        ]
+        feeds = [{"producer": t.producer, "tensor": t.name, "crossing_ms": t.crossing_ms}
+                 for t in costs.tensors]
+        scenario = json.dumps(costs.scenario, sort_keys=True)
+
+        def work(tx: ManagedTransaction) -> None:
+            tx.run(queries.load("model_costs"), model=costs.model, scenario=scenario,
+                   layers=layers, feeds=feeds).consume()
+
+        self._write(work)
+
+    # block detection --------------------------------------------------------------------------
+
+    def detect_blocks(self, model: str, names: dict[str, str] | None = None) -> BlockStructure:
+        """Cut vertices, segments, keys and types computed by the Cypher in `cypher/`.
+
+        The only work left to Python is hashing each segment key to its signature; `names`
+        (signature -> readable name) labels new block types.
+        """
+        names = names or {}
+
+        def work(tx: ManagedTransaction) -> list[dict[str, Any]]:
+            tx.run(queries.load("detect_blocks_segments"), model=model).consume()
+            tx.run(queries.load("detect_blocks_chain"), model=model).consume()
+            keyed = [r.data() for r in tx.run(queries.load("detect_blocks_keys"), model=model)]
+            rows = []
+            for row in keyed:
+                sig = signature(row["key"])
+                rows.append({"uid": row["uid"], "signature": sig,
+                             "name": names.get(sig, f"block {sig[:6]}"),
+                             "size": row["key"].count("](")})
+            tx.run(queries.load("detect_blocks_types"), rows=rows).consume()
+            return rows
+
+        self._write(work)
+        return self.read_blocks(model)
+
+    def read_blocks(self, model: str) -> BlockStructure:
+        rows = self._read("read_blocks", model=model)
+        if not rows:
+            raise StoreError(f"model {model!r} has no blocks in Neo4j: ingest it first")
+        type_of: dict[str, int] = {}
+        segments = []
+        for row in rows:
+            tid = type_of.setdefault(row["signature"], len(type_of))
+            entry = None if row["entry"] < 0 else int(row["entry"])
+            closed = bool(row["closed"])
+            segments.append(Segment(int(row["index"]), tuple(range(int(row["entry"]) + 1,
+                                                                    int(row["exit"]) + 1)),
+                                    entry, int(row["exit"]) if closed else None, tid))
+        first = {s.type_id: s for s in reversed(segments)}
+        named = {r["signature"]: r["name"] for r in rows}
+        types = [
+            BlockType(t, sig, named[sig], len(first[t].layers),
+                      sum(1 for s in segments if s.type_id == t), first[t].exit is not None)
+            for sig, t in type_of.items()
+        ]
+        last = max(s.layers[-1] for s in segments) + 1
+        cuts = [s.exit for s in segments if s.exit is not None]
+        return BlockStructure(model, last, cuts, segments, types)
+
+    # the cost graph and the cut ---------------------------------------------------------------
+
+    def read_cost_graph(self, model: str) -> CostGraph:
+        layers = self._read("read_layers", model=model)
+        if not layers:
+            raise StoreError(f"model {model!r} is not in Neo4j: ingest it first")
+        tensors = [
+            CostTensor(r["tensor"], int(r["producer"]), tuple(int(c) for c in r["consumers"]),
+                       float(r["bytes"]), float(r["crossing_ms"]))
+            for r in self._read("read_tensors", model=model)
+        ]
+        stored = self._read("model_get", name=model)
+        return CostGraph(
+            model=model, names=[r["name"] for r in layers], ops=[r["op"] for r in layers],
+            device_ms=[float(r["device_ms"]) for r in layers],
+            server_ms=[float(r["server_ms"]) for r in layers],
+            pinned=[bool(r["pinned"]) for r in layers], tensors=tensors,
+            scenario=json.loads(stored[0]["scenario"]) if stored else {},
+            flops=[float(r["flops"]) for r in layers], macs=[float(r["macs"]) for r in layers],
+            params=[int(r["params"]) for r in layers],
+        )
+
+    def write_partition(self, result: Partition) -> dict[str, int]:
+        """Labels and a current (:Partition) node, replacing the old ones in one transaction."""
+        data = result.to_dict()
+        params = {
+            "model": result.graph.model,
+            "scenario": json.dumps(result.graph.scenario, sort_keys=True),
+            "device": list(result.device),
+            "total_ms": result.delay.total,
+            "device_compute_ms": result.delay.device_compute,
+            "server_compute_ms": result.delay.server_compute,
+            "crossing_ms": result.delay.crossing,
+            "cut_tensors": data["partition"]["cut_tensors"],
+            "method": result.method,
+        }
+
+        def work(tx: ManagedTransaction) -> dict[str, int]:
+            record = tx.run(queries.load("write_partition"), params).single()
+            return {"layers": int(record["layers"]), "device": int(record["device"])} if record \
+                else {"layers": 0, "device": 0}
+
+        written: dict[str, int] = self._write(work)
+        return written
+
+    def run_saved(self, name: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+        """A saved query, read-only: `splitcut query` can change nothing."""
+        return self._read(name, **params)
+
+
+def ingest_rows(graph: LayerGraph, costs: CostGraph) -> tuple[list[dict[str, Any]],
+                                                              list[dict[str, Any]]]:
+    """A layer graph and its delays as plain rows for UNWIND: (layers, feeds). Pure."""
+    layers = list(graph)
+    layer_rows = [
+        {"uid": f"{graph.name}/{layer.name}", "name": layer.name, "op": layer.op, "topo": i,
+         "flops": layer.flops, "macs": layer.macs, "params": layer.params,
+         "out_bytes": layer.out_bytes, "device_ms": float(costs.device_ms[i]),
+         "server_ms": float(costs.server_ms[i]), "pinned": bool(costs.pinned[i]),
+         "module": layer.module, "key": layer_key(graph, layer)}
+        for i, layer in enumerate(layers)
+    ]
+    feed_rows = []
+    for t in costs.tensors:
+        producer = layers[t.producer]
+        key = tensor_key(graph, producer, t.name)
+        for c in t.consumers:
+            feed_rows.append({
+                "producer": t.producer, "consumer": c, "tensor": t.name, "bytes": t.bytes,
+                "crossing_ms": t.crossing_ms, "position": layers[c].inputs.index(t.name),
+                "tensor_key": key,
+            })
+    return layer_rows, feed_rows
+
+
+def _batches(rows: Sequence[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
+    for start in range(0, len(rows), BATCH):
+        yield list(rows[start:start + BATCH])
