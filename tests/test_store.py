@@ -1,0 +1,129 @@
+"""Integration tests against the real Neo4j server started by scripts/neo4j-local (.ci/run)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from tests.helpers import chain, run_main, save
+from toolkit import api, zoo
+from toolkit.blocks import find_blocks
+from toolkit.costs import BUILTIN_SCENARIOS
+from toolkit.store import Connection, Store, StoreError
+
+PASSWORD = os.environ.get("NEO4J_PASSWORD", "splitcut-dev")
+
+
+@pytest.fixture(scope="module")
+def store():
+    with Store(Connection.from_env(password=PASSWORD)) as s:
+        s.ensure_schema()
+        yield s
+
+
+def count(store: Store, cypher: str, **params: object) -> int:
+    with store.driver.session(database=store.connection.database) as session:
+        return int(session.run(cypher, params).single()[0])
+
+
+def model_size(store: Store, name: str) -> tuple[int, int, int]:
+    return (
+        count(store, "MATCH (:Model {name: $n})-[:HAS_LAYER]->(l) RETURN count(l)", n=name),
+        count(store, "MATCH (l:Layer {model: $n})-[f:FEEDS]->() RETURN count(f)", n=name),
+        count(store, "MATCH (b:Block {model: $n}) RETURN count(b)", n=name),
+    )
+
+
+@pytest.mark.parametrize("name", list(zoo.MODELS))
+def test_cypher_blocks_equal_python_blocks(store, zoo_path, name):
+    scenario = api.make_scenario()
+    graph, _, _ = api.ingest_model(store, str(zoo_path(name)), scenario, name)
+    python = find_blocks(graph)
+    cypher = store.read_blocks(name)
+    assert cypher.cut_vertices == python.cut_vertices
+    assert [(s.layers, s.entry, s.exit) for s in cypher.segments] == [
+        (s.layers, s.entry, s.exit) for s in python.segments
+    ]
+    assert [python.types[s.type_id].signature for s in python.segments] == [
+        cypher.types[s.type_id].signature for s in cypher.segments
+    ]
+
+
+@pytest.mark.parametrize("name", ["resnet50", "densenet121", "gpt2"])
+def test_partition_through_neo4j_equals_embedded_and_labels_match(store, zoo_path, name):
+    path = str(zoo_path(name))
+    graph = api.load_graph(path, name)
+    for settings in list(BUILTIN_SCENARIOS.values())[:3]:
+        scenario = api.make_scenario(**settings)
+        embedded = api.partition_model(graph, scenario)
+        result, written = api.partition_in_neo4j(store, path, scenario, name)
+        assert result.delay.total == pytest.approx(embedded.delay.total, rel=1e-9)
+        device = {result.graph.names[i] for i in result.device}
+        labelled = count(store, "MATCH (l:Layer:Device {model: $n}) RETURN count(l)", n=name)
+        assert labelled == len(device) == written["device"]
+        assert count(store, "MATCH (l:Layer:Server {model: $n}) RETURN count(l)",
+                     n=name) == len(graph) - len(device)
+        assert count(store, "MATCH (l:Layer:Device:Server {model: $n}) RETURN count(l)",
+                     n=name) == 0
+        names = store.driver.execute_query(
+            "MATCH (l:Layer:Device {model: $n}) RETURN collect(l.name) AS names", n=name
+        ).records[0]["names"]
+        assert set(names) == device
+        current = store.driver.execute_query(
+            "MATCH (p:Partition {current: true})-[:OF]->(:Model {name: $n}) "
+            "RETURN p.total_ms AS total, p.device_layers AS d", n=name).records
+        assert len(current) == 1
+        assert current[0]["total"] == pytest.approx(result.delay.total)
+        assert current[0]["d"] == len(device)
+
+
+def test_reingest_is_idempotent_and_a_changed_file_replaces_the_old(store, tmp_path):
+    scenario = api.make_scenario()
+    small = save(chain(3), tmp_path / "model.onnx")
+    _, _, status = api.ingest_model(store, str(small), scenario, "replace-me")
+    assert status in ("created", "replaced")
+    before = model_size(store, "replace-me")
+    _, _, status = api.ingest_model(store, str(small), scenario, "replace-me")
+    assert status == "unchanged"
+    assert model_size(store, "replace-me") == before
+    big = save(chain(5), tmp_path / "model.onnx")
+    _, _, status = api.ingest_model(store, str(big), scenario, "replace-me")
+    assert status == "replaced"
+    assert model_size(store, "replace-me")[0] == 10
+    assert count(store, "MATCH (m:Model {name: 'replace-me'}) RETURN count(m)") == 1
+
+
+def test_names_with_quotes_backticks_and_keywords_round_trip(store, tmp_path):
+    name = "x' }) MATCH (n) DETACH DELETE n //`ü"
+    path = save(chain(2), tmp_path / "odd.onnx")
+    api.ingest_model(store, str(path), api.make_scenario(), name)
+    assert count(store, "MATCH (m:Model {name: $n}) RETURN count(m)", n=name) == 1
+    assert count(store, "MATCH (l:Layer) RETURN count(l)") > 4  # nothing was deleted
+
+
+def test_query_runs_saved_queries_read_only(capsys, monkeypatch):
+    monkeypatch.setenv("NEO4J_PASSWORD", PASSWORD)
+    code, out, _ = run_main(["query", "read_blocks", "--param", "model=resnet50", "--json"],
+                            capsys, monkeypatch)
+    assert code == 0 and '"signature"' in out
+    code, _, err = run_main(["query", "model_delete", "--param", "name=resnet50"], capsys,
+                            monkeypatch)
+    assert code == 2 and "Neo4j" in err
+    code, _, err = run_main(["query", "MATCH (n) DETACH DELETE n"], capsys, monkeypatch)
+    assert code == 2 and "no saved query" in err
+
+
+def test_dead_server_and_wrong_password_are_one_line_errors(capsys, monkeypatch, tmp_path):
+    path = save(chain(2), tmp_path / "c.onnx")
+    code, _, err = run_main(["ingest", str(path), "--uri", "bolt://127.0.0.1:7999",
+                             "--password", "x"], capsys, monkeypatch)
+    assert code == 2
+    assert "cannot reach Neo4j at bolt://127.0.0.1:7999" in err
+    code, _, err = run_main(["ingest", str(path), "--password", "not-the-password"], capsys,
+                            monkeypatch)
+    assert code == 2
+    assert "rejected the credentials" in err
+    assert "not-the-password" not in err
+    with pytest.raises(StoreError):
+        Store(Connection("bolt://127.0.0.1:7999", "neo4j", "x", None))
