@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.solvers import SOLVERS, dads_networkx
-from toolkit import api, zoo
+from toolkit import api, queries, zoo
 from toolkit.blocks import find_blocks
 from toolkit.costs import BUILTIN_SCENARIOS, build_cost_graph
 from toolkit.graph import LayerGraph
@@ -167,6 +167,46 @@ def scaling(doc: Doc, sizes: list[int], repeats: int) -> None:
                "blocks ms (once)", "|difference| ms"], rows)
 
 
+def neo4j(doc: Doc, sizes: list[int]) -> None:
+    doc.add("## Neo4j: ingest rate and Cypher block detection")
+    doc.add()
+    from toolkit.store import Connection, Store, StoreError
+
+    try:
+        store = Store(Connection.from_env(password=os.environ.get("NEO4J_PASSWORD",
+                                                                 "splitcut-dev")))
+    except StoreError as exc:
+        doc.add(f"Not measured: {exc}.")
+        doc.add()
+        return
+    doc.add("Synthetic transformer stacks written by `Store.ingest` (one transaction, one "
+            "`UNWIND` statement for layers and edges) into the local Neo4j 5.26 community server "
+            "(`scripts/neo4j-local`, 1 GiB heap), then `Store.detect_blocks` (the Cypher in "
+            "`cypher/detect_blocks_*.cypher`). One run each.")
+    doc.add()
+    rows = []
+    scenario = api.make_scenario(**SCENARIO)
+    with store:
+        store.ensure_schema()
+        for n in sizes:
+            graph = deep_model("transformer", n)
+            graph.name = f"bench-{n}"
+            costs = build_cost_graph(graph, scenario)
+            start = time.perf_counter()
+            store.ingest(graph, costs, f"bench-{time.time()}", "synthetic", 0)
+            ingest_s = time.perf_counter() - start
+            start = time.perf_counter()
+            blocks = store.detect_blocks(graph.name)
+            detect_s = time.perf_counter() - start
+            same = blocks.cut_vertices == find_blocks(graph).cut_vertices
+            rows.append([str(len(graph)), f"{ingest_s:.2f}", f"{len(graph) / ingest_s:,.0f}",
+                         f"{detect_s:.2f}", str(len(blocks.segments)), "yes" if same else "NO"])
+            with store.driver.session() as session:
+                session.run(queries.load("model_delete"), name=graph.name).consume()
+    doc.table(["layers", "ingest s", "layers/s", "Cypher block detection s", "blocks",
+               "same cut vertices as Python"], rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer models and repeats")
@@ -186,6 +226,7 @@ def main() -> None:
     zoo_running_time(doc, models, repeats)
     sizes = [1_000, 5_000, 10_000] if args.quick else [1_000, 5_000, 10_000, 20_000, 50_000]
     scaling(doc, sizes, repeats)
+    neo4j(doc, [1_000, 5_000] if args.quick else [1_000, 5_000, 20_000])
     OUT.parent.mkdir(exist_ok=True)
     OUT.write_text("\n".join(doc.lines) + "\n")
     print(f"wrote {OUT}", file=sys.stderr)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -138,7 +138,7 @@ def file_sha256(path: Path) -> str:
 
 def ingest_model(
     store: Store, model: str, scenario: Scenario, name: str | None = None,
-    exporter: str = "torchscript", progress: Callable[[int], None] | None = None,
+    exporter: str = "torchscript",
 ) -> tuple[LayerGraph, CostGraph, str]:
     """Ingest MODEL with `scenario`'s delays and detect its blocks in Cypher.
 
@@ -152,7 +152,7 @@ def ingest_model(
     costs = build_cost_graph(graph, scenario)
     opset = opset_of(path)
     store.ensure_schema()
-    status = store.ingest(graph, costs, file_sha256(path), str(path), opset, progress)
+    status = store.ingest(graph, costs, file_sha256(path), str(path), opset)
     if status == "unchanged":
         store.set_costs(costs)
     else:

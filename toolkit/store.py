@@ -1,9 +1,9 @@
 """The Neo4j store: the only module that imports `neo4j`.
 
 Every query comes from `cypher/` by name and takes parameters; nothing a user types is spliced
-into a query string, and labels come from a fixed set (:Device, :Server). A model is written in
-one managed transaction (there whole or not at all; transient errors are retried by the driver),
-and re-ingesting the same file changes nothing.
+into a query string, and labels come from a fixed set (:Device, :Server). A model is written by
+one statement in one managed transaction (there whole or not at all; the driver retries
+transient errors), and re-ingesting the same file changes nothing.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -29,7 +29,6 @@ from toolkit.partition import Partition
 
 log = logging.getLogger(__name__)
 
-BATCH = 5000
 
 
 class StoreError(ToolkitError):
@@ -132,7 +131,6 @@ class Store:
 
     def ingest(
         self, graph: LayerGraph, costs: CostGraph, sha256: str, source: str, opset: int,
-        progress: Callable[[int], None] | None = None,
     ) -> str:
         """Write a model whole in one transaction: 'created', 'replaced' or 'unchanged'."""
         old = self.stored_sha(graph.name)
@@ -145,14 +143,8 @@ class Store:
         def work(tx: ManagedTransaction) -> None:
             tx.run(queries.load("model_delete"), name=graph.name).consume()
             tx.run(queries.load("model_create"), model).consume()
-            done = 0
-            for batch in _batches(layers):
-                tx.run(queries.load("ingest_layers"), model=graph.name, rows=batch).consume()
-                done += len(batch)
-                if progress is not None:
-                    progress(len(batch))
-            for batch in _batches(feeds):
-                tx.run(queries.load("ingest_feeds"), model=graph.name, rows=batch).consume()
+            tx.run(queries.load("ingest_layers"), model=graph.name, rows=layers,
+                   feeds=feeds).consume()
 
         self._write(work)
         return "created" if old is None else "replaced"
@@ -298,7 +290,3 @@ def ingest_rows(graph: LayerGraph, costs: CostGraph) -> tuple[list[dict[str, Any
             })
     return layer_rows, feed_rows
 
-
-def _batches(rows: Sequence[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
-    for start in range(0, len(rows), BATCH):
-        yield list(rows[start:start + BATCH])
