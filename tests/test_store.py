@@ -127,3 +127,23 @@ def test_dead_server_and_wrong_password_are_one_line_errors(capsys, monkeypatch,
     assert "not-the-password" not in err
     with pytest.raises(StoreError):
         Store(Connection("bolt://127.0.0.1:7999", "neo4j", "x", None))
+
+
+def test_cypher_chain_sums_equal_the_python_chain_and_general_agrees(store, zoo_path):
+    from toolkit.partition.blockwise import chain_of
+
+    path = str(zoo_path("resnet152"))
+    scenario = api.make_scenario(**BUILTIN_SCENARIOS["phone-h100-5g"])
+    graph, costs, _ = api.ingest_model(store, path, scenario, "resnet152")
+    python = chain_of(costs, find_blocks(graph), set())
+    cypher = store.read_chain("resnet152")
+    for field in ("entries", "exits", "closed"):
+        assert getattr(cypher, field).tolist() == getattr(python, field).tolist()
+    for field in ("device", "server", "cheapest", "exit_cross"):
+        assert getattr(cypher, field) == pytest.approx(getattr(python, field), rel=1e-9)
+    assert cypher.last_pinned == python.last_pinned
+    assert len(set(cypher.groups.tolist())) < len(cypher.groups)  # repeats share inner solves
+    blockwise, _ = api.partition_in_neo4j(store, path, scenario, "resnet152")
+    general, _ = api.partition_in_neo4j(store, path, scenario, "resnet152", method="general")
+    assert blockwise.delay.total == pytest.approx(general.delay.total, rel=1e-9)
+    assert blockwise.vertices < general.vertices

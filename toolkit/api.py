@@ -15,7 +15,9 @@ from toolkit.costs import Scenario, build_cost_graph
 from toolkit.errors import PartitionError
 from toolkit.graph import LayerGraph
 from toolkit.measure import MeasuredProfile, load_profile
-from toolkit.partition import Partition, solve
+from toolkit.partition import Partition, checked_partition, solve
+from toolkit.partition.blockwise import solve_chain
+from toolkit.partition.stcut import min_cut
 from toolkit.profiles import Processor
 
 if TYPE_CHECKING:
@@ -165,13 +167,19 @@ def partition_in_neo4j(
     store: Store, model: str, scenario: Scenario, name: str | None = None,
     exporter: str = "torchscript", method: str = "blockwise",
 ) -> tuple[Partition, dict[str, int]]:
-    """The main job through Neo4j: ingest (if new), read the cost graph and the Cypher-detected
-    block structure back, solve, and write the cut back as labels."""
-    graph, _, _ = ingest_model(store, model, scenario, name, exporter)
-    costs = store.read_cost_graph(graph.name)
-    costs.scenario = scenario.to_dict()
+    """The main job through Neo4j: ingest (if new), solve, write the cut back as labels.
+
+    Block-wise reads only the compressed chain (per-block sums computed in Cypher) and the
+    insides of the segments it must solve; `general` reads the whole cost graph back. Either
+    answer is checked against the cost graph computed here before it is written.
+    """
+    graph, costs, _ = ingest_model(store, model, scenario, name, exporter)
     start = time.perf_counter()
-    blocks = store.read_blocks(graph.name)
-    blocks_ms = (time.perf_counter() - start) * 1e3
-    result = solve(costs, method, blocks=blocks, blocks_ms=blocks_ms)
+    if method == "blockwise":
+        chain = store.read_chain(graph.name)
+        cut = solve_chain(chain, lambda k: store.solve_segment(graph.name, chain, k))
+    else:
+        cut = min_cut(store.read_cost_graph(graph.name))
+    solve_ms = (time.perf_counter() - start) * 1e3
+    result = checked_partition(costs, cut, method, solve_ms)
     return result, store.write_partition(result)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import neo4j
+import numpy as np
 from neo4j import GraphDatabase, ManagedTransaction
 from neo4j.exceptions import AuthError, DriverError, Neo4jError, ServiceUnavailable
 
@@ -26,6 +27,7 @@ from toolkit.costgraph import CostGraph, CostTensor
 from toolkit.errors import ToolkitError
 from toolkit.graph import LayerGraph
 from toolkit.partition import Partition
+from toolkit.partition.blockwise import Chain, Inner, solve_segment
 
 log = logging.getLogger(__name__)
 
@@ -237,6 +239,52 @@ class Store:
             flops=[float(r["flops"]) for r in layers], macs=[float(r["macs"]) for r in layers],
             params=[int(r["params"]) for r in layers],
         )
+
+    def read_chain(self, model: str) -> Chain:
+        """The compressed chain with the stored delays summed per block, computed in Cypher."""
+        rows = self._read("read_chain", model=model)
+        if not rows:
+            raise StoreError(f"model {model!r} has no blocks in Neo4j: ingest it first")
+        group_of: dict[tuple[object, ...], int] = {}
+        groups = []
+        for r in rows:  # same block type and same summed delays: one inner solution serves all
+            key = (r["signature"], r["device"], r["server"], r["cheapest"], r["exit_cross"],
+                   r["last_pinned"] is not None)
+            groups.append(group_of.setdefault(key, len(group_of)))
+        pinned = [int(r["last_pinned"]) for r in rows if r["last_pinned"] is not None]
+        return Chain(
+            layer_count=int(rows[-1]["exit"]) + 1,
+            entries=np.array([r["entry"] for r in rows], dtype=np.int64),
+            exits=np.array([r["exit"] for r in rows], dtype=np.int64),
+            closed=np.array([r["closed"] for r in rows], dtype=bool),
+            device=np.array([r["device"] for r in rows], dtype=np.float64),
+            server=np.array([r["server"] for r in rows], dtype=np.float64),
+            cheapest=np.array([r["cheapest"] for r in rows], dtype=np.float64),
+            exit_cross=np.array([r["exit_cross"] if r["closed"] else 0.0 for r in rows]),
+            groups=np.array(groups, dtype=np.int64),
+            last_pinned=max(pinned, default=-1),
+        )
+
+    def solve_segment(self, model: str, chain: Chain, k: int) -> Inner:
+        """Read segment k's inside (and nothing else) and solve its inner min cut."""
+        entry, last = int(chain.entries[k]), int(chain.exits[k])
+        first = max(entry, 0)
+        rows = self._read("read_segment", model=model, first=first, last=last)
+        local = CostGraph(
+            model=model, names=[str(r["topo"]) for r in rows], ops=["" for _ in rows],
+            device_ms=[float(r["device_ms"]) for r in rows],
+            server_ms=[float(r["server_ms"]) for r in rows],
+            pinned=[bool(r["pinned"]) for r in rows],
+            tensors=[
+                CostTensor(t["tensor"], int(r["topo"]) - first,
+                           tuple(int(c) - first for c in t["consumers"]), 0.0,
+                           float(t["crossing_ms"]))
+                for r in rows for t in r["tensors"] if t["consumers"]
+            ],
+        )
+        row = [entry - first if entry >= 0 else -1, *range(max(entry + 1, 0) - first,
+                                                            last - first + 1)]
+        return solve_segment(local, row, bool(chain.closed[k]), set())
 
     def write_partition(self, result: Partition) -> dict[str, int]:
         """Labels and a current (:Partition) node, replacing the old ones in one transaction."""

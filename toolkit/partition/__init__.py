@@ -12,13 +12,13 @@ from toolkit.costgraph import CostGraph, Delay, crossing_tensors
 from toolkit.errors import PartitionError
 from toolkit.partition import baselines
 from toolkit.partition.blockwise import solve_blockwise
-from toolkit.partition.stcut import general_size, min_cut
+from toolkit.partition.stcut import CutResult, general_size, min_cut
 from toolkit.partition.validate import validate_partition
 
 METHODS = ("general", "blockwise")
 _REL_TOL = 1e-9
 
-__all__ = ["METHODS", "Partition", "solve", "validate_partition"]
+__all__ = ["METHODS", "Partition", "checked_partition", "solve", "validate_partition"]
 
 
 @dataclass
@@ -84,6 +84,16 @@ def solve(
     else:
         cut = min_cut(graph, server_pinned)
     solve_ms = (time.perf_counter() - start) * 1e3
+    result = checked_partition(graph, cut, method, solve_ms, blocks_ms, server_pinned,
+                               with_baselines)
+    return result
+
+
+def checked_partition(
+    graph: CostGraph, cut: CutResult, method: str, solve_ms: float, blocks_ms: float = 0.0,
+    server_pinned: Collection[int] = (), with_baselines: bool = True,
+) -> Partition:
+    """A solver's answer, validated and re-costed from scratch, with the baselines beside it."""
     checked = validate_partition(graph, cut.device, server_pinned)
     if abs(checked.total - cut.value) > _REL_TOL * max(1.0, abs(cut.value)) * len(graph):
         raise PartitionError(
