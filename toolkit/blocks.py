@@ -54,6 +54,7 @@ class ChainArrays:
     closed: np.ndarray
     instances: dict[int, np.ndarray]  # type -> rows of [entry, layers...]
     segments_of: dict[int, np.ndarray]  # type -> segment indices, in row order
+    row_in_type: np.ndarray  # per segment: its row in `instances[type]`
 
 
 @dataclass
@@ -88,6 +89,7 @@ class BlockStructure:
             },
             segments_of={t: np.asarray([s.index for s in ss], np.int64)
                          for t, ss in by_type.items()},
+            row_in_type=np.asarray(_rows(segs), dtype=np.int64),
         )
 
     def chain(self) -> list[tuple[int, int]]:
@@ -99,6 +101,16 @@ class BlockStructure:
             else:
                 runs.append((s.type_id, 1))
         return runs
+
+
+def _rows(segments: list[Segment]) -> list[int]:
+    """Each segment's position among the segments of its type, in order."""
+    seen: dict[int, int] = {}
+    rows = []
+    for s in segments:
+        rows.append(seen.get(s.type_id, 0))
+        seen[s.type_id] = rows[-1] + 1
+    return rows
 
 
 def cut_vertices(n: int, edges: Iterable[tuple[int, int]]) -> list[int]:

@@ -124,13 +124,10 @@ def solve_blockwise(
     server_set = set(server_pinned)
     chain = chain_of(graph, blocks, server_set)
     arr = blocks.arrays
-    row_of = {int(seg): (t, r) for t, segs in arr.segments_of.items()
-              for r, seg in enumerate(segs.tolist())}
 
     def solve_inner(k: int) -> Inner:
-        type_id, row = row_of[k]
-        return solve_segment(graph, arr.instances[type_id][row], bool(chain.closed[k]),
-                             server_set)
+        rows = arr.instances[blocks.segments[k].type_id]
+        return solve_segment(graph, rows[arr.row_in_type[k]], bool(chain.closed[k]), server_set)
 
     return solve_chain(chain, solve_inner)
 
