@@ -1,8 +1,8 @@
 // Replace a model's delays with those of another scenario (structure stays).
-// $model: model name; $scenario: JSON text; $layers: [{topo, device_ms, server_ms, pinned}];
+// $model: model name; $scenario: JSON text; $device, $server: profile names; $layers: [{topo, device_ms, server_ms, pinned}];
 // $feeds: [{producer, tensor, crossing_ms}]. Returns nothing.
 MATCH (m:Model {name: $model})
-SET m.scenario = $scenario
+SET m.scenario = $scenario, m.device = $device, m.server = $server
 WITH m
 CALL (m) {
   UNWIND $layers AS row

@@ -1,14 +1,17 @@
 // Write a partition back: labels :Device/:Server on the model's layers and blocks, replacing the
 // old ones, and a (:Partition)-[:OF]->(:Model) node that becomes the current one.
 // $model, $scenario (JSON text), $device (topological positions on the device), $total_ms,
-// $device_compute_ms, $server_compute_ms, $crossing_ms, $cut_tensors, $method.
+// $device_compute_ms, $server_compute_ms, $crossing_ms, $cut_tensors, $method, $scenario_key,
+// $baselines ({device_only_ms, server_only_ms, best_chain_split_ms, dads_repaired_ms}).
 // Returns layers (count) and device (count).
 MATCH (m:Model {name: $model})
 CALL (m) { MATCH (p:Partition)-[:OF]->(m) SET p.current = false }
 CREATE (part:Partition {model: $model, scenario: $scenario, total_ms: $total_ms,
         device_compute_ms: $device_compute_ms, server_compute_ms: $server_compute_ms,
         crossing_ms: $crossing_ms, cut_tensors: $cut_tensors, method: $method,
-        device_layers: size($device), current: true, written_at: datetime()})-[:OF]->(m)
+        scenario_key: $scenario_key, device_layers: size($device), current: true,
+        written_at: datetime()})-[:OF]->(m)
+SET part += $baselines
 WITH m, part
 MATCH (m)-[:HAS_LAYER]->(l:Layer)
 REMOVE l:Device:Server
@@ -24,5 +27,11 @@ CALL (m) {
   WITH b, all_device, all_server
   CALL (b, all_device) { WITH b WHERE all_device SET b:Device }
   CALL (b, all_server) { WITH b WHERE all_server SET b:Server }
+}
+CALL (m, part) {
+  MATCH (b:Block {model: m.name})
+  OPTIONAL MATCH (b)-[:CONTAINS]->(d:Layer:Device)
+  WITH part, count(DISTINCT b) AS blocks, max(CASE WHEN d IS NULL THEN null ELSE b.index END) AS cut
+  SET part.blocks = blocks, part.cut_block = cut
 }
 RETURN layers, device

@@ -130,6 +130,15 @@ def partition_model(
     return solve(costs, method, server, blocks=blocks, blocks_ms=blocks_ms)
 
 
+def expand_models(models: Sequence[str], all_zoo: bool = False) -> tuple[str, ...]:
+    """MODEL arguments with folders replaced by the .onnx files in them (and `--zoo` added)."""
+    found: list[str] = list(zoo.MODELS) if all_zoo else []
+    for model in models:
+        p = Path(model)
+        found += sorted(str(f) for f in p.glob("*.onnx")) if p.is_dir() else [model]
+    return tuple(dict.fromkeys(found))
+
+
 def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as f:

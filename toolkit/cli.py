@@ -287,21 +287,25 @@ def partition(model: str, name: str | None, exporter: str, as_json: bool, method
 
 
 @cli.command()
-@click.argument("models", nargs=-1, required=True)
+@click.argument("models", nargs=-1)
+@click.option("--zoo", "all_zoo", is_flag=True, help="Ingest every zoo model.")
 @click.option("--name", help="Model name (one MODEL only; default: file stem or zoo name).")
 @click.option("--exporter", type=click.Choice(zoo.EXPORTERS), default="torchscript",
               show_default=True)
 @scenario_options
 @neo4j_options
 @json_option
-def ingest(models: tuple[str, ...], name: str | None, exporter: str, as_json: bool,
-           **kw: Any) -> None:
+def ingest(models: tuple[str, ...], all_zoo: bool, name: str | None, exporter: str,
+           as_json: bool, **kw: Any) -> None:
     """Ingest models into Neo4j (one transaction each; unchanged files are skipped).
 
-    Example: splitcut ingest resnet18 resnet50 gpt2
+    MODELS are .onnx files, folders of them, or zoo names. Example: splitcut ingest --zoo
     """
     from rich.progress import Progress
 
+    models = api.expand_models(models, all_zoo)
+    if not models:
+        raise click.UsageError("give MODELS to ingest, or --zoo")
     if name and len(models) > 1:
         raise click.UsageError("--name names one model; give one MODEL with it")
     scenario = build_scenario(kw)

@@ -91,6 +91,17 @@ class Scenario:
         return out
 
 
+def scenario_key(scenario: dict[str, Any]) -> str:
+    """A short readable name of a scenario, used to find its partitions in Neo4j:
+    'jetson-nano+rtx-3090 200M/400M 3ms b32 fp32'."""
+    def rate(bps: float) -> str:
+        return f"{bps / 1e6:g}M"
+
+    return (f"{scenario['device']}+{scenario['server']} {rate(scenario['uplink_bps'])}/"
+            f"{rate(scenario['downlink_bps'])} {scenario['latency_ms']:g}ms "
+            f"b{scenario['batch']} {scenario.get('precision', 'fp32')}")
+
+
 def _precision_bytes(scenario: Scenario, nbytes: float, dtype_is_float: bool = True) -> float:
     return nbytes / 2 if scenario.precision == "fp16" and dtype_is_float else nbytes
 

@@ -24,6 +24,7 @@ from neo4j.exceptions import AuthError, DriverError, Neo4jError, ServiceUnavaila
 from toolkit import queries
 from toolkit.blocks import BlockStructure, BlockType, Segment, layer_key, signature, tensor_key
 from toolkit.costgraph import CostGraph, CostTensor
+from toolkit.costs import scenario_key
 from toolkit.errors import ToolkitError
 from toolkit.graph import LayerGraph
 from toolkit.partition import Partition
@@ -140,7 +141,8 @@ class Store:
             return "unchanged"
         layers, feeds = ingest_rows(graph, costs)
         model = {"name": graph.name, "sha256": sha256, "source": source, "opset": opset,
-                 "layer_count": len(graph), "scenario": json.dumps(costs.scenario, sort_keys=True)}
+                 "layer_count": len(graph), "scenario": json.dumps(costs.scenario, sort_keys=True),
+                 "device": costs.scenario.get("device"), "server": costs.scenario.get("server")}
 
         def work(tx: ManagedTransaction) -> None:
             tx.run(queries.load("model_delete"), name=graph.name).consume()
@@ -164,6 +166,7 @@ class Store:
 
         def work(tx: ManagedTransaction) -> None:
             tx.run(queries.load("model_costs"), model=costs.model, scenario=scenario,
+                   device=costs.scenario.get("device"), server=costs.scenario.get("server"),
                    layers=layers, feeds=feeds).consume()
 
         self._write(work)
@@ -299,6 +302,8 @@ class Store:
             "crossing_ms": result.delay.crossing,
             "cut_tensors": data["partition"]["cut_tensors"],
             "method": result.method,
+            "scenario_key": scenario_key(result.graph.scenario),
+            "baselines": {f"{k}_ms": v for k, v in result.baselines_ms.items()},
         }
 
         def work(tx: ManagedTransaction) -> dict[str, int]:

@@ -1,0 +1,9 @@
+// Block types that occur in several models: the same structure (ops, shapes, wiring) reused.
+// $min_models: the least number of models a type must occur in (2 for "shared").
+// Returns block_type, signature, size, models (names), model_count, instances.
+MATCH (b:Block)-[:OF_TYPE]->(t:BlockType)
+WITH t, collect(DISTINCT b.model) AS models, count(b) AS instances
+WHERE size(models) >= $min_models
+RETURN t.name AS block_type, t.signature AS signature, t.size AS size, models,
+       size(models) AS model_count, instances
+ORDER BY model_count DESC, instances DESC, block_type
