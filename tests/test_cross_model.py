@@ -19,9 +19,10 @@ SCENARIO_A, SCENARIO_B = "nano-3090-lte", "orin-a100-5g"
 
 @pytest.fixture(scope="module")
 def store(zoo_path):
-    for name in MODELS:
-        zoo_path(name)
+    """The whole zoo ingested (unchanged models are skipped, so reruns are quick)."""
     with Store(Connection.from_env(password=PASSWORD)) as s:
+        for name in MODELS:
+            api.ingest_model(s, str(zoo_path(name)), api.make_scenario(), name)
         yield s
 
 
@@ -42,7 +43,6 @@ def partitions(store):
 
 
 def test_block_types_by_model_match_splitcut_blocks(store, python_blocks):
-    api.ingest_model(store, MODELS[0], api.make_scenario())
     for name, blocks in python_blocks.items():
         rows = store.run_saved("block_types_by_model", {"model": name})
         expected = Counter(blocks.types[s.type_id].signature for s in blocks.segments)
