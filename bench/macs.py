@@ -18,7 +18,7 @@ import torchvision
 
 from bench.__main__ import Doc, machine
 from toolkit.onnx_reader import read_onnx
-from toolkit.zoo import _export
+from toolkit.zoo import export_module
 
 OUT = Path(__file__).resolve().parent.parent / "docs" / "macs.md"
 
@@ -51,7 +51,7 @@ def main() -> None:
             model, size, published = build(name)
             with tempfile.TemporaryDirectory() as tmp:
                 path = Path(tmp) / f"{name}.onnx"
-                _export(torch, model, (torch.randn(1, 3, size, size),), path, "torchscript")
+                export_module(torch, model, (torch.randn(1, 3, size, size),), path, "torchscript")
                 graph = read_onnx(path, name)
             ratio = graph.total_macs / published
             within += abs(ratio - 1) <= 0.02

@@ -38,7 +38,7 @@ def partitions(store):
     for key in (SCENARIO_A, SCENARIO_B):
         scenario = api.make_scenario(**BUILTIN_SCENARIOS[key])
         for name in MODELS:
-            out[key, name], _ = api.partition_in_neo4j(store, name, scenario)
+            out[key, name], _, _ = api.partition_in_neo4j(store, name, scenario)
     return out
 
 

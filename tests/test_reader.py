@@ -186,6 +186,7 @@ def test_split_and_reduce_read_on_every_opset(opset):
     m = model(nodes, [vi("x", [1, 8])], [vi("r", [1, 3]), vi("m", [1, 1])], inits, opset=opset)
     graph = read_model(m, "m")
     assert list(graph.layers) == ["split", "mean", "relu"]
+    assert graph.opset == opset
     assert graph.tensors["a"].bytes == 12 and graph.tensors["b"].bytes == 20
     assert graph.layers["mean"].flops == 5
 

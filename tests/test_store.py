@@ -57,7 +57,7 @@ def test_partition_through_neo4j_equals_embedded_and_labels_match(store, zoo_pat
     for settings in list(BUILTIN_SCENARIOS.values())[:3]:
         scenario = api.make_scenario(**settings)
         embedded = api.partition_model(graph, scenario)
-        result, written = api.partition_in_neo4j(store, path, scenario, name)
+        result, written, _ = api.partition_in_neo4j(store, path, scenario, name)
         assert result.delay.total == pytest.approx(embedded.delay.total, rel=1e-9)
         device = {result.graph.names[i] for i in result.device}
         labelled = count(store, "MATCH (l:Layer:Device {model: $n}) RETURN count(l)", n=name)
@@ -143,7 +143,8 @@ def test_cypher_chain_sums_equal_the_python_chain_and_general_agrees(store, zoo_
         assert getattr(cypher, field) == pytest.approx(getattr(python, field), rel=1e-9)
     assert cypher.last_pinned == python.last_pinned
     assert len(set(cypher.groups.tolist())) < len(cypher.groups)  # repeats share inner solves
-    blockwise, _ = api.partition_in_neo4j(store, path, scenario, "resnet152")
-    general, _ = api.partition_in_neo4j(store, path, scenario, "resnet152", method="general")
+    blockwise, _, _ = api.partition_in_neo4j(store, path, scenario, "resnet152")
+    general, _, _ = api.partition_in_neo4j(store, path, scenario, "resnet152",
+                                           method="general")
     assert blockwise.delay.total == pytest.approx(general.delay.total, rel=1e-9)
     assert blockwise.vertices < general.vertices

@@ -156,14 +156,11 @@ def ingest_model(
     Returns the graph, its cost graph and 'created', 'replaced' or 'unchanged' (same sha256:
     nothing is written, though a different scenario's delays are put in place).
     """
-    from toolkit.onnx_reader import opset_of
-
     path, _ = zoo.resolve(model, exporter)
     graph = load_graph(model, name, exporter)
     costs = build_cost_graph(graph, scenario)
-    opset = opset_of(path)
     store.ensure_schema()
-    status = store.ingest(graph, costs, file_sha256(path), str(path), opset)
+    status = store.ingest(graph, costs, file_sha256(path), str(path), graph.opset)
     if status == "unchanged":
         store.set_costs(costs)
     else:
@@ -175,7 +172,7 @@ def ingest_model(
 def partition_in_neo4j(
     store: Store, model: str, scenario: Scenario, name: str | None = None,
     exporter: str = "torchscript", method: str = "blockwise",
-) -> tuple[Partition, dict[str, int]]:
+) -> tuple[Partition, dict[str, int], LayerGraph]:
     """The main job through Neo4j: ingest (if new), solve, write the cut back as labels.
 
     Block-wise reads only the compressed chain (per-block sums computed in Cypher) and the
@@ -191,4 +188,4 @@ def partition_in_neo4j(
         cut = min_cut(store.read_cost_graph(graph.name))
     solve_ms = (time.perf_counter() - start) * 1e3
     result = checked_partition(costs, cut, method, solve_ms)
-    return result, store.write_partition(result)
+    return result, store.write_partition(result), graph

@@ -267,14 +267,14 @@ def partition(model: str, name: str | None, exporter: str, as_json: bool, method
         if pin or pin_server:
             raise click.UsageError("--pin/--pin-server are not supported with --neo4j yet")
         with open_store(kw) as store:
-            result, written = api.partition_in_neo4j(store, model, scenario, name, exporter,
-                                                     method)
+            result, written, graph = api.partition_in_neo4j(store, model, scenario, name,
+                                                            exporter, method)
         data = result.to_dict()
         data["neo4j"] = {"uri": store.connection.uri, "written": written}
         if as_json:
             emit_json(data)
         else:
-            console.print(partition_report(result, load_graph(model, name, exporter)))
+            console.print(partition_report(result, graph))
             console.print(f"written to {store.connection.uri}: {written['device']} of "
                           f"{written['layers']} layers labelled :Device, the rest :Server")
         return

@@ -103,27 +103,6 @@ class CostGraph:
             ],
         }
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> CostGraph:
-        layers = data["layers"]
-        names = [layer["name"] for layer in layers]
-        idx = {n: i for i, n in enumerate(names)}
-        return cls(
-            model=data["model"], names=names, ops=[layer["op"] for layer in layers],
-            device_ms=[float(layer["device_ms"]) for layer in layers],
-            server_ms=[float(layer["server_ms"]) for layer in layers],
-            pinned=[layer["pinned"] == "device" for layer in layers],
-            tensors=[
-                CostTensor(t["name"], idx[t["producer"]], tuple(idx[c] for c in t["consumers"]),
-                           float(t["bytes"]), float(t["crossing_ms"]))
-                for t in data["tensors"]
-            ],
-            scenario=data.get("scenario", {}),
-            flops=[float(layer.get("flops", 0)) for layer in layers],
-            macs=[float(layer.get("macs", 0)) for layer in layers],
-            params=[int(layer.get("params", 0)) for layer in layers],
-        )
-
 
 @dataclass(frozen=True)
 class Delay:

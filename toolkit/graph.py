@@ -67,6 +67,7 @@ class LayerGraph:
     unknown_shapes: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
     module_classes: dict[str, str] = field(default_factory=dict)  # module path -> class
+    opset: int = 0  # the default-domain opset of the source file (0: unknown)
 
     @classmethod
     def build(

@@ -129,12 +129,6 @@ def _with_external_data(model: ModelProto, base_dir: Path) -> ModelProto:
     return full
 
 
-def opset_of(path: str | Path) -> int:
-    """The default-domain opset a model file was written for."""
-    model = load_model(path)
-    return max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
-
-
 def layer_names(graph: GraphProto) -> list[str]:
     """The layer name of each node, in file order: the node's name, made unique and non-empty."""
     seen: dict[str, int] = {}
@@ -357,6 +351,9 @@ class _Reader:
         self.raw_inputs = [i.name for i in g.input if i.name not in self.initializers]
         self.names = layer_names(g)
         self.module_classes: dict[str, str] = {}
+        self.opset = max(
+            (o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0
+        )
 
     def unresolved(self) -> dict[str, int]:
         """Node outputs (with element type) whose size static inference left unknown or symbolic."""
@@ -401,7 +398,7 @@ class _Reader:
         return LayerGraph.build(
             self.name, layers, tensors, self.raw_inputs, outputs,
             unsupported_ops=unsupported, unknown_shapes=tuple(unknown), notes=tuple(notes),
-            module_classes=self.module_classes,
+            module_classes=self.module_classes, opset=self.opset,
         )
 
     def _node_order(self) -> list[int]:

@@ -166,7 +166,7 @@ def export(
     module, args = model.build()
     with tempfile.TemporaryDirectory(dir=directory) as tmp:
         tmp_path = Path(tmp) / path.name
-        _export(torch, module, args, tmp_path, exporter)
+        export_module(torch, module, args, tmp_path, exporter)
         if exporter == "torchscript":
             _annotate_modules(tmp_path, module)
         os.replace(tmp_path, path)
@@ -201,7 +201,9 @@ def _annotate_modules(path: Path, module: Any) -> None:
     onnx.save(model, str(path))
 
 
-def _export(torch: Any, module: Any, args: tuple[Any, ...], path: Path, exporter: str) -> None:
+def export_module(
+    torch: Any, module: Any, args: tuple[Any, ...], path: Path, exporter: str
+) -> None:
     """TorchScript: PRESERVE mode keeps BatchNorm unfused. Dynamo: optimize=False for the same."""
     torch.backends.mha.set_fastpath_enabled(False)  # the fused MHA kernel has no ONNX export
     with torch.no_grad():
