@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 from click.testing import CliRunner
 
@@ -97,3 +99,29 @@ def test_cli_malformed_profile_file_exits_2(tmp_path, capsys, monkeypatch):
     code, _, err = run_main(["graph", str(path), "--device", str(bad)], capsys, monkeypatch)
     assert code == 2
     assert "malformed TOML" in err
+
+
+def test_measured_gpu_profile_reproduces_the_steps_it_was_fitted_to():
+    """h200-measured (bench/gpu_profile.py) against the GPU measurements shipped beside it."""
+    import json
+    from pathlib import Path
+
+    from toolkit.api import load_graph
+    from toolkit.calibrate import training_ms
+
+    proc = profiles.processor("h200-measured")
+    assert proc.kind == "server" and "measured" in proc.sources["layer_overhead_us"]
+    data = json.loads((Path(__file__).parent.parent / "bench" / "results"
+                       / "h200-training.json").read_text())
+    datasheet = profiles.processor("h200")
+    errors = {"fitted": 0.0, "datasheet": 0.0}
+    for name in ("resnet18", "mobilenet_v2", "bert_base"):
+        graph = load_graph(name)
+        for batch, step in data["models"][name]["steps"].items():
+            measured = step["fp32"]["step_ms"]
+            fitted = training_ms(proc, graph, int(batch))
+            assert 0.5 < fitted / measured < 2.0, (name, batch, fitted, measured)
+            errors["fitted"] += math.log(fitted / measured) ** 2
+            guess = training_ms(datasheet, graph, int(batch))
+            errors["datasheet"] += math.log(guess / measured) ** 2
+    assert errors["fitted"] < errors["datasheet"] / 4  # the fit beats the guess it started from

@@ -9,12 +9,12 @@ per-layer shape follows.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 
-from toolkit.costs import efficiency, op_class
-from toolkit.graph import LayerGraph
+from toolkit.costs import Scenario, efficiency, layer_ms, op_class
+from toolkit.graph import Layer, LayerGraph
 from toolkit.profiles import Processor
 
 _GRIDS = {
@@ -23,6 +23,12 @@ _GRIDS = {
     "vector_efficiency": np.geomspace(1e-5, 1.0, 90),
     "memory_efficiency": np.geomspace(1e-3, 1.0, 70),
     "layer_overhead_us": np.concatenate(([0.0], np.geomspace(0.1, 500.0, 59))),
+}
+_TENSOR_CORE_GRIDS = {
+    **_GRIDS,
+    # PyTorch runs FP32 convolutions on TF32 tensor cores by default (up to ~7x the FP32
+    # peak); FP32 matmuls stay on CUDA cores unless the user allows TF32
+    "conv_efficiency": np.geomspace(1e-4, 8.0, 90),
 }
 _FLOOR_MS = 1e-3
 
@@ -71,19 +77,52 @@ def fit(
     """A copy of `base` with efficiencies and overhead fitted to measured forward ms."""
     measured = [np.array([times[layer.name] for layer in graph]) for graph, times in samples]
     features = [_features(graph) for graph, _ in samples]
+    fitted = _descend(
+        base, lambda proc: _objective([_estimate(proc, f) for f in features], measured), sweeps)
+    models = ", ".join(graph.name for graph, _ in samples)
+    return _named(fitted, base, name, f"fitted by splitcut profile --calibrate to measured "
+                                      f"forward times of {models}")
+
+
+def training_ms(
+    proc: Processor, layers: Iterable[Layer], batch: int, precision: str = "fp32"
+) -> float:
+    """Forward + backward of these layers on `proc`, as the cost model charges them."""
+    scenario = Scenario(proc, proc, 1.0, 1.0, 0.0, batch=batch, precision=precision)
+    return sum(layer_ms(layer, proc, scenario) for layer in layers)
+
+
+def fit_training(
+    base: Processor, samples: Sequence[tuple[LayerGraph, int, float]], name: str, note: str,
+    sweeps: int = 3,
+) -> Processor:
+    """A copy of `base` fitted to measured fp32 training steps: (graph, batch, step ms).
+
+    The convolution efficiency may exceed 1: it is relative to the FP32 peak, and PyTorch
+    runs FP32 convolutions on TF32 tensor cores by default."""
+    def objective(proc: Processor) -> float:
+        return sum(float(np.log(training_ms(proc, graph, batch) / ms)) ** 2
+                   for graph, batch, ms in samples)
+
+    return _named(_descend(base, objective, sweeps, _TENSOR_CORE_GRIDS), base, name, note)
+
+
+def _descend(
+    base: Processor, objective: Callable[[Processor], float], sweeps: int,
+    grids: dict[str, np.ndarray] = _GRIDS,
+) -> Processor:
+    """Coordinate descent over log-spaced grids."""
     current = base
     for _ in range(sweeps):
-        for field, grid in _GRIDS.items():
-            scores = []
-            for value in grid:
-                candidate = _with(current, field, float(value))
-                est = [_estimate(candidate, f) for f in features]
-                scores.append(_objective(est, measured))
+        for field, grid in grids.items():
+            scores = [objective(_with(current, field, float(value))) for value in grid]
             current = _with(current, field, float(grid[int(np.argmin(scores))]))
-    models = ", ".join(graph.name for graph, _ in samples)
-    note = f"fitted by splitcut profile --calibrate to measured forward times of {models}"
+    return current
+
+
+def _named(fitted: Processor, base: Processor, name: str, note: str) -> Processor:
     return dataclasses.replace(
-        current, name=name, description=f"{base.description} (calibrated)",
+        fitted, name=name, description=f"{base.description} (calibrated)",
         sources={**base.sources, **dict.fromkeys(_GRIDS, note)},
     )
 

@@ -131,25 +131,21 @@ def torch_forward_backward(
 
     module, args = zoo.get(zoo_name).build()
     module.train()
-    leaves = {p: m for p, m in module.named_modules() if p and not any(True for _ in m.children())}
-    captured: dict[str, tuple[Any, ...]] = {}
-    handles = [
-        sub.register_forward_pre_hook(
-            lambda _m, inputs, p=path: captured.setdefault(p, tuple(
-                x.detach().clone() if isinstance(x, torch.Tensor) else x for x in inputs))
-        )
-        for path, sub in leaves.items()
-    ]
-    with torch.no_grad():
-        module(*args)
-    for h in handles:
-        h.remove()
+    leaves, captured = leaf_inputs(module, args)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # like onnxruntime's measurement: one thread, stable numbers
     try:
         times = {p: _time_leaf(leaves[p], inputs, runs) for p, inputs in captured.items()}
     finally:
         torch.set_num_threads(threads)
+    return spread_leaf_times(graph, times)
+
+
+def spread_leaf_times(
+    graph: LayerGraph, times: dict[str, tuple[float, float | None]]
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Leaf-module (forward, backward) ms -> per-layer ms, shared among the ONNX layers each
+    module produced in proportion to their FLOPs; layers of no timed module are left out."""
     forward, backward = {}, {}
     for path, (fwd_ms, bwd_ms) in times.items():
         layers = [layer for layer in graph if layer.module == path
@@ -161,6 +157,29 @@ def torch_forward_backward(
             if bwd_ms is not None:
                 backward[layer.name] = bwd_ms * share
     return forward, backward
+
+
+def leaf_inputs(module: Any, args: tuple[Any, ...]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Leaf modules by path, and the inputs each got at its first call in one forward pass."""
+    import torch
+
+    leaves = {p: m for p, m in module.named_modules() if p and not any(True for _ in m.children())}
+    captured: dict[str, tuple[Any, ...]] = {}
+
+    def hook(path: str, inputs: tuple[Any, ...]) -> None:  # returns None: inputs stay as they are
+        if path not in captured:
+            captured[path] = tuple(x.detach().clone() if isinstance(x, torch.Tensor) else x
+                                   for x in inputs)
+
+    handles = [sub.register_forward_pre_hook(lambda _m, inputs, p=path: hook(p, inputs))
+               for path, sub in leaves.items()]
+    try:
+        with torch.no_grad():
+            module(*args)
+    finally:
+        for h in handles:
+            h.remove()
+    return leaves, captured
 
 
 def _time_leaf(sub: Any, inputs: tuple[Any, ...], runs: int) -> tuple[float, float | None]:

@@ -118,7 +118,7 @@ def _text_model(kind: str) -> Any:
 
         def forward(self, input_ids: Any) -> Any:
             # explicit mask and positions keep transformers' mask helpers (aten::diff) out
-            positions = torch.arange(input_ids.shape[1]).unsqueeze(0)
+            positions = torch.arange(input_ids.shape[1], device=input_ids.device).unsqueeze(0)
             return self.model(
                 input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
                 position_ids=positions, return_dict=False,
