@@ -441,6 +441,27 @@ def profile(inputs: tuple[str, ...], name: str | None, exporter: str, out_path: 
                f"per sample ({measured.source})")
 
 
+@cli.command()
+@click.option("--port", type=int, default=7480, show_default=True,
+              help="Local port to serve the style file on (0: any free port).")
+def style(port: int) -> None:
+    """Serve the Browser style file until Ctrl-C, and print the `:style` command that loads it.
+    Example: splitcut style"""
+    import time
+
+    from toolkit.style_server import StyleServer
+
+    try:
+        server = StyleServer(port)
+    except OSError as exc:
+        raise ToolkitError(f"cannot serve on port {port}: {exc.strerror} (try --port 0)") from exc
+    with server:
+        click.echo(f"In the Neo4j Browser, run:  :style {server.url}")
+        click.echo("Serving the style file; Ctrl-C stops.")
+        while True:
+            time.sleep(3600)
+
+
 @cli.group(name="zoo")
 def zoo_group() -> None:
     """Reference models built offline with random weights."""
