@@ -5,6 +5,8 @@
 // vertex is an open segment. Replaces the model's previous blocks.
 // $model: model name. Returns cut_vertices (topological positions), blocks (count).
 MATCH (m:Model {name: $model})
+SET m.blocks_at = datetime()  // first: the model's write lock orders concurrent writers
+WITH m
 CALL (m) { MATCH (old:Block {model: m.name}) DETACH DELETE old }
 MATCH (m)-[:HAS_LAYER]->(l:Layer)
 OPTIONAL MATCH (l)-[:FEEDS]->(s:Layer)

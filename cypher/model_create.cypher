@@ -1,6 +1,7 @@
-// Create the (:Model) node of a model about to be ingested.
+// Describe a model about to be ingested (its node exists and is locked: model_lock).
 // $name, $sha256, $source, $opset, $layer_count, $scenario (JSON text of the delays' scenario),
 // $device, $server (the profiles those delays are for).
-CREATE (m:Model {name: $name, sha256: $sha256, source: $source, opset: $opset,
-                 layer_count: $layer_count, scenario: $scenario, device: $device,
-                 server: $server, ingested_at: datetime()})
+MATCH (m:Model {name: $name})
+SET m += {sha256: $sha256, source: $source, opset: $opset, layer_count: $layer_count,
+          scenario: $scenario, device: $device, server: $server},
+    m.ingested_at = datetime()

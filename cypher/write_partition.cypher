@@ -5,6 +5,8 @@
 // $baselines ({device_only_ms, server_only_ms, best_chain_split_ms, dads_repaired_ms}).
 // Returns layers (count) and device (count).
 MATCH (m:Model {name: $model})
+SET m.partitioned_at = datetime()  // first: the model's write lock orders concurrent writers
+WITH m
 CALL (m) { MATCH (p:Partition)-[:OF]->(m) SET p.current = false }
 CREATE (part:Partition {model: $model, scenario: $scenario, total_ms: $total_ms,
         device_compute_ms: $device_compute_ms, server_compute_ms: $server_compute_ms,

@@ -133,6 +133,59 @@ def test_broken_graphs_raise_model_error(tmp_path, make, message):
         read_onnx(path)
 
 
+def _negative_input_dim() -> onnx.ModelProto:
+    m = chain(2)
+    m.graph.input[0].type.tensor_type.shape.dim[0].dim_value = -7
+    return m
+
+
+def _negative_weight_dim() -> onnx.ModelProto:
+    m = chain(2)
+    m.graph.initializer[0].dims[0] = -8
+    return m
+
+
+def _weights_outside_the_folder() -> onnx.ModelProto:
+    m = chain(2)
+    m.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "N"  # forces the probe run
+    w = m.graph.initializer[0]
+    w.ClearField("raw_data")
+    w.data_location = TensorProto.EXTERNAL
+    entry = w.external_data.add()
+    entry.key, entry.value = "location", "../../etc/passwd"
+    return m
+
+
+@pytest.mark.parametrize(("make", "message"), [
+    (_negative_input_dim, "negative dimension"), (_negative_weight_dim, "negative dimension"),
+])
+def test_negative_dimensions_are_model_errors(tmp_path, make, message):
+    with pytest.raises(ModelError, match=message):
+        read_onnx(save(make(), tmp_path / "neg.onnx"))
+
+
+def test_names_that_are_not_utf8_are_a_model_error(tmp_path):
+    data = save(chain(2), tmp_path / "ok.onnx").read_bytes().replace(b"relu1", b"rel\xff1")
+    (tmp_path / "bad.onnx").write_bytes(data)
+    with pytest.raises(ModelError, match="UTF-8"):
+        read_onnx(tmp_path / "bad.onnx")
+
+
+def test_external_weights_outside_the_model_folder_are_not_read(tmp_path):
+    graph = read_onnx(save(_weights_outside_the_folder(), tmp_path / "ext.onnx"))
+    assert len(graph) == 4  # the structure reads; the refused weights only skip the probe run
+
+
+def test_huge_declared_input_is_not_allocated(tmp_path):
+    m = chain(2)
+    dims = m.graph.input[0].type.tensor_type.shape.dim
+    dims[0].dim_value = 1 << 40
+    for value in m.graph.output:
+        value.type.tensor_type.shape.dim[0].dim_param = "N"
+    graph = read_onnx(save(m, tmp_path / "huge.onnx"))
+    assert graph.tensors["x"].shape[0] == 1 << 40
+
+
 def _write_bad_files(tmp_path):
     good = save(chain(4), tmp_path / "good.onnx").read_bytes()
     (tmp_path / "truncated.onnx").write_bytes(good[: len(good) // 2])

@@ -160,12 +160,10 @@ def ingest_model(
     graph = load_graph(model, name, exporter)
     costs = build_cost_graph(graph, scenario)
     store.ensure_schema()
-    status = store.ingest(graph, costs, file_sha256(path), str(path), graph.opset)
+    names = {t.signature: t.name for t in find_blocks(graph).types}
+    status = store.ingest(graph, costs, file_sha256(path), str(path), graph.opset, names)
     if status == "unchanged":
         store.set_costs(costs)
-    else:
-        names = {t.signature: t.name for t in find_blocks(graph).types}
-        store.detect_blocks(graph.name, names)
     return graph, costs, status
 
 

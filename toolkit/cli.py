@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
@@ -127,6 +127,23 @@ def build_scenario(kw: dict[str, Any]) -> Scenario:
     return api.make_scenario(**{k: kw.pop(k) for k in keys})
 
 
+def rows_option(func: F) -> F:
+    return click.option(
+        "--rows", type=click.IntRange(min=0), default=200, show_default=True,
+        help="Table rows to print (0: all); --json always gives every layer.")(func)
+
+
+def print_rows(table: Table, rows: Sequence[Sequence[str]], limit: int) -> None:
+    """A table of at most `limit` rows (0: all), saying how many were left out."""
+    shown = rows if limit == 0 else rows[:limit]
+    for row in shown:
+        table.add_row(*row)
+    console.print(table)
+    if len(shown) < len(rows):
+        console.print(f"... {len(rows) - len(shown)} more layers: --rows 0 prints them all, "
+                      "--json gives every layer")
+
+
 def emit_json(data: object) -> None:
     click.echo(json.dumps(data, indent=2))
 
@@ -144,8 +161,9 @@ def cli(verbose: bool) -> None:
 
 @cli.command()
 @model_options
+@rows_option
 @json_option
-def inspect(model: str, name: str | None, exporter: str, as_json: bool) -> None:
+def inspect(model: str, name: str | None, exporter: str, rows: int, as_json: bool) -> None:
     """Per-layer facts of MODEL: op, FLOPs, MACs, parameters, activation size.
 
     MODEL is an .onnx file or a zoo name. Example: splitcut inspect resnet50
@@ -157,13 +175,11 @@ def inspect(model: str, name: str | None, exporter: str, as_json: bool) -> None:
     table = Table(title=f"{graph.name}: {len(graph)} layers")
     for col in ("layer", "op", "module", "FLOPs", "MACs", "params", "activation"):
         table.add_column(col, justify="right" if col in ("FLOPs", "MACs", "params") else "left")
-    for layer in graph:
-        table.add_row(
-            layer.name, layer.op if layer.supported else f"{layer.op} (?)", layer.module or "",
-            human(layer.flops), human(layer.macs), human(layer.params),
-            human_bytes(layer.out_bytes),
-        )
-    console.print(table)
+    print_rows(table, [
+        [layer.name, layer.op if layer.supported else f"{layer.op} (?)", layer.module or "",
+         human(layer.flops), human(layer.macs), human(layer.params), human_bytes(layer.out_bytes)]
+        for layer in graph
+    ], rows)
     console.print(
         f"total: {human(graph.total_flops)}FLOPs, {human(graph.total_macs)}MACs, "
         f"{human(graph.total_params)} parameters per sample"
@@ -224,8 +240,10 @@ def profiles_cmd(profile_dir: str | None, as_json: bool) -> None:
 @cli.command()
 @model_options
 @scenario_options
+@rows_option
 @json_option
-def graph(model: str, name: str | None, exporter: str, as_json: bool, **kw: Any) -> None:
+def graph(model: str, name: str | None, exporter: str, rows: int, as_json: bool,
+          **kw: Any) -> None:
     """The cost graph a partition is judged on: per-layer delays, per-tensor crossing delays.
 
     Example: splitcut graph resnet18 --device jetson-nano --server a100 --uplink 20Mbps --json
@@ -238,10 +256,11 @@ def graph(model: str, name: str | None, exporter: str, as_json: bool, **kw: Any)
     table = Table(title=f"{costs.model}: delays for one batch of {scenario.batch}")
     for col in ("layer", "op", "device ms", "server ms", "pinned"):
         table.add_column(col)
-    for i, layer_name in enumerate(costs.names):
-        table.add_row(layer_name, costs.ops[i], f"{costs.device_ms[i]:.3f}",
-                      f"{costs.server_ms[i]:.3f}", "device" if costs.pinned[i] else "")
-    console.print(table)
+    print_rows(table, [
+        [layer_name, costs.ops[i], f"{costs.device_ms[i]:.3f}", f"{costs.server_ms[i]:.3f}",
+         "device" if costs.pinned[i] else ""]
+        for i, layer_name in enumerate(costs.names)
+    ], rows)
     console.print(f"device total {sum(costs.device_ms):.1f} ms, "
                   f"server total {sum(costs.server_ms):.1f} ms, "
                   f"{len(costs.tensors)} activation tensors")

@@ -7,6 +7,7 @@ dataclasses only, so none of it needs `onnx` to run or to be tested.
 from __future__ import annotations
 
 import heapq
+import math
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
@@ -85,9 +86,18 @@ class LayerGraph:
             raise ModelError(f"model {name!r} has no layers: the graph holds no computation")
         by_name: dict[str, Layer] = {}
         for layer in layer_list:
+            sizes = (layer.flops, layer.macs, layer.params, layer.param_bytes, layer.in_bytes,
+                     layer.out_bytes)
+            if not all(0 <= x < math.inf for x in sizes):
+                raise ModelError(f"model {name!r}: layer {layer.name!r} comes out with a "
+                                 "negative or infinite size (corrupt shapes or weights?)")
             if layer.name in by_name:
                 raise ModelError(f"model {name!r}: two layers are named {layer.name!r}")
             by_name[layer.name] = layer
+        for tensor in tensors.values():
+            if not 0 <= tensor.bytes < math.inf:
+                raise ModelError(f"model {name!r}: tensor {tensor.name!r} comes out with a "
+                                 f"negative or infinite size {tensor.shape}")
         consumers: dict[str, list[str]] = {t: [] for t in tensors}
         for layer in layer_list:
             for t in layer.inputs:

@@ -10,7 +10,8 @@ from __future__ import annotations
 import ast
 import heapq
 import logging
-from collections.abc import Sequence
+import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +40,7 @@ _WEIGHT_VIEWS = frozenset(
 )
 _SUBGRAPH_OPS = frozenset({"If", "Loop", "Scan"})
 _BIG_WEIGHT_BYTES = 4096
+_PROBE_ELEMENTS = 1 << 26  # inputs larger than this (elements) are not worth a probe run
 _OP_CLASS_PREFIXES = ("aten.", "prims.", "<built-in", "torch.ops.")
 _NAME_SCOPES = "pkg.torch.onnx.name_scopes"
 _CLASS_HIERARCHY = "pkg.torch.onnx.class_hierarchy"
@@ -105,6 +107,7 @@ def _prepared(model: ModelProto, name: str, base_dir: Path | None) -> _Reader:
     """A reader over the shape-inferred model, symbolic sizes refined by one run if needed."""
     if not model.graph.node:
         raise ModelError(f"model {name!r} has no nodes")
+    _check_text(model.graph, name)
     reader = _Reader(_infer_shapes(model), name)
     missing = reader.unresolved()
     if missing:
@@ -112,6 +115,25 @@ def _prepared(model: ModelProto, name: str, base_dir: Path | None) -> _Reader:
             model = _with_external_data(model, base_dir)
         reader.refine(runtime_shapes(model, missing))
     return reader
+
+
+def _check_text(graph: GraphProto, name: str) -> None:
+    """Names must be text: protobuf hands back bytes for strings that are not valid UTF-8."""
+    def bad(texts: Iterable[str | bytes]) -> bool:
+        return any(isinstance(t, bytes) for t in texts)
+
+    values = [*graph.input, *graph.output, *graph.value_info]
+    if bad(v.name for v in values) or bad(t.name for t in graph.initializer):
+        raise ModelError(f"model {name!r}: a tensor name is not valid UTF-8 text")
+    for node in graph.node:
+        if bad((node.name, node.op_type, node.domain, *node.input, *node.output)):
+            raise ModelError(f"model {name!r}: a node's name, type or tensor names are not "
+                             "valid UTF-8 text")
+        for attr in node.attribute:
+            if bad((attr.name,)):
+                raise ModelError(f"model {name!r}: an attribute name is not valid UTF-8 text")
+            for sub in (attr.g, *attr.graphs) if attr.HasField("g") else attr.graphs:
+                _check_text(sub, name)
 
 
 def _has_external_data(model: ModelProto) -> bool:
@@ -123,7 +145,7 @@ def _with_external_data(model: ModelProto, base_dir: Path) -> ModelProto:
     full.CopyFrom(model)
     try:
         onnx.external_data_helper.load_external_data_for_model(full, str(base_dir))
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, onnx.checker.ValidationError) as exc:
         log.info("external weights unreadable (%s)", _first_line(exc))
         return model
     return full
@@ -182,11 +204,17 @@ def runtime_shapes(model: ModelProto, names: dict[str, int]) -> dict[str, Shape]
         if vi.name in initializers:
             continue
         info = _value_info(vi)
+        shape = info.shape or ()
+        if any(d < 0 for d in shape) or math.prod(shape) > _PROBE_ELEMENTS \
+                or info.elem_type not in _ELEM_BYTES:
+            log.info("input %s (%s) is not one to run the model on", vi.name, shape)
+            return {}
         dtype = onnx.helper.tensor_dtype_to_np_dtype(info.elem_type or TensorProto.FLOAT)
-        feeds[vi.name] = np.zeros(info.shape or (), dtype=dtype)
+        feeds[vi.name] = np.zeros(shape, dtype=dtype)
+    ort.set_default_logger_severity(4)  # failures are handled here, not printed by onnxruntime
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.log_severity_level = 3
+    options.log_severity_level = 4
     try:
         session = ort.InferenceSession(
             probe.SerializeToString(), options, providers=["CPUExecutionProvider"]
@@ -239,7 +267,9 @@ def _value_info(vi: ValueInfoProto) -> _Info:
     dims: list[int] = []
     symbolic = False
     for d in tt.shape.dim:
-        if d.HasField("dim_value") and d.dim_value >= 0:
+        if d.HasField("dim_value") and d.dim_value < 0:
+            raise ModelError(f"tensor {vi.name!r} has a negative dimension ({d.dim_value})")
+        if d.HasField("dim_value"):
             dims.append(int(d.dim_value))
         else:
             dims.append(1)
@@ -347,6 +377,9 @@ class _Reader:
             if vi.name:
                 self.info[vi.name] = _value_info(vi)
         for t in g.initializer:
+            if any(d < 0 for d in t.dims):
+                raise ModelError(f"model {name!r}: initializer {t.name!r} has a negative "
+                                 f"dimension {tuple(t.dims)}")
             self.info[t.name] = _Info(tuple(int(d) for d in t.dims), t.data_type)
         self.raw_inputs = [i.name for i in g.input if i.name not in self.initializers]
         self.names = layer_names(g)

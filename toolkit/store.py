@@ -128,30 +128,34 @@ class Store:
 
     # ingest ---------------------------------------------------------------------------------
 
-    def stored_sha(self, model: str) -> str | None:
-        rows = self._read("model_get", name=model)
-        return str(rows[0]["sha256"]) if rows else None
-
     def ingest(
         self, graph: LayerGraph, costs: CostGraph, sha256: str, source: str, opset: int,
+        names: dict[str, str] | None = None,
     ) -> str:
-        """Write a model whole in one transaction: 'created', 'replaced' or 'unchanged'."""
-        old = self.stored_sha(graph.name)
-        if old == sha256:
-            return "unchanged"
+        """Write a model whole, with its blocks detected, in one transaction: 'created',
+        'replaced' or 'unchanged' (same sha256: nothing written).
+
+        The transaction first takes the model's lock (`model_lock`), so concurrent ingests of
+        one model run one after the other and the later one finds it unchanged.
+        """
         layers, feeds = ingest_rows(graph, costs)
         model = {"name": graph.name, "sha256": sha256, "source": source, "opset": opset,
                  "layer_count": len(graph), "scenario": json.dumps(costs.scenario, sort_keys=True),
                  "device": costs.scenario.get("device"), "server": costs.scenario.get("server")}
 
-        def work(tx: ManagedTransaction) -> None:
-            tx.run(queries.load("model_delete"), name=graph.name).consume()
+        def work(tx: ManagedTransaction) -> str:
+            old = tx.run(queries.load("model_lock"), name=graph.name).single(strict=True)[0]
+            if old == sha256:
+                return "unchanged"
+            tx.run(queries.load("model_clear"), name=graph.name).consume()
             tx.run(queries.load("model_create"), model).consume()
             tx.run(queries.load("ingest_layers"), model=graph.name, rows=layers,
                    feeds=feeds).consume()
+            _detect_blocks(tx, graph.name, names or {})
+            return "created" if old is None else "replaced"
 
-        self._write(work)
-        return "created" if old is None else "replaced"
+        status: str = self._write(work)
+        return status
 
     def set_costs(self, costs: CostGraph) -> None:
         """Put another scenario's delays on a stored model."""
@@ -174,27 +178,8 @@ class Store:
     # block detection --------------------------------------------------------------------------
 
     def detect_blocks(self, model: str, names: dict[str, str] | None = None) -> BlockStructure:
-        """Cut vertices, segments, keys and types computed by the Cypher in `cypher/`.
-
-        The only work left to Python is hashing each segment key to its signature; `names`
-        (signature -> readable name) labels new block types.
-        """
-        names = names or {}
-
-        def work(tx: ManagedTransaction) -> list[dict[str, Any]]:
-            tx.run(queries.load("detect_blocks_segments"), model=model).consume()
-            tx.run(queries.load("detect_blocks_chain"), model=model).consume()
-            keyed = [r.data() for r in tx.run(queries.load("detect_blocks_keys"), model=model)]
-            rows = []
-            for row in keyed:
-                sig = signature(row["key"])
-                rows.append({"uid": row["uid"], "signature": sig,
-                             "name": names.get(sig, f"block {sig[:6]}"),
-                             "size": row["key"].count("](")})
-            tx.run(queries.load("detect_blocks_types"), rows=rows).consume()
-            return rows
-
-        self._write(work)
+        """Detect a stored model's blocks again (ingest already does it) and read them back."""
+        self._write(lambda tx: _detect_blocks(tx, model, names or {}))
         return self.read_blocks(model)
 
     def read_blocks(self, model: str) -> BlockStructure:
@@ -317,6 +302,23 @@ class Store:
     def run_saved(self, name: str, params: dict[str, Any]) -> list[dict[str, Any]]:
         """A saved query, read-only: `splitcut query` can change nothing."""
         return self._read(name, **params)
+
+
+def _detect_blocks(tx: ManagedTransaction, model: str, names: dict[str, str]) -> None:
+    """Cut vertices, segments, keys and types computed by the Cypher in `cypher/`.
+
+    The only work left to Python is hashing each segment key to its signature; `names`
+    (signature -> readable name) labels new block types.
+    """
+    tx.run(queries.load("detect_blocks_segments"), model=model).consume()
+    tx.run(queries.load("detect_blocks_chain"), model=model).consume()
+    rows = []
+    for record in tx.run(queries.load("detect_blocks_keys"), model=model):
+        key = record["key"]
+        sig = signature(key)
+        rows.append({"uid": record["uid"], "signature": sig,
+                     "name": names.get(sig, f"block {sig[:6]}"), "size": key.count("](")})
+    tx.run(queries.load("detect_blocks_types"), rows=rows).consume()
 
 
 def ingest_rows(graph: LayerGraph, costs: CostGraph) -> tuple[list[dict[str, Any]],
