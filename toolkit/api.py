@@ -22,7 +22,7 @@ from toolkit.profiles import Processor
 
 if TYPE_CHECKING:
     from toolkit.onnx_split import SplitResult
-    from toolkit.store import Store
+    from toolkit.store import Rows, Store
 
 
 def load_graph(model: str, name: str | None = None, exporter: str = "torchscript") -> LayerGraph:
@@ -149,12 +149,13 @@ def file_sha256(path: Path) -> str:
 
 def ingest_model(
     store: Store, model: str, scenario: Scenario, name: str | None = None,
-    exporter: str = "torchscript",
+    exporter: str = "torchscript", put_costs: bool = True,
 ) -> tuple[LayerGraph, CostGraph, str]:
     """Ingest MODEL with `scenario`'s delays and detect its blocks in Cypher.
 
     Returns the graph, its cost graph and 'created', 'replaced' or 'unchanged' (same sha256:
-    nothing is written, though a different scenario's delays are put in place).
+    nothing is written, though a different scenario's delays are put in place unless
+    `put_costs` is false: partition_in_neo4j puts them in its own transaction).
     """
     path, _ = zoo.resolve(model, exporter)
     graph = load_graph(model, name, exporter)
@@ -162,7 +163,7 @@ def ingest_model(
     store.ensure_schema()
     names = {t.signature: t.name for t in find_blocks(graph).types}
     status = store.ingest(graph, costs, file_sha256(path), str(path), graph.opset, names)
-    if status == "unchanged":
+    if status == "unchanged" and put_costs:
         store.set_costs(costs)
     return graph, costs, status
 
@@ -177,13 +178,16 @@ def partition_in_neo4j(
     insides of the segments it must solve; `general` reads the whole cost graph back. Either
     answer is checked against the cost graph computed here before it is written.
     """
-    graph, costs, _ = ingest_model(store, model, scenario, name, exporter)
-    start = time.perf_counter()
-    if method == "blockwise":
-        chain = store.read_chain(graph.name)
-        cut = solve_chain(chain, lambda k: store.solve_segment(graph.name, chain, k))
-    else:
-        cut = min_cut(store.read_cost_graph(graph.name))
-    solve_ms = (time.perf_counter() - start) * 1e3
-    result = checked_partition(costs, cut, method, solve_ms)
-    return result, store.write_partition(result), graph
+    graph, costs, _ = ingest_model(store, model, scenario, name, exporter, put_costs=False)
+
+    def solve_stored(rows: Rows) -> Partition:
+        start = time.perf_counter()
+        if method == "blockwise":
+            chain = store.read_chain(graph.name, rows)
+            cut = solve_chain(chain, lambda k: store.solve_segment(graph.name, chain, k, rows))
+        else:
+            cut = min_cut(store.read_cost_graph(graph.name, rows))
+        return checked_partition(costs, cut, method, (time.perf_counter() - start) * 1e3)
+
+    result, written = store.solve_and_write(costs, solve_stored)
+    return result, written, graph

@@ -30,6 +30,9 @@ from toolkit.graph import LayerGraph
 from toolkit.partition import Partition
 from toolkit.partition.blockwise import Chain, Inner, solve_segment
 
+Rows = Callable[..., list[dict[str, Any]]]
+"""Runs a saved query by name with keyword parameters and returns its rows."""
+
 log = logging.getLogger(__name__)
 
 
@@ -159,21 +162,7 @@ class Store:
 
     def set_costs(self, costs: CostGraph) -> None:
         """Put another scenario's delays on a stored model."""
-        layers = [
-            {"topo": i, "device_ms": float(costs.device_ms[i]),
-             "server_ms": float(costs.server_ms[i]), "pinned": bool(costs.pinned[i])}
-            for i in range(len(costs))
-        ]
-        feeds = [{"producer": t.producer, "tensor": t.name, "crossing_ms": t.crossing_ms}
-                 for t in costs.tensors]
-        scenario = json.dumps(costs.scenario, sort_keys=True)
-
-        def work(tx: ManagedTransaction) -> None:
-            tx.run(queries.load("model_costs"), model=costs.model, scenario=scenario,
-                   device=costs.scenario.get("device"), server=costs.scenario.get("server"),
-                   layers=layers, feeds=feeds).consume()
-
-        self._write(work)
+        self._write(lambda tx: _set_costs(tx, costs))
 
     # block detection --------------------------------------------------------------------------
 
@@ -208,16 +197,18 @@ class Store:
 
     # the cost graph and the cut ---------------------------------------------------------------
 
-    def read_cost_graph(self, model: str) -> CostGraph:
-        layers = self._read("read_layers", model=model)
+    def read_cost_graph(self, model: str, rows: Rows | None = None) -> CostGraph:
+        """The stored cost graph (through `rows` inside a transaction, else on its own)."""
+        read = rows or self._read
+        layers = read("read_layers", model=model)
         if not layers:
             raise StoreError(f"model {model!r} is not in Neo4j: ingest it first")
         tensors = [
             CostTensor(r["tensor"], int(r["producer"]), tuple(int(c) for c in r["consumers"]),
                        float(r["bytes"]), float(r["crossing_ms"]))
-            for r in self._read("read_tensors", model=model)
+            for r in read("read_tensors", model=model)
         ]
-        stored = self._read("model_get", name=model)
+        stored = read("model_get", name=model)
         return CostGraph(
             model=model, names=[r["name"] for r in layers], ops=[r["op"] for r in layers],
             device_ms=[float(r["device_ms"]) for r in layers],
@@ -228,46 +219,46 @@ class Store:
             params=[int(r["params"]) for r in layers],
         )
 
-    def read_chain(self, model: str) -> Chain:
+    def read_chain(self, model: str, rows: Rows | None = None) -> Chain:
         """The compressed chain with the stored delays summed per block, computed in Cypher."""
-        rows = self._read("read_chain", model=model)
-        if not rows:
+        found = (rows or self._read)("read_chain", model=model)
+        if not found:
             raise StoreError(f"model {model!r} has no blocks in Neo4j: ingest it first")
         group_of: dict[tuple[object, ...], int] = {}
         groups = []
-        for r in rows:  # same block type and same summed delays: one inner solution serves all
+        for r in found:  # same block type and same summed delays: one inner solution serves all
             key = (r["signature"], r["device"], r["server"], r["cheapest"], r["exit_cross"],
                    r["last_pinned"] is not None)
             groups.append(group_of.setdefault(key, len(group_of)))
-        pinned = [int(r["last_pinned"]) for r in rows if r["last_pinned"] is not None]
+        pinned = [int(r["last_pinned"]) for r in found if r["last_pinned"] is not None]
         return Chain(
-            layer_count=int(rows[-1]["exit"]) + 1,
-            entries=np.array([r["entry"] for r in rows], dtype=np.int64),
-            exits=np.array([r["exit"] for r in rows], dtype=np.int64),
-            closed=np.array([r["closed"] for r in rows], dtype=bool),
-            device=np.array([r["device"] for r in rows], dtype=np.float64),
-            server=np.array([r["server"] for r in rows], dtype=np.float64),
-            cheapest=np.array([r["cheapest"] for r in rows], dtype=np.float64),
-            exit_cross=np.array([r["exit_cross"] if r["closed"] else 0.0 for r in rows]),
+            layer_count=int(found[-1]["exit"]) + 1,
+            entries=np.array([r["entry"] for r in found], dtype=np.int64),
+            exits=np.array([r["exit"] for r in found], dtype=np.int64),
+            closed=np.array([r["closed"] for r in found], dtype=bool),
+            device=np.array([r["device"] for r in found], dtype=np.float64),
+            server=np.array([r["server"] for r in found], dtype=np.float64),
+            cheapest=np.array([r["cheapest"] for r in found], dtype=np.float64),
+            exit_cross=np.array([r["exit_cross"] if r["closed"] else 0.0 for r in found]),
             groups=np.array(groups, dtype=np.int64),
             last_pinned=max(pinned, default=-1),
         )
 
-    def solve_segment(self, model: str, chain: Chain, k: int) -> Inner:
+    def solve_segment(self, model: str, chain: Chain, k: int, rows: Rows | None = None) -> Inner:
         """Read segment k's inside (and nothing else) and solve its inner min cut."""
         entry, last = int(chain.entries[k]), int(chain.exits[k])
         first = max(entry, 0)
-        rows = self._read("read_segment", model=model, first=first, last=last)
+        found = (rows or self._read)("read_segment", model=model, first=first, last=last)
         local = CostGraph(
-            model=model, names=[str(r["topo"]) for r in rows], ops=["" for _ in rows],
-            device_ms=[float(r["device_ms"]) for r in rows],
-            server_ms=[float(r["server_ms"]) for r in rows],
-            pinned=[bool(r["pinned"]) for r in rows],
+            model=model, names=[str(r["topo"]) for r in found], ops=["" for _ in found],
+            device_ms=[float(r["device_ms"]) for r in found],
+            server_ms=[float(r["server_ms"]) for r in found],
+            pinned=[bool(r["pinned"]) for r in found],
             tensors=[
                 CostTensor(t["tensor"], int(r["topo"]) - first,
                            tuple(int(c) - first for c in t["consumers"]), 0.0,
                            float(t["crossing_ms"]))
-                for r in rows for t in r["tensors"] if t["consumers"]
+                for r in found for t in r["tensors"] if t["consumers"]
             ],
         )
         row = [entry - first if entry >= 0 else -1, *range(max(entry + 1, 0) - first,
@@ -276,32 +267,69 @@ class Store:
 
     def write_partition(self, result: Partition) -> dict[str, int]:
         """Labels and a current (:Partition) node, replacing the old ones in one transaction."""
-        data = result.to_dict()
-        params = {
-            "model": result.graph.model,
-            "scenario": json.dumps(result.graph.scenario, sort_keys=True),
-            "device": list(result.device),
-            "total_ms": result.delay.total,
-            "device_compute_ms": result.delay.device_compute,
-            "server_compute_ms": result.delay.server_compute,
-            "crossing_ms": result.delay.crossing,
-            "cut_tensors": data["partition"]["cut_tensors"],
-            "method": result.method,
-            "scenario_key": scenario_key(result.graph.scenario),
-            "baselines": {f"{k}_ms": v for k, v in result.baselines_ms.items()},
-        }
-
-        def work(tx: ManagedTransaction) -> dict[str, int]:
-            record = tx.run(queries.load("write_partition"), params).single()
-            return {"layers": int(record["layers"]), "device": int(record["device"])} if record \
-                else {"layers": 0, "device": 0}
-
-        written: dict[str, int] = self._write(work)
+        written: dict[str, int] = self._write(lambda tx: _write_partition(tx, result))
         return written
+
+    def solve_and_write(
+        self, costs: CostGraph, solve: Callable[[Rows], Partition]
+    ) -> tuple[Partition, dict[str, int]]:
+        """One transaction under the model's lock: put `costs` on the stored model, solve
+        reading it through `solve(rows)`, and write the cut back. Concurrent partitions of one
+        model for other scenarios therefore never see each other's delays."""
+        def work(tx: ManagedTransaction) -> tuple[Partition, dict[str, int]]:
+            _set_costs(tx, costs)
+            result = solve(_tx_rows(tx))
+            return result, _write_partition(tx, result)
+
+        done: tuple[Partition, dict[str, int]] = self._write(work)
+        return done
 
     def run_saved(self, name: str, params: dict[str, Any]) -> list[dict[str, Any]]:
         """A saved query, read-only: `splitcut query` can change nothing."""
         return self._read(name, **params)
+
+
+def _set_costs(tx: ManagedTransaction, costs: CostGraph) -> None:
+    """A scenario's delays onto a stored model; its first statement takes the model's lock."""
+    layers = [
+        {"topo": i, "device_ms": float(costs.device_ms[i]),
+         "server_ms": float(costs.server_ms[i]), "pinned": bool(costs.pinned[i])}
+        for i in range(len(costs))
+    ]
+    feeds = [{"producer": t.producer, "tensor": t.name, "crossing_ms": t.crossing_ms}
+             for t in costs.tensors]
+    tx.run(queries.load("model_costs"), model=costs.model,
+           scenario=json.dumps(costs.scenario, sort_keys=True),
+           device=costs.scenario.get("device"), server=costs.scenario.get("server"),
+           layers=layers, feeds=feeds).consume()
+
+
+def _write_partition(tx: ManagedTransaction, result: Partition) -> dict[str, int]:
+    data = result.to_dict()
+    params = {
+        "model": result.graph.model,
+        "scenario": json.dumps(result.graph.scenario, sort_keys=True),
+        "device": list(result.device),
+        "total_ms": result.delay.total,
+        "device_compute_ms": result.delay.device_compute,
+        "server_compute_ms": result.delay.server_compute,
+        "crossing_ms": result.delay.crossing,
+        "cut_tensors": data["partition"]["cut_tensors"],
+        "method": result.method,
+        "scenario_key": scenario_key(result.graph.scenario),
+        "baselines": {f"{k}_ms": v for k, v in result.baselines_ms.items()},
+    }
+    record = tx.run(queries.load("write_partition"), params).single()
+    return {"layers": int(record["layers"]), "device": int(record["device"])} if record \
+        else {"layers": 0, "device": 0}
+
+
+def _tx_rows(tx: ManagedTransaction) -> Rows:
+    """Saved queries run inside `tx`, as rows."""
+    def rows(query: str, **params: Any) -> list[dict[str, Any]]:
+        return [record.data() for record in tx.run(queries.load(query), params)]
+
+    return rows
 
 
 def _detect_blocks(tx: ManagedTransaction, model: str, names: dict[str, str]) -> None:

@@ -1,0 +1,101 @@
+"""Concurrent writers against the real Neo4j server: ingests of the same and of different models,
+and partitions of one model written at once for different scenarios."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+from collections import Counter
+
+import pytest
+
+from tests.helpers import chain, save
+from tests.workers import PASSWORD, ingest_all, partition_rounds
+from toolkit import api
+from toolkit.blocks import find_blocks
+from toolkit.costs import scenario_key
+from toolkit.store import Connection, Store
+
+PROCESSES = 4
+
+
+@pytest.fixture(scope="module")
+def store():
+    with Store(Connection.from_env(password=PASSWORD)) as s:
+        s.ensure_schema()
+        yield s
+
+
+def rows(store, query, **params):
+    return store.driver.execute_query(query, params).records
+
+
+def run_processes(target, args_per_process):
+    context = multiprocessing.get_context("spawn")
+    barrier, results = context.Barrier(len(args_per_process)), context.Queue()
+    procs = [context.Process(target=target, args=(barrier, *args, results))
+             for args in args_per_process]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=600)
+    assert all(p.exitcode == 0 for p in procs)
+    out = []
+    while not results.empty():
+        out.append(results.get())
+    errors = [detail for key, detail in out if key == "error"]
+    assert not errors, errors
+    return out
+
+
+def test_four_processes_ingesting_eight_models_leave_each_exactly_once(store, tmp_path):
+    names = [f"concurrent-{i}" for i in range(5)]
+    for name in names:
+        rows(store, "MATCH (m:Model {name: $n}) "
+                    "OPTIONAL MATCH (m)-[:HAS_LAYER]->(l) OPTIONAL MATCH (b:Block {model: $n}) "
+                    "DETACH DELETE m, l, b", n=name)
+    paths = {name: str(save(chain(60 + 20 * i), tmp_path / f"{name}.onnx"))
+             for i, name in enumerate(names)}
+    jobs = [[0, 1], [1, 2], [3, 0], [4, 0]]  # 8 ingests, model 0 three times, model 1 twice
+    results = run_processes(ingest_all, [[[(paths[names[i]], names[i]) for i in job]]
+                                         for job in jobs])
+    statuses = Counter((name, status) for name, status in results)
+    for i, name in enumerate(names):
+        ingests = sum(job.count(i) for job in jobs)
+        assert statuses[name, "created"] == 1, statuses  # the others found it unchanged
+        assert statuses[name, "unchanged"] == ingests - 1
+        graph = api.load_graph(paths[name], name)
+        assert rows(store, "MATCH (m:Model {name: $n}) RETURN count(m) AS c", n=name)[0]["c"] == 1
+        layers = rows(store, "MATCH (:Model {name: $n})-[:HAS_LAYER]->(l) "
+                             "RETURN count(l) AS c, count(DISTINCT l.topo) AS topo", n=name)[0]
+        assert layers["c"] == layers["topo"] == len(graph)
+        feeds = rows(store, "MATCH (:Layer {model: $n})-[f:FEEDS]->() RETURN count(f) AS c",
+                     n=name)[0]["c"]
+        assert feeds == sum(len(t.consumers) for t in graph.activations())
+        blocks = rows(store, "MATCH (b:Block {model: $n}) RETURN count(b) AS c", n=name)[0]["c"]
+        assert blocks == len(find_blocks(graph).segments)
+
+
+def test_concurrent_partitions_leave_labels_of_exactly_one_current_partition(store, zoo_path):
+    name, path = "concurrent-resnet18", str(zoo_path("resnet18"))
+    uplinks = ["10Mbps", "100Mbps", "200Mbps", "50Mbps"]  # different cuts of resnet18
+    api.ingest_model(store, path, api.make_scenario(), name)
+    # each process writes every scenario, in a different order
+    orders = [uplinks[k:] + uplinks[:k] for k in range(PROCESSES)]
+    results = run_processes(partition_rounds, [[path, name, order] for order in orders])
+    assert len(results) == PROCESSES * len(uplinks)
+    current = rows(store, "MATCH (p:Partition {current: true})-[:OF]->(:Model {name: $n}) "
+                          "RETURN p.scenario AS scenario, p.device_layers AS device", n=name)
+    assert len(current) == 1
+    scenario = json.loads(current[0]["scenario"])
+    graph = api.load_graph(path, name)
+    expected = api.partition_model(graph, api.make_scenario(
+        uplink=f"{scenario['uplink_bps']}bps", downlink=f"{scenario['downlink_bps']}bps"))
+    assert scenario_key(expected.graph.scenario) == scenario_key(scenario)
+    labelled = rows(store, "MATCH (:Model {name: $n})-[:HAS_LAYER]->(l) "
+                           "RETURN l.topo AS topo, l:Device AS device, l:Server AS server", n=name)
+    assert all(r["device"] != r["server"] for r in labelled)  # one label each, never both
+    assert {r["topo"] for r in labelled if r["device"]} == set(expected.device)
+    assert current[0]["device"] == len(expected.device)
+    distinct = {count for _, count in results}
+    assert len(distinct) > 1  # the scenarios really do cut differently
