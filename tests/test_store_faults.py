@@ -68,3 +68,80 @@ def test_server_killed_mid_ingest_leaves_no_partial_model(second_server):
         ).records
     assert records[0]["layers"] == 0
     assert models[0]["models"] == 0
+
+
+def _labels(store: Store, model: str) -> tuple[set[int], int, list[float]]:
+    """(topo of :Device layers, layers with neither or both labels, current partitions' totals)."""
+    rows = store.driver.execute_query(
+        "MATCH (:Model {name: $m})-[:HAS_LAYER]->(l) "
+        "RETURN l.topo AS topo, l:Device AS device, l:Server AS server", m=model).records
+    current = store.driver.execute_query(
+        "MATCH (p:Partition {current: true})-[:OF]->(:Model {name: $m}) "
+        "RETURN p.total_ms AS total", m=model).records
+    return ({r["topo"] for r in rows if r["device"]},
+            sum(1 for r in rows if r["device"] == r["server"]), [r["total"] for r in current])
+
+
+def test_server_killed_during_label_write_back_keeps_the_old_partition(second_server):
+    connection = Connection("bolt://127.0.0.1:7688", "neo4j", "splitcut-dev", None,
+                            retry_seconds=5)
+    graph = deep_model("transformer", 40_000)
+    all_device = api.make_scenario(device="jetson-agx-orin", server="cpu-server", uplink="1Gbps")
+    all_server = api.make_scenario(device="raspberry-pi-4", server="a100", uplink="1Gbps")
+    old, new = (api.partition_model(graph, s) for s in (all_device, all_server))
+    assert len(old.device) == len(graph) and len(new.device) == 1  # every label changes
+    with Store(connection) as store:
+        store.ensure_schema()
+        store.ingest(graph, old.graph, "sha", "synthetic", 0)
+        store.write_partition(old)
+    outcome: dict[str, object] = {}
+
+    def write() -> None:
+        try:
+            with Store(connection) as store:
+                outcome["written"] = store.write_partition(new)
+        except StoreError as exc:
+            outcome["error"] = str(exc)
+
+    worker = threading.Thread(target=write)
+    worker.start()
+    time.sleep(1.0)  # inside the label transaction (40,000 layers take several seconds)
+    os.kill(int((second_server / "run" / "neo4j.pid").read_text()), signal.SIGKILL)
+    worker.join(timeout=120)
+    assert "error" in outcome, f"the write finished before the kill: {outcome}"
+    assert "rolled back, so nothing was changed" in str(outcome["error"])
+    server(second_server, "start")
+    with Store(connection) as store:
+        device, unlabelled, current = _labels(store, graph.name)
+    assert device == set(old.device) and unlabelled == 0  # the old cut, whole
+    assert current == [pytest.approx(old.delay.total)]
+
+
+def test_a_write_during_a_restart_is_retried_until_the_server_is_back(second_server):
+    connection = Connection("bolt://127.0.0.1:7688", "neo4j", "splitcut-dev", None,
+                            retry_seconds=180)
+    graph = deep_model("residual", 500)
+    result = api.partition_model(graph, api.make_scenario(uplink="1Gbps"))
+    with Store(connection) as store:
+        store.ensure_schema()
+        store.ingest(graph, result.graph, "sha", "synthetic", 0)
+        os.kill(int((second_server / "run" / "neo4j.pid").read_text()), signal.SIGKILL)
+        time.sleep(1.0)
+        outcome: dict[str, object] = {}
+
+        def write() -> None:
+            try:
+                outcome["written"] = store.write_partition(result)
+            except StoreError as exc:
+                outcome["error"] = str(exc)
+
+        worker = threading.Thread(target=write)
+        worker.start()  # the server is down: the driver retries with backoff
+        time.sleep(2.0)
+        assert worker.is_alive() and not outcome
+        server(second_server, "start")
+        worker.join(timeout=300)
+        assert outcome.get("written") == {"layers": len(graph), "device": len(result.device)}
+        device, unlabelled, current = _labels(store, graph.name)
+    assert device == set(result.device) and unlabelled == 0
+    assert current == [pytest.approx(result.delay.total)]

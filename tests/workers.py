@@ -31,7 +31,7 @@ def partition_rounds(barrier: Any, path: str, name: str, uplinks: list[str],
             barrier.wait(timeout=120)
             for uplink in uplinks:
                 scenario = api.make_scenario(uplink=uplink, downlink=uplink)
-                partition, written, _ = api.partition_in_neo4j(store, path, scenario, name)
+                _, written, _ = api.partition_in_neo4j(store, path, scenario, name)
                 results.put((uplink, written["device"]))
     except Exception as exc:
         results.put(("error", f"{type(exc).__name__}: {exc}"))

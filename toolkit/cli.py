@@ -157,6 +157,8 @@ def cli(verbose: bool) -> None:
         level=logging.INFO if verbose else logging.ERROR,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    if not verbose:  # driver failures reach the user as one StoreError line, not as log noise
+        logging.getLogger("neo4j").setLevel(logging.CRITICAL)
 
 
 @cli.command()

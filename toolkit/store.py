@@ -19,7 +19,13 @@ from typing import Any
 import neo4j
 import numpy as np
 from neo4j import GraphDatabase, ManagedTransaction
-from neo4j.exceptions import AuthError, DriverError, Neo4jError, ServiceUnavailable
+from neo4j.exceptions import (
+    AuthError,
+    DriverError,
+    Neo4jError,
+    ServiceUnavailable,
+    SessionExpired,
+)
 
 from toolkit import queries
 from toolkit.blocks import BlockStructure, BlockType, Segment, layer_key, signature, tensor_key
@@ -47,6 +53,7 @@ class Connection:
     user: str
     password: str
     database: str | None
+    retry_seconds: float = 30.0  # how long a managed transaction retries transient failures
 
     @classmethod
     def from_env(
@@ -74,6 +81,7 @@ class Store:
             self.driver = GraphDatabase.driver(
                 connection.uri, auth=(connection.user, connection.password),
                 notifications_min_severity="OFF",
+                max_transaction_retry_time=connection.retry_seconds,
             )
             self.driver.verify_connectivity()
 
@@ -87,7 +95,7 @@ class Store:
         self.driver.close()
 
     @contextmanager
-    def _errors(self) -> Iterator[None]:
+    def _errors(self, writing: bool = False) -> Iterator[None]:
         """Driver exceptions -> one-line StoreErrors that name the URI, never the password."""
         uri, user = self.connection.uri, self.connection.user
         try:
@@ -96,7 +104,18 @@ class Store:
             raise StoreError(
                 f"Neo4j at {uri} rejected the credentials of user {user!r} (check NEO4J_PASSWORD)"
             ) from exc
-        except ServiceUnavailable as exc:
+        except (ServiceUnavailable, SessionExpired) as exc:
+            if writing:
+                raise StoreError(
+                    f"lost Neo4j at {uri} while writing and could not get it back within "
+                    f"{self.connection.retry_seconds:g} s of retries; the transaction was "
+                    "rolled back, so nothing was changed"
+                ) from exc
+            if uri.split("://")[0].endswith(("+s", "+ssc")):
+                raise StoreError(
+                    f"cannot reach Neo4j at {uri}: is it running, and does it accept TLS? "
+                    "(the +s/+ssc scheme asks for TLS; bolt:// and neo4j:// connect without)"
+                ) from exc
             raise StoreError(
                 f"cannot reach Neo4j at {uri}: is it running? (scripts/neo4j-local start)"
             ) from exc
@@ -112,7 +131,10 @@ class Store:
         return self.driver.session(database=self.connection.database)
 
     def _write(self, work: Callable[[ManagedTransaction], Any]) -> Any:
-        with self._errors(), self._session() as session:
+        """`work` in one managed write transaction: transient failures (a lost connection, a
+        deadlock, a leader switch) are retried with backoff by the driver, the whole of `work`
+        each time."""
+        with self._errors(writing=True), self._session() as session:
             return session.execute_write(work)
 
     def _read(self, query: str, **params: Any) -> list[dict[str, Any]]:
