@@ -80,6 +80,11 @@ def reduction(point: Point, baseline: str) -> float:
     return 1.0 - point.optimal / point.baselines[baseline]
 
 
+def pct(value: float) -> str:
+    """A fraction as a percentage; rounding noise around zero prints as 0.0%."""
+    return f"{0.0 if abs(value) < 1e-9 else value:.1%}"
+
+
 def summary_rows(points: list[Point]) -> list[list[str]]:
     """Per pair and batch: mean / max reduction vs each baseline, over models and rates."""
     rows = []
@@ -89,7 +94,7 @@ def summary_rows(points: list[Point]) -> list[list[str]]:
             row = [f"{pair[0]} + {pair[1]}", str(batch)]
             for baseline in BASELINES[:3]:
                 values = [reduction(p, baseline) for p in group]
-                row.append(f"{statistics.mean(values):.1%} / {max(values):.1%}")
+                row.append(f"{pct(statistics.mean(values))} / {pct(max(values))}")
             split = sum(1 for p in group if 0 < p.device_layers < p.layers)
             row.append(f"{split} of {len(group)}")
             rows.append(row)
@@ -120,10 +125,10 @@ def dynamic_rows(points: list[Point]) -> list[list[str]]:
                 vs_split.append(1 - adaptive / statistics.mean(p.fixed_split for p in group))
                 vs_fixed.append(1 - adaptive / statistics.mean(p.fixed_optimal for p in group))
             rows.append([f"{pair[0]} + {pair[1]}", str(batch),
-                         f"{statistics.mean(vs_split):.1%} ({min(vs_split):.1%} to "
-                         f"{max(vs_split):.1%})",
-                         f"{statistics.mean(vs_fixed):.1%} ({min(vs_fixed):.1%} to "
-                         f"{max(vs_fixed):.1%})"])
+                         f"{pct(statistics.mean(vs_split))} ({pct(min(vs_split))} to "
+                         f"{pct(max(vs_split))})",
+                         f"{pct(statistics.mean(vs_fixed))} ({pct(min(vs_fixed))} to "
+                         f"{pct(max(vs_fixed))})"])
     return rows
 
 

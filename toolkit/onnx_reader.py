@@ -191,15 +191,13 @@ def runtime_shapes(model: ModelProto, names: dict[str, int]) -> dict[str, Shape]
         import onnxruntime as ort
     except ImportError:
         return {}
-    probe = ModelProto()
-    probe.CopyFrom(model)
+    if not names:
+        return {}
+    probe, feeds = _probe_model(model)
     del probe.graph.output[:]
     for name, elem_type in names.items():
         probe.graph.output.append(onnx.helper.make_tensor_value_info(name, elem_type, None))
-    if not probe.graph.output:
-        return {}
     initializers = {t.name for t in model.graph.initializer}
-    feeds = {}
     for vi in model.graph.input:
         if vi.name in initializers:
             continue
@@ -227,6 +225,40 @@ def runtime_shapes(model: ModelProto, names: dict[str, int]) -> dict[str, Shape]
         o.name: tuple(int(d) for d in np.shape(v))
         for o, v in zip(probe.graph.output, values, strict=True)
     }
+
+
+_PROBE_WEIGHT_TYPES = {TensorProto.FLOAT: np.float32, TensorProto.DOUBLE: np.float64,
+                       TensorProto.FLOAT16: np.float16}
+
+
+def _probe_model(model: ModelProto) -> tuple[ModelProto, dict[str, np.ndarray]]:
+    """A copy of `model` whose big float weights are graph inputs, fed as views of their bytes:
+    onnxruntime then gets them without serialising hundreds of megabytes of protobuf."""
+    moved: dict[str, np.ndarray] = {}
+    kept: list[TensorProto] = []
+    for t in model.graph.initializer:
+        dtype = _PROBE_WEIGHT_TYPES.get(t.data_type)
+        size = math.prod(t.dims) * np.dtype(dtype).itemsize if dtype else -1
+        if dtype is not None and len(t.raw_data) > _BIG_WEIGHT_BYTES \
+                and len(t.raw_data) == size:
+            moved[t.name] = np.frombuffer(t.raw_data, dtype=dtype).reshape(tuple(t.dims))
+        else:
+            kept.append(t)
+    graph = model.graph
+    stash = list(graph.initializer)
+    del graph.initializer[:]
+    try:
+        probe = ModelProto()
+        probe.CopyFrom(model)
+    finally:
+        graph.initializer.extend(stash)
+    probe.graph.initializer.extend(kept)
+    declared = {i.name for i in probe.graph.input}
+    for name, array in moved.items():
+        if name not in declared:
+            probe.graph.input.append(onnx.helper.make_tensor_value_info(
+                name, onnx.helper.np_dtype_to_tensor_dtype(array.dtype), array.shape))
+    return probe, moved
 
 
 def _first_line(exc: BaseException) -> str:

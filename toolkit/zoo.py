@@ -7,6 +7,7 @@ language models from their default configs. Exports keep every layer that exists
 
 from __future__ import annotations
 
+import importlib.metadata
 import logging
 import os
 import tempfile
@@ -88,6 +89,14 @@ def _torch() -> Any:
     return torch
 
 
+def _torch_version() -> str:
+    """The installed torch's version, read without importing torch (which takes seconds)."""
+    try:
+        return importlib.metadata.version("torch").split("+")[0]
+    except importlib.metadata.PackageNotFoundError:
+        return str(_torch().__version__).split("+")[0]  # raises the install hint
+
+
 def _torchvision_model(arch: str) -> Any:
     import torchvision
 
@@ -152,15 +161,14 @@ def export(
     if exporter not in EXPORTERS:
         raise ToolkitError(f"unknown exporter {exporter!r}; choose one of {', '.join(EXPORTERS)}")
     model = get(name)
-    torch = _torch()
     directory = Path(out_dir) if out_dir is not None else cache_dir()
     directory.mkdir(parents=True, exist_ok=True)
     suffix = "" if exporter == "torchscript" else f".{exporter}"
-    torch_version = torch.__version__.split("+")[0]
-    tag = "" if out_dir is not None else f".v{EXPORT_VERSION}.torch{torch_version}"
+    tag = "" if out_dir is not None else f".v{EXPORT_VERSION}.torch{_torch_version()}"
     path = directory / f"{name}{suffix}{tag}.onnx"
     if path.exists() and not force:
         return path
+    torch = _torch()
     if progress is not None:
         progress(f"exporting {name} with the {exporter} exporter")
     module, args = model.build()
