@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 from onnx import TensorProto, helper
 
-from tests.helpers import chain, model, save, vi, weight
+from tests.helpers import chain, model, save, single_op, vi, weight
 from toolkit.cli import cli
 from toolkit.errors import ModelError
 from toolkit.onnx_reader import read_model, read_onnx
@@ -253,3 +253,10 @@ def test_unknown_output_shapes_are_reported_with_a_conservative_size():
     result = read_model(m, "m")
     assert "y" in result.unknown_shapes
     assert result.tensors["y"].bytes == 32 * 4  # as large as its largest input
+
+
+def test_an_operator_fed_shapes_it_cannot_take_is_a_model_error(tmp_path):
+    m = single_op("LSTM", {"x": [1, 4, 8]}, [1, 1, 4, 8], [weight("w", 4), weight("r", 4)],
+                  hidden_size=8)
+    with pytest.raises(ModelError, match="LSTM cannot take inputs of shapes"):
+        read_onnx(save(m, tmp_path / "lstm.onnx"))

@@ -22,7 +22,7 @@ from onnx import AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto,
 
 from toolkit.errors import ModelError
 from toolkit.graph import Layer, LayerGraph, Tensor
-from toolkit.ops import OpFacts, Shape, cost_of, numel
+from toolkit.ops import OpCost, OpFacts, Shape, cost_of, numel
 
 log = logging.getLogger(__name__)
 
@@ -575,14 +575,10 @@ class _Reader:
         for out in outs:
             tensors[out] = self._tensor(out, name, fallback)
         attrs = {a.name: _attr_value(a) for a in node.attribute}
-        cost = cost_of(
-            OpFacts(
-                node.op_type,
-                [self._shape(n) for n in node.input],
-                [self._shape(n) for n in node.output],
-                attrs,
-            )
-        )
+        cost = self._cost(name, OpFacts(
+            node.op_type, [self._shape(n) for n in node.input],
+            [self._shape(n) for n in node.output], attrs,
+        ))
         flops, macs, supported = cost.flops, cost.macs, cost.supported
         if node.op_type in _SUBGRAPH_OPS:
             flops, supported = self._subgraph_flops(node), True
@@ -620,8 +616,15 @@ class _Reader:
                     shapes_in = [self._local_shape(x, local) for x in n.input]
                     shapes_out = [self._local_shape(x, local) for x in n.output]
                     attrs = {a.name: _attr_value(a) for a in n.attribute}
-                    total += cost_of(OpFacts(n.op_type, shapes_in, shapes_out, attrs)).flops
+                    facts = OpFacts(n.op_type, shapes_in, shapes_out, attrs)
+                    total += self._cost(f"{node.name} / {n.name}", facts).flops
         return total
+
+    def _cost(self, layer: str, facts: OpFacts) -> OpCost:
+        try:
+            return cost_of(facts)
+        except ValueError as exc:
+            raise ModelError(f"model {self.name!r}: layer {layer!r}: {exc}") from exc
 
     def _local_shape(self, name: str, local: dict[str, _Info]) -> Shape | None:
         info = local.get(name) or self.info.get(name)

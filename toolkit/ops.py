@@ -244,6 +244,14 @@ MAC_OPS = frozenset(
 
 
 def cost_of(facts: OpFacts) -> OpCost:
-    """Look up the handle for `facts.op`; fall back to the conservative estimate."""
+    """Look up the handle for `facts.op`; fall back to the conservative estimate.
+
+    Inputs whose shapes cannot belong to the operator (a 2-D LSTM weight, a missing operand)
+    raise ValueError naming the operator."""
     handle = REGISTRY.get(facts.op, unknown)
-    return handle(facts)
+    try:
+        return handle(facts)
+    except (IndexError, KeyError, TypeError, ZeroDivisionError, OverflowError) as exc:
+        shapes = ", ".join(str(s) for s in facts.inputs)
+        raise ValueError(f"{facts.op} cannot take inputs of shapes {shapes} "
+                         f"({type(exc).__name__})") from exc
