@@ -266,9 +266,10 @@ def end_to_end(doc: Doc, names: list[str]) -> None:
     doc.add()
     doc.table(["model", "load", "costs", "blocks", "solve", "baselines", "sum", "CLI wall ms"],
               endtoend.zoo_rows(names, with_cli=True))
-    doc.add("Reading dominates, and for the transformers it is mostly the onnxruntime probe "
-            "that resolves symbolic shapes: it serialises and runs the whole model with its "
-            "weights once.")
+    doc.add("Reading dominates: parsing the weights of the large files (VGG-16 holds 553 MB) "
+            "and, for the transformers, the one onnxruntime run that resolves the shapes static "
+            "inference leaves symbolic. The rest of the CLI's wall time is Python start-up and "
+            "imports.")
     doc.add()
 
 
