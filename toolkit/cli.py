@@ -414,7 +414,8 @@ def split(model: str, name: str | None, exporter: str, as_json: bool, method: st
         emit_json(data)
         return
     click.echo(f"device half: {halves.device_path}")
-    click.echo(f"server half: {halves.server_path} (inputs: {', '.join(halves.cut_tensors)})")
+    crossing = ", ".join(halves.cut_tensors) or "none: every layer runs on the device"
+    click.echo(f"server half: {halves.server_path} (inputs: {crossing})")
     if halves.max_abs_error is not None:
         click.echo(f"device then server reproduces the whole model: max abs error "
                    f"{halves.max_abs_error:.3g} (relative {halves.max_rel_error:.3g})")
