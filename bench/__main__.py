@@ -141,6 +141,17 @@ def zoo_running_time(doc: Doc, models: dict[str, LayerGraph], repeats: int) -> N
     doc.table(["model", "layers", "segments", "block types", "general ms", "block-wise ms",
                "blocks ms (once)", "networkx DADS ms", "general / block-wise",
                "DADS nx / block-wise"], rows)
+    speedups = {row[0]: float(row[8].rstrip("x")) for row in rows}
+    dads = [float(row[9].rstrip("x")) for row in rows]
+    best = max(speedups, key=lambda name: speedups[name])
+    doc.add(f"The paper reports the block-wise algorithm up to 13.0x faster than its general "
+            f"one. On these zoo models general / block-wise ranges from "
+            f"{min(speedups.values()):.2f}x to {speedups[best]:.2f}x ({best}): at a few hundred "
+            "layers both are about a millisecond and block-wise pays for one small max-flow per "
+            "block type. Against the DADS construction solved with networkx, block-wise is "
+            f"{min(dads):.0f}x to {max(dads):.0f}x faster. Deep models are where block-wise "
+            "wins; see the scaling section.")
+    doc.add()
 
 
 def scaling(doc: Doc, sizes: list[int], repeats: int) -> None:
@@ -167,6 +178,11 @@ def scaling(doc: Doc, sizes: list[int], repeats: int) -> None:
                          f"{general / blockwise:.1f}x", f"{blocks_ms:.0f}", f"{same:.1e}"])
     doc.table(["stack", "layers", "general ms", "block-wise ms", "speed-up",
                "blocks ms (once)", "|difference| ms"], rows)
+    top = max(rows, key=lambda row: float(row[4].rstrip("x")))
+    doc.add(f"Largest speed-up in this run: {top[4]} on the {top[1]}-layer {top[0]} stack "
+            "(the paper: up to 13.0x). Both algorithms give the same optimum everywhere (last "
+            "column); block detection is once per model and is reused by every scenario.")
+    doc.add()
 
 
 def brute_force_comparison(doc: Doc, repeats: int) -> None:
