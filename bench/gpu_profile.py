@@ -28,7 +28,8 @@ from toolkit.measure import spread_leaf_times
 from toolkit.profiles import Processor
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_INPUT = ROOT / "bench" / "results" / "h200-training.json"
+DEFAULT_INPUTS = [ROOT / "bench" / "results" / "h200-training.json",
+                  ROOT / "bench" / "results" / "h200-training-2.json"]
 PROFILE = ROOT / "toolkit" / "profiles" / "h200-measured.toml"
 DOC = ROOT / "docs" / "gpu-profile.md"
 
@@ -69,17 +70,58 @@ def _leaf_errors(graph: LayerGraph, leaves: dict[str, list[float | None]], proc:
     return (statistics.median(errors) if errors else float("nan")), covered
 
 
+def _geomean(values: list[float]) -> float:
+    return float(np.exp(np.mean(np.log(values))))
+
+
+def merge(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Several measurement files (machines of one kind, one run each) as one: per model, batch
+    and precision the geometric mean of the runs' times, with their max/min spread and the
+    GPU-busy (kernel) time where a run recorded it. Leaf times come from the first run."""
+    first = runs[0]
+    models: dict[str, Any] = {}
+    for name, entry in first["models"].items():
+        steps: dict[str, Any] = {}
+        for batch in entry["steps"]:
+            steps[batch] = {}
+            for precision in ("fp32", "fp16"):
+                found = [r["models"][name]["steps"][batch][precision] for r in runs
+                         if r["models"].get(name, {}).get("steps", {}).get(batch, {})
+                         .get(precision)]
+                if not found:
+                    steps[batch][precision] = None
+                    continue
+                step = [f["step_ms"] for f in found]
+                profiled = [f for f in found if f.get("kernel_ms")]
+                steps[batch][precision] = {
+                    "step_ms": _geomean(step), "forward_ms": _geomean([f["forward_ms"]
+                                                                       for f in found]),
+                    "spread": max(step) / min(step), "runs": len(found),
+                    "kernel_ms": _geomean([f["kernel_ms"] for f in profiled]) if profiled
+                    else None,
+                    # the wall time of the runs the kernel time comes from
+                    "kernel_step_ms": _geomean([f["step_ms"] for f in profiled]) if profiled
+                    else None,
+                }
+        models[name] = {"steps": steps, "leaves": entry.get("leaves", {})}
+    dates = sorted({r["date"] for r in runs})
+    return {"device": first["device"], "torch": first["torch"], "cuda": first["cuda"],
+            "date": ", ".join(dates), "runs": first["runs"], "machines": len(runs),
+            "models": models}
+
+
 def main(argv: list[str]) -> None:
-    source = Path(argv[0]) if argv else DEFAULT_INPUT
-    data = json.loads(source.read_text())
+    sources = [Path(a) for a in argv] or DEFAULT_INPUTS
+    data = merge([json.loads(p.read_text()) for p in sources])
     names = list(data["models"])
     begin = time.perf_counter()
     graphs = {name: api.load_graph(name) for name in names}
     base = profiles.processor("h200")
+    files = ", ".join(p.name for p in sources)
     note = (f"fitted by bench/gpu_profile.py to fp32 training steps of {len(names)} zoo models "
-            f"at batches {', '.join(data['models'][names[0]]['steps'])}, measured on an "
-            f"{data['device']} with PyTorch {data['torch']} on {data['date']} "
-            f"({source.relative_to(ROOT) if source.is_relative_to(ROOT) else source})")
+            f"at batches {', '.join(data['models'][names[0]]['steps'])}, measured on "
+            f"{data['machines']} {data['device']} machines with PyTorch {data['torch']} on "
+            f"{data['date']} (bench/results: {files})")
     print("fitting on half of the models ...", flush=True)
     half = fit_training(base, _samples(data, graphs, names[::2]), "h200-half", note)
     print("fitting on all models ...", flush=True)
@@ -88,13 +130,22 @@ def main(argv: list[str]) -> None:
                           f"{data['device']}, fitted to measured training steps"})
     PROFILE.write_text(to_toml(fitted))
     print(f"wrote {PROFILE.relative_to(ROOT)}", flush=True)
-    DOC.write_text(_document(data, graphs, names, base, half, fitted, source,
+    DOC.write_text(_document(data, graphs, names, base, half, fitted, sources,
                              time.perf_counter() - begin))
     print(f"wrote {DOC.relative_to(ROOT)}")
 
 
+def _busy_row(name: str, batch: str, step: dict[str, float]) -> str:
+    wall, kernels = step["kernel_step_ms"], step["kernel_ms"]
+    return f"| {name} | {batch} | {wall:.2f} | {kernels:.2f} | {kernels / wall:.0%} |"
+
+
+def _shown(path: Path) -> Path:
+    return path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+
+
 def _document(data: dict[str, Any], graphs: dict[str, LayerGraph], names: list[str],
-              base: Processor, half: Processor, fitted: Processor, source: Path,
+              base: Processor, half: Processor, fitted: Processor, sources: list[Path],
               seconds: float) -> str:
     batches = list(data["models"][names[0]]["steps"])
     held_out = set(names[1::2])
@@ -102,10 +153,12 @@ def _document(data: dict[str, Any], graphs: dict[str, LayerGraph], names: list[s
         "# Measured GPU server profile (h200-measured)",
         "",
         f"Generated by `python -m bench.gpu_profile` in {seconds:.0f} s from "
-        f"`{source.relative_to(ROOT) if source.is_relative_to(ROOT) else source}`, which "
-        f"`python -m bench.gpu_measure` wrote on an **{data['device']}** (PyTorch {data['torch']}, "
-        f"CUDA {data['cuda']}, {data['date']}; medians of {data['runs']} timed steps after "
-        "warm-ups, CUDA events, eager mode, train mode, loss = sum of the output).",
+        f"{', '.join(f'`{_shown(p)}`' for p in sources)}, which `python -m bench.gpu_measure` "
+        f"wrote on {data['machines']} **{data['device']}** machines, one run each (PyTorch "
+        f"{data['torch']}, CUDA {data['cuda']}, {data['date']}; medians of {data['runs']} timed "
+        "steps after warm-ups, CUDA events, eager mode, train mode, loss = sum of the output). "
+        "*Measured* below is the geometric mean of the runs; *spread* is the slower run's time "
+        "over the faster one's.",
         "",
         "Use it with `--server h200-measured`. Fitted values (datasheet `h200` in brackets):",
         "",
@@ -132,8 +185,8 @@ def _document(data: dict[str, Any], graphs: dict[str, LayerGraph], names: list[s
         "(what `server_only_ms` charges). *half-fit* was fitted on the other half of the models "
         "only (held-out models marked with *).",
         "",
-        "| model | batch | measured | datasheet h200 | half-fit | h200-measured |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
+        "| model | batch | measured | spread | datasheet h200 | half-fit | h200-measured |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     pairs: dict[str, list[tuple[float, float]]] = {"base": [], "half": [], "fit": []}
     for name in names:
@@ -146,7 +199,9 @@ def _document(data: dict[str, Any], graphs: dict[str, LayerGraph], names: list[s
             if name in held_out:
                 pairs["half"].append((est["half"], meas))
             label = f"{name}*" if name in held_out else name
-            lines.append(f"| {label} | {batch} | {meas:.2f} | {_ratio_text(est['base'], meas)} "
+            spread = data["models"][name]["steps"][batch]["fp32"]["spread"]
+            lines.append(f"| {label} | {batch} | {meas:.2f} | {spread:.2f}x "
+                         f"| {_ratio_text(est['base'], meas)} "
                          f"| {_ratio_text(est['half'], meas)} | {_ratio_text(est['fit'], meas)} |")
     total = len(pairs["fit"])
     lines += [
@@ -155,6 +210,17 @@ def _document(data: dict[str, Any], graphs: dict[str, LayerGraph], names: list[s
         f"{total}; half-fit on the held-out models {_within(pairs['half'], 0.25)} of "
         f"{len(pairs['half'])}; h200-measured {_within(pairs['fit'], 0.25)} of {total} "
         f"(within 50%: {_within(pairs['fit'], 0.5)} of {total}).",
+        "",
+        "## How much of a step the GPU is busy",
+        "",
+        "Kernel time = the sum of the step's CUDA kernel durations from the PyTorch profiler "
+        "(one stream, so no overlap), against the wall time of the same run's steps.",
+        "",
+        "| model | batch | step ms | kernel ms | GPU busy |",
+        "| --- | ---: | ---: | ---: | ---: |",
+        *[_busy_row(name, batch, step["fp32"])
+          for name in names for batch, step in data["models"][name]["steps"].items()
+          if step["fp32"].get("kernel_ms")],
         "",
         "## fp16 autocast steps (not fitted)",
         "",
