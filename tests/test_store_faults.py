@@ -28,6 +28,21 @@ def server(home: Path, action: str) -> None:
     subprocess.run([str(SCRIPT), action], env=env, check=True, capture_output=True, timeout=300)
 
 
+def kill_while_running(home: Path, connection: Connection, marker: str) -> None:
+    """SIGKILL the server as soon as a transaction runs a statement containing `marker`: the
+    kill then lands inside that transaction, however fast the machine."""
+    with Store(connection) as watcher:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            running = watcher.driver.execute_query(
+                "SHOW TRANSACTIONS YIELD currentQuery RETURN currentQuery").records
+            if any(marker in (r["currentQuery"] or "") for r in running):
+                os.kill(int((home / "run" / "neo4j.pid").read_text()), signal.SIGKILL)
+                return
+            time.sleep(0.01)
+    raise AssertionError(f"no transaction ran {marker!r} within 120 s")
+
+
 @pytest.fixture
 def second_server(tmp_path):
     home = tmp_path / "neo4j"
@@ -38,7 +53,7 @@ def second_server(tmp_path):
 
 def test_server_killed_mid_ingest_leaves_no_partial_model(second_server):
     connection = Connection("bolt://127.0.0.1:7688", "neo4j", "splitcut-dev", None)
-    graph = deep_model("transformer", 40_000)
+    graph = deep_model("transformer", 10_000)
     costs = build_cost_graph(graph, api.make_scenario())
     outcome: dict[str, object] = {}
 
@@ -52,9 +67,7 @@ def test_server_killed_mid_ingest_leaves_no_partial_model(second_server):
 
     worker = threading.Thread(target=ingest)
     worker.start()
-    time.sleep(3.0)  # well inside the one ingest transaction (it takes far longer)
-    pid = int((second_server / "run" / "neo4j.pid").read_text())
-    os.kill(pid, signal.SIGKILL)
+    kill_while_running(second_server, connection, "UNWIND $feeds")  # writing the edges
     worker.join(timeout=120)
     assert "error" in outcome, f"the ingest finished before the kill: {outcome}"
     assert "Neo4j" in str(outcome["error"])
@@ -85,7 +98,7 @@ def _labels(store: Store, model: str) -> tuple[set[int], int, list[float]]:
 def test_server_killed_during_label_write_back_keeps_the_old_partition(second_server):
     connection = Connection("bolt://127.0.0.1:7688", "neo4j", "splitcut-dev", None,
                             retry_seconds=5)
-    graph = deep_model("transformer", 40_000)
+    graph = deep_model("transformer", 10_000)
     all_device = api.make_scenario(device="jetson-agx-orin", server="cpu-server", uplink="1Gbps")
     all_server = api.make_scenario(device="raspberry-pi-4", server="a100", uplink="1Gbps")
     old, new = (api.partition_model(graph, s) for s in (all_device, all_server))
@@ -105,8 +118,7 @@ def test_server_killed_during_label_write_back_keeps_the_old_partition(second_se
 
     worker = threading.Thread(target=write)
     worker.start()
-    time.sleep(1.0)  # inside the label transaction (40,000 layers take several seconds)
-    os.kill(int((second_server / "run" / "neo4j.pid").read_text()), signal.SIGKILL)
+    kill_while_running(second_server, connection, "partitioned_at")  # relabelling
     worker.join(timeout=120)
     assert "error" in outcome, f"the write finished before the kill: {outcome}"
     assert "rolled back, so nothing was changed" in str(outcome["error"])
