@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from toolkit import zoo
-from toolkit.measure import leaf_inputs
+from toolkit.measure import leaf_inputs, time_leaf, wall_ms
 
 
 class Timer:
@@ -40,9 +40,7 @@ class Timer:
             end.record()
             end.synchronize()
             return float(start.elapsed_time(end))
-        begin = time.perf_counter()
-        fn()
-        return (time.perf_counter() - begin) * 1e3
+        return wall_ms(fn)
 
 
 def _loss(out: Any) -> Any:
@@ -99,31 +97,12 @@ def kernel_ms(torch: Any, step: Any) -> float | None:
         return None
 
 
-def leaf_times(torch: Any, module: Any, inputs: tuple[Any, ...], timer: Timer,
+def leaf_times(module: Any, inputs: tuple[Any, ...], timer: Timer,
                runs: int) -> dict[str, list[float | None]]:
     """Median forward and backward ms of every leaf module, each run on its own."""
     leaves, captured = leaf_inputs(module, inputs)
-    result: dict[str, list[float | None]] = {}
-    for path, args in captured.items():
-        sub = leaves[path]
-        fwd, bwd = [], []
-        for i in range(runs + 2):  # two warm-ups
-            xs = tuple(x.clone().requires_grad_(True).clone()
-                       if isinstance(x, torch.Tensor) and x.is_floating_point() else x
-                       for x in args)
-            holder: dict[str, Any] = {}
-            ms = timer(lambda sub=sub, xs=xs, holder=holder: holder.update(out=sub(*xs)))
-            out = holder["out"]
-            out = out[0] if isinstance(out, tuple) else out
-            if i >= 2:
-                fwd.append(ms)
-            if isinstance(out, torch.Tensor) and out.requires_grad:
-                grad = torch.ones_like(out)
-                ms = timer(lambda out=out, grad=grad: out.backward(grad))
-                if i >= 2:
-                    bwd.append(ms)
-        result[path] = [statistics.median(fwd), statistics.median(bwd) if bwd else None]
-    return result
+    return {path: list(time_leaf(leaves[path], args, runs, timer, warmups=2))
+            for path, args in captured.items()}
 
 
 def measure_model(torch: Any, name: str, batches: list[int], leaf_batches: list[int],
@@ -140,7 +119,7 @@ def measure_model(torch: Any, name: str, batches: list[int], leaf_batches: list[
             if device.startswith("cuda") else None,
         }
         if batch in leaf_batches:
-            entry["leaves"][str(batch)] = leaf_times(torch, module, inputs, timer, runs)
+            entry["leaves"][str(batch)] = leaf_times(module, inputs, timer, runs)
     return entry
 
 

@@ -8,12 +8,14 @@ it). `--measured PROFILE.json` puts these times in place of the roofline for tha
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import statistics
 import tempfile
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -135,7 +137,7 @@ def torch_forward_backward(
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # like onnxruntime's measurement: one thread, stable numbers
     try:
-        times = {p: _time_leaf(leaves[p], inputs, runs) for p, inputs in captured.items()}
+        times = {p: time_leaf(leaves[p], inputs, runs) for p, inputs in captured.items()}
     finally:
         torch.set_num_threads(threads)
     return spread_leaf_times(graph, times)
@@ -182,25 +184,40 @@ def leaf_inputs(module: Any, args: tuple[Any, ...]) -> tuple[dict[str, Any], dic
     return leaves, captured
 
 
-def _time_leaf(sub: Any, inputs: tuple[Any, ...], runs: int) -> tuple[float, float | None]:
-    """Median forward and backward ms of one module on recorded inputs."""
+def wall_ms(fn: Callable[[], object]) -> float:
+    """Milliseconds `fn` takes on the wall clock."""
+    start = time.perf_counter()
+    fn()
+    return (time.perf_counter() - start) * 1e3
+
+
+def time_leaf(
+    sub: Any, inputs: tuple[Any, ...], runs: int, timer: Callable[[Callable[[], object]], float]
+    = wall_ms, warmups: int = 1,
+) -> tuple[float, float | None]:
+    """Median forward and backward ms of one module on recorded inputs, after `warmups` runs;
+    `timer(fn)` gives fn's milliseconds (the wall clock here, CUDA events on a GPU)."""
     import torch
 
     fwd, bwd = [], []
-    for _ in range(runs + 1):  # the first run warms up
+    for i in range(warmups + runs):
         args = tuple(x.clone().requires_grad_(True).clone()  # not a leaf: in-place ops work
                      if isinstance(x, torch.Tensor) and x.is_floating_point() else x
                      for x in inputs)
-        start = time.perf_counter()
-        out = sub(*args)
-        fwd.append(time.perf_counter() - start)
-        out = out[0] if isinstance(out, tuple) else out
+        outputs: list[Any] = []
+        ms = timer(functools.partial(_call_into, outputs, sub, args))
+        out = outputs[0][0] if isinstance(outputs[0], tuple) else outputs[0]
+        if i >= warmups:
+            fwd.append(ms)
         if isinstance(out, torch.Tensor) and out.requires_grad:
-            start = time.perf_counter()
-            out.backward(torch.ones_like(out))
-            bwd.append(time.perf_counter() - start)
-    median_bwd = statistics.median(bwd[1:]) * 1e3 if len(bwd) > 1 else None
-    return statistics.median(fwd[1:]) * 1e3, median_bwd
+            ms = timer(functools.partial(out.backward, torch.ones_like(out)))
+            if i >= warmups:
+                bwd.append(ms)
+    return statistics.median(fwd), statistics.median(bwd) if bwd else None
+
+
+def _call_into(outputs: list[Any], fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+    outputs.append(fn(*args))
 
 
 def measure(
