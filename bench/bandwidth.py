@@ -27,7 +27,7 @@ PAIRS = (("jetson-nano", "rtx-3090"), ("jetson-agx-orin", "a100"),
 BATCHES = (8, 32)
 RATES_MBPS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
 LATENCY = "5ms"
-BASELINES = ("device_only", "best_chain_split", "dads_repaired", "server_only")
+BASELINES = ("device_only", "best_chain_split", "dads_repaired")  # server_only: plots only
 PLOTS = Path(__file__).resolve().parent.parent / "docs" / "plots"
 
 
@@ -92,7 +92,7 @@ def summary_rows(points: list[Point]) -> list[list[str]]:
         for batch in BATCHES:
             group = [p for p in points if p.pair == pair and p.batch == batch]
             row = [f"{pair[0]} + {pair[1]}", str(batch)]
-            for baseline in BASELINES[:3]:
+            for baseline in BASELINES:
                 values = [reduction(p, baseline) for p in group]
                 row.append(f"{pct(statistics.mean(values))} / {pct(max(values))}")
             split = sum(1 for p in group if 0 < p.device_layers < p.layers)

@@ -163,7 +163,6 @@ class Store:
         The transaction first takes the model's lock (`model_lock`), so concurrent ingests of
         one model run one after the other and the later one finds it unchanged.
         """
-        layers, feeds = ingest_rows(graph, costs)
         model = {"name": graph.name, "sha256": sha256, "source": source, "opset": opset,
                  "layer_count": len(graph), "scenario": json.dumps(costs.scenario, sort_keys=True),
                  "device": costs.scenario.get("device"), "server": costs.scenario.get("server")}
@@ -172,6 +171,7 @@ class Store:
             old = tx.run(queries.load("model_lock"), name=graph.name).single(strict=True)[0]
             if old == sha256:
                 return "unchanged"
+            layers, feeds = ingest_rows(graph, costs)
             tx.run(queries.load("model_clear"), name=graph.name).consume()
             tx.run(queries.load("model_create"), model).consume()
             tx.run(queries.load("ingest_layers"), model=graph.name, rows=layers,
