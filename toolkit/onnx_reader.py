@@ -11,7 +11,8 @@ import ast
 import heapq
 import logging
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -163,21 +164,30 @@ def layer_names(graph: GraphProto) -> list[str]:
     return names
 
 
-def _infer_shapes(model: ModelProto) -> ModelProto:
-    """ONNX shape inference on a weightless view of the model (big weights only cost time)."""
-    stash: list[tuple[TensorProto, bytes]] = []
-    for t in model.graph.initializer:
-        if len(t.raw_data) > _BIG_WEIGHT_BYTES:
-            stash.append((t, t.raw_data))
-            t.ClearField("raw_data")
+@contextmanager
+def _big_weights_aside(model: ModelProto) -> Iterator[dict[int, bytes]]:
+    """The model without the bytes of its big initializers for a while (they only cost time to
+    copy and serialise); yields them by initializer position, and puts them back."""
+    stash = {i: t.raw_data for i, t in enumerate(model.graph.initializer)
+             if len(t.raw_data) > _BIG_WEIGHT_BYTES}
+    for i in stash:
+        model.graph.initializer[i].ClearField("raw_data")
     try:
-        return onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
-    except Exception as exc:
-        log.warning("shape inference failed (%s); using declared shapes only", _first_line(exc))
-        return model
+        yield stash
     finally:
-        for t, raw in stash:
-            t.raw_data = raw
+        for i, raw in stash.items():
+            model.graph.initializer[i].raw_data = raw
+
+
+def _infer_shapes(model: ModelProto) -> ModelProto:
+    """ONNX shape inference on a weightless view of the model."""
+    with _big_weights_aside(model):
+        try:
+            return onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+        except Exception as exc:
+            log.warning("shape inference failed (%s); using declared shapes only",
+                        _first_line(exc))
+            return model
 
 
 def runtime_shapes(model: ModelProto, names: dict[str, int]) -> dict[str, Shape]:
@@ -234,25 +244,18 @@ _PROBE_WEIGHT_TYPES = {TensorProto.FLOAT: np.float32, TensorProto.DOUBLE: np.flo
 def _probe_model(model: ModelProto) -> tuple[ModelProto, dict[str, np.ndarray]]:
     """A copy of `model` whose big float weights are graph inputs, fed as views of their bytes:
     onnxruntime then gets them without serialising hundreds of megabytes of protobuf."""
-    moved: dict[str, np.ndarray] = {}
-    kept: list[TensorProto] = []
-    for t in model.graph.initializer:
-        dtype = _PROBE_WEIGHT_TYPES.get(t.data_type)
-        size = math.prod(t.dims) * np.dtype(dtype).itemsize if dtype else -1
-        if dtype is not None and len(t.raw_data) > _BIG_WEIGHT_BYTES \
-                and len(t.raw_data) == size:
-            moved[t.name] = np.frombuffer(t.raw_data, dtype=dtype).reshape(tuple(t.dims))
-        else:
-            kept.append(t)
-    graph = model.graph
-    stash = list(graph.initializer)
-    del graph.initializer[:]
-    try:
+    with _big_weights_aside(model) as big:
         probe = ModelProto()
         probe.CopyFrom(model)
-    finally:
-        graph.initializer.extend(stash)
-    probe.graph.initializer.extend(kept)
+    moved: dict[str, np.ndarray] = {}
+    for i, raw in sorted(big.items(), reverse=True):  # back to front: deleting keeps positions
+        t = probe.graph.initializer[i]
+        dtype = _PROBE_WEIGHT_TYPES.get(t.data_type)
+        if dtype is not None and len(raw) == math.prod(t.dims) * np.dtype(dtype).itemsize:
+            moved[t.name] = np.frombuffer(raw, dtype=dtype).reshape(tuple(t.dims))
+            del probe.graph.initializer[i]
+        else:
+            t.raw_data = raw
     declared = {i.name for i in probe.graph.input}
     for name, array in moved.items():
         if name not in declared:
