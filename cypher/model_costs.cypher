@@ -1,13 +1,17 @@
 // Replace a model's delays with those of another scenario (structure stays).
-// $model: model name; $scenario: JSON text; $device, $server: profile names; $layers: [{topo, device_ms, server_ms, pinned}];
+// $model: model name; $scenario: JSON text; $device, $server: profile names;
+// $latency_ms: per-iteration latency when anything crosses; $labels_ms: labels up when the
+// server holds a model output; $layers: [{topo, device_ms, server_ms, pinned, output}];
 // $feeds: [{producer, tensor, crossing_ms}]. Returns nothing.
 MATCH (m:Model {name: $model})
-SET m.scenario = $scenario, m.device = $device, m.server = $server
+SET m.scenario = $scenario, m.device = $device, m.server = $server,
+    m.latency_ms = $latency_ms, m.labels_ms = $labels_ms
 WITH m
 CALL (m) {
   UNWIND $layers AS row
   MATCH (l:Layer {model: m.name, topo: row.topo})
-  SET l.device_ms = row.device_ms, l.server_ms = row.server_ms, l.pinned = row.pinned
+  SET l.device_ms = row.device_ms, l.server_ms = row.server_ms, l.pinned = row.pinned,
+      l.output = row.output
 }
 CALL (m) {
   UNWIND $feeds AS row

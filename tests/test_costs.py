@@ -14,7 +14,8 @@ from onnx import helper
 from tests.helpers import chain, model, run_main, save, vi
 from toolkit import api
 from toolkit.costgraph import CostGraph, delay
-from toolkit.costs import build_cost_graph, crossing_ms, layer_ms
+from toolkit.costs import build_cost_graph, crossing_ms, layer_ms, step_ms, tensor_bytes
+from toolkit.graph import Tensor
 from toolkit.onnx_reader import read_model
 
 GRAPH = chain(4, width=64)
@@ -33,21 +34,20 @@ rates = st.floats(min_value=1e5, max_value=1e10)
 
 
 @given(batch=batches, nbytes=st.integers(min_value=0, max_value=10**8))
-def test_crossing_transfer_is_linear_in_batch_and_latency_is_paid_twice(batch, nbytes):
+def test_crossing_transfer_is_linear_in_batch_and_holds_no_latency(batch, nbytes):
     one = scenario(batch=1)
     many = scenario(batch=batch)
-    lat = 2 * one.latency_ms
-    per_sample = crossing_ms(nbytes, one) - lat
-    assert crossing_ms(nbytes, many) - lat == pytest.approx(per_sample * batch)
-    assert crossing_ms(0, many) == pytest.approx(lat)
+    assert crossing_ms(nbytes, many) == pytest.approx(crossing_ms(nbytes, one) * batch)
+    assert crossing_ms(0, many) == 0.0
 
 
 @given(up=rates, down=rates, nbytes=st.integers(min_value=1, max_value=10**8))
 def test_crossing_follows_the_formula(up, down, nbytes):
-    s = scenario(uplink=str(up), downlink=str(down), latency="0ms", batch=8)
+    s = scenario(uplink=f"{up}bps", downlink=f"{down}bps", latency="7ms", batch=8)
     bits = nbytes * 8 * 8
     assert crossing_ms(nbytes, s) == pytest.approx((bits / up + bits / down) * 1e3)
-    faster = scenario(uplink=str(2 * up), downlink=str(2 * down), latency="0ms", batch=8)
+    assert crossing_ms(nbytes, s, is_float_tensor=False) == pytest.approx(bits / up * 1e3)
+    faster = scenario(uplink=f"{2 * up}bps", downlink=f"{2 * down}bps", latency="0ms", batch=8)
     assert crossing_ms(nbytes, faster) == pytest.approx(crossing_ms(nbytes, s) / 2)
 
 
@@ -71,8 +71,52 @@ def test_fp16_is_never_slower_and_halves_crossing_bytes(device):
     fp32, fp16 = scenario(device=device), scenario(device=device, precision="fp16")
     for layer in LAYERS:
         assert layer_ms(layer, fp16.device, fp16) <= layer_ms(layer, fp32.device, fp32)
-    lat = 2 * fp32.latency_ms
-    assert crossing_ms(1000, fp16) - lat == pytest.approx((crossing_ms(1000, fp32) - lat) / 2)
+
+
+def tensor(dtype: str, elements: int = 100) -> Tensor:
+    size = {"float": 4, "double": 8, "float16": 2, "bfloat16": 2, "int64": 8, "bool": 1}[dtype]
+    return Tensor("t", (elements,), dtype, elements * size, "p")
+
+
+def test_bytes_follow_each_tensors_own_dtype():
+    for precision, expected in (("fp32", {"float": 400, "double": 800, "float16": 200,
+                                          "bfloat16": 200, "int64": 800, "bool": 100}),
+                                ("fp16", {"float": 200, "double": 200, "float16": 200,
+                                          "bfloat16": 200, "int64": 800, "bool": 100})):
+        for dtype, nbytes in expected.items():
+            assert tensor_bytes(tensor(dtype), precision) == nbytes, (precision, dtype)
+
+
+def test_integer_tensors_cost_their_upload_only_and_latency_is_per_iteration():
+    nodes = [helper.make_node("Relu", ["x"], ["h"], name="relu"),
+             helper.make_node("ArgMax", ["h"], ["i"], name="argmax", keepdims=1, axis=1),
+             helper.make_node("Cast", ["i"], ["f"], name="cast", to=1)]
+    m = model(nodes, [vi("x", [1, 256])], [vi("f", [1, 1])])
+    s = scenario(latency="5ms", batch=4)
+    g = build_cost_graph(read_model(m, "ints"), s)
+    by_name = {t.name: t for t in g.tensors}
+    assert by_name["h"].is_float and not by_name["i"].is_float
+    assert by_name["i"].crossing_ms == pytest.approx(4 * 8 * 8 / s.uplink_bps * 1e3)
+    assert g.latency_ms == pytest.approx(10.0)
+    assert g.labels_ms == pytest.approx(4 * 8 * 8 / s.uplink_bps * 1e3)
+    two_cross = delay(g, {0})  # h crosses; argmax and cast (the output) on the server
+    assert two_cross.latency == pytest.approx(10.0)
+    assert two_cross.labels == pytest.approx(g.labels_ms)
+    assert delay(g, {0, 1, 2}).latency == 0 and delay(g, {0, 1, 2}).labels == 0
+
+
+@pytest.mark.parametrize(("optimizer", "words"), [("sgd", 3), ("momentum", 5), ("adam", 7)])
+def test_optimizer_step_is_charged_to_layers_with_parameters(optimizer, words):
+    plain = build_cost_graph(LAYERS, scenario())
+    stepped = build_cost_graph(LAYERS, scenario(optimizer=optimizer))
+    proc = scenario().device
+    for i, layer in enumerate(LAYERS):
+        expected = layer.params * words * 4 / (proc.memory_gbps * 1e9 * proc.memory_efficiency)
+        assert step_ms(layer, proc, optimizer) == pytest.approx(expected * 1e3)
+        if optimizer == "sgd":
+            continue
+        extra = stepped.device_ms[i] - plain.device_ms[i]
+        assert (extra > 0) == (layer.params > 0)
 
 
 def test_split_federated_sync_is_charged_to_device_layers_only():
@@ -127,8 +171,13 @@ def test_graph_and_partition_json_follow_the_contract_and_agree(tmp_path, capsys
     device = set(part["partition"]["device_layers"])
     layers = {layer["name"]: layer for layer in graph["layers"]}
     total = sum(layers[n]["device_ms"] if n in device else layers[n]["server_ms"] for n in layers)
-    total += sum(t["crossing_ms"] for t in graph["tensors"]
-                 if t["producer"] in device and any(c not in device for c in t["consumers"]))
+    crossing = [t for t in graph["tensors"]
+                if t["producer"] in device and any(c not in device for c in t["consumers"])]
+    total += sum(t["crossing_ms"] for t in crossing)
+    if crossing:
+        total += graph["per_iteration_ms"]["latency"]
+    if any(o not in device for o in graph["outputs"]):
+        total += graph["per_iteration_ms"]["labels"]
     assert part["delay_ms"]["total"] == pytest.approx(total, rel=1e-12)
     cut = {t["name"] for t in graph["tensors"]
            if t["producer"] in device and any(c not in device for c in t["consumers"])}

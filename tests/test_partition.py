@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.helpers import chain, run_main, save
-from tests.oracles import brute_force, is_valid, make_graph, networkx_optimum, total
+from tests.oracles import brute_force, is_valid, make_graph, networkx_delay_optimum, total
 from toolkit import api, zoo
 from toolkit.costs import BUILTIN_SCENARIOS, build_cost_graph
 from toolkit.errors import PartitionError
@@ -75,7 +75,7 @@ def test_every_zoo_model_and_scenario_matches_networkx(zoo_path, name):
     for scenario_name, settings in BUILTIN_SCENARIOS.items():
         costs = build_cost_graph(graph, api.make_scenario(**settings))
         result = solve(costs)
-        expected = networkx_optimum(costs)
+        expected = networkx_delay_optimum(costs)
         assert result.delay.total == pytest.approx(expected, rel=1e-9), scenario_name
 
 

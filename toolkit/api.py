@@ -11,12 +11,13 @@ from typing import TYPE_CHECKING
 from toolkit import profiles, zoo
 from toolkit.blocks import find_blocks
 from toolkit.costgraph import CostGraph
-from toolkit.costs import Scenario, build_cost_graph
+from toolkit.costs import LABEL_BYTES, Scenario, build_cost_graph
 from toolkit.errors import PartitionError
 from toolkit.graph import LayerGraph
 from toolkit.measure import MeasuredProfile, load_profile
 from toolkit.partition import Partition, checked_partition, solve
-from toolkit.partition.blockwise import solve_chain
+from toolkit.partition.blockwise import Inner, solve_chain
+from toolkit.partition.messages import with_latency
 from toolkit.partition.stcut import min_cut
 from toolkit.profiles import Processor
 
@@ -25,12 +26,16 @@ if TYPE_CHECKING:
     from toolkit.store import Rows, Store
 
 
-def load_graph(model: str, name: str | None = None, exporter: str = "torchscript") -> LayerGraph:
-    """MODEL is an .onnx path or a zoo name (exported once, then cached)."""
+def load_graph(
+    model: str, name: str | None = None, exporter: str = "torchscript",
+    dims: dict[str, int] | None = None,
+) -> LayerGraph:
+    """MODEL is an .onnx path or a zoo name (exported once, then cached); `dims` gives symbolic
+    input dimensions their values (`toolkit.onnx_reader.read_model`)."""
     from toolkit.onnx_reader import read_onnx
 
     path, default_name = zoo.resolve(model, exporter)
-    return read_onnx(path, name or default_name)
+    return read_onnx(path, name or default_name, dims)
 
 
 def split_halves(
@@ -56,6 +61,8 @@ def make_scenario(
     profile_dir: str | None = None,
     sync_every: int | None = None,
     measured: Sequence[str] = (),
+    optimizer: str = "sgd",
+    label_bytes: float = LABEL_BYTES,
 ) -> Scenario:
     """A scenario from profile names and link settings; explicit rates override the preset."""
     preset = profiles.link(link) if link else None
@@ -70,6 +77,7 @@ def make_scenario(
         uplink_bps=up, downlink_bps=down, latency_ms=lat, batch=batch, precision=precision,
         link=link if preset and not (uplink or downlink or latency) else None,
         sync_every=sync_every, measured=tuple(load_profile(p) for p in measured),
+        optimizer=optimizer, label_bytes=label_bytes,
     )
 
 
@@ -149,7 +157,7 @@ def file_sha256(path: Path) -> str:
 
 def ingest_model(
     store: Store, model: str, scenario: Scenario, name: str | None = None,
-    exporter: str = "torchscript", put_costs: bool = True,
+    exporter: str = "torchscript", put_costs: bool = True, dims: dict[str, int] | None = None,
 ) -> tuple[LayerGraph, CostGraph, str]:
     """Ingest MODEL with `scenario`'s delays and detect its blocks in Cypher.
 
@@ -158,7 +166,7 @@ def ingest_model(
     `put_costs` is false: partition_in_neo4j puts them in its own transaction).
     """
     path, _ = zoo.resolve(model, exporter)
-    graph = load_graph(model, name, exporter)
+    graph = load_graph(model, name, exporter, dims)
     costs = build_cost_graph(graph, scenario)
     store.ensure_schema()
     names = {t.signature: t.name for t in find_blocks(graph).types}
@@ -170,7 +178,7 @@ def ingest_model(
 
 def partition_in_neo4j(
     store: Store, model: str, scenario: Scenario, name: str | None = None,
-    exporter: str = "torchscript", method: str = "blockwise",
+    exporter: str = "torchscript", method: str = "blockwise", dims: dict[str, int] | None = None,
 ) -> tuple[Partition, dict[str, int], LayerGraph]:
     """The main job through Neo4j: ingest (if new), solve, write the cut back as labels.
 
@@ -178,15 +186,21 @@ def partition_in_neo4j(
     insides of the segments it must solve; `general` reads the whole cost graph back. Either
     answer is checked against the cost graph computed here before it is written.
     """
-    graph, costs, _ = ingest_model(store, model, scenario, name, exporter, put_costs=False)
+    graph, costs, _ = ingest_model(store, model, scenario, name, exporter, put_costs=False,
+                                   dims=dims)
 
     def solve_stored(rows: Rows) -> Partition:
         start = time.perf_counter()
         if method == "blockwise":
             chain = store.read_chain(graph.name, rows)
-            cut = solve_chain(chain, lambda k: store.solve_segment(graph.name, chain, k, rows))
+
+            def inner(k: int, labels: bool) -> Inner:
+                return store.solve_segment(graph.name, chain, k, labels, rows)
+
+            cut = solve_chain(chain, inner)
         else:
             cut = min_cut(store.read_cost_graph(graph.name, rows))
+        cut = with_latency(costs, cut)  # per-message latency, exactly, on the same costs
         return checked_partition(costs, cut, method, (time.perf_counter() - start) * 1e3)
 
     result, written = store.solve_and_write(costs, solve_stored)

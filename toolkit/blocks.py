@@ -19,7 +19,8 @@ import hashlib
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -66,6 +67,8 @@ class BlockStructure:
     cut_vertices: list[int]
     segments: list[Segment]
     types: list[BlockType]
+    layouts: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    """The block-wise solver's tensor layouts, kept per tensor structure (solver-owned)."""
 
     @functools.cached_property
     def arrays(self) -> ChainArrays:

@@ -15,7 +15,7 @@ from rich.table import Table
 
 from toolkit import __version__, api, profiles, zoo
 from toolkit.blocks import find_blocks
-from toolkit.costs import PRECISIONS, Scenario, build_cost_graph
+from toolkit.costs import LABEL_BYTES, OPTIMIZER_STATES, PRECISIONS, Scenario, build_cost_graph
 from toolkit.errors import ToolkitError
 from toolkit.graph import LayerGraph
 from toolkit.partition import METHODS
@@ -42,7 +42,23 @@ def model_options(func: F) -> F:
         help="Exporter used when MODEL is a zoo name.",
     )(func)
     func = click.option("--name", help="Model name (default: file stem or zoo name).")(func)
+    func = click.option(
+        "--dim", "dims", multiple=True, metavar="NAME=VALUE", callback=_parse_dims,
+        help="Value of a symbolic input dimension other than the batch, e.g. --dim seq=128 "
+             "(repeatable); --dim batch=N states a concrete exported batch.")(func)
     return click.argument("model")(func)
+
+
+def _parse_dims(_ctx: click.Context, _param: click.Parameter, values: Sequence[str]
+                ) -> dict[str, int]:
+    dims = {}
+    for text in values:
+        key, sep, value = text.partition("=")
+        if not sep or not key or not value.strip().isdigit() or int(value) < 1:
+            raise click.BadParameter(f"{text!r}: write NAME=VALUE with a positive integer, "
+                                     "e.g. seq=128")
+        dims[key.strip()] = int(value)
+    return dims
 
 
 def json_option(func: F) -> F:
@@ -64,6 +80,11 @@ def scenario_options(func: F) -> F:
         click.option("--batch", type=int, default=32, show_default=True, help="Batch size."),
         click.option("--precision", type=click.Choice(PRECISIONS), default="fp32",
                      show_default=True),
+        click.option("--optimizer", type=click.Choice(tuple(OPTIMIZER_STATES)), default="sgd",
+                     show_default=True, help="Optimizer whose step each side pays per iteration."),
+        click.option("--label-bytes", type=float, default=LABEL_BYTES, show_default=True,
+                     help="Label bytes per sample sent up when the server computes the loss."),
+
         click.option("--sync-every", type=int,
                      help="Split-federated: device model synchronised every N iterations."),
         click.option("--profile-dir", help="Folder with extra profile TOML files."),
@@ -114,16 +135,16 @@ def open_store(kw: dict[str, Any]) -> Store:
     return Store(connection)
 
 
-def load_graph(model: str, name: str | None, exporter: str) -> LayerGraph:
+def load_graph(model: str, name: str | None, exporter: str, dims: dict[str, int]) -> LayerGraph:
     if not sys.stderr.isatty():
-        return api.load_graph(model, name, exporter)
+        return api.load_graph(model, name, exporter, dims)
     with console.status(f"reading {model}", spinner="dots"):
-        return api.load_graph(model, name, exporter)
+        return api.load_graph(model, name, exporter, dims)
 
 
 def build_scenario(kw: dict[str, Any]) -> Scenario:
     keys = ("device", "server", "link", "uplink", "downlink", "latency", "batch", "precision",
-            "profile_dir", "sync_every", "measured")
+            "profile_dir", "sync_every", "measured", "optimizer", "label_bytes")
     return api.make_scenario(**{k: kw.pop(k) for k in keys})
 
 
@@ -165,12 +186,13 @@ def cli(verbose: bool) -> None:
 @model_options
 @rows_option
 @json_option
-def inspect(model: str, name: str | None, exporter: str, rows: int, as_json: bool) -> None:
+def inspect(model: str, name: str | None, exporter: str, dims: dict[str, int], rows: int,
+            as_json: bool) -> None:
     """Per-layer facts of MODEL: op, FLOPs, MACs, parameters, activation size.
 
     MODEL is an .onnx file or a zoo name. Example: splitcut inspect resnet50
     """
-    graph = load_graph(model, name, exporter)
+    graph = load_graph(model, name, exporter, dims)
     if as_json:
         emit_json(inspect_dict(graph))
         return
@@ -198,12 +220,13 @@ def inspect(model: str, name: str | None, exporter: str, rows: int, as_json: boo
 @cli.command()
 @model_options
 @json_option
-def blocks(model: str, name: str | None, exporter: str, as_json: bool) -> None:
+def blocks(model: str, name: str | None, exporter: str, dims: dict[str, int],
+           as_json: bool) -> None:
     """Cut vertices, segments and repeated block types of MODEL: its compressed chain.
 
     Example: splitcut blocks resnet152
     """
-    graph = load_graph(model, name, exporter)
+    graph = load_graph(model, name, exporter, dims)
     structure = find_blocks(graph)
     if as_json:
         emit_json(blocks_dict(structure, graph))
@@ -244,14 +267,15 @@ def profiles_cmd(profile_dir: str | None, as_json: bool) -> None:
 @scenario_options
 @rows_option
 @json_option
-def graph(model: str, name: str | None, exporter: str, rows: int, as_json: bool,
+def graph(model: str, name: str | None, exporter: str, dims: dict[str, int], rows: int,
+          as_json: bool,
           **kw: Any) -> None:
     """The cost graph a partition is judged on: per-layer delays, per-tensor crossing delays.
 
     Example: splitcut graph resnet18 --device jetson-nano --server a100 --uplink 20Mbps --json
     """
     scenario = build_scenario(kw)
-    costs = build_cost_graph(load_graph(model, name, exporter), scenario)
+    costs = build_cost_graph(load_graph(model, name, exporter, dims), scenario)
     if as_json:
         emit_json(costs.to_dict())
         return
@@ -276,7 +300,8 @@ def graph(model: str, name: str | None, exporter: str, rows: int, as_json: bool,
               help="Run through Neo4j: ingest, Cypher block detection, cut written back.")
 @neo4j_options
 @json_option
-def partition(model: str, name: str | None, exporter: str, as_json: bool, method: str,
+def partition(model: str, name: str | None, exporter: str, dims: dict[str, int],
+              as_json: bool, method: str,
               pin: tuple[str, ...], pin_server: tuple[str, ...], use_neo4j: bool,
               **kw: Any) -> None:
     """Where to cut MODEL between device and server for the least training delay.
@@ -289,7 +314,7 @@ def partition(model: str, name: str | None, exporter: str, as_json: bool, method
             raise click.UsageError("--pin/--pin-server are not supported with --neo4j yet")
         with open_store(kw) as store:
             result, written, graph = api.partition_in_neo4j(store, model, scenario, name,
-                                                            exporter, method)
+                                                            exporter, method, dims)
         data = result.to_dict()
         data["neo4j"] = {"uri": store.connection.uri, "written": written}
         if as_json:
@@ -299,7 +324,7 @@ def partition(model: str, name: str | None, exporter: str, as_json: bool, method
             console.print(f"written to {store.connection.uri}: {written['device']} of "
                           f"{written['layers']} layers labelled :Device, the rest :Server")
         return
-    graph = load_graph(model, name, exporter)
+    graph = load_graph(model, name, exporter, dims)
     result = api.partition_model(graph, scenario, method, pin, pin_server)
     if as_json:
         emit_json(result.to_dict())
@@ -393,7 +418,8 @@ def _parse_param(text: str) -> tuple[str, Any]:
 @click.option("-o", "--out", "out_dir", required=True, help="Folder for device.onnx/server.onnx.")
 @click.option("--no-check", is_flag=True, help="Skip the onnxruntime equivalence check.")
 @json_option
-def split(model: str, name: str | None, exporter: str, as_json: bool, method: str,
+def split(model: str, name: str | None, exporter: str, dims: dict[str, int],
+          as_json: bool, method: str,
           pin: tuple[str, ...], pin_server: tuple[str, ...], out_dir: str, no_check: bool,
           **kw: Any) -> None:
     """Write the optimal partition of MODEL as device.onnx and server.onnx, and check them.
@@ -401,7 +427,7 @@ def split(model: str, name: str | None, exporter: str, as_json: bool, method: st
     Example: splitcut split resnet18 --link lte -o halves/
     """
     scenario = build_scenario(kw)
-    result = api.partition_model(load_graph(model, name, exporter), scenario, method, pin,
+    result = api.partition_model(load_graph(model, name, exporter, dims), scenario, method, pin,
                                  pin_server)
     halves = api.split_halves(model, result, out_dir, exporter, check=not no_check)
     data = {

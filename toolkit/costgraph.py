@@ -1,7 +1,13 @@
 """The cost graph a partition is judged on, and the training delay D(S) of a partition.
 
-Pure data: per-layer device/server delays, pinned layers, and per-tensor crossing delays. It is
-what `splitcut graph --json` prints and what every solver reads.
+Pure data: per-layer device/server delays, pinned layers (with the reason), per-tensor crossing
+delays (bytes terms only) and the per-iteration message terms. It is what `splitcut graph
+--json` prints and what every solver reads:
+
+    D(S) = sum of device_ms over S + sum of server_ms over the rest
+         + sum of crossing_ms of the tensors produced in S and read outside it
+         + latency_ms  if any tensor crosses (one message each way per iteration)
+         + labels_ms   if a layer producing a model output runs on the server
 """
 
 from __future__ import annotations
@@ -20,7 +26,8 @@ class CostTensor:
     producer: int
     consumers: tuple[int, ...]
     bytes: float
-    crossing_ms: float
+    crossing_ms: float  # activations up (+ gradients down for float tensors); no latency
+    is_float: bool = True  # float tensors carry a gradient back
 
 
 @dataclass
@@ -39,10 +46,16 @@ class CostGraph:
     macs: list[float] = field(default_factory=list)
     params: list[int] = field(default_factory=list)
     raw_upload_ms: float = 0.0  # sending the raw input up once: the server-only reference
+    latency_ms: float = 0.0  # per iteration when anything crosses: one latency each way
+    labels_ms: float = 0.0  # per iteration when a layer in `outputs` runs on the server
+    outputs: list[int] = field(default_factory=list)  # layers producing a model output
+    pin_reasons: list[str | None] = field(default_factory=list)  # why each pinned layer is
 
     def __post_init__(self) -> None:
         """Array views for the vectorised solvers, built once with the graph."""
         self.pinned = np.array(self.pinned, dtype=bool)
+        if not self.pin_reasons:
+            self.pin_reasons = ["pinned" if p else None for p in self.pinned]
         self.device_arr = np.asarray(self.device_ms, dtype=np.float64)
         self.server_arr = np.asarray(self.server_ms, dtype=np.float64)
         self.tensor_producer = np.fromiter(
@@ -59,6 +72,36 @@ class CostGraph:
     def _by_producer(self) -> tuple[np.ndarray, np.ndarray]:
         order = np.argsort(self.tensor_producer, kind="stable")
         return order, self.tensor_producer[order]
+
+    @functools.cached_property
+    def _pairs(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(tensor, consumer) pairs flattened, and where each tensor's pairs start."""
+        counts = np.fromiter((len(t.consumers) for t in self.tensors), np.int64,
+                             len(self.tensors))
+        consumers = np.fromiter((c for t in self.tensors for c in t.consumers), np.int64,
+                                int(counts.sum()))
+        starts = np.concatenate(([0], np.cumsum(counts)))
+        return np.repeat(np.arange(len(self.tensors)), counts), consumers, starts
+
+    @property
+    def tensor_of(self) -> np.ndarray:
+        """The tensor of each (tensor, consumer) pair."""
+        return self._pairs[0]
+
+    @property
+    def consumer_of(self) -> np.ndarray:
+        """The consumer of each (tensor, consumer) pair."""
+        return self._pairs[1]
+
+    def pairs_of(self, tensors: Iterable[int]) -> tuple[np.ndarray, np.ndarray]:
+        """The (tensor, consumer) pairs of some tensors."""
+        _, consumers, starts = self._pairs
+        idx = np.asarray(list(tensors), dtype=np.int64)
+        if not idx.size:
+            return idx, idx
+        counts = starts[idx + 1] - starts[idx]
+        offsets = np.repeat(starts[idx] - np.concatenate(([0], np.cumsum(counts)[:-1])), counts)
+        return np.repeat(idx, counts), consumers[np.arange(int(counts.sum())) + offsets]
 
     def tensors_of(self, layers: Iterable[int]) -> list[int]:
         """Indices of the tensors produced by `layers`, without scanning every tensor."""
@@ -77,16 +120,25 @@ class CostGraph:
             for c in t.consumers:
                 yield t.producer, c
 
+    def pin(self, layer: int, reason: str) -> None:
+        """Keep `layer` on the device (a first reason given is kept)."""
+        if not self.pinned[layer]:
+            self.pinned[layer] = True
+            self.pin_reasons[layer] = reason
+
     def to_dict(self) -> dict[str, Any]:
         """The JSON contract of `splitcut graph --json`."""
         return {
             "model": self.model,
             "scenario": self.scenario,
+            "per_iteration_ms": {"latency": self.latency_ms, "labels": self.labels_ms},
+            "outputs": [self.names[i] for i in self.outputs],
             "layers": [
                 {
                     "name": self.names[i], "op": self.ops[i],
                     "device_ms": self.device_ms[i], "server_ms": self.server_ms[i],
                     "pinned": "device" if self.pinned[i] else None,
+                    "pin_reason": self.pin_reasons[i] if self.pinned[i] else None,
                     "flops": self.flops[i] if self.flops else 0,
                     "macs": self.macs[i] if self.macs else 0,
                     "params": self.params[i] if self.params else 0,
@@ -97,7 +149,7 @@ class CostGraph:
                 {
                     "name": t.name, "producer": self.names[t.producer],
                     "consumers": [self.names[c] for c in t.consumers],
-                    "bytes": t.bytes, "crossing_ms": t.crossing_ms,
+                    "bytes": t.bytes, "crossing_ms": t.crossing_ms, "float": t.is_float,
                 }
                 for t in self.tensors
             ],
@@ -108,20 +160,26 @@ class CostGraph:
 class Delay:
     device_compute: float
     server_compute: float
-    crossing: float
+    crossing: float  # the bytes terms of the crossing tensors
+    latency: float = 0.0  # per-message latency, both ways, when anything crosses
+    labels: float = 0.0  # labels up when the server holds a model output
 
     @property
     def total(self) -> float:
-        return self.device_compute + self.server_compute + self.crossing
+        return self.device_compute + self.server_compute + self.crossing + self.latency \
+            + self.labels
 
 
 def delay(graph: CostGraph, device: Collection[int]) -> Delay:
-    """D(S): device compute of S, server compute of the rest, and each crossing tensor once."""
+    """D(S): device compute of S, server compute of the rest, each crossing tensor once, and
+    the per-iteration message terms (module docstring)."""
     on_device = set(device)
     dev = sum(graph.device_ms[i] for i in on_device)
     srv = sum(graph.server_ms[i] for i in range(len(graph)) if i not in on_device)
-    cross = sum(t.crossing_ms for t in crossing_tensors(graph, on_device))
-    return Delay(dev, srv, cross)
+    crossing = crossing_tensors(graph, on_device)
+    cross = sum(t.crossing_ms for t in crossing)
+    labels = graph.labels_ms if any(i not in on_device for i in graph.outputs) else 0.0
+    return Delay(dev, srv, cross, graph.latency_ms if crossing else 0.0, labels)
 
 
 def crossing_tensors(graph: CostGraph, device: Collection[int]) -> list[CostTensor]:

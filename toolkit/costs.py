@@ -1,19 +1,40 @@
-"""LayerGraph + scenario -> CostGraph: per-layer training delays and per-tensor crossing delays.
+"""LayerGraph + scenario -> CostGraph: per-layer training delays, per-tensor crossing delays and
+the per-iteration message terms of one split-learning iteration (DESIGN.md, "The training-delay
+model").
 
-The estimate is a roofline per layer and pass, for one batch of `b` samples:
+Compute, per layer and pass, for one batch of `b` samples, is a roofline (Williams, Waterman
+and Patterson, CACM 2009):
 
     t_pass = max(FLOPs / (peak x efficiency), bytes / (bandwidth x memory_efficiency)) + overhead
 
 with `efficiency` chosen by op class (`op_class`): matmul_efficiency for Gemm/MatMul/Einsum,
 conv_efficiency for dense convolutions, vector_efficiency for everything else (grouped and
 depthwise convolutions included). Forward FLOPs are b·F; backward FLOPs are 2·b·F for layers with
-trainable weights (gradients for inputs and weights) and b·F without. Bytes moved are the
-activations in and out (b per sample) plus the parameters (read once per pass; the backward
-pass also writes their gradients). `device_ms` and `server_ms` are forward + backward.
+trainable weights (gradients for inputs and weights) and b·F without (Kaplan et al. 2020, the
+2x/4x forward rule). Bytes moved are the activations in and out (b per sample) plus the
+parameters (read once per pass; the backward pass also writes their gradients).
 
-Crossing a tensor of A bytes per sample costs b·A·8/uplink (activations up) + b·A·8/downlink
-(gradients down) + 2·latency, charged once however many consumers it has. In mixed precision
-(`fp16`) the peak is the FP16 rate and float activations move at 2 bytes per element.
+The optimizer step is a memory-bound term on the layers that own parameters: a fused update
+reads the parameters and gradients and writes the parameters (3 words per parameter), and each
+optimizer state buffer is read and written once more (SGD 0 buffers, SGD with momentum 1,
+Adam 2: torch.optim's update rules). Master weights, gradients and state stay fp32 under mixed
+precision (torch.amp keeps parameters fp32), so a word is 4 bytes at either precision.
+
+`device_ms` and `server_ms` are forward + backward + optimizer step.
+
+Bytes follow each tensor's own dtype: mixed precision (`fp16`) carries float activations at 2
+bytes per element (fp32 and float64 shrink, fp16/bf16 stay) and leaves integer and bool tensors
+as they are. A tensor crossing the cut costs b·A·8/uplink for its activations and, only when
+it is a float tensor (the only kind autograd returns a gradient for), b·A·8/downlink for the
+gradient, once however many consumers it has.
+
+Per iteration, all tensors crossing one way travel in one message: `latency_ms` = 2·latency is
+paid once when anything crosses. The server computes the loss in vanilla split learning, so
+when it holds a layer producing a model output the labels go up once: b·label_bytes·8/uplink.
+
+Raw data never leaves the device: layers reading a raw input stay there, and so do layers
+reading a tensor computed from raw inputs by parameter-free layers only (still raw data,
+`LayerGraph.raw_data_readers`).
 
 Split-federated mode (`sync_every=k`): device-side parameters are sent up and down once every
 k iterations, and that cost is spread over the device layers that own the parameters.
@@ -21,17 +42,32 @@ k iterations, and that cost is spread over the device layers that own the parame
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from typing import Any
 
 from toolkit.costgraph import CostGraph, CostTensor
 from toolkit.errors import ScenarioError
-from toolkit.graph import Layer, LayerGraph
+from toolkit.graph import Layer, LayerGraph, Tensor
 from toolkit.measure import MeasuredProfile
 from toolkit.profiles import Processor
 
 PRECISIONS = ("fp32", "fp16")
+OPTIMIZER_STATES = {"sgd": 0, "momentum": 1, "adam": 2}
+"""Optimizer state buffers per parameter (torch.optim: SGD, SGD with momentum, Adam)."""
+LABEL_BYTES = 8
+"""Default label size per sample: one int64 class index."""
+_WORD = 4  # bytes of an fp32 master weight, gradient or state element
+
+ELEMENT_BYTES: dict[str, float] = {
+    "float": 4, "double": 8, "float16": 2, "bfloat16": 2, "int8": 1, "uint8": 1, "int16": 2,
+    "uint16": 2, "int32": 4, "uint32": 4, "int64": 8, "uint64": 8, "bool": 1, "complex64": 8,
+    "complex128": 16, "string": 8, "float8e4m3fn": 1, "float8e4m3fnuz": 1, "float8e5m2": 1,
+    "float8e5m2fnuz": 1, "float8e8m0": 1, "int4": 0.5, "uint4": 0.5, "float4e2m1": 0.5,
+    "int2": 0.25, "uint2": 0.25,
+}
+_FLOAT_DTYPES = frozenset({"float", "double", "float16", "bfloat16"})
 
 BUILTIN_SCENARIOS: dict[str, dict[str, str]] = {
     "nano-3090-wifi5": {"device": "jetson-nano", "server": "rtx-3090", "link": "wifi5"},
@@ -56,16 +92,22 @@ class Scenario:
     link: str | None = None
     sync_every: int | None = None
     measured: tuple[MeasuredProfile, ...] = ()
+    optimizer: str = "sgd"
+    label_bytes: float = LABEL_BYTES
 
     def __post_init__(self) -> None:
-        if self.uplink_bps <= 0 or self.downlink_bps <= 0:
-            raise ScenarioError("uplink and downlink rates must be greater than zero")
-        if self.latency_ms < 0:
-            raise ScenarioError("latency cannot be negative")
+        if not (0 < self.uplink_bps < math.inf and 0 < self.downlink_bps < math.inf):
+            raise ScenarioError("uplink and downlink rates must be finite and greater than zero")
+        if not 0 <= self.latency_ms < math.inf:
+            raise ScenarioError("latency must be finite and not negative")
         if self.batch < 1:
             raise ScenarioError(f"batch size must be at least 1, not {self.batch}")
         if self.precision not in PRECISIONS:
             raise ScenarioError(f"precision must be one of {', '.join(PRECISIONS)}")
+        if self.optimizer not in OPTIMIZER_STATES:
+            raise ScenarioError(f"optimizer must be one of {', '.join(OPTIMIZER_STATES)}")
+        if not 0 <= self.label_bytes < math.inf:
+            raise ScenarioError("label bytes must be finite and not negative")
         if self.sync_every is not None and self.sync_every < 1:
             raise ScenarioError("--sync-every must be at least 1 iteration")
         for profile in self.measured:
@@ -81,6 +123,7 @@ class Scenario:
             "device": self.device.name, "server": self.server.name,
             "uplink_bps": self.uplink_bps, "downlink_bps": self.downlink_bps,
             "latency_ms": self.latency_ms, "batch": self.batch, "precision": self.precision,
+            "optimizer": self.optimizer, "label_bytes": self.label_bytes,
         }
         if self.link:
             out["link"] = self.link
@@ -93,17 +136,41 @@ class Scenario:
 
 def scenario_key(scenario: dict[str, Any]) -> str:
     """A short readable name of a scenario, used to find its partitions in Neo4j:
-    'jetson-nano+rtx-3090 200M/400M 3ms b32 fp32'."""
+    'jetson-nano+rtx-3090 200M/400M 3ms b32 fp32' (optimizer appended unless SGD)."""
     def rate(bps: float) -> str:
         return f"{bps / 1e6:g}M"
 
+    optimizer = scenario.get("optimizer", "sgd")
     return (f"{scenario['device']}+{scenario['server']} {rate(scenario['uplink_bps'])}/"
             f"{rate(scenario['downlink_bps'])} {scenario['latency_ms']:g}ms "
-            f"b{scenario['batch']} {scenario.get('precision', 'fp32')}")
+            f"b{scenario['batch']} {scenario.get('precision', 'fp32')}"
+            + ("" if optimizer == "sgd" else f" {optimizer}"))
 
 
-def _precision_bytes(scenario: Scenario, nbytes: float, dtype_is_float: bool = True) -> float:
-    return nbytes / 2 if scenario.precision == "fp16" and dtype_is_float else nbytes
+def is_float(dtype: str) -> bool:
+    return dtype in _FLOAT_DTYPES
+
+
+def tensor_bytes(tensor: Tensor, precision: str) -> float:
+    """Bytes per sample of `tensor` as training moves it: float tensors at 2 bytes per element
+    under mixed precision, everything else as stored."""
+    if precision != "fp16" or not is_float(tensor.dtype):
+        return float(tensor.bytes)
+    return tensor.bytes / ELEMENT_BYTES[tensor.dtype] * 2
+
+
+def param_bytes(layer: Layer, precision: str) -> float:
+    """Bytes of a layer's parameters as a pass reads them (fp16 copies under mixed precision)."""
+    return float(layer.params * 2) if precision == "fp16" else float(layer.param_bytes)
+
+
+def activation_bytes(graph: LayerGraph, layer: Layer, precision: str) -> float:
+    """Per-sample bytes of a layer's activations in and out, each in its own dtype."""
+    if precision == "fp32":
+        return float(layer.in_bytes + layer.out_bytes)
+    tensors = graph.tensors
+    return sum(tensor_bytes(tensors[t], precision) for t in (*layer.inputs, *layer.outputs)
+               if t in tensors)
 
 
 _GROUPS = re.compile(r"(?:^|;)group=(\d+)")
@@ -131,27 +198,41 @@ def _rates(layer: Layer, proc: Processor, precision: str) -> tuple[float, float]
     return peak * efficiency(proc, op_class(layer)), proc.memory_gbps * 1e9 * proc.memory_efficiency
 
 
-def forward_ms(layer: Layer, proc: Processor, precision: str = "fp32", batch: int = 1) -> float:
-    """Forward time of one layer for `batch` samples (what a measured forward is compared to)."""
+def forward_ms(layer: Layer, proc: Processor, precision: str = "fp32", batch: int = 1,
+               activations: float | None = None) -> float:
+    """Forward time of one layer for `batch` samples (what a measured forward is compared to).
+    `activations`: per-sample bytes in and out at `precision` (default: as stored, fp32)."""
     flop_rate, byte_rate = _rates(layer, proc, precision)
-    scale = 0.5 if precision == "fp16" else 1.0
-    moved = scale * ((layer.in_bytes + layer.out_bytes) * batch + layer.param_bytes)
+    act = float(layer.in_bytes + layer.out_bytes) if activations is None else activations
+    moved = act * batch + param_bytes(layer, precision)
     compute = max(layer.flops * batch / flop_rate, moved / byte_rate)
     return (compute + proc.layer_overhead_us * 1e-6) * 1e3
 
 
-def layer_ms(layer: Layer, proc: Processor, scenario: Scenario) -> float:
-    """Forward + backward time of one layer for one batch on `proc`, in milliseconds."""
+def layer_ms(layer: Layer, proc: Processor, scenario: Scenario,
+             activations: float | None = None) -> float:
+    """Forward + backward time of one layer for one batch on `proc`, in milliseconds.
+    `activations`: per-sample bytes in and out at the scenario's precision (default: as
+    stored, exact at fp32; `activation_bytes` gives them for fp16)."""
     flop_rate, byte_rate = _rates(layer, proc, scenario.precision)
     b = scenario.batch
-    activations = _precision_bytes(scenario, layer.in_bytes + layer.out_bytes) * b
-    weights = _precision_bytes(scenario, layer.param_bytes)
+    act = float(layer.in_bytes + layer.out_bytes) if activations is None else activations
+    moved = act * b
+    weights = param_bytes(layer, scenario.precision)
     fwd_flops = layer.flops * b
     bwd_flops = fwd_flops * (2.0 if layer.trainable else 1.0)
-    fwd = max(fwd_flops / flop_rate, (activations + weights) / byte_rate)
-    bwd = max(bwd_flops / flop_rate, (2 * activations + 2 * weights) / byte_rate)
+    fwd = max(fwd_flops / flop_rate, (moved + weights) / byte_rate)
+    bwd = max(bwd_flops / flop_rate, (2 * moved + 2 * weights) / byte_rate)
     overhead_s = proc.layer_overhead_us * 1e-6 * 2
     return (fwd + bwd + overhead_s) * 1e3
+
+
+def step_ms(layer: Layer, proc: Processor, optimizer: str) -> float:
+    """The optimizer step for this layer's parameters: memory-bound (module docstring)."""
+    if not layer.params:
+        return 0.0
+    words = 3 + 2 * OPTIMIZER_STATES[optimizer]
+    return layer.params * words * _WORD / (proc.memory_gbps * 1e9 * proc.memory_efficiency) * 1e3
 
 
 def measured_ms(layer: Layer, profile: MeasuredProfile, batch: int) -> float:
@@ -163,41 +244,64 @@ def measured_ms(layer: Layer, profile: MeasuredProfile, batch: int) -> float:
 
 
 def _side_ms(graph: LayerGraph, proc: Processor, scenario: Scenario) -> list[float]:
+    """Per layer: forward + backward (measured or roofline) + optimizer step on `proc`."""
+    steps = [step_ms(layer, proc, scenario.optimizer) for layer in graph]
     profile = next((p for p in scenario.measured if p.processor == proc.name), None)
     if profile is None:
-        return [layer_ms(layer, proc, scenario) for layer in graph]
-    profile.check_model(graph)
-    return [measured_ms(layer, profile, scenario.batch) for layer in graph]
+        passes = [layer_ms(layer, proc, scenario,
+                           activation_bytes(graph, layer, scenario.precision))
+                  for layer in graph]
+    else:
+        profile.check_model(graph)
+        passes = [measured_ms(layer, profile, scenario.batch) for layer in graph]
+    return [p + s for p, s in zip(passes, steps, strict=True)]
 
 
-def crossing_ms(nbytes: float, scenario: Scenario, is_float: bool = True) -> float:
-    """Activations up, gradients down, one latency each way."""
-    bits = _precision_bytes(scenario, nbytes, is_float) * scenario.batch * 8
-    transfer_s = bits / scenario.uplink_bps + bits / scenario.downlink_bps
-    return transfer_s * 1e3 + 2 * scenario.latency_ms
+def crossing_ms(nbytes: float, scenario: Scenario, is_float_tensor: bool = True) -> float:
+    """Activations up and, for a float tensor, its gradient down (`nbytes` per sample as it
+    travels, `tensor_bytes`). Latency is per message: `per_iteration_latency_ms`."""
+    bits = nbytes * scenario.batch * 8
+    transfer_s = bits / scenario.uplink_bps
+    if is_float_tensor:
+        transfer_s += bits / scenario.downlink_bps
+    return transfer_s * 1e3
+
+
+def per_iteration_latency_ms(scenario: Scenario) -> float:
+    """One message up and one down per iteration when anything crosses."""
+    return 2 * scenario.latency_ms
+
+
+def labels_ms(scenario: Scenario) -> float:
+    """The labels up to the server that computes the loss, once per iteration."""
+    return scenario.batch * scenario.label_bytes * 8 / scenario.uplink_bps * 1e3
 
 
 def sync_ms(layer: Layer, scenario: Scenario) -> float:
     """Split-federated: this layer's parameters up and down once per round, per iteration."""
     if not scenario.sync_every or not layer.param_bytes:
         return 0.0
-    bits = _precision_bytes(scenario, layer.param_bytes) * 8
+    bits = param_bytes(layer, scenario.precision) * 8
     return (bits / scenario.uplink_bps + bits / scenario.downlink_bps) * 1e3 / scenario.sync_every
 
 
 def build_cost_graph(graph: LayerGraph, scenario: Scenario) -> CostGraph:
-    """Every layer's device/server delay and every activation's crossing delay."""
+    """Every layer's device/server delay, every activation's crossing delay, the message terms
+    and the raw-data pins."""
     layers = list(graph)
     index = {layer.name: i for i, layer in enumerate(layers)}
     tensors = []
     for t in graph.activations():
         assert t.producer is not None
-        is_float = t.dtype.startswith(("float", "bfloat", "double"))
+        floating = is_float(t.dtype)
         tensors.append(CostTensor(
             t.name, index[t.producer], tuple(index[c] for c in t.consumers), float(t.bytes),
-            crossing_ms(t.bytes, scenario, is_float),
+            crossing_ms(tensor_bytes(t, scenario.precision), scenario, floating), floating,
         ))
-    raw = sum(graph.tensors[name].bytes for name in graph.inputs)
+    raw = sum(tensor_bytes(graph.tensors[name], scenario.precision) for name in graph.inputs)
+    reasons = graph.raw_data_readers()
+    outputs = sorted({index[graph.tensors[o].producer] for o in graph.outputs  # type: ignore[index]
+                      if graph.tensors[o].producer is not None})
     return CostGraph(
         model=graph.name,
         names=[layer.name for layer in layers],
@@ -207,11 +311,15 @@ def build_cost_graph(graph: LayerGraph, scenario: Scenario) -> CostGraph:
             for t, x in zip(_side_ms(graph, scenario.device, scenario), layers, strict=True)
         ],
         server_ms=_side_ms(graph, scenario.server, scenario),
-        pinned=[layer.reads_input for layer in layers],
+        pinned=[layer.name in reasons for layer in layers],
         tensors=tensors,
         scenario=scenario.to_dict(),
         flops=[layer.flops for layer in layers],
         macs=[layer.macs for layer in layers],
         params=[layer.params for layer in layers],
         raw_upload_ms=raw * scenario.batch * 8 / scenario.uplink_bps * 1e3 + scenario.latency_ms,
+        latency_ms=per_iteration_latency_ms(scenario),
+        labels_ms=labels_ms(scenario),
+        outputs=outputs,
+        pin_reasons=[reasons.get(layer.name) for layer in layers],
     )

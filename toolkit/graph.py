@@ -149,6 +149,27 @@ class LayerGraph:
                 assert t.producer is not None
                 yield t.producer, c, t.name
 
+    def raw_data_readers(self) -> dict[str, str]:
+        """Layers that must stay on the device because they read raw data, with the reason.
+
+        Raw data never leaves the device in any disguise: a tensor computed from raw inputs by
+        parameter-free layers only (a Reshape, Cast or Unsqueeze of the token ids, a mask built
+        from the attention mask) is still raw data, so it may not cross, and every layer that
+        reads it stays on the device. A layer with trainable parameters (an embedding lookup,
+        a convolution) turns raw data into activations; so does mixing in any non-raw input.
+        """
+        raw = set(self.inputs)
+        reasons: dict[str, str] = {}
+        for layer in self:
+            read = [t for t in layer.inputs if t in raw]
+            if layer.reads_input or any(t in self.inputs for t in read):
+                reasons[layer.name] = "reads raw input"
+            elif read:
+                reasons[layer.name] = "reads raw data (no trainable layer on its path)"
+            if read and not layer.trainable and len(read) == len(layer.inputs):
+                raw.update(layer.outputs)
+        return reasons
+
     def input_layers(self) -> list[str]:
         """Layers that read a raw model input: they stay on the device."""
         return [layer.name for layer in self if layer.reads_input]

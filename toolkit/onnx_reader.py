@@ -8,10 +8,11 @@ FLOPs and MACs come from the handle registry in `toolkit.ops`.
 from __future__ import annotations
 
 import ast
+import dataclasses
 import heapq
 import logging
 import math
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,19 +66,112 @@ def load_model(path: str | Path) -> ModelProto:
     return model
 
 
-def read_onnx(path: str | Path, name: str | None = None) -> LayerGraph:
+def read_onnx(
+    path: str | Path, name: str | None = None, dims: Mapping[str, int] | None = None
+) -> LayerGraph:
     """Read an ONNX file into a validated LayerGraph named `name` (default: the file stem)."""
     p = Path(path)
-    return read_model(load_model(p), name or p.stem, base_dir=p.parent)
+    return read_model(load_model(p), name or p.stem, base_dir=p.parent, dims=dims)
 
 
-def read_model(model: ModelProto, name: str, base_dir: Path | None = None) -> LayerGraph:
+def read_model(
+    model: ModelProto, name: str, base_dir: Path | None = None,
+    dims: Mapping[str, int] | None = None,
+) -> LayerGraph:
     """Turn a loaded ModelProto into a LayerGraph with per-sample facts.
 
     `base_dir` is where external weight files live; they are read only if static shape
-    inference leaves sizes symbolic and the model must be run once to learn them.
+    inference leaves sizes symbolic and the model must be run once to learn them. `dims`
+    gives the symbolic input dimensions other than the batch (`_input_dims`).
     """
-    return _prepared(model, name, base_dir).build()
+    with _input_dims(model, name, dims or {}) as batch:
+        reader = _prepared(model, name, base_dir)
+    return reader.build(batch)
+
+
+@dataclass(frozen=True)
+class _Batch:
+    """How the raw inputs' leading (batch) dimension was read: symbolic, or exported at a
+    concrete size that is divided out so that every figure is per sample."""
+
+    exported: int  # the concrete batch the file was exported with (1: per sample already)
+    note: str
+
+
+@contextmanager
+def _input_dims(model: ModelProto, name: str, dims: Mapping[str, int]) -> Iterator[_Batch]:
+    """Give the raw inputs' symbolic dimensions values for the duration of a read.
+
+    The leading dimension of the raw inputs is the batch: symbolic, it is read as 1 (figures
+    per sample); concrete and shared by every raw input, it is divided out afterwards (`dims`
+    may name it `batch=N` to say what it is, 1 to keep the file's figures as they are). Every
+    other symbolic dimension needs a value, by name (`seq=128`) or as `INPUT.AXIS=128` when
+    unnamed; a missing one is a ModelError naming it, never a silent 1.
+    """
+    initializers = {t.name for t in model.graph.initializer}
+    raw = [vi for vi in model.graph.input if vi.name not in initializers
+           and vi.type.HasField("tensor_type") and vi.type.tensor_type.HasField("shape")]
+    saved = [(vi, [_SavedDim(d) for d in vi.type.tensor_type.shape.dim]) for vi in raw]
+    missing: list[str] = []
+    leading: set[int | str] = set()
+    for vi in raw:
+        for axis, d in enumerate(vi.type.tensor_type.shape.dim):
+            if d.HasField("dim_value"):
+                if axis == 0:
+                    leading.add(int(d.dim_value))
+                continue
+            key = d.dim_param or f"{vi.name}.{axis}"
+            if key in dims or f"{vi.name}.{axis}" in dims:
+                d.dim_value = int(dims.get(key, dims.get(f"{vi.name}.{axis}", 1)))
+            elif axis == 0:
+                leading.add(key)
+                d.dim_value = 1
+            else:
+                missing.append(f"{key!r} (axis {axis} of input {vi.name!r})")
+    try:
+        if missing:
+            example = missing[0].split("'")[1]
+            raise ModelError(
+                f"model {name!r} has symbolic dimensions other than the batch: "
+                f"{', '.join(dict.fromkeys(missing))}; give each a value, e.g. "
+                f"--dim {example}=128")
+        yield _batch(leading, raw, dims)
+    finally:
+        for vi, old in saved:
+            for d, o in zip(vi.type.tensor_type.shape.dim, old, strict=True):
+                o.restore(d)
+
+
+def _batch(leading: set[int | str], raw: list[ValueInfoProto], dims: Mapping[str, int]) -> _Batch:
+    if "batch" in dims and not any(isinstance(x, str) for x in leading):
+        return _Batch(int(dims["batch"]), f"exported batch {dims['batch']} divided out "
+                                          "(--dim batch)" if dims["batch"] > 1 else "")
+    if any(isinstance(x, str) for x in leading):
+        names = ", ".join(sorted(str(x) for x in leading if isinstance(x, str)))
+        return _Batch(1, f"symbolic batch dimension ({names}) read as 1: figures per sample")
+    ranks = [len(vi.type.tensor_type.shape.dim) for vi in raw]
+    if len(leading) == 1 and min(ranks, default=0) >= 2:
+        exported = int(next(iter(leading)))
+        if exported > 1:
+            return _Batch(exported, f"exported with batch {exported}: divided out, figures "
+                                    "per sample (--dim batch=1 keeps them as they are)")
+    return _Batch(1, "")
+
+
+class _SavedDim:
+    """A saved dimension (value or name) to put back after a read."""
+
+    def __init__(self, dim: object) -> None:
+        self.value = int(dim.dim_value) if dim.HasField("dim_value") else None  # type: ignore[attr-defined]
+        self.param = str(dim.dim_param)  # type: ignore[attr-defined]
+
+    def restore(self, dim: object) -> None:
+        if self.value is not None:
+            dim.dim_value = self.value  # type: ignore[attr-defined]
+        else:
+            dim.ClearField("dim_value")  # type: ignore[attr-defined]
+            if self.param:
+                dim.dim_param = self.param  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True)
@@ -399,6 +493,23 @@ def _join_scopes(parts: Sequence[str]) -> str:
     return ".".join(comps)
 
 
+def _per_sample(
+    layers: list[Layer], tensors: dict[str, Tensor], exported: int
+) -> tuple[list[Layer], dict[str, Tensor]]:
+    """Divide a concrete exported batch out: tensors led by it and every layer's work."""
+    def per(t: Tensor) -> Tensor:
+        if not t.shape or t.shape[0] != exported:
+            return t
+        return dataclasses.replace(t, shape=(1, *t.shape[1:]), bytes=t.bytes // exported)
+
+    tensors = {n: per(t) for n, t in tensors.items()}
+    layers = [dataclasses.replace(
+        x, flops=x.flops / exported, macs=x.macs / exported,
+        in_bytes=sum(tensors[t].bytes for t in x.inputs if t in tensors),
+        out_bytes=sum(tensors[t].bytes for t in x.outputs)) for x in layers]
+    return layers, tensors
+
+
 class _Reader:
     """One pass over a shape-inferred model: order nodes, fold constants, build layers."""
 
@@ -438,7 +549,7 @@ class _Reader:
             old = self.info.get(name)
             self.info[name] = _Info(shape, old.elem_type if old else TensorProto.FLOAT)
 
-    def build(self) -> LayerGraph:
+    def build(self, batch: _Batch | None = None) -> LayerGraph:
         order = self._node_order()  # also fills self.deps
         constant, consts = self._fold_constants(order)
         unsupported: dict[str, int] = {}
@@ -459,10 +570,9 @@ class _Reader:
                 unsupported[node.op_type] = unsupported.get(node.op_type, 0) + 1
             layers.append(layer)
         outputs = [o.name for o in self.graph.output if o.name in tensors]
-        notes = []
-        symbolic = [n for n in self.raw_inputs if self.info.get(n, _Info(None, 0)).symbolic]
-        if symbolic:
-            notes.append("symbolic input dimensions count as 1: " + ", ".join(symbolic))
+        notes = [batch.note] if batch is not None and batch.note else []
+        if batch is not None and batch.exported > 1:
+            layers, tensors = _per_sample(layers, tensors, batch.exported)
         return LayerGraph.build(
             self.name, layers, tensors, self.raw_inputs, outputs,
             unsupported_ops=unsupported, unknown_shapes=tuple(unknown), notes=tuple(notes),

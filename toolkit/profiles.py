@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 import re
 import tomllib
 from dataclasses import dataclass
@@ -145,18 +146,20 @@ def link(name: str) -> Link:
     return known[name]
 
 
-_RATE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*([kmgt]?)(bps|bit/s|b/s)?\s*$", re.I)
+_RATE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*([kmgt]?)(bps|bit/s|b/s)\s*$", re.I)
 _SCALE = {"": 1.0, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}
 
 
 def parse_rate(text: str) -> float:
-    """'20Mbps', '1.5 Gbit/s', '800k', '2e7' -> bit/s. Zero or negative is an error."""
+    """'20Mbps', '1.5 Gbit/s', '800kbps', '2e7bps' -> bit/s. A rate needs its unit ('20' could
+    be bit/s or Mbit/s); zero, negative or overflowing rates are errors."""
     m = _RATE.match(text)
     if m is None:
-        raise ScenarioError(f"cannot read rate {text!r}: write it like 20Mbps, 1.5Gbps or 800kbps")
+        raise ScenarioError(f"cannot read rate {text!r}: write it with a unit, like 20Mbps, "
+                            "1.5Gbps, 800kbps or 2e7bps")
     value = float(m.group(1)) * _SCALE[m.group(2).lower()]
-    if value <= 0:
-        raise ScenarioError(f"rate {text!r} must be greater than zero")
+    if not 0 < value < math.inf:
+        raise ScenarioError(f"rate {text!r} must be finite and greater than zero")
     return value
 
 

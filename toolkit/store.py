@@ -231,6 +231,7 @@ class Store:
             for r in read("read_tensors", model=model)
         ]
         stored = read("model_get", name=model)
+        message = stored[0] if stored else {}
         return CostGraph(
             model=model, names=[r["name"] for r in layers], ops=[r["op"] for r in layers],
             device_ms=[float(r["device_ms"]) for r in layers],
@@ -239,21 +240,22 @@ class Store:
             scenario=json.loads(stored[0]["scenario"]) if stored else {},
             flops=[float(r["flops"]) for r in layers], macs=[float(r["macs"]) for r in layers],
             params=[int(r["params"]) for r in layers],
+            latency_ms=float(message.get("latency_ms") or 0.0),
+            labels_ms=float(message.get("labels_ms") or 0.0),
+            outputs=[i for i, r in enumerate(layers) if r["output"]],
         )
 
     def read_chain(self, model: str, rows: Rows | None = None) -> Chain:
-        """The compressed chain with the stored delays summed per block, computed in Cypher."""
+        """The compressed chain with the stored delays summed per block, computed in Cypher.
+
+        Blocks share an inner solution only when their inner problems are identical: the same
+        type and the same per-layer delays, pins and output flags and per-tensor crossing costs
+        (tensors matched by producer position, output slot and consumer position)."""
         found = (rows or self._read)("read_chain", model=model)
         if not found:
             raise StoreError(f"model {model!r} has no blocks in Neo4j: ingest it first")
-        group_of: dict[tuple[object, ...], int] = {}
-        groups = []
-        for r in found:  # same block type and same summed delays: one inner solution serves all
-            key = (r["signature"], r["device"], r["server"], r["cheapest"], r["exit_cross"],
-                   r["last_pinned"] is not None)
-            groups.append(group_of.setdefault(key, len(group_of)))
         pinned = [int(r["last_pinned"]) for r in found if r["last_pinned"] is not None]
-        return Chain(
+        chain = Chain(
             layer_count=int(found[-1]["exit"]) + 1,
             entries=np.array([r["entry"] for r in found], dtype=np.int64),
             exits=np.array([r["exit"] for r in found], dtype=np.int64),
@@ -262,11 +264,22 @@ class Store:
             server=np.array([r["server"] for r in found], dtype=np.float64),
             cheapest=np.array([r["cheapest"] for r in found], dtype=np.float64),
             exit_cross=np.array([r["exit_cross"] if r["closed"] else 0.0 for r in found]),
-            groups=np.array(groups, dtype=np.int64),
+            groups=np.zeros(len(found), dtype=np.int64),
             last_pinned=max(pinned, default=-1),
+            outputs=tuple(sorted(int(o) for r in found for o in r["outputs"])),
+            labels_ms=float(found[0]["labels_ms"] or 0.0),
         )
+        labels_inside = chain.labels_inside()
+        group_of: dict[tuple[object, ...], int] = {}
+        for k, r in enumerate(found):
+            key = (r["signature"], bool(labels_inside[k]),
+                   tuple(sorted(tuple(x) for x in r["inner_layers"])),
+                   tuple(sorted(tuple(x) for x in r["inner_tensors"])))
+            chain.groups[k] = group_of.setdefault(key, len(group_of))
+        return chain
 
-    def solve_segment(self, model: str, chain: Chain, k: int, rows: Rows | None = None) -> Inner:
+    def solve_segment(self, model: str, chain: Chain, k: int, labels: bool,
+                      rows: Rows | None = None) -> Inner:
         """Read segment k's inside (and nothing else) and solve its inner min cut."""
         entry, last = int(chain.entries[k]), int(chain.exits[k])
         first = max(entry, 0)
@@ -282,10 +295,12 @@ class Store:
                            float(t["crossing_ms"]))
                 for r in found for t in r["tensors"] if t["consumers"]
             ],
+            labels_ms=chain.labels_ms,
+            outputs=[i for i, r in enumerate(found) if r["output"]],
         )
         row = [entry - first if entry >= 0 else -1, *range(max(entry + 1, 0) - first,
                                                             last - first + 1)]
-        return solve_segment(local, row, bool(chain.closed[k]), set())
+        return solve_segment(local, row, bool(chain.closed[k]), set(), labels)
 
     def write_partition(self, result: Partition) -> dict[str, int]:
         """Labels and a current (:Partition) node, replacing the old ones in one transaction."""
@@ -313,9 +328,11 @@ class Store:
 
 def _set_costs(tx: ManagedTransaction, costs: CostGraph) -> None:
     """A scenario's delays onto a stored model; its first statement takes the model's lock."""
+    outputs = set(costs.outputs)
     layers = [
         {"topo": i, "device_ms": float(costs.device_ms[i]),
-         "server_ms": float(costs.server_ms[i]), "pinned": bool(costs.pinned[i])}
+         "server_ms": float(costs.server_ms[i]), "pinned": bool(costs.pinned[i]),
+         "output": i in outputs}
         for i in range(len(costs))
     ]
     feeds = [{"producer": t.producer, "tensor": t.name, "crossing_ms": t.crossing_ms}
@@ -323,6 +340,7 @@ def _set_costs(tx: ManagedTransaction, costs: CostGraph) -> None:
     tx.run(queries.load("model_costs"), model=costs.model,
            scenario=json.dumps(costs.scenario, sort_keys=True),
            device=costs.scenario.get("device"), server=costs.scenario.get("server"),
+           latency_ms=costs.latency_ms, labels_ms=costs.labels_ms,
            layers=layers, feeds=feeds).consume()
 
 

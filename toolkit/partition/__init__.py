@@ -12,6 +12,7 @@ from toolkit.costgraph import CostGraph, Delay, crossing_tensors
 from toolkit.errors import PartitionError
 from toolkit.partition import baselines
 from toolkit.partition.blockwise import solve_blockwise
+from toolkit.partition.messages import with_latency
 from toolkit.partition.stcut import CutResult, general_size, min_cut
 from toolkit.partition.validate import validate_partition
 
@@ -50,6 +51,8 @@ class Partition:
                 "device_compute": self.delay.device_compute,
                 "server_compute": self.delay.server_compute,
                 "crossing": self.delay.crossing,
+                "latency": self.delay.latency,
+                "labels": self.delay.labels,
             },
             "baselines_ms": self.baselines_ms,
             "solver": {
@@ -83,6 +86,7 @@ def solve(
         cut = solve_blockwise(graph, blocks, server_pinned)
     else:
         cut = min_cut(graph, server_pinned)
+    cut = with_latency(graph, cut, server_pinned)
     solve_ms = (time.perf_counter() - start) * 1e3
     result = checked_partition(graph, cut, method, solve_ms, blocks_ms, server_pinned,
                                with_baselines)

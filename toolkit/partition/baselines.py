@@ -14,8 +14,9 @@ def device_only(graph: CostGraph) -> float:
 
 
 def server_only(graph: CostGraph) -> float:
-    """Reference only: raw data uploaded (split learning forbids it), all layers on the server."""
-    return sum(graph.server_ms) + graph.raw_upload_ms
+    """Reference only: raw data uploaded (split learning forbids it), all layers on the server,
+    labels up with the data."""
+    return sum(graph.server_ms) + graph.raw_upload_ms + (graph.labels_ms if graph.outputs else 0)
 
 
 def best_chain_split(graph: CostGraph, server_pinned: Collection[int] = ()) -> tuple[float, int]:
@@ -33,16 +34,21 @@ def best_chain_split(graph: CostGraph, server_pinned: Collection[int] = ()) -> t
     for j, t in enumerate(graph.tensors):
         opened[t.producer].append(j)
         closed[last_consumer[j] + 1].append(j)
-    dev, srv, cross = 0.0, sum(graph.server_ms), 0.0
+    last_output = max(graph.outputs, default=-1)
+    dev, srv, cross, crossing = 0.0, sum(graph.server_ms), 0.0, 0
     best = (float("inf"), 0)
     for k in range(0, n + 1):
         if k > 0:
             dev += graph.device_ms[k - 1]
             srv -= graph.server_ms[k - 1]
             cross += sum(graph.tensors[j].crossing_ms for j in opened[k - 1])
+            crossing += len(opened[k - 1])
         cross -= sum(graph.tensors[j].crossing_ms for j in closed[k])
-        if first <= k <= last and dev + srv + cross < best[0]:
-            best = (dev + srv + cross, k)
+        crossing -= len(closed[k])
+        total = dev + srv + cross + (graph.latency_ms if crossing else 0.0) \
+            + (graph.labels_ms if last_output >= k else 0.0)
+        if first <= k <= last and total < best[0]:
+            best = (total, k)
     return best
 
 

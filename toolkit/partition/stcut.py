@@ -4,7 +4,12 @@ s is the device side, t the server side. Layer v: s->v costs server_ms(v) (cut w
 the server), v->t costs device_ms(v). Tensor x of producer u: auxiliary a_x, u->a_x costs
 crossing_ms(x), a_x->w infinite for each consumer w, so x is paid once however many consumers
 sit on the server. Each data edge u->w adds w->u infinite (a device layer's inputs are on the
-device). Pinned layers get s->v infinite; server-pinned layers v->t infinite.
+device). Pinned layers get s->v infinite; server-pinned layers v->t infinite. The labels term is
+a tensor sent by the source itself: s->a_L costs labels_ms, a_L->w infinite for every layer w
+producing a model output, so it is paid once when any of them runs on the server.
+
+The cut value is D(S) without the per-message latency (`toolkit.partition.messages` adds it
+exactly). The graph is built with PyMaxflow's vectorised calls, one per kind of edge.
 
 Capacities are floats solved by Boykov-Kolmogorov (PyMaxflow, C++, double precision); the
 caller recomputes D(S) from scratch (`validate_partition`), so round-off cannot go unnoticed.
@@ -22,6 +27,11 @@ import numpy as np
 from toolkit.costgraph import CostGraph
 from toolkit.errors import PartitionError
 
+NO_PARTITION = (
+    "no valid partition: the pins contradict each other (a server-pinned layer feeds a "
+    "device-pinned one, or reads the raw input)"
+)
+
 
 @dataclass(frozen=True)
 class CutResult:
@@ -33,16 +43,8 @@ class CutResult:
 
 def general_size(graph: CostGraph) -> tuple[int, int]:
     """Vertices and edges of the general construction over the whole model."""
-    consumers = sum(len(t.consumers) for t in graph.tensors)
+    consumers = len(graph.consumer_of)
     return len(graph) + len(graph.tensors) + 2, 2 * len(graph) + len(graph.tensors) + 2 * consumers
-
-
-def infinity(graph: CostGraph, layers: Sequence[int], tensors: Sequence[int]) -> float:
-    """A capacity no finite cut can reach: twice the sum of every finite capacity, plus one."""
-    idx = np.asarray(layers, dtype=np.int64)
-    finite = graph.device_arr[idx].sum() + graph.server_arr[idx].sum()
-    finite += graph.tensor_crossing[np.asarray(tensors, dtype=np.int64)].sum()
-    return 2.0 * float(finite) + 1.0
 
 
 def min_cut(
@@ -51,47 +53,61 @@ def min_cut(
     monotone: bool = True,
     layers: Sequence[int] | None = None,
     device_pinned: Collection[int] = (),
+    labels: bool = True,
 ) -> CutResult:
     """Solve the s-t cut over `layers` (default: all). Tensors leaving the subset are ignored.
 
-    `device_pinned` adds pins to the graph's own (the block-wise solver pins a segment's entry).
+    `device_pinned` adds pins to the graph's own (the block-wise solver pins a segment's entry);
+    `labels` charges the labels term for the model outputs inside the subset.
     """
-    subset = list(range(len(graph))) if layers is None else list(layers)
-    local = {v: k for k, v in enumerate(subset)}
-    produced = range(len(graph.tensors)) if layers is None else graph.tensors_of(subset)
-    tensors = [
-        (graph.tensors[j], [local[c] for c in graph.tensors[j].consumers if c in local])
-        for j in produced
-    ]
-    tensors = [(t, cs) for t, cs in tensors if cs]
-    inf = infinity(graph, subset, produced)
-    g = maxflow.Graph[float](len(subset) + len(tensors), 2 * len(tensors) + len(subset))
-    g.add_nodes(len(subset) + len(tensors))
-    edges = 0
-    server_only = set(server_pinned)
-    device_only = set(device_pinned)
-    for v, k in local.items():
-        to_server = inf if v in server_only else graph.device_ms[v]
-        from_device = inf if graph.pinned[v] or v in device_only else graph.server_ms[v]
-        g.add_tedge(k, from_device, to_server)
-        edges += 2
-    aux = len(subset)
-    for t, consumers in tensors:
-        u = local[t.producer]
-        g.add_edge(u, aux, t.crossing_ms, 0.0)
-        for w in consumers:
-            g.add_edge(aux, w, inf, 0.0)
-            if monotone:
-                g.add_edge(w, u, inf, 0.0)
-                edges += 1
-            edges += 1
-        edges += 1
-        aux += 1
+    n = len(graph)
+    subset = np.arange(n) if layers is None else np.asarray(layers, dtype=np.int64)
+    local = np.full(n, -1, dtype=np.int64)
+    local[subset] = np.arange(len(subset))
+    if layers is None:
+        pair_tensor, pair_consumer = graph.tensor_of, graph.consumer_of
+    else:
+        pair_tensor, pair_consumer = graph.pairs_of(graph.tensors_of(subset.tolist()))
+    keep = local[pair_consumer] >= 0
+    pair_tensor, pair_consumer = pair_tensor[keep], local[pair_consumer[keep]]
+    used, pair_aux = np.unique(pair_tensor, return_inverse=True)
+    producers = local[graph.tensor_producer[used]]
+    crossing = graph.tensor_crossing[used]
+    outputs = [int(local[v]) for v in graph.outputs if local[v] >= 0] if labels else []
+    label_cost = graph.labels_ms if outputs else 0.0
+
+    m = len(subset)
+    source = graph.server_arr[subset].copy()
+    sink = graph.device_arr[subset].copy()
+    inf = 2.0 * float(source.sum() + sink.sum() + crossing.sum() + label_cost) + 1.0
+    source[graph.pinned[subset]] = inf
+    for v in device_pinned:
+        source[local[v]] = inf
+    for v in server_pinned:
+        if local[v] >= 0:
+            sink[local[v]] = inf
+
+    aux = m + pair_aux.reshape(-1)
+    count = m + len(used) + (1 if outputs else 0)
+    g = maxflow.Graph[float](count, len(used) + 2 * len(aux) + len(outputs))
+    g.add_nodes(count)
+    g.add_grid_tedges(np.arange(m), source, sink)
+    g.add_edges(producers, m + np.arange(len(used)), crossing, np.zeros(len(used)))
+    g.add_edges(aux, pair_consumer, np.full(len(aux), inf), np.zeros(len(aux)))
+    edges = 2 * m + len(used) + len(aux)
+    if monotone:
+        g.add_edges(pair_consumer, producers[pair_aux.reshape(-1)], np.full(len(aux), inf),
+                    np.zeros(len(aux)))
+        edges += len(aux)
+    if outputs:
+        label = count - 1
+        g.add_tedge(label, label_cost, 0.0)
+        g.add_edges(np.full(len(outputs), label), np.asarray(outputs),
+                    np.full(len(outputs), inf), np.zeros(len(outputs)))
+        edges += 1 + len(outputs)
     value = float(g.maxflow())
     if value >= inf:
-        raise PartitionError(
-            "no valid partition: the pins contradict each other (a server-pinned layer feeds a "
-            "device-pinned one, or reads the raw input)"
-        )
-    device = [v for v, k in local.items() if g.get_segment(k) == 0]
-    return CutResult(device, value, len(subset) + len(tensors) + 2, edges)
+        raise PartitionError(NO_PARTITION)
+    sides = g.get_grid_segments(np.arange(m))
+    device = subset[~sides].tolist()
+    return CutResult(device, value, count + 2, edges)
