@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
+
 import networkx as nx
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tests.helpers import chain, save
 from tests.oracles import brute_force
 from toolkit import api, zoo
+from toolkit.blockcache import model_blocks
 from toolkit.blocks import cut_vertices, find_blocks
 from toolkit.costgraph import CostGraph, CostTensor
 from toolkit.costs import BUILTIN_SCENARIOS, build_cost_graph
@@ -135,3 +139,23 @@ def test_both_exporters_give_the_same_block_type_counts(zoo_path, name):
         blocks = find_blocks(api.load_graph(str(zoo_path(name, exporter)), name))
         counts.append(sorted(t.count for t in blocks.types))
     assert counts[0] == counts[1]
+
+
+def test_block_structure_is_cached_per_model_file_and_a_bad_cache_is_ignored(
+        tmp_path, monkeypatch):
+    monkeypatch.setenv("SPLITCUT_CACHE", str(tmp_path / "cache"))
+    path = save(chain(6, width=16), tmp_path / "c.onnx")
+    graph = api.load_graph(str(path))
+    first, first_ms = model_blocks(graph)
+    files = list((tmp_path / "cache" / "blocks").glob("*.json"))
+    assert len(files) == 1 and first_ms > 0
+    again, again_ms = model_blocks(api.load_graph(str(path)))
+    assert again_ms == 0.0
+    assert again.cut_vertices == first.cut_vertices and again.types == first.types
+    assert [s.layers for s in again.segments] == [s.layers for s in first.segments]
+    other = api.load_graph(str(path), dims={"batch": 1})  # other reader options: other key
+    assert other.sha256 != graph.sha256
+    files[0].write_text("{not json")
+    recomputed, ms = model_blocks(api.load_graph(str(path)))
+    assert ms > 0 and recomputed.cut_vertices == first.cut_vertices
+    assert json.loads(files[0].read_text())["layer_count"] == len(graph)

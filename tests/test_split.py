@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import onnx
 import pytest
 
@@ -27,8 +29,26 @@ def test_halves_reproduce_every_zoo_model_cut_midway(zoo_path, tmp_path, name):
 def test_split_command_writes_both_halves(tmp_path, capsys, monkeypatch):
     path = save(chain(6, width=32), tmp_path / "c.onnx")
     code, out, _ = run_main(["split", str(path), "--uplink", "1Gbps", "--downlink", "1Gbps",
-                             "-o", str(tmp_path / "out")], capsys, monkeypatch)
+                             "--latency", "0ms", "-o", str(tmp_path / "out")], capsys,
+                            monkeypatch)
     assert code == 0
     assert (tmp_path / "out" / "device.onnx").exists()
     assert (tmp_path / "out" / "server.onnx").exists()
     assert "max abs error" in out
+
+
+def test_device_only_split_writes_no_empty_server_half(tmp_path, capsys, monkeypatch):
+    """A link so slow that training on the device alone wins: only device.onnx is written,
+    and it runs as the whole model does."""
+    path = save(chain(6, width=32), tmp_path / "c.onnx")
+    code, out, _ = run_main(["split", str(path), "--uplink", "1kbps", "--downlink", "1kbps",
+                             "-o", str(tmp_path / "out"), "--json"], capsys, monkeypatch)
+    assert code == 0
+    data = json.loads(out)
+    assert data["server"] is None and data["cut_tensors"] == []
+    assert (tmp_path / "out" / "device.onnx").exists()
+    assert not (tmp_path / "out" / "server.onnx").exists()
+    assert data["max_abs_error"] == 0.0
+    code, out, _ = run_main(["split", str(path), "--uplink", "1kbps", "--downlink", "1kbps",
+                             "-o", str(tmp_path / "out2")], capsys, monkeypatch)
+    assert "no server half" in out and "device then server" not in out

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from toolkit import profiles, zoo
+from toolkit.blockcache import model_blocks
 from toolkit.blocks import find_blocks
 from toolkit.costgraph import CostGraph
 from toolkit.costs import LABEL_BYTES, Scenario, build_cost_graph
@@ -107,14 +107,34 @@ def calibrate_profile(profile_paths: Sequence[str], base: str, name: str) -> Pro
     return fit(profiles.processor(base), samples, name)
 
 
-def layer_indices(graph: CostGraph, names: Sequence[str], what: str) -> list[int]:
-    """Layer names (or unique module paths) -> indices; an unknown name is a clear error."""
-    index = graph.index()
-    out = []
-    for name in names:
-        if name not in index:
-            raise PartitionError(f"{what}: no layer named {name!r} in {graph.model}")
-        out.append(index[name])
+def layer_indices(graph: LayerGraph, names: Sequence[str], what: str) -> list[int]:
+    """Layer names or module paths (as every output shows them) -> layer indices.
+
+    A module path names every layer inside it. `layer:NAME` or `module:PATH` says which is
+    meant when a name is both; an unknown or ambiguous name is a clear error."""
+    layers = list(graph)
+    index = {layer.name: i for i, layer in enumerate(layers)}
+    out: list[int] = []
+    for text in names:
+        kind, sep, name = text.partition(":")
+        if not sep or kind not in ("layer", "module"):
+            kind, name = "", text
+        inside = [i for i, x in enumerate(layers)
+                  if x.module and (x.module == name or x.module.startswith(name + "."))]
+        if kind == "layer" or (not kind and name in index and not inside):
+            if name not in index:
+                raise PartitionError(f"{what}: no layer named {name!r} in {graph.name}")
+            out.append(index[name])
+        elif kind == "module" or (not kind and inside and name not in index):
+            if not inside:
+                raise PartitionError(f"{what}: no module named {name!r} in {graph.name}")
+            out += inside
+        elif not kind and name in index:
+            raise PartitionError(
+                f"{what}: {name!r} is both a layer and a module of {len(inside)} layers in "
+                f"{graph.name}; write layer:{name} or module:{name}")
+        else:
+            raise PartitionError(f"{what}: no layer or module named {name!r} in {graph.name}")
     return out
 
 
@@ -127,14 +147,12 @@ def partition_model(
 ) -> Partition:
     """Cost the model under `scenario` and find its optimal partition."""
     costs = build_cost_graph(graph, scenario)
-    for i in layer_indices(costs, pin_device, "--pin"):
-        costs.pinned[i] = True
-    server = layer_indices(costs, pin_server, "--pin-server")
+    for i in layer_indices(graph, pin_device, "--pin"):
+        costs.pin(i, "user (--pin)")
+    server = layer_indices(graph, pin_server, "--pin-server")
     blocks, blocks_ms = None, 0.0
     if method == "blockwise":
-        start = time.perf_counter()
-        blocks = find_blocks(graph)
-        blocks_ms = (time.perf_counter() - start) * 1e3
+        blocks, blocks_ms = model_blocks(graph)
     return solve(costs, method, server, blocks=blocks, blocks_ms=blocks_ms)
 
 
@@ -145,14 +163,6 @@ def expand_models(models: Sequence[str], all_zoo: bool = False) -> tuple[str, ..
         p = Path(model)
         found += sorted(str(f) for f in p.glob("*.onnx")) if p.is_dir() else [model]
     return tuple(dict.fromkeys(found))
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def ingest_model(
@@ -170,6 +180,8 @@ def ingest_model(
     costs = build_cost_graph(graph, scenario)
     store.ensure_schema()
     names = {t.signature: t.name for t in find_blocks(graph).types}
+    from toolkit.onnx_reader import file_sha256
+
     status = store.ingest(graph, costs, file_sha256(path), str(path), graph.opset, names)
     if status == "unchanged" and put_costs:
         store.set_costs(costs)

@@ -431,7 +431,8 @@ def split(model: str, name: str | None, exporter: str, dims: dict[str, int],
                                  pin_server)
     halves = api.split_halves(model, result, out_dir, exporter, check=not no_check)
     data = {
-        "device": str(halves.device_path), "server": str(halves.server_path),
+        "device": str(halves.device_path),
+        "server": str(halves.server_path) if halves.server_path else None,
         "cut_tensors": halves.cut_tensors, "max_abs_error": halves.max_abs_error,
         "max_rel_error": halves.max_rel_error,
         "delay_ms": result.delay.total,
@@ -440,10 +441,14 @@ def split(model: str, name: str | None, exporter: str, dims: dict[str, int],
         emit_json(data)
         return
     click.echo(f"device half: {halves.device_path}")
-    crossing = ", ".join(halves.cut_tensors) or "none: every layer runs on the device"
-    click.echo(f"server half: {halves.server_path} (inputs: {crossing})")
+    if halves.server_path is None:
+        click.echo("no server half: every layer runs on the device, nothing crosses")
+    else:
+        click.echo(f"server half: {halves.server_path} (inputs: {', '.join(halves.cut_tensors)})")
     if halves.max_abs_error is not None:
-        click.echo(f"device then server reproduces the whole model: max abs error "
+        what = ("device then server reproduces" if halves.server_path
+                else "the device half reproduces")
+        click.echo(f"{what} the whole model: max abs error "
                    f"{halves.max_abs_error:.3g} (relative {halves.max_rel_error:.3g})")
 
 

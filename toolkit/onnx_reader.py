@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import hashlib
 import heapq
+import json
 import logging
 import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -71,7 +73,20 @@ def read_onnx(
 ) -> LayerGraph:
     """Read an ONNX file into a validated LayerGraph named `name` (default: the file stem)."""
     p = Path(path)
-    return read_model(load_model(p), name or p.stem, base_dir=p.parent, dims=dims)
+    graph = read_model(load_model(p), name or p.stem, base_dir=p.parent, dims=dims)
+    digest = hashlib.sha256(file_sha256(p).encode())
+    digest.update(json.dumps(sorted((dims or {}).items())).encode())
+    graph.sha256 = digest.hexdigest()
+    return graph
+
+
+def file_sha256(path: Path) -> str:
+    """The sha256 of a file's bytes, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def read_model(

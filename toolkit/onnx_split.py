@@ -2,7 +2,8 @@
 
 `device.onnx` reads the raw inputs and returns the crossing tensors (plus any model output made
 on the device); `server.onnx` reads the crossing tensors, under their own names, and returns
-the rest of the outputs. Folded constants go to whichever half needs them, both if both do;
+the rest of the outputs. Only halves that hold layers are written: when every layer runs on the
+device there is no server half. Folded constants go to whichever half needs them, both if both do;
 constants computed from an activation's static shape (Shape, Size, CastLike) are written out
 as plain constants so neither half depends on the other's activations.
 """
@@ -26,7 +27,7 @@ _SIZE_LIMIT = 1_800_000_000  # protobuf's 2 GiB cap, with room to spare
 @dataclass(frozen=True)
 class SplitResult:
     device_path: Path
-    server_path: Path
+    server_path: Path | None  # None: every layer runs on the device, no server half
     cut_tensors: list[str]
     max_abs_error: float | None
     max_rel_error: float | None  # relative to the largest magnitude of that output
@@ -64,8 +65,8 @@ def split_model(
     server_model = _half(model, roles, server, cut,
                          [o for o in outputs if o not in produced_on_device])
     result = SplitResult(
-        _save(device_model, out / "device.onnx"), _save(server_model, out / "server.onnx"),
-        cut, None, None,
+        _save(device_model, out / "device.onnx"),
+        _save(server_model, out / "server.onnx") if server else None, cut, None, None,
     )
     if check:
         abs_err, rel_err = verify(model, device_model, server_model)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 from rich.console import Group, RenderableType
@@ -90,8 +91,19 @@ def partition_report(result: Partition, graph: LayerGraph) -> Group:
     lines.append(
         f"training delay per iteration: [bold]{d['total']:.2f} ms[/bold] = device "
         f"{d['device_compute']:.2f} + server {d['server_compute']:.2f} + crossing "
-        f"{d['crossing']:.2f}"
+        f"{d['crossing']:.2f} + latency {d['latency']:.2f} + labels {d['labels']:.2f}"
     )
+    lines.append(
+        f"(device and server compute include the {sc.get('optimizer', 'sgd')} optimizer step; "
+        "latency is paid once each way per iteration when anything crosses; the server "
+        "computes the loss, so labels "
+        f"({sc.get('label_bytes', 8):g} bytes per sample) go up when it holds a model output)")
+    pins = Counter(g.pin_reasons[i] for i in range(len(g)) if g.pinned[i])
+    if pins:
+        lines.append("kept on the device: " + "; ".join(
+            f"{n} {'layer' if n == 1 else 'layers'} {reason}" for reason, n in pins.items()))
+    for note in graph.notes:
+        lines.append(f"note: {note}")
     base = Table("baseline", "delay ms", "optimum saves", title="baselines (same cost model)")
     for key, value in data["baselines_ms"].items():
         gain = (1 - d["total"] / value) * 100 if value > 0 else 0.0
