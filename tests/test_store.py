@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import functools
+import json
 import os
 
+import numpy as np
+import onnx
 import pytest
+from onnx import helper
 
-from tests.helpers import chain, run_main, save
+from tests.helpers import chain, model, run_main, save, vi, weight
+from tests.oracles import brute_force_monotone, total
 from toolkit import api, zoo
 from toolkit.blocks import find_blocks
+from toolkit.costgraph import CostGraph, CostTensor
 from toolkit.costs import BUILTIN_SCENARIOS
+from toolkit.measure import MeasuredProfile, layers_sha
+from toolkit.partition import solve
 from toolkit.store import Connection, Store, StoreError
 
 PASSWORD = os.environ.get("NEO4J_PASSWORD", "splitcut-dev")
@@ -148,3 +157,104 @@ def test_cypher_chain_sums_equal_the_python_chain_and_general_agrees(store, zoo_
                                            method="general")
     assert blockwise.delay.total == pytest.approx(general.delay.total, rel=1e-9)
     assert blockwise.vertices < general.vertices
+
+
+def split_blocks(repeats: int = 4) -> onnx.ModelProto:
+    """A stem and `repeats` identical blocks: Split into two halves, Relu and Sigmoid, Concat.
+    The Split's two outputs go to different layers, so swapping their costs between instances
+    changes the inner cut while keeping every sum."""
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h0"], name="stem")]
+    for r in range(repeats):
+        h, a, b = f"h{r}", f"a{r}", f"b{r}"
+        nodes += [
+            helper.make_node("Split", [h, "halves"], [f"s{r}0", f"s{r}1"], name=f"split{r}",
+                             axis=1),
+            helper.make_node("Relu", [f"s{r}0"], [a], name=f"relu{r}"),
+            helper.make_node("Sigmoid", [f"s{r}1"], [b], name=f"sigmoid{r}"),
+            helper.make_node("Concat", [a, b], [f"h{r + 1}"], name=f"concat{r}", axis=1),
+        ]
+    halves = onnx.numpy_helper.from_array(np.array([8, 8], dtype=np.int64), "halves")
+    return model(nodes, [vi("x", [1, 16])], [vi(f"h{repeats}", [1, 16])],
+                 [weight("w", 16, 16), halves])
+
+
+def permuted(costs: CostGraph, rng: np.random.Generator, block: int = 4) -> CostGraph:
+    """Adversarial costs: every instance carries instance 0's costs, some with two layers'
+    delays or the Split's two output tensors swapped; ties and zeros throughout."""
+    def value() -> float:
+        return float(rng.choice((0.0, 1.0, 2.0, 3.0, rng.uniform(0, 5))))
+
+    n = len(costs)
+    device, server = [value() for _ in range(n)], [value() for _ in range(n)]
+    crossing = {t.name: value() for t in costs.tensors}
+    index = {name: i for i, name in enumerate(costs.names)}
+    for r in range(1, (n - 1) // block):
+        for j in range(block):
+            device[1 + r * block + j] = device[1 + j]
+            server[1 + r * block + j] = server[1 + j]
+        crossing.update({f"s{r}0": crossing["s00"], f"s{r}1": crossing["s01"],
+                         f"a{r}": crossing["a0"], f"b{r}": crossing["b0"]})
+        if rng.random() < 0.5:
+            crossing[f"s{r}0"], crossing[f"s{r}1"] = crossing[f"s{r}1"], crossing[f"s{r}0"]
+        else:
+            i, k = index[f"relu{r}"], index[f"sigmoid{r}"]
+            device[i], device[k] = device[k], device[i]
+    return CostGraph(
+        costs.model, costs.names, costs.ops, device, server, costs.pinned,
+        [CostTensor(t.name, t.producer, t.consumers, t.bytes, crossing[t.name], t.is_float)
+         for t in costs.tensors],
+        scenario=costs.scenario, latency_ms=value(), labels_ms=value(), outputs=costs.outputs,
+    )
+
+
+def test_stored_blockwise_is_exact_when_instances_have_permuted_costs(store, tmp_path):
+    from toolkit.partition.blockwise import solve_chain
+    from toolkit.partition.messages import with_latency
+
+    path = save(split_blocks(), tmp_path / "splits.onnx")
+    graph, costs, _ = api.ingest_model(store, str(path), api.make_scenario(), "splits")
+    blocks = find_blocks(graph)
+    assert max(t.count for t in blocks.types) == 4
+    rng = np.random.default_rng(7)
+    for _ in range(25):
+        adversarial = permuted(costs, rng)
+        store.set_costs(adversarial)
+        chain = store.read_chain("splits")
+        cut = solve_chain(chain, functools.partial(store.solve_segment, "splits", chain))
+        cut = with_latency(adversarial, cut)
+        expected = brute_force_monotone(adversarial)
+        assert total(adversarial, set(cut.device)) == pytest.approx(expected, abs=1e-9)
+        assert cut.value == pytest.approx(expected, abs=1e-9)
+        embedded = solve(adversarial, "blockwise", blocks=blocks, with_baselines=False)
+        assert embedded.delay.total == pytest.approx(expected, abs=1e-9)
+
+
+def test_neo4j_with_a_measured_profile_permuted_between_instances(store, tmp_path, capsys,
+                                                                   monkeypatch):
+    """Measured per-layer times differ between identical blocks (relu and sigmoid swap):
+    the stored block-wise cut equals the embedded general cut."""
+    monkeypatch.setenv("NEO4J_PASSWORD", PASSWORD)
+    path = save(split_blocks(), tmp_path / "measured.onnx")
+    graph = api.load_graph(str(path), "measured")
+    rng = np.random.default_rng(3)
+    times = {layer.name: float(rng.uniform(0.1, 2.0)) for layer in graph}
+    for r in range(1, 4):
+        for name in ("split", "relu", "sigmoid", "concat"):
+            times[f"{name}{r}"] = times[f"{name}0"]
+        if r % 2:
+            times[f"relu{r}"], times[f"sigmoid{r}"] = times[f"sigmoid{r}"], times[f"relu{r}"]
+    profile = MeasuredProfile("measured", "jetson-nano", 1, "test", layers_sha(graph), times, {})
+    profile_path = tmp_path / "nano.json"
+    profile_path.write_text(json.dumps(profile.to_dict()))
+    for rate in ("1Mbps", "20Mbps", "400Mbps"):
+        args = ["--uplink", rate, "--downlink", rate, "--latency", "1ms", "--measured",
+                str(profile_path), "--batch", "64"]
+        code, out, _ = run_main(["partition", str(path), "--name", "measured", "--neo4j",
+                                 "--json", *args], capsys, monkeypatch)
+        assert code == 0, capsys.readouterr().err
+        stored = json.loads(out)
+        code, out, _ = run_main(["partition", str(path), "--name", "measured", "--method",
+                                 "general", "--json", *args], capsys, monkeypatch)
+        embedded = json.loads(out)
+        assert stored["delay_ms"]["total"] == pytest.approx(embedded["delay_ms"]["total"],
+                                                            rel=1e-9)
