@@ -8,9 +8,16 @@ import networkx as nx
 import numpy as np
 
 from toolkit.costgraph import CostGraph
-from toolkit.partition.stcut import infinity, min_cut
+from toolkit.partition.stcut import min_cut
 
 _SCALE = 1e6  # integer solvers: microsecond-of-a-millisecond resolution
+
+
+def infinity(graph: CostGraph, layers: range, tensors: range) -> float:
+    """A capacity no finite cut reaches: twice every finite capacity, plus one (as stcut)."""
+    idx = list(layers)
+    finite = graph.device_arr[idx].sum() + graph.server_arr[idx].sum()
+    return 2.0 * float(finite + graph.tensor_crossing[list(tensors)].sum()) + 1.0
 
 
 def arcs(graph: CostGraph) -> tuple[int, list[tuple[int, int, float]]]:
@@ -84,14 +91,8 @@ SOLVERS: dict[str, Callable[[CostGraph], float]] = {
 }
 
 
-def dads_networkx(graph: CostGraph) -> float:
-    """DADS-style partition as published: networkx min cut without monotone edges."""
-    _, edges = arcs(graph)
-    g = nx.DiGraph()
-    inf = infinity(graph, range(len(graph)), range(len(graph.tensors)))
-    for u, v, c in edges:
-        if c >= inf and v < len(graph) and u < len(graph):
-            continue  # the reverse (monotone) edges are DADS's omission
-        g.add_edge(u, v, capacity=c)
-    value, _ = nx.minimum_cut(g, len(graph), len(graph) + 1)
-    return float(value)
+def dads_pymaxflow(graph: CostGraph) -> float:
+    """The DADS construction (min cut without the monotone edges) on the same C++ solver and
+    the same vectorised graph building as the general cut, so the comparison is like for
+    like."""
+    return min_cut(graph, monotone=False).value
