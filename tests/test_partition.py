@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -93,3 +95,37 @@ def test_contradictory_pins_are_a_one_line_error(tmp_path, capsys, monkeypatch):
     code, _, err = run_main(args, capsys, monkeypatch)
     assert code == 2
     assert "no valid partition" in err
+
+
+def test_pin_takes_module_paths_and_says_when_a_name_is_ambiguous(zoo_path, capsys, monkeypatch):
+    path = str(zoo_path("resnet18"))
+    graph = api.load_graph(path, "resnet18")
+    inside = [x.name for x in graph if x.module and x.module.startswith("layer2.")]
+    result = api.partition_model(graph, api.make_scenario(link="wifi5"), pin_device=["layer2"])
+    on_device = {result.graph.names[i] for i in result.device}
+    assert inside and set(inside) <= on_device
+    assert "user (--pin)" in result.graph.pin_reasons
+    first = next(iter(graph)).name
+    assert api.layer_indices(graph, [f"layer:{first}"], "--pin") == [0]
+    with pytest.raises(PartitionError, match="no module named"):
+        api.layer_indices(graph, ["module:nope"], "--pin")
+
+
+def test_symbolic_sequence_needs_a_value(tmp_path, capsys, monkeypatch):
+    from onnx import TensorProto, helper
+
+    from tests.helpers import weight
+    node = helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")
+    g = helper.make_graph([node], "g", [helper.make_tensor_value_info(
+        "x", TensorProto.FLOAT, ["batch", "seq", 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [weight("w", 8, 8)])
+    path = save(helper.make_model(g), tmp_path / "seq.onnx")
+    code, _, err = run_main(["inspect", str(path)], capsys, monkeypatch)
+    assert code == 2 and "'seq'" in err and "--dim seq=" in err
+    assert len(err.strip().splitlines()) == 1
+    code, out, _ = run_main(["inspect", str(path), "--dim", "seq=128", "--json"], capsys,
+                            monkeypatch)
+    assert code == 0
+    data = json.loads(out)
+    assert data["totals"]["macs"] == 128 * 8 * 8
+    assert any("batch" in note for note in data["notes"])
