@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import onnx
 import pytest
 
@@ -52,3 +53,44 @@ def test_device_only_split_writes_no_empty_server_half(tmp_path, capsys, monkeyp
     code, out, _ = run_main(["split", str(path), "--uplink", "1kbps", "--downlink", "1kbps",
                              "-o", str(tmp_path / "out2")], capsys, monkeypatch)
     assert "no server half" in out and "device then server" not in out
+
+
+@pytest.mark.zoo
+def test_dynamic_batch_and_sequence_stay_dynamic_in_the_halves(tmp_path, capsys, monkeypatch):
+    """A model exported with a dynamic batch and sequence that reshapes by its input's shape:
+    the halves run at other batch sizes and sequence lengths and agree with the whole."""
+    import onnxruntime as ort
+    import torch
+    from torch import nn
+
+    class Heads(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Linear(8, 8), nn.Linear(8, 8)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = self.a(x).relu()
+            h = h.reshape(x.shape[0], x.shape[1], 2, 4).transpose(2, 3)
+            return self.b(h.reshape(x.shape[0], x.shape[1], 8))
+
+    path = tmp_path / "heads.onnx"
+    torch.onnx.export(Heads().eval(), (torch.randn(2, 5, 8),), str(path), dynamo=False,
+                      input_names=["x"], output_names=["y"],
+                      dynamic_axes={"x": {0: "batch", 1: "seq"}, "y": {0: "batch", 1: "seq"}})
+    code, out, err = run_main(["split", str(path), "--dim", "seq=16", "--pin", "a",
+                               "--pin-server", "b", "--latency", "0ms", "-o",
+                               str(tmp_path / "out"), "--json"], capsys, monkeypatch)
+    assert code == 0, err
+    data = json.loads(out)
+    assert data["server"] and data["max_abs_error"] < 1e-4
+
+    x = np.random.default_rng(0).standard_normal((4, 32, 8)).astype(np.float32)
+    whole = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    device = ort.InferenceSession(str(tmp_path / "out" / "device.onnx"),
+                                  providers=["CPUExecutionProvider"])
+    sent = dict(zip([o.name for o in device.get_outputs()], device.run(None, {"x": x}),
+                    strict=True))
+    server = ort.InferenceSession(str(tmp_path / "out" / "server.onnx"),
+                                  providers=["CPUExecutionProvider"])
+    got = server.run(None, {i.name: sent[i.name] for i in server.get_inputs()})
+    assert np.allclose(got[0], whole[0], atol=1e-5)

@@ -39,14 +39,15 @@ def load_graph(
 
 
 def split_halves(
-    model: str, result: Partition, out_dir: str, exporter: str = "torchscript", check: bool = True
+    model: str, result: Partition, out_dir: str, exporter: str = "torchscript", check: bool = True,
+    dims: dict[str, int] | None = None,
 ) -> SplitResult:
     """Write the partition's device.onnx and server.onnx and check them against the whole."""
     from toolkit.onnx_split import split_model
 
     path, _ = zoo.resolve(model, exporter)
     device = [result.graph.names[i] for i in result.device]
-    return split_model(path, device, out_dir, check)
+    return split_model(path, device, out_dir, check, dims)
 
 
 def make_scenario(

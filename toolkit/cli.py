@@ -429,7 +429,8 @@ def split(model: str, name: str | None, exporter: str, dims: dict[str, int],
     scenario = build_scenario(kw)
     result = api.partition_model(load_graph(model, name, exporter, dims), scenario, method, pin,
                                  pin_server)
-    halves = api.split_halves(model, result, out_dir, exporter, check=not no_check)
+    halves = api.split_halves(model, result, out_dir, exporter, check=not no_check,
+                              dims=dims)
     data = {
         "device": str(halves.device_path),
         "server": str(halves.server_path) if halves.server_path else None,

@@ -201,9 +201,13 @@ class NodeRoles:
     elem_types: dict[str, int]
 
 
-def node_roles(model: ModelProto, base_dir: Path | None = None) -> NodeRoles:
-    """Layer names, topological order and folded-constant nodes of `model`."""
-    reader = _prepared(model, "model", base_dir)
+def node_roles(
+    model: ModelProto, base_dir: Path | None = None, dims: Mapping[str, int] | None = None
+) -> NodeRoles:
+    """Layer names, topological order and folded-constant nodes of `model`, as `read_model`
+    with the same `dims` sees them."""
+    with _input_dims(model, "model", dims or {}):
+        reader = _prepared(model, "model", base_dir)
     order = reader._node_order()
     constant, _ = reader._fold_constants(order)
     return NodeRoles(

@@ -3,16 +3,23 @@
 `device.onnx` reads the raw inputs and returns the crossing tensors (plus any model output made
 on the device); `server.onnx` reads the crossing tensors, under their own names, and returns
 the rest of the outputs. Only halves that hold layers are written: when every layer runs on the
-device there is no server half. Folded constants go to whichever half needs them, both if both do;
-constants computed from an activation's static shape (Shape, Size, CastLike) are written out
-as plain constants so neither half depends on the other's activations.
+device there is no server half.
+
+Dynamic dimensions stay dynamic: a half's raw inputs and model outputs keep the file's own
+declarations, crossing tensors of a model with symbolic input dimensions are declared by type
+alone, and a Shape/Size node whose input lives in the half stays a node; where its input lives
+only in the other half, the shape is made a constant when static and otherwise sent across
+with the crossing tensors (a few int64 values: dimensions, which the activations reveal
+anyway). The check runs the halves at two batch sizes when the batch is symbolic. Folded
+constants go to whichever half needs them, both if both do.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -34,13 +41,15 @@ class SplitResult:
 
 
 def split_model(
-    path: str | Path, device_layers: Collection[str], out_dir: str | Path, check: bool = True
+    path: str | Path, device_layers: Collection[str], out_dir: str | Path, check: bool = True,
+    dims: Mapping[str, int] | None = None,
 ) -> SplitResult:
-    """Write device.onnx and server.onnx for `device_layers`; optionally verify them."""
+    """Write device.onnx and server.onnx for `device_layers`; optionally verify them (`dims`:
+    values for symbolic dimensions other than the batch during the check)."""
     src = Path(path)
     model = load_model(src)
     onnx.load_external_data_for_model(model, str(src.parent))
-    roles = node_roles(model, src.parent)
+    roles = node_roles(model, src.parent, dims)
     known = set(roles.names)
     missing = [n for n in device_layers if n not in known]
     if missing:
@@ -60,29 +69,46 @@ def split_model(
     outputs = [o.name for o in model.graph.output]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    declared = _declarations(model)
+    server_outputs = [o for o in outputs if o not in produced_on_device]
+    cut += _closure(model, roles, server, cut, server_outputs, declared.dynamic).borrowed
     device_model = _half(model, roles, device, raw_inputs,
-                         cut + [o for o in outputs if o in produced_on_device and o not in cut])
-    server_model = _half(model, roles, server, cut,
-                         [o for o in outputs if o not in produced_on_device])
+                         cut + [o for o in outputs if o in produced_on_device and o not in cut],
+                         declared)
+    server_model = _half(model, roles, server, cut, server_outputs, declared)
     result = SplitResult(
         _save(device_model, out / "device.onnx"),
         _save(server_model, out / "server.onnx") if server else None, cut, None, None,
     )
     if check:
-        abs_err, rel_err = verify(model, device_model, server_model)
+        abs_err, rel_err = verify(model, device_model, server_model, dims or {})
         result = SplitResult(result.device_path, result.server_path, cut, abs_err, rel_err)
     return result
 
 
-def _half(
-    model: ModelProto, roles: NodeRoles, layers: list[int], inputs: list[str], outputs: list[str]
-) -> ModelProto:
-    """One half: its layer nodes, the constants they need, and the initializers behind them."""
+@dataclass(frozen=True)
+class _Closure:
+    """The nodes a half runs beyond its layers, and what it must receive to run them."""
+
+    wanted: set[int]  # layer nodes plus the constant nodes they need
+    live: set[int]  # Shape/Size nodes kept as nodes: their input lives in this half
+    initializers: set[str]
+    borrowed: list[str]  # shapes of tensors this half lacks and that are not static
+
+
+def _closure(
+    model: ModelProto, roles: NodeRoles, layers: list[int], inputs: list[str],
+    outputs: list[str], dynamic: bool,
+) -> _Closure:
     g = model.graph
     producer = {o: i for i, node in enumerate(g.node) for o in node.output if o}
-    initializers = {t.name: t for t in g.initializer}
+    initializers = {t.name for t in g.initializer}
+    available = set(inputs) | {o for i in layers for o in g.node[i].output if o}
     wanted = set(layers)
+    live: set[int] = set()
+    borrowed: list[str] = []
     stack = [name for i in layers for name in roles.deps[i]]
+    stack += [o for o in outputs if o not in available]
     used_inits: set[str] = set()
     while stack:
         name = stack.pop()
@@ -90,19 +116,39 @@ def _half(
             used_inits.add(name)
             continue
         i = producer.get(name)
-        if i is None or i in wanted or i not in roles.constant:
+        if i is None or i in wanted or i not in roles.constant or name in borrowed \
+                or name in available:
+            continue
+        node = g.node[i]
+        if node.op_type in ("Shape", "Size") and node.input[0] not in available \
+                and (dynamic or node.input[0] not in roles.shapes):
+            borrowed.append(name)  # a dynamic shape only the other half can read
             continue
         wanted.add(i)
-        if g.node[i].op_type not in ("Shape", "Size", "CastLike"):
+        if node.op_type in ("Shape", "Size") and node.input[0] in available:
+            live.add(i)
+        elif node.op_type not in ("Shape", "Size", "CastLike"):
             stack.extend(roles.deps[i])
-        elif g.node[i].op_type == "CastLike":
-            stack.append(g.node[i].input[0])
-    nodes = [_materialise(g.node[i], roles) for i in roles.order if i in wanted]
+        elif node.op_type == "CastLike":
+            stack.append(node.input[0])
+    return _Closure(wanted, live, used_inits, borrowed)
+
+
+def _half(
+    model: ModelProto, roles: NodeRoles, layers: list[int], inputs: list[str],
+    outputs: list[str], declared: _Declared,
+) -> ModelProto:
+    """One half: its layer nodes, the constants they need, and the initializers behind them."""
+    g = model.graph
+    initializers = {t.name: t for t in g.initializer}
+    closure = _closure(model, roles, layers, inputs, outputs, declared.dynamic)
+    nodes = [g.node[i] if i in closure.live else _materialise(g.node[i], roles)
+             for i in roles.order if i in closure.wanted]
     graph = helper.make_graph(
         nodes, g.name or "half",
-        [_value_info(n, roles) for n in inputs],
-        [_value_info(n, roles) for n in outputs],
-        [initializers[n] for n in sorted(used_inits)],
+        [declared.value_info(n, roles) for n in [*inputs, *closure.borrowed]],
+        [declared.value_info(n, roles) for n in outputs],
+        [initializers[n] for n in sorted(closure.initializers)],
     )
     half = helper.make_model(graph, opset_imports=list(model.opset_import))
     half.ir_version = model.ir_version
@@ -128,10 +174,29 @@ def _materialise(node: NodeProto, roles: NodeRoles) -> NodeProto:
                             value=onnx.numpy_helper.from_array(value))
 
 
-def _value_info(name: str, roles: NodeRoles) -> onnx.ValueInfoProto:
-    return helper.make_tensor_value_info(
-        name, roles.elem_types.get(name, TensorProto.FLOAT), roles.shapes.get(name)
-    )
+@dataclass(frozen=True)
+class _Declared:
+    """What the file declares: its inputs' and outputs' value infos, and whether any raw
+    input has a symbolic dimension (then crossing tensors are declared by type alone)."""
+
+    infos: dict[str, onnx.ValueInfoProto]
+    dynamic: bool
+
+    def value_info(self, name: str, roles: NodeRoles) -> onnx.ValueInfoProto:
+        if name in self.infos:
+            return self.infos[name]
+        shape = None if self.dynamic else roles.shapes.get(name)
+        return helper.make_tensor_value_info(
+            name, roles.elem_types.get(name, TensorProto.FLOAT), shape)
+
+
+def _declarations(model: ModelProto) -> _Declared:
+    g = model.graph
+    initializers = {t.name for t in g.initializer}
+    raw = [vi for vi in g.input if vi.name not in initializers]
+    dynamic = any(not d.HasField("dim_value") for vi in raw
+                  for d in vi.type.tensor_type.shape.dim)
+    return _Declared({vi.name: vi for vi in [*raw, *g.output]}, dynamic)
 
 
 def _save(model: ModelProto, path: Path) -> Path:
@@ -141,10 +206,23 @@ def _save(model: ModelProto, path: Path) -> Path:
     return path
 
 
+_NUMPY_TYPES = {
+    "tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16,
+    "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(int16)": np.int16,
+    "tensor(int8)": np.int8, "tensor(uint8)": np.uint8, "tensor(uint16)": np.uint16,
+    "tensor(uint32)": np.uint32, "tensor(uint64)": np.uint64, "tensor(bool)": np.bool_,
+}
+
+
 def verify(
-    full: ModelProto, device: ModelProto, server: ModelProto, seed: int = 0
+    full: ModelProto, device: ModelProto, server: ModelProto,
+    dims: Mapping[str, int] | None = None, seed: int = 0,
 ) -> tuple[float, float]:
-    """Run whole and halves on the same random inputs: largest absolute and relative difference."""
+    """Run whole and halves on the same random inputs: largest absolute and relative difference.
+
+    Each input gets values of its declared type (floats normal, integers 1 or 2, so ids index
+    and divisors are not zero); a symbolic batch dimension is tried at two sizes (1 and 3),
+    other symbolic dimensions take their `dims` value (else 1)."""
     import onnxruntime as ort
 
     ort.set_default_logger_severity(3)
@@ -161,19 +239,42 @@ def verify(
     except Exception as exc:
         reason = str(exc).strip().splitlines()[0][:300]
         raise ToolkitError(f"onnxruntime cannot run this model to check halves: {reason}") from exc
-    rng = np.random.default_rng(seed)
-    feeds = {}
-    for inp in whole.get_inputs():
-        shape = [d if isinstance(d, int) else 1 for d in inp.shape]
-        if "float" in inp.type:
-            dtype = np.float16 if "float16" in inp.type else np.float32
+    symbolic_batch = any(inp.shape and not isinstance(inp.shape[0], int)
+                         for inp in whole.get_inputs())
+    worst_abs = worst_rel = 0.0
+    for k, batch in enumerate((1, 3) if symbolic_batch else (1,)):
+        feeds = _feeds(whole, batch, dims or {}, np.random.default_rng(seed + k))
+        try:
+            a, r = _compare(whole, dev, srv, feeds)
+        except Exception as exc:
+            reason = str(exc).strip().splitlines()[0][:300]
+            raise ToolkitError(f"the halves do not run at batch {batch}: {reason}") from exc
+        worst_abs, worst_rel = max(worst_abs, a), max(worst_rel, r)
+    return worst_abs, worst_rel
+
+
+def _feeds(session: Any, batch: int, dims: Mapping[str, int],
+           rng: np.random.Generator) -> dict[str, np.ndarray]:
+    feeds: dict[str, np.ndarray] = {}
+    for inp in session.get_inputs():
+        shape = [d if isinstance(d, int) else (batch if axis == 0 else dims.get(str(d), 1))
+                 for axis, d in enumerate(inp.shape)]
+        dtype = _NUMPY_TYPES.get(inp.type, np.float32)
+        if np.issubdtype(dtype, np.floating):
             feeds[inp.name] = rng.standard_normal(shape).astype(dtype)
+        elif dtype is np.bool_:
+            feeds[inp.name] = rng.random(shape) < 0.5
         else:
-            feeds[inp.name] = np.zeros(shape, dtype=np.int64 if "int64" in inp.type else np.int32)
+            feeds[inp.name] = rng.integers(1, 3, size=shape).astype(dtype)
+    return feeds
+
+
+def _compare(whole: Any, dev: Any, srv: Any, feeds: dict[str, np.ndarray]
+             ) -> tuple[float, float]:
     expected = dict(zip([o.name for o in whole.get_outputs()], whole.run(None, feeds), strict=True))
     dev_feeds = {i.name: feeds[i.name] for i in dev.get_inputs()}
     got = dict(zip([o.name for o in dev.get_outputs()], dev.run(None, dev_feeds), strict=True))
-    if srv is not None:  # an empty server half: the optimum trains on the device alone
+    if srv is not None:
         srv_feeds = {i.name: got[i.name] for i in srv.get_inputs()}
         got.update(zip([o.name for o in srv.get_outputs()], srv.run(None, srv_feeds), strict=True))
     worst_abs = worst_rel = 0.0
