@@ -85,7 +85,7 @@ def test_unknown_pin_is_a_one_line_error(tmp_path, capsys, monkeypatch):
     path = save(chain(3), tmp_path / "c.onnx")
     code, _, err = run_main(["partition", str(path), "--pin", "nope"], capsys, monkeypatch)
     assert code == 2
-    assert "no layer named 'nope'" in err
+    assert "no layer or module named 'nope'" in err
     assert len(err.strip().splitlines()) == 1
 
 

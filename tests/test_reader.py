@@ -260,3 +260,28 @@ def test_an_operator_fed_shapes_it_cannot_take_is_a_model_error(tmp_path):
                   hidden_size=8)
     with pytest.raises(ModelError, match="LSTM cannot take inputs of shapes"):
         read_onnx(save(m, tmp_path / "lstm.onnx"))
+
+
+def test_a_computation_on_trainable_weights_is_a_layer_not_a_constant():
+    """Weight normalisation (w = g * v / ||v||) runs at every step and trains v and g: the
+    norm, division and scaling are layers and v's parameters are all counted (folding them
+    away left the convolution with only g's)."""
+    v, g = weight("v", 16, 8, 3, 3), weight("g", 16, 1, 1, 1, seed=1)
+    nodes = [
+        helper.make_node("ReduceL2", ["v"], ["norm"], name="norm", axes=[1, 2, 3], keepdims=1),
+        helper.make_node("Div", ["v", "norm"], ["unit"], name="unit"),
+        helper.make_node("Mul", ["g", "unit"], ["w"], name="scale"),
+        helper.make_node("Conv", ["x", "w"], ["y"], name="conv", pads=[1, 1, 1, 1]),
+    ]
+    m = model(nodes, [vi("x", [1, 8, 10, 10])], [vi("y", [1, 16, 10, 10])], [v, g])
+    graph = read_model(m, "weightnorm")
+    assert [layer.name for layer in graph] == ["norm", "unit", "scale", "conv"]
+    assert graph.layers["norm"].params == 16 * 8 * 9
+    assert graph.layers["scale"].params >= 16
+    assert graph.layers["conv"].params == 0 and graph.layers["conv"].macs == 16 * 8 * 9 * 100
+    assert graph.layers["conv"].reads_input
+    transposed = model([helper.make_node("Transpose", ["w2"], ["wt"], name="t", perm=[1, 0]),
+                        helper.make_node("MatMul", ["x", "wt"], ["y"], name="mm")],
+                       [vi("x", [1, 4])], [vi("y", [1, 4])], [weight("w2", 4, 4)])
+    views = read_model(transposed, "view")
+    assert [layer.name for layer in views] == ["mm"] and views.layers["mm"].params == 16

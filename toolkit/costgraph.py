@@ -13,6 +13,7 @@ delays (bytes terms only) and the per-iteration message terms. It is what `split
 from __future__ import annotations
 
 import functools
+import itertools
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -76,9 +77,9 @@ class CostGraph:
     @functools.cached_property
     def _pairs(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(tensor, consumer) pairs flattened, and where each tensor's pairs start."""
-        counts = np.fromiter((len(t.consumers) for t in self.tensors), np.int64,
-                             len(self.tensors))
-        consumers = np.fromiter((c for t in self.tensors for c in t.consumers), np.int64,
+        lists = [t.consumers for t in self.tensors]
+        counts = np.fromiter(map(len, lists), np.int64, len(lists))
+        consumers = np.fromiter(itertools.chain.from_iterable(lists), np.int64,
                                 int(counts.sum()))
         starts = np.concatenate(([0], np.cumsum(counts)))
         return np.repeat(np.arange(len(self.tensors)), counts), consumers, starts
@@ -94,14 +95,16 @@ class CostGraph:
         return self._pairs[1]
 
     def pairs_of(self, tensors: Iterable[int]) -> tuple[np.ndarray, np.ndarray]:
-        """The (tensor, consumer) pairs of some tensors."""
-        _, consumers, starts = self._pairs
-        idx = np.asarray(list(tensors), dtype=np.int64)
-        if not idx.size:
-            return idx, idx
-        counts = starts[idx + 1] - starts[idx]
-        offsets = np.repeat(starts[idx] - np.concatenate(([0], np.cumsum(counts)[:-1])), counts)
-        return np.repeat(idx, counts), consumers[np.arange(int(counts.sum())) + offsets]
+        """The (tensor, consumer) pairs of a few tensors (no whole-graph arrays built)."""
+        pairs = [(j, c) for j in tensors for c in self.tensors[j].consumers]
+        found = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+        return found[:, 0], found[:, 1]
+
+    def crosses(self, device: Collection[int]) -> bool:
+        """Whether any tensor goes from `device` to a layer outside it (vectorised)."""
+        on = np.zeros(len(self), dtype=bool)
+        on[np.fromiter(device, np.int64, len(device))] = True
+        return bool((on[self.tensor_producer[self.tensor_of]] & ~on[self.consumer_of]).any())
 
     def tensors_of(self, layers: Iterable[int]) -> list[int]:
         """Indices of the tensors produced by `layers`, without scanning every tensor."""

@@ -651,7 +651,9 @@ class _Reader:
 
         Also fills `self.weights`: float initializers and views of them (Identity, Transpose,
         Cast, ...). Those are a layer's trainable parameters; other constants (masks built
-        from Constant nodes, shapes) are not.
+        from Constant nodes, shapes) are not. Only what is truly constant is folded: a node
+        that computes on trainable weights (a weight-normed convolution's norm, Swin V2's
+        position-bias MLP) runs at every training step and gets gradients, so it is a layer.
         """
         consts = set(self.initializers)
         self.weights = {n for n, t in self.initializers.items() if t.data_type in _FLOAT_TYPES}
@@ -664,7 +666,8 @@ class _Reader:
             static_shape = node.op_type in ("Shape", "Size") and self._static(node.input[0])
             if node.op_type in _TYPE_ONLY_INPUTS:  # CastLike reads only its target's dtype
                 names = [n for n in node.input[:1] if n]
-            if static_shape or all(n in consts for n in names):
+            trains = node.op_type not in _WEIGHT_VIEWS and any(n in self.weights for n in names)
+            if static_shape or (not trains and all(n in consts for n in names)):
                 constant.add(i)
                 consts.update(out for out in node.output if out)
                 if node.op_type in _WEIGHT_VIEWS and node.input and node.input[0] in self.weights:

@@ -202,12 +202,11 @@ def chain_of(graph: CostGraph, blocks: BlockStructure, server_set: set[int]) -> 
 
 
 def _same_rows(features: np.ndarray) -> np.ndarray:
-    """Group ids (0, 1, ...) of identical rows."""
-    keys = np.zeros(len(features), dtype=np.int64)
-    differ = np.flatnonzero(~(features == features[0]).all(axis=1))
-    if differ.size:  # usually only the first instance (another entry) or none
-        _, inverse = np.unique(features[differ], axis=0, return_inverse=True)
-        keys[differ] = inverse.reshape(-1) + 1
+    """Group ids (0, 1, ...) of identical rows: each row's bytes compared as one value."""
+    rows = np.ascontiguousarray(features + 0.0)  # + 0.0: -0.0 and 0.0 compare equal
+    as_bytes = rows.view(np.dtype((np.void, rows.dtype.itemsize * rows.shape[1]))).reshape(-1)
+    _, inverse = np.unique(as_bytes, return_inverse=True)
+    keys: np.ndarray = inverse.reshape(-1).astype(np.int64)
     return keys
 
 
@@ -231,8 +230,8 @@ class TensorLayout:
 def tensor_layouts(graph: CostGraph, blocks: BlockStructure) -> dict[int, TensorLayout | None]:
     """Per block type, its tensor layout (None when instances do not line up). Structural, so
     computed once per model and tensor structure and kept with the block structure."""
-    fingerprint = hashlib.sha1(graph.tensor_producer.tobytes() + graph.consumer_of.tobytes()
-                               + graph.tensor_of.tobytes()).hexdigest()
+    fingerprint = hashlib.sha1(graph.tensor_producer.tobytes()
+                               + "\n".join(graph.names).encode()).hexdigest()
     found = blocks.layouts.get(fingerprint)
     if found is None:
         found = {t: _layout(graph, rows) for t, rows in blocks.arrays.instances.items()}

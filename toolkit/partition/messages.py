@@ -22,7 +22,7 @@ import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from toolkit.costgraph import CostGraph, crossing_tensors
+from toolkit.costgraph import CostGraph
 from toolkit.partition.stcut import CutResult
 
 
@@ -30,7 +30,7 @@ def with_latency(
     graph: CostGraph, cut: CutResult, server_pinned: Collection[int] = ()
 ) -> CutResult:
     """The optimum of D given `cut`, an optimum of C (module docstring)."""
-    if not crossing_tensors(graph, set(cut.device)):
+    if not graph.crosses(cut.device):
         return cut
     crossing = CutResult(cut.device, cut.value + graph.latency_ms, cut.vertices, cut.edges)
     if graph.latency_ms <= 0:
