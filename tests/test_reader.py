@@ -285,3 +285,21 @@ def test_a_computation_on_trainable_weights_is_a_layer_not_a_constant():
                        [vi("x", [1, 4])], [vi("y", [1, 4])], [weight("w2", 4, 4)])
     views = read_model(transposed, "view")
     assert [layer.name for layer in views] == ["mm"] and views.layers["mm"].params == 16
+
+
+def test_buffers_marked_by_the_dynamo_exporter_are_not_trainable():
+    """torch.export marks each initializer PARAMETER, BUFFER or CONSTANT_TENSOR on its value
+    info; a float buffer (an attention mask) added to activations is not a parameter."""
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"], name="mm"),
+             helper.make_node("Add", ["h", "mask"], ["y"], name="add")]
+    m = model(nodes, [vi("x", [1, 4])], [vi("y", [1, 4])],
+              [weight("w", 4, 4), weight("mask", 1, 4, seed=2)])
+    graph = read_model(m, "plain")
+    assert graph.layers["add"].params == 4  # without the exporter's word: a float initializer
+    for name, kind in (("w", "PARAMETER"), ("mask", "BUFFER")):
+        info = helper.make_tensor_value_info(name, TensorProto.FLOAT, None)
+        entry = info.metadata_props.add()
+        entry.key, entry.value = "pkg.torch.export.graph_signature.InputSpec.kind", kind
+        m.graph.value_info.append(info)
+    marked = read_model(m, "marked")
+    assert marked.layers["add"].params == 0 and marked.layers["mm"].params == 16

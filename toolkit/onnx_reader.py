@@ -47,6 +47,7 @@ _BIG_WEIGHT_BYTES = 4096
 _PROBE_ELEMENTS = 1 << 26  # inputs larger than this (elements) are not worth a probe run
 _OP_CLASS_PREFIXES = ("aten.", "prims.", "<built-in", "torch.ops.")
 _NAME_SCOPES = "pkg.torch.onnx.name_scopes"
+_INPUT_KIND = "pkg.torch.export.graph_signature.InputSpec.kind"
 _CLASS_HIERARCHY = "pkg.torch.onnx.class_hierarchy"
 
 
@@ -547,6 +548,11 @@ class _Reader:
                                  f"dimension {tuple(t.dims)}")
             self.info[t.name] = _Info(tuple(int(d) for d in t.dims), t.data_type)
         self.raw_inputs = [i.name for i in g.input if i.name not in self.initializers]
+        self.buffers = {  # torch.export's own word on which initializers are not parameters
+            vi.name for vi in [*g.value_info, *g.input]
+            if any(e.key == _INPUT_KIND and e.value in ("BUFFER", "CONSTANT_TENSOR")
+                   for e in vi.metadata_props)
+        }
         self.names = layer_names(g)
         self.module_classes: dict[str, str] = {}
         self.opset = max(
@@ -651,12 +657,16 @@ class _Reader:
 
         Also fills `self.weights`: float initializers and views of them (Identity, Transpose,
         Cast, ...). Those are a layer's trainable parameters; other constants (masks built
-        from Constant nodes, shapes) are not. Only what is truly constant is folded: a node
+        from Constant nodes, shapes) are not, nor are the buffers and lifted constants that
+        the dynamo exporter marks as such (`pkg.torch.export.graph_signature.InputSpec.kind`
+        on the initializer's value info: an attention mask, running statistics). Only what is
+        truly constant is folded: a node
         that computes on trainable weights (a weight-normed convolution's norm, Swin V2's
         position-bias MLP) runs at every training step and gets gradients, so it is a layer.
         """
         consts = set(self.initializers)
-        self.weights = {n for n, t in self.initializers.items() if t.data_type in _FLOAT_TYPES}
+        self.weights = {n for n, t in self.initializers.items()
+                        if t.data_type in _FLOAT_TYPES and n not in self.buffers}
         constant: set[int] = set()
         for i in order:
             node = self.graph.node[i]
