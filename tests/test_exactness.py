@@ -19,7 +19,7 @@ from toolkit.errors import PartitionError
 from toolkit.graph import Layer, LayerGraph, Tensor
 from toolkit.partition import solve
 
-CASES = 1500
+CASES = 3000
 TIED = (0.0, 1.0, 1.0, 2.0, 3.0, 5.0)
 
 
