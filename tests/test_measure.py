@@ -10,7 +10,7 @@ import pytest
 from tests.helpers import chain, run_main, save
 from toolkit import api, profiles
 from toolkit.calibrate import estimates, fit, to_toml
-from toolkit.costs import build_cost_graph
+from toolkit.costs import build_cost_graph, step_ms
 from toolkit.measure import layers_sha, load_profile, measure, onnxruntime_forward
 from toolkit.onnx_reader import read_onnx
 
@@ -35,7 +35,9 @@ def test_measured_profile_replaces_the_roofline_on_its_processor(tmp_path):
     costs = build_cost_graph(graph, scenario)
     for i, layer in enumerate(graph):
         backward = 2.0 if layer.trainable else 1.0
-        assert costs.device_ms[i] == pytest.approx((1.0 + backward) * 8)
+        step = step_ms(layer, scenario.device, scenario.optimizer)  # not measured: roofline
+        assert (step > 0) == layer.trainable
+        assert costs.device_ms[i] == pytest.approx((1.0 + backward) * 8 + step)
     plain = build_cost_graph(graph, api.make_scenario(batch=8))
     assert costs.server_ms == plain.server_ms
 

@@ -10,7 +10,9 @@ from toolkit.onnx_reader import read_model
 
 
 def only_layer(m, name="t"):
-    graph = read_model(m, name)
+    """The single layer of an op-level model; its concrete shapes are per call, not per
+    sample (`batch=1`: no exported batch is divided out)."""
+    graph = read_model(m, name, dims={"batch": 1})
     assert len(graph) == 1
     return next(iter(graph))
 

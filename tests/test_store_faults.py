@@ -102,7 +102,8 @@ def test_server_killed_during_label_write_back_keeps_the_old_partition(second_se
     all_device = api.make_scenario(device="jetson-agx-orin", server="cpu-server", uplink="1Gbps")
     all_server = api.make_scenario(device="raspberry-pi-4", server="a100", uplink="1Gbps")
     old, new = (api.partition_model(graph, s) for s in (all_device, all_server))
-    assert len(old.device) == len(graph) and len(new.device) == 1  # every label changes
+    # almost every label changes (the stem's raw-data chain stays on the device)
+    assert len(old.device) == len(graph) and len(new.device) < len(graph) // 100
     with Store(connection) as store:
         store.ensure_schema()
         store.ingest(graph, old.graph, "sha", "synthetic", 0)
