@@ -181,9 +181,7 @@ def ingest_model(
     costs = build_cost_graph(graph, scenario)
     store.ensure_schema()
     names = {t.signature: t.name for t in find_blocks(graph).types}
-    from toolkit.onnx_reader import file_sha256
-
-    status = store.ingest(graph, costs, file_sha256(path), str(path), graph.opset, names)
+    status = store.ingest(graph, costs, graph.sha256, str(path), graph.opset, names)
     if status == "unchanged" and put_costs:
         store.set_costs(costs)
     return graph, costs, status

@@ -69,7 +69,7 @@ class LayerGraph:
     notes: tuple[str, ...] = ()
     module_classes: dict[str, str] = field(default_factory=dict)  # module path -> class
     opset: int = 0  # the default-domain opset of the source file (0: unknown)
-    sha256: str = ""  # digest of the source file and reader options ("": not from a file)
+    sha256: str = ""  # digest of the source file, reader version and options ("": not a file)
 
     @classmethod
     def build(

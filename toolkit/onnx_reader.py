@@ -46,6 +46,9 @@ _SUBGRAPH_OPS = frozenset({"If", "Loop", "Scan"})
 _BIG_WEIGHT_BYTES = 4096
 _PROBE_ELEMENTS = 1 << 26  # inputs larger than this (elements) are not worth a probe run
 _OP_CLASS_PREFIXES = ("aten.", "prims.", "<built-in", "torch.ops.")
+READER_VERSION = 2
+"""Bumped whenever the reader turns the same file into another layer graph: stored models and
+cached block structures keyed by `LayerGraph.sha256` are then read again."""
 _NAME_SCOPES = "pkg.torch.onnx.name_scopes"
 _INPUT_KIND = "pkg.torch.export.graph_signature.InputSpec.kind"
 _CLASS_HIERARCHY = "pkg.torch.onnx.class_hierarchy"
@@ -76,7 +79,7 @@ def read_onnx(
     p = Path(path)
     graph = read_model(load_model(p), name or p.stem, base_dir=p.parent, dims=dims)
     digest = hashlib.sha256(file_sha256(p).encode())
-    digest.update(json.dumps(sorted((dims or {}).items())).encode())
+    digest.update(json.dumps([READER_VERSION, sorted((dims or {}).items())]).encode())
     graph.sha256 = digest.hexdigest()
     return graph
 
