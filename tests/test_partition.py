@@ -129,3 +129,13 @@ def test_symbolic_sequence_needs_a_value(tmp_path, capsys, monkeypatch):
     data = json.loads(out)
     assert data["totals"]["macs"] == 128 * 8 * 8
     assert any("batch" in note for note in data["notes"])
+    four = helper.make_graph([node], "g", [helper.make_tensor_value_info(
+        "x", TensorProto.FLOAT, [4, 16, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [weight("w", 8, 8)])
+    path = save(helper.make_model(four), tmp_path / "four.onnx")
+    for command in ("graph", "partition"):
+        code, out, _ = run_main([command, str(path), "--json"], capsys, monkeypatch)
+        assert code == 0
+        assert any("exported with batch 4" in note for note in json.loads(out)["notes"])
+    code, out, _ = run_main(["inspect", str(path), "--json"], capsys, monkeypatch)
+    assert json.loads(out)["totals"]["macs"] == 16 * 8 * 8  # per sample: 4 divided out

@@ -51,6 +51,7 @@ class CostGraph:
     labels_ms: float = 0.0  # per iteration when a layer in `outputs` runs on the server
     outputs: list[int] = field(default_factory=list)  # layers producing a model output
     pin_reasons: list[str | None] = field(default_factory=list)  # why each pinned layer is
+    notes: list[str] = field(default_factory=list)  # how the model was read (exported batch, ...)
 
     def __post_init__(self) -> None:
         """Array views for the vectorised solvers, built once with the graph."""
@@ -136,6 +137,7 @@ class CostGraph:
             "scenario": self.scenario,
             "per_iteration_ms": {"latency": self.latency_ms, "labels": self.labels_ms},
             "outputs": [self.names[i] for i in self.outputs],
+            "notes": list(self.notes),
             "layers": [
                 {
                     "name": self.names[i], "op": self.ops[i],

@@ -322,4 +322,5 @@ def build_cost_graph(graph: LayerGraph, scenario: Scenario) -> CostGraph:
         labels_ms=labels_ms(scenario),
         outputs=outputs,
         pin_reasons=[reasons.get(layer.name) for layer in layers],
+        notes=list(graph.notes),
     )

@@ -55,6 +55,7 @@ class Partition:
                 "labels": self.delay.labels,
             },
             "baselines_ms": self.baselines_ms,
+            "notes": list(g.notes),
             "solver": {
                 "method": self.method, "vertices": self.vertices, "edges": self.edges,
                 "solve_ms": self.solve_ms, "blocks_ms": self.blocks_ms,
