@@ -14,7 +14,7 @@ from tests.workers import PASSWORD, ingest_all, partition_rounds
 from toolkit import api
 from toolkit.blocks import find_blocks
 from toolkit.costs import scenario_key
-from toolkit.store import Connection, Store
+from toolkit.store import Connection, Store, StoreError
 
 PROCESSES = 4
 
@@ -28,6 +28,10 @@ def store():
 
 def rows(store, query, **params):
     return store.driver.execute_query(query, params).records
+
+
+def count(store, query, **params):
+    return int(rows(store, query, **params)[0][0])
 
 
 def run_processes(target, args_per_process):
@@ -99,3 +103,39 @@ def test_concurrent_partitions_leave_labels_of_exactly_one_current_partition(sto
     assert current[0]["device"] == len(expected.device)
     distinct = {count for _, count in results}
     assert len(distinct) > 1  # the scenarios really do cut differently
+
+
+def test_a_reingest_between_ingest_and_solve_never_mixes_two_files(store, tmp_path,
+                                                                    monkeypatch):
+    """The race window made deterministic: every round, another process's re-ingest of a
+    different file under the same name commits right before the solve-and-write transaction.
+    The partition must refuse (nothing written), leaving the other file whole with its own
+    blocks; 100 rounds, the files alternating."""
+    files = [save(chain(6, width=8), tmp_path / "a.onnx"), save(chain(9, width=16),
+                                                                  tmp_path / "c.onnx")]
+    graphs = [api.load_graph(str(f), "raced") for f in files]
+    scenario = api.make_scenario(latency="0ms")
+    original = Store.solve_and_write
+    intruder: list[int] = []
+
+    def late_reingest(self, costs, sha256, solve):
+        with Store(Connection.from_env(password=PASSWORD)) as other:
+            api.ingest_model(other, str(files[intruder[0]]), scenario, "raced")
+        return original(self, costs, sha256, solve)
+
+    monkeypatch.setattr(Store, "solve_and_write", late_reingest)
+    for round_ in range(100):
+        mine, theirs = round_ % 2, 1 - round_ % 2
+        intruder[:] = [theirs]
+        with pytest.raises(StoreError, match="replaced by another file"):
+            api.partition_in_neo4j(store, str(files[mine]), scenario, "raced")
+        layers = count(store, "MATCH (:Model {name: 'raced'})-[:HAS_LAYER]->(l) RETURN count(l)")
+        sha = rows(store, "MATCH (m:Model {name: 'raced'}) RETURN m.sha256")[0][0]
+        assert layers == len(graphs[theirs]) and sha == graphs[theirs].sha256
+        assert count(store, "MATCH (b:Block {model: 'raced'}) RETURN count(b)") == len(
+            find_blocks(graphs[theirs]).segments)
+        assert count(store, "MATCH (l:Layer {model: 'raced'}) WHERE l:Device OR l:Server "
+                            "RETURN count(l)") == 0
+    monkeypatch.setattr(Store, "solve_and_write", original)
+    _, written, _ = api.partition_in_neo4j(store, str(files[0]), scenario, "raced")
+    assert written["layers"] == len(graphs[0])

@@ -214,5 +214,5 @@ def partition_in_neo4j(
         cut = with_latency(costs, cut)  # per-message latency, exactly, on the same costs
         return checked_partition(costs, cut, method, (time.perf_counter() - start) * 1e3)
 
-    result, written = store.solve_and_write(costs, solve_stored)
+    result, written = store.solve_and_write(costs, graph.sha256, solve_stored)
     return result, written, graph

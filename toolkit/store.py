@@ -47,6 +47,10 @@ class StoreError(ToolkitError):
     """Neo4j is unreachable, refused us, or answered with an error."""
 
 
+class ModelChangedError(StoreError):
+    """The stored model is no longer the file this command read."""
+
+
 @dataclass(frozen=True)
 class Connection:
     uri: str
@@ -308,12 +312,19 @@ class Store:
         return written
 
     def solve_and_write(
-        self, costs: CostGraph, solve: Callable[[Rows], Partition]
+        self, costs: CostGraph, sha256: str, solve: Callable[[Rows], Partition]
     ) -> tuple[Partition, dict[str, int]]:
-        """One transaction under the model's lock: put `costs` on the stored model, solve
-        reading it through `solve(rows)`, and write the cut back. Concurrent partitions of one
-        model for other scenarios therefore never see each other's delays."""
+        """One transaction under the model's lock: check that the stored model is still the
+        file `sha256` names, put `costs` on it, solve reading it through `solve(rows)`, and
+        write the cut back. Concurrent partitions of one model for other scenarios therefore
+        never see each other's delays, and a re-ingest of another file under the same name
+        that commits in between is refused (ModelChangedError) instead of mixing the two."""
         def work(tx: ManagedTransaction) -> tuple[Partition, dict[str, int]]:
+            stored = tx.run(queries.load("model_lock"), name=costs.model).single(strict=True)[0]
+            if stored != sha256:
+                raise ModelChangedError(
+                    f"model {costs.model!r} was replaced by another file while this partition "
+                    "ran (another process ingested it); nothing was written: run it again")
             _set_costs(tx, costs)
             result = solve(_tx_rows(tx))
             return result, _write_partition(tx, result)
