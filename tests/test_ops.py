@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from onnx import helper
+from onnx import TensorProto, helper
 
 from tests.helpers import model, single_op, vi, weight
 from toolkit.onnx_reader import read_model
@@ -119,3 +119,39 @@ def test_unknown_op_is_estimated_and_reported_not_fatal():
     assert not layer.supported
     assert layer.flops > 0
     assert graph.unsupported_ops == {"FancyOp": 1}
+
+
+def _q(name: str, value: float | int, dtype: int) -> TensorProto:
+    return helper.make_tensor(name, dtype, [], [value])
+
+
+def test_quantized_ops_count_the_macs_of_their_float_equivalents():
+    """QLinearConv's weight is input 3 (input 1 is a scale), and scales and zero points are
+    not trainable parameters."""
+    w8 = helper.make_tensor("w8", TensorProto.INT8, [16, 8, 3, 3], [1] * (16 * 8 * 9))
+    scales = [_q("xs", 0.1, TensorProto.FLOAT), _q("xz", 0, TensorProto.UINT8),
+              _q("ws", 0.1, TensorProto.FLOAT), _q("wz", 0, TensorProto.INT8),
+              _q("ys", 0.1, TensorProto.FLOAT), _q("yz", 0, TensorProto.UINT8)]
+    qconv = helper.make_node("QLinearConv", ["x", "xs", "xz", "w8", "ws", "wz", "ys", "yz"],
+                             ["y"], name="q", pads=[1, 1, 1, 1])
+    quant = only_layer(model([qconv], [vi("x", [1, 8, 10, 10], TensorProto.UINT8)],
+                             [vi("y", [1, 16, 10, 10], TensorProto.UINT8)], [w8, *scales]))
+    conv = only_layer(model([helper.make_node("Conv", ["x", "w"], ["y"], name="c",
+                                              pads=[1, 1, 1, 1])],
+                            [vi("x", [1, 8, 10, 10])], [vi("y", [1, 16, 10, 10])],
+                            [weight("w", 16, 8, 3, 3)]))
+    assert quant.macs == conv.macs == 16 * 8 * 9 * 100
+    assert quant.params == 0
+    integer = only_layer(model([helper.make_node("ConvInteger", ["x", "w8"], ["y"], name="ci",
+                                                 pads=[1, 1, 1, 1])],
+                               [vi("x", [1, 8, 10, 10], TensorProto.UINT8)],
+                               [vi("y", [1, 16, 10, 10], TensorProto.INT32)], [w8]))
+    assert integer.macs == conv.macs
+    b8 = helper.make_tensor("b8", TensorProto.INT8, [32, 8], [1] * 256)
+    qmm = helper.make_node("QLinearMatMul", ["a", "xs", "xz", "b8", "ws", "wz", "ys", "yz"],
+                           ["y"], name="qmm")
+    qmatmul = only_layer(model([qmm], [vi("a", [4, 32], TensorProto.UINT8)],
+                               [vi("y", [4, 8], TensorProto.UINT8)], [b8, *scales]))
+    mm = only_layer(model([helper.make_node("MatMul", ["a", "b"], ["y"], name="mm")],
+                          [vi("a", [4, 32])], [vi("y", [4, 8])], [weight("b", 32, 8)]))
+    assert qmatmul.macs == mm.macs == 4 * 32 * 8 and qmatmul.params == 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -166,7 +167,8 @@ def print_rows(table: Table, rows: Sequence[Sequence[str]], limit: int) -> None:
 
 
 def emit_json(data: object) -> None:
-    click.echo(json.dumps(data, indent=2))
+    """JSON as the standard has it: a non-finite number is a bug, never `Infinity` text."""
+    click.echo(json.dumps(data, indent=2, allow_nan=False))
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -406,9 +408,23 @@ def _parse_param(text: str) -> tuple[str, Any]:
     if not sep or not key:
         raise click.UsageError(f"--param takes KEY=VALUE, not {text!r}")
     try:
-        return key, json.loads(value)
-    except json.JSONDecodeError:
+        parsed = json.loads(value)
+    except (json.JSONDecodeError, RecursionError):
         return key, value
+    _check_param(key, parsed)
+    return key, parsed
+
+
+def _check_param(key: str, value: Any) -> None:
+    """Numbers Neo4j can hold: integers within int64, floats finite."""
+    if isinstance(value, bool):
+        return
+    if isinstance(value, int) and not -(2**63) <= value < 2**63:
+        raise click.UsageError(f"--param {key}: {value} does not fit Neo4j's 64-bit integers")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise click.UsageError(f"--param {key}: {value} is not a finite number")
+    for item in value if isinstance(value, list) else []:
+        _check_param(key, item)
 
 
 @cli.command()
@@ -568,3 +584,13 @@ def main() -> None:
         sys.exit(2)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
+    except (MemoryError, RecursionError) as exc:
+        click.echo(f"error: the input is too large or too deeply nested to handle "
+                   f"({type(exc).__name__})", err=True)
+        sys.exit(2)
+    except Exception as exc:  # last resort: one line and exit 2; the traceback with -v
+        logging.getLogger(__name__).info("unexpected error", exc_info=True)
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        click.echo(f"error: unexpected {type(exc).__name__}: {first} (a bug: please report it; "
+                   "-v shows the traceback)", err=True)
+        sys.exit(2)

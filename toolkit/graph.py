@@ -7,11 +7,14 @@ dataclasses only, so none of it needs `onnx` to run or to be tested.
 from __future__ import annotations
 
 import heapq
-import math
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from toolkit.errors import ModelError
+
+_LIMIT = 2.0**62
+"""Sizes (bytes, FLOPs, parameters) at or beyond this are corrupt shapes: no model is that big,
+and the database's 64-bit integers could not hold them."""
 
 
 @dataclass(frozen=True)
@@ -89,14 +92,15 @@ class LayerGraph:
         for layer in layer_list:
             sizes = (layer.flops, layer.macs, layer.params, layer.param_bytes, layer.in_bytes,
                      layer.out_bytes)
-            if not all(0 <= x < math.inf for x in sizes):
+            if not all(0 <= x < _LIMIT for x in sizes):
                 raise ModelError(f"model {name!r}: layer {layer.name!r} comes out with a "
-                                 "negative or infinite size (corrupt shapes or weights?)")
+                                 "negative, infinite or absurdly large size (corrupt shapes or "
+                                 "weights?)")
             if layer.name in by_name:
                 raise ModelError(f"model {name!r}: two layers are named {layer.name!r}")
             by_name[layer.name] = layer
         for tensor in tensors.values():
-            if not 0 <= tensor.bytes < math.inf:
+            if not 0 <= tensor.bytes < _LIMIT:
                 raise ModelError(f"model {name!r}: tensor {tensor.name!r} comes out with a "
                                  f"negative or infinite size {tensor.shape}")
         consumers: dict[str, list[str]] = {t: [] for t in tensors}

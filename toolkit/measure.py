@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import math
 import statistics
 import tempfile
 import time
@@ -66,18 +67,35 @@ def load_profile(path: str | Path) -> MeasuredProfile:
     try:
         data = json.loads(p.read_text())
         layers = data["layers"]
-        return MeasuredProfile(
-            model=str(data["model"]), processor=str(data["processor"]), batch=int(data["batch"]),
+        if not isinstance(layers, dict):
+            raise TypeError("'layers' must map layer names to times")
+        batch = data["batch"]
+        if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
+            raise ValueError(f"batch must be a positive integer, not {batch!r}")
+        profile = MeasuredProfile(
+            model=str(data["model"]), processor=str(data["processor"]), batch=batch,
             source=str(data.get("source", "")), layers_sha=str(data["layers_sha256"]),
-            forward_ms={k: float(v["forward_ms"]) for k, v in layers.items()},
-            backward_ms={k: float(v["backward_ms"]) for k, v in layers.items()
+            forward_ms={k: _time(k, v["forward_ms"]) for k, v in layers.items()},
+            backward_ms={k: _time(k, v["backward_ms"]) for k, v in layers.items()
                          if v.get("backward_ms") is not None},
             source_model=str(data.get("source_model", "")),
         )
     except OSError as exc:
         raise ScenarioError(f"cannot read measured profile {p}: {exc.strerror}") from exc
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ScenarioError(f"{p} is not a measured profile ({type(exc).__name__}: {exc})") from exc
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
+        reason = str(exc).splitlines()[0][:200] if str(exc) else ""
+        raise ScenarioError(
+            f"{p} is not a measured profile ({type(exc).__name__}: {reason})") from exc
+    return profile
+
+
+def _time(layer: str, value: object) -> float:
+    """A measured time: a finite number of milliseconds, not negative."""
+    if isinstance(value, bool) or not isinstance(value, int | float) \
+            or not 0 <= float(value) < math.inf:
+        raise ValueError(f"layer {layer!r}: time {value!r} must be a finite, non-negative "
+                         "number of milliseconds")
+    return float(value)
 
 
 def onnxruntime_forward(onnx_path: Path, graph: LayerGraph, runs: int = 5) -> dict[str, float]:

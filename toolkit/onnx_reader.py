@@ -35,7 +35,14 @@ _NEVER_CONSTANT = frozenset(
      "Bernoulli"}
 )
 _NOT_TRAINABLE_INPUTS: dict[str, frozenset[int]] = {
-    "BatchNormalization": frozenset({3, 4}),
+    "BatchNormalization": frozenset({3, 4}),  # running mean and variance
+    # quantization scales and zero points are calibration constants, not trained
+    "QLinearConv": frozenset({1, 2, 4, 5, 6, 7}),
+    "QLinearMatMul": frozenset({1, 2, 4, 5, 6, 7}),
+    "QuantizeLinear": frozenset({1, 2}),
+    "DequantizeLinear": frozenset({1, 2}),
+    "ConvInteger": frozenset({2, 3}),
+    "MatMulInteger": frozenset({2, 3}),
 }
 _TYPE_ONLY_INPUTS = frozenset({"CastLike"})
 _WEIGHT_VIEWS = frozenset(
@@ -386,13 +393,19 @@ def _first_line(exc: BaseException) -> str:
     return text[0][:200] if text else type(exc).__name__
 
 
-_ELEM_BYTES: dict[int, int] = {
+_ELEM_BYTES: dict[int, float] = {
     TensorProto.FLOAT: 4, TensorProto.DOUBLE: 8, TensorProto.FLOAT16: 2, TensorProto.BFLOAT16: 2,
     TensorProto.INT8: 1, TensorProto.UINT8: 1, TensorProto.INT16: 2, TensorProto.UINT16: 2,
     TensorProto.INT32: 4, TensorProto.UINT32: 4, TensorProto.INT64: 8, TensorProto.UINT64: 8,
     TensorProto.BOOL: 1, TensorProto.COMPLEX64: 8, TensorProto.COMPLEX128: 16,
     TensorProto.STRING: 8,
 }
+for _name, _bits in (("FLOAT8E4M3FN", 8), ("FLOAT8E4M3FNUZ", 8), ("FLOAT8E5M2", 8),
+                     ("FLOAT8E5M2FNUZ", 8), ("FLOAT8E8M0", 8), ("UINT4", 4), ("INT4", 4),
+                     ("FLOAT4E2M1", 4), ("UINT2", 2), ("INT2", 2)):
+    if hasattr(TensorProto, _name):  # newer onnx releases add element types
+        _ELEM_BYTES[getattr(TensorProto, _name)] = _bits / 8
+_UNKNOWN_ELEM_BYTES = 4  # an element type this onnx does not know: costed as fp32
 _FLOAT_TYPES = frozenset(
     {TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16}
 )
@@ -493,12 +506,17 @@ def module_path(node_name: str) -> str | None:
     return _join_scopes([p for p in node_name.split("/")[1:-1] if p]) or None
 
 
+_METADATA_CHARS = 65_536  # a scope list longer than this is not read as one
+
+
 def _parse_list(text: str | None) -> list[str]:
     if not text:
         return []
+    if len(text) > _METADATA_CHARS:
+        return []
     try:
         value = ast.literal_eval(text)
-    except (ValueError, SyntaxError):
+    except (ValueError, SyntaxError, MemoryError, RecursionError, TypeError):
         return [text]
     return [str(v) for v in value] if isinstance(value, list | tuple) else [str(value)]
 
@@ -695,8 +713,8 @@ class _Reader:
         info = self.info.get(name)
         if info is None or info.shape is None:
             return Tensor(name, (), "undefined", fallback, producer, shape_known=False)
-        size = _ELEM_BYTES.get(info.elem_type, 4)
-        nbytes = numel(info.shape) * size
+        size = _ELEM_BYTES.get(info.elem_type, _UNKNOWN_ELEM_BYTES)
+        nbytes = math.ceil(numel(info.shape) * size)
         return Tensor(name, info.shape, _dtype_name(info.elem_type), nbytes, producer)
 
     def _layer(
@@ -716,7 +734,8 @@ class _Reader:
                 continue
             if info.shape is not None:
                 params += numel(info.shape)
-                param_bytes += numel(info.shape) * _ELEM_BYTES[info.elem_type]
+                param_bytes += math.ceil(numel(info.shape) * _ELEM_BYTES.get(
+                    info.elem_type, _UNKNOWN_ELEM_BYTES))
         in_bytes = sum(tensors[n].bytes for n in acts if n in tensors)
         outs = [o for o in node.output if o]
         fallback = max((tensors[n].bytes for n in acts if n in tensors), default=0)

@@ -82,13 +82,22 @@ def zero_cost(f: OpFacts) -> OpCost:
     return OpCost(0.0)
 
 
-def conv(f: OpFacts) -> OpCost:
-    w = _shape(f, 1)
-    if w is None:
-        return unknown(f)
-    macs = _first_out(f) * math.prod(w[1:])
-    bias = _first_out(f) if _shape(f, 2) is not None else 0
-    return OpCost(2.0 * macs + bias, macs)
+def conv_with(weight: int, bias: int) -> Handle:
+    """Convolutions whose weight and bias are inputs `weight` and `bias` (QLinearConv keeps
+    scales and zero points between them)."""
+
+    def handle(f: OpFacts) -> OpCost:
+        w = _shape(f, weight)
+        if w is None:
+            return unknown(f)
+        macs = _first_out(f) * math.prod(w[1:])
+        extra = _first_out(f) if _shape(f, bias) is not None else 0
+        return OpCost(2.0 * macs + extra, macs)
+
+    return handle
+
+
+conv = conv_with(1, 2)
 
 
 def conv_transpose(f: OpFacts) -> OpCost:
@@ -220,12 +229,12 @@ REGISTRY: dict[str, Handle] = {
     "LRN": per_output(5.0),
     "Conv": conv,
     "ConvInteger": conv,
-    "QLinearConv": conv,
+    "QLinearConv": conv_with(3, 8),
     "ConvTranspose": conv_transpose,
     "Gemm": gemm,
     "MatMul": matmul,
     "MatMulInteger": matmul,
-    "QLinearMatMul": matmul,
+    "QLinearMatMul": matmul,  # a, then scales and zero points, then b: shapes from a and y
     "Einsum": einsum,
     "MaxPool": pool,
     "AveragePool": pool,
@@ -237,10 +246,6 @@ REGISTRY: dict[str, Handle] = {
     "Resize": resize,
     "Upsample": resize,
 }
-
-MAC_OPS = frozenset(
-    op for op, h in REGISTRY.items() if h in (conv, conv_transpose, gemm, matmul, einsum)
-) | {"RNN", "GRU", "LSTM"}
 
 
 def cost_of(facts: OpFacts) -> OpCost:

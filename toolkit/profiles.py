@@ -57,8 +57,8 @@ def _read_toml(path: Path) -> dict[str, object]:
             return tomllib.load(f)
     except OSError as exc:
         raise ProfileError(f"cannot read profile {path}: {exc.strerror}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ProfileError(f"malformed TOML in {path}: {exc}") from exc
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ProfileError(f"malformed TOML in {path}: {str(exc).splitlines()[0]}") from exc
 
 
 def parse_processor(data: dict[str, object], origin: str) -> Processor:
@@ -69,8 +69,9 @@ def parse_processor(data: dict[str, object], origin: str) -> Processor:
     values: dict[str, float] = {}
     for key in _NUMBERS:
         value = data[key]
-        if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
-            raise ProfileError(f"profile {origin}: {key} must be a non-negative number")
+        if not isinstance(value, int | float) or isinstance(value, bool) \
+                or not 0 <= value < math.inf:
+            raise ProfileError(f"profile {origin}: {key} must be a finite, non-negative number")
         values[key] = float(value)
     for key in ("fp32_tflops", "fp16_tflops", "memory_gbps", "matmul_efficiency",
                 "conv_efficiency", "vector_efficiency", "memory_efficiency"):
@@ -172,4 +173,7 @@ def parse_latency(text: str) -> float:
     if m is None:
         raise ScenarioError(f"cannot read latency {text!r}: write it like 5ms or 300us")
     unit = (m.group(2) or "ms").lower()
-    return float(m.group(1)) * {"ms": 1.0, "s": 1000.0, "us": 0.001}[unit]
+    value = float(m.group(1)) * {"ms": 1.0, "s": 1000.0, "us": 0.001}[unit]
+    if not value < math.inf:
+        raise ScenarioError(f"latency {text[:40]!r} must be finite")
+    return value

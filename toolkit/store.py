@@ -141,7 +141,9 @@ class Store:
         with self._errors(writing=True), self._session() as session:
             return session.execute_write(work)
 
-    def _read(self, query: str, **params: Any) -> list[dict[str, Any]]:
+    def _read(self, query: str, /, **params: Any) -> list[dict[str, Any]]:
+        """A saved query in a read transaction (`query` is positional-only, so a parameter may
+        be called `query` or `self`)."""
         text = queries.load(query)
 
         def work(tx: ManagedTransaction) -> list[dict[str, Any]]:
@@ -377,7 +379,7 @@ def _write_partition(tx: ManagedTransaction, result: Partition) -> dict[str, int
 
 def _tx_rows(tx: ManagedTransaction) -> Rows:
     """Saved queries run inside `tx`, as rows."""
-    def rows(query: str, **params: Any) -> list[dict[str, Any]]:
+    def rows(query: str, /, **params: Any) -> list[dict[str, Any]]:
         return [record.data() for record in tx.run(queries.load(query), params)]
 
     return rows
