@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -14,7 +15,7 @@ from onnx import TensorProto, helper
 from tests.helpers import chain, model, save, single_op, vi, weight
 from toolkit.cli import cli
 from toolkit.errors import ModelError
-from toolkit.onnx_reader import read_model, read_onnx
+from toolkit.onnx_reader import load_external_data, read_model, read_onnx
 
 
 def test_identity_and_constant_chains_on_weights_are_folded_into_parameters():
@@ -145,14 +146,16 @@ def _negative_weight_dim() -> onnx.ModelProto:
     return m
 
 
-def _weights_outside_the_folder() -> onnx.ModelProto:
-    m = chain(2)
-    m.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "N"  # forces the probe run
+def _external(location: str, m: onnx.ModelProto | None = None) -> onnx.ModelProto:
+    """chain(2) whose first weight lives in an external file at `location`; a symbolic batch
+    forces the probe run, the one reason the reader reads external weights."""
+    m = m or chain(2)
+    m.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "N"
     w = m.graph.initializer[0]
     w.ClearField("raw_data")
     w.data_location = TensorProto.EXTERNAL
     entry = w.external_data.add()
-    entry.key, entry.value = "location", "../../etc/passwd"
+    entry.key, entry.value = "location", location
     return m
 
 
@@ -171,9 +174,56 @@ def test_names_that_are_not_utf8_are_a_model_error(tmp_path):
         read_onnx(tmp_path / "bad.onnx")
 
 
-def test_external_weights_outside_the_model_folder_are_not_read(tmp_path):
-    graph = read_onnx(save(_weights_outside_the_folder(), tmp_path / "ext.onnx"))
+def _opened(monkeypatch) -> list[str]:
+    """Every path opened through Python's io from here on."""
+    import builtins
+    import io
+
+    seen: list[str] = []
+    real = io.open
+
+    def spy(file, *args, **kwargs):
+        seen.append(os.fspath(file) if isinstance(file, str | os.PathLike) else str(file))
+        return real(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", spy)
+    monkeypatch.setattr(io, "open", spy)
+    return seen
+
+
+@pytest.mark.parametrize("how", ["dotdot", "absolute", "symlink"])
+def test_external_weights_outside_the_model_folder_are_never_opened(tmp_path, monkeypatch, how):
+    """A real sentinel outside the model's folder, reached by `..`, an absolute path or a
+    symbolic link in the folder: the model still reads, the sentinel is never opened."""
+    folder = tmp_path / "model"
+    folder.mkdir()
+    sentinel = tmp_path / "secret.bin"
+    sentinel.write_bytes(b"\x00" * 4096)
+    location = {"dotdot": "../secret.bin", "absolute": str(sentinel), "symlink": "w.bin"}[how]
+    if how == "symlink":
+        (folder / "w.bin").symlink_to(sentinel)
+    path = save(_external(location), folder / "ext.onnx")
+    opened = _opened(monkeypatch)
+    graph = read_onnx(path)
     assert len(graph) == 4  # the structure reads; the refused weights only skip the probe run
+    assert not [p for p in opened if os.path.realpath(p) == str(sentinel.resolve())]
+    with pytest.raises(ModelError, match=r"outside the model's folder|cannot be read"):
+        load_external_data(onnx.load(str(path), load_external_data=False), folder)
+
+
+def test_external_data_bigger_than_its_tensor_is_refused_before_it_is_read(tmp_path,
+                                                                           monkeypatch):
+    """A 200-byte model pointing at a 1 GiB sparse file in its own folder: refused by size,
+    the file never opened."""
+    big = tmp_path / "bomb.bin"
+    with big.open("wb") as f:
+        f.truncate(1 << 30)
+    path = save(_external("bomb.bin"), tmp_path / "bomb.onnx")
+    opened = _opened(monkeypatch)
+    with pytest.raises(ModelError, match=r"declares .* bytes but its external data holds"):
+        load_external_data(onnx.load(str(path), load_external_data=False), tmp_path)
+    assert len(read_onnx(path)) == 4
+    assert str(big) not in opened
 
 
 def test_huge_declared_input_is_not_allocated(tmp_path):

@@ -451,7 +451,7 @@ def split(model: str, name: str | None, exporter: str, dims: dict[str, int],
         "device": str(halves.device_path),
         "server": str(halves.server_path) if halves.server_path else None,
         "cut_tensors": halves.cut_tensors, "max_abs_error": halves.max_abs_error,
-        "max_rel_error": halves.max_rel_error,
+        "max_rel_error": halves.max_rel_error, "not_verified": halves.not_verified,
         "delay_ms": result.delay.total,
     }
     if as_json:
@@ -462,6 +462,8 @@ def split(model: str, name: str | None, exporter: str, dims: dict[str, int],
         click.echo("no server half: every layer runs on the device, nothing crosses")
     else:
         click.echo(f"server half: {halves.server_path} (inputs: {', '.join(halves.cut_tensors)})")
+    if halves.not_verified is not None:
+        click.echo(f"written, not verified: {halves.not_verified}")
     if halves.max_abs_error is not None:
         what = ("device then server reproduces" if halves.server_path
                 else "the device half reproduces")

@@ -14,6 +14,7 @@ import heapq
 import json
 import logging
 import math
+import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -269,11 +270,58 @@ def _with_external_data(model: ModelProto, base_dir: Path) -> ModelProto:
     full = ModelProto()
     full.CopyFrom(model)
     try:
-        onnx.external_data_helper.load_external_data_for_model(full, str(base_dir))
-    except (OSError, ValueError, onnx.checker.ValidationError) as exc:
-        log.info("external weights unreadable (%s)", _first_line(exc))
+        load_external_data(full, base_dir)
+    except ModelError as exc:
+        log.info("external weights not read (%s)", exc)
         return model
     return full
+
+
+def load_external_data(model: ModelProto, base_dir: Path) -> None:
+    """Load `model`'s external weights from `base_dir`, after checking every reference: the
+    file exists inside the folder (no absolute path, `..` or symbolic link out of it), the
+    region lies within the file and holds no more than the tensor declares, and all of them
+    together stay under $SPLITCUT_MAX_EXTERNAL_GB (default 64). A ModelError otherwise, before
+    anything big is read."""
+    folder = base_dir.resolve()
+    ceiling = float(os.environ.get("SPLITCUT_MAX_EXTERNAL_GB", "64")) * 2**30
+    total = 0
+    for t in model.graph.initializer:
+        if t.data_location != TensorProto.EXTERNAL:
+            continue
+        info = {e.key: e.value for e in t.external_data}
+        location = info.get("location", "")
+        try:
+            path = (folder / location).resolve(strict=True)
+        except (OSError, RuntimeError) as exc:
+            raise ModelError(f"initializer {t.name!r}: external data {location!r} cannot be "
+                             f"read ({_first_line(exc)})") from exc
+        if folder not in path.parents or not path.is_file():
+            raise ModelError(f"initializer {t.name!r}: external data {location!r} lies outside "
+                             "the model's folder or is not a file; refused")
+        size = path.stat().st_size
+        try:
+            offset = int(info.get("offset", 0))
+            length = int(info["length"]) if "length" in info else size - offset
+        except ValueError as exc:
+            raise ModelError(f"initializer {t.name!r}: unreadable external data offset or "
+                             "length") from exc
+        declared = math.ceil(math.prod(t.dims) * _ELEM_BYTES.get(t.data_type,
+                                                                _UNKNOWN_ELEM_BYTES))
+        if offset < 0 or length < 0 or offset + length > size:
+            raise ModelError(f"initializer {t.name!r}: external data region lies outside "
+                             f"{location!r}")
+        if length > declared:
+            raise ModelError(f"initializer {t.name!r} declares {declared} bytes but its external "
+                             f"data holds {length}; refused")
+        total += length
+        if total > ceiling:
+            raise ModelError(f"external weights exceed {ceiling / 2**30:g} GiB "
+                             "(SPLITCUT_MAX_EXTERNAL_GB); refused")
+    try:
+        onnx.external_data_helper.load_external_data_for_model(model, str(folder))
+    except (OSError, ValueError, onnx.checker.ValidationError) as exc:
+        raise ModelError(f"external weights unreadable ({_first_line(exc)})") from exc
 
 
 def layer_names(graph: GraphProto) -> list[str]:

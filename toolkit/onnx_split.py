@@ -16,6 +16,8 @@ constants go to whichever half needs them, both if both do.
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +28,7 @@ import onnx
 from onnx import ModelProto, NodeProto, TensorProto, helper
 
 from toolkit.errors import ModelError, ToolkitError
-from toolkit.onnx_reader import NodeRoles, load_model, node_roles
+from toolkit.onnx_reader import NodeRoles, load_external_data, load_model, node_roles
 
 _SIZE_LIMIT = 1_800_000_000  # protobuf's 2 GiB cap, with room to spare
 
@@ -38,6 +40,7 @@ class SplitResult:
     cut_tensors: list[str]
     max_abs_error: float | None
     max_rel_error: float | None  # relative to the largest magnitude of that output
+    not_verified: str | None = None  # why the halves could not be checked (they are written)
 
 
 def split_model(
@@ -48,7 +51,7 @@ def split_model(
     values for symbolic dimensions other than the batch during the check)."""
     src = Path(path)
     model = load_model(src)
-    onnx.load_external_data_for_model(model, str(src.parent))
+    load_external_data(model, src.parent)
     roles = node_roles(model, src.parent, dims)
     known = set(roles.names)
     missing = [n for n in device_layers if n not in known]
@@ -68,7 +71,10 @@ def split_model(
     ))
     outputs = [o.name for o in model.graph.output]
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ToolkitError(f"cannot write the halves into {out}: {exc.strerror or exc}") from exc
     declared = _declarations(model)
     server_outputs = [o for o in outputs if o not in produced_on_device]
     cut += _closure(model, roles, server, cut, server_outputs, declared.dynamic).borrowed
@@ -81,7 +87,10 @@ def split_model(
         _save(server_model, out / "server.onnx") if server else None, cut, None, None,
     )
     if check:
-        abs_err, rel_err = verify(model, device_model, server_model, dims or {})
+        try:
+            abs_err, rel_err = verify(model, device_model, server_model, dims or {})
+        except ToolkitError as exc:  # the halves stand; say why they could not be checked
+            return SplitResult(result.device_path, result.server_path, cut, None, None, str(exc))
         result = SplitResult(result.device_path, result.server_path, cut, abs_err, rel_err)
     return result
 
@@ -200,9 +209,20 @@ def _declarations(model: ModelProto) -> _Declared:
 
 
 def _save(model: ModelProto, path: Path) -> Path:
+    """Write through a temporary file in the same folder and `os.replace` it into place: an
+    existing file or a planted symbolic link at `path` is replaced, never written through."""
     external = model.ByteSize() > _SIZE_LIMIT
-    onnx.save(model, str(path), save_as_external_data=external,
-              location=path.name + ".data" if external else None)
+    try:
+        with tempfile.TemporaryDirectory(dir=path.parent, prefix=".splitcut-") as tmp:
+            staged = Path(tmp) / path.name
+            onnx.save(model, str(staged), save_as_external_data=external,
+                      location=path.name + ".data" if external else None)
+            if external:
+                os.replace(staged.with_name(path.name + ".data"),
+                           path.with_name(path.name + ".data"))
+            os.replace(staged, path)
+    except OSError as exc:
+        raise ToolkitError(f"cannot write {path}: {exc.strerror or exc}") from exc
     return path
 
 

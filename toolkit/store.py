@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import neo4j
 import numpy as np
@@ -51,6 +52,9 @@ class ModelChangedError(StoreError):
     """The stored model is no longer the file this command read."""
 
 
+_SCHEMES = ("bolt", "bolt+s", "bolt+ssc", "neo4j", "neo4j+s", "neo4j+ssc")
+
+
 @dataclass(frozen=True)
 class Connection:
     uri: str
@@ -58,6 +62,23 @@ class Connection:
     password: str
     database: str | None
     retry_seconds: float = 30.0  # how long a managed transaction retries transient failures
+
+    def __post_init__(self) -> None:
+        """Bolt schemes only; credentials written into the URI (`bolt://user:pw@host`) are
+        taken out of it, so the URI can be printed, and used when no password is given."""
+        parts = urlsplit(self.uri)
+        if parts.scheme.lower() not in _SCHEMES:
+            raise StoreError(
+                f"a Neo4j URI with scheme {parts.scheme or '(none)'!r}: splitcut talks Bolt, so "
+                "use bolt:// or neo4j:// (or their +s and +ssc TLS forms) at the Bolt port "
+                "(7687 by default), not the Browser's HTTP port")
+        if "@" in parts.netloc:
+            userinfo, _, host = parts.netloc.rpartition("@")
+            user, _, password = userinfo.partition(":")
+            object.__setattr__(self, "uri", urlunsplit(parts._replace(netloc=host)))
+            if not self.password:
+                object.__setattr__(self, "user", unquote(user) or self.user)
+                object.__setattr__(self, "password", unquote(password))
 
     @classmethod
     def from_env(
