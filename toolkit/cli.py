@@ -420,9 +420,10 @@ def _check_param(key: str, value: Any) -> None:
     if isinstance(value, bool):
         return
     if isinstance(value, int) and not -(2**63) <= value < 2**63:
-        raise click.UsageError(f"--param {key}: {value} does not fit Neo4j's 64-bit integers")
+        raise click.ClickException(f"--param {key}: {value} does not fit Neo4j's 64-bit "
+                                   "integers")
     if isinstance(value, float) and not math.isfinite(value):
-        raise click.UsageError(f"--param {key}: {value} is not a finite number")
+        raise click.ClickException(f"--param {key}: {value} is not a finite number")
     for item in value if isinstance(value, list) else []:
         _check_param(key, item)
 
