@@ -258,3 +258,21 @@ def test_neo4j_with_a_measured_profile_permuted_between_instances(store, tmp_pat
         embedded = json.loads(out)
         assert stored["delay_ms"]["total"] == pytest.approx(embedded["delay_ms"]["total"],
                                                             rel=1e-9)
+
+
+def test_layer_keys_cannot_collide_and_long_names_store(store, tmp_path):
+    """Model 'col' with layer 'x/y' and model 'col/x' with layer 'y' are two nodes; a 12 kB
+    layer name ingests (the key is fixed-size); an over-long model name is a clear error."""
+    def one_layer(layer: str) -> onnx.ModelProto:
+        node = helper.make_node("MatMul", ["x", "w"], ["y"], name=layer)
+        return model([node], [vi("x", [1, 4])], [vi("y", [1, 4])], [weight("w", 4, 4)])
+
+    scenario = api.make_scenario()
+    for name, layer in (("col", "x/y"), ("col/x", "y"), ("long", "L" * 12_000)):
+        path = save(one_layer(layer), tmp_path / f"{len(layer)}-{name.replace('/', '_')}.onnx")
+        api.ingest_model(store, str(path), scenario, name)
+        assert count(store, "MATCH (:Model {name: $n})-[:HAS_LAYER]->(l {name: $l}) "
+                            "RETURN count(l)", n=name, l=layer) == 1
+    with pytest.raises(StoreError, match="cannot be stored"):
+        api.ingest_model(store, str(path), scenario, "m" * 5000)
+    assert count(store, "MATCH (m:Model) WHERE size(m.name) > 1000 RETURN count(m)") == 0

@@ -8,6 +8,7 @@ transient errors), and re-ingesting the same file changes nothing.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -52,6 +53,8 @@ class ModelChangedError(StoreError):
     """The stored model is no longer the file this command read."""
 
 
+MAX_MODEL_NAME = 1000
+"""Model names are indexed (unique constraint); Neo4j's index keys hold about 4 kB."""
 _SCHEMES = ("bolt", "bolt+s", "bolt+ssc", "neo4j", "neo4j+s", "neo4j+ssc")
 
 
@@ -190,6 +193,9 @@ class Store:
         The transaction first takes the model's lock (`model_lock`), so concurrent ingests of
         one model run one after the other and the later one finds it unchanged.
         """
+        if len(graph.name) > MAX_MODEL_NAME:
+            raise StoreError(f"a model name of {len(graph.name)} characters cannot be stored "
+                             f"(at most {MAX_MODEL_NAME}); give a shorter one with --name")
         model = {"name": graph.name, "sha256": sha256, "source": source, "opset": opset,
                  "layer_count": len(graph), "scenario": json.dumps(costs.scenario, sort_keys=True),
                  "device": costs.scenario.get("device"), "server": costs.scenario.get("server")}
@@ -423,12 +429,18 @@ def _detect_blocks(tx: ManagedTransaction, model: str, names: dict[str, str]) ->
     tx.run(queries.load("detect_blocks_types"), rows=rows).consume()
 
 
+def layer_uid(model: str, layer: str) -> str:
+    """A layer's unique key: fixed-size (names of any length index) and collision-free (model
+    'a' with layer 'b/c' and model 'a/b' with layer 'c' differ), the name kept beside it."""
+    return hashlib.sha256(json.dumps([model, layer]).encode()).hexdigest()
+
+
 def ingest_rows(graph: LayerGraph, costs: CostGraph) -> tuple[list[dict[str, Any]],
                                                               list[dict[str, Any]]]:
     """A layer graph and its delays as plain rows for UNWIND: (layers, feeds). Pure."""
     layers = list(graph)
     layer_rows = [
-        {"uid": f"{graph.name}/{layer.name}", "name": layer.name, "op": layer.op, "topo": i,
+        {"uid": layer_uid(graph.name, layer.name), "name": layer.name, "op": layer.op, "topo": i,
          "flops": layer.flops, "macs": layer.macs, "params": layer.params,
          "out_bytes": layer.out_bytes, "device_ms": float(costs.device_ms[i]),
          "server_ms": float(costs.server_ms[i]), "pinned": bool(costs.pinned[i]),
