@@ -16,15 +16,15 @@ import pytest
 
 from toolkit import api
 from toolkit.costs import build_cost_graph
-from toolkit.store import Connection, Store, StoreError
+from toolkit.store import Connection, Store, StoreError, TransactionTooLargeError
 from toolkit.synthetic import deep_model
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "neo4j-local"
 
 
-def server(home: Path, action: str) -> None:
+def server(home: Path, action: str, **settings: str) -> None:
     env = {**os.environ, "NEO4J_LOCAL_HOME": str(home), "NEO4J_LOCAL_BOLT_PORT": "7688",
-           "NEO4J_LOCAL_HTTP_PORT": "7475", "NEO4J_PASSWORD": "splitcut-dev"}
+           "NEO4J_LOCAL_HTTP_PORT": "7475", "NEO4J_PASSWORD": "splitcut-dev", **settings}
     subprocess.run([str(SCRIPT), action], env=env, check=True, capture_output=True, timeout=300)
 
 
@@ -158,3 +158,26 @@ def test_a_write_during_a_restart_is_retried_until_the_server_is_back(second_ser
         device, unlabelled, current = _labels(store, graph.name)
     assert device == set(result.device) and unlabelled == 0
     assert current == [pytest.approx(result.delay.total)]
+
+
+def test_a_transaction_too_large_for_the_server_fails_at_once_and_leaves_nothing(tmp_path):
+    """A server allowing 8 MiB per transaction cannot take a 5,000-layer model: one clear
+    error, without the driver retrying for its whole retry time, and no partial model."""
+    home = tmp_path / "small"
+    server(home, "start", NEO4J_LOCAL_TX_MAX="8m")
+    try:
+        connection = Connection("bolt://127.0.0.1:7688", "neo4j", "splitcut-dev", None,
+                                retry_seconds=60)
+        graph = deep_model("transformer", 5_000)
+        costs = build_cost_graph(graph, api.make_scenario())
+        with Store(connection) as store:
+            store.ensure_schema()
+            start = time.monotonic()
+            with pytest.raises(TransactionTooLargeError, match=r"db\.memory\.transaction\.max"):
+                store.ingest(graph, costs, "sha", "synthetic", 0)
+            assert time.monotonic() - start < 30  # not retried for the 60 s allowed
+            left = store.driver.execute_query(
+                "MATCH (l:Layer {model: $m}) RETURN count(l) AS n", m=graph.name).records
+        assert left[0]["n"] == 0
+    finally:
+        server(home, "stop")

@@ -53,6 +53,10 @@ class ModelChangedError(StoreError):
     """The stored model is no longer the file this command read."""
 
 
+class TransactionTooLargeError(StoreError):
+    """A write does not fit the server's per-transaction memory (never retried)."""
+
+
 MAX_MODEL_NAME = 1000
 """Model names are indexed (unique constraint); Neo4j's index keys hold about 4 kB."""
 _SCHEMES = ("bolt", "bolt+s", "bolt+ssc", "neo4j", "neo4j+s", "neo4j+ssc")
@@ -162,8 +166,21 @@ class Store:
         """`work` in one managed write transaction: transient failures (a lost connection, a
         deadlock, a leader switch) are retried with backoff by the driver, the whole of `work`
         each time."""
+        def once(tx: ManagedTransaction) -> Any:
+            try:
+                return work(tx)
+            except Neo4jError as exc:  # retrying cannot make a transaction fit
+                if "OutOfMemory" in (exc.code or ""):
+                    raise TransactionTooLargeError(
+                        f"the write needs more memory than Neo4j at {self.connection.uri} "
+                        "allows one transaction (db.memory.transaction.max); it was rolled "
+                        "back, so nothing was changed: raise that limit and the heap "
+                        "(NEO4J_LOCAL_TX_MAX, NEO4J_LOCAL_HEAP for scripts/neo4j-local)"
+                    ) from exc
+                raise
+
         with self._errors(writing=True), self._session() as session:
-            return session.execute_write(work)
+            return session.execute_write(once)
 
     def _read(self, query: str, /, **params: Any) -> list[dict[str, Any]]:
         """A saved query in a read transaction (`query` is positional-only, so a parameter may
