@@ -13,8 +13,27 @@ from tests.helpers import chain, run_main, save
 from toolkit.cli import cli
 from toolkit.measure import layers_sha
 from toolkit.onnx_reader import read_onnx
+from toolkit.store import Connection, Store
 
 PASSWORD = os.environ.get("NEO4J_PASSWORD", "splitcut-dev")
+WRITTEN_HERE = {"uri-creds"}  # the one model these tests store on purpose
+
+
+def _snapshot() -> dict[str, tuple[str, int]]:
+    """Every stored model other than this module's: its sha256 and layer count."""
+    with Store(Connection.from_env(password=PASSWORD)) as store:
+        records = store.driver.execute_query(
+            "MATCH (m:Model) OPTIONAL MATCH (m)-[:HAS_LAYER]->(l) "
+            "RETURN m.name AS name, m.sha256 AS sha, count(l) AS layers").records
+    return {r["name"]: (r["sha"], r["layers"]) for r in records if r["name"] not in WRITTEN_HERE}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def unrelated_data_untouched():
+    """Nothing hostile changes what else is in the database."""
+    before = _snapshot()
+    yield
+    assert _snapshot() == before
 
 
 def one_line_error(code: int, err: str, *fragments: str) -> None:

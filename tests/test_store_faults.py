@@ -53,7 +53,7 @@ def second_server(tmp_path):
 
 def test_server_killed_mid_ingest_leaves_no_partial_model(second_server):
     connection = Connection("bolt://127.0.0.1:7688", "neo4j", "splitcut-dev", None)
-    graph = deep_model("transformer", 10_000)
+    graph = deep_model("transformer", 100_000)  # the largest the issue names
     costs = build_cost_graph(graph, api.make_scenario())
     outcome: dict[str, object] = {}
 
