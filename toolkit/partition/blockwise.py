@@ -61,9 +61,8 @@ class Chain:
         """Per segment: its inner cut must price the labels (an output inside, none beyond)."""
         last = self.last_layers
         beyond = max(self.outputs, default=-1) > last
-        out = np.asarray(self.outputs, dtype=np.int64)
-        inside = ((out[None, :] > self.entries[:, None]) & (out[None, :] <= last[:, None])).any(1) \
-            if out.size else np.zeros(len(last), dtype=bool)
+        out = np.asarray(self.outputs, dtype=np.int64)  # sorted
+        inside = np.searchsorted(out, last, "right") > np.searchsorted(out, self.entries, "right")
         flags: np.ndarray = inside & ~beyond
         return flags
 
