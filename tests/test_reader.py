@@ -327,7 +327,9 @@ def test_a_computation_on_trainable_weights_is_a_layer_not_a_constant():
     graph = read_model(m, "weightnorm")
     assert [layer.name for layer in graph] == ["norm", "unit", "scale", "conv"]
     assert graph.layers["norm"].params == 16 * 8 * 9
-    assert graph.layers["scale"].params >= 16
+    assert graph.layers["scale"].params == 16  # g; v is owned by the norm
+    assert graph.layers["unit"].params == 0 and graph.layers["unit"].trainable  # reads v
+    assert graph.total_params == 16 * 8 * 9 + 16  # each weight once
     assert graph.layers["conv"].params == 0 and graph.layers["conv"].macs == 16 * 8 * 9 * 100
     assert graph.layers["conv"].reads_input
     transposed = model([helper.make_node("Transpose", ["w2"], ["wt"], name="t", perm=[1, 0]),
@@ -353,3 +355,23 @@ def test_buffers_marked_by_the_dynamo_exporter_are_not_trainable():
         m.graph.value_info.append(info)
     marked = read_model(m, "marked")
     assert marked.layers["add"].params == 0 and marked.layers["mm"].params == 16
+
+
+def test_a_tied_weight_is_counted_once_and_both_readers_train_it():
+    """An embedding table read by a Gather and, transposed, by the output MatMul (GPT-2's tied
+    head): one parameter tensor, owned by its first reader; an Identity alias (how TorchScript
+    de-duplicates equal-valued parameters) is a parameter of its own."""
+    table = weight("table", 10, 4)
+    nodes = [helper.make_node("Gather", ["table", "ids"], ["e"], name="embed"),
+             helper.make_node("Transpose", ["table"], ["tt"], name="t", perm=[1, 0]),
+             helper.make_node("MatMul", ["e", "tt"], ["logits"], name="head"),
+             helper.make_node("Identity", ["table"], ["alias"], name="alias"),
+             helper.make_node("Transpose", ["alias"], ["alias_t"], name="t2", perm=[1, 0]),
+             helper.make_node("MatMul", ["e", "alias_t"], ["more"], name="other")]
+    m = model(nodes, [vi("ids", [1, 3], TensorProto.INT64)],
+              [vi("logits", [1, 3, 10]), vi("more", [1, 3, 10])], [table])
+    graph = read_model(m, "tied")
+    assert graph.layers["embed"].params == 40 and graph.layers["head"].params == 0
+    assert graph.layers["head"].trainable and graph.layers["head"].param_bytes == 160
+    assert graph.layers["other"].params == 40  # the Identity alias: another parameter
+    assert graph.total_params == 80

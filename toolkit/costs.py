@@ -161,7 +161,7 @@ def tensor_bytes(tensor: Tensor, precision: str) -> float:
 
 def param_bytes(layer: Layer, precision: str) -> float:
     """Bytes of a layer's parameters as a pass reads them (fp16 copies under mixed precision)."""
-    return float(layer.params * 2) if precision == "fp16" else float(layer.param_bytes)
+    return float(layer.reads_weights * 2) if precision == "fp16" else float(layer.param_bytes)
 
 
 def activation_bytes(graph: LayerGraph, layer: Layer, precision: str) -> float:
@@ -279,9 +279,9 @@ def labels_ms(scenario: Scenario) -> float:
 
 def sync_ms(layer: Layer, scenario: Scenario) -> float:
     """Split-federated: this layer's parameters up and down once per round, per iteration."""
-    if not scenario.sync_every or not layer.param_bytes:
+    if not scenario.sync_every or not layer.params:
         return 0.0
-    bits = param_bytes(layer, scenario.precision) * 8
+    bits = layer.params * (2 if scenario.precision == "fp16" else _WORD) * 8
     return (bits / scenario.uplink_bps + bits / scenario.downlink_bps) * 1e3 / scenario.sync_every
 
 

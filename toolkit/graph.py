@@ -34,8 +34,10 @@ class Tensor:
 class Layer:
     """One trainable-graph node with its per-sample forward facts.
 
-    `inputs`/`outputs` name activation tensors only; parameters (initializers and anything
-    computed from them alone) are folded into `params`/`param_bytes`.
+    `inputs`/`outputs` name activation tensors only; trainable weights it reads (initializers
+    and views of them) are folded into `weight_elements`/`param_bytes` (what a pass reads) and
+    `params` (the parameters this layer owns: each weight is owned by the first layer that
+    reads it, so a tied embedding is counted, and updated by the optimizer, once).
     """
 
     name: str
@@ -52,10 +54,17 @@ class Layer:
     attrs: str = ""
     supported: bool = True
     reads_input: bool = False
+    weight_elements: int = -1  # elements of every weight it reads (-1: as many as `params`)
+
+    @property
+    def reads_weights(self) -> int:
+        """Elements of the trainable weights this layer reads (owned or shared)."""
+        return self.params if self.weight_elements < 0 else self.weight_elements
 
     @property
     def trainable(self) -> bool:
-        return self.params > 0
+        """It computes gradients for weights (its own or shared ones)."""
+        return self.reads_weights > 0
 
 
 @dataclass

@@ -54,7 +54,7 @@ _SUBGRAPH_OPS = frozenset({"If", "Loop", "Scan"})
 _BIG_WEIGHT_BYTES = 4096
 _PROBE_ELEMENTS = 1 << 26  # inputs larger than this (elements) are not worth a probe run
 _OP_CLASS_PREFIXES = ("aten.", "prims.", "<built-in", "torch.ops.")
-READER_VERSION = 2
+READER_VERSION = 3
 """Bumped whenever the reader turns the same file into another layer graph: stored models and
 cached block structures keyed by `LayerGraph.sha256` are then read again."""
 _NAME_SCOPES = "pkg.torch.onnx.name_scopes"
@@ -736,6 +736,8 @@ class _Reader:
         consts = set(self.initializers)
         self.weights = {n for n, t in self.initializers.items()
                         if t.data_type in _FLOAT_TYPES and n not in self.buffers}
+        self.weight_base: dict[str, str] = {}  # a view of a weight -> the initializer itself
+        self.owned: set[str] = set()  # weights already counted by an earlier layer
         constant: set[int] = set()
         for i in order:
             node = self.graph.node[i]
@@ -751,6 +753,12 @@ class _Reader:
                 consts.update(out for out in node.output if out)
                 if node.op_type in _WEIGHT_VIEWS and node.input and node.input[0] in self.weights:
                     self.weights.update(out for out in node.output if out)
+                    # Identity is how the TorchScript exporter aliases distinct parameters
+                    # that happen to hold equal values (it de-duplicates initializers): its
+                    # output is a parameter of its own. Other views read the same one.
+                    base = node.output[0] if node.op_type == "Identity" \
+                        else self.weight_base.get(node.input[0], node.input[0])
+                    self.weight_base.update((out, base) for out in node.output if out)
         return constant, consts
 
     def _static(self, name: str) -> bool:
@@ -774,16 +782,21 @@ class _Reader:
     ) -> Layer:
         name = self.names[i]
         acts = [n for n in dict.fromkeys(self.deps[i]) if n not in consts]
-        params = param_bytes = 0
+        params = param_bytes = elements = 0
         skip = _NOT_TRAINABLE_INPUTS.get(node.op_type, frozenset())
         for k, inp in enumerate(node.input):
             info = self.info.get(inp)
             if inp not in self.weights or k in skip or info is None:
                 continue
             if info.shape is not None:
-                params += numel(info.shape)
-                param_bytes += math.ceil(numel(info.shape) * _ELEM_BYTES.get(
-                    info.elem_type, _UNKNOWN_ELEM_BYTES))
+                count = numel(info.shape)
+                elements += count
+                param_bytes += math.ceil(count * _ELEM_BYTES.get(info.elem_type,
+                                                                 _UNKNOWN_ELEM_BYTES))
+                base = self.weight_base.get(inp, inp)
+                if base not in self.owned:  # the first reader owns it
+                    self.owned.add(base)
+                    params += count
         in_bytes = sum(tensors[n].bytes for n in acts if n in tensors)
         outs = [o for o in node.output if o]
         fallback = max((tensors[n].bytes for n in acts if n in tensors), default=0)
@@ -815,6 +828,7 @@ class _Reader:
             attrs=_canonical_attrs(attrs),
             supported=supported,
             reads_input=any(n in self.raw_inputs for n in acts),
+            weight_elements=elements,
         )
 
     def _shape(self, name: str) -> Shape | None:
