@@ -12,12 +12,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.oracles import brute_force_monotone, monotone_partitions, total
+from tests.oracles import brute_force_monotone, is_valid, monotone_partitions, total
 from toolkit.blocks import find_blocks
 from toolkit.costgraph import CostGraph, CostTensor
 from toolkit.errors import PartitionError
 from toolkit.graph import Layer, LayerGraph, Tensor
 from toolkit.partition import solve
+from toolkit.partition.baselines import best_chain_split
 
 CASES = 3000
 TIED = (0.0, 1.0, 1.0, 2.0, 3.0, 5.0)
@@ -136,6 +137,12 @@ def _check(graph: LayerGraph, costs: CostGraph, rng: np.random.Generator) -> Non
     free = [i for i in range(len(costs)) if not costs.pinned[i]]
     server = {int(rng.choice(free))} if free and rng.random() < 0.15 else set()
     expected = brute_force_monotone(costs, server)
+    prefixes = [total(costs, set(range(k))) for k in range(len(costs) + 1)
+                if is_valid(costs, set(range(k)), server)]
+    if prefixes:
+        chain_delay, k = best_chain_split(costs, server)
+        assert chain_delay == pytest.approx(min(prefixes), rel=1e-9, abs=1e-9)
+        assert chain_delay == pytest.approx(total(costs, set(range(k))), rel=1e-9, abs=1e-9)
     blocks = find_blocks(graph)
     for method in ("general", "blockwise"):
         try:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Collection
 
+import numpy as np
+
 from toolkit.costgraph import CostGraph, delay
 from toolkit.partition.stcut import min_cut
 
@@ -23,33 +25,28 @@ def best_chain_split(graph: CostGraph, server_pinned: Collection[int] = ()) -> t
     """Neurosurgeon-style: the best prefix of the topological order on the device.
 
     Returns (delay, k) where the first k layers run on the device. Every prefix is monotone;
-    prefixes leaving a pinned layer on the server are skipped. Incremental: O(V + E).
+    prefixes leaving a pinned layer on the server are skipped. Vectorised, O(V + E): a tensor
+    crosses prefix k when its producer is before k and its last consumer at or after it.
     """
     n = len(graph)
     first = max((i + 1 for i in range(n) if graph.pinned[i]), default=0)
     last = min(server_pinned, default=n)
-    last_consumer = [max(t.consumers) for t in graph.tensors]
-    opened: list[list[int]] = [[] for _ in range(n)]  # tensors whose producer is layer i
-    closed: list[list[int]] = [[] for _ in range(n + 1)]  # tensors fully on device at prefix k
-    for j, t in enumerate(graph.tensors):
-        opened[t.producer].append(j)
-        closed[last_consumer[j] + 1].append(j)
+    last_consumer = np.zeros(len(graph.tensors), dtype=np.int64)
+    np.maximum.at(last_consumer, graph.tensor_of, graph.consumer_of)
+    opens, closes = graph.tensor_producer + 1, last_consumer + 1  # crossing for k in [open, close)
+    cross = np.cumsum(np.bincount(opens, graph.tensor_crossing, n + 2)
+                      - np.bincount(closes, graph.tensor_crossing, n + 2))[: n + 1]
+    crossing = np.cumsum(np.bincount(opens, minlength=n + 2)
+                         - np.bincount(closes, minlength=n + 2))[: n + 1]
+    dev = np.concatenate(([0.0], np.cumsum(graph.device_arr)))
+    srv = graph.server_arr.sum() - np.concatenate(([0.0], np.cumsum(graph.server_arr)))
     last_output = max(graph.outputs, default=-1)
-    dev, srv, cross, crossing = 0.0, sum(graph.server_ms), 0.0, 0
-    best = (float("inf"), 0)
-    for k in range(0, n + 1):
-        if k > 0:
-            dev += graph.device_ms[k - 1]
-            srv -= graph.server_ms[k - 1]
-            cross += sum(graph.tensors[j].crossing_ms for j in opened[k - 1])
-            crossing += len(opened[k - 1])
-        cross -= sum(graph.tensors[j].crossing_ms for j in closed[k])
-        crossing -= len(closed[k])
-        total = dev + srv + cross + (graph.latency_ms if crossing else 0.0) \
-            + (graph.labels_ms if last_output >= k else 0.0)
-        if first <= k <= last and total < best[0]:
-            best = (total, k)
-    return best
+    k = np.arange(n + 1)
+    total = dev + srv + cross + np.where(crossing > 0, graph.latency_ms, 0.0) \
+        + np.where(last_output >= k, graph.labels_ms, 0.0)
+    total[(k < first) | (k > last)] = np.inf
+    best = int(np.argmin(total))
+    return float(total[best]), best
 
 
 def dads_repaired(graph: CostGraph, server_pinned: Collection[int] = ()) -> float:
