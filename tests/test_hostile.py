@@ -11,7 +11,7 @@ import pytest
 
 from tests.helpers import chain, run_main, save
 from toolkit.cli import cli
-from toolkit.measure import layers_sha
+from toolkit.measured import layers_sha
 from toolkit.onnx_reader import read_onnx
 from toolkit.store import Connection, Store
 

@@ -11,7 +11,8 @@ from tests.helpers import chain, run_main, save
 from toolkit import api, profiles
 from toolkit.calibrate import estimates, fit, to_toml
 from toolkit.costs import build_cost_graph, step_ms
-from toolkit.measure import layers_sha, load_profile, measure, onnxruntime_forward
+from toolkit.measure import measure, onnxruntime_forward
+from toolkit.measured import layers_sha, load_profile
 from toolkit.onnx_reader import read_onnx
 
 

@@ -90,3 +90,39 @@ def test_tls_uris_go_to_the_driver_unchanged(scheme):
         Store(Connection(uri, "neo4j", PASSWORD, None))  # the local server speaks no TLS
     assert f"at {uri}:" in str(raised.value)
     assert "accept TLS" in str(raised.value)
+
+
+CORE = ("graph", "ops", "costs", "costgraph", "blocks", "measured", "partition")
+EDGE_LIBRARIES = {"onnx", "onnxruntime", "torch", "torchvision", "transformers", "neo4j"}
+
+
+def _imports(module: str) -> set[str]:
+    """Top-level names a toolkit module imports (a package: all its modules)."""
+    base = ROOT / "toolkit" / module.replace(".", "/")
+    files = sorted(base.glob("*.py")) if base.is_dir() else [base.with_suffix(".py")]
+    found: set[str] = set()
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                found |= {alias.name for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                found.add(node.module)
+    return found
+
+
+def test_the_pure_core_imports_no_edge_library():
+    """graph, ops, costs, costgraph, blocks, measured and partition/ import neither onnx,
+    onnxruntime, torch nor neo4j, directly or through another toolkit module."""
+    seen: set[str] = set()
+    todo = list(CORE)
+    while todo:
+        module = todo.pop()
+        if module in seen:
+            continue
+        seen.add(module)
+        for name in _imports(module):
+            top = name.split(".")[0]
+            assert top not in EDGE_LIBRARIES, f"toolkit.{module} imports {name}"
+            if top == "toolkit" and name != "toolkit":
+                todo.append(name.split(".", 1)[1])
+    assert {"costs", "measured", "profiles", "partition.stcut"} <= seen  # it did walk

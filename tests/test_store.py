@@ -17,7 +17,7 @@ from toolkit import api, zoo
 from toolkit.blocks import find_blocks
 from toolkit.costgraph import CostGraph, CostTensor
 from toolkit.costs import BUILTIN_SCENARIOS
-from toolkit.measure import MeasuredProfile, layers_sha
+from toolkit.measured import MeasuredProfile, layers_sha
 from toolkit.partition import solve
 from toolkit.store import Connection, Store, StoreError
 

@@ -14,7 +14,7 @@ from toolkit.costgraph import CostGraph
 from toolkit.costs import LABEL_BYTES, Scenario, build_cost_graph
 from toolkit.errors import PartitionError
 from toolkit.graph import LayerGraph
-from toolkit.measure import MeasuredProfile, load_profile
+from toolkit.measured import MeasuredProfile, load_profile
 from toolkit.partition import Partition, checked_partition, solve
 from toolkit.partition.blockwise import Inner, solve_chain
 from toolkit.partition.messages import with_latency
@@ -97,7 +97,7 @@ def measure_model(
 def calibrate_profile(profile_paths: Sequence[str], base: str, name: str) -> Processor:
     """Fit `base`'s efficiencies to measured profiles (each remembers the model it timed)."""
     from toolkit.calibrate import fit
-    from toolkit.measure import load_profile
+    from toolkit.measured import load_profile
 
     samples = []
     for path in profile_paths:

@@ -50,7 +50,7 @@ from typing import Any
 from toolkit.costgraph import CostGraph, CostTensor
 from toolkit.errors import ScenarioError
 from toolkit.graph import Layer, LayerGraph, Tensor
-from toolkit.measure import MeasuredProfile
+from toolkit.measured import MeasuredProfile
 from toolkit.profiles import Processor
 
 PRECISIONS = ("fp32", "fp16")
