@@ -76,14 +76,13 @@ class CostGraph:
         return order, self.tensor_producer[order]
 
     @functools.cached_property
-    def _pairs(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(tensor, consumer) pairs flattened, and where each tensor's pairs start."""
+    def _pairs(self) -> tuple[np.ndarray, np.ndarray]:
+        """(tensor, consumer) pairs flattened: the tensor and the consumer of each."""
         lists = [t.consumers for t in self.tensors]
         counts = np.fromiter(map(len, lists), np.int64, len(lists))
         consumers = np.fromiter(itertools.chain.from_iterable(lists), np.int64,
                                 int(counts.sum()))
-        starts = np.concatenate(([0], np.cumsum(counts)))
-        return np.repeat(np.arange(len(self.tensors)), counts), consumers, starts
+        return np.repeat(np.arange(len(self.tensors)), counts), consumers
 
     @property
     def tensor_of(self) -> np.ndarray:
