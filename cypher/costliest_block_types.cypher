@@ -3,7 +3,7 @@
 // $device: device profile name (e.g. 'jetson-nano'); $limit: how many rows.
 // Returns model, block_type, signature, instances, device_ms_each, device_ms_total.
 MATCH (m:Model {device: $device})
-MATCH (b:Block {model: m.name})-[:OF_TYPE]->(t:BlockType)
+MATCH (b:Block {model: m.name, version: m.version})-[:OF_TYPE]->(t:BlockType)
 MATCH (b)-[:CONTAINS]->(l:Layer)
 WITH m, t, b, sum(l.device_ms) AS block_ms
 WITH m, t, count(b) AS instances, max(block_ms) AS each, sum(block_ms) AS total

@@ -8,7 +8,7 @@ MATCH (p:Partition)-[:OF]->(m:Model)
 WHERE ($scenario_key IS NULL AND p.current) OR p.scenario_key = $scenario_key
 WITH m, p ORDER BY p.written_at DESC
 WITH m, collect(p)[0] AS p
-OPTIONAL MATCH (b:Block {model: m.name, index: p.cut_block})-[:OF_TYPE]->(t:BlockType)
+OPTIONAL MATCH (b:Block {model: m.name, version: m.version, index: p.cut_block})-[:OF_TYPE]->(t:BlockType)
 RETURN m.name AS model, p.scenario_key AS scenario_key, p.cut_block AS cut_block,
        t.name AS block_type, p.blocks AS blocks,
        CASE WHEN p.cut_block IS NULL THEN 0.0

@@ -1,8 +1,10 @@
-// Block detection, step 3: each block's canonical segment key (toolkit.blocks.segment_key):
+// Block detection, step 4: each block's canonical segment key (toolkit.blocks.segment_key):
 // 'C'/'O', then per layer in order `[key](sources)`, sources in input order as
 // `<position in block>.<tensor_key>`, `e.<tensor_key>` (from the entry) or `o.<tensor_key>`.
-// $model: model name. Returns uid and key of every block, in order.
-MATCH (b:Block {model: $model})-[:CONTAINS]->(l:Layer)
+// $model, $version, $first, $last (a range of block indexes). Returns uid and key of those
+// blocks, in order.
+MATCH (b:Block {model: $model, version: $version}) WHERE $first <= b.index <= $last
+MATCH (b)-[:CONTAINS]->(l:Layer)
 OPTIONAL MATCH (p:Layer)-[f:FEEDS]->(l)
 WITH b, l, p, f ORDER BY l.topo, f.position
 WITH b, l, collect(CASE

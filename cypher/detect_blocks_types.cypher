@@ -1,4 +1,4 @@
-// Block detection, step 4: block types shared across models, keyed by the segment key's hash.
+// Block detection, step 5: block types shared across models, keyed by the segment key's hash.
 // $rows: [{uid, signature, name, size}]. Returns nothing.
 UNWIND $rows AS row
 MERGE (t:BlockType {signature: row.signature})

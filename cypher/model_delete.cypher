@@ -1,7 +1,10 @@
-// Remove a model with its layers, blocks and partitions (block types stay: other models share them).
-// $name: model name. Returns nothing.
+// Retire a model in one small transaction: its version is unset and its partitions deleted, so
+// from then on no reader sees it; model_sweep then deletes its layers and blocks (every
+// version that started before this delete) in batches, and model_drop the node. Block types
+// stay: other models share them.
+// $name: model name. Returns existed (no row for an unknown model).
 MATCH (m:Model {name: $name})
-CALL (m) { MATCH (m)-[:HAS_LAYER]->(l:Layer) DETACH DELETE l }
-CALL (m) { MATCH (b:Block {model: m.name}) DETACH DELETE b }
+REMOVE m.version, m.sha256
+WITH m
 CALL (m) { MATCH (p:Partition)-[:OF]->(m) DETACH DELETE p }
-DETACH DELETE m
+RETURN m.version IS NULL AS existed

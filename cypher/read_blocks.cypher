@@ -1,6 +1,7 @@
 // A model's compressed chain: blocks in order with their span and type.
 // $model: model name. Returns index, entry, exit, closed, signature, name, size.
-MATCH (b:Block {model: $model})-[:OF_TYPE]->(t:BlockType)
+MATCH (m:Model {name: $model}) WHERE m.version IS NOT NULL
+MATCH (b:Block {model: $model, version: m.version})-[:OF_TYPE]->(t:BlockType)
 RETURN b.index AS index, b.entry AS entry, b.exit AS exit, b.closed AS closed,
        b.signature AS signature, t.name AS name, t.size AS size
 ORDER BY b.index

@@ -8,8 +8,8 @@
 // the entry) and inner_tensors ([producer offset, tensor key, crossing_ms, consumer offset] per
 // data edge inside the block, the entry's included), in block order; and the model's
 // latency_ms and labels_ms.
-MATCH (m:Model {name: $model})
-MATCH (b:Block {model: $model})-[:CONTAINS]->(l:Layer)
+MATCH (m:Model {name: $model}) WHERE m.version IS NOT NULL
+MATCH (b:Block {model: $model, version: m.version})-[:CONTAINS]->(l:Layer)
 WITH m, b, l ORDER BY l.topo
 WITH m, b, sum(l.device_ms) AS device, sum(l.server_ms) AS server,
      sum(CASE WHEN l.device_ms < l.server_ms THEN l.device_ms ELSE l.server_ms END) AS cheapest,
@@ -17,11 +17,11 @@ WITH m, b, sum(l.device_ms) AS device, sum(l.server_ms) AS server,
      collect(CASE WHEN l.output THEN l.topo END) AS outputs,
      collect([l.topo - b.entry, l.device_ms, l.server_ms, l.pinned, coalesce(l.output, false)])
        AS inner_layers
-OPTIONAL MATCH (:Layer {model: $model, topo: b.exit})-[f:FEEDS]->()
+OPTIONAL MATCH (:Layer {model: $model, version: m.version, topo: b.exit})-[f:FEEDS]->()
 WITH m, b, device, server, cheapest, last_pinned, outputs, inner_layers,
      collect(DISTINCT [f.tensor, f.crossing_ms]) AS outs
 CALL (b) {
-  MATCH (p:Layer {model: b.model})-[f:FEEDS]->(c:Layer {model: b.model})
+  MATCH (p:Layer {model: b.model, version: b.version})-[f:FEEDS]->(c:Layer)
   WHERE b.entry <= p.topo <= b.exit AND b.entry < c.topo <= b.exit
   RETURN collect([p.topo - b.entry, f.tensor_key, f.crossing_ms, c.topo - b.entry])
     AS inner_tensors

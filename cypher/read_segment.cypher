@@ -2,7 +2,8 @@
 // and its own layers) with their delays, and the tensors passed among them.
 // $model: model name; $first, $last: topological positions. Returns topo, device_ms,
 // server_ms, pinned, output, tensors ([{tensor, crossing_ms, consumers}]), in order.
-MATCH (l:Layer {model: $model}) WHERE $first <= l.topo <= $last
+MATCH (m:Model {name: $model}) WHERE m.version IS NOT NULL
+MATCH (l:Layer {model: $model, version: m.version}) WHERE $first <= l.topo <= $last
 OPTIONAL MATCH (l)-[f:FEEDS]->(c:Layer) WHERE $first <= c.topo <= $last
 WITH l, f.tensor AS tensor, f.crossing_ms AS crossing_ms, collect(c.topo) AS consumers
 WITH l, collect(CASE WHEN tensor IS NULL THEN null

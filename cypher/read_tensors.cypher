@@ -1,6 +1,7 @@
 // A model's activation tensors: producer, consumers (topological positions), size and delay.
 // $model: model name. Returns tensor, producer, consumers, bytes, crossing_ms.
-MATCH (p:Layer {model: $model})-[f:FEEDS]->(c:Layer)
+MATCH (m:Model {name: $model}) WHERE m.version IS NOT NULL
+MATCH (p:Layer {model: $model, version: m.version})-[f:FEEDS]->(c:Layer)
 WITH f.tensor AS tensor, p.topo AS producer, c.topo AS consumer, f.bytes AS bytes,
      f.crossing_ms AS crossing_ms
 ORDER BY producer, tensor, consumer

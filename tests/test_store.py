@@ -276,3 +276,69 @@ def test_layer_keys_cannot_collide_and_long_names_store(store, tmp_path):
     with pytest.raises(StoreError, match="cannot be stored"):
         api.ingest_model(store, str(path), scenario, "m" * 5000)
     assert count(store, "MATCH (m:Model) WHERE size(m.name) > 1000 RETURN count(m)") == 0
+
+
+# versions: staged in batches, switched in one small transaction --------------------------------
+
+def _versioned(name: str, kind: str, size: int):
+    from toolkit.costs import build_cost_graph
+    from toolkit.synthetic import deep_model
+
+    graph = deep_model(kind, size)
+    graph.name = name
+    return graph, build_cost_graph(graph, api.make_scenario())
+
+
+def _all_layers(store: Store, name: str) -> int:
+    return count(store, "MATCH (l:Layer {model: $n}) RETURN count(l)", n=name)
+
+
+def test_a_staged_version_is_invisible_and_the_next_ingest_deletes_it():
+    """A client that dies after staging (never switching) leaves the old model readable; the
+    next ingest of the name deletes what it left. Batches of 7 rows: many transactions."""
+    name = "versions-abandoned"
+    old, old_costs = _versioned(name, "residual", 40)
+    staged, staged_costs = _versioned(name, "transformer", 60)
+    with Store(Connection.from_env(password=PASSWORD), batch_rows=7) as store:
+        store.ensure_schema()
+        store.delete_model(name)
+        assert store.ingest(old, old_costs, "old", "synthetic", 0) == "created"
+        version = store._read("version_new")[0]["version"]
+        store._stage(staged, staged_costs, version, {})  # and then the client died
+        assert _all_layers(store, name) == len(old) + len(staged)
+        assert store.read_cost_graph(name).names == old_costs.names
+        assert store.read_blocks(name).cut_vertices == find_blocks(old).cut_vertices
+        assert {r["model"] for r in store.run_saved("block_types_by_model", {"model": name})} \
+            == {name}
+        third, third_costs = _versioned(name, "residual", 25)
+        assert store.ingest(third, third_costs, "third", "synthetic", 0) == "replaced"
+        assert _all_layers(store, name) == len(third)
+        assert count(store, "MATCH (b:Block {model: $n}) RETURN count(b)", n=name) \
+            == len(find_blocks(third).segments)
+        assert store.read_cost_graph(name).names == third_costs.names
+        assert store.delete_model(name)
+        assert _all_layers(store, name) == 0
+        assert count(store, "MATCH (m:Model {name: $n}) RETURN count(m)", n=name) == 0
+
+
+def test_of_two_overlapping_ingests_the_later_started_stays():
+    """Ingests are ordered by when they started: an older one that finishes last reports
+    'superseded' and leaves the newer one current, and nothing of it behind."""
+    from toolkit.store import _switch
+
+    name = "versions-overlap"
+    first, first_costs = _versioned(name, "residual", 30)
+    second, second_costs = _versioned(name, "transformer", 24)
+    with Store(Connection.from_env(password=PASSWORD), batch_rows=11) as store:
+        store.ensure_schema()
+        store.delete_model(name)
+        early = store._read("version_new")[0]["version"]
+        assert store.ingest(second, second_costs, "second", "synthetic", 0) == "created"
+        store._stage(first, first_costs, early, {})
+        status, current = store._write(lambda tx: _switch(
+            tx, first, first_costs, early, {"sha256": "first", "source": "s", "opset": 0}))
+        assert status == "superseded" and current is not None and current > early
+        store._sweep(name, current, early)
+        assert _all_layers(store, name) == len(second)
+        assert store.read_cost_graph(name).names == second_costs.names
+        store.delete_model(name)

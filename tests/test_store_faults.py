@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from toolkit import api
+from toolkit.blocks import find_blocks
 from toolkit.costs import build_cost_graph
 from toolkit.store import Connection, Store, StoreError, TransactionTooLargeError
 from toolkit.synthetic import deep_model
@@ -51,17 +52,32 @@ def second_server(tmp_path):
     server(home, "stop")
 
 
-def test_server_killed_mid_ingest_leaves_no_partial_model(second_server):
+def count_layers(store: Store, model: str) -> int:
+    """Every stored layer of `model`, of any version (staged, current or abandoned)."""
+    records = store.driver.execute_query(
+        "MATCH (l:Layer {model: $m}) RETURN count(l) AS layers", m=model).records
+    return int(records[0]["layers"])
+
+
+def test_server_killed_mid_ingest_leaves_the_old_version_whole(second_server):
+    """A 100,000-layer replacement is killed while its edges are written: after the restart
+    readers see the old version whole; the next ingest (another file) deletes both."""
     connection = Connection("bolt://127.0.0.1:7688", "neo4j", "splitcut-dev", None)
-    graph = deep_model("transformer", 100_000)  # the largest the issue names
-    costs = build_cost_graph(graph, api.make_scenario())
+    name = "replaced-while-killed"
+    scenario = api.make_scenario()
+    old = deep_model("residual", 300)
+    new = deep_model("transformer", 100_000)  # the largest the issue names
+    old.name = new.name = name
+    old_costs, new_costs = build_cost_graph(old, scenario), build_cost_graph(new, scenario)
+    with Store(connection) as store:
+        store.ensure_schema()
+        assert store.ingest(old, old_costs, "old", "synthetic", 0) == "created"
     outcome: dict[str, object] = {}
 
     def ingest() -> None:
         try:
             with Store(connection) as store:
-                store.ensure_schema()
-                outcome["status"] = store.ingest(graph, costs, "sha", "synthetic", 0)
+                outcome["status"] = store.ingest(new, new_costs, "new", "synthetic", 0)
         except StoreError as exc:
             outcome["error"] = str(exc)
 
@@ -73,14 +89,47 @@ def test_server_killed_mid_ingest_leaves_no_partial_model(second_server):
     assert "Neo4j" in str(outcome["error"])
     server(second_server, "start")
     with Store(connection) as store:
-        records = store.driver.execute_query(
-            "MATCH (l:Layer {model: $m}) RETURN count(l) AS layers", m=graph.name
-        ).records
-        models = store.driver.execute_query(
-            "MATCH (m:Model {name: $m}) RETURN count(m) AS models", m=graph.name
-        ).records
-    assert records[0]["layers"] == 0
-    assert models[0]["models"] == 0
+        assert count_layers(store, name) > len(old)  # batches of the new version were kept...
+        stored = store.read_cost_graph(name)  # ...but readers see the old version, whole
+        assert stored.names == old_costs.names
+        assert [t.name for t in stored.tensors] == [t.name for t in old_costs.tensors]
+        assert store.read_blocks(name).cut_vertices == find_blocks(old).cut_vertices
+        # the next write of the model deletes the abandoned version and the replaced one
+        third = deep_model("residual", 200)
+        third.name = name
+        third_costs = build_cost_graph(third, scenario)
+        assert store.ingest(third, third_costs, "third", "synthetic", 0) == "replaced"
+        assert count_layers(store, name) == len(third)
+        assert store.read_cost_graph(name).names == third_costs.names
+
+
+def test_server_killed_mid_ingest_of_a_new_model_shows_no_model(second_server):
+    connection = Connection("bolt://127.0.0.1:7688", "neo4j", "splitcut-dev", None)
+    graph = deep_model("transformer", 5_000)
+    costs = build_cost_graph(graph, api.make_scenario())
+    outcome: dict[str, object] = {}
+
+    def ingest() -> None:
+        try:
+            with Store(connection, batch_rows=500) as store:
+                store.ensure_schema()
+                outcome["status"] = store.ingest(graph, costs, "sha", "synthetic", 0)
+        except StoreError as exc:
+            outcome["error"] = str(exc)
+
+    worker = threading.Thread(target=ingest)
+    worker.start()
+    kill_while_running(second_server, connection, "MATCH (b:Block {uid: row.block})")
+    worker.join(timeout=120)
+    assert "error" in outcome, f"the ingest finished before the kill: {outcome}"
+    server(second_server, "start")
+    with Store(connection) as store:
+        assert count_layers(store, graph.name) == len(graph)  # staged whole, never switched
+        with pytest.raises(StoreError, match="not in Neo4j"):
+            store.read_cost_graph(graph.name)
+        assert store.run_saved("block_types_by_model", {"model": graph.name}) == []
+        assert store.delete_model(graph.name)
+        assert count_layers(store, graph.name) == 0
 
 
 def _labels(store: Store, model: str) -> tuple[set[int], int, list[float]]:
@@ -160,24 +209,40 @@ def test_a_write_during_a_restart_is_retried_until_the_server_is_back(second_ser
     assert current == [pytest.approx(result.delay.total)]
 
 
-def test_a_transaction_too_large_for_the_server_fails_at_once_and_leaves_nothing(tmp_path):
-    """A server allowing 8 MiB per transaction cannot take a 5,000-layer model: one clear
-    error, without the driver retrying for its whole retry time, and no partial model."""
-    home = tmp_path / "small"
+@pytest.fixture(scope="module")
+def small_server(tmp_path_factory):
+    """A server allowing 8 MiB per transaction (a 5,000-layer model needs more in one)."""
+    home = tmp_path_factory.mktemp("small") / "neo4j"
     server(home, "start", NEO4J_LOCAL_TX_MAX="8m")
-    try:
-        connection = Connection("bolt://127.0.0.1:7688", "neo4j", "splitcut-dev", None,
-                                retry_seconds=60)
-        graph = deep_model("transformer", 5_000)
-        costs = build_cost_graph(graph, api.make_scenario())
-        with Store(connection) as store:
-            store.ensure_schema()
-            start = time.monotonic()
-            with pytest.raises(TransactionTooLargeError, match=r"db\.memory\.transaction\.max"):
-                store.ingest(graph, costs, "sha", "synthetic", 0)
-            assert time.monotonic() - start < 30  # not retried for the 60 s allowed
-            left = store.driver.execute_query(
-                "MATCH (l:Layer {model: $m}) RETURN count(l) AS n", m=graph.name).records
-        assert left[0]["n"] == 0
-    finally:
-        server(home, "stop")
+    yield Connection("bolt://127.0.0.1:7688", "neo4j", "splitcut-dev", None, retry_seconds=60)
+    server(home, "stop")
+
+
+def test_a_model_too_large_for_one_transaction_ingests_in_batches(small_server):
+    graph = deep_model("transformer", 5_000)
+    costs = build_cost_graph(graph, api.make_scenario())
+    with Store(small_server, batch_rows=500) as store:
+        store.ensure_schema()
+        assert store.ingest(graph, costs, "sha", "synthetic", 0) == "created"
+        stored = store.read_cost_graph(graph.name)
+        assert stored.names == costs.names and stored.device_ms == pytest.approx(costs.device_ms)
+        assert store.read_blocks(graph.name).cut_vertices == find_blocks(graph).cut_vertices
+        assert store.delete_model(graph.name)
+        assert count_layers(store, graph.name) == 0
+
+
+def test_a_batch_too_large_for_the_server_fails_at_once_and_leaves_nothing(small_server):
+    """One clear error, without the driver retrying for its whole retry time, and no layer
+    left behind."""
+    graph = deep_model("transformer", 5_000)
+    graph.name = "one-big-batch"
+    costs = build_cost_graph(graph, api.make_scenario())
+    with Store(small_server, batch_rows=100_000) as store:
+        store.ensure_schema()
+        start = time.monotonic()
+        with pytest.raises(TransactionTooLargeError, match=r"db\.memory\.transaction\.max"):
+            store.ingest(graph, costs, "sha", "synthetic", 0)
+        assert time.monotonic() - start < 30  # not retried for the 60 s allowed
+        assert count_layers(store, graph.name) == 0
+        with pytest.raises(StoreError, match="not in Neo4j"):
+            store.read_cost_graph(graph.name)

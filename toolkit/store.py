@@ -12,15 +12,17 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Callable, Iterator
+import random
+import time
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import neo4j
 import numpy as np
-from neo4j import GraphDatabase, ManagedTransaction
+from neo4j import GraphDatabase, ManagedTransaction, Transaction
 from neo4j.exceptions import (
     AuthError,
     DriverError,
@@ -42,7 +44,8 @@ Rows = Callable[..., list[dict[str, Any]]]
 """Runs a saved query by name with keyword parameters and returns its rows."""
 
 log = logging.getLogger(__name__)
-
+Row = TypeVar("Row")
+Read = TypeVar("Read")
 
 
 class StoreError(ToolkitError):
@@ -107,8 +110,9 @@ class Connection:
 class Store:
     """A connection to one Neo4j database, used as a context manager."""
 
-    def __init__(self, connection: Connection) -> None:
+    def __init__(self, connection: Connection, batch_rows: int = 20_000) -> None:
         self.connection = connection
+        self.batch_rows = batch_rows  # rows per transaction when a model is written in batches
         with self._errors():
             self.driver = GraphDatabase.driver(
                 connection.uri, auth=(connection.user, connection.password),
@@ -162,25 +166,34 @@ class Store:
     def _session(self) -> neo4j.Session:
         return self.driver.session(database=self.connection.database)
 
-    def _write(self, work: Callable[[ManagedTransaction], Any]) -> Any:
-        """`work` in one managed write transaction: transient failures (a lost connection, a
-        deadlock, a leader switch) are retried with backoff by the driver, the whole of `work`
-        each time."""
-        def once(tx: ManagedTransaction) -> Any:
-            try:
-                return work(tx)
-            except Neo4jError as exc:  # retrying cannot make a transaction fit
-                if "OutOfMemory" in (exc.code or ""):
-                    raise TransactionTooLargeError(
-                        f"the write needs more memory than Neo4j at {self.connection.uri} "
-                        "allows one transaction (db.memory.transaction.max); it was rolled "
-                        "back, so nothing was changed: raise that limit and the heap "
-                        "(NEO4J_LOCAL_TX_MAX, NEO4J_LOCAL_HEAP for scripts/neo4j-local)"
-                    ) from exc
-                raise
-
+    def _write(self, work: Callable[[Transaction], Any]) -> Any:
+        """`work` in one write transaction, run again from the start on transient failures (a
+        lost connection, a deadlock, a leader switch) with exponential backoff for up to
+        `retry_seconds`. Out of transaction memory is never retried, whether `work` or the
+        commit runs out: running it again cannot make it fit (the driver's own retry policy
+        would)."""
+        deadline = time.monotonic() + self.connection.retry_seconds
+        pause = 0.5
         with self._errors(writing=True), self._session() as session:
-            return session.execute_write(once)
+            while True:
+                try:
+                    with session.begin_transaction() as tx:
+                        result = work(tx)
+                        tx.commit()
+                        return result
+                except (Neo4jError, DriverError) as exc:
+                    if "OutOfMemory" in (getattr(exc, "code", None) or ""):
+                        raise TransactionTooLargeError(
+                            "the write needs more memory than Neo4j at "
+                            f"{self.connection.uri} allows one transaction "
+                            "(db.memory.transaction.max); it was rolled back, so nothing was "
+                            "changed: raise that limit and the heap (NEO4J_LOCAL_TX_MAX, "
+                            "NEO4J_LOCAL_HEAP for scripts/neo4j-local)") from exc
+                    if not exc.is_retryable() or time.monotonic() + pause > deadline:
+                        raise
+                    log.info("retrying a write in %.1f s after %s", pause, type(exc).__name__)
+                    time.sleep(pause * random.uniform(0.8, 1.2))
+                    pause = min(pause * 2, 10.0)
 
     def _read(self, query: str, /, **params: Any) -> list[dict[str, Any]]:
         """A saved query in a read transaction (`query` is positional-only, so a parameter may
@@ -204,33 +217,76 @@ class Store:
         self, graph: LayerGraph, costs: CostGraph, sha256: str, source: str, opset: int,
         names: dict[str, str] | None = None,
     ) -> str:
-        """Write a model whole, with its blocks detected, in one transaction: 'created',
-        'replaced' or 'unchanged' (same sha256: nothing written).
+        """Write a model whole, with its blocks detected: 'created', 'replaced', 'unchanged'
+        (the stored version is this file: nothing written) or 'superseded' (an ingest of the
+        same name started later finished first and stays).
 
-        The transaction first takes the model's lock (`model_lock`), so concurrent ingests of
-        one model run one after the other and the later one finds it unchanged.
+        The new version is staged in batches of `batch_rows` that no reader sees (every query
+        reads the version its (:Model) node names), then made current by one small
+        transaction under the model's lock (`model_switch`); the versions it replaces, and any
+        an ingest abandoned half-way, are then deleted in batches (`model_sweep`). So a model
+        of any size ingests in transactions of bounded size, and readers see the old version
+        or the new one, whole, never a mix.
         """
         if len(graph.name) > MAX_MODEL_NAME:
             raise StoreError(f"a model name of {len(graph.name)} characters cannot be stored "
                              f"(at most {MAX_MODEL_NAME}); give a shorter one with --name")
-        model = {"name": graph.name, "sha256": sha256, "source": source, "opset": opset,
-                 "layer_count": len(graph), "scenario": json.dumps(costs.scenario, sort_keys=True),
-                 "device": costs.scenario.get("device"), "server": costs.scenario.get("server")}
-
-        def work(tx: ManagedTransaction) -> str:
-            old = tx.run(queries.load("model_lock"), name=graph.name).single(strict=True)[0]
-            if old == sha256:
-                return "unchanged"
-            layers, feeds = ingest_rows(graph, costs)
-            tx.run(queries.load("model_clear"), name=graph.name).consume()
-            tx.run(queries.load("model_create"), model).consume()
-            tx.run(queries.load("ingest_layers"), model=graph.name, rows=layers,
-                   feeds=feeds).consume()
-            _detect_blocks(tx, graph.name, names or {})
-            return "created" if old is None else "replaced"
-
-        status: str = self._write(work)
+        stored = self._read("model_get", name=graph.name)
+        if stored and stored[0]["sha256"] == sha256:
+            return "unchanged"
+        version = str(self._read("version_new")[0]["version"])
+        self._write(lambda tx: tx.run(queries.load("model_lock"), name=graph.name).consume())
+        try:
+            self._stage(graph, costs, version, names or {})
+            switched: tuple[str, str | None] = self._write(
+                lambda tx: _switch(tx, graph, costs, version,
+                                   {"sha256": sha256, "source": source, "opset": opset}))
+            status, current = switched
+        except BaseException:
+            self._sweep(graph.name, None, version)  # best effort; else the next write does
+            raise
+        self._sweep(graph.name, current, None if current == version else version)
+        if status == "incomplete":
+            raise StoreError(f"model {graph.name!r} was deleted while this ingest wrote it; "
+                             "nothing was changed: run it again")
         return status
+
+    def _stage(self, graph: LayerGraph, costs: CostGraph, version: str,
+               names: dict[str, str]) -> None:
+        """A new version's layers, edges and blocks, each batch its own transaction."""
+        layers, feeds = ingest_rows(graph, costs, version)
+        run = self._statement
+        for chunk in batched(layers, self.batch_rows):
+            run("ingest_layers", model=graph.name, version=version, rows=chunk)
+        for chunk in batched(feeds, self.batch_rows):
+            run("ingest_feeds", model=graph.name, version=version, feeds=chunk)
+        _detect_blocks(run, graph.name, version, len(graph), names, self.batch_rows)
+
+    def _statement(self, query: str, /, **params: Any) -> list[dict[str, Any]]:
+        """A saved query in its own write transaction, as rows."""
+        rows: list[dict[str, Any]] = self._write(lambda tx: _tx_rows(tx)(query, **params))
+        return rows
+
+    def _sweep(self, model: str, before: str | None, version: str | None) -> None:
+        """Delete, in batches, the model's layers and blocks of versions before `before` and of
+        `version`. Readers never see them, so a failure here loses nothing: it is logged and
+        the next write of the model sweeps again."""
+        try:
+            while self._statement("model_sweep", model=model, before=before, version=version,
+                                  batch=self.batch_rows)[0]["deleted"]:
+                pass
+        except StoreError as exc:
+            log.warning("old versions of %r are left for the next write to delete: %s",
+                        model, exc)
+
+    def delete_model(self, name: str) -> bool:
+        """Remove a model (one small transaction hides it, then its nodes go in batches);
+        False when there was none."""
+        before = str(self._read("version_new")[0]["version"])
+        found = self._statement("model_delete", name=name)
+        self._sweep(name, before, None)
+        self._statement("model_drop", name=name)
+        return bool(found)
 
     def set_costs(self, costs: CostGraph) -> None:
         """Put another scenario's delays on a stored model."""
@@ -239,12 +295,38 @@ class Store:
     # block detection --------------------------------------------------------------------------
 
     def detect_blocks(self, model: str, names: dict[str, str] | None = None) -> BlockStructure:
-        """Detect a stored model's blocks again (ingest already does it) and read them back."""
-        self._write(lambda tx: _detect_blocks(tx, model, names or {}))
+        """Detect a stored model's blocks again (ingest already does it) and read them back:
+        one transaction replaces the current version's blocks."""
+        def work(tx: Transaction) -> None:
+            run = _tx_rows(tx)
+            stored = run("model_lock", name=model)[0]
+            if stored["version"] is None:
+                raise StoreError(f"model {model!r} is not in Neo4j: ingest it first")
+            version = str(stored["version"])
+            layers = run("model_get", name=model)[0]["layer_count"]
+            run("detect_blocks_clear", model=model, version=version)
+            _detect_blocks(run, model, version, int(layers), names or {}, self.batch_rows)
+
+        self._write(work)
         return self.read_blocks(model)
 
+    def _reading(self, model: str, rows: Rows | None, read: Callable[[Rows], Read]) -> Read:
+        """`read(rows)` as is inside a transaction (`rows`, under the model's lock). Outside,
+        each query runs in a transaction of its own, so the model's stored state is compared
+        before and after and the read repeated when another version or scenario came in
+        meanwhile (the old version may have been half deleted by then)."""
+        if rows is not None:
+            return read(rows)
+        for _ in range(3):
+            before = self._read("model_get", name=model)
+            result = read(self._read)
+            if self._read("model_get", name=model) == before:
+                return result
+        raise ModelChangedError(f"model {model!r} changed under every one of 3 reads (other "
+                                "processes keep writing it): try again when they are done")
+
     def read_blocks(self, model: str) -> BlockStructure:
-        rows = self._read("read_blocks", model=model)
+        rows = self._reading(model, None, lambda read: read("read_blocks", model=model))
         if not rows:
             raise StoreError(f"model {model!r} has no blocks in Neo4j: ingest it first")
         type_of: dict[str, int] = {}
@@ -271,29 +353,7 @@ class Store:
 
     def read_cost_graph(self, model: str, rows: Rows | None = None) -> CostGraph:
         """The stored cost graph (through `rows` inside a transaction, else on its own)."""
-        read = rows or self._read
-        layers = read("read_layers", model=model)
-        if not layers:
-            raise StoreError(f"model {model!r} is not in Neo4j: ingest it first")
-        tensors = [
-            CostTensor(r["tensor"], int(r["producer"]), tuple(int(c) for c in r["consumers"]),
-                       float(r["bytes"]), float(r["crossing_ms"]))
-            for r in read("read_tensors", model=model)
-        ]
-        stored = read("model_get", name=model)
-        message = stored[0] if stored else {}
-        return CostGraph(
-            model=model, names=[r["name"] for r in layers], ops=[r["op"] for r in layers],
-            device_ms=[float(r["device_ms"]) for r in layers],
-            server_ms=[float(r["server_ms"]) for r in layers],
-            pinned=[bool(r["pinned"]) for r in layers], tensors=tensors,
-            scenario=json.loads(stored[0]["scenario"]) if stored else {},
-            flops=[float(r["flops"]) for r in layers], macs=[float(r["macs"]) for r in layers],
-            params=[int(r["params"]) for r in layers],
-            latency_ms=float(message.get("latency_ms") or 0.0),
-            labels_ms=float(message.get("labels_ms") or 0.0),
-            outputs=[i for i, r in enumerate(layers) if r["output"]],
-        )
+        return self._reading(model, rows, lambda read: _cost_graph(model, read))
 
     def read_chain(self, model: str, rows: Rows | None = None) -> Chain:
         """The compressed chain with the stored delays summed per block, computed in Cypher.
@@ -301,32 +361,8 @@ class Store:
         Blocks share an inner solution only when their inner problems are identical: the same
         type and the same per-layer delays, pins and output flags and per-tensor crossing costs
         (tensors matched by producer position, output slot and consumer position)."""
-        found = (rows or self._read)("read_chain", model=model)
-        if not found:
-            raise StoreError(f"model {model!r} has no blocks in Neo4j: ingest it first")
-        pinned = [int(r["last_pinned"]) for r in found if r["last_pinned"] is not None]
-        chain = Chain(
-            layer_count=int(found[-1]["exit"]) + 1,
-            entries=np.array([r["entry"] for r in found], dtype=np.int64),
-            exits=np.array([r["exit"] for r in found], dtype=np.int64),
-            closed=np.array([r["closed"] for r in found], dtype=bool),
-            device=np.array([r["device"] for r in found], dtype=np.float64),
-            server=np.array([r["server"] for r in found], dtype=np.float64),
-            cheapest=np.array([r["cheapest"] for r in found], dtype=np.float64),
-            exit_cross=np.array([r["exit_cross"] if r["closed"] else 0.0 for r in found]),
-            groups=np.zeros(len(found), dtype=np.int64),
-            last_pinned=max(pinned, default=-1),
-            outputs=tuple(sorted(int(o) for r in found for o in r["outputs"])),
-            labels_ms=float(found[0]["labels_ms"] or 0.0),
-        )
-        labels_inside = chain.labels_inside()
-        group_of: dict[tuple[object, ...], int] = {}
-        for k, r in enumerate(found):
-            key = (r["signature"], bool(labels_inside[k]),
-                   tuple(sorted(tuple(x) for x in r["inner_layers"])),
-                   tuple(sorted(tuple(x) for x in r["inner_tensors"])))
-            chain.groups[k] = group_of.setdefault(key, len(group_of))
-        return chain
+        found = self._reading(model, rows, lambda read: read("read_chain", model=model))
+        return _chain(model, found)
 
     def solve_segment(self, model: str, chain: Chain, k: int, labels: bool,
                       rows: Rows | None = None) -> Inner:
@@ -365,7 +401,7 @@ class Store:
         write the cut back. Concurrent partitions of one model for other scenarios therefore
         never see each other's delays, and a re-ingest of another file under the same name
         that commits in between is refused (ModelChangedError) instead of mixing the two."""
-        def work(tx: ManagedTransaction) -> tuple[Partition, dict[str, int]]:
+        def work(tx: Transaction) -> tuple[Partition, dict[str, int]]:
             stored = tx.run(queries.load("model_lock"), name=costs.model).single(strict=True)[0]
             if stored != sha256:
                 raise ModelChangedError(
@@ -383,7 +419,76 @@ class Store:
         return self._read(name, **params)
 
 
-def _set_costs(tx: ManagedTransaction, costs: CostGraph) -> None:
+def _cost_graph(model: str, read: Rows) -> CostGraph:
+    """A stored cost graph from its rows."""
+    layers = read("read_layers", model=model)
+    if not layers:
+        raise StoreError(f"model {model!r} is not in Neo4j: ingest it first")
+    tensors = [
+        CostTensor(r["tensor"], int(r["producer"]), tuple(int(c) for c in r["consumers"]),
+                   float(r["bytes"]), float(r["crossing_ms"]))
+        for r in read("read_tensors", model=model)
+    ]
+    stored = read("model_get", name=model)
+    message = stored[0] if stored else {}
+    return CostGraph(
+        model=model, names=[r["name"] for r in layers], ops=[r["op"] for r in layers],
+        device_ms=[float(r["device_ms"]) for r in layers],
+        server_ms=[float(r["server_ms"]) for r in layers],
+        pinned=[bool(r["pinned"]) for r in layers], tensors=tensors,
+        scenario=json.loads(stored[0]["scenario"]) if stored else {},
+        flops=[float(r["flops"]) for r in layers], macs=[float(r["macs"]) for r in layers],
+        params=[int(r["params"]) for r in layers],
+        latency_ms=float(message.get("latency_ms") or 0.0),
+        labels_ms=float(message.get("labels_ms") or 0.0),
+        outputs=[i for i, r in enumerate(layers) if r["output"]],
+    )
+
+
+def _chain(model: str, found: list[dict[str, Any]]) -> Chain:
+    """The compressed chain from read_chain's rows."""
+    if not found:
+        raise StoreError(f"model {model!r} has no blocks in Neo4j: ingest it first")
+    pinned = [int(r["last_pinned"]) for r in found if r["last_pinned"] is not None]
+    chain = Chain(
+        layer_count=int(found[-1]["exit"]) + 1,
+        entries=np.array([r["entry"] for r in found], dtype=np.int64),
+        exits=np.array([r["exit"] for r in found], dtype=np.int64),
+        closed=np.array([r["closed"] for r in found], dtype=bool),
+        device=np.array([r["device"] for r in found], dtype=np.float64),
+        server=np.array([r["server"] for r in found], dtype=np.float64),
+        cheapest=np.array([r["cheapest"] for r in found], dtype=np.float64),
+        exit_cross=np.array([r["exit_cross"] if r["closed"] else 0.0 for r in found]),
+        groups=np.zeros(len(found), dtype=np.int64),
+        last_pinned=max(pinned, default=-1),
+        outputs=tuple(sorted(int(o) for r in found for o in r["outputs"])),
+        labels_ms=float(found[0]["labels_ms"] or 0.0),
+    )
+    labels_inside = chain.labels_inside()
+    group_of: dict[tuple[object, ...], int] = {}
+    for k, r in enumerate(found):
+        key = (r["signature"], bool(labels_inside[k]),
+               tuple(sorted(tuple(x) for x in r["inner_layers"])),
+               tuple(sorted(tuple(x) for x in r["inner_tensors"])))
+        chain.groups[k] = group_of.setdefault(key, len(group_of))
+    return chain
+
+
+def _switch(tx: Transaction, graph: LayerGraph, costs: CostGraph, version: str,
+            file: dict[str, Any]) -> tuple[str, str | None]:
+    """Make a staged version current under the model's lock: (status, current version)."""
+    tx.run(queries.load("model_lock"), name=graph.name).consume()
+    record = tx.run(queries.load("model_switch"), {
+        "name": graph.name, "version": version, "layer_count": len(graph),
+        "scenario": json.dumps(costs.scenario, sort_keys=True),
+        "device": costs.scenario.get("device"), "server": costs.scenario.get("server"),
+        "latency_ms": costs.latency_ms, "labels_ms": costs.labels_ms, **file,
+    }).single(strict=True)
+    current = record["current"]
+    return str(record["status"]), None if current is None else str(current)
+
+
+def _set_costs(tx: Transaction, costs: CostGraph) -> None:
     """A scenario's delays onto a stored model; its first statement takes the model's lock."""
     outputs = set(costs.outputs)
     layers = [
@@ -401,7 +506,7 @@ def _set_costs(tx: ManagedTransaction, costs: CostGraph) -> None:
            layers=layers, feeds=feeds).consume()
 
 
-def _write_partition(tx: ManagedTransaction, result: Partition) -> dict[str, int]:
+def _write_partition(tx: Transaction, result: Partition) -> dict[str, int]:
     data = result.to_dict()
     params = {
         "model": result.graph.model,
@@ -421,7 +526,7 @@ def _write_partition(tx: ManagedTransaction, result: Partition) -> dict[str, int
         else {"layers": 0, "device": 0}
 
 
-def _tx_rows(tx: ManagedTransaction) -> Rows:
+def _tx_rows(tx: Transaction) -> Rows:
     """Saved queries run inside `tx`, as rows."""
     def rows(query: str, /, **params: Any) -> list[dict[str, Any]]:
         return [record.data() for record in tx.run(queries.load(query), params)]
@@ -429,35 +534,78 @@ def _tx_rows(tx: ManagedTransaction) -> Rows:
     return rows
 
 
-def _detect_blocks(tx: ManagedTransaction, model: str, names: dict[str, str]) -> None:
-    """Cut vertices, segments, keys and types computed by the Cypher in `cypher/`.
+def _detect_blocks(run: Rows, model: str, version: str, layer_count: int,
+                   names: dict[str, str], batch: int) -> None:
+    """Cut vertices, segments, keys and types computed by the Cypher in `cypher/`, written in
+    batches of about `batch` rows through `run`.
 
-    The only work left to Python is hashing each segment key to its signature; `names`
-    (signature -> readable name) labels new block types.
+    Python only cuts the work into batches and hashes each segment key to its signature;
+    `names` (signature -> readable name) labels new block types.
     """
-    tx.run(queries.load("detect_blocks_segments"), model=model).consume()
-    tx.run(queries.load("detect_blocks_chain"), model=model).consume()
-    rows = []
-    for record in tx.run(queries.load("detect_blocks_keys"), model=model):
-        key = record["key"]
-        sig = signature(key)
-        rows.append({"uid": record["uid"], "signature": sig,
-                     "name": names.get(sig, f"block {sig[:6]}"), "size": key.count("](")})
-    tx.run(queries.load("detect_blocks_types"), rows=rows).consume()
+    where = {"model": model, "version": version}
+    segments = run("detect_blocks_segments", **where, layer_count=layer_count)[0]["segments"]
+    blocks: list[dict[str, Any]] = [
+        {"uid": node_uid(model, version, i), "index": i, "entry": int(seg["entry"]),
+         "exit": int(seg["exit"]), "closed": bool(seg["closed"])}
+        for i, seg in enumerate(segments)]
+    for chunk in batched(blocks, batch):
+        run("detect_blocks_chain", **where, blocks=chunk)
+    contains = ({"block": b["uid"], "topo": t}
+                for b in blocks for t in range(b["entry"] + 1, b["exit"] + 1))
+    for rows in batched(contains, batch):
+        run("detect_blocks_contains", **where, rows=rows)
+    for group in _by_layers(blocks, batch):
+        types = []
+        for record in run("detect_blocks_keys", **where, first=group[0]["index"],
+                          last=group[-1]["index"]):
+            key = record["key"]
+            sig = signature(key)
+            types.append({"uid": record["uid"], "signature": sig,
+                          "name": names.get(sig, f"block {sig[:6]}"), "size": key.count("](")})
+        run("detect_blocks_types", rows=types)
 
 
-def layer_uid(model: str, layer: str) -> str:
-    """A layer's unique key: fixed-size (names of any length index) and collision-free (model
-    'a' with layer 'b/c' and model 'a/b' with layer 'c' differ), the name kept beside it."""
-    return hashlib.sha256(json.dumps([model, layer]).encode()).hexdigest()
+def _by_layers(blocks: list[dict[str, Any]], batch: int) -> Iterator[list[dict[str, Any]]]:
+    """Consecutive blocks in groups of at most `batch` layers (or one bigger block)."""
+    group: list[dict[str, Any]] = []
+    layers = 0
+    for block in blocks:
+        size = block["exit"] - block["entry"]
+        if group and layers + size > batch:
+            yield group
+            group, layers = [], 0
+        group.append(block)
+        layers += size
+    if group:
+        yield group
 
 
-def ingest_rows(graph: LayerGraph, costs: CostGraph) -> tuple[list[dict[str, Any]],
-                                                              list[dict[str, Any]]]:
-    """A layer graph and its delays as plain rows for UNWIND: (layers, feeds). Pure."""
+def node_uid(model: str, version: str, node: str | int) -> str:
+    """A layer's or block's unique key: fixed-size (names of any length index) and
+    collision-free (model 'a' with layer 'b/c' and model 'a/b' with layer 'c' differ, and so
+    do two versions of one model), the name kept beside it."""
+    return hashlib.sha256(json.dumps([model, version, node]).encode()).hexdigest()
+
+
+def batched(rows: Iterable[Row], size: int) -> Iterator[list[Row]]:
+    """`rows` in lists of at most `size`."""
+    chunk: list[Row] = []
+    for row in rows:
+        chunk.append(row)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def ingest_rows(graph: LayerGraph, costs: CostGraph, version: str
+                ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """A version of a layer graph and its delays as plain rows for UNWIND: (layers, feeds)."""
     layers = list(graph)
     layer_rows = [
-        {"uid": layer_uid(graph.name, layer.name), "name": layer.name, "op": layer.op, "topo": i,
+        {"uid": node_uid(graph.name, version, layer.name), "name": layer.name,
+         "op": layer.op, "topo": i,
          "flops": layer.flops, "macs": layer.macs, "params": layer.params,
          "out_bytes": layer.out_bytes, "device_ms": float(costs.device_ms[i]),
          "server_ms": float(costs.server_ms[i]), "pinned": bool(costs.pinned[i]),

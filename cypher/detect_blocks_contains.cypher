@@ -1,0 +1,7 @@
+// Block detection, step 3: one batch of (:Block)-[:CONTAINS]->(:Layer) edges.
+// $model, $version; $rows: [{block (uid), topo}]. Returns contains (count).
+UNWIND $rows AS row
+MATCH (b:Block {uid: row.block})
+MATCH (l:Layer {model: $model, version: $version, topo: row.topo})
+CREATE (b)-[:CONTAINS]->(l)
+RETURN count(*) AS contains
