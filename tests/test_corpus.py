@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import warnings
 from collections import Counter
+from typing import Any
 
 import onnx
 import pytest
@@ -16,12 +17,17 @@ from toolkit.blocks import find_blocks
 from toolkit.errors import ToolkitError
 
 
-def node_test_models() -> list[tuple[str, onnx.ModelProto]]:
+def node_test_cases() -> list[Any]:
+    """The onnx package's backend node test cases (model, inputs, expected outputs)."""
     with warnings.catch_warnings():  # a few cases divide by zero on purpose
         warnings.simplefilter("ignore")
         from onnx.backend.test.case.node import collect_testcases
 
-        return [(case.name, case.model) for case in collect_testcases(None)]
+        return list(collect_testcases(None))
+
+
+def node_test_models() -> list[tuple[str, onnx.ModelProto]]:
+    return [(case.name, case.model) for case in node_test_cases()]
 
 
 def test_backend_node_test_corpus_never_crashes(tmp_path, caplog):

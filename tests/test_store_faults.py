@@ -62,7 +62,8 @@ def count_layers(store: Store, model: str) -> int:
 def test_server_killed_mid_ingest_leaves_the_old_version_whole(second_server):
     """A 100,000-layer replacement is killed while its edges are written: after the restart
     readers see the old version whole; the next ingest (another file) deletes both."""
-    connection = Connection("bolt://127.0.0.1:7688", "neo4j", "splitcut-dev", None)
+    connection = Connection("bolt://127.0.0.1:7688", "neo4j", "splitcut-dev", None,
+                            retry_seconds=5)
     name = "replaced-while-killed"
     scenario = api.make_scenario()
     old = deep_model("residual", 300)
@@ -104,7 +105,8 @@ def test_server_killed_mid_ingest_leaves_the_old_version_whole(second_server):
 
 
 def test_server_killed_mid_ingest_of_a_new_model_shows_no_model(second_server):
-    connection = Connection("bolt://127.0.0.1:7688", "neo4j", "splitcut-dev", None)
+    connection = Connection("bolt://127.0.0.1:7688", "neo4j", "splitcut-dev", None,
+                            retry_seconds=5)
     graph = deep_model("transformer", 5_000)
     costs = build_cost_graph(graph, api.make_scenario())
     outcome: dict[str, object] = {}

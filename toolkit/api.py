@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,6 +25,9 @@ from toolkit.profiles import Processor
 if TYPE_CHECKING:
     from toolkit.onnx_split import SplitResult
     from toolkit.store import Rows, Store
+    from toolkit.train.session import TrainResult
+
+CUTS = ("optimal", "best-single", "device-only")
 
 
 def load_graph(
@@ -216,3 +220,57 @@ def partition_in_neo4j(
 
     result, written = store.solve_and_write(costs, graph.sha256, solve_stored)
     return result, written, graph
+
+
+def device_layers_from(path: str) -> list[str]:
+    """Layer names from a JSON file: a list, or `splitcut partition --json` output."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise PartitionError(f"--device-layers {path}: cannot read it as JSON ({exc})") from exc
+    if isinstance(data, dict):
+        data = data.get("partition", {}).get("device_layers")
+    if not isinstance(data, list) or not all(isinstance(x, str) for x in data):
+        raise PartitionError(f"--device-layers {path}: expected a JSON list of layer names or "
+                             "the output of `splitcut partition --json`")
+    return data
+
+
+def train_model(
+    model: str, scenario: Scenario, name: str | None = None, exporter: str = "torchscript",
+    dims: dict[str, int] | None = None, cut: str = "optimal",
+    device_layers: Sequence[str] = (), iterations: int = 20, warmup: int = 3,
+    lr: float = 0.001, paced: bool = False,
+) -> TrainResult:
+    """Real split training of MODEL at a cut (`CUTS`, or the given device layers) over the
+    scenario's link, measured beside the delay model's prediction."""
+    from toolkit.partition.baselines import best_chain_split
+    from toolkit.partition.validate import validate_partition
+    from toolkit.train.session import train
+
+    path, _ = zoo.resolve(model, exporter)
+    graph = load_graph(model, name, exporter, dims)
+    costs = build_cost_graph(graph, scenario)
+    if device_layers:
+        device, label = layer_indices(graph, device_layers, "--device-layers"), "given"
+    elif cut == "optimal":
+        result = partition_model(graph, scenario)
+        device, label = result.device, "optimal"
+    elif cut == "best-single":
+        device, label = list(range(best_chain_split(costs)[1])), "best single split"
+    elif cut == "device-only":
+        device, label = list(range(len(graph))), "device only"
+    else:
+        raise PartitionError(f"unknown --cut {cut!r}; choose one of {', '.join(CUTS)}")
+    validate_partition(costs, device)
+    return train(Path(path), graph.name, costs, device, label, scenario, iterations, warmup,
+                 lr, paced, dims)
+
+
+def file_batch(model: str, exporter: str = "torchscript") -> int | None:
+    """The batch MODEL's file fixes, if it fixes one (training must use it)."""
+    from toolkit.onnx_reader import load_model
+    from toolkit.train.session import file_batch as fixed
+
+    path, _ = zoo.resolve(model, exporter)
+    return fixed(load_model(path))

@@ -27,6 +27,7 @@ from toolkit.report import (
     human_bytes,
     inspect_dict,
     partition_report,
+    train_report,
 )
 
 if TYPE_CHECKING:
@@ -470,6 +471,45 @@ def split(model: str, name: str | None, exporter: str, dims: dict[str, int],
                 else "the device half reproduces")
         click.echo(f"{what} the whole model: max abs error "
                    f"{halves.max_abs_error:.3g} (relative {halves.max_rel_error:.3g})")
+
+
+@cli.command()
+@model_options
+@scenario_options
+@click.option("--cut", type=click.Choice(api.CUTS), default="optimal", show_default=True,
+              help="Which partition to train.")
+@click.option("--device-layers", "device_layers_file",
+              help="JSON list of device layers (or `partition --json` output) instead of --cut.")
+@click.option("--iterations", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option("--warmup", type=click.IntRange(min=0), default=3, show_default=True,
+              help="Iterations run first and not measured.")
+@click.option("--lr", type=float, default=0.001, show_default=True, help="SGD learning rate.")
+@click.option("--paced", is_flag=True,
+              help="Pace in the senders instead of shaping the link in the kernel.")
+@json_option
+def train(model: str, name: str | None, exporter: str, dims: dict[str, int], cut: str,
+          device_layers_file: str | None, iterations: int, warmup: int, lr: float,
+          paced: bool, as_json: bool, **kw: Any) -> None:
+    """Train MODEL split in two processes over a shaped link; measured vs predicted.
+
+    The device and server halves run as two programs exchanging activations and gradients
+    over TCP inside a private network namespace whose loopback `tc` shapes to the scenario's
+    rates (root needed; else --paced). A file that fixes its batch trains at that batch.
+
+    Example: splitcut train resnet18 --link wifi5 --iterations 20
+    """
+    ctx = click.get_current_context()
+    if ctx.get_parameter_source("batch") == click.core.ParameterSource.DEFAULT:
+        kw["batch"] = api.file_batch(model, exporter) or kw["batch"]
+    scenario = build_scenario(kw)
+    layers = api.device_layers_from(device_layers_file) if device_layers_file else []
+    with console.status(f"training {model} split in two processes", spinner="dots"):
+        result = api.train_model(model, scenario, name, exporter, dims, cut, layers,
+                                 iterations, warmup, lr, paced)
+    if as_json:
+        emit_json(result.to_dict())
+        return
+    console.print(train_report(result))
 
 
 @cli.command()

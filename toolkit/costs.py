@@ -257,14 +257,18 @@ def _side_ms(graph: LayerGraph, proc: Processor, scenario: Scenario) -> list[flo
     return [p + s for p, s in zip(passes, steps, strict=True)]
 
 
+def transfer_ms(nbytes: float, scenario: Scenario, up: bool) -> float:
+    """One batch of a tensor one way (`nbytes` per sample as it travels, `tensor_bytes`) over
+    the uplink or the downlink; no latency (that is per message)."""
+    return nbytes * scenario.batch * 8 / (scenario.uplink_bps if up else
+                                          scenario.downlink_bps) * 1e3
+
+
 def crossing_ms(nbytes: float, scenario: Scenario, is_float_tensor: bool = True) -> float:
-    """Activations up and, for a float tensor, its gradient down (`nbytes` per sample as it
-    travels, `tensor_bytes`). Latency is per message: `per_iteration_latency_ms`."""
-    bits = nbytes * scenario.batch * 8
-    transfer_s = bits / scenario.uplink_bps
-    if is_float_tensor:
-        transfer_s += bits / scenario.downlink_bps
-    return transfer_s * 1e3
+    """Activations up and, for a float tensor, its gradient down. Latency is per message:
+    `per_iteration_latency_ms`."""
+    down = transfer_ms(nbytes, scenario, up=False) if is_float_tensor else 0.0
+    return transfer_ms(nbytes, scenario, up=True) + down
 
 
 def per_iteration_latency_ms(scenario: Scenario) -> float:

@@ -35,7 +35,7 @@ _NEVER_CONSTANT = frozenset(
     {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial",
      "Bernoulli"}
 )
-_NOT_TRAINABLE_INPUTS: dict[str, frozenset[int]] = {
+NOT_TRAINABLE_INPUTS: dict[str, frozenset[int]] = {
     "BatchNormalization": frozenset({3, 4}),  # running mean and variance
     # quantization scales and zero points are calibration constants, not trained
     "QLinearConv": frozenset({1, 2, 4, 5, 6, 7}),
@@ -599,6 +599,15 @@ def _per_sample(
     return layers, tensors
 
 
+def buffer_names(graph: GraphProto) -> set[str]:
+    """Initializers that torch.export says are not parameters (buffers, lifted constants)."""
+    return {
+        vi.name for vi in [*graph.value_info, *graph.input]
+        if any(e.key == _INPUT_KIND and e.value in ("BUFFER", "CONSTANT_TENSOR")
+               for e in vi.metadata_props)
+    }
+
+
 class _Reader:
     """One pass over a shape-inferred model: order nodes, fold constants, build layers."""
 
@@ -617,11 +626,7 @@ class _Reader:
                                  f"dimension {tuple(t.dims)}")
             self.info[t.name] = _Info(tuple(int(d) for d in t.dims), t.data_type)
         self.raw_inputs = [i.name for i in g.input if i.name not in self.initializers]
-        self.buffers = {  # torch.export's own word on which initializers are not parameters
-            vi.name for vi in [*g.value_info, *g.input]
-            if any(e.key == _INPUT_KIND and e.value in ("BUFFER", "CONSTANT_TENSOR")
-                   for e in vi.metadata_props)
-        }
+        self.buffers = buffer_names(g)
         self.names = layer_names(g)
         self.module_classes: dict[str, str] = {}
         self.opset = max(
@@ -783,7 +788,7 @@ class _Reader:
         name = self.names[i]
         acts = [n for n in dict.fromkeys(self.deps[i]) if n not in consts]
         params = param_bytes = elements = 0
-        skip = _NOT_TRAINABLE_INPUTS.get(node.op_type, frozenset())
+        skip = NOT_TRAINABLE_INPUTS.get(node.op_type, frozenset())
         for k, inp in enumerate(node.input):
             info = self.info.get(inp)
             if inp not in self.weights or k in skip or info is None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Group, RenderableType
 from rich.markup import escape
@@ -12,6 +12,9 @@ from rich.table import Table
 from toolkit.blocks import BlockStructure
 from toolkit.graph import LayerGraph
 from toolkit.partition import Partition
+
+if TYPE_CHECKING:
+    from toolkit.train.session import TrainResult
 
 
 def inspect_dict(graph: LayerGraph) -> dict[str, Any]:
@@ -190,3 +193,31 @@ def _periodic(seq: list[int], longest: int = 4) -> list[tuple[list[int], int]]:
         out.append(best)
         i += best[1] * len(best[0])
     return out
+
+
+_TERM_NAMES = {"device_ms": "device forward + backward + step", "upload_ms": "upload",
+               "server_ms": "server forward + loss + backward + step",
+               "download_ms": "download", "total_ms": "whole iteration"}
+
+
+def train_report(result: TrainResult) -> Group:
+    """For people: measured against predicted, term by term (medians after warm-up)."""
+    data = result.to_dict()
+    table = Table("term", "predicted ms", "measured ms", "measured / predicted",
+                  title=f"one iteration, median of {len(result.iterations)}")
+    for key, label in _TERM_NAMES.items():
+        predicted, measured = result.predicted_ms[key], result.measured_ms[key]
+        ratio = data["ratio"].get(key)
+        table.add_row(label, f"{predicted:.1f}", f"{measured:.1f}",
+                      f"{ratio:.2f}" if ratio is not None else "-")
+    cut = ", ".join(result.cut_tensors) if result.cut_tensors else "nothing crosses"
+    layers = "layer" if result.device_layers == 1 else "layers"
+    losses = result.losses
+    return Group(
+        f"[bold]{escape(result.model)}[/bold], {result.cut} cut: {result.device_layers} "
+        f"{layers} on the device, batch {result.batch}; crossing: {escape(cut)}",
+        f"link: {result.shaping}",
+        table,
+        f"loss on the fixed synthetic batch: {losses[0]:.4g} -> {losses[-1]:.4g}"
+        if losses else "no iterations measured",
+    )

@@ -1,0 +1,318 @@
+"""Real split training: the ONNX executor, the wire format, and two peers over a shaped link."""
+
+from __future__ import annotations
+
+import json
+import socket
+import struct
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from onnx import helper
+
+from tests.helpers import model, run_main, save, vi, weight
+from toolkit import api, zoo
+from toolkit.onnx_split import split_model
+from toolkit.train import wire
+from toolkit.train.executor import OnnxModule, trainable_initializers
+from toolkit.train.peer import loss_of, synthetic_inputs, synthetic_labels
+from toolkit.train.session import TrainError, input_specs
+
+ZOO = [(name, exporter) for name in zoo.MODELS for exporter in ("torchscript", "dynamo")]
+
+
+def _whole(name: str, exporter: str) -> tuple[Path, onnx.ModelProto, OnnxModule]:
+    path, _ = zoo.resolve(name, exporter)
+    m = onnx.load(str(path))
+    return path, m, OnnxModule(m, trainable_initializers(m.graph))
+
+
+@pytest.mark.parametrize(("name", "exporter"), ZOO, ids=[f"{n}-{e}" for n, e in ZOO])
+def test_executor_matches_onnxruntime_and_trains_the_readers_parameters(name, exporter):
+    """Forward equals onnxruntime on every zoo export, and the parameters the executor trains
+    are exactly the ones the reader counts (PyTorch's totals)."""
+    path, m, module = _whole(name, exporter)
+    feeds = synthetic_inputs(input_specs(m, 1, {}), seed=3)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    expected = session.run(None, {k: v.numpy() for k, v in feeds.items()})
+    with torch.no_grad():
+        got = module(feeds)
+    for ref, out_name in zip(expected, module.output_names, strict=True):
+        scale = max(float(np.abs(ref).max()), 1e-6)
+        assert np.abs(got[out_name].numpy() - ref).max() / scale < 1e-4, out_name
+    graph = api.load_graph(name, exporter=exporter)
+    assert sum(p.numel() for p in module.weights) == sum(layer.params for layer in graph)
+
+
+def _sgd_step(modules, feeds, labels, classes, output):
+    """One SGD step through a chain of modules (device, then server), returning the loss."""
+    optimizers = [torch.optim.SGD(m.parameters(), lr=0.1) for m in modules]
+    values = dict(feeds)
+    boundaries = []
+    for k, module in enumerate(modules):
+        if k:  # what the server receives: a leaf, as it arrives over the wire
+            cut = {n: values[n].detach().requires_grad_(values[n].is_floating_point())
+                   for n in module.input_names}
+            boundaries.append((values, cut))
+            values = {**values, **cut}
+        values = {**values, **module({n: values[n] for n in module.input_names})}
+    loss = loss_of(values[output], labels, classes)
+    loss.backward()
+    for sent, received in boundaries:
+        floats = [n for n, t in received.items() if t.is_floating_point()]
+        torch.autograd.backward([sent[n] for n in floats], [received[n].grad for n in floats])
+    for opt in optimizers:
+        opt.step()
+    return loss.item()
+
+
+@pytest.mark.parametrize(("name", "exporter"), [("resnet18", "torchscript"),
+                                                ("googlenet", "torchscript"),
+                                                ("vit_b_16", "dynamo")])
+def test_one_sgd_step_on_the_halves_equals_one_on_the_whole(name, exporter, tmp_path):
+    path, m, whole = _whole(name, exporter)
+    graph = api.load_graph(name, exporter=exporter)
+    result = api.partition_model(graph, api.make_scenario(link="lte", batch=1))
+    middle = len(graph) // 2
+    device = [layer.name for layer in list(graph)[:middle]]
+    assert result.device  # a real cut exists for this model
+    halves = split_model(path, device, tmp_path, check=False)
+    trainable = trainable_initializers(m.graph)
+    dev = OnnxModule(onnx.load(str(halves.device_path)), trainable)
+    srv = OnnxModule(onnx.load(str(halves.server_path)), trainable)
+    feeds = synthetic_inputs(input_specs(m, 1, {}), seed=5)
+    output = m.graph.output[0].name
+    with torch.no_grad():
+        classes = int(whole(feeds)[output].shape[-1])
+    labels = synthetic_labels([1], classes, seed=5)
+    with torch.no_grad():
+        split_out = srv({n: t for n, t in {**feeds, **dev(feeds)}.items()
+                         if n in srv.input_names})[output]
+        assert torch.allclose(split_out, whole(feeds)[output], rtol=1e-4, atol=1e-5)
+    before = {n: w.detach().clone() for n, w in whole.named_weights().items()}
+    whole_loss = _sgd_step([whole], feeds, labels, classes, output)
+    split_loss = _sgd_step([dev, srv], feeds, labels, classes, output)
+    assert split_loss == pytest.approx(whole_loss, rel=1e-5)
+    # SGD is linear in the gradient: a weight both halves read (tied across the cut) moves in
+    # the whole model by the sum of its moves in the two halves
+    moved = {n: torch.zeros_like(w) for n, w in before.items()}
+    for part in (dev, srv):
+        for weight_name, param in part.named_weights().items():
+            moved[weight_name] += param.detach() - before[weight_name]
+    for weight_name, param in whole.named_weights().items():
+        assert torch.allclose(before[weight_name] + moved[weight_name], param.detach(),
+                              rtol=1e-4, atol=1e-6), weight_name
+    assert any(float(m.abs().max()) > 0 for m in moved.values())
+
+
+# the wire ------------------------------------------------------------------------------------
+
+def _pair():
+    a, b = socket.socketpair()
+    return a, b
+
+
+def test_tensors_of_every_carried_dtype_cross_the_wire_unchanged():
+    tensors = {name: (torch.arange(24) % 7).to(dtype).reshape(2, 3, 4)
+               for name, dtype in wire.DTYPES.items()}
+    tensors["empty"] = torch.zeros(0, 5)
+    tensors["scalar"] = torch.tensor(3.5)
+    a, b = _pair()
+    with a, b:
+        sent = wire.send(a, "forward", tensors, loss=1.5)
+        kind, meta, got, received = wire.receive(b, 1 << 20)
+    assert kind == "forward" and meta == {"loss": 1.5} and received == sent
+    for name, tensor in tensors.items():
+        assert got[name].dtype == tensor.dtype and torch.equal(got[name], tensor), name
+
+
+def _raw(header: object, payload: bytes = b"", magic: bytes = wire.MAGIC) -> bytes:
+    text = header if isinstance(header, bytes) else json.dumps(header).encode()
+    return magic + struct.pack(">I", len(text)) + text + payload
+
+
+@pytest.mark.parametrize(("message", "error"), [
+    (_raw({"kind": "x", "tensors": []}, magic=b"PICK"), "bad magic"),
+    (wire.MAGIC + struct.pack(">I", 1 << 30), "header of"),
+    (_raw(b"\x80\x04\x95cos\nsystem\n"), "not JSON"),
+    (_raw({"kind": "x"}), "without kind"),
+    (_raw({"kind": "x", "tensors": [{"name": "t", "dtype": "object", "shape": [1]}]}),
+     "bad name or dtype"),
+    (_raw({"kind": "x", "tensors": [{"name": "t", "dtype": "float32", "shape": [-1]}]}),
+     "bad shape"),
+    (_raw({"kind": "x", "tensors": [{"name": "t", "dtype": "float32", "shape": [1 << 30]}]}),
+     "at most"),
+    (_raw({"kind": "x", "tensors": [{"name": "t", "dtype": "float32", "shape": [4]}]},
+          b"\0" * 8), "mid-message"),
+])
+def test_malformed_or_oversized_messages_are_errors(message, error):
+    a, b = _pair()
+    with a, b:
+        a.sendall(message)
+        a.shutdown(socket.SHUT_WR)
+        with pytest.raises(wire.WireError, match=error):
+            wire.receive(b, 1 << 20)
+
+
+# two processes over a shaped link --------------------------------------------------------------
+
+WIDTH = 8192
+
+
+def _two_layer_model(tmp_path: Path) -> Path:
+    """x[4, 64] -> MatMul -> Relu -> MatMul -> y[4, 10]: cut after the first MatMul, 128 KiB
+    cross each way per iteration."""
+    m = model(
+        [helper.make_node("MatMul", ["x", "w1"], ["h"], name="fc1"),
+         helper.make_node("Relu", ["h"], ["r"], name="relu"),
+         helper.make_node("MatMul", ["r", "w2"], ["y"], name="fc2")],
+        [vi("x", [4, 64])], [vi("y", [4, 10])],
+        [weight("w1", 64, WIDTH), weight("w2", WIDTH, 10, seed=1)],
+    )
+    for t in m.graph.initializer:  # small weights: the loss falls smoothly
+        t.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(t) * 0.01, t.name))
+    return save(m, tmp_path / "two.onnx")
+
+
+def test_split_training_over_the_kernel_shaped_link(tmp_path):
+    path = _two_layer_model(tmp_path)
+    up, down = 4e6, 8e6
+    scenario = api.make_scenario(device="cpu-server", server="cpu-server", uplink="4Mbps",
+                                 downlink="8Mbps", latency="0ms", batch=4)
+    result = api.train_model(str(path), scenario, device_layers=["fc1"], iterations=6,
+                             warmup=1, lr=0.01)
+    assert result.shaping.startswith("kernel")
+    assert result.cut_tensors == ["h"]
+    nbytes = 4 * WIDTH * 4
+    for row in result.iterations:  # each message at the shaped rate, within 25%
+        assert row["upload_ms"] == pytest.approx(nbytes * 8 / up * 1e3 + 4 * 8 * 8 / up * 1e3,
+                                                 rel=0.25)
+        assert row["download_ms"] == pytest.approx(nbytes * 8 / down * 1e3, rel=0.25)
+    assert result.predicted_ms["upload_ms"] == pytest.approx((nbytes + 32) * 8 / up * 1e3)
+    assert result.losses[-1] < result.losses[0]  # the halves learn
+
+
+def test_train_command_json(tmp_path, capsys, monkeypatch):
+    path = _two_layer_model(tmp_path)
+    layers = tmp_path / "device.json"
+    layers.write_text(json.dumps(["fc1"]))
+    code, out, _ = run_main(
+        ["train", str(path), "--device-layers", str(layers), "--uplink", "20Mbps",
+         "--downlink", "20Mbps", "--latency", "5ms", "--device", "cpu-server",
+         "--server", "cpu-server", "--iterations", "2", "--warmup", "0", "--json"],
+        capsys, monkeypatch)
+    assert code == 0
+    data = json.loads(out)
+    assert data["batch"] == 4 and data["cut"] == "given" and len(data["iterations"]) == 2
+    assert set(data["measured_ms"]) == set(data["predicted_ms"])
+    # the 5 ms one-way latency is in both directions, measured and predicted
+    assert all(row["download_ms"] >= 5 for row in data["iterations"])
+    assert data["predicted_ms"]["download_ms"] >= 5
+
+
+def test_an_invalid_cut_is_refused_before_anything_runs(tmp_path):
+    from toolkit.errors import PartitionError
+
+    path = _two_layer_model(tmp_path)
+    with pytest.raises(PartitionError, match="invalid partition"):
+        api.train_model(str(path), api.make_scenario(batch=4), device_layers=["relu"],
+                        iterations=1)
+    with pytest.raises(TrainError, match="fixes its batch at 4"):
+        api.train_model(str(path), api.make_scenario(batch=8), device_layers=["fc1"])
+
+
+def _peers() -> list[str]:
+    found = subprocess.run(["pgrep", "-af", "toolkit.train.peer"], capture_output=True,
+                           text=True, check=False).stdout
+    return [line for line in found.splitlines() if "pgrep" not in line]
+
+
+def test_a_killed_server_ends_the_run_with_one_line_and_no_orphans(tmp_path):
+    path = _two_layer_model(tmp_path)
+    scenario = api.make_scenario(uplink="1Mbps", downlink="1Mbps", latency="0ms", batch=4)
+    outcome: dict[str, object] = {}
+
+    def run() -> None:
+        try:
+            api.train_model(str(path), scenario, device_layers=["fc1"], iterations=200)
+        except TrainError as exc:
+            outcome["error"] = str(exc)
+
+    before = set(Path(tempfile.gettempdir()).glob("splitcut-train-*"))
+    worker = threading.Thread(target=run)
+    worker.start()
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # until the device has done two iterations
+        runs = set(Path(tempfile.gettempdir()).glob("splitcut-train-*")) - before
+        done = [(r / "progress").read_text() for r in runs if (r / "progress").exists()]
+        if any(d.isdigit() and int(d) >= 2 for d in done):
+            break
+        time.sleep(0.05)
+    server = [p for p in _peers() if " server " in p]
+    assert server, "the server peer never started"
+    subprocess.run(["kill", "-9", server[0].split()[0]], check=True)
+    worker.join(timeout=60)
+    assert "\n" not in str(outcome.get("error", "\n"))
+    error = str(outcome["error"])
+    assert "the server peer was killed by signal 9" in error
+    assert "device: lost the server" in error or "the server closed the connection" in error
+    time.sleep(0.5)
+    assert _peers() == []
+
+
+def _torch_value(value: object) -> object:
+    """A node test's input: an array as a tensor, a sequence as a list of them."""
+    from toolkit.errors import ModelError
+
+    if isinstance(value, list):
+        return [_torch_value(v) for v in value]
+    if not isinstance(value, np.ndarray) or value.dtype.kind not in "biuf":
+        raise ModelError("a test input torch cannot hold")
+    return torch.from_numpy(value.copy())
+
+
+def test_executor_equals_the_onnx_backend_node_tests():
+    """Every case of the onnx package's own node tests whose ops the executor has either gives
+    the expected outputs or is refused with a one-line ModelError: never a wrong number."""
+    from tests.test_corpus import node_test_cases
+    from toolkit.errors import ModelError
+    from toolkit.train.ops import known
+
+    passed, refused, wrong = 0, 0, []
+    for case in node_test_cases():
+        nodes = case.model.graph.node
+        if any(n.domain not in ("", "ai.onnx") or not known(n.op_type) for n in nodes):
+            continue
+        names = [i.name for i in case.model.graph.input]
+        try:
+            module = OnnxModule(case.model, ())
+            for inputs, outputs in case.data_sets:
+                feeds = {n: _torch_value(v) for n, v in zip(names, inputs, strict=True)}
+                with torch.no_grad():
+                    got = module(feeds)
+                for out_name, expected in zip(module.output_names, outputs, strict=True):
+                    values = got[out_name] if isinstance(got[out_name], list) \
+                        else [got[out_name]]
+                    wanted = expected if isinstance(expected, list) else [expected]
+                    if len(values) != len(wanted):
+                        wrong.append(f"{case.name}: {len(values)} tensors, not {len(wanted)}")
+                    for value, want in zip(values, wanted, strict=False):
+                        want = np.asarray(want)
+                        ok = value.shape == want.shape and np.allclose(
+                            value.numpy().astype(np.float64), want.astype(np.float64),
+                            rtol=1e-3, atol=1e-4, equal_nan=True)
+                        if not ok:
+                            wrong.append(case.name)
+            passed += 1
+        except ModelError:
+            refused += 1
+    assert not wrong, wrong
+    assert passed > 700, (passed, refused)

@@ -1,0 +1,120 @@
+"""The link between the two peers, shaped by the kernel: `python -m toolkit.train.link CONFIG`.
+
+Run under `unshare --net` (a private network namespace made for the run: only its own
+loopback, nothing leaves it, and it disappears with its last process), this shapes the
+loopback per direction and starts both peers. The recipe, measured on this kind of machine
+(issue 15):
+
+- `lo` at MTU 1500 with `gso_max_size 1500`, so the shaper sees wire-sized packets;
+- an HTB root with one class per direction — uplink for packets to the server's port,
+  downlink for packets from it (`u32` filters) — `pfifo` leaves, and a 10 Gbit/s default class
+  for everything else;
+- `stab overhead -66`: HTB then counts payload only (a TCP segment of 1448 bytes travels with
+  66 bytes of Ethernet, IP and TCP headers), so the shaped rate is the rate the delay model
+  divides bytes by;
+- `net.ipv4.tcp_slow_start_after_idle=0`, so each message starts at full window after the
+  idle gap of an iteration.
+
+One-way latency cannot come from netem here (not in this kernel): each sender waits the
+link's latency before each message (`PeerConfig.latency_ms`). With `--paced` (no root, no
+namespaces) the peers run on the host's loopback and each sender paces itself instead.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import signal
+import subprocess
+import sys
+import time
+
+from toolkit.train.peer import PeerConfig
+
+_PR_SET_PDEATHSIG = 1
+
+
+def shaping_commands(port: int, up_bps: float, down_bps: float) -> list[list[str]]:
+    """ip/tc/sysctl commands that shape the namespace's loopback for one run."""
+    def rate(bps: float) -> str:
+        return f"{max(int(bps), 8)}bit"
+
+    tc = ["tc"]
+    return [
+        ["ip", "link", "set", "dev", "lo", "up"],
+        ["ip", "link", "set", "dev", "lo", "mtu", "1500"],
+        ["ip", "link", "set", "dev", "lo", "gso_max_size", "1500"],
+        [*tc, "qdisc", "add", "dev", "lo", "root", "handle", "1:", "stab", "overhead", "-66",
+         "linklayer", "ethernet", "htb", "default", "30", "r2q", "1000"],
+        [*tc, "class", "add", "dev", "lo", "parent", "1:", "classid", "1:10", "htb", "rate",
+         rate(up_bps), "quantum", "1514"],
+        [*tc, "class", "add", "dev", "lo", "parent", "1:", "classid", "1:20", "htb", "rate",
+         rate(down_bps), "quantum", "1514"],
+        [*tc, "class", "add", "dev", "lo", "parent", "1:", "classid", "1:30", "htb", "rate",
+         "10gbit", "quantum", "60000"],
+        [*tc, "qdisc", "add", "dev", "lo", "parent", "1:10", "handle", "10:", "pfifo",
+         "limit", "100000"],
+        [*tc, "qdisc", "add", "dev", "lo", "parent", "1:20", "handle", "20:", "pfifo",
+         "limit", "100000"],
+        [*tc, "filter", "add", "dev", "lo", "parent", "1:", "protocol", "ip", "prio", "1", "u32",
+         "match", "ip", "dport", str(port), "0xffff", "flowid", "1:10"],
+        [*tc, "filter", "add", "dev", "lo", "parent", "1:", "protocol", "ip", "prio", "1", "u32",
+         "match", "ip", "sport", str(port), "0xffff", "flowid", "1:20"],
+        ["sysctl", "-qw", "net.ipv4.tcp_slow_start_after_idle=0"],
+    ]
+
+
+def _die_with_parent() -> None:
+    """Children get SIGKILL when this runner dies, so no peer outlives a run."""
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def run_peers(config_path: str, up_bps: float, down_bps: float, shape: bool) -> int:
+    """Shape the link (when `shape`), run server and device, and end both when one fails."""
+    config = PeerConfig.load(config_path)
+    if shape:
+        for command in shaping_commands(config.port, up_bps, down_bps):
+            done = subprocess.run(command, capture_output=True, text=True, check=False)
+            if done.returncode:
+                reason = (done.stderr.strip().splitlines() or ["failed"])[-1]
+                print(f"splitcut train: cannot shape the link ({' '.join(command[:4])}...: "
+                      f"{reason})", file=sys.stderr)
+                return 3
+    peers = []
+    roles = ["server", "device"] if config.server_onnx else ["device"]
+    for role in roles:
+        peers.append(subprocess.Popen(
+            [sys.executable, "-m", "toolkit.train.peer", role, config_path],
+            preexec_fn=_die_with_parent))
+    try:
+        while not all(p.poll() == 0 for p in peers):
+            failed = [(role, p) for role, p in zip(roles, peers, strict=True)
+                      if p.poll() not in (None, 0)]
+            if failed:
+                role, peer = failed[0]
+                code = peer.returncode
+                if code < 0:
+                    print(f"splitcut train: the {role} peer was killed by signal {-code}",
+                          file=sys.stderr)
+                grace = time.monotonic() + 5  # the other side notices and says why, or ends
+                while any(p.poll() is None for p in peers) and time.monotonic() < grace:
+                    time.sleep(0.05)
+                for other, q in zip(roles, peers, strict=True):
+                    if q.poll() is None:
+                        print(f"splitcut train: the {other} peer was stopped", file=sys.stderr)
+                return code if code > 0 else 128 - code
+            time.sleep(0.05)
+        return 0
+    finally:
+        for p in peers:
+            if p.poll() is None:
+                p.kill()
+            p.wait()
+
+
+def main(argv: list[str]) -> int:
+    config_path, up, down, mode = argv
+    return run_peers(config_path, float(up), float(down), mode == "shaped")
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

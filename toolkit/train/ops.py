@@ -1,0 +1,537 @@
+"""ONNX operators as torch functions: the executor's registry, one function per op type.
+
+Each function takes the node's attributes and its inputs (torch tensors, `None` for an omitted
+optional input, lists for sequences) and returns a tuple of outputs. Semantics follow the ONNX
+operator specification (opsets 13-21); autograd differentiates through them, so an ONNX model
+run here trains. An op that is not here is refused by name before anything runs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from onnx import TensorProto, helper, numpy_helper
+
+Attrs = dict[str, Any]
+Value = Any  # a tensor, None, or a list of tensors (a sequence)
+OpFunction = Callable[[Attrs, list[Value]], tuple[Value, ...]]
+
+OPS: dict[str, OpFunction] = {}
+
+
+def op(*names: str) -> Callable[[OpFunction], OpFunction]:
+    def register(fn: OpFunction) -> OpFunction:
+        for name in names:
+            OPS[name] = fn
+        return fn
+
+    return register
+
+
+def torch_dtype(elem_type: int) -> torch.dtype:
+    """The torch dtype of an ONNX element type."""
+    return torch.from_numpy(np.zeros(0, helper.tensor_dtype_to_np_dtype(elem_type))).dtype
+
+
+def to_tensor(proto: TensorProto) -> torch.Tensor:
+    """An ONNX tensor as a torch tensor (bfloat16 through float32: numpy has no bfloat16)."""
+    array = np.array(numpy_helper.to_array(proto))
+    if proto.data_type == TensorProto.BFLOAT16:
+        return torch.from_numpy(array.astype(np.float32)).to(torch.bfloat16)
+    if array.dtype.kind not in "biuf" or array.dtype.itemsize == 0:
+        raise NotImplementedError(f"{array.dtype} tensors")
+    return torch.from_numpy(array)
+
+
+def ints(t: Value) -> list[int]:
+    """A shape-like input (an int64 tensor) as Python ints."""
+    return [int(v) for v in t.reshape(-1).tolist()]
+
+
+def unary(fn: Callable[[torch.Tensor], torch.Tensor]) -> OpFunction:
+    return lambda a, x: (fn(x[0]),)
+
+
+def binary(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> OpFunction:
+    return lambda a, x: (fn(x[0], x[1]),)
+
+
+for _name, _fn in {
+    "Relu": torch.relu, "Sigmoid": torch.sigmoid, "Tanh": torch.tanh, "Erf": torch.erf,
+    "Sqrt": torch.sqrt, "Exp": torch.exp, "Log": torch.log, "Neg": torch.neg, "Abs": torch.abs,
+    "Reciprocal": torch.reciprocal, "Floor": torch.floor, "Ceil": torch.ceil, "Sin": torch.sin,
+    "Cos": torch.cos, "Not": torch.logical_not, "Softplus": F.softplus, "Identity": lambda t: t,
+    "IsNaN": torch.isnan, "Sign": torch.sign, "Round": torch.round,
+}.items():
+    OPS[_name] = unary(_fn)
+
+for _name, _fn2 in {
+    "Add": torch.add, "Sub": torch.sub, "Mul": torch.mul, "Pow": torch.pow,
+    "Equal": torch.eq, "Less": torch.lt, "LessOrEqual": torch.le, "Greater": torch.gt,
+    "GreaterOrEqual": torch.ge, "And": torch.logical_and, "Or": torch.logical_or,
+    "Xor": torch.logical_xor, "MatMul": torch.matmul,
+}.items():
+    OPS[_name] = binary(_fn2)
+
+
+@op("Div")
+def div(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
+    if x[0].is_floating_point():
+        return (x[0] / x[1],)
+    return (torch.div(x[0], x[1], rounding_mode="trunc"),)
+
+
+@op("Mod")
+def mod(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
+    return ((torch.fmod if a.get("fmod", 0) else torch.remainder)(x[0], x[1]),)
+
+
+def _fold(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], mean: bool = False
+          ) -> OpFunction:
+    def run(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
+        out = x[0]
+        for t in x[1:]:
+            out = fn(out, t)
+        return (out / len(x) if mean else out,)
+
+    return run
+
+
+OPS.update(Max=_fold(torch.maximum), Min=_fold(torch.minimum), Sum=_fold(torch.add),
+           Mean=_fold(torch.add, mean=True))
+
+
+@op("Where")
+def where(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
+    return (torch.where(x[0], x[1], x[2]),)
+
+
+@op("Cast")
+def cast(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
+    return (x[0].to(torch_dtype(int(a["to"]))),)
+
+
+@op("CastLike")
+def cast_like(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
+    return (x[0].to(x[1].dtype),)
+
+
+@op("Clip")
+def clip(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
+    low = x[1] if len(x) > 1 and x[1] is not None else a.get("min")
+    high = x[2] if len(x) > 2 and x[2] is not None else a.get("max")
+    out = x[0]
+    if low is not None:
+        out = torch.maximum(out, torch.as_tensor(low, dtype=out.dtype))
+    if high is not None:
+        out = torch.minimum(out, torch.as_tensor(high, dtype=out.dtype))
+    return (out,)
+
+
+@op("HardSigmoid")
+def hard_sigmoid(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
+    return (torch.clamp(a.get("alpha", 0.2) * x[0] + a.get("beta", 0.5), 0.0, 1.0),)
+
+
+@op("HardSwish")
+def hard_swish(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
+    return (F.hardswish(x[0]),)
+
+
+@op("LeakyRelu")
+def leaky_relu(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
+    return (F.leaky_relu(x[0], a.get("alpha", 0.01)),)
+
+
+@op("Gelu")
+def gelu(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
+    approximate = a.get("approximate", "none")
+    return (F.gelu(x[0], approximate=approximate.decode() if isinstance(approximate, bytes)
+                   else approximate),)
+
+
+@op("Softmax")
+def softmax(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
+    return (torch.softmax(x[0], int(a.get("axis", -1))),)
+
+
+@op("LogSoftmax")
+def log_softmax(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
+    return (torch.log_softmax(x[0], int(a.get("axis", -1))),)
+
+
+def _pads(a: Attrs, spatial: int) -> list[int]:
+    """ONNX pads [b1, b2, ..., e1, e2, ...] (auto_pad NOTSET or VALID only)."""
+    auto = a.get("auto_pad", "NOTSET")
+    auto = auto.decode() if isinstance(auto, bytes) else auto
+    if auto not in ("NOTSET", "VALID"):
+        raise NotImplementedError(f"auto_pad={auto}")
+    pads = list(a.get("pads", [0] * 2 * spatial))
+    return [0] * 2 * spatial if auto == "VALID" else pads
+
+
+def _padded(x: torch.Tensor, pads: list[int], value: float = 0.0,
+            kernel: Sequence[int] = ()) -> tuple[torch.Tensor, list[int]]:
+    """Symmetric pads stay for the torch op; asymmetric ones, and pads wider than half a
+    pooling `kernel` (which torch's pools refuse), are applied here."""
+    n = len(pads) // 2
+    begin, end = pads[:n], pads[n:]
+    if begin == end and all(2 * p <= k for p, k in zip(begin, kernel, strict=False)):
+        return x, begin
+    torch_pads: list[int] = []
+    for b, e in zip(reversed(begin), reversed(end), strict=True):
+        torch_pads += [b, e]
+    return F.pad(x, torch_pads, value=value), [0] * n
+
+
+@op("Conv")
+def conv(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
+    w = x[1]
+    spatial = w.dim() - 2
+    data, padding = _padded(x[0], _pads(a, spatial))
+    fn = (F.conv1d, F.conv2d, F.conv3d)[spatial - 1]
+    return (fn(data, w, x[2] if len(x) > 2 else None, list(a.get("strides", [1] * spatial)),
+               padding, list(a.get("dilations", [1] * spatial)), int(a.get("group", 1))),)
+
+
+@op("MaxPool")
+def max_pool(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
+    kernel = list(a["kernel_shape"])
+    spatial = len(kernel)
+    data, padding = _padded(x[0], _pads(a, spatial), -math.inf, kernel)
+    fn = (F.max_pool1d, F.max_pool2d, F.max_pool3d)[spatial - 1]
+    return (fn(data, kernel, list(a.get("strides", [1] * spatial)), padding,
+               list(a.get("dilations", [1] * spatial)), bool(a.get("ceil_mode", 0))),)
+
+
+@op("AveragePool")
+def average_pool(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
+    kernel = list(a["kernel_shape"])
+    spatial = len(kernel)
+    include = bool(a.get("count_include_pad", 0))
+    pads = _pads(a, spatial)
+    if any(d != 1 for d in a.get("dilations", [])):
+        raise NotImplementedError("AveragePool with dilations")
+    data, padding = (_padded(x[0], pads, 0.0, kernel) if include else (x[0], pads[:spatial]))
+    if not include and (pads[:spatial] != pads[spatial:]
+                        or any(2 * p > k for p, k in zip(pads, kernel, strict=False))):
+        raise NotImplementedError("AveragePool pads that torch cannot exclude from the count")
+    fn = (F.avg_pool1d, F.avg_pool2d, F.avg_pool3d)[spatial - 1]
+    return (fn(data, kernel, list(a.get("strides", [1] * spatial)), padding,
+               bool(a.get("ceil_mode", 0)), include),)
+
+
+@op("GlobalAveragePool")
+def global_average_pool(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
+    return (x[0].mean(dim=tuple(range(2, x[0].dim())), keepdim=True),)
+
+
+@op("GlobalMaxPool")
+def global_max_pool(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
+    return (x[0].amax(dim=tuple(range(2, x[0].dim())), keepdim=True),)
+
+
+@op("BatchNormalization")
+def batch_norm(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
+    """Inference form (running statistics), as PyTorch exports a model in eval mode."""
+    if a.get("training_mode", 0):
+        raise NotImplementedError("BatchNormalization with training_mode=1")
+    return (F.batch_norm(x[0], x[3].detach(), x[4].detach(), x[1], x[2], False, 0.0,
+                         a.get("epsilon", 1e-5)),)
+
+
+@op("LayerNormalization")
+def layer_norm(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
+    axis = int(a.get("axis", -1)) % x[0].dim()
+    shape = x[0].shape[axis:]
+    bias = x[2] if len(x) > 2 else None
+    return (F.layer_norm(x[0], shape, x[1].expand(shape) if x[1] is not None else None,
+                         bias.expand(shape) if bias is not None else None,
+                         a.get("epsilon", 1e-5)),)
+
+
+@op("InstanceNormalization")
+def instance_norm(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
+    return (F.instance_norm(x[0], weight=x[1], bias=x[2], eps=a.get("epsilon", 1e-5)),)
+
+
+@op("Gemm")
+def gemm(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
+    left = x[0].T if a.get("transA", 0) else x[0]
+    right = x[1].T if a.get("transB", 0) else x[1]
+    out = a.get("alpha", 1.0) * (left @ right)
+    if len(x) > 2 and x[2] is not None:
+        out = out + a.get("beta", 1.0) * x[2]
+    return (out,)
+
+
+@op("Flatten")
+def flatten(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
+    axis = int(a.get("axis", 1))
+    axis = axis + x[0].dim() if axis < 0 else axis
+    lead = math.prod(x[0].shape[:axis])
+    return (x[0].reshape(lead, -1),)
+
+
+@op("Reshape")
+def reshape(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
+    shape = ints(x[1])
+    if not a.get("allowzero", 0):
+        shape = [x[0].shape[i] if s == 0 else s for i, s in enumerate(shape)]
+    return (x[0].reshape(shape),)
+
+
+@op("Transpose")
+def transpose(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
+    perm = a.get("perm") or list(reversed(range(x[0].dim())))
+    return (x[0].permute(*perm),)
+
+
+def _axes(a: Attrs, x: list[Value], at: int) -> list[int] | None:
+    """Axes from input `at` (newer opsets) or the `axes` attribute (older ones)."""
+    if len(x) > at and x[at] is not None:
+        return ints(x[at])
+    return list(a["axes"]) if "axes" in a else None
+
+
+@op("Squeeze")
+def squeeze(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
+    axes = _axes(a, x, 1)
+    if axes is None:
+        return (x[0].squeeze(),)
+    return (x[0].squeeze(tuple(d % x[0].dim() for d in axes)),)
+
+
+@op("Unsqueeze")
+def unsqueeze(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
+    axes = _axes(a, x, 1) or []
+    rank = x[0].dim() + len(axes)
+    out = x[0]
+    for d in sorted(d % rank for d in axes):
+        out = out.unsqueeze(d)
+    return (out,)
+
+
+@op("Concat")
+def concat(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
+    return (torch.cat([t for t in x if t is not None], int(a["axis"])),)
+
+
+def _split_sizes(a: Attrs, x: list[Value], dim: int, count: int) -> list[int]:
+    given = _axes({"axes": a["split"]} if "split" in a else {}, x, 1)
+    if given is not None:
+        return given
+    parts = int(a.get("num_outputs", count))
+    each = -(-dim // parts)
+    return [min(each, dim - i * each) for i in range(parts)]
+
+
+def split(a: Attrs, x: list[Value], count: int) -> tuple[Value, ...]:
+    """Split into `count` outputs (the node's output count, when sizes are not given)."""
+    axis = int(a.get("axis", 0))
+    return tuple(torch.split(x[0], _split_sizes(a, x, x[0].shape[axis], count), axis))
+
+
+OPS["Split"] = lambda a, x: split(a, x, 1)  # run_op passes the node's real output count
+
+
+@op("SplitToSequence")
+def split_to_sequence(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
+    axis = int(a.get("axis", 0))
+    if len(x) > 1 and x[1] is not None:
+        sizes = ints(x[1])
+        parts = torch.split(x[0], sizes[0] if x[1].dim() == 0 else sizes, axis)
+        return (list(parts),)
+    parts = torch.split(x[0], 1, axis)
+    return ([p.squeeze(axis) for p in parts] if a.get("keepdims", 1) == 0 else list(parts),)
+
+
+@op("SequenceAt")
+def sequence_at(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
+    return (x[0][int(x[1])],)
+
+
+@op("Shape")
+def shape(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
+    dims = list(x[0].shape)
+    return (torch.tensor(dims[a.get("start", 0):a.get("end", len(dims))], dtype=torch.int64),)
+
+
+@op("Size")
+def size(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
+    return (torch.tensor(x[0].numel(), dtype=torch.int64),)
+
+
+@op("Constant")
+def constant(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
+    if "value" in a:
+        return (a["value"],)
+    for key, dtype in (("value_float", torch.float32), ("value_floats", torch.float32),
+                       ("value_int", torch.int64), ("value_ints", torch.int64)):
+        if key in a:
+            return (torch.tensor(a[key], dtype=dtype),)
+    raise NotImplementedError("Constant without a numeric value")
+
+
+@op("ConstantOfShape")
+def constant_of_shape(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
+    value = a.get("value", torch.zeros(1))
+    return (torch.full(ints(x[0]), value.reshape(-1)[0].item(), dtype=value.dtype),)
+
+
+@op("Range")
+def range_(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
+    return (torch.arange(x[0].item(), x[1].item(), x[2].item(), dtype=x[0].dtype),)
+
+
+@op("Expand")
+def expand(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
+    return (x[0].expand(torch.broadcast_shapes(x[0].shape, tuple(ints(x[1])))),)
+
+
+@op("Tile")
+def tile(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
+    return (x[0].repeat(*ints(x[1])),)
+
+
+def _index(indices: torch.Tensor, size: int) -> torch.Tensor:
+    indices = indices.long()
+    return torch.where(indices < 0, indices + size, indices)
+
+
+@op("Gather")
+def gather(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
+    data, indices = x
+    axis = int(a.get("axis", 0)) % data.dim()
+    flat = _index(indices, data.shape[axis]).reshape(-1)
+    out = torch.index_select(data, axis, flat)
+    return (out.reshape((*data.shape[:axis], *indices.shape, *data.shape[axis + 1:])),)
+
+
+@op("GatherElements")
+def gather_elements(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
+    axis = int(a.get("axis", 0)) % x[0].dim()
+    return (torch.gather(x[0], axis, _index(x[1], x[0].shape[axis])),)
+
+
+def _nd_index(data: torch.Tensor, indices: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    depth = indices.shape[-1]
+    return tuple(_index(indices[..., i], data.shape[i]) for i in range(depth))
+
+
+@op("GatherND")
+def gather_nd(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
+    if a.get("batch_dims", 0):
+        raise NotImplementedError("GatherND with batch_dims")
+    return (x[0][_nd_index(x[0], x[1])],)
+
+
+@op("ScatterND")
+def scatter_nd(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
+    if a.get("reduction", "none") not in ("none", b"none"):
+        raise NotImplementedError("ScatterND with a reduction")
+    return (x[0].index_put(_nd_index(x[0], x[1]), x[2]),)
+
+
+@op("Slice")
+def slice_(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
+    data = x[0]
+    starts, ends = ints(x[1]), ints(x[2])
+    axes = ints(x[3]) if len(x) > 3 and x[3] is not None else list(range(len(starts)))
+    steps = ints(x[4]) if len(x) > 4 and x[4] is not None else [1] * len(starts)
+    for start, end, axis, step in zip(starts, ends, axes, steps, strict=True):
+        dim = data.shape[axis % data.dim()]
+        axis %= data.dim()
+        if step > 0:
+            lo = min(max(start + dim if start < 0 else start, 0), dim)
+            hi = min(max(end + dim if end < 0 else end, 0), dim)
+            data = data.narrow(axis, lo, max(hi - lo, 0))[
+                (slice(None),) * axis + (slice(None, None, step),)]
+        else:
+            lo = min(max(start + dim if start < 0 else start, -1), dim - 1)
+            hi = min(max(end + dim if end < 0 else end, -1), dim - 1)
+            index = torch.arange(lo, hi, step, dtype=torch.int64)
+            data = torch.index_select(data, axis, index)
+    return (data,)
+
+
+@op("Pad")
+def pad(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
+    data = x[0]
+    pads = ints(x[1]) if len(x) > 1 else list(a["pads"])
+    value = x[2].item() if len(x) > 2 and x[2] is not None else a.get("value", 0.0)
+    axes = ints(x[3]) if len(x) > 3 and x[3] is not None else list(range(data.dim()))
+    n = len(axes)
+    full = [0] * 2 * data.dim()
+    for k, axis in enumerate(axes):
+        full[axis % data.dim()] = pads[k]
+        full[axis % data.dim() + data.dim()] = pads[k + n]
+    torch_pads: list[int] = []
+    for axis in reversed(range(data.dim())):
+        torch_pads += [full[axis], full[axis + data.dim()]]
+    mode = a.get("mode", "constant")
+    mode = mode.decode() if isinstance(mode, bytes) else mode
+    if mode == "constant":
+        return (F.pad(data, torch_pads, value=value),)
+    # torch pads only the trailing spatial dims in these modes
+    trimmed = torch_pads[:2 * max(data.dim() - 2, 1)]
+    if any(torch_pads[len(trimmed):]):
+        raise NotImplementedError(f"Pad mode {mode} on the leading two axes")
+    return (F.pad(data, trimmed, mode={"edge": "replicate"}.get(mode, mode)),)
+
+
+def _reduce(fn: Callable[..., torch.Tensor], axes_input: int = 1) -> OpFunction:
+    def run(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
+        axes = _axes(a, x, axes_input)
+        keep = bool(a.get("keepdims", 1))
+        if not axes:
+            if a.get("noop_with_empty_axes", 0):
+                return (x[0],)
+            axes = list(range(x[0].dim()))
+        return (fn(x[0], dim=tuple(d % x[0].dim() for d in axes), keepdim=keep),)
+
+    return run
+
+
+OPS.update(ReduceMean=_reduce(torch.mean), ReduceSum=_reduce(torch.sum),
+           ReduceMax=_reduce(torch.amax), ReduceMin=_reduce(torch.amin))
+
+
+@op("ReduceL2")
+def reduce_l2(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
+    squares = _reduce(torch.sum)(a, [x[0] * x[0], *x[1:]])[0]
+    return (torch.sqrt(squares),)
+
+
+@op("Trilu")
+def trilu(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
+    k = int(x[1]) if len(x) > 1 and x[1] is not None else 0
+    return ((torch.triu if a.get("upper", 1) else torch.tril)(x[0], k),)
+
+
+@op("Einsum")
+def einsum(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
+    equation = a["equation"]
+    return (torch.einsum(equation.decode() if isinstance(equation, bytes) else equation, *x),)
+
+
+def known(op_type: str) -> bool:
+    return op_type in OPS
+
+
+def run_op(op_type: str, attrs: Attrs, inputs: Sequence[Value], outputs: int) -> tuple[Value,
+                                                                                        ...]:
+    """Run one node; `outputs` is how many outputs the node declares (for Split)."""
+    if any(isinstance(v, torch.Tensor) and v.dtype in _NO_ARITHMETIC for v in inputs):
+        raise NotImplementedError("unsigned 16-, 32- or 64-bit tensors (torch has no kernels)")
+    if op_type == "Split":
+        return split(attrs, list(inputs), outputs)
+    return OPS[op_type](attrs, list(inputs))
+
+
+_NO_ARITHMETIC = (torch.uint16, torch.uint32, torch.uint64)
