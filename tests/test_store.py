@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -289,6 +290,15 @@ def _versioned(name: str, kind: str, size: int):
     return graph, build_cost_graph(graph, api.make_scenario())
 
 
+@contextlib.contextmanager
+def _fresh(name: str, batch_rows: int):
+    """A store writing in batches of `batch_rows`, with no model `name` in it."""
+    with Store(Connection.from_env(password=PASSWORD), batch_rows=batch_rows) as store:
+        store.ensure_schema()
+        store.delete_model(name)
+        yield store
+
+
 def _all_layers(store: Store, name: str) -> int:
     return count(store, "MATCH (l:Layer {model: $n}) RETURN count(l)", n=name)
 
@@ -299,9 +309,7 @@ def test_a_staged_version_is_invisible_and_the_next_ingest_deletes_it():
     name = "versions-abandoned"
     old, old_costs = _versioned(name, "residual", 40)
     staged, staged_costs = _versioned(name, "transformer", 60)
-    with Store(Connection.from_env(password=PASSWORD), batch_rows=7) as store:
-        store.ensure_schema()
-        store.delete_model(name)
+    with _fresh(name, batch_rows=7) as store:
         assert store.ingest(old, old_costs, "old", "synthetic", 0) == "created"
         version = store._read("version_new")[0]["version"]
         store._stage(staged, staged_costs, version, {})  # and then the client died
@@ -329,9 +337,7 @@ def test_of_two_overlapping_ingests_the_later_started_stays():
     name = "versions-overlap"
     first, first_costs = _versioned(name, "residual", 30)
     second, second_costs = _versioned(name, "transformer", 24)
-    with Store(Connection.from_env(password=PASSWORD), batch_rows=11) as store:
-        store.ensure_schema()
-        store.delete_model(name)
+    with _fresh(name, batch_rows=11) as store:
         early = store._read("version_new")[0]["version"]
         assert store.ingest(second, second_costs, "second", "synthetic", 0) == "created"
         store._stage(first, first_costs, early, {})

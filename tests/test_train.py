@@ -316,3 +316,21 @@ def test_executor_equals_the_onnx_backend_node_tests():
             refused += 1
     assert not wrong, wrong
     assert passed > 700, (passed, refused)
+
+
+def test_cpu_limit_puts_a_process_under_a_quota_and_cleans_up():
+    from toolkit.train.link import CPU_CGROUP, cpu_limit
+
+    sleeper = subprocess.Popen(["sleep", "30"])
+    try:
+        with cpu_limit(0.25, sleeper.pid):
+            line = next(x for x in Path(f"/proc/{sleeper.pid}/cgroup").read_text().splitlines()
+                        if "cpu" in x.split(":")[1].split(","))
+            group = CPU_CGROUP / line.split(":", 2)[2].lstrip("/")
+            assert group.name.startswith("splitcut-")
+            assert (group / "cpu.cfs_quota_us").read_text().strip() == "25000"
+            assert (group / "cpu.cfs_period_us").read_text().strip() == "100000"
+        assert not group.exists()  # removed, the process back where it was
+    finally:
+        sleeper.kill()
+        sleeper.wait()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -240,7 +240,8 @@ def train_model(
     model: str, scenario: Scenario, name: str | None = None, exporter: str = "torchscript",
     dims: dict[str, int] | None = None, cut: str = "optimal",
     device_layers: Sequence[str] = (), iterations: int = 20, warmup: int = 3,
-    lr: float = 0.001, paced: bool = False,
+    lr: float = 0.001, paced: bool = False, device_cpu: float = 1.0,
+    progress: Callable[[int, int], None] | None = None,
 ) -> TrainResult:
     """Real split training of MODEL at a cut (`CUTS`, or the given device layers) over the
     scenario's link, measured beside the delay model's prediction."""
@@ -264,7 +265,7 @@ def train_model(
         raise PartitionError(f"unknown --cut {cut!r}; choose one of {', '.join(CUTS)}")
     validate_partition(costs, device)
     return train(Path(path), graph.name, costs, device, label, scenario, iterations, warmup,
-                 lr, paced, dims)
+                 lr, paced, dims, progress=progress, device_cpu=device_cpu)
 
 
 def file_batch(model: str, exporter: str = "torchscript") -> int | None:

@@ -486,10 +486,13 @@ def split(model: str, name: str | None, exporter: str, dims: dict[str, int],
 @click.option("--lr", type=float, default=0.001, show_default=True, help="SGD learning rate.")
 @click.option("--paced", is_flag=True,
               help="Pace in the senders instead of shaping the link in the kernel.")
+@click.option("--device-cpu", type=click.FloatRange(min=0.01, max=1.0), default=1.0,
+              show_default=True,
+              help="The device peer's share of one CPU (a cgroup quota): a slower device.")
 @json_option
 def train(model: str, name: str | None, exporter: str, dims: dict[str, int], cut: str,
           device_layers_file: str | None, iterations: int, warmup: int, lr: float,
-          paced: bool, as_json: bool, **kw: Any) -> None:
+          paced: bool, device_cpu: float, as_json: bool, **kw: Any) -> None:
     """Train MODEL split in two processes over a shaped link; measured vs predicted.
 
     The device and server halves run as two programs exchanging activations and gradients
@@ -503,9 +506,12 @@ def train(model: str, name: str | None, exporter: str, dims: dict[str, int], cut
         kw["batch"] = api.file_batch(model, exporter) or kw["batch"]
     scenario = build_scenario(kw)
     layers = api.device_layers_from(device_layers_file) if device_layers_file else []
-    with console.status(f"training {model} split in two processes", spinner="dots"):
+    with console.status(f"training {model} split in two processes", spinner="dots") as status:
+        def progress(done: int, steps: int) -> None:
+            status.update(f"training {model} split in two processes: iteration {done}/{steps}")
+
         result = api.train_model(model, scenario, name, exporter, dims, cut, layers,
-                                 iterations, warmup, lr, paced)
+                                 iterations, warmup, lr, paced, device_cpu, progress)
     if as_json:
         emit_json(result.to_dict())
         return

@@ -217,6 +217,8 @@ def train_report(result: TrainResult) -> Group:
         f"[bold]{escape(result.model)}[/bold], {result.cut} cut: {result.device_layers} "
         f"{layers} on the device, batch {result.batch}; crossing: {escape(cut)}",
         f"link: {result.shaping}",
+        f"predicted for {escape(result.predicted_for)} (profiles); measured on this machine, "
+        "one CPU thread per peer",
         table,
         f"loss on the fixed synthetic batch: {losses[0]:.4g} -> {losses[-1]:.4g}"
         if losses else "no iterations measured",

@@ -9,7 +9,8 @@ as they are.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+import time
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 import torch
@@ -110,13 +111,18 @@ class OnnxModule(torch.nn.Module):  # type: ignore[misc]  # torch is untyped her
         """Parameters by their ONNX initializer name."""
         return dict(zip(self.weight_names, self.weights, strict=True))
 
-    def forward(self, feeds: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def forward(self, feeds: Mapping[str, torch.Tensor],
+                timer: Callable[[int, float, list[Any]], None] | None = None,
+                ) -> dict[str, torch.Tensor]:
+        """The graph's outputs; `timer(node, ms, outputs)` is told each node's forward time
+        (nodes counted in the order they run)."""
         missing = [n for n in self.input_names if n not in feeds]
         if missing:
             raise ModelError(f"no value for input {missing[0]!r}")
         env: dict[str, Any] = {**self.constants, **self.named_weights(), **feeds}
-        for op_type, attrs, inputs, outputs in self.nodes:
+        for k, (op_type, attrs, inputs, outputs) in enumerate(self.nodes):
             args = [env[name] if name else None for name in inputs]
+            start = time.perf_counter()
             try:
                 results = run_op(op_type, attrs, args, len(outputs))
             except (NotImplementedError, RuntimeError, IndexError, ValueError,
@@ -130,4 +136,6 @@ class OnnxModule(torch.nn.Module):  # type: ignore[misc]  # torch is untyped her
             for name, value in zip(outputs, results, strict=False):
                 if name:
                     env[name] = value
+            if timer is not None:
+                timer(k, (time.perf_counter() - start) * 1e3, list(results))
         return {name: env[name] for name in self.output_names}

@@ -23,14 +23,61 @@ namespaces) the peers run on the host's loopback and each sender paces itself in
 from __future__ import annotations
 
 import ctypes
+import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
 
 from toolkit.train.peer import PeerConfig
 
 _PR_SET_PDEATHSIG = 1
+CPU_CGROUP = Path("/sys/fs/cgroup/cpu")  # the cgroup v1 cpu controller
+_PERIOD_US = 100_000
+
+
+class CpuLimitError(RuntimeError):
+    """The kernel cannot limit a process's CPU here."""
+
+
+@contextmanager
+def cpu_limit(fraction: float, pid: int | None = None) -> Iterator[None]:
+    """Run `pid` (default: this process) on `fraction` of one CPU for the block: a CFS quota
+    of its own cgroup (quota/period), so a slower device is emulated by the kernel's
+    scheduler, not by sleeps. Its threads and children started inside inherit the group."""
+    if not fraction > 0:
+        raise CpuLimitError(f"a CPU fraction must be above 0, not {fraction:g}")
+    if not (CPU_CGROUP / "cpu.cfs_quota_us").exists():
+        raise CpuLimitError(f"no cgroup v1 cpu controller at {CPU_CGROUP}")
+    target = pid or os.getpid()
+    home = _cgroup_of(target)
+    group = CPU_CGROUP / f"splitcut-{os.getpid()}-{target}"
+    group.mkdir(exist_ok=True)
+    try:
+        (group / "cpu.cfs_period_us").write_text(str(_PERIOD_US))
+        (group / "cpu.cfs_quota_us").write_text(str(max(1000, int(_PERIOD_US * fraction))))
+        (group / "cgroup.procs").write_text(str(target))
+        yield
+    finally:
+        with suppress(OSError):  # (the process may have ended)
+            (home / "cgroup.procs").write_text(str(target))
+        for _ in range(50):  # an exiting process leaves the group a moment later
+            try:
+                group.rmdir()
+                break
+            except OSError:
+                time.sleep(0.02)
+
+
+def _cgroup_of(pid: int) -> Path:
+    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        if "cpu" in controllers.split(","):
+            return CPU_CGROUP / path.lstrip("/")
+    return CPU_CGROUP
 
 
 def shaping_commands(port: int, up_bps: float, down_bps: float) -> list[list[str]]:
@@ -86,29 +133,44 @@ def run_peers(config_path: str, up_bps: float, down_bps: float, shape: bool) -> 
             [sys.executable, "-m", "toolkit.train.peer", role, config_path],
             preexec_fn=_die_with_parent))
     try:
-        while not all(p.poll() == 0 for p in peers):
-            failed = [(role, p) for role, p in zip(roles, peers, strict=True)
-                      if p.poll() not in (None, 0)]
-            if failed:
-                role, peer = failed[0]
-                code = peer.returncode
-                if code < 0:
-                    print(f"splitcut train: the {role} peer was killed by signal {-code}",
-                          file=sys.stderr)
-                grace = time.monotonic() + 5  # the other side notices and says why, or ends
-                while any(p.poll() is None for p in peers) and time.monotonic() < grace:
-                    time.sleep(0.05)
-                for other, q in zip(roles, peers, strict=True):
-                    if q.poll() is None:
-                        print(f"splitcut train: the {other} peer was stopped", file=sys.stderr)
-                return code if code > 0 else 128 - code
-            time.sleep(0.05)
-        return 0
+        with cpu_limit(config.device_cpu, peers[-1].pid) if config.device_cpu < 1 \
+                else _nothing():
+            return _wait(peers, roles)
+    except CpuLimitError as exc:
+        print(f"splitcut train: cannot slow the device down: {exc}", file=sys.stderr)
+        return 3
     finally:
         for p in peers:
             if p.poll() is None:
                 p.kill()
             p.wait()
+
+
+@contextmanager
+def _nothing() -> Iterator[None]:
+    yield
+
+
+def _wait(peers: list[subprocess.Popen[bytes]], roles: list[str]) -> int:
+    """Until both peers end well, or one fails (the other then has 5 s to say why)."""
+    while not all(p.poll() == 0 for p in peers):
+        failed = [(role, p) for role, p in zip(roles, peers, strict=True)
+                  if p.poll() not in (None, 0)]
+        if failed:
+            role, peer = failed[0]
+            code = peer.returncode
+            if code < 0:
+                print(f"splitcut train: the {role} peer was killed by signal {-code}",
+                      file=sys.stderr)
+            grace = time.monotonic() + 5  # the other side notices and says why, or ends
+            while any(p.poll() is None for p in peers) and time.monotonic() < grace:
+                time.sleep(0.05)
+            for other, q in zip(roles, peers, strict=True):
+                if q.poll() is None:
+                    print(f"splitcut train: the {other} peer was stopped", file=sys.stderr)
+            return code if code > 0 else 128 - code
+        time.sleep(0.05)
+    return 0
 
 
 def main(argv: list[str]) -> int:

@@ -53,6 +53,7 @@ class PeerConfig:
     latency_ms: float = 0.0  # one-way, added by each sender before each message
     pace_bps: dict[str, float] = field(default_factory=dict)  # {"up", "down"}: sender pacing
     progress: str = ""  # a file the device rewrites with the iterations done
+    device_cpu: float = 1.0  # the device peer's share of one CPU (a cgroup CFS quota)
     max_bytes: int = 1 << 34
 
     @classmethod
@@ -96,13 +97,14 @@ def _send(sock: socket.socket, config: PeerConfig, direction: str, kind: str,
           tensors: dict[str, torch.Tensor], **meta: Any) -> None:
     """One message, after the link's one-way latency; paced in the sender when the kernel
     does not shape the link."""
+    start = time.monotonic()  # the message's time counts from here, latency included
     if config.latency_ms:
         time.sleep(config.latency_ms / 1e3)
-    start = time.monotonic()
+    sending = time.monotonic()
     sent = wire.send(sock, kind, tensors, sent_at=start, **meta)
     rate = config.pace_bps.get(direction)
     if rate:
-        time.sleep(max(0.0, start + sent * 8 / rate - time.monotonic()))
+        time.sleep(max(0.0, sending + sent * 8 / rate - time.monotonic()))
 
 
 def _optimizer(module: torch.nn.Module, lr: float) -> torch.optim.Optimizer:

@@ -51,6 +51,8 @@ class TrainResult:
     measured_ms: dict[str, float]
     predicted_ms: dict[str, float]
     losses: list[float] = field(default_factory=list)
+    device: list[int] = field(default_factory=list)  # the device layers' indices
+    predicted_for: str = ""  # the profiles the prediction is for
 
     def to_dict(self) -> dict[str, Any]:
         ratio = {k: self.measured_ms[k] / self.predicted_ms[k]
@@ -58,7 +60,8 @@ class TrainResult:
         return {"model": self.model, "cut": self.cut, "device_layers": self.device_layers,
                 "cut_tensors": self.cut_tensors, "batch": self.batch, "shaping": self.shaping,
                 "measured_ms": self.measured_ms, "predicted_ms": self.predicted_ms,
-                "ratio": ratio, "losses": self.losses, "iterations": self.iterations}
+                "ratio": ratio, "losses": self.losses, "iterations": self.iterations,
+                "device": self.device, "predicted_for": self.predicted_for}
 
 
 def predicted_terms(costs: CostGraph, device: Sequence[int], scenario: Scenario
@@ -140,7 +143,7 @@ def train(
     model_path: Path, name: str, costs: CostGraph, device: Sequence[int], cut_label: str,
     scenario: Scenario, iterations: int = 20, warmup: int = 3, lr: float = 0.001,
     paced: bool = False, dims: dict[str, int] | None = None, timeout_s: float = 1800,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Callable[[int, int], None] | None = None, device_cpu: float = 1.0,
 ) -> TrainResult:
     """Split MODEL at `device` (layer indices of `costs`), train it for `iterations` over the
     scenario's link at the scenario's batch, and compare with the prediction. A file that fixes
@@ -172,6 +175,8 @@ def train(
     why_not = None if paced else kernel_shaping_available()
     shaping = "kernel (tc htb in a private network namespace)" if not (paced or why_not) \
         else f"paced in the sender ({why_not or 'asked for'}; not kernel-shaped)"
+    if device_cpu < 1:
+        shaping += f"; device limited to {device_cpu:.0%} of a CPU (cgroup cpu quota)"
     with tempfile.TemporaryDirectory(prefix="splitcut-train-") as tmp:
         work = Path(tmp)
         if all_device:
@@ -186,7 +191,7 @@ def train(
             device_onnx=device_onnx, server_onnx=server_onnx, trainable=trainable, cut=cut,
             loss_output=loss_output, label_shape=label_shape, classes=classes,
             port=_free_port(), results=str(work / "results.json"), iterations=iterations,
-            progress=str(work / "progress"),
+            progress=str(work / "progress"), device_cpu=device_cpu,
             warmup=warmup, lr=lr, latency_ms=scenario.latency_ms, inputs=inputs,
             pace_bps={} if why_not is None and not paced
             else {"up": scenario.uplink_bps, "down": scenario.downlink_bps},
@@ -214,7 +219,9 @@ def train(
         "total_ms": statistics.median(r["wall_ms"] for r in rows),
     }
     return TrainResult(name, cut_label, len(on_device), cut, batch, shaping, rows, measured,
-                       predicted_terms(costs, device, scenario), [r["loss"] for r in rows])
+                       predicted_terms(costs, device, scenario), [r["loss"] for r in rows],
+                       sorted(on_device),
+                       f"device {scenario.device.name}, server {scenario.server.name}")
 
 
 def _run(command: list[str], timeout_s: float, progress_file: Path, steps: int,
