@@ -334,3 +334,24 @@ def test_cpu_limit_puts_a_process_under_a_quota_and_cleans_up():
     finally:
         sleeper.kill()
         sleeper.wait()
+
+
+def test_executor_profile_times_every_layer_forward_and_backward(tmp_path):
+    from toolkit.costs import build_cost_graph
+    from toolkit.train.timing import executor_profile
+
+    path = _two_layer_model(tmp_path)
+    graph = api.load_graph(str(path))
+    profile = executor_profile(path, graph, "cpu-server", batch=4, repeats=2, warmup=1)
+    assert set(profile.forward_ms) == set(profile.backward_ms) == {"fc1", "relu", "fc2"}
+    assert all(ms > 0 for ms in profile.forward_ms.values())
+    assert profile.backward_ms["fc2"] > 0 and profile.backward_ms["relu"] > 0
+    # usable as --measured for the processor it names: it replaces that side's roofline
+    saved = tmp_path / "profile.json"
+    saved.write_text(json.dumps(profile.to_dict()))
+    scenario = api.make_scenario(device="cpu-server", server="a100", batch=4,
+                                 measured=[str(saved)])
+    costs = build_cost_graph(graph, scenario)
+    fc1 = costs.names.index("fc1")
+    passes = profile.forward_ms["fc1"] + profile.backward_ms["fc1"]
+    assert passes <= costs.device_ms[fc1] < passes + 1.0  # (+ the SGD step's few µs)
