@@ -85,26 +85,25 @@ def shaping_commands(port: int, up_bps: float, down_bps: float) -> list[list[str
     def rate(bps: float) -> str:
         return f"{max(int(bps), 8)}bit"
 
-    tc = ["tc"]
     return [
         ["ip", "link", "set", "dev", "lo", "up"],
         ["ip", "link", "set", "dev", "lo", "mtu", "1500"],
         ["ip", "link", "set", "dev", "lo", "gso_max_size", "1500"],
-        [*tc, "qdisc", "add", "dev", "lo", "root", "handle", "1:", "stab", "overhead", "-66",
+        ["tc", "qdisc", "add", "dev", "lo", "root", "handle", "1:", "stab", "overhead", "-66",
          "linklayer", "ethernet", "htb", "default", "30", "r2q", "1000"],
-        [*tc, "class", "add", "dev", "lo", "parent", "1:", "classid", "1:10", "htb", "rate",
+        ["tc", "class", "add", "dev", "lo", "parent", "1:", "classid", "1:10", "htb", "rate",
          rate(up_bps), "quantum", "1514"],
-        [*tc, "class", "add", "dev", "lo", "parent", "1:", "classid", "1:20", "htb", "rate",
+        ["tc", "class", "add", "dev", "lo", "parent", "1:", "classid", "1:20", "htb", "rate",
          rate(down_bps), "quantum", "1514"],
-        [*tc, "class", "add", "dev", "lo", "parent", "1:", "classid", "1:30", "htb", "rate",
+        ["tc", "class", "add", "dev", "lo", "parent", "1:", "classid", "1:30", "htb", "rate",
          "10gbit", "quantum", "60000"],
-        [*tc, "qdisc", "add", "dev", "lo", "parent", "1:10", "handle", "10:", "pfifo",
+        ["tc", "qdisc", "add", "dev", "lo", "parent", "1:10", "handle", "10:", "pfifo",
          "limit", "100000"],
-        [*tc, "qdisc", "add", "dev", "lo", "parent", "1:20", "handle", "20:", "pfifo",
+        ["tc", "qdisc", "add", "dev", "lo", "parent", "1:20", "handle", "20:", "pfifo",
          "limit", "100000"],
-        [*tc, "filter", "add", "dev", "lo", "parent", "1:", "protocol", "ip", "prio", "1", "u32",
+        ["tc", "filter", "add", "dev", "lo", "parent", "1:", "protocol", "ip", "prio", "1", "u32",
          "match", "ip", "dport", str(port), "0xffff", "flowid", "1:10"],
-        [*tc, "filter", "add", "dev", "lo", "parent", "1:", "protocol", "ip", "prio", "1", "u32",
+        ["tc", "filter", "add", "dev", "lo", "parent", "1:", "protocol", "ip", "prio", "1", "u32",
          "match", "ip", "sport", str(port), "0xffff", "flowid", "1:20"],
         ["sysctl", "-qw", "net.ipv4.tcp_slow_start_after_idle=0"],
     ]

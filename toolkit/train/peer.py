@@ -157,6 +157,7 @@ def run_device(config: PeerConfig) -> None:
             outputs = module(feeds)
             forward = time.monotonic()
             row: dict[str, float] = {"device_forward_ms": (forward - start) * 1e3}
+            backward_from = forward  # split: from when the gradients arrive
             if sock is None:  # the whole model on the device
                 loss = loss_of(outputs[config.loss_output], labels, config.classes)
                 optimizer.zero_grad(set_to_none=True)
@@ -179,9 +180,9 @@ def run_device(config: PeerConfig) -> None:
                 row.update(upload_ms=(float(meta["received_at"]) - forward) * 1e3,
                            server_ms=float(meta["server_ms"]),
                            download_ms=(arrived - float(meta["sent_at"])) * 1e3)
-                start_backward = arrived
+                backward_from = arrived
             end = time.monotonic()
-            row["device_backward_ms"] = (end - (start_backward if sock else forward)) * 1e3
+            row["device_backward_ms"] = (end - backward_from) * 1e3
             row["wall_ms"] = (end - start) * 1e3
             row["loss"] = float(loss)
             if step >= config.warmup:
