@@ -336,6 +336,24 @@ def test_cpu_limit_puts_a_process_under_a_quota_and_cleans_up():
         sleeper.wait()
 
 
+def test_cpu_limit_slows_a_burst_and_sweeps_groups_of_killed_runs():
+    from toolkit.train.link import CPU_CGROUP, cpu_limit
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = CPU_CGROUP / f"splitcut-{dead.pid}-1"
+    stale.mkdir()
+    with cpu_limit(0.25):
+        time.sleep(0.05)  # an idle gap fills the bucket, as between iterations
+        started, cpu = time.monotonic(), time.thread_time()
+        while time.thread_time() - cpu < 0.06:
+            pass
+        wall = time.monotonic() - started
+    assert not stale.exists()
+    # 60 ms of work at 25 ms per 100 ms: at least 135 ms whatever the phase of the period
+    assert wall > 2 * 0.06, wall
+
+
 def test_executor_profile_times_every_layer_forward_and_backward(tmp_path):
     from toolkit.costs import build_cost_graph
     from toolkit.train.timing import executor_profile
