@@ -213,13 +213,25 @@ def write_doc(results: dict[str, Any], doc: Path, plot: Path) -> None:
         "in a period runs at full speed, so a small device half (a few layers, a few ms per "
         "iteration, then idle while the link works) runs faster than the throttled per-layer "
         "times predict. That is the emulator, not the delay model: the device term's worst "
-        "errors are such halves. A shorter CFS period (a few ms) would emulate a uniformly "
-        "slower device more faithfully.",
+        "errors are such halves. Shorter periods were measured and rejected: they throttle "
+        "short bursts too (a 10 ms burst after an idle gap ran 3.0x slower with a 10 ms period, "
+        "3.4x with 4 ms, 1.0x with 100 ms) but cost memory-heavy work 25-50% beyond the quota "
+        "(GPT-2 on the device alone ran 6x slower than full speed with a 4 ms period), and the "
+        "10 ms period made the median whole-iteration error 16% in a partial rerun.",
         "- The device's own sending (copying a message into the socket) runs under the same "
         "quota; the delay model has no serialisation term, so uploads of large tensors at high "
         "rates come out slower than predicted.",
         "- Server compute runs unthrottled on the other core; its error is the executor's "
-        "run-to-run and cache variation against the per-layer means.",
+        "run-to-run variation against the per-layer means: one training step of the same model "
+        "in one process, back to back, varies by 15-25% on this 2-core VM (GoogLeNet 174-298 "
+        "ms within one minute). Missing terms were looked for and measured too small to "
+        "explain it: compute after an idle gap like a transfer's is 1-3% slower (interleaved "
+        "runs with and without 150 ms gaps), the per-layer times add up to the measured step "
+        "within noise (ShuffleNet's 242 small layers leave about 10 ms, 50 us per layer, "
+        "unattributed), and the SGD step's per-tensor dispatch is about 7 us per parameter "
+        "tensor (1.2 ms on ShuffleNet's 170) beyond the memory-bound term.",
+        "- So the whole-iteration median of (a) is bounded by that noise: the 5% goal needs "
+        "quieter machines or many more iterations than this run's budget.",
         "",
         "## Every run", "",
               "| model | Mbit/s | cut | device layers | measured ms | (a) ms | (a) err | "
