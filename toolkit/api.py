@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import re
 import time
+import tomllib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -12,14 +15,15 @@ from toolkit import profiles, zoo
 from toolkit.blockcache import model_blocks
 from toolkit.blocks import find_blocks
 from toolkit.costgraph import CostGraph
-from toolkit.costs import LABEL_BYTES, Scenario, build_cost_graph
-from toolkit.errors import PartitionError
+from toolkit.costs import LABEL_BYTES, Scenario, build_cost_graph, build_tier_graph
+from toolkit.errors import PartitionError, ScenarioError
 from toolkit.graph import LayerGraph
 from toolkit.measured import MeasuredProfile, load_profile
 from toolkit.partition import Partition, checked_partition, solve
 from toolkit.partition.blockwise import Inner, solve_chain
 from toolkit.partition.messages import with_latency
 from toolkit.partition.stcut import min_cut
+from toolkit.partition.tiers import TierPartition, solve_tiers
 from toolkit.profiles import Processor
 
 if TYPE_CHECKING:
@@ -159,6 +163,96 @@ def partition_model(
     if method == "blockwise":
         blocks, blocks_ms = model_blocks(graph)
     return solve(costs, method, server, blocks=blocks, blocks_ms=blocks_ms)
+
+
+_TIER_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,39}$")
+_TIER_KEYS = {"name", "processor", "link", "uplink", "downlink", "latency"}
+
+
+def make_chain(scenario: Scenario, tiers_file: str | None = None, u_shape: bool = False,
+               profile_dir: str | None = None) -> tuple[list[str], list[Scenario]]:
+    """A tier chain: its tier names and one two-tier scenario per boundary
+    (`costs.build_tier_graph`). `u_shape`: device -> server -> device on `scenario`, the
+    second link the first with its directions swapped (activations come down, gradients go
+    up). `tiers_file`: a TOML file of `[[tier]]` tables in chain order, each with a `name` and
+    a `processor` (profile name or TOML path), and from the second on the link from the tier
+    before (`link` preset and/or `uplink` (towards this tier), `downlink`, `latency`); batch,
+    precision, optimizer and measured profiles come from `scenario`."""
+    if u_shape == (tiers_file is not None):
+        raise ScenarioError("give either a --tiers file or --u-shape")
+    if u_shape:
+        back = dataclasses.replace(scenario, device=scenario.server, server=scenario.device,
+                                   uplink_bps=scenario.downlink_bps,
+                                   downlink_bps=scenario.uplink_bps, link=None)
+        return ["device", "server", "device"], [scenario, back]
+    assert tiers_file is not None
+    try:
+        data = tomllib.loads(Path(tiers_file).read_text())
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ScenarioError(f"cannot read tier chain {tiers_file}: {exc}") from None
+    tiers = data.get("tier")
+    if not isinstance(tiers, list) or len(tiers) < 2 or set(data) != {"tier"}:
+        raise ScenarioError(f"{tiers_file}: write two or more [[tier]] tables and nothing else")
+    names: list[str] = []
+    procs: list[Processor] = []
+    boundaries: list[Scenario] = []
+    for t, tier in enumerate(tiers):
+        where = f"{tiers_file}: tier {t + 1}"
+        unknown = sorted(set(tier) - _TIER_KEYS) if isinstance(tier, dict) else ["?"]
+        if unknown or not all(isinstance(v, str) for v in tier.values()):
+            raise ScenarioError(f"{where}: keys are {', '.join(sorted(_TIER_KEYS))}, all "
+                                f"strings (not {', '.join(map(str, unknown)) or 'a number'})")
+        name, proc = tier.get("name", ""), tier.get("processor", "")
+        if not _TIER_NAME.match(name) or not proc:
+            raise ScenarioError(f"{where}: a name (a letter, then letters, digits or _) and a "
+                                "processor are required")
+        if name in names and not (t == len(tiers) - 1 and name == names[0]):
+            raise ScenarioError(f"{where}: tier name {name!r} is used twice (only the last "
+                                "tier may repeat the first: a U-shape)")
+        link_keys = {k for k in tier if k in ("link", "uplink", "downlink", "latency")}
+        if t == 0 and link_keys:
+            raise ScenarioError(f"{where}: the first tier has no link before it")
+        names.append(name)
+        procs.append(profiles.processor(proc, profile_dir))
+        if t:
+            preset = profiles.link(tier["link"]) if "link" in tier else None
+            if preset is None and not {"uplink", "downlink"} <= link_keys:
+                raise ScenarioError(f"{where}: give a link preset or both uplink and downlink")
+            up = profiles.parse_rate(tier["uplink"]) if "uplink" in tier else preset.uplink_bps  # type: ignore[union-attr]
+            down = (profiles.parse_rate(tier["downlink"]) if "downlink" in tier
+                    else preset.downlink_bps)  # type: ignore[union-attr]
+            lat = (profiles.parse_latency(tier["latency"]) if "latency" in tier
+                   else preset.latency_ms if preset else 0.0)
+            pair = {procs[t - 1].name, procs[t].name}
+            boundaries.append(dataclasses.replace(
+                scenario, device=procs[t - 1], server=procs[t], uplink_bps=up,
+                downlink_bps=down, latency_ms=lat,
+                link=tier.get("link") if preset and link_keys == {"link"} else None,
+                measured=tuple(m for m in scenario.measured if m.processor in pair)))
+    return names, boundaries
+
+
+def partition_tiers(
+    graph: LayerGraph,
+    names: Sequence[str],
+    boundaries: Sequence[Scenario],
+    method: str = "blockwise",
+    pin_device: Sequence[str] = (),
+    pin_server: Sequence[str] = (),
+) -> TierPartition:
+    """Cost the model on a tier chain and find its optimal tiering. `--pin` keeps a layer on
+    the first tier; `--pin-server` keeps it off every tier named like the first (the device)."""
+    costs = build_tier_graph(graph, names, boundaries)
+    for i in layer_indices(graph, pin_device, "--pin"):
+        costs.highest[i] = 0
+    away = [t for t, name in enumerate(names) if name != names[0]]
+    for i in layer_indices(graph, pin_server, "--pin-server"):
+        costs.lowest[i] = max(costs.lowest[i], away[0])
+        costs.highest[i] = min(costs.highest[i], away[-1])
+    blocks, blocks_ms = None, 0.0
+    if method == "blockwise":
+        blocks, blocks_ms = model_blocks(graph)
+    return solve_tiers(costs, method, blocks, blocks_ms)
 
 
 def expand_models(models: Sequence[str], all_zoo: bool = False) -> tuple[str, ...]:

@@ -27,6 +27,7 @@ from toolkit.report import (
     human_bytes,
     inspect_dict,
     partition_report,
+    tiers_report,
     train_report,
 )
 
@@ -301,17 +302,34 @@ def graph(model: str, name: str | None, exporter: str, dims: dict[str, int], row
 @partition_options
 @click.option("--neo4j", "use_neo4j", is_flag=True,
               help="Run through Neo4j: ingest, Cypher block detection, cut written back.")
+@click.option("--tiers", "tiers_file", type=click.Path(dir_okay=False),
+              help="A chain of tiers (TOML: [[tier]] name, processor, link...): device -> "
+                   "edge -> cloud. README, 'Beyond two sides'.")
+@click.option("--u-shape", is_flag=True,
+              help="Device -> server -> device: the loss and labels stay on the device.")
 @neo4j_options
 @json_option
 def partition(model: str, name: str | None, exporter: str, dims: dict[str, int],
               as_json: bool, method: str,
               pin: tuple[str, ...], pin_server: tuple[str, ...], use_neo4j: bool,
-              **kw: Any) -> None:
+              tiers_file: str | None, u_shape: bool, **kw: Any) -> None:
     """Where to cut MODEL between device and server for the least training delay.
 
     Example: splitcut partition resnet50 --device jetson-nano --server rtx-3090 --link lte
     """
+    profile_dir = kw["profile_dir"]
     scenario = build_scenario(kw)
+    if tiers_file or u_shape:
+        if use_neo4j:
+            raise click.UsageError("--tiers/--u-shape do not run through --neo4j yet")
+        names, boundaries = api.make_chain(scenario, tiers_file, u_shape, profile_dir)
+        graph = load_graph(model, name, exporter, dims)
+        chained = api.partition_tiers(graph, names, boundaries, method, pin, pin_server)
+        if as_json:
+            emit_json(chained.to_dict())
+        else:
+            console.print(tiers_report(chained, graph))
+        return
     if use_neo4j:
         if pin or pin_server:
             raise click.UsageError("--pin/--pin-server are not supported with --neo4j yet")

@@ -44,14 +44,18 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from toolkit.costgraph import CostGraph, CostTensor
 from toolkit.errors import ScenarioError
 from toolkit.graph import Layer, LayerGraph, Tensor
 from toolkit.measured import MeasuredProfile
 from toolkit.profiles import Processor
+from toolkit.tiergraph import TierGraph
 
 PRECISIONS = ("fp32", "fp16")
 OPTIMIZER_STATES = {"sgd": 0, "momentum": 1, "adam": 2}
@@ -328,3 +332,44 @@ def build_cost_graph(graph: LayerGraph, scenario: Scenario) -> CostGraph:
         pin_reasons=[reasons.get(layer.name) for layer in layers],
         notes=list(graph.notes),
     )
+
+
+def build_tier_graph(graph: LayerGraph, names: Sequence[str],
+                     boundaries: Sequence[Scenario]) -> TierGraph:
+    """The cost graph of a tier chain: `boundaries[b]` is the two-tier scenario of boundary b
+    (its device the processor of tier b, its server that of tier b+1, its uplink the rate
+    towards the later tier). Every term comes from that boundary's `build_cost_graph`, so two
+    tiers are today's objective exactly and each formula has one implementation: tier 0's
+    compute (split-federated sync included) from boundary 0's device side, tier b+1's from
+    boundary b's server side, each boundary's crossing, latency and labels from its own link.
+
+    Raw data stays on tier 0. A chain that ends on the tier it starts from (named alike, as
+    the U-shape device -> server -> device) keeps the model's outputs on its last tier, where
+    the labels already are: no labels travel.
+    """
+    if len(names) != len(boundaries) + 1 or len(names) < 2:
+        raise ScenarioError("a tier chain names k >= 2 tiers and k - 1 links between them")
+    per_boundary = [build_cost_graph(graph, s) for s in boundaries]
+    first = per_boundary[0]
+    k = len(names)
+    u_shape = names[-1] == names[0]
+    lowest = np.zeros(len(first), dtype=np.int64)
+    if u_shape:
+        lowest[first.outputs] = k - 1
+    scenario = {
+        "tiers": [{"name": name, "processor": (boundaries[0].device if t == 0 else
+                                               boundaries[t - 1].server).name}
+                  for t, name in enumerate(names)],
+        "links": [{"uplink_bps": s.uplink_bps, "downlink_bps": s.downlink_bps,
+                   "latency_ms": s.latency_ms, **({"link": s.link} if s.link else {})}
+                  for s in boundaries],
+        **{key: value for key, value in first.scenario.items()
+           if key in ("batch", "precision", "optimizer", "label_bytes", "sync_every")},
+    }
+    return TierGraph(
+        first, list(names),
+        np.column_stack([first.device_arr] + [c.server_arr for c in per_boundary]),
+        np.column_stack([c.tensor_crossing for c in per_boundary]),
+        np.array([c.latency_ms for c in per_boundary]),
+        np.array([0.0 if u_shape else c.labels_ms for c in per_boundary]),
+        lowest, np.where(np.asarray(first.pinned, dtype=bool), 0, k - 1), scenario)

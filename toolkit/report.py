@@ -12,6 +12,7 @@ from rich.table import Table
 from toolkit.blocks import BlockStructure
 from toolkit.graph import LayerGraph
 from toolkit.partition import Partition
+from toolkit.partition.tiers import TierPartition
 
 if TYPE_CHECKING:
     from toolkit.train.session import TrainResult
@@ -107,11 +108,7 @@ def partition_report(result: Partition, graph: LayerGraph) -> Group:
             f"{n} {'layer' if n == 1 else 'layers'} {reason}" for reason, n in pins.items()))
     for note in graph.notes:
         lines.append(f"note: {note}")
-    base = Table("baseline", "delay ms", "optimum saves", title="baselines (same cost model)")
-    for key, value in data["baselines_ms"].items():
-        gain = (1 - d["total"] / value) * 100 if value > 0 else 0.0
-        base.add_row(key.replace("_", " "), f"{value:.2f}", f"{gain:.1f}%")
-    lines.append(base)
+    lines.append(_baselines(data))
     s = data["solver"]
     lines.append(
         f"solver: {s['method']}, {s['vertices']} vertices, {s['edges']} edges, "
@@ -123,6 +120,55 @@ def partition_report(result: Partition, graph: LayerGraph) -> Group:
             f"vertices; the general cut needs one max-flow over {s['general_vertices']}"
         )
     return Group(*lines)
+
+
+def tiers_report(result: TierPartition, graph: LayerGraph) -> Group:
+    """For people: each tier's layers and compute, what crosses each boundary, the delay."""
+    data = result.to_dict()
+    g = result.graph
+    modules = [layer.module or layer.name for layer in graph]
+    sc = data["scenario"]
+    chain = " -> ".join(f"{t['name']} ({t['processor']})" for t in sc["tiers"])
+    lines: list[RenderableType] = [f"[bold]{g.base.model}[/bold] on {chain}, batch {sc['batch']}"]
+    for t, tier in enumerate(data["partition"]["tiers"]):
+        span = _span(list(dict.fromkeys(modules[i] for i in result.layers_on(t))))
+        lines.append(f"{tier['name']}: {len(tier['layers'])} layers ({span}), "
+                     f"compute {tier['compute_ms']:.2f} ms")
+    links = sc["links"]
+    table = Table("boundary", "Mbit/s on / back", "tensors", "bytes ms", "latency ms",
+                  "labels ms", title="what crosses each boundary")
+    for b, boundary in enumerate(data["partition"]["boundaries"]):
+        table.add_row(f"{boundary['from']} -> {boundary['to']}",
+                      f"{links[b]['uplink_bps'] / 1e6:g} / {links[b]['downlink_bps'] / 1e6:g}",
+                      str(len(boundary["tensors"])), f"{boundary['crossing_ms']:.2f}",
+                      f"{boundary['latency_ms']:.2f}", f"{boundary['labels_ms']:.2f}")
+    lines.append(table)
+    d = data["delay_ms"]
+    lines.append(f"training delay per iteration: [bold]{d['total']:.2f} ms[/bold] = compute "
+                 + " + ".join(f"{c:.2f}" for c in d["compute"])
+                 + f" + crossing {d['crossing']:.2f} + latency {d['latency']:.2f} + labels "
+                 f"{d['labels']:.2f}")
+    if "vanilla_split_ms" in data:
+        vanilla = data["vanilla_split_ms"]
+        lines.append(f"U-shape: the model's outputs, the loss and the labels stay on the "
+                     f"{g.tiers[0]}; vanilla split learning (labels to the server) would take "
+                     f"{vanilla:.2f} ms, so keeping them costs "
+                     f"{(d['total'] / vanilla - 1) * 100 if vanilla else 0.0:+.1f}%")
+    lines.append(_baselines(data))
+    s = data["solver"]
+    lines.append(f"solver: {s['method']}, {s['vertices']} vertices, {s['edges']} edges, "
+                 f"{s['solve_ms']:.2f} ms (blocks {s['blocks_ms']:.2f} ms)")
+    return Group(*lines)
+
+
+def _baselines(data: dict[str, Any]) -> Table:
+    """Each baseline's delay and what the optimum saves on it (never below 0: it is exact)."""
+    total = data["delay_ms"]["total"]
+    table = Table("baseline", "delay ms", "optimum saves", title="baselines (same cost model)")
+    for key, value in data["baselines_ms"].items():
+        gain = round((1 - total / value) * 100, 1) + 0.0 if value > 0 else 0.0
+        table.add_row(key.replace("_", " "), f"{value:.2f}", f"{gain:.1f}%")
+    return table
 
 
 def _span(modules: list[str]) -> str:

@@ -8,6 +8,7 @@ import numpy as np
 
 from toolkit.costgraph import CostGraph, delay
 from toolkit.partition.stcut import min_cut
+from toolkit.tiergraph import TierGraph
 
 
 def device_only(graph: CostGraph) -> float:
@@ -63,3 +64,49 @@ def dads_repaired(graph: CostGraph, server_pinned: Collection[int] = ()) -> floa
                 device.add(u)
                 stack.append(u)
     return delay(graph, device).total
+
+
+def best_ranges(graph: TierGraph) -> tuple[float, list[int]]:
+    """The multi-split generalisation of the best single split: contiguous ranges of the
+    topological order, one per tier in chain order. Returns (delay, splits): tier t holds
+    layers [splits[t-1], splits[t]) (0 and n at the ends).
+
+    With s_b+1 the first layer beyond boundary b, a tensor crosses b exactly when its producer
+    is before s_b+1 and its last consumer at or after it, and the labels when the last output
+    is at or after it, so D = sum over tiers of compute prefix sums + sum over boundaries of a
+    function of s_b+1 alone: a DP over the boundaries with a running minimum, O(k (V + E)).
+    """
+    base = graph.base
+    n, k = len(graph), graph.k
+    last_consumer = np.zeros(len(base.tensors), dtype=np.int64)
+    np.maximum.at(last_consumer, base.tensor_of, base.consumer_of)
+    opens, closes = base.tensor_producer + 1, last_consumer + 1  # crossing for s in [open, close)
+    counts = np.cumsum(np.bincount(opens, minlength=n + 2)
+                       - np.bincount(closes, minlength=n + 2))[: n + 1]
+    prefix = np.vstack([np.zeros(k), np.cumsum(graph.compute_ms, axis=0)])  # (n + 1) x k
+    s = np.arange(n + 1)
+    last_output = max(graph.outputs, default=-1)
+    best = np.zeros(n + 1)
+    back: list[np.ndarray] = []
+    for b in range(k - 1):
+        cross = np.cumsum(np.bincount(opens, graph.crossing_ms[:, b], n + 2)
+                          - np.bincount(closes, graph.crossing_ms[:, b], n + 2))[: n + 1]
+        h = prefix[:, b] - prefix[:, b + 1] + cross \
+            + np.where(counts > 0, graph.latency_ms[b], 0.0) \
+            + np.where(last_output >= s, graph.labels_ms[b], 0.0)
+        low = max((v + 1 for v in np.flatnonzero(graph.highest <= b)), default=0)
+        high = min((int(v) for v in np.flatnonzero(graph.lowest > b)), default=n)
+        h[(s < low) | (s > high)] = np.inf
+        running = np.minimum.accumulate(best)  # the best earlier boundary at or before s
+        improves = best < np.concatenate(([np.inf], running[:-1]))
+        back.append(np.maximum.accumulate(np.where(improves, s, 0)))
+        best = h + running
+    total = float(best.min()) + float(prefix[n, k - 1])
+    if graph.device_alone() and prefix[n, 0] <= total:  # a U-shape's device alone
+        return float(prefix[n, 0]), [n] * (k - 1)
+    if not np.isfinite(total):
+        return total, []
+    splits = [int(np.argmin(best))]
+    for b in range(k - 2, 0, -1):
+        splits.append(int(back[b][splits[-1]]))
+    return total, splits[::-1]
