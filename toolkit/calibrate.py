@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 
-from toolkit.costs import Scenario, efficiency, layer_ms, op_class
+from toolkit.costs import Scenario, efficiency, layer_ms, op_class, pass_ms
 from toolkit.graph import Layer, LayerGraph
 from toolkit.profiles import Processor
 
@@ -60,9 +60,10 @@ def _features(graph: LayerGraph) -> _Features:
 def _estimate(proc: Processor, f: _Features) -> np.ndarray:
     """`costs.forward_ms` for every layer at once (fp32, batch 1)."""
     eff = np.array([efficiency(proc, c) for c in f.classes])
-    compute = np.maximum(f.flops / (proc.fp32_tflops * 1e12 * eff),
-                         f.moved / (proc.memory_gbps * 1e9 * proc.memory_efficiency))
-    return (compute + proc.layer_overhead_us * 1e-6) * 1e3
+    estimate: np.ndarray = pass_ms(f.flops, f.moved, proc.fp32_tflops * 1e12 * eff,
+                                   proc.memory_gbps * 1e9 * proc.memory_efficiency,
+                                   proc.layer_overhead_us)
+    return estimate
 
 
 def estimates(proc: Processor, graph: LayerGraph) -> np.ndarray:

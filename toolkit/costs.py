@@ -202,6 +202,12 @@ def _rates(layer: Layer, proc: Processor, precision: str) -> tuple[float, float]
     return peak * efficiency(proc, op_class(layer)), proc.memory_gbps * 1e9 * proc.memory_efficiency
 
 
+def pass_ms(flops: Any, moved: Any, flop_rate: Any, byte_rate: Any, overhead_us: float) -> Any:
+    """The roofline of one pass, in ms: FLOPs or bytes, whichever takes longer, plus the
+    per-op overhead. Floats or numpy arrays (the calibration fits it over whole models)."""
+    return (np.maximum(flops / flop_rate, moved / byte_rate) + overhead_us * 1e-6) * 1e3
+
+
 def forward_ms(layer: Layer, proc: Processor, precision: str = "fp32", batch: int = 1,
                activations: float | None = None) -> float:
     """Forward time of one layer for `batch` samples (what a measured forward is compared to).
@@ -209,8 +215,8 @@ def forward_ms(layer: Layer, proc: Processor, precision: str = "fp32", batch: in
     flop_rate, byte_rate = _rates(layer, proc, precision)
     act = float(layer.in_bytes + layer.out_bytes) if activations is None else activations
     moved = act * batch + param_bytes(layer, precision)
-    compute = max(layer.flops * batch / flop_rate, moved / byte_rate)
-    return (compute + proc.layer_overhead_us * 1e-6) * 1e3
+    return float(pass_ms(layer.flops * batch, moved, flop_rate, byte_rate,
+                         proc.layer_overhead_us))
 
 
 def layer_ms(layer: Layer, proc: Processor, scenario: Scenario,
@@ -225,10 +231,9 @@ def layer_ms(layer: Layer, proc: Processor, scenario: Scenario,
     weights = param_bytes(layer, scenario.precision)
     fwd_flops = layer.flops * b
     bwd_flops = fwd_flops * (2.0 if layer.trainable else 1.0)
-    fwd = max(fwd_flops / flop_rate, (moved + weights) / byte_rate)
-    bwd = max(bwd_flops / flop_rate, (2 * moved + 2 * weights) / byte_rate)
-    overhead_s = proc.layer_overhead_us * 1e-6 * 2
-    return (fwd + bwd + overhead_s) * 1e3
+    overhead = proc.layer_overhead_us
+    return float(pass_ms(fwd_flops, moved + weights, flop_rate, byte_rate, overhead)
+                 + pass_ms(bwd_flops, 2 * moved + 2 * weights, flop_rate, byte_rate, overhead))
 
 
 def step_ms(layer: Layer, proc: Processor, optimizer: str) -> float:
