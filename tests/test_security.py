@@ -52,7 +52,7 @@ def test_odd_model_and_layer_names_round_trip_through_neo4j(tmp_path):
     with Store(Connection.from_env(password=PASSWORD)) as store:
         partition, written, graph = api.partition_in_neo4j(store, str(path),
                                                            api.make_scenario(), name)
-        stored = store.read_cost_graph(name)
+        stored = api.stored_cost_graph(store, name)
     assert stored.model == name
     assert stored.names == [layer.name for layer in graph] == ODD
     assert [t.name for t in stored.tensors] == [t.name for t in partition.graph.tensors]

@@ -19,7 +19,7 @@ from toolkit.blocks import find_blocks
 from toolkit.costgraph import CostGraph, CostTensor
 from toolkit.costs import BUILTIN_SCENARIOS
 from toolkit.measured import MeasuredProfile, layers_sha
-from toolkit.partition import solve
+from toolkit.partition import solve, stored
 from toolkit.store import Connection, Store, StoreError
 
 PASSWORD = os.environ.get("NEO4J_PASSWORD", "splitcut-dev")
@@ -139,6 +139,13 @@ def test_dead_server_and_wrong_password_are_one_line_errors(capsys, monkeypatch,
         Store(Connection("bolt://127.0.0.1:7999", "neo4j", "x", None))
 
 
+def _scan(model: str, chain: object, read: object) -> object:
+    """The block-wise scan over a stored chain, its segments read through `read`."""
+    from toolkit.partition.blockwise import solve_chain
+
+    return solve_chain(chain, lambda k, labels: stored.segment(model, chain, k, labels, read))
+
+
 def test_cypher_chain_sums_equal_the_python_chain_and_general_agrees(store, zoo_path):
     from toolkit.partition.blockwise import chain_of
 
@@ -146,7 +153,7 @@ def test_cypher_chain_sums_equal_the_python_chain_and_general_agrees(store, zoo_
     scenario = api.make_scenario(**BUILTIN_SCENARIOS["phone-h100-5g"])
     graph, costs, _ = api.ingest_model(store, path, scenario, "resnet152")
     python = chain_of(costs, find_blocks(graph), set())
-    cypher = store.read_chain("resnet152")
+    cypher = api.stored_chain(store, "resnet152")
     for field in ("entries", "exits", "closed"):
         assert getattr(cypher, field).tolist() == getattr(python, field).tolist()
     for field in ("device", "server", "cheapest", "exit_cross"):
@@ -209,7 +216,6 @@ def permuted(costs: CostGraph, rng: np.random.Generator, block: int = 4) -> Cost
 
 
 def test_stored_blockwise_is_exact_when_instances_have_permuted_costs(store, tmp_path):
-    from toolkit.partition.blockwise import solve_chain
     from toolkit.partition.messages import with_latency
 
     path = save(split_blocks(), tmp_path / "splits.onnx")
@@ -220,8 +226,8 @@ def test_stored_blockwise_is_exact_when_instances_have_permuted_costs(store, tmp
     for _ in range(25):
         adversarial = permuted(costs, rng)
         store.set_costs(adversarial)
-        chain = store.read_chain("splits")
-        cut = solve_chain(chain, functools.partial(store.solve_segment, "splits", chain))
+        chain = api.stored_chain(store, "splits")
+        cut = store.reading("splits", functools.partial(_scan, "splits", chain))
         cut = with_latency(adversarial, cut)
         expected = brute_force_monotone(adversarial)
         assert total(adversarial, set(cut.device)) == pytest.approx(expected, abs=1e-9)
@@ -314,7 +320,7 @@ def test_a_staged_version_is_invisible_and_the_next_ingest_deletes_it():
         version = store._read("version_new")[0]["version"]
         store._stage(staged, staged_costs, version, {})  # and then the client died
         assert _all_layers(store, name) == len(old) + len(staged)
-        assert store.read_cost_graph(name).names == old_costs.names
+        assert api.stored_cost_graph(store, name).names == old_costs.names
         assert store.read_blocks(name).cut_vertices == find_blocks(old).cut_vertices
         assert {r["model"] for r in store.run_saved("block_types_by_model", {"model": name})} \
             == {name}
@@ -323,7 +329,7 @@ def test_a_staged_version_is_invisible_and_the_next_ingest_deletes_it():
         assert _all_layers(store, name) == len(third)
         assert count(store, "MATCH (b:Block {model: $n}) RETURN count(b)", n=name) \
             == len(find_blocks(third).segments)
-        assert store.read_cost_graph(name).names == third_costs.names
+        assert api.stored_cost_graph(store, name).names == third_costs.names
         assert store.delete_model(name)
         assert _all_layers(store, name) == 0
         assert count(store, "MATCH (m:Model {name: $n}) RETURN count(m)", n=name) == 0
@@ -346,5 +352,5 @@ def test_of_two_overlapping_ingests_the_later_started_stays():
         assert status == "superseded" and current is not None and current > early
         store._sweep(name, current, early)
         assert _all_layers(store, name) == len(second)
-        assert store.read_cost_graph(name).names == second_costs.names
+        assert api.stored_cost_graph(store, name).names == second_costs.names
         store.delete_model(name)

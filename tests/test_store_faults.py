@@ -17,6 +17,7 @@ import pytest
 from toolkit import api
 from toolkit.blocks import find_blocks
 from toolkit.costs import build_cost_graph
+from toolkit.errors import NotStoredError
 from toolkit.store import Connection, Store, StoreError, TransactionTooLargeError
 from toolkit.synthetic import deep_model
 
@@ -91,7 +92,7 @@ def test_server_killed_mid_ingest_leaves_the_old_version_whole(second_server):
     server(second_server, "start")
     with Store(connection) as store:
         assert count_layers(store, name) > len(old)  # batches of the new version were kept...
-        stored = store.read_cost_graph(name)  # ...but readers see the old version, whole
+        stored = api.stored_cost_graph(store, name)  # ...but readers see the old version, whole
         assert stored.names == old_costs.names
         assert [t.name for t in stored.tensors] == [t.name for t in old_costs.tensors]
         assert store.read_blocks(name).cut_vertices == find_blocks(old).cut_vertices
@@ -101,7 +102,7 @@ def test_server_killed_mid_ingest_leaves_the_old_version_whole(second_server):
         third_costs = build_cost_graph(third, scenario)
         assert store.ingest(third, third_costs, "third", "synthetic", 0) == "replaced"
         assert count_layers(store, name) == len(third)
-        assert store.read_cost_graph(name).names == third_costs.names
+        assert api.stored_cost_graph(store, name).names == third_costs.names
 
 
 def test_server_killed_mid_ingest_of_a_new_model_shows_no_model(second_server):
@@ -127,8 +128,8 @@ def test_server_killed_mid_ingest_of_a_new_model_shows_no_model(second_server):
     server(second_server, "start")
     with Store(connection) as store:
         assert count_layers(store, graph.name) == len(graph)  # staged whole, never switched
-        with pytest.raises(StoreError, match="not in Neo4j"):
-            store.read_cost_graph(graph.name)
+        with pytest.raises(NotStoredError, match="not in Neo4j"):
+            api.stored_cost_graph(store, graph.name)
         assert store.run_saved("block_types_by_model", {"model": graph.name}) == []
         assert store.delete_model(graph.name)
         assert count_layers(store, graph.name) == 0
@@ -226,7 +227,7 @@ def test_a_model_too_large_for_one_transaction_ingests_in_batches(small_server):
     with Store(small_server, batch_rows=500) as store:
         store.ensure_schema()
         assert store.ingest(graph, costs, "sha", "synthetic", 0) == "created"
-        stored = store.read_cost_graph(graph.name)
+        stored = api.stored_cost_graph(store, graph.name)
         assert stored.names == costs.names and stored.device_ms == pytest.approx(costs.device_ms)
         assert store.read_blocks(graph.name).cut_vertices == find_blocks(graph).cut_vertices
         assert store.delete_model(graph.name)
@@ -246,5 +247,5 @@ def test_a_batch_too_large_for_the_server_fails_at_once_and_leaves_nothing(small
             store.ingest(graph, costs, "sha", "synthetic", 0)
         assert time.monotonic() - start < 30  # not retried for the 60 s allowed
         assert count_layers(store, graph.name) == 0
-        with pytest.raises(StoreError, match="not in Neo4j"):
-            store.read_cost_graph(graph.name)
+        with pytest.raises(NotStoredError, match="not in Neo4j"):
+            api.stored_cost_graph(store, graph.name)

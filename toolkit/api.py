@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-import time
 import tomllib
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -19,16 +18,14 @@ from toolkit.costs import LABEL_BYTES, Scenario, build_cost_graph, build_tier_gr
 from toolkit.errors import PartitionError, ScenarioError
 from toolkit.graph import LayerGraph
 from toolkit.measured import MeasuredProfile, load_profile
-from toolkit.partition import Partition, checked_partition, solve
-from toolkit.partition.blockwise import Inner, solve_chain
-from toolkit.partition.messages import with_latency
-from toolkit.partition.stcut import min_cut
+from toolkit.partition import Partition, solve, stored
+from toolkit.partition.blockwise import Chain
 from toolkit.partition.tiers import TierPartition, solve_tiers
 from toolkit.profiles import Processor
 
 if TYPE_CHECKING:
     from toolkit.onnx_split import SplitResult
-    from toolkit.store import Rows, Store
+    from toolkit.store import Store
     from toolkit.train.session import TrainResult
 
 CUTS = ("optimal", "best-single", "device-only")
@@ -289,31 +286,26 @@ def partition_in_neo4j(
     store: Store, model: str, scenario: Scenario, name: str | None = None,
     exporter: str = "torchscript", method: str = "blockwise", dims: dict[str, int] | None = None,
 ) -> tuple[Partition, dict[str, int], LayerGraph]:
-    """The main job through Neo4j: ingest (if new), solve, write the cut back as labels.
-
-    Block-wise reads only the compressed chain (per-block sums computed in Cypher) and the
-    insides of the segments it must solve; `general` reads the whole cost graph back. Either
-    answer is checked against the cost graph computed here before it is written.
-    """
+    """The main job through Neo4j: ingest (if new), solve (`partition.stored.solve_stored`,
+    under the model's lock), write the cut back as labels."""
     graph, costs, _ = ingest_model(store, model, scenario, name, exporter, put_costs=False,
                                    dims=dims)
 
-    def solve_stored(rows: Rows) -> Partition:
-        start = time.perf_counter()
-        if method == "blockwise":
-            chain = store.read_chain(graph.name, rows)
+    def solve(rows: stored.Rows) -> Partition:
+        return stored.solve_stored(graph.name, costs, method, rows)
 
-            def inner(k: int, labels: bool) -> Inner:
-                return store.solve_segment(graph.name, chain, k, labels, rows)
-
-            cut = solve_chain(chain, inner)
-        else:
-            cut = min_cut(store.read_cost_graph(graph.name, rows))
-        cut = with_latency(costs, cut)  # per-message latency, exactly, on the same costs
-        return checked_partition(costs, cut, method, (time.perf_counter() - start) * 1e3)
-
-    result, written = store.solve_and_write(costs, graph.sha256, solve_stored)
+    result, written = store.solve_and_write(costs, graph.sha256, solve)
     return result, written, graph
+
+
+def stored_cost_graph(store: Store, model: str) -> CostGraph:
+    """The cost graph stored for `model`, read from one consistent version."""
+    return store.reading(model, lambda read: stored.cost_graph(model, read))
+
+
+def stored_chain(store: Store, model: str) -> Chain:
+    """The compressed chain of `model` as Cypher sums it, from one consistent version."""
+    return store.reading(model, lambda read: stored.chain(model, read))
 
 
 def device_layers_from(path: str) -> list[str]:

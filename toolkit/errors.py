@@ -19,3 +19,7 @@ class ScenarioError(ToolkitError):
 
 class PartitionError(ToolkitError):
     """No valid partition exists, or a partition failed validation."""
+
+
+class NotStoredError(ToolkitError):
+    """A model (or its blocks) is not in the store: ingest it first."""

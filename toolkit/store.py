@@ -21,7 +21,6 @@ from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import neo4j
-import numpy as np
 from neo4j import GraphDatabase, ManagedTransaction, Transaction
 from neo4j.exceptions import (
     AuthError,
@@ -33,15 +32,12 @@ from neo4j.exceptions import (
 
 from toolkit import queries
 from toolkit.blocks import BlockStructure, BlockType, Segment, layer_key, signature, tensor_key
-from toolkit.costgraph import CostGraph, CostTensor
+from toolkit.costgraph import CostGraph
 from toolkit.costs import scenario_key
 from toolkit.errors import ToolkitError
 from toolkit.graph import LayerGraph
 from toolkit.partition import Partition
-from toolkit.partition.blockwise import Chain, Inner, solve_segment
-
-Rows = Callable[..., list[dict[str, Any]]]
-"""Runs a saved query by name with keyword parameters and returns its rows."""
+from toolkit.partition.stored import Rows
 
 log = logging.getLogger(__name__)
 Row = TypeVar("Row")
@@ -351,42 +347,11 @@ class Store:
 
     # the cost graph and the cut ---------------------------------------------------------------
 
-    def read_cost_graph(self, model: str, rows: Rows | None = None) -> CostGraph:
-        """The stored cost graph (through `rows` inside a transaction, else on its own)."""
-        return self._reading(model, rows, lambda read: _cost_graph(model, read))
-
-    def read_chain(self, model: str, rows: Rows | None = None) -> Chain:
-        """The compressed chain with the stored delays summed per block, computed in Cypher.
-
-        Blocks share an inner solution only when their inner problems are identical: the same
-        type and the same per-layer delays, pins and output flags and per-tensor crossing costs
-        (tensors matched by producer position, output slot and consumer position)."""
-        found = self._reading(model, rows, lambda read: read("read_chain", model=model))
-        return _chain(model, found)
-
-    def solve_segment(self, model: str, chain: Chain, k: int, labels: bool,
-                      rows: Rows | None = None) -> Inner:
-        """Read segment k's inside (and nothing else) and solve its inner min cut."""
-        entry, last = int(chain.entries[k]), int(chain.exits[k])
-        first = max(entry, 0)
-        found = (rows or self._read)("read_segment", model=model, first=first, last=last)
-        local = CostGraph(
-            model=model, names=[str(r["topo"]) for r in found], ops=["" for _ in found],
-            device_ms=[float(r["device_ms"]) for r in found],
-            server_ms=[float(r["server_ms"]) for r in found],
-            pinned=[bool(r["pinned"]) for r in found],
-            tensors=[
-                CostTensor(t["tensor"], int(r["topo"]) - first,
-                           tuple(int(c) - first for c in t["consumers"]), 0.0,
-                           float(t["crossing_ms"]))
-                for r in found for t in r["tensors"] if t["consumers"]
-            ],
-            labels_ms=chain.labels_ms,
-            outputs=[i for i, r in enumerate(found) if r["output"]],
-        )
-        row = [entry - first if entry >= 0 else -1, *range(max(entry + 1, 0) - first,
-                                                            last - first + 1)]
-        return solve_segment(local, row, bool(chain.closed[k]), set(), labels)
+    def reading(self, model: str, read: Callable[[Rows], Read], rows: Rows | None = None
+                ) -> Read:
+        """`read(rows)` over one consistent version of `model` (see `_reading`): what
+        `toolkit.partition.stored` builds its cost graph and chain from."""
+        return self._reading(model, rows, read)
 
     def write_partition(self, result: Partition) -> dict[str, int]:
         """Labels and a current (:Partition) node, replacing the old ones in one transaction."""
@@ -417,61 +382,6 @@ class Store:
     def run_saved(self, name: str, params: dict[str, Any]) -> list[dict[str, Any]]:
         """A saved query, read-only: `splitcut query` can change nothing."""
         return self._read(name, **params)
-
-
-def _cost_graph(model: str, read: Rows) -> CostGraph:
-    """A stored cost graph from its rows."""
-    layers = read("read_layers", model=model)
-    if not layers:
-        raise StoreError(f"model {model!r} is not in Neo4j: ingest it first")
-    tensors = [
-        CostTensor(r["tensor"], int(r["producer"]), tuple(int(c) for c in r["consumers"]),
-                   float(r["bytes"]), float(r["crossing_ms"]))
-        for r in read("read_tensors", model=model)
-    ]
-    stored = read("model_get", name=model)
-    message = stored[0] if stored else {}
-    return CostGraph(
-        model=model, names=[r["name"] for r in layers], ops=[r["op"] for r in layers],
-        device_ms=[float(r["device_ms"]) for r in layers],
-        server_ms=[float(r["server_ms"]) for r in layers],
-        pinned=[bool(r["pinned"]) for r in layers], tensors=tensors,
-        scenario=json.loads(stored[0]["scenario"]) if stored else {},
-        flops=[float(r["flops"]) for r in layers], macs=[float(r["macs"]) for r in layers],
-        params=[int(r["params"]) for r in layers],
-        latency_ms=float(message.get("latency_ms") or 0.0),
-        labels_ms=float(message.get("labels_ms") or 0.0),
-        outputs=[i for i, r in enumerate(layers) if r["output"]],
-    )
-
-
-def _chain(model: str, found: list[dict[str, Any]]) -> Chain:
-    """The compressed chain from read_chain's rows."""
-    if not found:
-        raise StoreError(f"model {model!r} has no blocks in Neo4j: ingest it first")
-    pinned = [int(r["last_pinned"]) for r in found if r["last_pinned"] is not None]
-    chain = Chain(
-        layer_count=int(found[-1]["exit"]) + 1,
-        entries=np.array([r["entry"] for r in found], dtype=np.int64),
-        exits=np.array([r["exit"] for r in found], dtype=np.int64),
-        closed=np.array([r["closed"] for r in found], dtype=bool),
-        device=np.array([r["device"] for r in found], dtype=np.float64),
-        server=np.array([r["server"] for r in found], dtype=np.float64),
-        cheapest=np.array([r["cheapest"] for r in found], dtype=np.float64),
-        exit_cross=np.array([r["exit_cross"] if r["closed"] else 0.0 for r in found]),
-        groups=np.zeros(len(found), dtype=np.int64),
-        last_pinned=max(pinned, default=-1),
-        outputs=tuple(sorted(int(o) for r in found for o in r["outputs"])),
-        labels_ms=float(found[0]["labels_ms"] or 0.0),
-    )
-    labels_inside = chain.labels_inside()
-    group_of: dict[tuple[object, ...], int] = {}
-    for k, r in enumerate(found):
-        key = (r["signature"], bool(labels_inside[k]),
-               tuple(sorted(tuple(x) for x in r["inner_layers"])),
-               tuple(sorted(tuple(x) for x in r["inner_tensors"])))
-        chain.groups[k] = group_of.setdefault(key, len(group_of))
-    return chain
 
 
 def _switch(tx: Transaction, graph: LayerGraph, costs: CostGraph, version: str,
