@@ -1,38 +1,45 @@
-// Write a partition back: labels :Device/:Server on the model's layers and blocks, replacing the
-// old ones, and a (:Partition)-[:OF]->(:Model) node that becomes the current one.
-// $model, $scenario (JSON text), $device (topological positions on the device), $total_ms,
-// $device_compute_ms, $server_compute_ms, $crossing_ms, $cut_tensors, $method, $scenario_key,
-// $baselines ({device_only_ms, server_only_ms, best_chain_split_ms, dads_repaired_ms}).
-// Returns layers (count) and device (count).
+// Write a partition back: on each of the model's layers its tier's label (:Device/:Server, or a
+// chain's own tier names such as :Edge, :Cloud) and `tier` index, replacing the labels any
+// earlier partition wrote (the model keeps their names in `tier_labels`); on each block whose
+// layers share one tier, that label and index; and a (:Partition)-[:OF]->(:Model) node that
+// becomes the current one. Labels are parameters ($labels), never spliced into the text.
+// $model, $scenario (JSON text), $tiers (tier names in chain order), $labels (a label per tier),
+// $tier_of (each layer's tier by topological position), $total_ms, $compute_ms (per tier),
+// $device_compute_ms (the first tier), $server_compute_ms (the others), $crossing_ms,
+// $cut_tensors (the first boundary's), $method, $scenario_key,
+// $baselines ({device_only_ms, ...}). Returns layers (count) and device (count on tier 0).
 MATCH (m:Model {name: $model}) WHERE m.version IS NOT NULL
 SET m.partitioned_at = datetime()  // first: the model's write lock orders concurrent writers
-WITH m
+WITH m, reduce(seen = [], x IN coalesce(m.tier_labels, []) + ['Device', 'Server'] + $labels |
+               CASE WHEN x IN seen THEN seen ELSE seen + x END) AS old
+SET m.tier_labels = old
+WITH m, old
 CALL (m) { MATCH (p:Partition)-[:OF]->(m) SET p.current = false }
 CREATE (part:Partition {model: $model, scenario: $scenario, total_ms: $total_ms,
+        tiers: $tiers, tier_compute_ms: $compute_ms,
         device_compute_ms: $device_compute_ms, server_compute_ms: $server_compute_ms,
         crossing_ms: $crossing_ms, cut_tensors: $cut_tensors, method: $method,
-        scenario_key: $scenario_key, device_layers: size($device), current: true,
-        written_at: datetime()})-[:OF]->(m)
+        scenario_key: $scenario_key, current: true, written_at: datetime()})-[:OF]->(m)
 SET part += $baselines
-WITH m, part
+WITH m, part, old
 MATCH (l:Layer {model: m.name, version: m.version})
-REMOVE l:Device:Server
-WITH m, part, l, l.topo IN $device AS on_device
-CALL (l, on_device) { WITH l WHERE on_device SET l:Device }
-CALL (l, on_device) { WITH l WHERE NOT on_device SET l:Server }
-WITH m, part, count(l) AS layers, sum(CASE WHEN on_device THEN 1 ELSE 0 END) AS device
-CALL (m) {
+REMOVE l:$(old)
+SET l.tier = $tier_of[l.topo]
+SET l:$($labels[l.tier])
+WITH m, part, old, count(l) AS layers, sum(CASE WHEN l.tier = 0 THEN 1 ELSE 0 END) AS device
+SET part.device_layers = device
+WITH m, part, old, layers, device
+CALL (m, old) {
   MATCH (b:Block {model: m.name, version: m.version})-[:CONTAINS]->(l:Layer)
-  WITH b, all(x IN collect(l) WHERE x:Device) AS all_device,
-       all(x IN collect(l) WHERE x:Server) AS all_server
-  REMOVE b:Device:Server
-  WITH b, all_device, all_server
-  CALL (b, all_device) { WITH b WHERE all_device SET b:Device }
-  CALL (b, all_server) { WITH b WHERE all_server SET b:Server }
+  WITH b, collect(DISTINCT l.tier) AS tiers
+  REMOVE b:$(old)
+  SET b.tier = CASE WHEN size(tiers) = 1 THEN tiers[0] END
+  WITH b, tiers WHERE size(tiers) = 1
+  SET b:$($labels[tiers[0]])
 }
 CALL (m, part) {
   MATCH (b:Block {model: m.name, version: m.version})
-  OPTIONAL MATCH (b)-[:CONTAINS]->(d:Layer:Device)
+  OPTIONAL MATCH (b)-[:CONTAINS]->(d:Layer {tier: 0})
   WITH part, count(DISTINCT b) AS blocks, max(CASE WHEN d IS NULL THEN null ELSE b.index END) AS cut
   SET part.blocks = blocks, part.cut_block = cut
 }

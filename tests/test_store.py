@@ -6,6 +6,7 @@ import contextlib
 import functools
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -86,6 +87,41 @@ def test_partition_through_neo4j_equals_embedded_and_labels_match(store, zoo_pat
         assert len(current) == 1
         assert current[0]["total"] == pytest.approx(result.delay.total)
         assert current[0]["d"] == len(device)
+
+
+def test_a_tier_chain_through_neo4j_labels_every_layer_with_its_tier(store, zoo_path):
+    """Device-edge-cloud and U-shape through Neo4j equal the embedded optimum; each layer
+    carries its tier's label and index (blocks too when whole), a user pin is honoured, and a
+    later two-sided partition replaces every tier label."""
+    path = str(zoo_path("resnet50"))
+    graph = api.load_graph(path, "resnet50")
+    example = Path(__file__).resolve().parent.parent / "examples" / "device-edge-cloud.toml"
+    fast = api.make_scenario(uplink="1Gbps", downlink="1Gbps", latency="1ms")
+    for names, boundaries in [api.make_chain(fast, str(example)),
+                              api.make_chain(fast, u_shape=True)]:
+        embedded = api.partition_tiers(graph, names, boundaries, pin_server=["layer4"])
+        result, written, _ = api.partition_tiers_in_neo4j(
+            store, path, names, boundaries, "resnet50", pin_server=["layer4"])
+        assert result.delay.total == pytest.approx(embedded.delay.total, rel=1e-9)
+        assert written["layers"] == len(graph)
+        rows = store.driver.execute_query(
+            "MATCH (l:Layer {model: 'resnet50'})<-[:HAS_LAYER]-(m:Model) "
+            "WHERE l.version = m.version RETURN l.topo AS topo, l.tier AS tier, "
+            "labels(l) AS labels", database_=store.connection.database).records
+        for row in rows:
+            tier = int(result.tier[row["topo"]])
+            assert row["tier"] == tier
+            assert set(row["labels"]) - {"Layer"} == {names[tier].capitalize()}
+        layer4 = [i for i, x in enumerate(graph) if (x.module or "").startswith("layer4")]
+        assert layer4 and all(result.tier[i] >= 1 for i in layer4)
+        assert len({int(result.tier[i]) for i in range(len(graph))}) >= 2
+        whole = count(store, "MATCH (b:Block {model: 'resnet50'})-[:CONTAINS]->(l:Layer) "
+                             "WITH b, collect(DISTINCT l.tier) AS t WHERE size(t) = 1 "
+                             "AND b.tier = t[0] RETURN count(b)")
+        assert whole > 0
+    api.partition_in_neo4j(store, path, fast, "resnet50")
+    for label in ("Edge", "Cloud"):
+        assert count(store, f"MATCH (l:Layer:{label} {{model: 'resnet50'}}) RETURN count(l)") == 0
 
 
 def test_reingest_is_idempotent_and_a_changed_file_replaces_the_old(store, tmp_path):

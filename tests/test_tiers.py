@@ -263,5 +263,6 @@ def test_partition_cli_runs_a_u_shape_and_a_tier_file(zoo_path, tmp_path, capsys
         code, out, err = run_main(["partition", model, "--tiers", str(bad)], capsys,
                                   monkeypatch)
         assert code == 2 and message in err and len(err.strip().splitlines()) == 1, (text, err)
-    code, out, err = run_main(["partition", model, "--u-shape", "--neo4j"], capsys, monkeypatch)
-    assert code == 2 and "--neo4j" in err
+    code, out, err = run_main(["partition", model, "--u-shape", "--neo4j", "--uri",
+                               "bolt://127.0.0.1:7999", "--password", "x"], capsys, monkeypatch)
+    assert code == 2 and "cannot reach Neo4j" in err and len(err.strip().splitlines()) == 1

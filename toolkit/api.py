@@ -22,6 +22,7 @@ from toolkit.partition import Partition, solve, stored
 from toolkit.partition.blockwise import Chain
 from toolkit.partition.tiers import TierPartition, solve_tiers
 from toolkit.profiles import Processor
+from toolkit.tiergraph import TierGraph
 
 if TYPE_CHECKING:
     from toolkit.onnx_split import SplitResult
@@ -229,6 +230,20 @@ def make_chain(scenario: Scenario, tiers_file: str | None = None, u_shape: bool 
     return names, boundaries
 
 
+def tier_costs(graph: LayerGraph, names: Sequence[str], boundaries: Sequence[Scenario],
+               pin_device: Sequence[str] = (), pin_server: Sequence[str] = ()) -> TierGraph:
+    """The tier chain's cost graph with the user's pins: `--pin` keeps a layer on the first
+    tier, `--pin-server` off every tier named like it (the device)."""
+    costs = build_tier_graph(graph, names, boundaries)
+    for i in layer_indices(graph, pin_device, "--pin"):
+        costs.highest[i] = 0
+    away = [t for t, name in enumerate(names) if name != names[0]]
+    for i in layer_indices(graph, pin_server, "--pin-server"):
+        costs.lowest[i] = max(costs.lowest[i], away[0])
+        costs.highest[i] = min(costs.highest[i], away[-1])
+    return costs
+
+
 def partition_tiers(
     graph: LayerGraph,
     names: Sequence[str],
@@ -237,19 +252,33 @@ def partition_tiers(
     pin_device: Sequence[str] = (),
     pin_server: Sequence[str] = (),
 ) -> TierPartition:
-    """Cost the model on a tier chain and find its optimal tiering. `--pin` keeps a layer on
-    the first tier; `--pin-server` keeps it off every tier named like the first (the device)."""
-    costs = build_tier_graph(graph, names, boundaries)
-    for i in layer_indices(graph, pin_device, "--pin"):
-        costs.highest[i] = 0
-    away = [t for t, name in enumerate(names) if name != names[0]]
-    for i in layer_indices(graph, pin_server, "--pin-server"):
-        costs.lowest[i] = max(costs.lowest[i], away[0])
-        costs.highest[i] = min(costs.highest[i], away[-1])
+    """Cost the model on a tier chain (`tier_costs`) and find its optimal tiering."""
+    costs = tier_costs(graph, names, boundaries, pin_device, pin_server)
     blocks, blocks_ms = None, 0.0
     if method == "blockwise":
         blocks, blocks_ms = model_blocks(graph)
     return solve_tiers(costs, method, blocks, blocks_ms)
+
+
+def partition_tiers_in_neo4j(
+    store: Store, model: str, names: Sequence[str], boundaries: Sequence[Scenario],
+    name: str | None = None, exporter: str = "torchscript", method: str = "blockwise",
+    dims: dict[str, int] | None = None, pin_device: Sequence[str] = (),
+    pin_server: Sequence[str] = (),
+) -> tuple[TierPartition, dict[str, int], LayerGraph]:
+    """A tier chain through Neo4j: ingest (if new) with the first boundary's delays, solve
+    block-wise on the blocks Cypher detected (under the model's lock), and write each layer's
+    tier back as its label and `tier` index."""
+    graph, costs, _ = ingest_model(store, model, boundaries[0], name, exporter,
+                                   put_costs=False, dims=dims)
+    chained = tier_costs(graph, names, boundaries, pin_device, pin_server)
+
+    def solve(rows: stored.Rows) -> TierPartition:
+        blocks = store.read_blocks(graph.name, rows) if method == "blockwise" else None
+        return solve_tiers(chained, method, blocks)
+
+    result, written = store.solve_and_write(costs, graph.sha256, solve)
+    return result, written, graph
 
 
 def expand_models(models: Sequence[str], all_zoo: bool = False) -> tuple[str, ...]:

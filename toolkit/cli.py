@@ -20,6 +20,7 @@ from toolkit.costs import LABEL_BYTES, OPTIMIZER_STATES, PRECISIONS, Scenario, b
 from toolkit.errors import ToolkitError
 from toolkit.graph import LayerGraph
 from toolkit.partition import METHODS
+from toolkit.partition.tiers import tier_label
 from toolkit.report import (
     blocks_dict,
     blocks_report,
@@ -320,15 +321,26 @@ def partition(model: str, name: str | None, exporter: str, dims: dict[str, int],
     profile_dir = kw["profile_dir"]
     scenario = build_scenario(kw)
     if tiers_file or u_shape:
-        if use_neo4j:
-            raise click.UsageError("--tiers/--u-shape do not run through --neo4j yet")
         names, boundaries = api.make_chain(scenario, tiers_file, u_shape, profile_dir)
-        graph = load_graph(model, name, exporter, dims)
-        chained = api.partition_tiers(graph, names, boundaries, method, pin, pin_server)
-        if as_json:
-            emit_json(chained.to_dict())
+        if use_neo4j:
+            with open_store(kw) as store:
+                chained, written, graph = api.partition_tiers_in_neo4j(
+                    store, model, names, boundaries, name, exporter, method, dims, pin,
+                    pin_server)
+            data = chained.to_dict()
+            data["neo4j"] = {"uri": store.connection.uri, "written": written}
         else:
-            console.print(tiers_report(chained, graph))
+            graph = load_graph(model, name, exporter, dims)
+            chained = api.partition_tiers(graph, names, boundaries, method, pin, pin_server)
+            data = chained.to_dict()
+        if as_json:
+            emit_json(data)
+            return
+        console.print(tiers_report(chained, graph))
+        if use_neo4j:
+            console.print(f"written to {store.connection.uri}: each of {written['layers']} "
+                          "layers labelled with its tier (" + ", ".join(
+                              dict.fromkeys(f":{tier_label(n)}" for n in names)) + ")")
         return
     if use_neo4j:
         if pin or pin_server:

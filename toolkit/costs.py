@@ -140,15 +140,21 @@ class Scenario:
 
 def scenario_key(scenario: dict[str, Any]) -> str:
     """A short readable name of a scenario, used to find its partitions in Neo4j:
-    'jetson-nano+rtx-3090 200M/400M 3ms b32 fp32' (optimizer appended unless SGD)."""
+    'jetson-nano+rtx-3090 200M/400M 3ms b32 fp32' (optimizer appended unless SGD), or for a
+    tier chain its tiers and links in order."""
     def rate(bps: float) -> str:
         return f"{bps / 1e6:g}M"
 
     optimizer = scenario.get("optimizer", "sgd")
+    settings = (f"b{scenario['batch']} {scenario.get('precision', 'fp32')}"
+                + ("" if optimizer == "sgd" else f" {optimizer}"))
+    if "tiers" in scenario:  # a chain: 'device:jetson-nano>edge:rtx-3090 400M/700M 2ms ...'
+        tiers = ">".join(f"{t['name']}:{t['processor']}" for t in scenario["tiers"])
+        links = ",".join(f"{rate(x['uplink_bps'])}/{rate(x['downlink_bps'])} "
+                         f"{x['latency_ms']:g}ms" for x in scenario["links"])
+        return f"{tiers} {links} {settings}"
     return (f"{scenario['device']}+{scenario['server']} {rate(scenario['uplink_bps'])}/"
-            f"{rate(scenario['downlink_bps'])} {scenario['latency_ms']:g}ms "
-            f"b{scenario['batch']} {scenario.get('precision', 'fp32')}"
-            + ("" if optimizer == "sgd" else f" {optimizer}"))
+            f"{rate(scenario['downlink_bps'])} {scenario['latency_ms']:g}ms {settings}")
 
 
 def is_float(dtype: str) -> bool:

@@ -1,7 +1,8 @@
 """The Neo4j store: the only module that imports `neo4j`.
 
 Every query comes from `cypher/` by name and takes parameters; nothing a user types is spliced
-into a query string, and labels come from a fixed set (:Device, :Server). A model is written by
+into a query string, labels included (`SET l:$(label)`: :Device, :Server or a chain's tier
+names, checked to be letters, digits and underscores). A model is written by
 one statement in one managed transaction (there whole or not at all; the driver retries
 transient errors), and re-ingesting the same file changes nothing.
 """
@@ -38,10 +39,12 @@ from toolkit.errors import ToolkitError
 from toolkit.graph import LayerGraph
 from toolkit.partition import Partition
 from toolkit.partition.stored import Rows
+from toolkit.partition.tiers import TierPartition, tier_label
 
 log = logging.getLogger(__name__)
 Row = TypeVar("Row")
 Read = TypeVar("Read")
+Solved = TypeVar("Solved", Partition, TierPartition)
 
 
 class StoreError(ToolkitError):
@@ -321,13 +324,14 @@ class Store:
         raise ModelChangedError(f"model {model!r} changed under every one of 3 reads (other "
                                 "processes keep writing it): try again when they are done")
 
-    def read_blocks(self, model: str) -> BlockStructure:
-        rows = self._reading(model, None, lambda read: read("read_blocks", model=model))
-        if not rows:
+    def read_blocks(self, model: str, rows: Rows | None = None) -> BlockStructure:
+        """The block structure Cypher detected (through `rows` inside a transaction)."""
+        found = self._reading(model, rows, lambda read: read("read_blocks", model=model))
+        if not found:
             raise StoreError(f"model {model!r} has no blocks in Neo4j: ingest it first")
         type_of: dict[str, int] = {}
         segments = []
-        for row in rows:
+        for row in found:
             tid = type_of.setdefault(row["signature"], len(type_of))
             entry = None if row["entry"] < 0 else int(row["entry"])
             closed = bool(row["closed"])
@@ -335,7 +339,7 @@ class Store:
                                                                     int(row["exit"]) + 1)),
                                     entry, int(row["exit"]) if closed else None, tid))
         first = {s.type_id: s for s in reversed(segments)}
-        named = {r["signature"]: r["name"] for r in rows}
+        named = {r["signature"]: r["name"] for r in found}
         types = [
             BlockType(t, sig, named[sig], len(first[t].layers),
                       sum(1 for s in segments if s.type_id == t), first[t].exit is not None)
@@ -353,20 +357,20 @@ class Store:
         `toolkit.partition.stored` builds its cost graph and chain from."""
         return self._reading(model, rows, read)
 
-    def write_partition(self, result: Partition) -> dict[str, int]:
+    def write_partition(self, result: Partition | TierPartition) -> dict[str, int]:
         """Labels and a current (:Partition) node, replacing the old ones in one transaction."""
         written: dict[str, int] = self._write(lambda tx: _write_partition(tx, result))
         return written
 
     def solve_and_write(
-        self, costs: CostGraph, sha256: str, solve: Callable[[Rows], Partition]
-    ) -> tuple[Partition, dict[str, int]]:
+        self, costs: CostGraph, sha256: str, solve: Callable[[Rows], Solved]
+    ) -> tuple[Solved, dict[str, int]]:
         """One transaction under the model's lock: check that the stored model is still the
         file `sha256` names, put `costs` on it, solve reading it through `solve(rows)`, and
         write the cut back. Concurrent partitions of one model for other scenarios therefore
         never see each other's delays, and a re-ingest of another file under the same name
         that commits in between is refused (ModelChangedError) instead of mixing the two."""
-        def work(tx: Transaction) -> tuple[Partition, dict[str, int]]:
+        def work(tx: Transaction) -> tuple[Solved, dict[str, int]]:
             stored = tx.run(queries.load("model_lock"), name=costs.model).single(strict=True)[0]
             if stored != sha256:
                 raise ModelChangedError(
@@ -376,7 +380,7 @@ class Store:
             result = solve(_tx_rows(tx))
             return result, _write_partition(tx, result)
 
-        done: tuple[Partition, dict[str, int]] = self._write(work)
+        done: tuple[Solved, dict[str, int]] = self._write(work)
         return done
 
     def run_saved(self, name: str, params: dict[str, Any]) -> list[dict[str, Any]]:
@@ -416,19 +420,27 @@ def _set_costs(tx: Transaction, costs: CostGraph) -> None:
            layers=layers, feeds=feeds).consume()
 
 
-def _write_partition(tx: Transaction, result: Partition) -> dict[str, int]:
+def _write_partition(tx: Transaction, result: Partition | TierPartition) -> dict[str, int]:
+    """Labels per tier (two-sided: :Device and :Server) and the current (:Partition) node."""
     data = result.to_dict()
+    if isinstance(result, TierPartition):
+        names, tier_of = result.graph.tiers, [int(t) for t in result.tier]
+        compute, crossing = list(result.delay.compute), sum(result.delay.crossing)
+        cut = data["partition"]["boundaries"][0]["tensors"]
+    else:
+        on_device = set(result.device)
+        names = ["device", "server"]
+        tier_of = [0 if i in on_device else 1 for i in range(len(result.graph))]
+        compute = [result.delay.device_compute, result.delay.server_compute]
+        crossing, cut = result.delay.crossing, data["partition"]["cut_tensors"]
     params = {
-        "model": result.graph.model,
-        "scenario": json.dumps(result.graph.scenario, sort_keys=True),
-        "device": list(result.device),
-        "total_ms": result.delay.total,
-        "device_compute_ms": result.delay.device_compute,
-        "server_compute_ms": result.delay.server_compute,
-        "crossing_ms": result.delay.crossing,
-        "cut_tensors": data["partition"]["cut_tensors"],
-        "method": result.method,
-        "scenario_key": scenario_key(result.graph.scenario),
+        "model": data["model"],
+        "scenario": json.dumps(data["scenario"], sort_keys=True),
+        "tiers": names, "labels": [tier_label(name) for name in names], "tier_of": tier_of,
+        "total_ms": result.delay.total, "compute_ms": compute,
+        "device_compute_ms": compute[0], "server_compute_ms": sum(compute[1:]),
+        "crossing_ms": crossing, "cut_tensors": cut, "method": result.method,
+        "scenario_key": scenario_key(data["scenario"]),
         "baselines": {f"{k}_ms": v for k, v in result.baselines_ms.items()},
     }
     record = tx.run(queries.load("write_partition"), params).single()

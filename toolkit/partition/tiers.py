@@ -91,6 +91,13 @@ class TierPartition:
         }
 
 
+def tier_label(name: str) -> str:
+    """The Neo4j node label of a tier: its name capitalised ('edge' -> 'Edge'). Tier names are
+    letters, digits and underscores (checked where a chain is read), and labels reach Cypher
+    as parameters (`SET l:$(label)`), never as query text."""
+    return name[:1].upper() + name[1:]
+
+
 def solve_tiers(graph: TierGraph, method: str = "general", blocks: BlockStructure | None = None,
                 blocks_ms: float = 0.0, with_baselines: bool = True) -> TierPartition:
     """The least-delay valid tiering, checked and re-costed from scratch before it is returned."""
