@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -11,7 +12,7 @@ import pytest
 from tests.helpers import chain, run_main, save
 from toolkit import zoo
 from toolkit.onnx_reader import read_onnx
-from toolkit.onnx_split import split_model
+from toolkit.onnx_split import split_model, split_tiers
 
 
 @pytest.mark.parametrize("name", list(zoo.MODELS))
@@ -25,6 +26,39 @@ def test_halves_reproduce_every_zoo_model_cut_midway(zoo_path, tmp_path, name):
     assert result.max_rel_error is not None and result.max_rel_error < 1e-4
     server = onnx.load(str(result.server_path), load_external_data=False)
     assert [i.name for i in server.graph.input] == result.cut_tensors
+
+
+@pytest.mark.parametrize("name", ["resnet18", "googlenet", "densenet121", "vit_b_16", "gpt2",
+                                  "bert_base", "swin_t"])
+def test_three_tiers_reproduce_zoo_models_cut_in_thirds(zoo_path, tmp_path, name):
+    """Contiguous thirds of the topological order on three tiers: skip connections from the
+    first third into the last are relayed, and the three files in order equal the whole."""
+    path = zoo_path(name)
+    layers = list(read_onnx(path, name).layers)
+    third = len(layers) // 3
+    tier_of = {n: min(k // third, 2) for k, n in enumerate(layers)}
+    split = split_tiers(path, tier_of, ["device", "edge", "cloud"], tmp_path)
+    assert all(p is not None and p.exists() for p in split.paths)
+    assert split.max_rel_error is not None and split.max_rel_error < 1e-4, split.not_verified
+    for t, written in enumerate(split.paths):
+        inputs = [i.name for i in onnx.load(str(written), load_external_data=False).graph.input]
+        assert inputs == split.inputs[t]
+    assert split.inputs[1] and split.inputs[2]
+
+
+def test_split_u_shape_writes_head_server_tail(zoo_path, tmp_path, capsys, monkeypatch):
+    code, out, err = run_main(["split", str(zoo_path("resnet18")), "--u-shape", "--uplink",
+                               "1Gbps", "--downlink", "1Gbps", "-o", str(tmp_path), "--json"],
+                              capsys, monkeypatch)
+    assert code == 0, err
+    data = json.loads(out)
+    files = [t["file"] for t in data["tiers"]]
+    assert [Path(f).name for f in files] == ["device-head.onnx", "server.onnx",
+                                             "device-tail.onnx"]
+    assert data["max_rel_error"] is not None and data["max_rel_error"] < 1e-4
+    tail = onnx.load(files[2], load_external_data=False)
+    assert [o.name for o in tail.graph.output] == [
+        o.name for o in onnx.load(str(zoo_path("resnet18")), load_external_data=False).graph.output]
 
 
 def test_split_command_writes_both_halves(tmp_path, capsys, monkeypatch):

@@ -25,7 +25,7 @@ from toolkit.profiles import Processor
 from toolkit.tiergraph import TierGraph
 
 if TYPE_CHECKING:
-    from toolkit.onnx_split import SplitResult
+    from toolkit.onnx_split import SplitResult, TierSplit
     from toolkit.store import Store
     from toolkit.train.session import TrainResult
 
@@ -54,6 +54,25 @@ def split_halves(
     path, _ = zoo.resolve(model, exporter)
     device = [result.graph.names[i] for i in result.device]
     return split_model(path, device, out_dir, check, dims)
+
+
+def split_tiers(
+    model: str, result: TierPartition, out_dir: str, exporter: str = "torchscript",
+    check: bool = True, dims: dict[str, int] | None = None,
+) -> tuple[list[str], TierSplit]:
+    """Write one ONNX file per tier that holds layers and check them, in order, against the
+    whole. Returns the file stems (a tier name used twice, as a U-shape's device, becomes
+    `device-head` and `device-tail`) and the split."""
+    from toolkit.onnx_split import split_tiers as write
+
+    path, _ = zoo.resolve(model, exporter)
+    names = result.graph.tiers
+    files = [name if names.count(name) == 1 else
+             f"{name}-head" if names.index(name) == t else
+             f"{name}-tail" if len(names) - 1 - names[::-1].index(name) == t else f"{name}-{t}"
+             for t, name in enumerate(names)]
+    tier_of = {result.graph.names[i]: int(t) for i, t in enumerate(result.tier)}
+    return files, write(path, tier_of, files, out_dir, check, dims)
 
 
 def make_scenario(

@@ -465,16 +465,43 @@ def _check_param(key: str, value: Any) -> None:
 @partition_options
 @click.option("-o", "--out", "out_dir", required=True, help="Folder for device.onnx/server.onnx.")
 @click.option("--no-check", is_flag=True, help="Skip the onnxruntime equivalence check.")
+@click.option("--tiers", "tiers_file", type=click.Path(dir_okay=False),
+              help="A chain of tiers (TOML): one ONNX file per tier.")
+@click.option("--u-shape", is_flag=True,
+              help="Device -> server -> device: device-head, server and device-tail files.")
 @json_option
 def split(model: str, name: str | None, exporter: str, dims: dict[str, int],
           as_json: bool, method: str,
           pin: tuple[str, ...], pin_server: tuple[str, ...], out_dir: str, no_check: bool,
-          **kw: Any) -> None:
+          tiers_file: str | None, u_shape: bool, **kw: Any) -> None:
     """Write the optimal partition of MODEL as device.onnx and server.onnx, and check them.
 
     Example: splitcut split resnet18 --link lte -o halves/
     """
+    profile_dir = kw["profile_dir"]
     scenario = build_scenario(kw)
+    if tiers_file or u_shape:
+        names, boundaries = api.make_chain(scenario, tiers_file, u_shape, profile_dir)
+        chained = api.partition_tiers(load_graph(model, name, exporter, dims), names,
+                                      boundaries, method, pin, pin_server)
+        files, parts = api.split_tiers(model, chained, out_dir, exporter, check=not no_check,
+                                       dims=dims)
+        if as_json:
+            emit_json({"tiers": [{"name": n, "file": str(f) if f else None, "inputs": i}
+                                 for n, f, i in zip(names, parts.paths, parts.inputs,
+                                                    strict=True)],
+                       "max_abs_error": parts.max_abs_error,
+                       "max_rel_error": parts.max_rel_error,
+                       "not_verified": parts.not_verified, "delay_ms": chained.delay.total})
+            return
+        for stem, written in zip(files, parts.paths, strict=True):
+            click.echo(f"{stem}: {written}" if written else f"{stem}: holds no layer, no file")
+        if parts.not_verified is not None:
+            click.echo(f"written, not verified: {parts.not_verified}")
+        if parts.max_abs_error is not None:
+            click.echo(f"the tiers in order reproduce the whole model: max abs error "
+                       f"{parts.max_abs_error:.3g} (relative {parts.max_rel_error:.3g})")
+        return
     result = api.partition_model(load_graph(model, name, exporter, dims), scenario, method, pin,
                                  pin_server)
     halves = api.split_halves(model, result, out_dir, exporter, check=not no_check,

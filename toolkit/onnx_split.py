@@ -1,8 +1,10 @@
-"""Write a partition as two runnable ONNX models and check that together they equal the whole.
+"""Write a partition as runnable ONNX models, one per tier, and check that in order they equal
+the whole.
 
-`device.onnx` reads the raw inputs and returns the crossing tensors (plus any model output made
-on the device); `server.onnx` reads the crossing tensors, under their own names, and returns
-the rest of the outputs. Only halves that hold layers are written: when every layer runs on the
+Two tiers: `device.onnx` reads the raw inputs and returns the crossing tensors (plus any model
+output made on the device); `server.onnx` reads the crossing tensors, under their own names,
+and returns the rest of the outputs. A chain writes one file per tier (a U-shape: device-head,
+server, device-tail). Only tiers that hold layers are written: when every layer runs on the
 device there is no server half.
 
 Dynamic dimensions stay dynamic: a half's raw inputs and model outputs keep the file's own
@@ -19,7 +21,7 @@ from __future__ import annotations
 import math
 import os
 import tempfile
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,56 +46,104 @@ class SplitResult:
     not_verified: str | None = None  # why the halves could not be checked (they are written)
 
 
+@dataclass(frozen=True)
+class TierSplit:
+    """One ONNX file per tier that holds layers, in chain order."""
+
+    paths: list[Path | None]  # per tier; None: the tier holds no layer, no file
+    inputs: list[list[str]]  # per tier, what it receives from earlier tiers
+    max_abs_error: float | None
+    max_rel_error: float | None
+    not_verified: str | None = None
+
+
 def split_model(
     path: str | Path, device_layers: Collection[str], out_dir: str | Path, check: bool = True,
     dims: Mapping[str, int] | None = None,
 ) -> SplitResult:
-    """Write device.onnx and server.onnx for `device_layers`; optionally verify them (`dims`:
-    values for symbolic dimensions other than the batch during the check)."""
+    """Write device.onnx and server.onnx for `device_layers` (`split_tiers` with two tiers);
+    optionally verify them (`dims`: values for symbolic dimensions other than the batch)."""
+    split = split_tiers(path, dict.fromkeys(device_layers, 0), ["device", "server"], out_dir,
+                        check, dims, default=1)
+    device = split.paths[0] or Path(out_dir) / "device.onnx"
+    return SplitResult(device, split.paths[1], split.inputs[1], split.max_abs_error,
+                       split.max_rel_error, split.not_verified)
+
+
+def split_tiers(
+    path: str | Path, tier_of: Mapping[str, int], files: Sequence[str], out_dir: str | Path,
+    check: bool = True, dims: Mapping[str, int] | None = None, default: int | None = None,
+) -> TierSplit:
+    """Write `files[t]`.onnx for each tier t that holds layers (`tier_of`: each layer's tier,
+    data flowing forward along the chain) and optionally verify that running them in order
+    equals the whole model. A tier reads the raw inputs its layers read and the tensors of
+    earlier tiers it needs (by their own names: relayed or not, a tensor arrives as itself),
+    and returns what later tiers read from it plus the model outputs it makes. Layers
+    `tier_of` does not name take `default` (an error when None)."""
     src = Path(path)
     model = load_model(src)
     load_external_data(model, src.parent)
     roles = node_roles(model, src.parent, dims)
-    known = set(roles.names)
-    missing = [n for n in device_layers if n not in known]
+    g = model.graph
+    k = len(files)
+    missing = [n for n in tier_of if n not in set(roles.names)]
     if missing:
         raise ModelError(f"no layer named {missing[0]!r} in {src.name}")
-    on_device = {i for i, n in enumerate(roles.names) if n in set(device_layers)}
     layers = [i for i in roles.order if i not in roles.constant]
-    device = [i for i in layers if i in on_device]
-    server = [i for i in layers if i not in on_device]
-    produced_on_device = {o for i in device for o in model.graph.node[i].output if o}
-    raw_inputs = [
-        vi.name for vi in model.graph.input
-        if vi.name not in {t.name for t in model.graph.initializer}
-    ]
-    cut = list(dict.fromkeys(
-        name for i in server for name in roles.deps[i] if name in produced_on_device
-    ))
-    outputs = [o.name for o in model.graph.output]
+    tier = {i: tier_of.get(roles.names[i], -1 if default is None else default) for i in layers}
+    unplaced = [roles.names[i] for i in layers if not 0 <= tier[i] < k]
+    if unplaced:
+        raise ModelError(f"layer {unplaced[0]!r} of {src.name} has no tier of the chain")
+    parts = [[i for i in layers if tier[i] == t] for t in range(k)]
+    produced_in = {o: tier[i] for i in layers for o in g.node[i].output if o}
+    raw = {vi.name for vi in g.input} - {t.name for t in g.initializer}
+    backwards = [name for i in layers for name in roles.deps[i]
+                 if produced_in.get(name, -1) > tier[i]]
+    if backwards:
+        raise ModelError(f"tensor {backwards[0]!r} would flow back along the chain")
+    inputs = [list(dict.fromkeys(name for i in parts[t] for name in roles.deps[i]
+                                 if name in raw or produced_in.get(name, t) < t))
+              for t in range(k)]
+    holding = [t for t in range(k) if parts[t]] or [0]
+    outputs = [o.name for o in g.output]
+    made = [[o for o in outputs if produced_in.get(o, holding[-1]) == t] for t in range(k)]
+    declared = _declarations(model)
+    sent: list[list[str]] = [[] for _ in range(k)]
+    for t in holding:
+        borrowed = _closure(model, roles, parts[t], inputs[t], made[t], declared.dynamic).borrowed
+        inputs[t] += borrowed
+        for name in inputs[t]:
+            if name in raw:
+                continue
+            source = produced_in[name] if name in produced_in else \
+                _shape_source(g, name, produced_in)
+            if source < t:
+                sent[source].append(name)
     out = Path(out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise ToolkitError(f"cannot write the halves into {out}: {exc.strerror or exc}") from exc
-    declared = _declarations(model)
-    server_outputs = [o for o in outputs if o not in produced_on_device]
-    cut += _closure(model, roles, server, cut, server_outputs, declared.dynamic).borrowed
-    device_model = _half(model, roles, device, raw_inputs,
-                         cut + [o for o in outputs if o in produced_on_device and o not in cut],
-                         declared)
-    server_model = _half(model, roles, server, cut, server_outputs, declared)
-    result = SplitResult(
-        _save(device_model, out / "device.onnx"),
-        _save(server_model, out / "server.onnx") if server else None, cut, None, None,
-    )
+        raise ToolkitError(f"cannot write the tiers into {out}: {exc.strerror or exc}") from exc
+    models = {t: _half(model, roles, parts[t], inputs[t],
+                       list(dict.fromkeys(sent[t] + made[t])), declared) for t in holding}
+    paths: list[Path | None] = [
+        _save(models[t], out / f"{files[t]}.onnx") if t in models and parts[t] else None
+        for t in range(k)]
+    result = TierSplit(paths, inputs, None, None)
     if check:
         try:
-            abs_err, rel_err = verify(model, device_model, server_model, dims or {})
-        except ToolkitError as exc:  # the halves stand; say why they could not be checked
-            return SplitResult(result.device_path, result.server_path, cut, None, None, str(exc))
-        result = SplitResult(result.device_path, result.server_path, cut, abs_err, rel_err)
+            abs_err, rel_err = verify(model, [models[t] for t in holding], dims or {})
+        except ToolkitError as exc:  # the files stand; say why they could not be checked
+            return TierSplit(paths, inputs, None, None, str(exc))
+        result = TierSplit(paths, inputs, abs_err, rel_err)
     return result
+
+
+def _shape_source(g: onnx.GraphProto, name: str, produced_in: Mapping[str, int]) -> int:
+    """The tier where a borrowed Shape/Size is computed: where the tensor it reads is made
+    (tier 0 for a raw input)."""
+    node = next(n for n in g.node if name in n.output)
+    return produced_in.get(node.input[0], 0)
 
 
 @dataclass(frozen=True)
@@ -236,10 +286,11 @@ _NUMPY_TYPES = {
 
 
 def verify(
-    full: ModelProto, device: ModelProto, server: ModelProto,
-    dims: Mapping[str, int] | None = None, seed: int = 0,
+    full: ModelProto, parts: Sequence[ModelProto], dims: Mapping[str, int] | None = None,
+    seed: int = 0,
 ) -> tuple[float, float]:
-    """Run whole and halves on the same random inputs: largest absolute and relative difference.
+    """Run the whole model, and the parts one after the other, on the same random inputs:
+    the largest absolute and relative difference of the model's outputs.
 
     Each input gets values of its declared type (floats normal, integers 1 or 2, so ids index
     and divisors are not zero); a symbolic batch dimension is tried at two sizes (1 and 3),
@@ -255,21 +306,22 @@ def verify(
                                     providers=["CPUExecutionProvider"])
 
     try:
-        whole, dev = session(full), session(device)
-        srv = session(server) if server.graph.node else None
+        whole = session(full)
+        runs = [session(m) for m in parts if m.graph.node]
     except Exception as exc:
         reason = str(exc).strip().splitlines()[0][:300]
-        raise ToolkitError(f"onnxruntime cannot run this model to check halves: {reason}") from exc
+        raise ToolkitError(f"onnxruntime cannot run this model to check the parts: "
+                           f"{reason}") from exc
     symbolic_batch = any(inp.shape and not isinstance(inp.shape[0], int)
                          for inp in whole.get_inputs())
     worst_abs = worst_rel = 0.0
     for k, batch in enumerate((1, 3) if symbolic_batch else (1,)):
         feeds = _feeds(whole, batch, dims or {}, np.random.default_rng(seed + k))
         try:
-            a, r = _compare(whole, dev, srv, feeds)
+            a, r = _compare(whole, runs, feeds)
         except Exception as exc:
             reason = str(exc).strip().splitlines()[0][:300]
-            raise ToolkitError(f"the halves do not run at batch {batch}: {reason}") from exc
+            raise ToolkitError(f"the parts do not run at batch {batch}: {reason}") from exc
         worst_abs, worst_rel = max(worst_abs, a), max(worst_rel, r)
     return worst_abs, worst_rel
 
@@ -290,14 +342,14 @@ def _feeds(session: Any, batch: int, dims: Mapping[str, int],
     return feeds
 
 
-def _compare(whole: Any, dev: Any, srv: Any, feeds: dict[str, np.ndarray]
+def _compare(whole: Any, runs: Sequence[Any], feeds: dict[str, np.ndarray]
              ) -> tuple[float, float]:
     expected = dict(zip([o.name for o in whole.get_outputs()], whole.run(None, feeds), strict=True))
-    dev_feeds = {i.name: feeds[i.name] for i in dev.get_inputs()}
-    got = dict(zip([o.name for o in dev.get_outputs()], dev.run(None, dev_feeds), strict=True))
-    if srv is not None:
-        srv_feeds = {i.name: got[i.name] for i in srv.get_inputs()}
-        got.update(zip([o.name for o in srv.get_outputs()], srv.run(None, srv_feeds), strict=True))
+    got: dict[str, Any] = dict(feeds)
+    for run in runs:  # in chain order: each reads raw inputs and what earlier parts returned
+        part_feeds = {i.name: got[i.name] for i in run.get_inputs()}
+        got.update(zip([o.name for o in run.get_outputs()], run.run(None, part_feeds),
+                       strict=True))
     worst_abs = worst_rel = 0.0
     for key, want in expected.items():
         if not np.size(want):
