@@ -89,6 +89,25 @@ def test_partition_through_neo4j_equals_embedded_and_labels_match(store, zoo_pat
         assert current[0]["d"] == len(device)
 
 
+def test_pins_are_honoured_through_neo4j(store, zoo_path):
+    path = str(zoo_path("resnet50"))
+    graph = api.load_graph(path, "resnet50")
+    fast = api.make_scenario(uplink="1Gbps", downlink="1Gbps", latency="1ms")
+    for pins in [{"pin_device": ["layer2"]}, {"pin_server": ["maxpool"]}]:
+        embedded = api.partition_model(graph, fast, **pins)
+        result, written, _ = api.partition_in_neo4j(store, path, fast, "resnet50", **pins)
+        assert result.delay.total == pytest.approx(embedded.delay.total, rel=1e-9)
+        free = api.partition_in_neo4j(store, path, fast, "resnet50")[0]
+        assert result.delay.total > free.delay.total  # the pin binds: a costlier optimum
+        module = (pins.get("pin_device") or pins["pin_server"])[0]
+        where = "Device" if "pin_device" in pins else "Server"
+        api.partition_in_neo4j(store, path, fast, "resnet50", **pins)
+        inside = [x.name for x in graph if (x.module or "").startswith(module)]
+        labelled = count(store, f"MATCH (l:Layer:{where} {{model: 'resnet50'}}) "
+                                "WHERE l.name IN $names RETURN count(l)", names=inside)
+        assert inside and labelled == len(inside)
+
+
 def test_a_tier_chain_through_neo4j_labels_every_layer_with_its_tier(store, zoo_path):
     """Device-edge-cloud and U-shape through Neo4j equal the embedded optimum; each layer
     carries its tier's label and index (blocks too when whole), a user pin is honoured, and a

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import time
 import tomllib
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -18,8 +19,9 @@ from toolkit.costs import LABEL_BYTES, Scenario, build_cost_graph, build_tier_gr
 from toolkit.errors import PartitionError, ScenarioError
 from toolkit.graph import LayerGraph
 from toolkit.measured import MeasuredProfile, load_profile
-from toolkit.partition import Partition, solve, stored
+from toolkit.partition import Partition, checked_partition, solve, stored
 from toolkit.partition.blockwise import Chain
+from toolkit.partition.stcut import CutResult
 from toolkit.partition.tiers import TierPartition, solve_tiers
 from toolkit.profiles import Processor
 from toolkit.tiergraph import TierGraph
@@ -333,14 +335,28 @@ def ingest_model(
 def partition_in_neo4j(
     store: Store, model: str, scenario: Scenario, name: str | None = None,
     exporter: str = "torchscript", method: str = "blockwise", dims: dict[str, int] | None = None,
+    pin_device: Sequence[str] = (), pin_server: Sequence[str] = (),
 ) -> tuple[Partition, dict[str, int], LayerGraph]:
     """The main job through Neo4j: ingest (if new), solve (`partition.stored.solve_stored`,
-    under the model's lock), write the cut back as labels."""
+    under the model's lock), write the cut back as labels. With pins (which the stored chain
+    does not know), the two-tier chain of the pinned cost graph is solved instead, block-wise
+    on the blocks Cypher detected: the same optimum, the pins honoured."""
     graph, costs, _ = ingest_model(store, model, scenario, name, exporter, put_costs=False,
                                    dims=dims)
+    for i in layer_indices(graph, pin_device, "--pin"):
+        costs.pin(i, "user (--pin)")
+    server = layer_indices(graph, pin_server, "--pin-server")
 
     def solve(rows: stored.Rows) -> Partition:
-        return stored.solve_stored(graph.name, costs, method, rows)
+        if not (pin_device or pin_server):
+            return stored.solve_stored(graph.name, costs, method, rows)
+        start = time.perf_counter()
+        blocks = store.read_blocks(graph.name, rows) if method == "blockwise" else None
+        two = solve_tiers(TierGraph.from_cost_graph(costs, server), method, blocks,
+                          with_baselines=False)
+        cut = CutResult(two.layers_on(0), two.delay.total, two.vertices, two.edges)
+        return checked_partition(costs, cut, method, (time.perf_counter() - start) * 1e3,
+                                 server_pinned=server)
 
     result, written = store.solve_and_write(costs, graph.sha256, solve)
     return result, written, graph

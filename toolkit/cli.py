@@ -343,11 +343,10 @@ def partition(model: str, name: str | None, exporter: str, dims: dict[str, int],
                               dict.fromkeys(f":{tier_label(n)}" for n in names)) + ")")
         return
     if use_neo4j:
-        if pin or pin_server:
-            raise click.UsageError("--pin/--pin-server are not supported with --neo4j yet")
         with open_store(kw) as store:
             result, written, graph = api.partition_in_neo4j(store, model, scenario, name,
-                                                            exporter, method, dims)
+                                                            exporter, method, dims, pin,
+                                                            pin_server)
         data = result.to_dict()
         data["neo4j"] = {"uri": store.connection.uri, "written": written}
         if as_json:
