@@ -30,6 +30,17 @@ def test_conv_with_groups_dilation_and_bias():
     assert layer.out_bytes == 16 * 10 * 10 * 4
 
 
+def test_grouped_convolutions_are_read_as_data_and_costed_as_vector_ops():
+    from toolkit.costs import op_class
+
+    grouped = only_layer(single_op("Conv", {"x": [1, 8, 10, 10]}, [1, 8, 10, 10],
+                                   [weight("w", 8, 1, 3, 3)], group=8, pads=[1, 1, 1, 1]))
+    dense = only_layer(single_op("Conv", {"x": [1, 8, 10, 10]}, [1, 8, 10, 10],
+                                 [weight("w", 8, 8, 3, 3)], pads=[1, 1, 1, 1]))
+    assert (grouped.groups, dense.groups) == (8, 1)
+    assert (op_class(grouped), op_class(dense)) == ("vector", "conv")
+
+
 def test_conv_transpose():
     m = single_op("ConvTranspose", {"x": [1, 4, 5, 5]}, [1, 6, 10, 10],
                   [weight("w", 4, 6, 2, 2)], strides=[2, 2])

@@ -43,7 +43,6 @@ k iterations, and that cost is spread over the device layers that own the parame
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -183,17 +182,13 @@ def activation_bytes(graph: LayerGraph, layer: Layer, precision: str) -> float:
                if t in tensors)
 
 
-_GROUPS = re.compile(r"(?:^|;)group=(\d+)")
-
-
 def op_class(layer: Layer) -> str:
     """'matmul' (Gemm, MatMul, Einsum, RNNs), 'conv' (dense convolutions) or 'vector' (the
     rest, grouped and depthwise convolutions included: they run like per-channel stencils)."""
     if layer.macs <= 0:
         return "vector"
     if layer.op in ("Conv", "ConvTranspose", "ConvInteger", "QLinearConv"):
-        groups = _GROUPS.search(layer.attrs)
-        return "vector" if groups and int(groups.group(1)) > 1 else "conv"
+        return "vector" if layer.groups > 1 else "conv"
     return "matmul"
 
 

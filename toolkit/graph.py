@@ -51,7 +51,8 @@ class Layer:
     in_bytes: int = 0
     out_bytes: int = 0
     module: str | None = None
-    attrs: str = ""
+    attrs: str = ""  # canonical 'k=v;...' text: part of the layer's block signature
+    groups: int = 1  # a convolution's channel groups (grouped and depthwise: > 1)
     supported: bool = True
     reads_input: bool = False
     weight_elements: int = -1  # elements of every weight it reads (-1: as many as `params`)

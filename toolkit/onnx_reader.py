@@ -504,6 +504,11 @@ def _attr_value(attr: AttributeProto) -> object:
     return value
 
 
+def _groups(value: object) -> int:
+    """A convolution's `group` attribute as a count (1 when absent or unreadable)."""
+    return value if isinstance(value, int) and value > 0 else 1
+
+
 def _canonical_attrs(attrs: dict[str, object]) -> str:
     return ";".join(f"{k}={attrs[k]!r}" for k in sorted(attrs))
 
@@ -831,6 +836,7 @@ class _Reader:
             out_bytes=sum(tensors[o].bytes for o in outs),
             module=module,
             attrs=_canonical_attrs(attrs),
+            groups=_groups(attrs.get("group", 1)),
             supported=supported,
             reads_input=any(n in self.raw_inputs for n in acts),
             weight_elements=elements,
