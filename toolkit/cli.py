@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 import logging
 import math
@@ -69,6 +71,63 @@ def json_option(func: F) -> F:
     return click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")(func)
 
 
+@dataclasses.dataclass(frozen=True)
+class ScenarioOptions:
+    """The scenario options as one typed value (`settings` of every command that takes them)."""
+
+    device: str
+    server: str
+    link: str | None
+    uplink: str | None
+    downlink: str | None
+    latency: str | None
+    batch: int
+    precision: str
+    optimizer: str
+    label_bytes: float
+    sync_every: int | None
+    profile_dir: str | None
+    measured: tuple[str, ...]
+
+    def scenario(self) -> Scenario:
+        return api.make_scenario(**dataclasses.asdict(self))
+
+
+@dataclasses.dataclass(frozen=True)
+class Neo4jOptions:
+    """Where the store is (`neo4j` of every command that talks to Neo4j)."""
+
+    uri: str
+    user: str
+    password: str  # never printed
+    database: str | None
+
+    def store(self) -> Store:
+        from toolkit.store import Connection, Store
+
+        return Store(Connection.from_env(self.uri, self.user, self.password, self.database))
+
+    def __repr__(self) -> str:
+        return f"Neo4jOptions(uri={self.uri!r}, user={self.user!r}, database={self.database!r})"
+
+
+def _typed(options: list[Callable[[F], F]], kind: type, param: str) -> Callable[[F], F]:
+    """A decorator adding `options` and handing the command one `kind` value as `param`."""
+    names = [f.name for f in dataclasses.fields(kind)]
+
+    def decorate(func: F) -> F:
+        @functools.wraps(func)
+        def command(*args: Any, **kwargs: Any) -> Any:
+            values = {name: kwargs.pop(name) for name in names}
+            return func(*args, **{param: kind(**values)}, **kwargs)
+
+        for opt in reversed(options):
+            command = opt(command)
+        return command  # type: ignore[return-value]
+
+    return decorate
+
+
 def scenario_options(func: F) -> F:
     """Device, server, link and training settings shared by graph and partition."""
     opts = [
@@ -96,9 +155,7 @@ def scenario_options(func: F) -> F:
                      help="Measured profile JSON (from `splitcut profile`) for the device or "
                           "server it names; replaces the roofline there. Repeatable."),
     ]
-    for opt in reversed(opts):
-        func = opt(func)
-    return func
+    return _typed(opts, ScenarioOptions, "settings")(func)
 
 
 def partition_options(func: F) -> F:
@@ -126,17 +183,7 @@ def neo4j_options(func: F) -> F:
         click.option("--database", envvar="NEO4J_DATABASE", default=None,
                      help="Default: the server's default database."),
     ]
-    for opt in reversed(opts):
-        func = opt(func)
-    return func
-
-
-def open_store(kw: dict[str, Any]) -> Store:
-    from toolkit.store import Connection, Store
-
-    connection = Connection.from_env(kw.pop("uri"), kw.pop("user"), kw.pop("password"),
-                                     kw.pop("database"))
-    return Store(connection)
+    return _typed(opts, Neo4jOptions, "neo4j")(func)
 
 
 def load_graph(model: str, name: str | None, exporter: str, dims: dict[str, int]) -> LayerGraph:
@@ -144,12 +191,6 @@ def load_graph(model: str, name: str | None, exporter: str, dims: dict[str, int]
         return api.load_graph(model, name, exporter, dims)
     with console.status(f"reading {model}", spinner="dots"):
         return api.load_graph(model, name, exporter, dims)
-
-
-def build_scenario(kw: dict[str, Any]) -> Scenario:
-    keys = ("device", "server", "link", "uplink", "downlink", "latency", "batch", "precision",
-            "profile_dir", "sync_every", "measured", "optimizer", "label_bytes")
-    return api.make_scenario(**{k: kw.pop(k) for k in keys})
 
 
 def rows_option(func: F) -> F:
@@ -273,13 +314,12 @@ def profiles_cmd(profile_dir: str | None, as_json: bool) -> None:
 @rows_option
 @json_option
 def graph(model: str, name: str | None, exporter: str, dims: dict[str, int], rows: int,
-          as_json: bool,
-          **kw: Any) -> None:
+          as_json: bool, settings: ScenarioOptions) -> None:
     """The cost graph a partition is judged on: per-layer delays, per-tensor crossing delays.
 
     Example: splitcut graph resnet18 --device jetson-nano --server a100 --uplink 20Mbps --json
     """
-    scenario = build_scenario(kw)
+    scenario = settings.scenario()
     costs = build_cost_graph(load_graph(model, name, exporter, dims), scenario)
     if as_json:
         emit_json(costs.to_dict())
@@ -313,17 +353,18 @@ def graph(model: str, name: str | None, exporter: str, dims: dict[str, int], row
 def partition(model: str, name: str | None, exporter: str, dims: dict[str, int],
               as_json: bool, method: str,
               pin: tuple[str, ...], pin_server: tuple[str, ...], use_neo4j: bool,
-              tiers_file: str | None, u_shape: bool, **kw: Any) -> None:
+              tiers_file: str | None, u_shape: bool, settings: ScenarioOptions,
+              neo4j: Neo4jOptions) -> None:
     """Where to cut MODEL between device and server for the least training delay.
 
     Example: splitcut partition resnet50 --device jetson-nano --server rtx-3090 --link lte
     """
-    profile_dir = kw["profile_dir"]
-    scenario = build_scenario(kw)
+    profile_dir = settings.profile_dir
+    scenario = settings.scenario()
     if tiers_file or u_shape:
         names, boundaries = api.make_chain(scenario, tiers_file, u_shape, profile_dir)
         if use_neo4j:
-            with open_store(kw) as store:
+            with neo4j.store() as store:
                 chained, written, graph = api.partition_tiers_in_neo4j(
                     store, model, names, boundaries, name, exporter, method, dims, pin,
                     pin_server)
@@ -343,7 +384,7 @@ def partition(model: str, name: str | None, exporter: str, dims: dict[str, int],
                               dict.fromkeys(f":{tier_label(n)}" for n in names)) + ")")
         return
     if use_neo4j:
-        with open_store(kw) as store:
+        with neo4j.store() as store:
             result, written, graph = api.partition_in_neo4j(store, model, scenario, name,
                                                             exporter, method, dims, pin,
                                                             pin_server)
@@ -374,7 +415,7 @@ def partition(model: str, name: str | None, exporter: str, dims: dict[str, int],
 @neo4j_options
 @json_option
 def ingest(models: tuple[str, ...], all_zoo: bool, name: str | None, exporter: str,
-           as_json: bool, **kw: Any) -> None:
+           as_json: bool, settings: ScenarioOptions, neo4j: Neo4jOptions) -> None:
     """Ingest models into Neo4j (one transaction each; unchanged files are skipped).
 
     MODELS are .onnx files, folders of them, or zoo names. Example: splitcut ingest --zoo
@@ -386,9 +427,9 @@ def ingest(models: tuple[str, ...], all_zoo: bool, name: str | None, exporter: s
         raise click.UsageError("give MODELS to ingest, or --zoo")
     if name and len(models) > 1:
         raise click.UsageError("--name names one model; give one MODEL with it")
-    scenario = build_scenario(kw)
+    scenario = settings.scenario()
     rows = []
-    with open_store(kw) as store, Progress(console=console, transient=True,
+    with neo4j.store() as store, Progress(console=console, transient=True,
                                            disable=as_json) as progress:
         task = progress.add_task("ingesting", total=len(models))
         for model in models:
@@ -409,7 +450,8 @@ def ingest(models: tuple[str, ...], all_zoo: bool, name: str | None, exporter: s
               help="Query parameter (a JSON value, else a string). Repeatable.")
 @neo4j_options
 @json_option
-def query(name: str | None, params: tuple[str, ...], as_json: bool, **kw: Any) -> None:
+def query(name: str | None, params: tuple[str, ...], as_json: bool,
+          neo4j: Neo4jOptions) -> None:
     """Run a saved query from cypher/ (read-only); without NAME, list them.
 
     Example: splitcut query read_blocks --param model=resnet18
@@ -422,7 +464,7 @@ def query(name: str | None, params: tuple[str, ...], as_json: bool, **kw: Any) -
         return
     queries.load(name)
     values = dict(_parse_param(p) for p in params)
-    with open_store(kw) as store:
+    with neo4j.store() as store:
         rows = store.run_saved(name, values)
     if as_json:
         emit_json(rows)
@@ -472,13 +514,13 @@ def _check_param(key: str, value: Any) -> None:
 def split(model: str, name: str | None, exporter: str, dims: dict[str, int],
           as_json: bool, method: str,
           pin: tuple[str, ...], pin_server: tuple[str, ...], out_dir: str, no_check: bool,
-          tiers_file: str | None, u_shape: bool, **kw: Any) -> None:
+          tiers_file: str | None, u_shape: bool, settings: ScenarioOptions) -> None:
     """Write the optimal partition of MODEL as device.onnx and server.onnx, and check them.
 
     Example: splitcut split resnet18 --link lte -o halves/
     """
-    profile_dir = kw["profile_dir"]
-    scenario = build_scenario(kw)
+    profile_dir = settings.profile_dir
+    scenario = settings.scenario()
     if tiers_file or u_shape:
         names, boundaries = api.make_chain(scenario, tiers_file, u_shape, profile_dir)
         chained = api.partition_tiers(load_graph(model, name, exporter, dims), names,
@@ -548,7 +590,7 @@ def split(model: str, name: str | None, exporter: str, dims: dict[str, int],
 @json_option
 def train(model: str, name: str | None, exporter: str, dims: dict[str, int], cut: str,
           device_layers_file: str | None, iterations: int, warmup: int, lr: float,
-          paced: bool, device_cpu: float, as_json: bool, **kw: Any) -> None:
+          paced: bool, device_cpu: float, as_json: bool, settings: ScenarioOptions) -> None:
     """Train MODEL split in two processes over a shaped link; measured vs predicted.
 
     The device and server halves run as two programs exchanging activations and gradients
@@ -559,8 +601,9 @@ def train(model: str, name: str | None, exporter: str, dims: dict[str, int], cut
     """
     ctx = click.get_current_context()
     if ctx.get_parameter_source("batch") == click.core.ParameterSource.DEFAULT:
-        kw["batch"] = api.file_batch(model, exporter) or kw["batch"]
-    scenario = build_scenario(kw)
+        settings = dataclasses.replace(
+            settings, batch=api.file_batch(model, exporter) or settings.batch)
+    scenario = settings.scenario()
     layers = api.device_layers_from(device_layers_file) if device_layers_file else []
     with console.status(f"training {model} split in two processes", spinner="dots") as status:
         def progress(done: int, steps: int) -> None:
