@@ -95,7 +95,7 @@ def test_pins_are_honoured_through_neo4j(store, zoo_path):
     fast = api.make_scenario(uplink="1Gbps", downlink="1Gbps", latency="1ms")
     for pins in [{"pin_device": ["layer2"]}, {"pin_server": ["maxpool"]}]:
         embedded = api.partition_model(graph, fast, **pins)
-        result, written, _ = api.partition_in_neo4j(store, path, fast, "resnet50", **pins)
+        result, _, _ = api.partition_in_neo4j(store, path, fast, "resnet50", **pins)
         assert result.delay.total == pytest.approx(embedded.delay.total, rel=1e-9)
         free = api.partition_in_neo4j(store, path, fast, "resnet50")[0]
         assert result.delay.total > free.delay.total  # the pin binds: a costlier optimum
