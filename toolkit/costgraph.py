@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import functools
 import itertools
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -100,6 +100,22 @@ class CostGraph:
         found = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
         return found[:, 0], found[:, 1]
 
+    def inside(self, layers: Sequence[int] | None = None) -> Inside:
+        """The tensors among `layers` (default: all) that a layer among them reads, renumbered
+        for a solver over just those layers (tensors read only outside are left out)."""
+        n = len(self)
+        subset = np.arange(n) if layers is None else np.asarray(layers, dtype=np.int64)
+        local = np.full(n, -1, dtype=np.int64)
+        local[subset] = np.arange(len(subset))
+        if layers is None:
+            pair_tensor, pair_consumer = self.tensor_of, self.consumer_of
+        else:
+            pair_tensor, pair_consumer = self.pairs_of(self.tensors_of(subset.tolist()))
+        keep = local[pair_consumer] >= 0
+        used, pair_aux = np.unique(pair_tensor[keep], return_inverse=True)
+        return Inside(subset, local, used, local[self.tensor_producer[used]],
+                      pair_aux.reshape(-1), local[pair_consumer[keep]])
+
     def crosses(self, device: Collection[int]) -> bool:
         """Whether any tensor goes from `device` to a layer outside it (vectorised)."""
         on = np.zeros(len(self), dtype=bool)
@@ -158,6 +174,18 @@ class CostGraph:
                 for t in self.tensors
             ],
         }
+
+
+@dataclass(frozen=True)
+class Inside:
+    """`CostGraph.inside`: a subset of layers and the tensors read within it, locally numbered."""
+
+    layers: np.ndarray  # the subset's layer indices, in order
+    local: np.ndarray  # per layer of the graph, its position in the subset (-1: outside)
+    tensors: np.ndarray  # tensors read by a layer of the subset
+    producers: np.ndarray  # each of those tensors' producer, local (-1: outside the subset)
+    pair_tensor: np.ndarray  # per (tensor, consumer inside) pair: its position in `tensors`
+    pair_consumer: np.ndarray  # and the consumer, local
 
 
 @dataclass(frozen=True)

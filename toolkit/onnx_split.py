@@ -123,7 +123,8 @@ def split_tiers(
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise ToolkitError(f"cannot write the tiers into {out}: {exc.strerror or exc}") from exc
+        what = "halves" if k == 2 else "tier files"
+        raise ToolkitError(f"cannot write the {what} into {out}: {exc.strerror or exc}") from exc
     models = {t: _half(model, roles, parts[t], inputs[t],
                        list(dict.fromkeys(sent[t] + made[t])), declared) for t in holding}
     paths: list[Path | None] = [

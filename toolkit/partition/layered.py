@@ -64,21 +64,12 @@ def layered_cut(
     (indexed like `layers`); tensors leaving `layers` are ignored and `labels` prices the
     labels for the outputs among them. None when no tiering is valid."""
     base = graph.base
-    k, n = graph.k, len(graph)
+    k = graph.k
     levels = k - 1
-    subset = np.arange(n) if layers is None else np.asarray(layers, dtype=np.int64)
+    inside = base.inside(layers)
+    subset, local, used = inside.layers, inside.local, inside.tensors
+    producers, pair_aux, pair_consumer = inside.producers, inside.pair_tensor, inside.pair_consumer
     m = len(subset)
-    local = np.full(n, -1, dtype=np.int64)
-    local[subset] = np.arange(m)
-    if layers is None:
-        pair_tensor, pair_consumer = base.tensor_of, base.consumer_of
-    else:
-        pair_tensor, pair_consumer = base.pairs_of(base.tensors_of(subset.tolist()))
-    keep = local[pair_consumer] >= 0
-    pair_tensor, pair_consumer = pair_tensor[keep], local[pair_consumer[keep]]
-    used, pair_aux = np.unique(pair_tensor, return_inverse=True)
-    pair_aux = pair_aux.reshape(-1)
-    producers = local[base.tensor_producer[used]]
     crossing = graph.crossing_ms[used]  # used x levels
     outputs = np.asarray([local[v] for v in graph.outputs if local[v] >= 0], dtype=np.int64)
     label_cost = graph.labels_ms if labels and outputs.size else np.zeros(levels)

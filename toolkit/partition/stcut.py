@@ -60,18 +60,9 @@ def min_cut(
     `device_pinned` adds pins to the graph's own (the block-wise solver pins a segment's entry);
     `labels` charges the labels term for the model outputs inside the subset.
     """
-    n = len(graph)
-    subset = np.arange(n) if layers is None else np.asarray(layers, dtype=np.int64)
-    local = np.full(n, -1, dtype=np.int64)
-    local[subset] = np.arange(len(subset))
-    if layers is None:
-        pair_tensor, pair_consumer = graph.tensor_of, graph.consumer_of
-    else:
-        pair_tensor, pair_consumer = graph.pairs_of(graph.tensors_of(subset.tolist()))
-    keep = local[pair_consumer] >= 0
-    pair_tensor, pair_consumer = pair_tensor[keep], local[pair_consumer[keep]]
-    used, pair_aux = np.unique(pair_tensor, return_inverse=True)
-    producers = local[graph.tensor_producer[used]]
+    inside = graph.inside(layers)
+    subset, local, used = inside.layers, inside.local, inside.tensors
+    producers, pair_aux, pair_consumer = inside.producers, inside.pair_tensor, inside.pair_consumer
     crossing = graph.tensor_crossing[used]
     outputs = [int(local[v]) for v in graph.outputs if local[v] >= 0] if labels else []
     label_cost = graph.labels_ms if outputs else 0.0
