@@ -286,21 +286,25 @@ def tier_chains(doc: Doc, models: dict[str, LayerGraph], sizes: list[int],
                "output layer (a language model's head over its whole vocabulary) is then "
                "trained on the device" if worst else "") + ".")
     doc.add()
-    doc.add("**Device-edge-cloud** (`examples/device-edge-cloud.toml`: a Jetson Nano, an RTX "
-            "3090 edge box over Wi-Fi 6, an H100 over gigabit ethernet; batch 32): layers and "
-            "compute ms per tier (device / edge / cloud), the bytes terms over each boundary, "
-            "latency and labels, the total, and the best contiguous ranges (the multi-split "
-            "best single split) for comparison.")
+    doc.add("**Device-edge-cloud**, two example chains (batch 32): "
+            "`examples/device-edge-cloud.toml` (a Jetson Nano, an RTX 3090 edge box over Wi-Fi "
+            "6, an H100 over gigabit ethernet) and `examples/device-orin-cloud.toml` (the same "
+            "with a Jetson AGX Orin as the edge box). Layers and compute ms per tier (device / "
+            "edge / cloud), the bytes terms over each boundary, latency and labels, the total, "
+            "and the best contiguous ranges (the multi-split best single split) for comparison.")
     doc.add()
     rows = tiers.chain_rows(models)
-    doc.table(["model", "layers: compute ms per tier", "crossing ms per boundary",
+    doc.table(["chain", "model", "layers: compute ms per tier", "crossing ms per boundary",
                "latency + labels ms", "total ms", "best ranges ms"], rows)
-    cloud = [r[0] for r in rows if not r[1].rsplit(" / ", 1)[1].startswith("0:")]
-    doc.add(f"The cloud tier holds layers for {len(cloud)} of {len(rows)} models"
-            + (f" ({', '.join(cloud)})" if cloud else "")
-            + ": relaying activations over gigabit ethernet costs more than the RTX 3090 "
-            "edge box takes to train the rest, unless a model's late layers are heavy enough.")
-    doc.add()
+    for chain in tiers.CHAINS:
+        mine = [r for r in rows if r[0] == chain]
+        counts = [[int(part.split(":")[0]) for part in r[2].split(" / ")] for r in mine]
+        three = [r[1] for r, c in zip(mine, counts, strict=True) if all(c)]
+        relayed = [r[1] for r, c in zip(mine, counts, strict=True) if c[2] and not c[1]]
+        doc.add(f"`{chain}`: all three tiers hold layers for {len(three)} of {len(mine)} "
+                f"models{' (' + ', '.join(three) + ')' if three else ''}; the cloud trains and "
+                f"the edge only relays for {len(relayed)}.")
+        doc.add()
     doc.add(f"**Both exact k-tier solvers** on the U-shape, scenario `orin-a100-5g`, median of "
             f"{repeats} runs in ms, side by side in this run on the same C++ max-flow: the "
             "layered min cut (Ishikawa's construction, one cut per set of boundaries forced "

@@ -16,7 +16,8 @@ from toolkit.partition.tiers import solve_tiers
 from toolkit.synthetic import deep_model
 
 U_SCENARIOS = ["nano-3090-wifi5", "orin-a100-5g", "phone-h100-5g"]
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "device-edge-cloud.toml"
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+CHAINS = ["device-edge-cloud", "device-orin-cloud"]
 
 
 def u_shape_rows(models: dict[str, LayerGraph]) -> list[list[str]]:
@@ -39,18 +40,19 @@ def u_shape_rows(models: dict[str, LayerGraph]) -> list[list[str]]:
 
 
 def chain_rows(models: dict[str, LayerGraph]) -> list[list[str]]:
-    """Per model, the device-edge-cloud example: each tier's layers and compute, each
-    boundary's bytes terms, and the total."""
-    names, boundaries = api.make_chain(api.make_scenario(), str(EXAMPLE))
+    """Per example chain and model: each tier's layers and compute, each boundary's bytes
+    terms, and the total."""
     rows = []
-    for model, graph in models.items():
-        result = api.partition_tiers(graph, names, boundaries, "general")
-        d = result.delay
-        tiers = " / ".join(f"{len(result.layers_on(t))}: {d.compute[t]:.1f}"
-                           for t in range(len(names)))
-        rows.append([model, tiers, " / ".join(f"{c:.1f}" for c in d.crossing),
-                     f"{sum(d.latency) + sum(d.labels):.1f}", f"{d.total:.1f}",
-                     f"{result.baselines_ms.get('best_ranges', float('nan')):.1f}"])
+    for chain in CHAINS:
+        names, boundaries = api.make_chain(api.make_scenario(), str(EXAMPLES / f"{chain}.toml"))
+        for model, graph in models.items():
+            result = api.partition_tiers(graph, names, boundaries, "general")
+            d = result.delay
+            tiers = " / ".join(f"{len(result.layers_on(t))}: {d.compute[t]:.1f}"
+                               for t in range(len(names)))
+            rows.append([chain, model, tiers, " / ".join(f"{c:.1f}" for c in d.crossing),
+                         f"{sum(d.latency) + sum(d.labels):.1f}", f"{d.total:.1f}",
+                         f"{result.baselines_ms.get('best_ranges', float('nan')):.1f}"])
     return rows
 
 
