@@ -169,8 +169,9 @@ def blockwise_optimum(graph: TierGraph, blocks: BlockStructure) -> TierCut:
     groups = _groups(graph, blocks)
     best: TierCut | None = None
     vertices = edges = 0
+    cache: dict[tuple[int, int, int, tuple[int, ...]], TierCut | None] = {}
     for quiet in quiet_sets(graph):
-        solved = _chain_pass(graph, blocks, groups, quiet)
+        solved = _chain_pass(graph, blocks, groups, quiet, cache)
         if solved is None:
             continue
         tier, v, e = solved
@@ -184,12 +185,16 @@ def blockwise_optimum(graph: TierGraph, blocks: BlockStructure) -> TierCut:
 
 
 def _chain_pass(graph: TierGraph, blocks: BlockStructure, groups: np.ndarray,
-                quiet: tuple[int, ...]) -> tuple[np.ndarray, int, int] | None:
-    """The best tiering quiet on `quiet`: the DP over segments (None: no valid tiering)."""
+                quiet: tuple[int, ...],
+                cache: dict[tuple[int, int, int, tuple[int, ...]], TierCut | None],
+                ) -> tuple[np.ndarray, int, int] | None:
+    """The best tiering quiet on `quiet`: the DP over segments (None: no valid tiering).
+    `cache` keeps inner solutions across passes: a segment between tiers a and b is affected
+    only by the quiet boundaries between them, and none can lie there when a < b (a path
+    from its entry to its exit would cross it)."""
     k = graph.k
     arr = blocks.arrays
     labels_inside = _labels_inside(graph, blocks)
-    cache: dict[tuple[int, int, int], TierCut | None] = {}
     vertices = edges = 0
     previous = np.full(k, np.inf)
     previous[0] = 0.0  # the virtual input sits on the first tier
@@ -202,9 +207,12 @@ def _chain_pass(graph: TierGraph, blocks: BlockStructure, groups: np.ndarray,
         cuts: list[TierCut | None] = [None] * k
         for a in np.flatnonzero(np.isfinite(previous)).tolist():
             for b in range(a, k) if closed else [a]:
-                key = (int(groups[j]), a, b)
+                span = tuple(q for q in quiet if a <= q < (b if closed else k - 1))
+                if closed and span:
+                    continue
+                key = (int(groups[j]), a, b, span)
                 if key not in cache:
-                    cache[key] = _inner(graph, row, a, b, closed, quiet, bool(labels_inside[j]))
+                    cache[key] = _inner(graph, row, a, b, closed, span, bool(labels_inside[j]))
                     found = cache[key]
                     if found is not None:
                         vertices, edges = vertices + found.vertices, edges + found.edges
@@ -238,6 +246,14 @@ def _inner(graph: TierGraph, row: np.ndarray, a: int, b: int, closed: bool,
     value leaves out the entry's own compute."""
     entry = int(row[0])
     layers = row[1:] if entry < 0 else row
+    if closed and a == b:  # all on one tier: nothing crosses, no cut needed
+        members = row[1:]
+        if ((graph.lowest[layers] > a) | (graph.highest[layers] < a)).any():
+            return None
+        has_output = labels and bool(np.isin(graph.outputs, members).any())
+        value = float(graph.compute_ms[members, a].sum()) \
+            + (float(graph.labels_ms[:a].sum()) if has_output else 0.0)
+        return TierCut(np.full(len(layers), a, dtype=np.int64), value, 0, 0)
     lowest = np.full(len(layers), a, dtype=np.int64)
     highest = np.full(len(layers), b if closed else graph.k - 1, dtype=np.int64)
     if entry >= 0:
