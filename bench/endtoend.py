@@ -13,7 +13,7 @@ import numpy as np
 from toolkit import api, zoo
 from toolkit.blocks import find_blocks
 from toolkit.costs import Scenario, build_cost_graph
-from toolkit.onnx_reader import read_onnx
+from toolkit.onnx import read_onnx
 from toolkit.partition import solve
 
 _WIDTH = 8

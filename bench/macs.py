@@ -17,7 +17,7 @@ import torch
 import torchvision
 
 from bench.__main__ import Doc, machine
-from toolkit.onnx_reader import read_onnx
+from toolkit.onnx import read_onnx
 from toolkit.zoo import export_module
 
 OUT = Path(__file__).resolve().parent.parent / "docs" / "macs.md"

@@ -31,7 +31,18 @@ def test_the_core_imports_none_of_the_edges():
 
 def test_the_check_sees_an_edge_import():
     """The same check on a module of the edge finds what it imports (the check can fail)."""
-    code = "import sys\nimport toolkit.onnx_reader\nprint('onnx' in sys.modules)"
+    code = "import sys\nimport toolkit.onnx\nprint('onnx' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=True, cwd=TOOLKIT.parent)
     assert done.stdout.strip() == "True"
+
+
+def test_every_subpackage_ships_in_the_wheel():
+    """pyproject lists the packages by hand: a new one left out would be missing once built."""
+    import tomllib
+
+    listed = set(tomllib.loads((TOOLKIT.parent / "pyproject.toml").read_text())
+                 ["tool"]["setuptools"]["packages"])
+    found = {"toolkit." + ".".join(p.parent.relative_to(TOOLKIT).parts)
+             for p in TOOLKIT.rglob("__init__.py") if p.parent != TOOLKIT}
+    assert found and found <= listed, sorted(found - listed)

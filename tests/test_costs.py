@@ -16,7 +16,7 @@ from toolkit import api
 from toolkit.costgraph import CostGraph, delay
 from toolkit.costs import build_cost_graph, crossing_ms, layer_ms, step_ms, tensor_bytes
 from toolkit.graph import Tensor
-from toolkit.onnx_reader import read_model
+from toolkit.onnx import read_model
 
 GRAPH = chain(4, width=64)
 LAYERS = read_model(GRAPH, "chain")

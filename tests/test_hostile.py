@@ -12,7 +12,7 @@ import pytest
 from tests.helpers import chain, run_main, save
 from toolkit.cli import cli
 from toolkit.measured import layers_sha
-from toolkit.onnx_reader import read_onnx
+from toolkit.onnx import read_onnx
 from toolkit.store import Connection, Store
 
 PASSWORD = os.environ.get("NEO4J_PASSWORD", "splitcut-dev")

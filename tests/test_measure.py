@@ -13,7 +13,7 @@ from toolkit.calibrate import estimates, fit, to_toml
 from toolkit.costs import build_cost_graph, step_ms
 from toolkit.measure import measure, onnxruntime_forward
 from toolkit.measured import layers_sha, load_profile
-from toolkit.onnx_reader import read_onnx
+from toolkit.onnx import read_onnx
 
 
 def test_onnxruntime_times_every_layer(tmp_path):

@@ -6,7 +6,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from tests.helpers import model, single_op, vi, weight
-from toolkit.onnx_reader import read_model
+from toolkit.onnx import read_model
 
 
 def only_layer(m, name="t"):

@@ -15,7 +15,7 @@ from onnx import TensorProto, helper
 from tests.helpers import chain, model, save, single_op, vi, weight
 from toolkit.cli import cli
 from toolkit.errors import ModelError
-from toolkit.onnx_reader import load_external_data, read_model, read_onnx
+from toolkit.onnx import load_external_data, read_model, read_onnx
 
 
 def test_identity_and_constant_chains_on_weights_are_folded_into_parameters():

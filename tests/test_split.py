@@ -11,8 +11,8 @@ import pytest
 
 from tests.helpers import chain, run_main, save
 from toolkit import zoo
-from toolkit.onnx_reader import read_onnx
-from toolkit.onnx_split import split_model, split_tiers
+from toolkit.onnx import read_onnx
+from toolkit.onnx.split import split_model, split_tiers
 
 
 @pytest.mark.parametrize("name", list(zoo.MODELS))

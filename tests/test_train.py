@@ -20,7 +20,7 @@ from onnx import helper
 
 from tests.helpers import model, run_main, save, vi, weight
 from toolkit import api, zoo
-from toolkit.onnx_split import split_model
+from toolkit.onnx.split import split_model
 from toolkit.train import wire
 from toolkit.train.executor import OnnxModule, trainable_initializers
 from toolkit.train.peer import loss_of, synthetic_inputs, synthetic_labels

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from toolkit import zoo
-from toolkit.onnx_reader import read_onnx
+from toolkit.onnx import read_onnx
 
 VISION = [m.name for m in zoo.MODELS.values() if m.torchvision is not None]
 

@@ -27,7 +27,7 @@ from toolkit.profiles import Processor
 from toolkit.tiergraph import TierGraph
 
 if TYPE_CHECKING:
-    from toolkit.onnx_split import SplitResult, TierSplit
+    from toolkit.onnx.split import SplitResult, TierSplit
     from toolkit.store import Store
     from toolkit.train.session import TrainResult
 
@@ -39,8 +39,8 @@ def load_graph(
     dims: dict[str, int] | None = None,
 ) -> LayerGraph:
     """MODEL is an .onnx path or a zoo name (exported once, then cached); `dims` gives symbolic
-    input dimensions their values (`toolkit.onnx_reader.read_model`)."""
-    from toolkit.onnx_reader import read_onnx
+    input dimensions their values (`toolkit.onnx.read_model`)."""
+    from toolkit.onnx import read_onnx
 
     path, default_name = zoo.resolve(model, exporter)
     return read_onnx(path, name or default_name, dims)
@@ -51,7 +51,7 @@ def split_halves(
     dims: dict[str, int] | None = None,
 ) -> SplitResult:
     """Write the partition's device.onnx and server.onnx and check them against the whole."""
-    from toolkit.onnx_split import split_model
+    from toolkit.onnx.split import split_model
 
     path, _ = zoo.resolve(model, exporter)
     device = [result.graph.names[i] for i in result.device]
@@ -65,7 +65,7 @@ def split_tiers(
     """Write one ONNX file per tier that holds layers and check them, in order, against the
     whole. Returns the file stems (a tier name used twice, as a U-shape's device, becomes
     `device-head` and `device-tail`) and the split."""
-    from toolkit.onnx_split import split_tiers as write
+    from toolkit.onnx.split import split_tiers as write
 
     path, _ = zoo.resolve(model, exporter)
     names = result.graph.tiers
@@ -420,7 +420,7 @@ def train_model(
 
 def file_batch(model: str, exporter: str = "torchscript") -> int | None:
     """The batch MODEL's file fixes, if it fixes one (training must use it)."""
-    from toolkit.onnx_reader import load_model
+    from toolkit.onnx import load_model
     from toolkit.train.session import file_batch as fixed
 
     path, _ = zoo.resolve(model, exporter)

@@ -190,7 +190,7 @@ def _annotate_modules(path: Path, module: Any) -> None:
     """
     import onnx
 
-    from toolkit.onnx_reader import module_path
+    from toolkit.onnx import module_path
 
     modules = {name: type(m) for name, m in module.named_modules()}
     model = onnx.load(str(path))

@@ -17,7 +17,7 @@ import torch
 from onnx import AttributeProto, GraphProto, ModelProto, helper
 
 from toolkit.errors import ModelError
-from toolkit.onnx_reader import NOT_TRAINABLE_INPUTS, buffer_names
+from toolkit.onnx import NOT_TRAINABLE_INPUTS, buffer_names
 from toolkit.train.ops import known, run_op, to_tensor
 
 _FLOAT = (torch.float16, torch.bfloat16, torch.float32, torch.float64)

@@ -1,6 +1,6 @@
 """One real split-training run, and the delay model's prediction for the same terms.
 
-`train` splits the model at the chosen cut (`toolkit.onnx_split`), writes both peers' config,
+`train` splits the model at the chosen cut (`toolkit.onnx.split`), writes both peers' config,
 runs them over a kernel-shaped link in a private network namespace (`toolkit.train.link`), or
 paced in the senders where that is not possible, and sets the median measured terms beside
 the predicted ones.
@@ -28,7 +28,7 @@ import torch
 from toolkit.costgraph import CostGraph, crossing_tensors
 from toolkit.costs import Scenario, labels_ms, transfer_ms
 from toolkit.errors import ToolkitError
-from toolkit.onnx_reader import load_external_data, load_model
+from toolkit.onnx import load_external_data, load_model
 from toolkit.train.executor import OnnxModule, trainable_initializers
 from toolkit.train.peer import PeerConfig, synthetic_inputs
 
@@ -149,7 +149,7 @@ def train(
     scenario's link at the scenario's batch, and compare with the prediction. A file that fixes
     its batch trains at that batch, so the scenario must use it (`file_batch`). `progress` is
     called with (iterations done, iterations in all, warm-up included) while it runs."""
-    from toolkit.onnx_split import split_model
+    from toolkit.onnx.split import split_model
 
     whole = load_model(model_path)
     load_external_data(whole, model_path.parent)

@@ -20,7 +20,7 @@ import torch
 
 from toolkit.graph import LayerGraph
 from toolkit.measured import MeasuredProfile, layers_sha
-from toolkit.onnx_reader import layer_names, load_external_data, load_model
+from toolkit.onnx import layer_names, load_external_data, load_model
 from toolkit.train.executor import OnnxModule, trainable_initializers
 from toolkit.train.peer import loss_of, synthetic_inputs, synthetic_labels
 from toolkit.train.session import input_specs

@@ -31,7 +31,7 @@ import onnx
 from onnx import ModelProto, NodeProto, TensorProto, helper
 
 from toolkit.errors import ModelError, ToolkitError
-from toolkit.onnx_reader import NodeRoles, load_external_data, load_model, node_roles
+from toolkit.onnx import NodeRoles, load_external_data, load_model, node_roles
 
 _SIZE_LIMIT = 1_800_000_000  # protobuf's 2 GiB cap, with room to spare
 

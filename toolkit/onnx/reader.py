@@ -1,4 +1,4 @@
-"""ONNX file -> LayerGraph. The only module that imports `onnx`.
+"""ONNX model -> LayerGraph (`toolkit.onnx` is the only package that imports `onnx`).
 
 Shape inference gives every tensor a size; nodes fed only by initializers or Constants are
 folded into parameters (they are weights, not layers); each remaining node becomes a Layer whose
@@ -7,26 +7,42 @@ FLOPs and MACs come from the handle registry in `toolkit.ops`.
 
 from __future__ import annotations
 
-import ast
 import dataclasses
 import hashlib
 import heapq
 import json
 import logging
 import math
-import os
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import onnx
-from google.protobuf.message import DecodeError
 from onnx import AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto, ValueInfoProto
 
 from toolkit.errors import ModelError
 from toolkit.graph import Layer, LayerGraph, Tensor
+from toolkit.onnx.load import (
+    ELEM_BYTES,
+    UNKNOWN_ELEM_BYTES,
+    buffer_names,
+    check_text,
+    file_sha256,
+    has_external_data,
+    layer_names,
+    load_model,
+    with_external_data,
+)
+from toolkit.onnx.scopes import module_of
+from toolkit.onnx.shapes import (
+    FLOAT_TYPES,
+    Info,
+    dtype_name,
+    infer_shapes,
+    runtime_shapes,
+    value_info,
+)
 from toolkit.ops import OpCost, OpFacts, Shape, cost_of, numel
 
 log = logging.getLogger(__name__)
@@ -51,35 +67,9 @@ _WEIGHT_VIEWS = frozenset(
      "Flatten"}
 )
 _SUBGRAPH_OPS = frozenset({"If", "Loop", "Scan"})
-_BIG_WEIGHT_BYTES = 4096
-_PROBE_ELEMENTS = 1 << 26  # inputs larger than this (elements) are not worth a probe run
-_OP_CLASS_PREFIXES = ("aten.", "prims.", "<built-in", "torch.ops.")
 READER_VERSION = 3
 """Bumped whenever the reader turns the same file into another layer graph: stored models and
 cached block structures keyed by `LayerGraph.sha256` are then read again."""
-_NAME_SCOPES = "pkg.torch.onnx.name_scopes"
-_INPUT_KIND = "pkg.torch.export.graph_signature.InputSpec.kind"
-_CLASS_HIERARCHY = "pkg.torch.onnx.class_hierarchy"
-
-
-def load_model(path: str | Path) -> ModelProto:
-    """Read an ONNX file's structure (external weights are not loaded) or raise ModelError."""
-    p = Path(path)
-    if not p.exists():
-        raise ModelError(f"no such file: {p}")
-    if not p.is_file():
-        raise ModelError(f"not a file: {p}")
-    try:
-        model = onnx.load(str(p), load_external_data=False)
-    except (DecodeError, ValueError, RuntimeError, UnicodeDecodeError) as exc:
-        raise ModelError(f"{p} is not a valid ONNX file ({_first_line(exc)})") from exc
-    except Exception as exc:  # protobuf raises assorted errors on garbage input
-        raise ModelError(f"{p} is not a valid ONNX file ({type(exc).__name__})") from exc
-    if not model.graph.node:
-        raise ModelError(f"{p} holds no ONNX graph nodes: not an ONNX model, or an empty one")
-    return model
-
-
 def read_onnx(
     path: str | Path, name: str | None = None, dims: Mapping[str, int] | None = None
 ) -> LayerGraph:
@@ -90,15 +80,6 @@ def read_onnx(
     digest.update(json.dumps([READER_VERSION, sorted((dims or {}).items())]).encode())
     graph.sha256 = digest.hexdigest()
     return graph
-
-
-def file_sha256(path: Path) -> str:
-    """The sha256 of a file's bytes, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def read_model(
@@ -233,266 +214,19 @@ def _prepared(model: ModelProto, name: str, base_dir: Path | None) -> _Reader:
     """A reader over the shape-inferred model, symbolic sizes refined by one run if needed."""
     if not model.graph.node:
         raise ModelError(f"model {name!r} has no nodes")
-    _check_text(model.graph, name)
-    reader = _Reader(_infer_shapes(model), name)
+    check_text(model.graph, name)
+    reader = _Reader(infer_shapes(model), name)
     missing = reader.unresolved()
     if missing:
-        if base_dir is not None and _has_external_data(model):
-            model = _with_external_data(model, base_dir)
+        if base_dir is not None and has_external_data(model):
+            model = with_external_data(model, base_dir)
         reader.refine(runtime_shapes(model, missing))
     return reader
 
 
-def _check_text(graph: GraphProto, name: str) -> None:
-    """Names must be text: protobuf hands back bytes for strings that are not valid UTF-8."""
-    def bad(texts: Iterable[str | bytes]) -> bool:
-        return any(isinstance(t, bytes) for t in texts)
-
-    values = [*graph.input, *graph.output, *graph.value_info]
-    if bad(v.name for v in values) or bad(t.name for t in graph.initializer):
-        raise ModelError(f"model {name!r}: a tensor name is not valid UTF-8 text")
-    for node in graph.node:
-        if bad((node.name, node.op_type, node.domain, *node.input, *node.output)):
-            raise ModelError(f"model {name!r}: a node's name, type or tensor names are not "
-                             "valid UTF-8 text")
-        for attr in node.attribute:
-            if bad((attr.name,)):
-                raise ModelError(f"model {name!r}: an attribute name is not valid UTF-8 text")
-            for sub in (attr.g, *attr.graphs) if attr.HasField("g") else attr.graphs:
-                _check_text(sub, name)
-
-
-def _has_external_data(model: ModelProto) -> bool:
-    return any(t.data_location == TensorProto.EXTERNAL for t in model.graph.initializer)
-
-
-def _with_external_data(model: ModelProto, base_dir: Path) -> ModelProto:
-    full = ModelProto()
-    full.CopyFrom(model)
-    try:
-        load_external_data(full, base_dir)
-    except ModelError as exc:
-        log.info("external weights not read (%s)", exc)
-        return model
-    return full
-
-
-def load_external_data(model: ModelProto, base_dir: Path) -> None:
-    """Load `model`'s external weights from `base_dir`, after checking every reference: the
-    file exists inside the folder (no absolute path, `..` or symbolic link out of it), the
-    region lies within the file and holds no more than the tensor declares, and all of them
-    together stay under $SPLITCUT_MAX_EXTERNAL_GB (default 64). A ModelError otherwise, before
-    anything big is read."""
-    folder = base_dir.resolve()
-    ceiling = float(os.environ.get("SPLITCUT_MAX_EXTERNAL_GB", "64")) * 2**30
-    total = 0
-    for t in model.graph.initializer:
-        if t.data_location != TensorProto.EXTERNAL:
-            continue
-        info = {e.key: e.value for e in t.external_data}
-        location = info.get("location", "")
-        try:
-            path = (folder / location).resolve(strict=True)
-        except (OSError, RuntimeError) as exc:
-            raise ModelError(f"initializer {t.name!r}: external data {location!r} cannot be "
-                             f"read ({_first_line(exc)})") from exc
-        if folder not in path.parents or not path.is_file():
-            raise ModelError(f"initializer {t.name!r}: external data {location!r} lies outside "
-                             "the model's folder or is not a file; refused")
-        size = path.stat().st_size
-        try:
-            offset = int(info.get("offset", 0))
-            length = int(info["length"]) if "length" in info else size - offset
-        except ValueError as exc:
-            raise ModelError(f"initializer {t.name!r}: unreadable external data offset or "
-                             "length") from exc
-        declared = math.ceil(math.prod(t.dims) * _ELEM_BYTES.get(t.data_type,
-                                                                _UNKNOWN_ELEM_BYTES))
-        if offset < 0 or length < 0 or offset + length > size:
-            raise ModelError(f"initializer {t.name!r}: external data region lies outside "
-                             f"{location!r}")
-        if length > declared:
-            raise ModelError(f"initializer {t.name!r} declares {declared} bytes but its external "
-                             f"data holds {length}; refused")
-        total += length
-        if total > ceiling:
-            raise ModelError(f"external weights exceed {ceiling / 2**30:g} GiB "
-                             "(SPLITCUT_MAX_EXTERNAL_GB); refused")
-    try:
-        onnx.external_data_helper.load_external_data_for_model(model, str(folder))
-    except (OSError, ValueError, onnx.checker.ValidationError) as exc:
-        raise ModelError(f"external weights unreadable ({_first_line(exc)})") from exc
-
-
-def layer_names(graph: GraphProto) -> list[str]:
-    """The layer name of each node, in file order: the node's name, made unique and non-empty."""
-    seen: dict[str, int] = {}
-    names: list[str] = []
-    for i, node in enumerate(graph.node):
-        base = node.name or f"{node.op_type}_{i}"
-        count = seen.get(base, 0)
-        seen[base] = count + 1
-        names.append(base if count == 0 else f"{base}#{count}")
-    return names
-
-
-@contextmanager
-def _big_weights_aside(model: ModelProto) -> Iterator[dict[int, bytes]]:
-    """The model without the bytes of its big initializers for a while (they only cost time to
-    copy and serialise); yields them by initializer position, and puts them back."""
-    stash = {i: t.raw_data for i, t in enumerate(model.graph.initializer)
-             if len(t.raw_data) > _BIG_WEIGHT_BYTES}
-    for i in stash:
-        model.graph.initializer[i].ClearField("raw_data")
-    try:
-        yield stash
-    finally:
-        for i, raw in stash.items():
-            model.graph.initializer[i].raw_data = raw
-
-
-def _infer_shapes(model: ModelProto) -> ModelProto:
-    """ONNX shape inference on a weightless view of the model."""
-    with _big_weights_aside(model):
-        try:
-            return onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
-        except Exception as exc:
-            log.warning("shape inference failed (%s); using declared shapes only",
-                        _first_line(exc))
-            return model
-
-
-def runtime_shapes(model: ModelProto, names: dict[str, int]) -> dict[str, Shape]:
-    """Shapes of `names` (name -> element type) seen running the model once in onnxruntime.
-
-    Used where static inference leaves sizes symbolic (shapes computed from Shape ops, as in
-    Swin's window partition). Symbolic input dimensions are taken as 1. Returns {} if the model
-    cannot run (custom ops, missing weights), in which case the static shapes stand.
-    """
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        return {}
-    if not names:
-        return {}
-    probe, feeds = _probe_model(model)
-    del probe.graph.output[:]
-    for name, elem_type in names.items():
-        probe.graph.output.append(onnx.helper.make_tensor_value_info(name, elem_type, None))
-    initializers = {t.name for t in model.graph.initializer}
-    for vi in model.graph.input:
-        if vi.name in initializers:
-            continue
-        info = _value_info(vi)
-        shape = info.shape or ()
-        if any(d < 0 for d in shape) or math.prod(shape) > _PROBE_ELEMENTS \
-                or info.elem_type not in _ELEM_BYTES:
-            log.info("input %s (%s) is not one to run the model on", vi.name, shape)
-            return {}
-        dtype = onnx.helper.tensor_dtype_to_np_dtype(info.elem_type or TensorProto.FLOAT)
-        feeds[vi.name] = np.zeros(shape, dtype=dtype)
-    ort.set_default_logger_severity(4)  # failures are handled here, not printed by onnxruntime
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.log_severity_level = 4
-    try:
-        session = ort.InferenceSession(
-            probe.SerializeToString(), options, providers=["CPUExecutionProvider"]
-        )
-        values = session.run(None, feeds)
-    except Exception as exc:
-        log.info("onnxruntime could not refine shapes (%s)", _first_line(exc))
-        return {}
-    return {
-        o.name: tuple(int(d) for d in np.shape(v))
-        for o, v in zip(probe.graph.output, values, strict=True)
-    }
-
-
-_PROBE_WEIGHT_TYPES = {TensorProto.FLOAT: np.float32, TensorProto.DOUBLE: np.float64,
-                       TensorProto.FLOAT16: np.float16}
-
-
-def _probe_model(model: ModelProto) -> tuple[ModelProto, dict[str, np.ndarray]]:
-    """A copy of `model` whose big float weights are graph inputs, fed as views of their bytes:
-    onnxruntime then gets them without serialising hundreds of megabytes of protobuf."""
-    with _big_weights_aside(model) as big:
-        probe = ModelProto()
-        probe.CopyFrom(model)
-    moved: dict[str, np.ndarray] = {}
-    for i, raw in sorted(big.items(), reverse=True):  # back to front: deleting keeps positions
-        t = probe.graph.initializer[i]
-        dtype = _PROBE_WEIGHT_TYPES.get(t.data_type)
-        if dtype is not None and len(raw) == math.prod(t.dims) * np.dtype(dtype).itemsize:
-            moved[t.name] = np.frombuffer(raw, dtype=dtype).reshape(tuple(t.dims))
-            del probe.graph.initializer[i]
-        else:
-            t.raw_data = raw
-    declared = {i.name for i in probe.graph.input}
-    for name, array in moved.items():
-        if name not in declared:
-            probe.graph.input.append(onnx.helper.make_tensor_value_info(
-                name, onnx.helper.np_dtype_to_tensor_dtype(array.dtype), array.shape))
-    return probe, moved
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:200] if text else type(exc).__name__
-
-
-_ELEM_BYTES: dict[int, float] = {
-    TensorProto.FLOAT: 4, TensorProto.DOUBLE: 8, TensorProto.FLOAT16: 2, TensorProto.BFLOAT16: 2,
-    TensorProto.INT8: 1, TensorProto.UINT8: 1, TensorProto.INT16: 2, TensorProto.UINT16: 2,
-    TensorProto.INT32: 4, TensorProto.UINT32: 4, TensorProto.INT64: 8, TensorProto.UINT64: 8,
-    TensorProto.BOOL: 1, TensorProto.COMPLEX64: 8, TensorProto.COMPLEX128: 16,
-    TensorProto.STRING: 8,
-}
-for _name, _bits in (("FLOAT8E4M3FN", 8), ("FLOAT8E4M3FNUZ", 8), ("FLOAT8E5M2", 8),
-                     ("FLOAT8E5M2FNUZ", 8), ("FLOAT8E8M0", 8), ("UINT4", 4), ("INT4", 4),
-                     ("FLOAT4E2M1", 4), ("UINT2", 2), ("INT2", 2)):
-    if hasattr(TensorProto, _name):  # newer onnx releases add element types
-        _ELEM_BYTES[getattr(TensorProto, _name)] = _bits / 8
-_UNKNOWN_ELEM_BYTES = 4  # an element type this onnx does not know: costed as fp32
-_FLOAT_TYPES = frozenset(
-    {TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16}
-)
-
-
-def _dtype_name(elem_type: int) -> str:
-    try:
-        return str(TensorProto.DataType.Name(elem_type)).lower()
-    except ValueError:
-        return "undefined"
-
-
-@dataclass(frozen=True)
-class _Info:
-    shape: Shape | None
-    elem_type: int
-    symbolic: bool = False
-
-
-def _value_info(vi: ValueInfoProto) -> _Info:
-    tt = vi.type.tensor_type
-    if not vi.type.HasField("tensor_type") or not tt.HasField("shape"):
-        return _Info(None, tt.elem_type if vi.type.HasField("tensor_type") else 0)
-    dims: list[int] = []
-    symbolic = False
-    for d in tt.shape.dim:
-        if d.HasField("dim_value") and d.dim_value < 0:
-            raise ModelError(f"tensor {vi.name!r} has a negative dimension ({d.dim_value})")
-        if d.HasField("dim_value"):
-            dims.append(int(d.dim_value))
-        else:
-            dims.append(1)
-            symbolic = True
-    return _Info(tuple(dims), tt.elem_type, symbolic)
-
-
 def _attr_value(attr: AttributeProto) -> object:
     if attr.type == AttributeProto.TENSOR:
-        return f"tensor{tuple(attr.t.dims)}:{_dtype_name(attr.t.data_type)}"
+        return f"tensor{tuple(attr.t.dims)}:{dtype_name(attr.t.data_type)}"
     if attr.type in (AttributeProto.GRAPH, AttributeProto.GRAPHS):
         graphs = [attr.g] if attr.type == AttributeProto.GRAPH else list(attr.graphs)
         return "graph:" + "|".join(",".join(n.op_type for n in g.node) for g in graphs)
@@ -534,59 +268,6 @@ def _subgraph_outer_names(node: NodeProto) -> list[str]:
     return found
 
 
-def _module_of(node: NodeProto) -> tuple[str | None, dict[str, str]]:
-    """PyTorch module path of a node and the class of each enclosing module, where known.
-
-    From the exporters' `pkg.torch.onnx.name_scopes`/`class_hierarchy` metadata, else from a
-    scoped node name such as `/layer1/layer1.0/conv1/Conv` (TorchScript), which has no classes.
-    """
-    meta = {p.key: p.value for p in node.metadata_props}
-    scopes = _parse_list(meta.get(_NAME_SCOPES))
-    classes = _parse_list(meta.get(_CLASS_HIERARCHY))
-    if scopes:
-        if classes and classes[-1].startswith(_OP_CLASS_PREFIXES):  # innermost is the op itself
-            scopes, classes = scopes[:-1], classes[:-1]
-        paths = [_join_scopes([s for s in scopes[: k + 1] if s]) for k in range(len(scopes))]
-        known = {p: c for p, c in zip(paths, classes, strict=False) if p}
-        return (paths[-1] or None) if paths else None, known
-    return module_path(node.name), {}
-
-
-def module_path(node_name: str) -> str | None:
-    """'/layer1/layer1.0/conv1/Conv' -> 'layer1.0.conv1'; None for an unscoped name."""
-    if not node_name.startswith("/"):
-        return None
-    return _join_scopes([p for p in node_name.split("/")[1:-1] if p]) or None
-
-
-_METADATA_CHARS = 65_536  # a scope list longer than this is not read as one
-
-
-def _parse_list(text: str | None) -> list[str]:
-    if not text:
-        return []
-    if len(text) > _METADATA_CHARS:
-        return []
-    try:
-        value = ast.literal_eval(text)
-    except (ValueError, SyntaxError, MemoryError, RecursionError, TypeError):
-        return [text]
-    return [str(v) for v in value] if isinstance(value, list | tuple) else [str(value)]
-
-
-def _join_scopes(parts: Sequence[str]) -> str:
-    """['layer1', 'layer1.0', 'conv1'] -> 'layer1.0.conv1' (parts may be qualified or not)."""
-    comps: list[str] = []
-    for part in parts:
-        for k in range(len(comps)):  # a part may repeat a tail of the path: 'downsample.0'
-            tail = ".".join(comps[k:])
-            if part == tail or part.startswith(tail + "."):
-                comps = comps[:k]
-                break
-        comps.extend(part.split("."))
-    return ".".join(comps)
-
-
 def _per_sample(
     layers: list[Layer], tensors: dict[str, Tensor], exported: int
 ) -> tuple[list[Layer], dict[str, Tensor]]:
@@ -604,15 +285,6 @@ def _per_sample(
     return layers, tensors
 
 
-def buffer_names(graph: GraphProto) -> set[str]:
-    """Initializers that torch.export says are not parameters (buffers, lifted constants)."""
-    return {
-        vi.name for vi in [*graph.value_info, *graph.input]
-        if any(e.key == _INPUT_KIND and e.value in ("BUFFER", "CONSTANT_TENSOR")
-               for e in vi.metadata_props)
-    }
-
-
 class _Reader:
     """One pass over a shape-inferred model: order nodes, fold constants, build layers."""
 
@@ -621,15 +293,15 @@ class _Reader:
         g = model.graph
         self.graph = g
         self.initializers = {t.name: t for t in g.initializer}
-        self.info: dict[str, _Info] = {}
+        self.info: dict[str, Info] = {}
         for vi in [*g.input, *g.value_info, *g.output]:
             if vi.name:
-                self.info[vi.name] = _value_info(vi)
+                self.info[vi.name] = value_info(vi)
         for t in g.initializer:
             if any(d < 0 for d in t.dims):
                 raise ModelError(f"model {name!r}: initializer {t.name!r} has a negative "
                                  f"dimension {tuple(t.dims)}")
-            self.info[t.name] = _Info(tuple(int(d) for d in t.dims), t.data_type)
+            self.info[t.name] = Info(tuple(int(d) for d in t.dims), t.data_type)
         self.raw_inputs = [i.name for i in g.input if i.name not in self.initializers]
         self.buffers = buffer_names(g)
         self.names = layer_names(g)
@@ -651,7 +323,7 @@ class _Reader:
     def refine(self, shapes: dict[str, Shape]) -> None:
         for name, shape in shapes.items():
             old = self.info.get(name)
-            self.info[name] = _Info(shape, old.elem_type if old else TensorProto.FLOAT)
+            self.info[name] = Info(shape, old.elem_type if old else TensorProto.FLOAT)
 
     def build(self, batch: _Batch | None = None) -> LayerGraph:
         order = self._node_order()  # also fills self.deps
@@ -745,7 +417,7 @@ class _Reader:
         """
         consts = set(self.initializers)
         self.weights = {n for n, t in self.initializers.items()
-                        if t.data_type in _FLOAT_TYPES and n not in self.buffers}
+                        if t.data_type in FLOAT_TYPES and n not in self.buffers}
         self.weight_base: dict[str, str] = {}  # a view of a weight -> the initializer itself
         self.owned: set[str] = set()  # weights already counted by an earlier layer
         constant: set[int] = set()
@@ -779,9 +451,9 @@ class _Reader:
         info = self.info.get(name)
         if info is None or info.shape is None:
             return Tensor(name, (), "undefined", fallback, producer, shape_known=False)
-        size = _ELEM_BYTES.get(info.elem_type, _UNKNOWN_ELEM_BYTES)
+        size = ELEM_BYTES.get(info.elem_type, UNKNOWN_ELEM_BYTES)
         nbytes = math.ceil(numel(info.shape) * size)
-        return Tensor(name, info.shape, _dtype_name(info.elem_type), nbytes, producer)
+        return Tensor(name, info.shape, dtype_name(info.elem_type), nbytes, producer)
 
     def _layer(
         self,
@@ -801,8 +473,8 @@ class _Reader:
             if info.shape is not None:
                 count = numel(info.shape)
                 elements += count
-                param_bytes += math.ceil(count * _ELEM_BYTES.get(info.elem_type,
-                                                                 _UNKNOWN_ELEM_BYTES))
+                param_bytes += math.ceil(count * ELEM_BYTES.get(info.elem_type,
+                                                                 UNKNOWN_ELEM_BYTES))
                 base = self.weight_base.get(inp, inp)
                 if base not in self.owned:  # the first reader owns it
                     self.owned.add(base)
@@ -820,7 +492,7 @@ class _Reader:
         flops, macs, supported = cost.flops, cost.macs, cost.supported
         if node.op_type in _SUBGRAPH_OPS:
             flops, supported = self._subgraph_flops(node), True
-        module, classes = _module_of(node)
+        module, classes = module_of(node)
         self.module_classes.update(classes)
         return Layer(
             name=name,
@@ -851,7 +523,7 @@ class _Reader:
         total = 0.0
         for attr in node.attribute:
             for g in [attr.g] if attr.type == AttributeProto.GRAPH else list(attr.graphs):
-                local = {vi.name: _value_info(vi) for vi in [*g.input, *g.value_info, *g.output]}
+                local = {vi.name: value_info(vi) for vi in [*g.input, *g.value_info, *g.output]}
                 for n in g.node:
                     shapes_in = [self._local_shape(x, local) for x in n.input]
                     shapes_out = [self._local_shape(x, local) for x in n.output]
@@ -866,7 +538,6 @@ class _Reader:
         except ValueError as exc:
             raise ModelError(f"model {self.name!r}: layer {layer!r}: {exc}") from exc
 
-    def _local_shape(self, name: str, local: dict[str, _Info]) -> Shape | None:
+    def _local_shape(self, name: str, local: dict[str, Info]) -> Shape | None:
         info = local.get(name) or self.info.get(name)
         return info.shape if info is not None else None
-

@@ -1,0 +1,186 @@
+"""Loading an ONNX file safely: size and text checks, external data read only from inside the
+model's folder, and the names of its nodes and buffers."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import onnx
+from google.protobuf.message import DecodeError
+from onnx import GraphProto, ModelProto, TensorProto
+
+from toolkit.errors import ModelError
+
+log = logging.getLogger(__name__)
+
+_BIG_WEIGHT_BYTES = 4096
+_INPUT_KIND = "pkg.torch.export.graph_signature.InputSpec.kind"
+
+def load_model(path: str | Path) -> ModelProto:
+    """Read an ONNX file's structure (external weights are not loaded) or raise ModelError."""
+    p = Path(path)
+    if not p.exists():
+        raise ModelError(f"no such file: {p}")
+    if not p.is_file():
+        raise ModelError(f"not a file: {p}")
+    try:
+        model = onnx.load(str(p), load_external_data=False)
+    except (DecodeError, ValueError, RuntimeError, UnicodeDecodeError) as exc:
+        raise ModelError(f"{p} is not a valid ONNX file ({first_line(exc)})") from exc
+    except Exception as exc:  # protobuf raises assorted errors on garbage input
+        raise ModelError(f"{p} is not a valid ONNX file ({type(exc).__name__})") from exc
+    if not model.graph.node:
+        raise ModelError(f"{p} holds no ONNX graph nodes: not an ONNX model, or an empty one")
+    return model
+
+
+def file_sha256(path: Path) -> str:
+    """The sha256 of a file's bytes, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def check_text(graph: GraphProto, name: str) -> None:
+    """Names must be text: protobuf hands back bytes for strings that are not valid UTF-8."""
+    def bad(texts: Iterable[str | bytes]) -> bool:
+        return any(isinstance(t, bytes) for t in texts)
+
+    values = [*graph.input, *graph.output, *graph.value_info]
+    if bad(v.name for v in values) or bad(t.name for t in graph.initializer):
+        raise ModelError(f"model {name!r}: a tensor name is not valid UTF-8 text")
+    for node in graph.node:
+        if bad((node.name, node.op_type, node.domain, *node.input, *node.output)):
+            raise ModelError(f"model {name!r}: a node's name, type or tensor names are not "
+                             "valid UTF-8 text")
+        for attr in node.attribute:
+            if bad((attr.name,)):
+                raise ModelError(f"model {name!r}: an attribute name is not valid UTF-8 text")
+            for sub in (attr.g, *attr.graphs) if attr.HasField("g") else attr.graphs:
+                check_text(sub, name)
+
+
+def has_external_data(model: ModelProto) -> bool:
+    return any(t.data_location == TensorProto.EXTERNAL for t in model.graph.initializer)
+
+
+def with_external_data(model: ModelProto, base_dir: Path) -> ModelProto:
+    full = ModelProto()
+    full.CopyFrom(model)
+    try:
+        load_external_data(full, base_dir)
+    except ModelError as exc:
+        log.info("external weights not read (%s)", exc)
+        return model
+    return full
+
+
+def load_external_data(model: ModelProto, base_dir: Path) -> None:
+    """Load `model`'s external weights from `base_dir`, after checking every reference: the
+    file exists inside the folder (no absolute path, `..` or symbolic link out of it), the
+    region lies within the file and holds no more than the tensor declares, and all of them
+    together stay under $SPLITCUT_MAX_EXTERNAL_GB (default 64). A ModelError otherwise, before
+    anything big is read."""
+    folder = base_dir.resolve()
+    ceiling = float(os.environ.get("SPLITCUT_MAX_EXTERNAL_GB", "64")) * 2**30
+    total = 0
+    for t in model.graph.initializer:
+        if t.data_location != TensorProto.EXTERNAL:
+            continue
+        info = {e.key: e.value for e in t.external_data}
+        location = info.get("location", "")
+        try:
+            path = (folder / location).resolve(strict=True)
+        except (OSError, RuntimeError) as exc:
+            raise ModelError(f"initializer {t.name!r}: external data {location!r} cannot be "
+                             f"read ({first_line(exc)})") from exc
+        if folder not in path.parents or not path.is_file():
+            raise ModelError(f"initializer {t.name!r}: external data {location!r} lies outside "
+                             "the model's folder or is not a file; refused")
+        size = path.stat().st_size
+        try:
+            offset = int(info.get("offset", 0))
+            length = int(info["length"]) if "length" in info else size - offset
+        except ValueError as exc:
+            raise ModelError(f"initializer {t.name!r}: unreadable external data offset or "
+                             "length") from exc
+        declared = math.ceil(math.prod(t.dims) * ELEM_BYTES.get(t.data_type,
+                                                                UNKNOWN_ELEM_BYTES))
+        if offset < 0 or length < 0 or offset + length > size:
+            raise ModelError(f"initializer {t.name!r}: external data region lies outside "
+                             f"{location!r}")
+        if length > declared:
+            raise ModelError(f"initializer {t.name!r} declares {declared} bytes but its external "
+                             f"data holds {length}; refused")
+        total += length
+        if total > ceiling:
+            raise ModelError(f"external weights exceed {ceiling / 2**30:g} GiB "
+                             "(SPLITCUT_MAX_EXTERNAL_GB); refused")
+    try:
+        onnx.external_data_helper.load_external_data_for_model(model, str(folder))
+    except (OSError, ValueError, onnx.checker.ValidationError) as exc:
+        raise ModelError(f"external weights unreadable ({first_line(exc)})") from exc
+
+
+def layer_names(graph: GraphProto) -> list[str]:
+    """The layer name of each node, in file order: the node's name, made unique and non-empty."""
+    seen: dict[str, int] = {}
+    names: list[str] = []
+    for i, node in enumerate(graph.node):
+        base = node.name or f"{node.op_type}_{i}"
+        count = seen.get(base, 0)
+        seen[base] = count + 1
+        names.append(base if count == 0 else f"{base}#{count}")
+    return names
+
+
+@contextmanager
+def big_weights_aside(model: ModelProto) -> Iterator[dict[int, bytes]]:
+    """The model without the bytes of its big initializers for a while (they only cost time to
+    copy and serialise); yields them by initializer position, and puts them back."""
+    stash = {i: t.raw_data for i, t in enumerate(model.graph.initializer)
+             if len(t.raw_data) > _BIG_WEIGHT_BYTES}
+    for i in stash:
+        model.graph.initializer[i].ClearField("raw_data")
+    try:
+        yield stash
+    finally:
+        for i, raw in stash.items():
+            model.graph.initializer[i].raw_data = raw
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else type(exc).__name__
+
+
+def buffer_names(graph: GraphProto) -> set[str]:
+    """Initializers that torch.export says are not parameters (buffers, lifted constants)."""
+    return {
+        vi.name for vi in [*graph.value_info, *graph.input]
+        if any(e.key == _INPUT_KIND and e.value in ("BUFFER", "CONSTANT_TENSOR")
+               for e in vi.metadata_props)
+    }
+
+
+ELEM_BYTES: dict[int, float] = {
+    TensorProto.FLOAT: 4, TensorProto.DOUBLE: 8, TensorProto.FLOAT16: 2, TensorProto.BFLOAT16: 2,
+    TensorProto.INT8: 1, TensorProto.UINT8: 1, TensorProto.INT16: 2, TensorProto.UINT16: 2,
+    TensorProto.INT32: 4, TensorProto.UINT32: 4, TensorProto.INT64: 8, TensorProto.UINT64: 8,
+    TensorProto.BOOL: 1, TensorProto.COMPLEX64: 8, TensorProto.COMPLEX128: 16,
+    TensorProto.STRING: 8,
+}
+for _name, _bits in (("FLOAT8E4M3FN", 8), ("FLOAT8E4M3FNUZ", 8), ("FLOAT8E5M2", 8),
+                     ("FLOAT8E5M2FNUZ", 8), ("FLOAT8E8M0", 8), ("UINT4", 4), ("INT4", 4),
+                     ("FLOAT4E2M1", 4), ("UINT2", 2), ("INT2", 2)):
+    if hasattr(TensorProto, _name):  # newer onnx releases add element types
+        ELEM_BYTES[getattr(TensorProto, _name)] = _bits / 8
+UNKNOWN_ELEM_BYTES = 4  # an element type this onnx does not know: costed as fp32

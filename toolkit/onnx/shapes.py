@@ -1,0 +1,139 @@
+"""Tensor shapes and element types: ONNX shape inference, and where it leaves sizes symbolic, one
+probe run in onnxruntime."""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import ModelProto, TensorProto, ValueInfoProto
+
+from toolkit.errors import ModelError
+from toolkit.onnx.load import ELEM_BYTES, big_weights_aside, first_line
+from toolkit.ops import Shape
+
+log = logging.getLogger(__name__)
+
+_PROBE_ELEMENTS = 1 << 26  # inputs larger than this (elements) are not worth a probe run
+def infer_shapes(model: ModelProto) -> ModelProto:
+    """ONNX shape inference on a weightless view of the model."""
+    with big_weights_aside(model):
+        try:
+            return onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+        except Exception as exc:
+            log.warning("shape inference failed (%s); using declared shapes only",
+                        first_line(exc))
+            return model
+
+
+def runtime_shapes(model: ModelProto, names: dict[str, int]) -> dict[str, Shape]:
+    """Shapes of `names` (name -> element type) seen running the model once in onnxruntime.
+
+    Used where static inference leaves sizes symbolic (shapes computed from Shape ops, as in
+    Swin's window partition). Symbolic input dimensions are taken as 1. Returns {} if the model
+    cannot run (custom ops, missing weights), in which case the static shapes stand.
+    """
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return {}
+    if not names:
+        return {}
+    probe, feeds = _probe_model(model)
+    del probe.graph.output[:]
+    for name, elem_type in names.items():
+        probe.graph.output.append(onnx.helper.make_tensor_value_info(name, elem_type, None))
+    initializers = {t.name for t in model.graph.initializer}
+    for vi in model.graph.input:
+        if vi.name in initializers:
+            continue
+        info = value_info(vi)
+        shape = info.shape or ()
+        if any(d < 0 for d in shape) or math.prod(shape) > _PROBE_ELEMENTS \
+                or info.elem_type not in ELEM_BYTES:
+            log.info("input %s (%s) is not one to run the model on", vi.name, shape)
+            return {}
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(info.elem_type or TensorProto.FLOAT)
+        feeds[vi.name] = np.zeros(shape, dtype=dtype)
+    ort.set_default_logger_severity(4)  # failures are handled here, not printed by onnxruntime
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.log_severity_level = 4
+    try:
+        session = ort.InferenceSession(
+            probe.SerializeToString(), options, providers=["CPUExecutionProvider"]
+        )
+        values = session.run(None, feeds)
+    except Exception as exc:
+        log.info("onnxruntime could not refine shapes (%s)", first_line(exc))
+        return {}
+    return {
+        o.name: tuple(int(d) for d in np.shape(v))
+        for o, v in zip(probe.graph.output, values, strict=True)
+    }
+
+
+_PROBE_WEIGHT_TYPES = {TensorProto.FLOAT: np.float32, TensorProto.DOUBLE: np.float64,
+                       TensorProto.FLOAT16: np.float16}
+
+
+def _probe_model(model: ModelProto) -> tuple[ModelProto, dict[str, np.ndarray]]:
+    """A copy of `model` whose big float weights are graph inputs, fed as views of their bytes:
+    onnxruntime then gets them without serialising hundreds of megabytes of protobuf."""
+    with big_weights_aside(model) as big:
+        probe = ModelProto()
+        probe.CopyFrom(model)
+    moved: dict[str, np.ndarray] = {}
+    for i, raw in sorted(big.items(), reverse=True):  # back to front: deleting keeps positions
+        t = probe.graph.initializer[i]
+        dtype = _PROBE_WEIGHT_TYPES.get(t.data_type)
+        if dtype is not None and len(raw) == math.prod(t.dims) * np.dtype(dtype).itemsize:
+            moved[t.name] = np.frombuffer(raw, dtype=dtype).reshape(tuple(t.dims))
+            del probe.graph.initializer[i]
+        else:
+            t.raw_data = raw
+    declared = {i.name for i in probe.graph.input}
+    for name, array in moved.items():
+        if name not in declared:
+            probe.graph.input.append(onnx.helper.make_tensor_value_info(
+                name, onnx.helper.np_dtype_to_tensor_dtype(array.dtype), array.shape))
+    return probe, moved
+
+
+FLOAT_TYPES = frozenset(
+    {TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16}
+)
+
+
+def dtype_name(elem_type: int) -> str:
+    try:
+        return str(TensorProto.DataType.Name(elem_type)).lower()
+    except ValueError:
+        return "undefined"
+
+
+@dataclass(frozen=True)
+class Info:
+    shape: Shape | None
+    elem_type: int
+    symbolic: bool = False
+
+
+def value_info(vi: ValueInfoProto) -> Info:
+    tt = vi.type.tensor_type
+    if not vi.type.HasField("tensor_type") or not tt.HasField("shape"):
+        return Info(None, tt.elem_type if vi.type.HasField("tensor_type") else 0)
+    dims: list[int] = []
+    symbolic = False
+    for d in tt.shape.dim:
+        if d.HasField("dim_value") and d.dim_value < 0:
+            raise ModelError(f"tensor {vi.name!r} has a negative dimension ({d.dim_value})")
+        if d.HasField("dim_value"):
+            dims.append(int(d.dim_value))
+        else:
+            dims.append(1)
+            symbolic = True
+    return Info(tuple(dims), tt.elem_type, symbolic)
