@@ -393,7 +393,7 @@ def test_a_staged_version_is_invisible_and_the_next_ingest_deletes_it():
 def test_of_two_overlapping_ingests_the_later_started_stays():
     """Ingests are ordered by when they started: an older one that finishes last reports
     'superseded' and leaves the newer one current, and nothing of it behind."""
-    from toolkit.store import _switch
+    from toolkit.store.store import _switch
 
     name = "versions-overlap"
     first, first_costs = _versioned(name, "residual", 30)

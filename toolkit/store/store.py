@@ -9,17 +9,13 @@ transient errors), and re-ingesting the same file changes nothing.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import os
 import random
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any, TypeVar
-from urllib.parse import unquote, urlsplit, urlunsplit
 
 import neo4j
 from neo4j import GraphDatabase, ManagedTransaction, Transaction
@@ -32,78 +28,25 @@ from neo4j.exceptions import (
 )
 
 from toolkit import queries
-from toolkit.blocks import BlockStructure, BlockType, Segment, layer_key, signature, tensor_key
+from toolkit.blocks import BlockStructure, BlockType, Segment, signature
 from toolkit.costgraph import CostGraph
 from toolkit.costs import scenario_key
-from toolkit.errors import ToolkitError
 from toolkit.graph import LayerGraph
 from toolkit.partition import Partition
 from toolkit.partition.stored import Rows
 from toolkit.partition.tiers import TierPartition, tier_label
+from toolkit.store.connection import (
+    MAX_MODEL_NAME,
+    Connection,
+    ModelChangedError,
+    StoreError,
+    TransactionTooLargeError,
+)
+from toolkit.store.rows import batched, by_layers, ingest_rows, node_uid
 
 log = logging.getLogger(__name__)
-Row = TypeVar("Row")
 Read = TypeVar("Read")
 Solved = TypeVar("Solved", Partition, TierPartition)
-
-
-class StoreError(ToolkitError):
-    """Neo4j is unreachable, refused us, or answered with an error."""
-
-
-class ModelChangedError(StoreError):
-    """The stored model is no longer the file this command read."""
-
-
-class TransactionTooLargeError(StoreError):
-    """A write does not fit the server's per-transaction memory (never retried)."""
-
-
-MAX_MODEL_NAME = 1000
-"""Model names are indexed (unique constraint); Neo4j's index keys hold about 4 kB."""
-_SCHEMES = ("bolt", "bolt+s", "bolt+ssc", "neo4j", "neo4j+s", "neo4j+ssc")
-
-
-@dataclass(frozen=True)
-class Connection:
-    uri: str
-    user: str
-    password: str
-    database: str | None
-    retry_seconds: float = 30.0  # how long a managed transaction retries transient failures
-
-    def __post_init__(self) -> None:
-        """Bolt schemes only; credentials written into the URI (`bolt://user:pw@host`) are
-        taken out of it, so the URI can be printed, and used when no password is given."""
-        parts = urlsplit(self.uri)
-        if parts.scheme.lower() not in _SCHEMES:
-            raise StoreError(
-                f"a Neo4j URI with scheme {parts.scheme or '(none)'!r}: splitcut talks Bolt, so "
-                "use bolt:// or neo4j:// (or their +s and +ssc TLS forms) at the Bolt port "
-                "(7687 by default), not the Browser's HTTP port")
-        if "@" in parts.netloc:
-            userinfo, _, host = parts.netloc.rpartition("@")
-            user, _, password = userinfo.partition(":")
-            object.__setattr__(self, "uri", urlunsplit(parts._replace(netloc=host)))
-            if not self.password:
-                object.__setattr__(self, "user", unquote(user) or self.user)
-                object.__setattr__(self, "password", unquote(password))
-
-    @classmethod
-    def from_env(
-        cls, uri: str | None = None, user: str | None = None, password: str | None = None,
-        database: str | None = None,
-    ) -> Connection:
-        """Explicit values, else NEO4J_URI / NEO4J_USER / NEO4J_PASSWORD / NEO4J_DATABASE."""
-        return cls(
-            uri or os.environ.get("NEO4J_URI", "bolt://127.0.0.1:7687"),
-            user or os.environ.get("NEO4J_USER", "neo4j"),
-            password if password is not None else os.environ.get("NEO4J_PASSWORD", ""),
-            database or os.environ.get("NEO4J_DATABASE") or None,
-        )
-
-    def __repr__(self) -> str:  # never show the password
-        return f"Connection(uri={self.uri!r}, user={self.user!r}, database={self.database!r})"
 
 
 class Store:
@@ -476,7 +419,7 @@ def _detect_blocks(run: Rows, model: str, version: str, layer_count: int,
                 for b in blocks for t in range(b["entry"] + 1, b["exit"] + 1))
     for rows in batched(contains, batch):
         run("detect_blocks_contains", **where, rows=rows)
-    for group in _by_layers(blocks, batch):
+    for group in by_layers(blocks, batch):
         types = []
         for record in run("detect_blocks_keys", **where, first=group[0]["index"],
                           last=group[-1]["index"]):
@@ -485,64 +428,3 @@ def _detect_blocks(run: Rows, model: str, version: str, layer_count: int,
             types.append({"uid": record["uid"], "signature": sig,
                           "name": names.get(sig, f"block {sig[:6]}"), "size": key.count("](")})
         run("detect_blocks_types", rows=types)
-
-
-def _by_layers(blocks: list[dict[str, Any]], batch: int) -> Iterator[list[dict[str, Any]]]:
-    """Consecutive blocks in groups of at most `batch` layers (or one bigger block)."""
-    group: list[dict[str, Any]] = []
-    layers = 0
-    for block in blocks:
-        size = block["exit"] - block["entry"]
-        if group and layers + size > batch:
-            yield group
-            group, layers = [], 0
-        group.append(block)
-        layers += size
-    if group:
-        yield group
-
-
-def node_uid(model: str, version: str, node: str | int) -> str:
-    """A layer's or block's unique key: fixed-size (names of any length index) and
-    collision-free (model 'a' with layer 'b/c' and model 'a/b' with layer 'c' differ, and so
-    do two versions of one model), the name kept beside it."""
-    return hashlib.sha256(json.dumps([model, version, node]).encode()).hexdigest()
-
-
-def batched(rows: Iterable[Row], size: int) -> Iterator[list[Row]]:
-    """`rows` in lists of at most `size`."""
-    chunk: list[Row] = []
-    for row in rows:
-        chunk.append(row)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
-
-
-def ingest_rows(graph: LayerGraph, costs: CostGraph, version: str
-                ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """A version of a layer graph and its delays as plain rows for UNWIND: (layers, feeds)."""
-    layers = list(graph)
-    layer_rows = [
-        {"uid": node_uid(graph.name, version, layer.name), "name": layer.name,
-         "op": layer.op, "topo": i,
-         "flops": layer.flops, "macs": layer.macs, "params": layer.params,
-         "out_bytes": layer.out_bytes, "device_ms": float(costs.device_ms[i]),
-         "server_ms": float(costs.server_ms[i]), "pinned": bool(costs.pinned[i]),
-         "module": layer.module, "key": layer_key(graph, layer)}
-        for i, layer in enumerate(layers)
-    ]
-    feed_rows = []
-    for t in costs.tensors:
-        producer = layers[t.producer]
-        key = tensor_key(graph, producer, t.name)
-        for c in t.consumers:
-            feed_rows.append({
-                "producer": t.producer, "consumer": c, "tensor": t.name, "bytes": t.bytes,
-                "crossing_ms": t.crossing_ms, "position": layers[c].inputs.index(t.name),
-                "tensor_key": key,
-            })
-    return layer_rows, feed_rows
-
