@@ -282,9 +282,8 @@ def tier_chains(doc: Doc, models: dict[str, LayerGraph], sizes: list[int],
     worst = max(split, key=lambda r: float(r[5].rstrip("%")), default=None)
     doc.add(f"The server takes part in {len(split)} of {len(rows)} cases. Where it does, "
             "the device tail holds the model's last layers"
-            + (f"; the price is largest for {worst[1]} under {worst[0]} ({worst[5]}), whose "
-               "output layer (a language model's head over its whole vocabulary) is then "
-               "trained on the device" if worst else "") + ".")
+            + (f"; the price is largest for {worst[1]} under {worst[0]} ({worst[5]}): its "
+               "output layers then train on the device" if worst else "") + ".")
     doc.add()
     doc.add("**Device-edge-cloud**, two example chains (batch 32): "
             "`examples/device-edge-cloud.toml` (a Jetson Nano, an RTX 3090 edge box over Wi-Fi "
