@@ -99,8 +99,11 @@ def _connect(driver: Any) -> None:
     driver.get(BROWSER_URL)
     wait = WebDriverWait(driver, 60)
     address = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "[data-testid=boltaddress]"))
-    Select(driver.find_element(By.CSS_SELECTOR, "[data-testid=bolt-scheme-select]")
-           ).select_by_visible_text("bolt://")
+    # the form renders before its controls can take input: wait until the scheme is usable
+    scheme = wait.until(lambda d: next(
+        (e for e in d.find_elements(By.CSS_SELECTOR, "[data-testid=bolt-scheme-select]")
+         if e.is_displayed() and e.is_enabled()), False))
+    Select(scheme).select_by_visible_text("bolt://")
     address.send_keys(Keys.CONTROL, "a")  # a React input: clear() does not stick
     address.send_keys(Keys.DELETE, BOLT_ADDRESS)
     driver.find_element(By.CSS_SELECTOR, "[data-testid=username]").send_keys("neo4j")
