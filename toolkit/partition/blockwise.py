@@ -194,13 +194,13 @@ def chain_of(graph: CostGraph, blocks: BlockStructure, server_set: set[int]) -> 
             keys = np.arange(len(rows))
         else:
             features.append(layout.costs(graph.tensor_crossing))
-            keys = _same_rows(np.column_stack(features))
+            keys = same_rows(np.column_stack(features))
         chain.groups[segs] = keys + next_group
         next_group += int(keys.max()) + 1
     return chain
 
 
-def _same_rows(features: np.ndarray) -> np.ndarray:
+def same_rows(features: np.ndarray) -> np.ndarray:
     """Group ids (0, 1, ...) of identical rows: each row's bytes compared as one value."""
     rows = np.ascontiguousarray(features + 0.0)  # + 0.0: -0.0 and 0.0 compare equal
     as_bytes = rows.view(np.dtype((np.void, rows.dtype.itemsize * rows.shape[1]))).reshape(-1)

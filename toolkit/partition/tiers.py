@@ -28,7 +28,7 @@ import numpy as np
 
 from toolkit.blocks import BlockStructure
 from toolkit.errors import PartitionError
-from toolkit.partition.blockwise import _same_rows, tensor_layouts
+from toolkit.partition.blockwise import same_rows, tensor_layouts
 from toolkit.partition.layered import TierCut, layered_cut, layered_optimum, quiet_sets
 from toolkit.partition.stcut import NO_PARTITION
 from toolkit.tiergraph import TierDelay, TierGraph, check_tiers, crossed, tier_delay
@@ -299,7 +299,7 @@ def _groups(graph: TierGraph, blocks: BlockStructure) -> np.ndarray:
             keys = np.arange(len(rows))
         else:
             features += [layout.costs(graph.crossing_ms[:, b]) for b in range(graph.k - 1)]
-            keys = _same_rows(np.column_stack(features))
+            keys = same_rows(np.column_stack(features))
         groups[segs] = keys + next_group
         next_group += int(keys.max()) + 1
     return groups
