@@ -152,6 +152,37 @@ def test_three_tiers_equal_brute_force_on_blocks_with_permuted_costs(part):
     assert used.count(3) > CASES // 40, "the generator must make all three tiers worth using"
 
 
+def four_tiers(costs: CostGraph, rng: np.random.Generator) -> TierGraph:
+    """Three tiers and a fourth beyond them (costs again derived from the first two), a third
+    boundary with its own crossing, latency and labels, and tier ranges up to 3."""
+    three = three_tiers(costs, rng)
+    device, server = costs.device_arr, costs.server_arr
+    fourth = np.mod(device * 0.7 + server * 1.3, 1.0) * float(rng.choice((0.5, 2.0, 8.0)))
+    crossing2 = three.crossing_ms[:, 0] * float(rng.choice((0.0, 0.5, 1.0)))
+    names = ["device", "edge", "fog", "cloud"]
+    lowest = np.where(three.lowest == 2, 3, three.lowest)
+    highest = np.where(three.highest == 2, 3, three.highest)
+    return TierGraph(costs, names, np.column_stack([three.compute_ms, fourth]),
+                     np.column_stack([three.crossing_ms, crossing2]),
+                     [*three.latency_ms, float(rng.choice((0.0, 2.0, rng.uniform(0, 6))))],
+                     [*three.labels_ms, float(rng.choice((0.0, 1.0)))], lowest, highest)
+
+
+def test_four_tiers_equal_brute_force():
+    """k = 4 (eight quiet sets, tensors relayed over three boundaries) on models of up to 7
+    layers: both solvers and the ranges baseline equal brute force over every labeling."""
+    rng = np.random.default_rng(6000)
+    used = []
+    for _ in range(CASES // 3):
+        make = random_dag if rng.random() < 0.5 else repeated_blocks
+        while True:
+            graph, costs = _small(rng, make)
+            if len(graph) <= 7:
+                break
+        used.append(_check(four_tiers(costs, rng), find_blocks(graph)))
+    assert max(used) == 4 and used.count(4) > 0
+
+
 @pytest.mark.parametrize("part", range(2))
 def test_two_tiers_equal_the_two_sided_solvers(part):
     rng = np.random.default_rng(5000 + part)
