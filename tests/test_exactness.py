@@ -140,13 +140,14 @@ def _check(graph: LayerGraph, costs: CostGraph, rng: np.random.Generator) -> Non
     prefixes = [total(costs, set(range(k))) for k in range(len(costs) + 1)
                 if is_valid(costs, set(range(k)), server)]
     if prefixes:
-        chain_delay, k = best_chain_split(costs, server)
+        chain_delay, k = best_chain_split(costs.with_pins(server=server))
         assert chain_delay == pytest.approx(min(prefixes), rel=1e-9, abs=1e-9)
         assert chain_delay == pytest.approx(total(costs, set(range(k))), rel=1e-9, abs=1e-9)
     blocks = find_blocks(graph)
     for method in ("general", "blockwise"):
         try:
-            result = solve(costs, method, server, with_baselines=False, blocks=blocks)
+            result = solve(costs.with_pins(server=server), method, with_baselines=False,
+                           blocks=blocks)
         except PartitionError:
             assert expected == float("inf"), method
             continue

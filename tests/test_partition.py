@@ -49,7 +49,7 @@ def test_server_pins_are_respected_and_still_optimal(graph, data):
         return
     pinned = {data.draw(st.sampled_from(free))}
     try:
-        result = solve(graph, server_pinned=pinned)
+        result = solve(graph.with_pins(server=pinned))
     except PartitionError:
         assert brute_force(graph, pinned) == float("inf")
         return

@@ -189,6 +189,9 @@ def test_two_tiers_equal_the_two_sided_solvers(part):
     for _ in range(CASES // 2):
         graph = random_dag(rng) if rng.random() < 0.5 else repeated_blocks(rng)[0]
         costs = _costs(graph, rng)
+        free = [i for i in range(len(costs)) if not costs.pinned[i]]
+        if free and rng.random() < 0.3:  # a server pin becomes the second tier's lower bound
+            costs = costs.with_pins(server={int(rng.choice(free))})
         blocks = find_blocks(graph)
         tiers = TierGraph.from_cost_graph(costs)
         try:

@@ -174,14 +174,19 @@ def partition_model(
     pin_server: Sequence[str] = (),
 ) -> Partition:
     """Cost the model under `scenario` and find its optimal partition."""
-    costs = build_cost_graph(graph, scenario)
-    for i in layer_indices(graph, pin_device, "--pin"):
-        costs.pin(i, "user (--pin)")
-    server = layer_indices(graph, pin_server, "--pin-server")
+    costs = pinned_costs(graph, build_cost_graph(graph, scenario), pin_device, pin_server)
     blocks, blocks_ms = None, 0.0
     if method == "blockwise":
         blocks, blocks_ms = model_blocks(graph)
-    return solve(costs, method, server, blocks=blocks, blocks_ms=blocks_ms)
+    return solve(costs, method, blocks=blocks, blocks_ms=blocks_ms)
+
+
+def pinned_costs(graph: LayerGraph, costs: CostGraph, pin_device: Sequence[str] = (),
+                 pin_server: Sequence[str] = ()) -> CostGraph:
+    """`costs` with the user's pins (`--pin`, `--pin-server`: layer names or module paths)."""
+    return costs.with_pins(
+        device=dict.fromkeys(layer_indices(graph, pin_device, "--pin"), "user (--pin)"),
+        server=layer_indices(graph, pin_server, "--pin-server"))
 
 
 _TIER_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,39}$")
@@ -343,20 +348,17 @@ def partition_in_neo4j(
     on the blocks Cypher detected: the same optimum, the pins honoured."""
     graph, costs, _ = ingest_model(store, model, scenario, name, exporter, put_costs=False,
                                    dims=dims)
-    for i in layer_indices(graph, pin_device, "--pin"):
-        costs.pin(i, "user (--pin)")
-    server = layer_indices(graph, pin_server, "--pin-server")
+    costs = pinned_costs(graph, costs, pin_device, pin_server)
 
     def solve(rows: stored.Rows) -> Partition:
         if not (pin_device or pin_server):
             return stored.solve_stored(graph.name, costs, method, rows)
         start = time.perf_counter()
         blocks = store.read_blocks(graph.name, rows) if method == "blockwise" else None
-        two = solve_tiers(TierGraph.from_cost_graph(costs, server), method, blocks,
+        two = solve_tiers(TierGraph.from_cost_graph(costs), method, blocks,
                           with_baselines=False)
         cut = CutResult(two.layers_on(0), two.delay.total, two.vertices, two.edges)
-        return checked_partition(costs, cut, method, (time.perf_counter() - start) * 1e3,
-                                 server_pinned=server)
+        return checked_partition(costs, cut, method, (time.perf_counter() - start) * 1e3)
 
     result, written = store.solve_and_write(costs, graph.sha256, solve)
     return result, written, graph

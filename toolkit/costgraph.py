@@ -12,9 +12,10 @@ delays (bytes terms only) and the per-iteration message terms. It is what `split
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,6 +53,7 @@ class CostGraph:
     outputs: list[int] = field(default_factory=list)  # layers producing a model output
     pin_reasons: list[str | None] = field(default_factory=list)  # why each pinned layer is
     notes: list[str] = field(default_factory=list)  # how the model was read (exported batch, ...)
+    server_pinned: frozenset[int] = frozenset()  # layers that must run on the server
 
     def __post_init__(self) -> None:
         """Array views for the vectorised solvers, built once with the graph."""
@@ -139,11 +141,18 @@ class CostGraph:
             for c in t.consumers:
                 yield t.producer, c
 
-    def pin(self, layer: int, reason: str) -> None:
-        """Keep `layer` on the device (a first reason given is kept)."""
-        if not self.pinned[layer]:
-            self.pinned[layer] = True
-            self.pin_reasons[layer] = reason
+    def with_pins(self, device: Mapping[int, str] | None = None, server: Iterable[int] = ()
+                  ) -> CostGraph:
+        """A copy with more pins: `device` layers (with why) kept on the device (a reason
+        already there is kept), `server` layers on it. Pins live here, and every solver, the
+        validation and the baselines read them from here."""
+        pinned = np.array(self.pinned, dtype=bool)
+        reasons = list(self.pin_reasons)
+        for layer, reason in (device or {}).items():
+            if not pinned[layer]:
+                pinned[layer], reasons[layer] = True, reason
+        return dataclasses.replace(self, pinned=pinned, pin_reasons=reasons,
+                                   server_pinned=self.server_pinned | frozenset(server))
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON contract of `splitcut graph --json`."""

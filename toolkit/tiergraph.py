@@ -73,10 +73,10 @@ class TierGraph:
         return self.base.outputs
 
     @classmethod
-    def from_cost_graph(cls, graph: CostGraph, server_pinned: Sequence[int] = ()) -> TierGraph:
-        """Two tiers, device and server: the same objective as `graph`'s D(S)."""
+    def from_cost_graph(cls, graph: CostGraph) -> TierGraph:
+        """Two tiers, device and server: the same objective as `graph`'s D(S), its pins."""
         lowest = np.zeros(len(graph), dtype=np.int64)
-        lowest[list(server_pinned)] = 1
+        lowest[list(graph.server_pinned)] = 1
         return cls(graph, ["device", "server"],
                    np.column_stack([graph.device_arr, graph.server_arr]),
                    graph.tensor_crossing.reshape(-1, 1), np.array([graph.latency_ms]),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,7 +66,6 @@ class Partition:
 def solve(
     graph: CostGraph,
     method: str = "general",
-    server_pinned: Collection[int] = (),
     with_baselines: bool = True,
     blocks: BlockStructure | None = None,
     blocks_ms: float = 0.0,
@@ -84,22 +82,21 @@ def solve(
     start = time.perf_counter()
     if method == "blockwise":
         assert blocks is not None
-        cut = solve_blockwise(graph, blocks, server_pinned)
+        cut = solve_blockwise(graph, blocks)
     else:
-        cut = min_cut(graph, server_pinned)
-    cut = with_latency(graph, cut, server_pinned)
+        cut = min_cut(graph)
+    cut = with_latency(graph, cut)
     solve_ms = (time.perf_counter() - start) * 1e3
-    result = checked_partition(graph, cut, method, solve_ms, blocks_ms, server_pinned,
-                               with_baselines)
+    result = checked_partition(graph, cut, method, solve_ms, blocks_ms, with_baselines)
     return result
 
 
 def checked_partition(
     graph: CostGraph, cut: CutResult, method: str, solve_ms: float, blocks_ms: float = 0.0,
-    server_pinned: Collection[int] = (), with_baselines: bool = True,
+    with_baselines: bool = True,
 ) -> Partition:
     """A solver's answer, validated and re-costed from scratch, with the baselines beside it."""
-    checked = validate_partition(graph, cut.device, server_pinned)
+    checked = validate_partition(graph, cut.device)
     if abs(checked.total - cut.value) > _REL_TOL * max(1.0, abs(cut.value)) * len(graph):
         raise PartitionError(
             f"solver self-check failed: cut value {cut.value} but D(S) = {checked.total}"
@@ -110,7 +107,7 @@ def checked_partition(
         result.baselines_ms = {
             "device_only": baselines.device_only(graph),
             "server_only": baselines.server_only(graph),
-            "best_chain_split": baselines.best_chain_split(graph, server_pinned)[0],
-            "dads_repaired": baselines.dads_repaired(graph, server_pinned),
+            "best_chain_split": baselines.best_chain_split(graph)[0],
+            "dads_repaired": baselines.dads_repaired(graph),
         }
     return result

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection
-
 import numpy as np
 
 from toolkit.costgraph import CostGraph, delay
@@ -22,7 +20,7 @@ def server_only(graph: CostGraph) -> float:
     return sum(graph.server_ms) + graph.raw_upload_ms + (graph.labels_ms if graph.outputs else 0)
 
 
-def best_chain_split(graph: CostGraph, server_pinned: Collection[int] = ()) -> tuple[float, int]:
+def best_chain_split(graph: CostGraph) -> tuple[float, int]:
     """Neurosurgeon-style: the best prefix of the topological order on the device.
 
     Returns (delay, k) where the first k layers run on the device. Every prefix is monotone;
@@ -31,7 +29,7 @@ def best_chain_split(graph: CostGraph, server_pinned: Collection[int] = ()) -> t
     """
     n = len(graph)
     first = max((i + 1 for i in range(n) if graph.pinned[i]), default=0)
-    last = min(server_pinned, default=n)
+    last = min(graph.server_pinned, default=n)
     last_consumer = np.zeros(len(graph.tensors), dtype=np.int64)
     np.maximum.at(last_consumer, graph.tensor_of, graph.consumer_of)
     opens, closes = graph.tensor_producer + 1, last_consumer + 1  # crossing for k in [open, close)
@@ -50,9 +48,9 @@ def best_chain_split(graph: CostGraph, server_pinned: Collection[int] = ()) -> t
     return float(total[best]), best
 
 
-def dads_repaired(graph: CostGraph, server_pinned: Collection[int] = ()) -> float:
+def dads_repaired(graph: CostGraph) -> float:
     """DADS: min cut without the monotone edges, then every device layer's ancestors moved in."""
-    cut = min_cut(graph, server_pinned, monotone=False)
+    cut = min_cut(graph, monotone=False)
     device = set(cut.device)
     preds: list[list[int]] = [[] for _ in range(len(graph))]
     for u, w in graph.edges():

@@ -22,7 +22,7 @@ the Neo4j path (aggregates and inner layers read by Cypher).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Collection
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -141,12 +141,12 @@ def solve_chain(chain: Chain, solve_inner: Callable[[int, bool], Inner]) -> CutR
 
 
 def solve_blockwise(
-    graph: CostGraph, blocks: BlockStructure, server_pinned: Collection[int] = ()
+    graph: CostGraph, blocks: BlockStructure
 ) -> CutResult:
     """The block-wise optimum of a cost graph in memory (exactly the general min cut's value)."""
     if blocks.layer_count != len(graph):
         raise PartitionError("block structure and cost graph describe different models")
-    server_set = set(server_pinned)
+    server_set = set(graph.server_pinned)
     chain = chain_of(graph, blocks, server_set)
     arr = blocks.arrays
 

@@ -16,8 +16,6 @@ connected component of the layer graph lies wholly on one side, so B is a choice
 
 from __future__ import annotations
 
-from collections.abc import Collection
-
 import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
@@ -27,7 +25,7 @@ from toolkit.partition.stcut import CutResult
 
 
 def with_latency(
-    graph: CostGraph, cut: CutResult, server_pinned: Collection[int] = ()
+    graph: CostGraph, cut: CutResult
 ) -> CutResult:
     """The optimum of D given `cut`, an optimum of C (module docstring)."""
     if not graph.crosses(cut.device):
@@ -35,14 +33,14 @@ def with_latency(
     crossing = CutResult(cut.device, cut.value + graph.latency_ms, cut.vertices, cut.edges)
     if graph.latency_ms <= 0:
         return crossing
-    quiet = quiet_optimum(graph, server_pinned)
+    quiet = quiet_optimum(graph)
     if quiet is not None and quiet[0] <= crossing.value:
         return CutResult(quiet[1], quiet[0], cut.vertices, cut.edges)
     return crossing
 
 
 def quiet_optimum(
-    graph: CostGraph, server_pinned: Collection[int] = ()
+    graph: CostGraph
 ) -> tuple[float, list[int]] | None:
     """The least C(S) over partitions that send nothing, and its device side (None: none)."""
     n = len(graph)
@@ -53,7 +51,7 @@ def quiet_optimum(
     server = np.bincount(component, graph.server_arr, count)
     must_device = np.bincount(component, np.asarray(graph.pinned, np.float64), count) > 0
     server_flags = np.zeros(n)
-    server_flags[list(server_pinned)] = 1.0
+    server_flags[list(graph.server_pinned)] = 1.0
     must_server = np.bincount(component, server_flags, count) > 0
     if (must_device & must_server).any():
         return None

@@ -74,7 +74,7 @@ def min_cut(
     source[graph.pinned[subset]] = inf
     for v in device_pinned:
         source[local[v]] = inf
-    for v in server_pinned:
+    for v in set(server_pinned) | graph.server_pinned:
         if local[v] >= 0:
             sink[local[v]] = inf
 

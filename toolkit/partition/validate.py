@@ -9,7 +9,7 @@ from toolkit.errors import PartitionError
 
 
 def validate_partition(
-    graph: CostGraph, device: Collection[int], server_pinned: Collection[int] = ()
+    graph: CostGraph, device: Collection[int]
 ) -> Delay:
     """Check that `device` (layer indices) is a valid device side and return its D(S).
 
@@ -31,7 +31,7 @@ def validate_partition(
             raise PartitionError(
                 f"invalid partition: pinned layer {graph.names[i]!r} left the device"
             )
-    for i in server_pinned:
+    for i in graph.server_pinned:
         if i in on_device:
             raise PartitionError(f"invalid partition: {graph.names[i]!r} must run on the server")
     return delay(graph, on_device)
