@@ -98,12 +98,6 @@ class TierGraph:
             away[self.outputs] &= self.lowest[self.outputs] != self.k - 1
         return not away.any()
 
-    def restricted(self, lowest: np.ndarray, highest: np.ndarray) -> TierGraph:
-        """The same graph with tighter pins (the caller's, intersected with these)."""
-        return TierGraph(self.base, self.tiers, self.compute_ms, self.crossing_ms,
-                         self.latency_ms, self.labels_ms, np.maximum(self.lowest, lowest),
-                         np.minimum(self.highest, highest), self.scenario)
-
 
 @dataclass(frozen=True)
 class TierDelay:

@@ -166,12 +166,13 @@ def blockwise_optimum(graph: TierGraph, blocks: BlockStructure) -> TierCut:
     """The layered cut's optimum by a DP over the chain of segments (module docstring)."""
     if blocks.layer_count != len(graph):
         raise PartitionError("block structure and cost graph describe different models")
-    groups = _groups(graph, blocks)
+    labels_inside = _labels_inside(graph, blocks)
+    groups = _groups(graph, blocks, labels_inside)
     best: TierCut | None = None
     vertices = edges = 0
     cache: dict[tuple[int, int, int, tuple[int, ...]], TierCut | None] = {}
     for quiet in quiet_sets(graph):
-        solved = _chain_pass(graph, blocks, groups, quiet, cache)
+        solved = _chain_pass(graph, blocks, groups, labels_inside, quiet, cache)
         if solved is None:
             continue
         tier, v, e = solved
@@ -185,7 +186,7 @@ def blockwise_optimum(graph: TierGraph, blocks: BlockStructure) -> TierCut:
 
 
 def _chain_pass(graph: TierGraph, blocks: BlockStructure, groups: np.ndarray,
-                quiet: tuple[int, ...],
+                labels_inside: np.ndarray, quiet: tuple[int, ...],
                 cache: dict[tuple[int, int, int, tuple[int, ...]], TierCut | None],
                 ) -> tuple[np.ndarray, int, int] | None:
     """The best tiering quiet on `quiet`: the DP over segments (None: no valid tiering).
@@ -194,7 +195,6 @@ def _chain_pass(graph: TierGraph, blocks: BlockStructure, groups: np.ndarray,
     from its entry to its exit would cross it)."""
     k = graph.k
     arr = blocks.arrays
-    labels_inside = _labels_inside(graph, blocks)
     vertices = edges = 0
     previous = np.full(k, np.inf)
     previous[0] = 0.0  # the virtual input sits on the first tier
@@ -277,12 +277,11 @@ def _labels_inside(graph: TierGraph, blocks: BlockStructure) -> np.ndarray:
     return flags
 
 
-def _groups(graph: TierGraph, blocks: BlockStructure) -> np.ndarray:
+def _groups(graph: TierGraph, blocks: BlockStructure, labels_inside: np.ndarray) -> np.ndarray:
     """Per segment, a group id: equal ids have equal inner problems in every cost and pin."""
     arr = blocks.arrays
     base = graph.base
     groups = np.zeros(len(blocks.segments), dtype=np.int64)
-    labels_inside = _labels_inside(graph, blocks)
     flags = np.zeros((len(graph), 3))
     flags[:, 0] = graph.lowest
     flags[:, 1] = graph.highest
