@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -76,3 +78,9 @@ def run_main(args: Sequence[str], capsys: object, monkeypatch: object) -> tuple[
         code = int(exc.code or 0)
     captured = capsys.readouterr()  # type: ignore[attr-defined]
     return code, captured.out, captured.err
+
+
+def schema(name: str) -> dict:
+    """A JSON contract of the package (`toolkit/schemas/NAME.schema.json`)."""
+    text = (resources.files("toolkit") / "schemas" / f"{name}.schema.json").read_text()
+    return json.loads(text)  # type: ignore[no-any-return]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from importlib import resources
 
 import jsonschema
 import pytest
@@ -11,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from onnx import helper
 
-from tests.helpers import chain, model, run_main, save, vi
+from tests.helpers import chain, model, run_main, save, schema, vi
 from toolkit import api
 from toolkit.costgraph import CostGraph, delay
 from toolkit.costs import build_cost_graph, crossing_ms, layer_ms, step_ms, tensor_bytes
@@ -148,11 +147,6 @@ def test_a_tensor_with_three_consumers_is_charged_once():
     assert only_producer.crossing == pytest.approx(crossing_ms(256 * 4, scenario()))
     assert delay(g, {0, 1}).crossing == pytest.approx(h.crossing_ms)
     assert delay(g, {0, 1, 2, 3}).crossing == 0
-
-
-def schema(name: str) -> dict:
-    text = (resources.files("toolkit") / "schemas" / f"{name}.schema.json").read_text()
-    return json.loads(text)
 
 
 def test_graph_and_partition_json_follow_the_contract_and_agree(tmp_path, capsys, monkeypatch):

@@ -18,9 +18,8 @@ import jsonschema
 import numpy as np
 import pytest
 
-from tests.helpers import run_main
+from tests.helpers import run_main, schema
 from tests.oracles import make_graph
-from tests.test_costs import schema
 from tests.test_exactness import _costs, random_dag, repeated_blocks
 from toolkit import api, zoo
 from toolkit.blocks import find_blocks
@@ -300,3 +299,38 @@ def test_partition_cli_runs_a_u_shape_and_a_tier_file(zoo_path, tmp_path, capsys
     code, out, err = run_main(["partition", model, "--u-shape", "--neo4j", "--uri",
                                "bolt://127.0.0.1:7999", "--password", "x"], capsys, monkeypatch)
     assert code == 2 and "cannot reach Neo4j" in err and len(err.strip().splitlines()) == 1
+
+
+def test_measured_profiles_time_any_processor_of_the_chain(tmp_path, capsys, monkeypatch):
+    """A profile measured for the cloud's processor (neither --device nor --server) prices the
+    cloud tier; one for a processor the chain does not run on is refused."""
+    import dataclasses
+
+    from tests.helpers import chain, save
+    from toolkit.measure import measure
+    from toolkit.onnx import read_onnx
+
+    path = save(chain(4, width=64), tmp_path / "c.onnx")
+    graph = read_onnx(path)
+    files = {}
+    for processor in ("h100", "a100"):
+        profile = dataclasses.replace(measure(path, graph, processor),
+                                      forward_ms={n: 1000.0 for n in graph.layers},
+                                      backward_ms={})
+        files[processor] = tmp_path / f"{processor}.json"
+        files[processor].write_text(json.dumps(profile.to_dict()))
+    args = ["partition", str(path), "--tiers", str(EXAMPLE), "--batch", "1", "--json"]
+    code, out, err = run_main([*args, "--measured", str(files["h100"])], capsys, monkeypatch)
+    assert code == 0, err
+    data = json.loads(out)
+    plain = api.partition_tiers(graph, *api.make_chain(api.make_scenario(batch=1), str(EXAMPLE)))
+    cloud = data["partition"]["tiers"][2]
+    assert cloud["layers"] == []  # a second per layer on the cloud: nothing goes there
+    assert plain.delay.total == pytest.approx(data["delay_ms"]["total"])  # nor did it before
+    names, boundaries = api.make_chain(api.make_scenario(batch=1), str(EXAMPLE),
+                                       measured=[str(files["h100"])])
+    costs = api.tier_costs(graph, names, boundaries)
+    assert (costs.compute_ms[:, 2] >= 2000.0).all()  # forward + backward, measured
+    assert (costs.compute_ms[:, :2] < 1000.0).all()  # the other tiers keep their rooflines
+    code, _, err = run_main([*args, "--measured", str(files["a100"])], capsys, monkeypatch)
+    assert code == 2 and "'a100'" in err and "'h100'" in err

@@ -11,6 +11,7 @@ import threading
 import time
 from pathlib import Path
 
+import jsonschema
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -18,7 +19,7 @@ import pytest
 import torch
 from onnx import helper
 
-from tests.helpers import model, run_main, save, vi, weight
+from tests.helpers import model, run_main, save, schema, vi, weight
 from toolkit import api, zoo
 from toolkit.onnx.split import split_model
 from toolkit.train import wire
@@ -211,6 +212,7 @@ def test_train_command_json(tmp_path, capsys, monkeypatch):
         capsys, monkeypatch)
     assert code == 0
     data = json.loads(out)
+    jsonschema.validate(data, schema("train"))
     assert data["batch"] == 4 and data["cut"] == "given" and len(data["iterations"]) == 2
     assert set(data["measured_ms"]) == set(data["predicted_ms"])
     # the 5 ms one-way latency is in both directions, measured and predicted
@@ -222,7 +224,7 @@ def test_an_invalid_cut_is_refused_before_anything_runs(tmp_path):
     from toolkit.errors import PartitionError
 
     path = _two_layer_model(tmp_path)
-    with pytest.raises(PartitionError, match="invalid partition"):
+    with pytest.raises(PartitionError, match="invalid tiering"):
         api.train_model(str(path), api.make_scenario(batch=4), device_layers=["relu"],
                         iterations=1)
     with pytest.raises(TrainError, match="fixes its batch at 4"):
@@ -318,22 +320,30 @@ def test_executor_equals_the_onnx_backend_node_tests():
     assert passed > 700, (passed, refused)
 
 
-def test_cpu_limit_puts_a_process_under_a_quota_and_cleans_up():
+def test_cpu_limit_puts_processes_under_one_quota_and_cleans_up():
+    """Two processes (a U-shape's device head and tail) share one group: one device."""
     from toolkit.train.link import CPU_CGROUP, cpu_limit
 
-    sleeper = subprocess.Popen(["sleep", "30"])
+    def group_of(pid: int) -> Path:
+        line = next(x for x in Path(f"/proc/{pid}/cgroup").read_text().splitlines()
+                    if "cpu" in x.split(":")[1].split(","))
+        return CPU_CGROUP / line.split(":", 2)[2].lstrip("/")
+
+    sleepers = [subprocess.Popen(["sleep", "30"]) for _ in range(2)]
+    home = group_of(sleepers[0].pid)
     try:
-        with cpu_limit(0.25, sleeper.pid):
-            line = next(x for x in Path(f"/proc/{sleeper.pid}/cgroup").read_text().splitlines()
-                        if "cpu" in x.split(":")[1].split(","))
-            group = CPU_CGROUP / line.split(":", 2)[2].lstrip("/")
+        with cpu_limit(0.25, [s.pid for s in sleepers]):
+            group = group_of(sleepers[0].pid)
+            assert group_of(sleepers[1].pid) == group
             assert group.name.startswith("splitcut-")
             assert (group / "cpu.cfs_quota_us").read_text().strip() == "25000"
             assert (group / "cpu.cfs_period_us").read_text().strip() == "100000"
-        assert not group.exists()  # removed, the process back where it was
+        assert not group.exists()  # removed, the processes back where they were
+        assert [group_of(s.pid) for s in sleepers] == [home, home]
     finally:
-        sleeper.kill()
-        sleeper.wait()
+        for sleeper in sleepers:
+            sleeper.kill()
+            sleeper.wait()
 
 
 def test_cpu_limit_slows_a_burst_and_sweeps_groups_of_killed_runs():

@@ -7,9 +7,11 @@ import json
 import re
 import time
 import tomllib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+import numpy as np
 
 from toolkit import profiles, zoo
 from toolkit.blockcache import model_blocks
@@ -22,7 +24,7 @@ from toolkit.measured import MeasuredProfile, load_profile
 from toolkit.partition import Partition, checked_partition, solve, stored
 from toolkit.partition.blockwise import Chain
 from toolkit.partition.stcut import CutResult
-from toolkit.partition.tiers import TierPartition, solve_tiers
+from toolkit.partition.tiers import TierPartition, file_stems, solve_tiers
 from toolkit.profiles import Processor
 from toolkit.tiergraph import TierGraph
 
@@ -68,11 +70,7 @@ def split_tiers(
     from toolkit.onnx.split import split_tiers as write
 
     path, _ = zoo.resolve(model, exporter)
-    names = result.graph.tiers
-    files = [name if names.count(name) == 1 else
-             f"{name}-head" if names.index(name) == t else
-             f"{name}-tail" if len(names) - 1 - names[::-1].index(name) == t else f"{name}-{t}"
-             for t, name in enumerate(names)]
+    files = file_stems(result.graph.tiers)
     tier_of = {result.graph.names[i]: int(t) for i, t in enumerate(result.tier)}
     return files, write(path, tier_of, files, out_dir, check, dims)
 
@@ -194,22 +192,43 @@ _TIER_KEYS = {"name", "processor", "link", "uplink", "downlink", "latency"}
 
 
 def make_chain(scenario: Scenario, tiers_file: str | None = None, u_shape: bool = False,
-               profile_dir: str | None = None) -> tuple[list[str], list[Scenario]]:
+               profile_dir: str | None = None, measured: Sequence[str] = (),
+               ) -> tuple[list[str], list[Scenario]]:
     """A tier chain: its tier names and one two-tier scenario per boundary
     (`costs.build_tier_graph`). `u_shape`: device -> server -> device on `scenario`, the
     second link the first with its directions swapped (activations come down, gradients go
     up). `tiers_file`: a TOML file of `[[tier]]` tables in chain order, each with a `name` and
     a `processor` (profile name or TOML path), and from the second on the link from the tier
     before (`link` preset and/or `uplink` (towards this tier), `downlink`, `latency`); batch,
-    precision, optimizer and measured profiles come from `scenario`."""
+    precision and optimizer come from `scenario`. Measured profiles (`scenario`'s and the
+    `measured` files) go to the boundaries whose processors they time; each must time one of
+    the chain's processors."""
     if u_shape == (tiers_file is not None):
         raise ScenarioError("give either a --tiers file or --u-shape")
+    pool = (*scenario.measured, *(load_profile(p) for p in measured))
     if u_shape:
+        names = ["device", "server", "device"]
+        procs = [scenario.device, scenario.server, scenario.device]
         back = dataclasses.replace(scenario, device=scenario.server, server=scenario.device,
                                    uplink_bps=scenario.downlink_bps,
-                                   downlink_bps=scenario.uplink_bps, link=None)
-        return ["device", "server", "device"], [scenario, back]
-    assert tiers_file is not None
+                                   downlink_bps=scenario.uplink_bps, link=None, measured=())
+        boundaries = [dataclasses.replace(scenario, measured=()), back]
+    else:
+        assert tiers_file is not None
+        names, procs, boundaries = _read_chain(scenario, tiers_file, profile_dir)
+    running = list(dict.fromkeys(p.name for p in procs))
+    for profile in pool:
+        if profile.processor not in running:
+            raise ScenarioError(f"measured profile is for processor {profile.processor!r}, but "
+                                f"the chain runs on {', '.join(map(repr, running))}")
+    return names, [dataclasses.replace(
+        s, measured=tuple(m for m in pool if m.processor in {s.device.name, s.server.name}))
+        for s in boundaries]
+
+
+def _read_chain(scenario: Scenario, tiers_file: str, profile_dir: str | None
+                ) -> tuple[list[str], list[Processor], list[Scenario]]:
+    """A `--tiers` file: its tier names, processors and boundaries (no measured profiles)."""
     try:
         data = tomllib.loads(Path(tiers_file).read_text())
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
@@ -247,13 +266,12 @@ def make_chain(scenario: Scenario, tiers_file: str | None = None, u_shape: bool 
                     else preset.downlink_bps)  # type: ignore[union-attr]
             lat = (profiles.parse_latency(tier["latency"]) if "latency" in tier
                    else preset.latency_ms if preset else 0.0)
-            pair = {procs[t - 1].name, procs[t].name}
             boundaries.append(dataclasses.replace(
                 scenario, device=procs[t - 1], server=procs[t], uplink_bps=up,
                 downlink_bps=down, latency_ms=lat,
                 link=tier.get("link") if preset and link_keys == {"link"} else None,
-                measured=tuple(m for m in scenario.measured if m.processor in pair)))
-    return names, boundaries
+                measured=()))
+    return names, procs, boundaries
 
 
 def tier_costs(graph: LayerGraph, names: Sequence[str], boundaries: Sequence[Scenario],
@@ -374,50 +392,93 @@ def stored_chain(store: Store, model: str) -> Chain:
     return store.reading(model, lambda read: stored.chain(model, read))
 
 
-def device_layers_from(path: str) -> list[str]:
-    """Layer names from a JSON file: a list, or `splitcut partition --json` output."""
+def device_layers_from(path: str) -> list[str] | dict[str, int]:
+    """The layers to train with, from a JSON file: a list of device layer names, the output
+    of `splitcut partition --json` (its device layers), or of `partition --tiers/--u-shape
+    --json` (each layer's tier)."""
+    what = f"--device-layers {path}"
     try:
         data = json.loads(Path(path).read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise PartitionError(f"--device-layers {path}: cannot read it as JSON ({exc})") from exc
+        raise PartitionError(f"{what}: cannot read it as JSON ({exc})") from exc
     if isinstance(data, dict):
-        data = data.get("partition", {}).get("device_layers")
+        chosen = data.get("partition", {})
+        if isinstance(chosen, dict) and "tier_of" in chosen:
+            tier_of = chosen["tier_of"]
+            if not isinstance(tier_of, dict) or not all(
+                    isinstance(t, int) and not isinstance(t, bool) for t in tier_of.values()):
+                raise PartitionError(f"{what}: its tier_of is not layer name -> tier index")
+            return dict(tier_of)
+        data = chosen.get("device_layers") if isinstance(chosen, dict) else None
     if not isinstance(data, list) or not all(isinstance(x, str) for x in data):
-        raise PartitionError(f"--device-layers {path}: expected a JSON list of layer names or "
-                             "the output of `splitcut partition --json`")
+        raise PartitionError(f"{what}: expected a JSON list of layer names or the output of "
+                             "`splitcut partition --json`")
     return data
 
 
 def train_model(
     model: str, scenario: Scenario, name: str | None = None, exporter: str = "torchscript",
     dims: dict[str, int] | None = None, cut: str = "optimal",
-    device_layers: Sequence[str] = (), iterations: int = 20, warmup: int = 3,
-    lr: float = 0.001, paced: bool = False, device_cpu: float = 1.0,
+    device_layers: Sequence[str] | Mapping[str, int] = (), iterations: int = 20,
+    warmup: int = 3, lr: float = 0.001, paced: bool = False, device_cpu: float = 1.0,
     progress: Callable[[int, int], None] | None = None,
+    chain: tuple[Sequence[str], Sequence[Scenario]] | None = None,
+    tier_cpu: Mapping[str, float] | None = None,
 ) -> TrainResult:
-    """Real split training of MODEL at a cut (`CUTS`, or the given device layers) over the
-    scenario's link, measured beside the delay model's prediction."""
-    from toolkit.partition.baselines import best_chain_split
-    from toolkit.partition.validate import validate_partition
+    """Real split training of MODEL at a cut (`CUTS`, or the given layers: device layer names,
+    or each layer's tier) over the scenario's link, or along a tier `chain` (`make_chain`:
+    one process per tier), measured beside the delay model's prediction. `device_cpu` and
+    `tier_cpu` (by tier name) emulate slower processors with a share of one CPU."""
+    from toolkit.partition.baselines import best_chain_split, best_ranges
     from toolkit.train.session import train
 
     path, _ = zoo.resolve(model, exporter)
     graph = load_graph(model, name, exporter, dims)
-    costs = build_cost_graph(graph, scenario)
-    if device_layers:
-        device, label = layer_indices(graph, device_layers, "--device-layers"), "given"
+    names, boundaries = chain or (["device", "server"], [scenario])
+    costs = build_tier_graph(graph, names, boundaries)
+    tier = np.zeros(len(graph), dtype=np.int64)
+    if isinstance(device_layers, Mapping) and device_layers:
+        index = {layer_name: i for i, layer_name in enumerate(costs.names)}
+        unknown = [n for n in device_layers if n not in index]
+        if unknown:
+            raise PartitionError(f"--device-layers: no layer named {unknown[0]!r} in "
+                                 f"{graph.name}")
+        missing = [n for n in costs.names if n not in device_layers]
+        if missing:
+            raise PartitionError(f"--device-layers: layer {missing[0]!r} has no tier")
+        for layer_name, t in device_layers.items():
+            tier[index[layer_name]] = t
+        label = "given"
+    elif device_layers:
+        if costs.k != 2:
+            raise PartitionError("--device-layers names the device's layers only; for a chain "
+                                 "give the output of `splitcut partition --tiers ... --json`")
+        tier[:] = 1
+        tier[layer_indices(graph, list(device_layers), "--device-layers")] = 0
+        label = "given"
     elif cut == "optimal":
-        result = partition_model(graph, scenario)
-        device, label = result.device, "optimal"
+        if chain is None:
+            tier[:] = 1
+            tier[partition_model(graph, scenario).device] = 0
+        else:
+            tier = partition_tiers(graph, names, boundaries).tier
+        label = "optimal"
     elif cut == "best-single":
-        device, label = list(range(best_chain_split(costs)[1])), "best single split"
+        if chain is None:
+            tier[best_chain_split(build_cost_graph(graph, scenario))[1]:] = 1
+            label = "best single split"
+        else:
+            splits = best_ranges(costs)[1]
+            for t, start in enumerate(splits, start=1):
+                tier[start:] = t
+            label = "best contiguous ranges"
     elif cut == "device-only":
-        device, label = list(range(len(graph))), "device only"
+        label = "device only"
     else:
         raise PartitionError(f"unknown --cut {cut!r}; choose one of {', '.join(CUTS)}")
-    validate_partition(costs, device)
-    return train(Path(path), graph.name, costs, device, label, scenario, iterations, warmup,
-                 lr, paced, dims, progress=progress, device_cpu=device_cpu)
+    return train(Path(path), graph.name, costs, tier.tolist(), label, boundaries, iterations,
+                 warmup, lr, paced, dims, progress=progress,
+                 cpu={names[0]: device_cpu, **(tier_cpu or {})})
 
 
 def file_batch(model: str, exporter: str = "torchscript") -> int | None:

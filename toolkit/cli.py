@@ -92,6 +92,13 @@ class ScenarioOptions:
     def scenario(self) -> Scenario:
         return api.make_scenario(**dataclasses.asdict(self))
 
+    def chain(self, tiers_file: str | None, u_shape: bool
+              ) -> tuple[list[str], list[Scenario]]:
+        """The tier chain of `--tiers FILE` or `--u-shape` (`api.make_chain`): the measured
+        profiles may time any of its processors."""
+        base = dataclasses.replace(self, measured=()).scenario()
+        return api.make_chain(base, tiers_file, u_shape, self.profile_dir, self.measured)
+
 
 @dataclasses.dataclass(frozen=True)
 class Neo4jOptions:
@@ -359,10 +366,8 @@ def partition(model: str, name: str | None, exporter: str, dims: dict[str, int],
 
     Example: splitcut partition resnet50 --device jetson-nano --server rtx-3090 --link lte
     """
-    profile_dir = settings.profile_dir
-    scenario = settings.scenario()
     if tiers_file or u_shape:
-        names, boundaries = api.make_chain(scenario, tiers_file, u_shape, profile_dir)
+        names, boundaries = settings.chain(tiers_file, u_shape)
         if use_neo4j:
             with neo4j.store() as store:
                 chained, written, graph = api.partition_tiers_in_neo4j(
@@ -385,7 +390,7 @@ def partition(model: str, name: str | None, exporter: str, dims: dict[str, int],
         return
     if use_neo4j:
         with neo4j.store() as store:
-            result, written, graph = api.partition_in_neo4j(store, model, scenario, name,
+            result, written, graph = api.partition_in_neo4j(store, model, settings.scenario(), name,
                                                             exporter, method, dims, pin,
                                                             pin_server)
         data = result.to_dict()
@@ -398,7 +403,7 @@ def partition(model: str, name: str | None, exporter: str, dims: dict[str, int],
                           f"{written['layers']} layers labelled :Device, the rest :Server")
         return
     graph = load_graph(model, name, exporter, dims)
-    result = api.partition_model(graph, scenario, method, pin, pin_server)
+    result = api.partition_model(graph, settings.scenario(), method, pin, pin_server)
     if as_json:
         emit_json(result.to_dict())
         return
@@ -475,6 +480,22 @@ def query(name: str | None, params: tuple[str, ...], as_json: bool,
     console.print(table)
 
 
+def _tier_shares(values: tuple[str, ...]) -> dict[str, float]:
+    """`--tier-cpu edge=0.5` -> {"edge": 0.5}, each share in (0, 1]."""
+    shares = {}
+    for text in values:
+        name, sep, value = text.partition("=")
+        try:
+            share = float(value)
+        except ValueError:
+            share = math.nan
+        if not sep or not name or not 0 < share <= 1:
+            raise click.BadParameter(f"write TIER=SHARE with a share in (0, 1], not {text!r}",
+                                     param_hint="--tier-cpu")
+        shares[name] = share
+    return shares
+
+
 def _parse_param(text: str) -> tuple[str, Any]:
     key, sep, value = text.partition("=")
     if not sep or not key:
@@ -519,10 +540,8 @@ def split(model: str, name: str | None, exporter: str, dims: dict[str, int],
 
     Example: splitcut split resnet18 --link lte -o halves/
     """
-    profile_dir = settings.profile_dir
-    scenario = settings.scenario()
     if tiers_file or u_shape:
-        names, boundaries = api.make_chain(scenario, tiers_file, u_shape, profile_dir)
+        names, boundaries = settings.chain(tiers_file, u_shape)
         chained = api.partition_tiers(load_graph(model, name, exporter, dims), names,
                                       boundaries, method, pin, pin_server)
         files, parts = api.split_tiers(model, chained, out_dir, exporter, check=not no_check,
@@ -543,8 +562,8 @@ def split(model: str, name: str | None, exporter: str, dims: dict[str, int],
             click.echo(f"the tiers in order reproduce the whole model: max abs error "
                        f"{parts.max_abs_error:.3g} (relative {parts.max_rel_error:.3g})")
         return
-    result = api.partition_model(load_graph(model, name, exporter, dims), scenario, method, pin,
-                                 pin_server)
+    result = api.partition_model(load_graph(model, name, exporter, dims), settings.scenario(),
+                                 method, pin, pin_server)
     halves = api.split_halves(model, result, out_dir, exporter, check=not no_check,
                               dims=dims)
     data = {
@@ -577,7 +596,12 @@ def split(model: str, name: str | None, exporter: str, dims: dict[str, int],
 @click.option("--cut", type=click.Choice(api.CUTS), default="optimal", show_default=True,
               help="Which partition to train.")
 @click.option("--device-layers", "device_layers_file",
-              help="JSON list of device layers (or `partition --json` output) instead of --cut.")
+              help="JSON list of device layers, or `partition --json` output (with --tiers/"
+                   "--u-shape: `partition --tiers/--u-shape --json`), instead of --cut.")
+@click.option("--tiers", "tiers_file", type=click.Path(dir_okay=False),
+              help="A chain of tiers (TOML, as partition --tiers): one process per tier.")
+@click.option("--u-shape", is_flag=True,
+              help="Device -> server -> device: the loss and labels stay on the device.")
 @click.option("--iterations", type=click.IntRange(min=1), default=20, show_default=True)
 @click.option("--warmup", type=click.IntRange(min=0), default=3, show_default=True,
               help="Iterations run first and not measured.")
@@ -586,16 +610,21 @@ def split(model: str, name: str | None, exporter: str, dims: dict[str, int],
               help="Pace in the senders instead of shaping the link in the kernel.")
 @click.option("--device-cpu", type=click.FloatRange(min=0.01, max=1.0), default=1.0,
               show_default=True,
-              help="The device peer's share of one CPU (a cgroup quota): a slower device.")
+              help="The device's share of one CPU (a cgroup quota): a slower device.")
+@click.option("--tier-cpu", "tier_cpu", multiple=True, metavar="TIER=SHARE",
+              callback=lambda _c, _p, v: _tier_shares(v),
+              help="A chain tier's share of one CPU, as --device-cpu (repeatable).")
 @json_option
 def train(model: str, name: str | None, exporter: str, dims: dict[str, int], cut: str,
-          device_layers_file: str | None, iterations: int, warmup: int, lr: float,
-          paced: bool, device_cpu: float, as_json: bool, settings: ScenarioOptions) -> None:
-    """Train MODEL split in two processes over a shaped link; measured vs predicted.
+          device_layers_file: str | None, tiers_file: str | None, u_shape: bool,
+          iterations: int, warmup: int, lr: float, paced: bool, device_cpu: float,
+          tier_cpu: dict[str, float], as_json: bool, settings: ScenarioOptions) -> None:
+    """Train MODEL split across processes over shaped links; measured vs predicted.
 
-    The device and server halves run as two programs exchanging activations and gradients
-    over TCP inside a private network namespace whose loopback `tc` shapes to the scenario's
-    rates (root needed; else --paced). A file that fixes its batch trains at that batch.
+    Each tier (device and server; with --u-shape or --tiers, every tier of the chain) runs
+    as its own program, exchanging activations and gradients over TCP inside a private
+    network namespace whose loopback `tc` shapes to each link's rates (root needed; else
+    --paced). A file that fixes its batch trains at that batch.
 
     Example: splitcut train resnet18 --link wifi5 --iterations 20
     """
@@ -603,14 +632,16 @@ def train(model: str, name: str | None, exporter: str, dims: dict[str, int], cut
     if ctx.get_parameter_source("batch") == click.core.ParameterSource.DEFAULT:
         settings = dataclasses.replace(
             settings, batch=api.file_batch(model, exporter) or settings.batch)
-    scenario = settings.scenario()
+    chain = settings.chain(tiers_file, u_shape) if tiers_file or u_shape else None
+    scenario = chain[1][0] if chain else settings.scenario()
     layers = api.device_layers_from(device_layers_file) if device_layers_file else []
-    with console.status(f"training {model} split in two processes", spinner="dots") as status:
+    with console.status(f"training {model} split", spinner="dots") as status:
         def progress(done: int, steps: int) -> None:
-            status.update(f"training {model} split in two processes: iteration {done}/{steps}")
+            status.update(f"training {model} split: iteration {done}/{steps}")
 
         result = api.train_model(model, scenario, name, exporter, dims, cut, layers,
-                                 iterations, warmup, lr, paced, device_cpu, progress)
+                                 iterations, warmup, lr, paced, device_cpu, progress, chain,
+                                 tier_cpu)
     if as_json:
         emit_json(result.to_dict())
         return

@@ -241,30 +241,38 @@ def _periodic(seq: list[int], longest: int = 4) -> list[tuple[list[int], int]]:
     return out
 
 
-_TERM_NAMES = {"device_ms": "device forward + backward + step", "upload_ms": "upload",
-               "server_ms": "server forward + loss + backward + step",
-               "download_ms": "download", "total_ms": "whole iteration"}
-
-
 def train_report(result: TrainResult) -> Group:
-    """For people: measured against predicted, term by term (medians after warm-up)."""
+    """For people: measured against predicted, term by term in the order an iteration meets
+    them (medians after warm-up)."""
     data = result.to_dict()
     table = Table("term", "predicted ms", "measured ms", "measured / predicted",
                   title=f"one iteration, median of {len(result.iterations)}")
-    for key, label in _TERM_NAMES.items():
-        predicted, measured = result.predicted_ms[key], result.measured_ms[key]
+
+    def row(key: str, label: str) -> None:
         ratio = data["ratio"].get(key)
-        table.add_row(label, f"{predicted:.1f}", f"{measured:.1f}",
+        table.add_row(label, f"{result.predicted_ms[key]:.1f}", f"{result.measured_ms[key]:.1f}",
                       f"{ratio:.2f}" if ratio is not None else "-")
-    cut = ", ".join(result.cut_tensors) if result.cut_tensors else "nothing crosses"
-    layers = "layer" if result.device_layers == 1 else "layers"
+
+    tiers, boundaries = data["tiers"], data["boundaries"]
+    for t, tier in enumerate(tiers):
+        row(tier["term"], f"{tier['name']} forward + backward + step")
+        if t < len(boundaries):
+            b = boundaries[t]
+            row(b["up_term"], f"{b['from']} -> {b['to']}: activations"
+                + (" and labels" if b["labels"] else ""))
+            row(b["down_term"], f"{b['to']} -> {b['from']}: gradients")
+    row("total_ms", "whole iteration")
+    placed = ", ".join(f"{t['name']} {t['layers']}" for t in tiers)
+    crossing = [f"{escape(b['from'])} -> {escape(b['to'])}: "
+                + escape(", ".join(b["tensors"]) or "nothing") for b in boundaries]
     losses = result.losses
     return Group(
-        f"[bold]{escape(result.model)}[/bold], {result.cut} cut: {result.device_layers} "
-        f"{layers} on the device, batch {result.batch}; crossing: {escape(cut)}",
+        f"[bold]{escape(result.model)}[/bold], {result.cut} cut, batch {result.batch}; layers: "
+        f"{escape(placed)}",
+        *(crossing or ["nothing crosses: every layer on the device"]),
         f"link: {result.shaping}",
         f"predicted for {escape(result.predicted_for)} (profiles); measured on this machine, "
-        "one CPU thread per peer",
+        "one CPU thread per tier",
         table,
         f"loss on the fixed synthetic batch: {losses[0]:.4g} -> {losses[-1]:.4g}"
         if losses else "no iterations measured",

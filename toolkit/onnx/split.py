@@ -22,7 +22,7 @@ import math
 import os
 import tempfile
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +55,15 @@ class TierSplit:
     max_abs_error: float | None
     max_rel_error: float | None
     not_verified: str | None = None
+    sources: dict[str, int] = field(default_factory=dict)  # received tensor -> its tier
+    made: list[list[str]] = field(default_factory=list)  # per tier, the model outputs it makes
+
+    def crossing(self, boundary: int) -> list[str]:
+        """What crosses `boundary` (after its tier): every tensor a later tier receives from
+        this tier or an earlier one, once, relayed or not."""
+        return list(dict.fromkeys(
+            name for t in range(boundary + 1, len(self.inputs)) for name in self.inputs[t]
+            if self.sources.get(name, 0) <= boundary))
 
 
 def split_model(
@@ -109,14 +118,17 @@ def split_tiers(
     made = [[o for o in outputs if produced_in.get(o, holding[-1]) == t] for t in range(k)]
     declared = _declarations(model)
     sent: list[list[str]] = [[] for _ in range(k)]
+    sources: dict[str, int] = {}
     for t in holding:
         borrowed = _closure(model, roles, parts[t], inputs[t], made[t], declared.dynamic).borrowed
         inputs[t] += borrowed
         for name in inputs[t]:
             if name in raw:
+                sources[name] = 0
                 continue
             source = produced_in[name] if name in produced_in else \
                 _shape_source(g, name, produced_in)
+            sources[name] = source
             if source < t:
                 sent[source].append(name)
     out = Path(out_dir)
@@ -130,13 +142,13 @@ def split_tiers(
     paths: list[Path | None] = [
         _save(models[t], out / f"{files[t]}.onnx") if t in models and parts[t] else None
         for t in range(k)]
-    result = TierSplit(paths, inputs, None, None)
+    result = TierSplit(paths, inputs, None, None, None, sources, made)
     if check:
         try:
             abs_err, rel_err = verify(model, [models[t] for t in holding], dims or {})
         except ToolkitError as exc:  # the files stand; say why they could not be checked
-            return TierSplit(paths, inputs, None, None, str(exc))
-        result = TierSplit(paths, inputs, abs_err, rel_err)
+            return replace(result, not_verified=str(exc))
+        result = replace(result, max_abs_error=abs_err, max_rel_error=rel_err)
     return result
 
 

@@ -20,7 +20,7 @@ tier. Latency per boundary is handled as in the layered cut, one chain pass per 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -89,6 +89,15 @@ class TierPartition:
             "solver": {"method": self.method, "vertices": self.vertices, "edges": self.edges,
                        "solve_ms": self.solve_ms, "blocks_ms": self.blocks_ms},
         }
+
+
+def file_stems(names: Sequence[str]) -> list[str]:
+    """Each tier's file (and process) name: its own, or for a name used twice, as a U-shape's
+    device, `device-head` and `device-tail` (`device-1` between them)."""
+    return [name if names.count(name) == 1 else
+            f"{name}-head" if names.index(name) == t else
+            f"{name}-tail" if len(names) - 1 - names[::-1].index(name) == t else f"{name}-{t}"
+            for t, name in enumerate(names)]
 
 
 def tier_label(name: str) -> str:

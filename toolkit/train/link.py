@@ -1,14 +1,14 @@
-"""The link between the two peers, shaped by the kernel: `python -m toolkit.train.link CONFIG`.
+"""The links between the tiers, shaped by the kernel: `python -m toolkit.train.link CONFIG MODE`.
 
 Run under `unshare --net` (a private network namespace made for the run: only its own
 loopback, nothing leaves it, and it disappears with its last process), this shapes the
-loopback per direction and starts both peers. The recipe, measured on this kind of machine
-(issue 15):
+loopback per boundary and direction and starts one process per tier. The recipe, measured on
+this kind of machine (issue 15):
 
 - `lo` at MTU 1500 with `gso_max_size 1500`, so the shaper sees wire-sized packets;
-- an HTB root with one class per direction — uplink for packets to the server's port,
-  downlink for packets from it (`u32` filters) — `pfifo` leaves, and a 10 Gbit/s default class
-  for everything else;
+- an HTB root with two classes per boundary — up for packets to the later tier's port, down
+  for packets from it (`u32` filters) — `pfifo` leaves, and a 10 Gbit/s default class for
+  everything else;
 - `stab overhead -66`: HTB then counts payload only (a TCP segment of 1448 bytes travels with
   66 bytes of Ethernet, IP and TCP headers), so the shaped rate is the rate the delay model
   divides bytes by;
@@ -16,7 +16,7 @@ loopback per direction and starts both peers. The recipe, measured on this kind 
   idle gap of an iteration.
 
 One-way latency cannot come from netem here (not in this kernel): each sender waits the
-link's latency before each message (`PeerConfig.latency_ms`). With `--paced` (no root, no
+link's latency before each message (`Link.latency_ms`). With `--paced` (no root, no
 namespaces) the peers run on the host's loopback and each sender paces itself instead.
 """
 
@@ -28,11 +28,11 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 
-from toolkit.train.peer import PeerConfig
+from toolkit.train.peer import Link, PeerConfig
 
 _PR_SET_PDEATHSIG = 1
 CPU_CGROUP = Path("/sys/fs/cgroup/cpu")  # the cgroup v1 cpu controller
@@ -44,10 +44,11 @@ class CpuLimitError(RuntimeError):
 
 
 @contextmanager
-def cpu_limit(fraction: float, pid: int | None = None) -> Iterator[None]:
-    """Run `pid` (default: this process) on `fraction` of one CPU for the block: a CFS quota
-    of its own cgroup (quota/period), so a slower device is emulated by the kernel's
-    scheduler, not by sleeps. Its threads and children started inside inherit the group.
+def cpu_limit(fraction: float, pids: Sequence[int] = ()) -> Iterator[None]:
+    """Run `pids` (default: this process) together on `fraction` of one CPU for the block: a
+    CFS quota of their own cgroup (quota/period), so a slower device is emulated by the
+    kernel's scheduler, not by sleeps (a U-shape's device head and tail share the one
+    device). Their threads and children started inside inherit the group.
 
     The quota is a token bucket refilled every period: after an idle gap a burst runs a whole
     quota at full speed before it is throttled. Measured here at a quarter of a CPU: with the
@@ -61,19 +62,21 @@ def cpu_limit(fraction: float, pid: int | None = None) -> Iterator[None]:
         raise CpuLimitError(f"a CPU fraction must be above 0, not {fraction:g}")
     if not (CPU_CGROUP / "cpu.cfs_quota_us").exists():
         raise CpuLimitError(f"no cgroup v1 cpu controller at {CPU_CGROUP}")
-    target = pid or os.getpid()
-    home = _cgroup_of(target)
+    targets = list(pids) or [os.getpid()]
+    homes = {pid: _cgroup_of(pid) for pid in targets}
     _remove_stale_groups()
-    group = CPU_CGROUP / f"splitcut-{os.getpid()}-{target}"
+    group = CPU_CGROUP / f"splitcut-{os.getpid()}-{targets[0]}"
     group.mkdir(exist_ok=True)
     try:
         (group / "cpu.cfs_period_us").write_text(str(_PERIOD_US))
         (group / "cpu.cfs_quota_us").write_text(str(max(1000, int(_PERIOD_US * fraction))))
-        (group / "cgroup.procs").write_text(str(target))
+        for pid in targets:
+            (group / "cgroup.procs").write_text(str(pid))
         yield
     finally:
-        with suppress(OSError):  # (the process may have ended)
-            (home / "cgroup.procs").write_text(str(target))
+        for pid, home in homes.items():
+            with suppress(OSError):  # (the process may have ended)
+                (home / "cgroup.procs").write_text(str(pid))
         for _ in range(50):  # an exiting process leaves the group a moment later
             try:
                 group.rmdir()
@@ -99,33 +102,35 @@ def _cgroup_of(pid: int) -> Path:
     return CPU_CGROUP
 
 
-def shaping_commands(port: int, up_bps: float, down_bps: float) -> list[list[str]]:
-    """ip/tc/sysctl commands that shape the namespace's loopback for one run."""
+def shaping_commands(ports: list[int], links: list[Link]) -> list[list[str]]:
+    """ip/tc/sysctl commands that shape the namespace's loopback for one run: per boundary b,
+    packets to `ports[b]` (towards the later tier) at its up rate, packets from it at its
+    down rate."""
     def rate(bps: float) -> str:
         return f"{max(int(bps), 8)}bit"
 
-    return [
+    commands = [
         ["ip", "link", "set", "dev", "lo", "up"],
         ["ip", "link", "set", "dev", "lo", "mtu", "1500"],
         ["ip", "link", "set", "dev", "lo", "gso_max_size", "1500"],
         ["tc", "qdisc", "add", "dev", "lo", "root", "handle", "1:", "stab", "overhead", "-66",
-         "linklayer", "ethernet", "htb", "default", "30", "r2q", "1000"],
-        ["tc", "class", "add", "dev", "lo", "parent", "1:", "classid", "1:10", "htb", "rate",
-         rate(up_bps), "quantum", "1514"],
-        ["tc", "class", "add", "dev", "lo", "parent", "1:", "classid", "1:20", "htb", "rate",
-         rate(down_bps), "quantum", "1514"],
-        ["tc", "class", "add", "dev", "lo", "parent", "1:", "classid", "1:30", "htb", "rate",
+         "linklayer", "ethernet", "htb", "default", "1", "r2q", "1000"],
+        ["tc", "class", "add", "dev", "lo", "parent", "1:", "classid", "1:1", "htb", "rate",
          "10gbit", "quantum", "60000"],
-        ["tc", "qdisc", "add", "dev", "lo", "parent", "1:10", "handle", "10:", "pfifo",
-         "limit", "100000"],
-        ["tc", "qdisc", "add", "dev", "lo", "parent", "1:20", "handle", "20:", "pfifo",
-         "limit", "100000"],
-        ["tc", "filter", "add", "dev", "lo", "parent", "1:", "protocol", "ip", "prio", "1", "u32",
-         "match", "ip", "dport", str(port), "0xffff", "flowid", "1:10"],
-        ["tc", "filter", "add", "dev", "lo", "parent", "1:", "protocol", "ip", "prio", "1", "u32",
-         "match", "ip", "sport", str(port), "0xffff", "flowid", "1:20"],
-        ["sysctl", "-qw", "net.ipv4.tcp_slow_start_after_idle=0"],
     ]
+    for b, (port, link) in enumerate(zip(ports, links, strict=True)):
+        for minor, bps, match in ((0x10 + 2 * b, link.up_bps, "dport"),
+                                  (0x11 + 2 * b, link.down_bps, "sport")):
+            commands += [
+                ["tc", "class", "add", "dev", "lo", "parent", "1:", "classid", f"1:{minor:x}",
+                 "htb", "rate", rate(bps), "quantum", "1514"],
+                ["tc", "qdisc", "add", "dev", "lo", "parent", f"1:{minor:x}", "handle",
+                 f"{minor:x}:", "pfifo", "limit", "100000"],
+                ["tc", "filter", "add", "dev", "lo", "parent", "1:", "protocol", "ip", "prio",
+                 "1", "u32", "match", "ip", match, str(port), "0xffff", "flowid",
+                 f"1:{minor:x}"],
+            ]
+    return [*commands, ["sysctl", "-qw", "net.ipv4.tcp_slow_start_after_idle=0"]]
 
 
 def _die_with_parent() -> None:
@@ -133,11 +138,11 @@ def _die_with_parent() -> None:
     ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
-def run_peers(config_path: str, up_bps: float, down_bps: float, shape: bool) -> int:
-    """Shape the link (when `shape`), run server and device, and end both when one fails."""
+def run_peers(config_path: str, shape: bool) -> int:
+    """Shape the links (when `shape`), run one process per tier, and end all when one fails."""
     config = PeerConfig.load(config_path)
     if shape:
-        for command in shaping_commands(config.port, up_bps, down_bps):
+        for command in shaping_commands(config.ports, config.links):
             done = subprocess.run(command, capture_output=True, text=True, check=False)
             if done.returncode:
                 reason = (done.stderr.strip().splitlines() or ["failed"])[-1]
@@ -145,17 +150,19 @@ def run_peers(config_path: str, up_bps: float, down_bps: float, shape: bool) -> 
                       f"{reason})", file=sys.stderr)
                 return 3
     peers = []
-    roles = ["server", "device"] if config.server_onnx else ["device"]
-    for role in roles:
+    roles = [tier.name for tier in config.tiers]
+    for t in reversed(range(len(roles))):  # listeners first
         peers.append(subprocess.Popen(
-            [sys.executable, "-m", "toolkit.train.peer", role, config_path],
+            [sys.executable, "-m", "toolkit.train.peer", str(t), roles[t], config_path],
             preexec_fn=_die_with_parent))
+    peers.reverse()
     try:
-        with cpu_limit(config.device_cpu, peers[-1].pid) if config.device_cpu < 1 \
-                else _nothing():
+        with ExitStack() as limits:
+            for share in config.cpu:
+                limits.enter_context(cpu_limit(share.fraction, [peers[t].pid for t in share.tiers]))
             return _wait(peers, roles)
     except CpuLimitError as exc:
-        print(f"splitcut train: cannot slow the device down: {exc}", file=sys.stderr)
+        print(f"splitcut train: cannot slow a tier down: {exc}", file=sys.stderr)
         return 3
     finally:
         for p in peers:
@@ -164,13 +171,8 @@ def run_peers(config_path: str, up_bps: float, down_bps: float, shape: bool) -> 
             p.wait()
 
 
-@contextmanager
-def _nothing() -> Iterator[None]:
-    yield
-
-
 def _wait(peers: list[subprocess.Popen[bytes]], roles: list[str]) -> int:
-    """Until both peers end well, or one fails (the other then has 5 s to say why)."""
+    """Until every peer ends well, or one fails (the others then have 5 s to say why)."""
     while not all(p.poll() == 0 for p in peers):
         failed = [(role, p) for role, p in zip(roles, peers, strict=True)
                   if p.poll() not in (None, 0)]
@@ -192,8 +194,8 @@ def _wait(peers: list[subprocess.Popen[bytes]], roles: list[str]) -> int:
 
 
 def main(argv: list[str]) -> int:
-    config_path, up, down, mode = argv
-    return run_peers(config_path, float(up), float(down), mode == "shaped")
+    config_path, mode = argv
+    return run_peers(config_path, mode == "shaped")
 
 
 if __name__ == "__main__":

@@ -1,13 +1,22 @@
-"""The two programs of split training: `python -m toolkit.train.peer server|device CONFIG`.
+"""One program per tier of split training: `python -m toolkit.train.peer T NAME CONFIG`.
 
-The device runs its half on a fixed synthetic batch, sends the crossing tensors (and the
-labels) up in one message, and waits; the server runs its half, the loss, the backward pass
-and its optimizer step, and sends the gradients of the float tensors it received back in one
-message; the device finishes the backward pass and steps. Each side times its own terms on the
-machine's monotonic clock (one clock for both processes), and the device writes them, per
-iteration, to the results file named in the config.
+The chain's tiers run as one process each, boundary b between tier b and tier b+1 a TCP
+connection (tier b+1 listens on `ports[b]`). Each iteration, tier 0 runs its part on a fixed
+synthetic batch and sends up what crosses its boundary; every later tier receives, runs its
+part and sends on what crosses the next boundary, its own tensors and those it relays (a
+tensor made on tier i and read on tier j crosses every boundary between them, once). The tier
+holding the loss computes it, and the backward pass runs down the chain: each tier back-
+propagates the gradients it receives (of the float tensors it sent; a relayed tensor's
+gradient adds to its own use of it), takes its optimizer step and sends down the gradients of
+the float tensors it received. Two tiers are the device and the server.
 
-A peer that dies or sends garbage ends the other with a one-line error (exit 2).
+The labels are made on tier 0 and travel up with the activations to the tier holding the
+loss, unless that tier is the device again (a U-shape: `labels_at` names it), where the same
+seed makes them: they never cross a link. Each process times its own terms on the machine's
+monotonic clock (one clock for all), each message from when its sender started it (latency
+included) to when it has fully arrived, and writes them per iteration to its results file.
+
+A peer that dies or sends garbage ends the others with a one-line error (exit 2).
 """
 
 from __future__ import annotations
@@ -32,33 +41,65 @@ LABELS = "__labels__"
 
 
 @dataclass(frozen=True)
-class PeerConfig:
-    """Everything both peers need, written as JSON by the orchestrator."""
+class TierPeer:
+    """One tier's process: its file, and what it sends up the chain."""
 
-    device_onnx: str
-    server_onnx: str | None
+    name: str  # the tier's file stem ("device", "server", "device-tail", "edge")
+    onnx: str | None  # None: the tier holds no layer and only relays
+    sends: list[str]  # the tensors that cross the boundary after it, its own and relayed
+    up_key: str = ""  # the measured term of the message it receives from below
+    down_key: str = ""  # ... and of the gradients it receives from above
+
+
+@dataclass(frozen=True)
+class Link:
+    """One boundary's link: rates towards the later tier (up) and back, one-way latency."""
+
+    up_bps: float
+    down_bps: float
+    latency_ms: float = 0.0
+
+
+@dataclass(frozen=True)
+class CpuShare:
+    """Tiers that run on one processor (a U-shape's device head and tail) and its share of
+    one CPU: one cgroup CFS quota for all of them."""
+
+    tiers: list[int]
+    fraction: float
+
+
+@dataclass(frozen=True)
+class PeerConfig:
+    """Everything every tier needs, written as JSON by the orchestrator."""
+
+    tiers: list[TierPeer]  # the tiers that run, in chain order
+    ports: list[int]  # per boundary between them
     trainable: list[str]
-    cut: list[str]  # tensors the device sends up
     loss_output: str  # the model output the loss is computed on
+    loss_tier: int  # the tier that makes it
+    labels_at: int  # where the labels are made: 0, or the loss tier when that is the device
     inputs: dict[str, dict[str, Any]]  # raw input -> {"shape", "dtype"} of the batch
     label_shape: list[int]
     classes: int  # 0: regression on a float output
-    port: int
-    results: str
+    results: str  # a folder: tier t writes tier-t.json
     iterations: int = 20
     warmup: int = 3
     lr: float = 0.001
     seed: int = 0
     threads: int = 1
-    latency_ms: float = 0.0  # one-way, added by each sender before each message
-    pace_bps: dict[str, float] = field(default_factory=dict)  # {"up", "down"}: sender pacing
-    progress: str = ""  # a file the device rewrites with the iterations done
-    device_cpu: float = 1.0  # the device peer's share of one CPU (a cgroup CFS quota)
+    links: list[Link] = field(default_factory=list)  # per boundary
+    paced: bool = False  # senders pace themselves (the kernel does not shape the links)
+    progress: str = ""  # a file tier 0 rewrites with the iterations done
+    cpu: list[CpuShare] = field(default_factory=list)  # slower processors, emulated
     max_bytes: int = 1 << 34
 
     @classmethod
     def load(cls, path: str) -> PeerConfig:
-        return cls(**json.loads(Path(path).read_text()))
+        data = json.loads(Path(path).read_text())
+        return cls(**{**data, "tiers": [TierPeer(**t) for t in data["tiers"]],
+                      "links": [Link(**b) for b in data["links"]],
+                      "cpu": [CpuShare(**c) for c in data["cpu"]]})
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(asdict(self)))
@@ -93,108 +134,138 @@ def synthetic_labels(shape: list[int], classes: int, seed: int) -> torch.Tensor:
     return torch.randn(shape, generator=generator)
 
 
-def _send(sock: socket.socket, config: PeerConfig, direction: str, kind: str,
+def _send(sock: socket.socket, config: PeerConfig, boundary: int, up: bool, kind: str,
           tensors: dict[str, torch.Tensor], **meta: Any) -> None:
-    """One message, after the link's one-way latency; paced in the sender when the kernel
-    does not shape the link."""
+    """One message over `boundary`, after its one-way latency; paced in the sender when the
+    kernel does not shape the link."""
+    link = config.links[boundary]
     start = time.monotonic()  # the message's time counts from here, latency included
-    if config.latency_ms:
-        time.sleep(config.latency_ms / 1e3)
+    if link.latency_ms:
+        time.sleep(link.latency_ms / 1e3)
     sending = time.monotonic()
     sent = wire.send(sock, kind, tensors, sent_at=start, **meta)
-    rate = config.pace_bps.get(direction)
-    if rate:
+    if config.paced:
+        rate = link.up_bps if up else link.down_bps
         time.sleep(max(0.0, sending + sent * 8 / rate - time.monotonic()))
 
 
-def _optimizer(module: torch.nn.Module, lr: float) -> torch.optim.Optimizer:
-    return torch.optim.SGD(module.parameters(), lr=lr)
+def _receive(sock: socket.socket, config: PeerConfig, wanted: str
+             ) -> tuple[str, dict[str, Any], dict[str, torch.Tensor], float]:
+    """The next message (a `wanted` one or "stop"), and how long it took from when its sender
+    started it."""
+    kind, meta, tensors, _ = wire.receive(sock, config.max_bytes)
+    arrived = time.monotonic()
+    if kind not in (wanted, "stop"):
+        raise wire.WireError(f"the peer sent a {kind[:40]!r} message, not {wanted!r}")
+    return kind, meta, tensors, (arrived - float(meta.get("sent_at", arrived))) * 1e3
 
 
-def serve(config: PeerConfig) -> None:
-    """The server half: answer forward messages until the device says stop."""
-    assert config.server_onnx is not None
-    module = OnnxModule(onnx.load(config.server_onnx), config.trainable)
-    optimizer = _optimizer(module, config.lr)
-    with socket.create_server(("127.0.0.1", config.port)) as listener:
-        listener.settimeout(120)
-        conn, _ = listener.accept()
-    with conn:
-        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        while True:
-            kind, _, tensors, _ = wire.receive(conn, config.max_bytes)
-            received = time.monotonic()
-            if kind == "stop":
-                return
-            if kind != "forward":
-                raise wire.WireError(f"the device sent a {kind[:40]!r} message")
-            labels = tensors.pop(LABELS)
-            for t in tensors.values():
-                t.requires_grad_(t.is_floating_point())
-            output = module(tensors)[config.loss_output]
-            loss = loss_of(output, labels, config.classes)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            done = time.monotonic()
-            grads = {name: t.grad if t.grad is not None else torch.zeros_like(t)
-                     for name, t in tensors.items() if t.is_floating_point()}
-            _send(conn, config, "down", "gradients", grads, loss=loss.item(),
-                  received_at=received, server_ms=(done - received) * 1e3)
+class _Tier:
+    """One tier's process: its part of the model, its optimizer and its two connections."""
 
+    def __init__(self, config: PeerConfig, t: int) -> None:
+        self.config, self.t = config, t
+        self.me = config.tiers[t]
+        self.module: OnnxModule | None = None
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.labels: torch.Tensor | None = None
+        self.below: socket.socket | None = None
+        self.above: socket.socket | None = None
+        self.received: list[str] = []  # what the last forward message carried
+        self.other = ""  # the neighbour talked to last (for errors)
 
-def run_device(config: PeerConfig) -> None:
-    """The device half: train for warm-up + iterations and write the measured terms."""
-    module = OnnxModule(onnx.load(config.device_onnx), config.trainable)
-    optimizer = _optimizer(module, config.lr)
-    feeds = synthetic_inputs(config.inputs, config.seed)
-    labels = synthetic_labels(config.label_shape, config.classes, config.seed)
-    rows = []
-    sock = _connect(config.port) if config.server_onnx else None
-    try:
-        for step in range(config.warmup + config.iterations):
-            start = time.monotonic()
-            outputs = module(feeds)
-            forward = time.monotonic()
-            row: dict[str, float] = {"device_forward_ms": (forward - start) * 1e3}
-            backward_from = forward  # split: from when the gradients arrive
-            if sock is None:  # the whole model on the device
-                loss = loss_of(outputs[config.loss_output], labels, config.classes)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-            else:
-                cut = {name: outputs[name] for name in config.cut}
-                _send(sock, config, "up", "forward",
-                      {**{n: t.detach() for n, t in cut.items()}, LABELS: labels})
-                kind, meta, grads, _ = wire.receive(sock, config.max_bytes)
-                arrived = time.monotonic()
-                if kind != "gradients":
-                    raise wire.WireError(f"the server sent a {kind[:40]!r} message")
-                floats = [n for n in config.cut if cut[n].requires_grad]
-                optimizer.zero_grad(set_to_none=True)
-                if floats:
-                    torch.autograd.backward([cut[n] for n in floats], [grads[n] for n in floats])
-                optimizer.step()
-                loss = torch.tensor(float(meta["loss"]))
-                row.update(upload_ms=(float(meta["received_at"]) - forward) * 1e3,
-                           server_ms=float(meta["server_ms"]),
-                           download_ms=(arrived - float(meta["sent_at"])) * 1e3)
-                backward_from = arrived
-            end = time.monotonic()
-            row["device_backward_ms"] = (end - backward_from) * 1e3
-            row["wall_ms"] = (end - start) * 1e3
-            row["loss"] = float(loss)
+    def run(self) -> list[dict[str, Any]]:
+        """Train until tier 0 has done warm-up + iterations; this tier's measured rows."""
+        config, t = self.config, self.t
+        if self.me.onnx:
+            self.module = OnnxModule(onnx.load(self.me.onnx), config.trainable)
+            weights = list(self.module.parameters())
+            self.optimizer = torch.optim.SGD(weights, lr=config.lr) if weights else None
+        if t == config.labels_at:
+            self.labels = synthetic_labels(config.label_shape, config.classes, config.seed)
+        if t > 0:
+            self.other = config.tiers[t - 1].name
+            with socket.create_server(("127.0.0.1", config.ports[t - 1])) as listener:
+                listener.settimeout(120)
+                self.below, _ = listener.accept()
+            self.below.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if t + 1 < len(config.tiers):
+            self.other = config.tiers[t + 1].name
+            self.above = _connect(config.ports[t])
+        feeds = synthetic_inputs(config.inputs, config.seed) if t == 0 else {}
+        rows = []
+        step = 0
+        while t > 0 or step < config.warmup + config.iterations:
+            row = self.iteration(feeds)
+            if row is None:  # the tier below said stop
+                break
             if step >= config.warmup:
                 rows.append(row)
-            if config.progress:
-                Path(config.progress).write_text(str(step + 1))
-        if sock is not None:
-            wire.send(sock, "stop", {})
-    finally:
-        if sock is not None:
-            sock.close()
-    Path(config.results).write_text(json.dumps(rows))
+            step += 1
+            if t == 0 and config.progress:
+                Path(config.progress).write_text(str(step))
+        if self.above is not None:
+            wire.send(self.above, "stop", {})
+        return rows
+
+    def iteration(self, feeds: dict[str, torch.Tensor]) -> dict[str, Any] | None:
+        """One forward and backward pass through this tier; None when told to stop."""
+        config, me, name = self.config, self.me, self.me.name
+        row: dict[str, Any] = {}
+        start = time.monotonic()
+        received = dict(feeds)
+        if self.below is not None:
+            self.other = config.tiers[self.t - 1].name
+            kind, _, received, row[me.up_key] = _receive(self.below, config, "forward")
+            if kind == "stop":
+                return None
+            start = time.monotonic()
+            for x in received.values():
+                x.requires_grad_(x.is_floating_point())
+            self.received = sorted(received)
+        labels = received.pop(LABELS, self.labels)
+        here = {**received, **(self.module(received) if self.module is not None else {})}
+        loss = loss_of(here[config.loss_output], labels, config.classes) \
+            if self.t == config.loss_tier else None
+        grads: dict[str, torch.Tensor] = {}
+        meta: dict[str, Any] = {}
+        backward_from = time.monotonic()
+        row[f"{name}_forward_ms"] = (backward_from - start) * 1e3
+        if self.above is not None:
+            up = {n: here[n].detach() for n in me.sends}
+            if labels is not None and self.t < config.loss_tier:
+                up[LABELS] = labels
+            self.other = config.tiers[self.t + 1].name
+            _send(self.above, config, self.t, True, "forward", up)
+            _, meta, grads, row[me.down_key] = _receive(
+                self.above, config, "gradients")
+            backward_from = time.monotonic()
+        roots = [here[n] for n in me.sends if n in grads and here[n].requires_grad]
+        gradients: list[torch.Tensor | None] = [grads[n] for n in me.sends
+                                                if n in grads and here[n].requires_grad]
+        if loss is not None:
+            roots.append(loss)
+            gradients.append(None)
+            meta["loss"] = loss.item()
+        if self.optimizer is not None:
+            self.optimizer.zero_grad(set_to_none=True)
+        if roots:
+            torch.autograd.backward(roots, gradients)
+        if self.optimizer is not None:
+            self.optimizer.step()
+        if self.below is not None:
+            self.other = config.tiers[self.t - 1].name
+            down = {n: x.grad if x.grad is not None else torch.zeros_like(x)
+                    for n, x in received.items() if x.is_floating_point()}
+            row[f"{name}_backward_ms"] = (time.monotonic() - backward_from) * 1e3
+            _send(self.below, config, self.t - 1, False, "gradients", down,
+                  loss=meta.get("loss"))
+        else:
+            end = time.monotonic()
+            row[f"{name}_backward_ms"] = (end - backward_from) * 1e3
+            row["wall_ms"] = (end - start) * 1e3
+            row["loss"] = float(meta["loss"])
+        return row
 
 
 def _connect(port: int) -> socket.socket:
@@ -211,19 +282,27 @@ def _connect(port: int) -> socket.socket:
 
 
 def main(argv: list[str]) -> int:
-    role, path = argv
+    index, _, path = argv  # (the tier's name is there for `ps`)
     config = PeerConfig.load(path)
     torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
-    other = "device" if role == "server" else "server"
+    tier = _Tier(config, int(index))
+    role = tier.me.name
     try:
-        (serve if role == "server" else run_device)(config)
+        try:
+            rows = tier.run()
+        finally:
+            for sock in (tier.below, tier.above):
+                if sock is not None:
+                    sock.close()
+        (Path(config.results) / f"tier-{index}.json").write_text(
+            json.dumps({"rows": rows, "received": tier.received}))
     except ConnectionError as exc:
-        print(f"splitcut train: {role}: lost the {other} ({(exc.strerror or str(exc)).lower()})",
-              file=sys.stderr)
+        print(f"splitcut train: {role}: lost the {tier.other} "
+              f"({(exc.strerror or str(exc)).lower()})", file=sys.stderr)
         return 2
     except wire.WireError as exc:
-        print(f"splitcut train: {role}: {str(exc).replace('the peer', f'the {other}')}",
+        print(f"splitcut train: {role}: {str(exc).replace('the peer', f'the {tier.other}')}",
               file=sys.stderr)
         return 2
     except (ToolkitError, OSError) as exc:

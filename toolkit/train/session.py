@@ -1,13 +1,15 @@
-"""One real split-training run, and the delay model's prediction for the same terms.
+"""One real split-training run over a tier chain, and the delay model's prediction for it.
 
-`train` splits the model at the chosen cut (`toolkit.onnx.split`), writes both peers' config,
-runs them over a kernel-shaped link in a private network namespace (`toolkit.train.link`), or
-paced in the senders where that is not possible, and sets the median measured terms beside
-the predicted ones.
+`train` writes one ONNX file per tier (`toolkit.onnx.split.split_tiers`), the peers' config,
+runs one process per tier over kernel-shaped links in a private network namespace
+(`toolkit.train.link`), or paced in the senders where that is not possible, and sets the
+median measured terms beside the predicted ones. Two tiers are device and server; a U-shape
+runs device head, server and device tail; device -> edge -> cloud runs three.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -17,71 +19,109 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
 import torch
 
-from toolkit.costgraph import CostGraph, crossing_tensors
-from toolkit.costs import Scenario, labels_ms, transfer_ms
+from toolkit.costs import Scenario, transfer_ms
 from toolkit.errors import ToolkitError
 from toolkit.onnx import load_external_data, load_model
+from toolkit.partition.tiers import file_stems
+from toolkit.tiergraph import TierGraph, check_tiers, crossed
 from toolkit.train.executor import OnnxModule, trainable_initializers
-from toolkit.train.peer import PeerConfig, synthetic_inputs
-
-TERMS = ("device_ms", "upload_ms", "server_ms", "download_ms", "total_ms")
+from toolkit.train.peer import LABELS, CpuShare, Link, PeerConfig, TierPeer, synthetic_inputs
 
 
 class TrainError(ToolkitError):
     """The split training run could not start or a peer failed."""
 
 
+def term_keys(stems: Sequence[str]) -> tuple[list[str], list[tuple[str, str]]]:
+    """The measured and predicted terms' names: each tier's compute (`device_ms`, `edge_ms`,
+    `device_tail_ms`), each boundary's message up and down; two tiers keep their classic
+    names (`upload_ms`, `download_ms`)."""
+    keys = [_key(stem) for stem in stems]
+    tiers = [f"{key}_ms" for key in keys]
+    if len(stems) == 2:
+        return tiers, [("upload_ms", "download_ms")]
+    return tiers, [(f"{a}_to_{b}_ms", f"{b}_to_{a}_ms") for a, b in itertools.pairwise(keys)]
+
+
+def _key(stem: str) -> str:
+    return stem.replace("-", "_")
+
+
 @dataclass(frozen=True)
 class TrainResult:
     model: str
     cut: str  # how the partition was chosen
-    device_layers: int
-    cut_tensors: list[str]
+    tiers: list[str]  # the chain's file stems ("device", "server"; "device-head", ...)
+    tier: list[int]  # each layer's tier
+    crossing: list[list[str]]  # per boundary, the tensors that crossed it (labels as LABELS)
     batch: int
     shaping: str  # "kernel (tc htb in a private network namespace)" or "paced in the sender"
     iterations: list[dict[str, float]]
     measured_ms: dict[str, float]
     predicted_ms: dict[str, float]
     losses: list[float] = field(default_factory=list)
-    device: list[int] = field(default_factory=list)  # the device layers' indices
     predicted_for: str = ""  # the profiles the prediction is for
+
+    @property
+    def device(self) -> list[int]:
+        """The first tier's layers."""
+        return [i for i, t in enumerate(self.tier) if t == 0]
+
+    @property
+    def device_layers(self) -> int:
+        return len(self.device)
+
+    @property
+    def cut_tensors(self) -> list[str]:
+        """What crosses the first boundary, the labels left out."""
+        return [x for x in self.crossing[0] if x != LABELS] if self.crossing else []
 
     def to_dict(self) -> dict[str, Any]:
         ratio = {k: self.measured_ms[k] / self.predicted_ms[k]
-                 for k in TERMS if self.predicted_ms.get(k)}
+                 for k in self.measured_ms if self.predicted_ms.get(k)}
+        tier_keys, boundary_keys = term_keys(self.tiers)
         return {"model": self.model, "cut": self.cut, "device_layers": self.device_layers,
                 "cut_tensors": self.cut_tensors, "batch": self.batch, "shaping": self.shaping,
+                "tiers": [{"name": stem, "layers": self.tier.count(t), "term": key}
+                          for t, (stem, key) in enumerate(zip(self.tiers, tier_keys, strict=True))],
+                "boundaries": [{"from": self.tiers[b], "to": self.tiers[b + 1],
+                                "tensors": [x for x in names if x != LABELS],
+                                "labels": LABELS in names, "up_term": up, "down_term": down}
+                               for b, (names, (up, down)) in enumerate(
+                                   zip(self.crossing, boundary_keys, strict=False))],
                 "measured_ms": self.measured_ms, "predicted_ms": self.predicted_ms,
                 "ratio": ratio, "losses": self.losses, "iterations": self.iterations,
                 "device": self.device, "predicted_for": self.predicted_for}
 
 
-def predicted_terms(costs: CostGraph, device: Sequence[int], scenario: Scenario
-                    ) -> dict[str, float]:
-    """The delay model's terms of one iteration for this partition: each side's compute
-    (forward, backward and optimizer step), and each direction's message (bytes terms, its
-    one-way latency, and the labels up when the server holds the loss)."""
-    on_device = set(device)
-    crossing = crossing_tensors(costs, on_device)
-    server_holds_output = any(o not in on_device for o in costs.outputs)
-    up = sum(transfer_ms(t.bytes, scenario, up=True) for t in crossing)
-    down = sum(transfer_ms(t.bytes, scenario, up=False) for t in crossing if t.is_float)
-    messages = bool(crossing)
-    terms = {
-        "device_ms": sum(costs.device_ms[i] for i in on_device),
-        "upload_ms": up + (scenario.latency_ms if messages else 0.0)
-        + (labels_ms(scenario) if server_holds_output else 0.0),
-        "server_ms": sum(costs.server_ms[i] for i in range(len(costs)) if i not in on_device),
-        "download_ms": down + (scenario.latency_ms if messages else 0.0),
-    }
+def predicted_terms(graph: TierGraph, tier: Sequence[int], boundaries: Sequence[Scenario],
+                    stems: Sequence[str]) -> dict[str, float]:
+    """The delay model's terms of one iteration for this tiering: each tier's compute
+    (forward, backward and optimizer step), and each boundary's message each way (its bytes
+    terms and one-way latency, and the labels up where the loss lies beyond it). They add up
+    to the objective `tier_delay` minimises."""
+    tiers = np.asarray(tier, dtype=np.int64)
+    delay = check_tiers(graph, tiers)
+    flags = crossed(graph, tiers)
+    tier_keys, boundary_keys = term_keys(stems)
+    terms = dict(zip(tier_keys, delay.compute, strict=True))
+    for b, (scenario, (up_key, down_key)) in enumerate(zip(boundaries, boundary_keys,
+                                                              strict=True)):
+        across = [graph.base.tensors[x] for x in np.flatnonzero(flags[:, b])]
+        one_way = scenario.latency_ms if across else 0.0
+        terms[up_key] = sum(transfer_ms(x.bytes, scenario, up=True) for x in across) \
+            + one_way + delay.labels[b]
+        terms[down_key] = sum(transfer_ms(x.bytes, scenario, up=False)
+                              for x in across if x.is_float) + one_way
     terms["total_ms"] = sum(terms.values())
     return terms
 
@@ -140,25 +180,29 @@ def file_batch(model: onnx.ModelProto) -> int | None:
 
 
 def train(
-    model_path: Path, name: str, costs: CostGraph, device: Sequence[int], cut_label: str,
-    scenario: Scenario, iterations: int = 20, warmup: int = 3, lr: float = 0.001,
+    model_path: Path, name: str, graph: TierGraph, tier: Sequence[int], cut_label: str,
+    boundaries: Sequence[Scenario], iterations: int = 20, warmup: int = 3, lr: float = 0.001,
     paced: bool = False, dims: dict[str, int] | None = None, timeout_s: float = 1800,
-    progress: Callable[[int, int], None] | None = None, device_cpu: float = 1.0,
+    progress: Callable[[int, int], None] | None = None, cpu: Mapping[str, float] | None = None,
 ) -> TrainResult:
-    """Split MODEL at `device` (layer indices of `costs`), train it for `iterations` over the
-    scenario's link at the scenario's batch, and compare with the prediction. A file that fixes
-    its batch trains at that batch, so the scenario must use it (`file_batch`). `progress` is
-    called with (iterations done, iterations in all, warm-up included) while it runs."""
-    from toolkit.onnx.split import split_model
+    """Split MODEL along the chain at `tier` (each layer's tier in `graph`), train it for
+    `iterations` over each boundary's link at the scenario's batch, and compare with the
+    prediction. A file that fixes its batch trains at that batch, so the scenario must use it
+    (`file_batch`). `progress` is called with (iterations done, iterations in all, warm-up
+    included) while it runs. `cpu` gives tiers (by name) a share of one CPU: a slower
+    processor, emulated by a cgroup quota that a name's tiers share (a U-shape's device)."""
+    from toolkit.onnx.split import split_tiers
 
+    predicted = predicted_terms(graph, tier, boundaries, file_stems(graph.tiers))
+    batch = boundaries[0].batch
     whole = load_model(model_path)
     load_external_data(whole, model_path.parent)
     fixed = file_batch(whole)
-    if fixed is not None and fixed != scenario.batch:
+    if fixed is not None and fixed != batch:
         raise TrainError(f"{model_path.name} fixes its batch at {fixed}; train it at --batch "
                          f"{fixed} (or export it with a dynamic batch dimension)")
     trainable = sorted(trainable_initializers(whole.graph))
-    inputs = input_specs(whole, scenario.batch, dims or {})
+    inputs = input_specs(whole, batch, dims or {})
     loss_output = whole.graph.output[0].name
     probe = OnnxModule(whole, trainable)
     with torch.no_grad():
@@ -166,42 +210,53 @@ def train(
     del probe
     classes = int(output.shape[-1]) if output.is_floating_point() and output.dim() >= 2 else 0
     label_shape = list(output.shape[:-1] if classes else output.shape)
-    batch = scenario.batch
-    on_device = set(device)
-    all_device = len(on_device) == len(costs)
-    if not all_device and not any(o not in on_device for o in costs.outputs):
-        raise TrainError("this cut keeps the model's outputs on the device; split training "
-                         "here computes the loss on the server")
+    stems = file_stems(graph.tiers)
+    last = max(tier, default=0)
     why_not = None if paced else kernel_shaping_available()
     shaping = "kernel (tc htb in a private network namespace)" if not (paced or why_not) \
         else f"paced in the sender ({why_not or 'asked for'}; not kernel-shaped)"
-    if device_cpu < 1:
-        shaping += f"; device limited to {device_cpu:.0%} of a CPU (cgroup cpu quota)"
+    shares = {name: share for name, share in (cpu or {}).items() if share < 1}
+    unknown = [name for name in shares if name not in graph.tiers]
+    if unknown:
+        raise TrainError(f"no tier named {unknown[0]!r} to slow down; the chain has "
+                         + ", ".join(dict.fromkeys(graph.tiers)))
+    if shares:
+        shaping += "; " + ", ".join(f"{name} limited to {share:.0%}" for name, share in
+                                    shares.items()) + " of a CPU (cgroup cpu quota)"
     with tempfile.TemporaryDirectory(prefix="splitcut-train-") as tmp:
         work = Path(tmp)
-        if all_device:
-            device_onnx, server_onnx, cut = str(model_path), None, []
+        if last == 0:
+            files: list[str | None] = [str(model_path)]
+            sends: list[list[str]] = [[]]
+            loss_tier = 0
         else:
-            split = split_model(model_path, [costs.names[i] for i in sorted(on_device)], work,
-                                check=False)
-            assert split.server_path is not None
-            device_onnx, server_onnx, cut = str(split.device_path), str(split.server_path), \
-                list(split.cut_tensors)
+            split = split_tiers(model_path, {graph.names[i]: int(t) for i, t in enumerate(tier)},
+                                stems, work, check=False)
+            files = [str(path) if path else None for path in split.paths[:last + 1]]
+            sends = [split.crossing(b) for b in range(last)] + [[]]
+            loss_tier = next(t for t, made in enumerate(split.made) if loss_output in made)
+        tier_keys, boundary_keys = term_keys(stems)
         config = PeerConfig(
-            device_onnx=device_onnx, server_onnx=server_onnx, trainable=trainable, cut=cut,
-            loss_output=loss_output, label_shape=label_shape, classes=classes,
-            port=_free_port(), results=str(work / "results.json"), iterations=iterations,
-            progress=str(work / "progress"), device_cpu=device_cpu,
-            warmup=warmup, lr=lr, latency_ms=scenario.latency_ms, inputs=inputs,
-            pace_bps={} if why_not is None and not paced
-            else {"up": scenario.uplink_bps, "down": scenario.downlink_bps},
+            tiers=[TierPeer(_key(stems[t]), files[t], sends[t],
+                            boundary_keys[t - 1][0] if t else "",
+                            boundary_keys[t][1] if t < last else "")
+                   for t in range(last + 1)],
+            ports=[_free_port() for _ in range(last)], trainable=trainable,
+            loss_output=loss_output, loss_tier=loss_tier,
+            labels_at=loss_tier if graph.tiers[loss_tier] == graph.tiers[0] else 0,
+            inputs=inputs, label_shape=label_shape, classes=classes,
+            results=str(work), iterations=iterations, warmup=warmup, lr=lr,
+            links=[Link(s.uplink_bps, s.downlink_bps, s.latency_ms) for s in boundaries[:last]],
+            paced=why_not is not None or paced, progress=str(work / "progress"),
+            cpu=[CpuShare([t for t in range(last + 1) if graph.tiers[t] == name], share)
+                 for name, share in shares.items()
+                 if any(graph.tiers[t] == name for t in range(last + 1))],
         )
         config_path = work / "config.json"
         config.save(config_path)
         runner = [sys.executable, "-m", "toolkit.train.link", str(config_path),
-                  str(scenario.uplink_bps), str(scenario.downlink_bps),
-                  "paced" if config.pace_bps else "shaped"]
-        if not config.pace_bps:
+                  "paced" if config.paced else "shaped"]
+        if not config.paced:
             runner = ["unshare", "--net", "--", *runner]
         code, stderr = _run(runner, timeout_s, work / "progress", warmup + iterations,
                             progress)
@@ -209,19 +264,24 @@ def train(
             lines = [line.removeprefix("splitcut train: ")
                      for line in stderr.splitlines() if line.startswith("splitcut train")]
             raise TrainError("; ".join(lines) if lines else f"a peer failed (exit {code})")
-        rows = json.loads((work / "results.json").read_text())
-    measured = {
-        "device_ms": statistics.median(r["device_forward_ms"] + r["device_backward_ms"]
-                                       for r in rows),
-        "upload_ms": statistics.median(r.get("upload_ms", 0.0) for r in rows),
-        "server_ms": statistics.median(r.get("server_ms", 0.0) for r in rows),
-        "download_ms": statistics.median(r.get("download_ms", 0.0) for r in rows),
-        "total_ms": statistics.median(r["wall_ms"] for r in rows),
-    }
-    return TrainResult(name, cut_label, len(on_device), cut, batch, shaping, rows, measured,
-                       predicted_terms(costs, device, scenario), [r["loss"] for r in rows],
-                       sorted(on_device),
-                       f"device {scenario.device.name}, server {scenario.server.name}")
+        runs = [json.loads((work / f"tier-{t}.json").read_text()) for t in range(last + 1)]
+    rows = [{k: v for run in runs for k, v in run["rows"][i].items()}
+            for i in range(len(runs[0]["rows"]))]
+    measured = {key: 0.0 for key in predicted}
+    for t, stem in enumerate(stems[:last + 1]):
+        key = _key(stem)
+        measured[tier_keys[t]] = statistics.median(r[f"{key}_forward_ms"]
+                                                   + r[f"{key}_backward_ms"] for r in rows)
+    for up, down in boundary_keys[:last]:
+        measured[up] = statistics.median(r[up] for r in rows)
+        measured[down] = statistics.median(r[down] for r in rows)
+    measured["total_ms"] = statistics.median(r["wall_ms"] for r in rows)
+    processors = [t.get("processor", "?") for t in graph.scenario.get("tiers", [])]
+    return TrainResult(
+        name, cut_label, list(stems), [int(t) for t in tier],
+        [list(runs[b + 1]["received"]) for b in range(last)], batch, shaping, rows, measured,
+        predicted, [r["loss"] for r in rows],
+        ", ".join(f"{stem} {p}" for stem, p in zip(stems, processors, strict=False)))
 
 
 def _run(command: list[str], timeout_s: float, progress_file: Path, steps: int,
