@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
 import time
 import tomllib
@@ -24,6 +25,7 @@ from toolkit.measured import MeasuredProfile, load_profile
 from toolkit.partition import Partition, checked_partition, solve, stored
 from toolkit.partition.blockwise import Chain
 from toolkit.partition.stcut import CutResult
+from toolkit.partition.sweep import SweepResult
 from toolkit.partition.tiers import TierPartition, file_stems, solve_tiers
 from toolkit.profiles import Processor
 from toolkit.tiergraph import TierGraph
@@ -302,6 +304,82 @@ def partition_tiers(
     if method == "blockwise":
         blocks, blocks_ms = model_blocks(graph)
     return solve_tiers(costs, method, blocks, blocks_ms)
+
+
+def sweep_model(
+    graph: LayerGraph, scenario: Scenario, parameter: str, low: float, high: float,
+    method: str = "blockwise", pin_device: Sequence[str] = (), pin_server: Sequence[str] = (),
+    chain: tuple[Sequence[str], Sequence[Scenario]] | None = None, boundary: int = 0,
+    progress: Callable[[int], None] | None = None,
+) -> SweepResult:
+    """Every optimal partition (or tiering, along `chain`) of the model for `parameter`
+    (`sweep.PARAMETERS`) across [low, high]: a link rate of `boundary` exactly, by the lower
+    envelope of the delay's lines in 1/rate (`sweep.lower_envelope`); the batch by solving
+    every integer batch. `progress` is told the solves done."""
+    from toolkit.partition import sweep
+    from toolkit.tiergraph import crossed, tier_delay
+
+    if parameter not in sweep.PARAMETERS:
+        raise ScenarioError(f"cannot sweep {parameter!r}; choose one of "
+                            f"{', '.join(sweep.PARAMETERS)}")
+    if not 0 < low <= high < math.inf:
+        raise ScenarioError(f"a {parameter} range needs 0 < low <= high, not {low:g}..{high:g}")
+    names, boundaries = chain or (["device", "server"], [scenario])
+    if not 0 <= boundary < len(boundaries):
+        raise ScenarioError(f"the chain has boundaries 0..{len(boundaries) - 1}, not {boundary}")
+    u_shape = len(names) == 3 and names[0] == names[-1]
+    blocks = model_blocks(graph)[0] if method == "blockwise" else None
+    cache: dict[float, TierGraph] = {}
+    solves = [0, 0.0]
+
+    def costs_at(x: float) -> TierGraph:
+        if x not in cache:
+            if parameter == "batch":
+                links = [dataclasses.replace(s, batch=int(x)) for s in boundaries]
+            else:
+                links = list(boundaries)
+                links[boundary] = _rated(links[boundary], parameter, 1 / x)
+                if u_shape:  # the way back is the first link with its directions swapped
+                    links[1 - boundary] = _rated(links[1 - boundary], parameter, 1 / x,
+                                                 swapped=True)
+            cache[x] = tier_costs(graph, names, links, pin_device, pin_server)
+        return cache[x]
+
+    def optimum(x: float) -> tuple[tuple[int, ...], float]:
+        start = time.perf_counter()
+        solved = solve_tiers(costs_at(x), method, blocks, with_baselines=False)
+        solves[0] += 1
+        solves[1] += (time.perf_counter() - start) * 1e3
+        if progress is not None:
+            progress(int(solves[0]))
+        return tuple(int(t) for t in solved.tier), solved.delay.total
+
+    def delay(key: tuple[int, ...], x: float) -> float:
+        return tier_delay(costs_at(x), np.array(key)).total
+
+    if parameter == "batch":
+        pieces = sweep.enumerate_optima(range(int(low), int(high) + 1), optimum)
+    else:  # in x = 1/rate, then back to rates, ascending
+        pieces = [sweep.Piece(1 / p.hi, 1 / p.lo, p.key, p.delay_hi, p.delay_lo) for p in
+                  reversed(sweep.lower_envelope(1 / high, 1 / low, optimum, delay))]
+        pieces[0] = dataclasses.replace(pieces[0], lo=low)  # the ends exactly as asked
+        pieces[-1] = dataclasses.replace(pieces[-1], hi=high)
+    costs = costs_at(pieces[0].lo if parameter == "batch" else 1 / pieces[0].lo)
+    crossing = [[[costs.base.tensors[x].name for x in np.flatnonzero(flags[:, b])]
+                 for b in range(costs.k - 1)]
+                for flags in (crossed(costs, np.array(p.key)) for p in pieces)]
+    return sweep.SweepResult(graph.name, parameter, boundary, list(names), costs.names,
+                             pieces, crossing, int(solves[0]), solves[1], costs.scenario)
+
+
+def _rated(scenario: Scenario, parameter: str, rate: float, swapped: bool = False) -> Scenario:
+    """`scenario` with its uplink, downlink or both at `rate` (`swapped`: the way back of a
+    U-shape, whose uplink is the first link's downlink)."""
+    up = parameter in ("rate", "downlink" if swapped else "uplink")
+    down = parameter in ("rate", "uplink" if swapped else "downlink")
+    return dataclasses.replace(scenario, link=None,
+                               uplink_bps=rate if up else scenario.uplink_bps,
+                               downlink_bps=rate if down else scenario.downlink_bps)
 
 
 def partition_tiers_in_neo4j(

@@ -19,7 +19,7 @@ from rich.table import Table
 from toolkit import __version__, api, profiles, zoo
 from toolkit.blocks import find_blocks
 from toolkit.costs import LABEL_BYTES, OPTIMIZER_STATES, PRECISIONS, Scenario, build_cost_graph
-from toolkit.errors import ToolkitError
+from toolkit.errors import ScenarioError, ToolkitError
 from toolkit.graph import LayerGraph
 from toolkit.partition import METHODS
 from toolkit.partition.tiers import tier_label
@@ -30,6 +30,7 @@ from toolkit.report import (
     human_bytes,
     inspect_dict,
     partition_report,
+    sweep_report,
     tiers_report,
     train_report,
 )
@@ -408,6 +409,79 @@ def partition(model: str, name: str | None, exporter: str, dims: dict[str, int],
         emit_json(result.to_dict())
         return
     console.print(partition_report(result, graph))
+
+
+@cli.command()
+@model_options
+@scenario_options
+@partition_options
+@click.option("--batches", metavar="LOW..HIGH", help="Sweep the batch (every integer).")
+@click.option("--tiers", "tiers_file", type=click.Path(dir_okay=False),
+              help="A chain of tiers (TOML): sweep a rate of its --boundary.")
+@click.option("--u-shape", is_flag=True, help="Device -> server -> device.")
+@click.option("--boundary", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Which link of a chain a rate sweep changes (0: the first).")
+@click.option("--plot", "plot_path", metavar="FILE.png",
+              help="Also draw delay against the parameter, one line per optimal partition.")
+@json_option
+def sweep(model: str, name: str | None, exporter: str, dims: dict[str, int], as_json: bool,
+          method: str, pin: tuple[str, ...], pin_server: tuple[str, ...], batches: str | None,
+          tiers_file: str | None, u_shape: bool, boundary: int, plot_path: str | None,
+          settings: ScenarioOptions) -> None:
+    """Every optimal partition of MODEL across a range of link rates (or batches), exactly.
+
+    Give one range: --uplink 1Mbps..1Gbps, --downlink ..., both alike (the link's rate both
+    ways), or --batches 1..256.
+
+    Example: splitcut sweep resnet50 --uplink 1Mbps..1Gbps --plot sweep.png
+    """
+    parameter, low, high, settings = _sweep_range(settings, batches)
+    chain = settings.chain(tiers_file, u_shape) if tiers_file or u_shape else None
+    scenario = chain[1][0] if chain else settings.scenario()
+    graph = load_graph(model, name, exporter, dims)
+    with console.status(f"sweeping {graph.name}", spinner="dots") as status:
+        def progress(done: int) -> None:
+            status.update(f"sweeping {graph.name}: {done} exact solves")
+
+        result = api.sweep_model(graph, scenario, parameter, low, high, method, pin, pin_server,
+                                 chain, boundary, progress)
+    if plot_path:
+        from toolkit.plots import sweep_plot
+
+        sweep_plot(result, plot_path)
+    if as_json:
+        emit_json(result.to_dict())
+        return
+    console.print(sweep_report(result, graph))
+    if plot_path:
+        console.print(f"plot: {plot_path}")
+
+
+def _sweep_range(settings: ScenarioOptions, batches: str | None
+                 ) -> tuple[str, float, float, ScenarioOptions]:
+    """The one range asked for, and the settings with its low end in its place."""
+    ranges = {key: text for key, text in (("uplink", settings.uplink),
+                                          ("downlink", settings.downlink), ("batch", batches))
+              if text and ".." in text}
+    if batches and "batch" not in ranges:
+        raise ScenarioError(f"--batches {batches!r}: write LOW..HIGH, e.g. 1..256")
+    if ranges.keys() == {"uplink", "downlink"} and ranges["uplink"] == ranges["downlink"]:
+        ranges = {"rate": ranges["uplink"]}
+    if len(ranges) != 1:
+        raise ScenarioError("give one range to sweep: --uplink LOW..HIGH, --downlink LOW..HIGH "
+                            "(both alike: the rate both ways) or --batches LOW..HIGH")
+    (parameter, text), = ranges.items()
+    low_text, _, high_text = text.partition("..")
+    if parameter == "batch":
+        if not (low_text.strip().isdigit() and high_text.strip().isdigit()):
+            raise ScenarioError(f"--batches {text!r}: write LOW..HIGH in samples, e.g. 1..256")
+        low, high = float(low_text), float(high_text)
+        return parameter, low, high, dataclasses.replace(settings, batch=int(low))
+    low, high = profiles.parse_rate(low_text), profiles.parse_rate(high_text)
+    both = parameter == "rate"
+    return parameter, low, high, dataclasses.replace(
+        settings, uplink=low_text if both or parameter == "uplink" else settings.uplink,
+        downlink=low_text if both or parameter == "downlink" else settings.downlink)
 
 
 @cli.command()

@@ -12,6 +12,7 @@ from rich.table import Table
 from toolkit.blocks import BlockStructure
 from toolkit.graph import LayerGraph
 from toolkit.partition import Partition
+from toolkit.partition.sweep import SweepResult
 from toolkit.partition.tiers import TierPartition
 
 if TYPE_CHECKING:
@@ -277,3 +278,37 @@ def train_report(result: TrainResult) -> Group:
         f"loss on the fixed synthetic batch: {losses[0]:.4g} -> {losses[-1]:.4g}"
         if losses else "no iterations measured",
     )
+
+
+def _amount(value: float, unit: str) -> str:
+    """1.5e7 bit/s -> '15 Mbit/s'; a batch as itself."""
+    if unit != "bit/s":
+        return f"{value:g}"
+    for scale, name in ((1e9, "Gbit/s"), (1e6, "Mbit/s"), (1e3, "kbit/s")):
+        if value >= scale:
+            return f"{value / scale:.4g} {name}"
+    return f"{value:.4g} bit/s"
+
+
+def sweep_report(result: SweepResult, graph: LayerGraph) -> Group:
+    """For people: each interval of the swept parameter, the partition optimal on it (layers
+    per tier, where the cut lies, what crosses) and the delay across it."""
+    modules = [layer.module or layer.name for layer in graph]
+    what = {"uplink": "uplink rate", "downlink": "downlink rate",
+            "rate": "link rate (both ways)", "batch": "batch"}[result.parameter]
+    table = Table(what, "layers per tier", "last layer of each tier but the last", "crossing",
+                  "delay ms", title=f"{escape(result.model)}: every optimal "
+                  f"{'partition' if len(result.tiers) == 2 else 'tiering'} across the {what}")
+    for piece, crossing in zip(result.pieces, result.crossing, strict=True):
+        ends = [max((i for i, t in enumerate(piece.key) if t == tier), default=None)
+                for tier in range(len(result.tiers) - 1)]
+        table.add_row(
+            f"{_amount(piece.lo, result.unit)} .. {_amount(piece.hi, result.unit)}",
+            " / ".join(f"{name} {piece.key.count(t)}" for t, name in enumerate(result.tiers)),
+            ", ".join(escape(modules[i]) if i is not None else "-" for i in ends),
+            "; ".join(f"{len(c)} tensors" for c in crossing),
+            f"{piece.delay_lo:.1f} .. {piece.delay_hi:.1f}")
+    return Group(table, f"{len(result.pieces)} intervals from {result.solves} exact solves "
+                        f"({result.solve_ms:.0f} ms)"
+                 + ("" if result.parameter == "batch" else
+                    ": breakpoints of the lower envelope of the delay's lines in 1/rate"))

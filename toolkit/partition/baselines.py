@@ -23,9 +23,17 @@ def server_only(graph: CostGraph) -> float:
 def best_chain_split(graph: CostGraph) -> tuple[float, int]:
     """Neurosurgeon-style: the best prefix of the topological order on the device.
 
-    Returns (delay, k) where the first k layers run on the device. Every prefix is monotone;
-    prefixes leaving a pinned layer on the server are skipped. Vectorised, O(V + E): a tensor
-    crosses prefix k when its producer is before k and its last consumer at or after it.
+    Returns (delay, k) where the first k layers run on the device (`chain_split_delays`)."""
+    total = chain_split_delays(graph)
+    best = int(np.argmin(total))
+    return float(total[best]), best
+
+
+def chain_split_delays(graph: CostGraph) -> np.ndarray:
+    """D of every prefix k = 0..n of the topological order on the device; inf for prefixes
+    that leave a pinned layer on the wrong side. Every prefix is monotone. Vectorised,
+    O(V + E): a tensor crosses prefix k when its producer is before k and its last consumer at
+    or after it.
     """
     n = len(graph)
     first = max((i + 1 for i in range(n) if graph.pinned[i]), default=0)
@@ -41,11 +49,10 @@ def best_chain_split(graph: CostGraph) -> tuple[float, int]:
     srv = graph.server_arr.sum() - np.concatenate(([0.0], np.cumsum(graph.server_arr)))
     last_output = max(graph.outputs, default=-1)
     k = np.arange(n + 1)
-    total = dev + srv + cross + np.where(crossing > 0, graph.latency_ms, 0.0) \
+    total: np.ndarray = dev + srv + cross + np.where(crossing > 0, graph.latency_ms, 0.0) \
         + np.where(last_output >= k, graph.labels_ms, 0.0)
     total[(k < first) | (k > last)] = np.inf
-    best = int(np.argmin(total))
-    return float(total[best]), best
+    return total
 
 
 def dads_repaired(graph: CostGraph) -> float:
