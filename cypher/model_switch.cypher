@@ -1,5 +1,5 @@
 // Make a fully staged version current, in one small transaction under the model's lock (its
-// first statement is model_lock). Old partitions go with the old version; the old version's
+// first statement is model_lock). Old partitions and sweep policies go with the old version; the old version's
 // layers and blocks are deleted afterwards, in batches, by model_sweep.
 // $name, $version (the staged one), $sha256, $source, $opset, $layer_count, $scenario (JSON
 // text of the delays' scenario), $device, $server, $latency_ms, $labels_ms.
@@ -26,5 +26,11 @@ CALL (m, status) {
   WITH m
   MATCH (p:Partition)-[:OF]->(m)
   DETACH DELETE p
+}
+CALL (m, status) {
+  WITH m, status WHERE status IN ['created', 'replaced']
+  MATCH (policy:Policy)-[:OF]->(m)
+  CALL (policy) { MATCH (p:Partition)-[:IN]->(policy) DETACH DELETE p }
+  DETACH DELETE policy
 }
 RETURN status, m.version AS current

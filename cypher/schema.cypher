@@ -10,3 +10,4 @@ DROP INDEX block_model_index IF EXISTS;
 CREATE INDEX layer_version_topo IF NOT EXISTS FOR (l:Layer) ON (l.model, l.version, l.topo);
 CREATE INDEX block_version_index IF NOT EXISTS FOR (b:Block) ON (b.model, b.version, b.index);
 CREATE INDEX partition_model IF NOT EXISTS FOR (p:Partition) ON (p.model);
+CREATE INDEX policy_model IF NOT EXISTS FOR (p:Policy) ON (p.model, p.parameter);

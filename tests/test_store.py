@@ -409,3 +409,53 @@ def test_of_two_overlapping_ingests_the_later_started_stays():
         assert _all_layers(store, name) == len(second)
         assert api.stored_cost_graph(store, name).names == second_costs.names
         store.delete_model(name)
+
+
+def test_a_sweep_policy_is_stored_replaced_queried_and_deleted(store, zoo_path, capsys,
+                                                              monkeypatch):
+    """`sweep --neo4j`: one (:Partition) per interval under one (:Policy), replaced (not added
+    to) by the same sweep again; `cut_changes` finds the model exactly when a breakpoint lies
+    in the asked range; deleting or re-ingesting the model takes the policy with it."""
+    name = "resnet18-policy"
+    scenario = api.make_scenario(link="wifi5", batch=32)
+
+    def run(graph):
+        return api.sweep_model(graph, scenario, "uplink", 1e6, 1e9)
+
+    result, written, graph = api.sweep_in_neo4j(store, str(zoo_path("resnet18")), scenario, run,
+                                                name)
+    assert written == len(result.pieces) >= 3
+    api.sweep_in_neo4j(store, str(zoo_path("resnet18")), scenario, run, name)  # again
+    policies = "MATCH (p:Policy)-[:OF]->(:Model {name: $n}) RETURN count(p)"
+    intervals = "MATCH (p:Partition)-[:IN]->(:Policy)-[:OF]->(:Model {name: $n}) RETURN count(p)"
+    assert count(store, policies, n=name) == 1
+    assert count(store, intervals, n=name) == len(result.pieces)
+    current = "MATCH (p:Partition)-[:OF]->(:Model {name: $n}) RETURN count(p)"
+    assert count(store, current, n=name) == 0  # the policy is not a current partition
+    inside = [p.lo for p in result.pieces[1:] if 10e6 < p.lo < 100e6]
+    rows = [r for r in store.run_saved("cut_changes", {"low": 10e6, "high": 100e6,
+                                                       "parameter": None})
+            if r["model"] == name]
+    assert len(rows) == (1 if inside else 0)
+    if inside:
+        assert rows[0]["changes"] == len(inside)
+        assert rows[0]["breakpoints"] == pytest.approx(inside)
+    outside = [r for r in store.run_saved("cut_changes", {"low": 2e6, "high": 3e6,
+                                                          "parameter": "uplink"})
+               if r["model"] == name]
+    assert bool(outside) == any(2e6 < p.lo < 3e6 for p in result.pieces[1:])
+    code, out, err = run_main(["sweep", str(zoo_path("resnet18")), "--name", name, "--uplink",
+                               "1Mbps..1Gbps", "--neo4j", "--password", PASSWORD, "--json"],
+                              capsys, monkeypatch)
+    assert code == 0, err
+    assert json.loads(out)["neo4j"]["partitions"] == len(result.pieces)
+    assert count(store, policies, n=name) == 1  # the same sweep from the CLI: replaced
+    code, out, err = run_main(["query", "cut_changes", "--param", "low=10000000", "--param",
+                               "high=100000000", "--param", "parameter=null", "--password",
+                               PASSWORD, "--json"],
+                              capsys, monkeypatch)
+    assert code == 0, err
+    assert any(r["model"] == name for r in json.loads(out)) == bool(inside)
+    assert store.delete_model(name)
+    assert count(store, "MATCH (p:Policy {model: $n}) RETURN count(p)", n=name) == 0
+    assert count(store, "MATCH (p:Partition {model: $n}) RETURN count(p)", n=name) == 0

@@ -372,6 +372,19 @@ def sweep_model(
                              pieces, crossing, int(solves[0]), solves[1], costs.scenario)
 
 
+def sweep_in_neo4j(
+    store: Store, model: str, scenario: Scenario, sweep: Callable[[LayerGraph], SweepResult],
+    name: str | None = None, exporter: str = "torchscript", dims: dict[str, int] | None = None,
+) -> tuple[SweepResult, int, LayerGraph]:
+    """A sweep through Neo4j: ingest the model (if new), `sweep` it (`sweep_model` with its
+    settings), and store the policy as (:Partition) nodes with their intervals under a
+    (:Policy) of the model (`Store.write_policy`). Returns the partitions written."""
+    graph, _, _ = ingest_model(store, model, scenario, name, exporter, put_costs=False,
+                               dims=dims)
+    result = sweep(graph)
+    return result, store.write_policy(result, graph.sha256), graph
+
+
 def _rated(scenario: Scenario, parameter: str, rate: float, swapped: bool = False) -> Scenario:
     """`scenario` with its uplink, downlink or both at `rate` (`swapped`: the way back of a
     U-shape, whose uplink is the first link's downlink)."""

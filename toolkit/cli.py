@@ -22,6 +22,7 @@ from toolkit.costs import LABEL_BYTES, OPTIMIZER_STATES, PRECISIONS, Scenario, b
 from toolkit.errors import ScenarioError, ToolkitError
 from toolkit.graph import LayerGraph
 from toolkit.partition import METHODS
+from toolkit.partition.sweep import SweepResult
 from toolkit.partition.tiers import tier_label
 from toolkit.report import (
     blocks_dict,
@@ -423,11 +424,14 @@ def partition(model: str, name: str | None, exporter: str, dims: dict[str, int],
               help="Which link of a chain a rate sweep changes (0: the first).")
 @click.option("--plot", "plot_path", metavar="FILE.png",
               help="Also draw delay against the parameter, one line per optimal partition.")
+@click.option("--neo4j", "use_neo4j", is_flag=True,
+              help="Ingest the model (if new) and store the policy in Neo4j.")
+@neo4j_options
 @json_option
 def sweep(model: str, name: str | None, exporter: str, dims: dict[str, int], as_json: bool,
           method: str, pin: tuple[str, ...], pin_server: tuple[str, ...], batches: str | None,
           tiers_file: str | None, u_shape: bool, boundary: int, plot_path: str | None,
-          settings: ScenarioOptions) -> None:
+          use_neo4j: bool, settings: ScenarioOptions, neo4j: Neo4jOptions) -> None:
     """Every optimal partition of MODEL across a range of link rates (or batches), exactly.
 
     Give one range: --uplink 1Mbps..1Gbps, --downlink ..., both alike (the link's rate both
@@ -438,23 +442,38 @@ def sweep(model: str, name: str | None, exporter: str, dims: dict[str, int], as_
     parameter, low, high, settings = _sweep_range(settings, batches)
     chain = settings.chain(tiers_file, u_shape) if tiers_file or u_shape else None
     scenario = chain[1][0] if chain else settings.scenario()
-    graph = load_graph(model, name, exporter, dims)
-    with console.status(f"sweeping {graph.name}", spinner="dots") as status:
+    written = None
+    with console.status(f"sweeping {model}", spinner="dots") as status:
         def progress(done: int) -> None:
-            status.update(f"sweeping {graph.name}: {done} exact solves")
+            status.update(f"sweeping {model}: {done} exact solves")
 
-        result = api.sweep_model(graph, scenario, parameter, low, high, method, pin, pin_server,
-                                 chain, boundary, progress)
+        def run(graph: LayerGraph) -> SweepResult:
+            return api.sweep_model(graph, scenario, parameter, low, high, method, pin,
+                                   pin_server, chain, boundary, progress)
+
+        if use_neo4j:
+            with neo4j.store() as store:
+                result, written, graph = api.sweep_in_neo4j(store, model, scenario, run, name,
+                                                            exporter, dims)
+        else:
+            graph = load_graph(model, name, exporter, dims)
+            result = run(graph)
     if plot_path:
         from toolkit.plots import sweep_plot
 
         sweep_plot(result, plot_path)
     if as_json:
-        emit_json(result.to_dict())
+        emit_json({**result.to_dict(), **({"neo4j": {"uri": store.connection.uri,
+                                                      "partitions": written}}
+                                          if written is not None else {})})
         return
     console.print(sweep_report(result, graph))
     if plot_path:
         console.print(f"plot: {plot_path}")
+    if written is not None:
+        console.print(f"written to {store.connection.uri}: the policy, {written} (:Partition) "
+                      "nodes with their intervals; `splitcut query cut_changes` finds models "
+                      "whose cut changes in a range")
 
 
 def _sweep_range(settings: ScenarioOptions, batches: str | None

@@ -34,6 +34,7 @@ from toolkit.costs import scenario_key
 from toolkit.graph import LayerGraph
 from toolkit.partition import Partition
 from toolkit.partition.stored import Rows
+from toolkit.partition.sweep import SweepResult
 from toolkit.partition.tiers import TierPartition, tier_label
 from toolkit.store.connection import (
     MAX_MODEL_NAME,
@@ -325,6 +326,33 @@ class Store:
 
         done: tuple[Solved, dict[str, int]] = self._write(work)
         return done
+
+    def write_policy(self, result: SweepResult, sha256: str) -> int:
+        """A sweep's policy (`cypher/write_policy.cypher`) in one transaction under the model's
+        lock, for the file `sha256` names (else ModelChangedError, nothing written), replacing
+        the policy of the same parameter and scenario. Returns the partitions written."""
+        def work(tx: Transaction) -> int:
+            stored = tx.run(queries.load("model_lock"), name=result.model).single(strict=True)[0]
+            if stored != sha256:
+                raise ModelChangedError(
+                    f"model {result.model!r} was replaced by another file while this sweep "
+                    "ran (another process ingested it); nothing was written: run it again")
+            data = result.to_dict()
+            pieces = [{"from": p["from"], "to": p["to"], "delay_from_ms": p["delay_ms"]["from"],
+                       "delay_to_ms": p["delay_ms"]["to"], "tier_of": list(piece.key),
+                       "layers_per_tier": p["layers_per_tier"],
+                       "cut_tensors": p["crossing"][0]["tensors"]}
+                      for p, piece in zip(data["pieces"], result.pieces, strict=True)]
+            record = tx.run(queries.load("write_policy"), model=result.model,
+                            parameter=result.parameter, unit=result.unit,
+                            scenario=json.dumps(data["scenario"], sort_keys=True),
+                            scenario_key=f"{result.parameter} sweep: "
+                                         f"{scenario_key(data['scenario'])}",
+                            tiers=result.tiers, pieces=pieces).single()
+            return int(record["partitions"]) if record else 0
+
+        written: int = self._write(work)
+        return written
 
     def run_saved(self, name: str, params: dict[str, Any]) -> list[dict[str, Any]]:
         """A saved query, read-only: `splitcut query` can change nothing."""
