@@ -422,7 +422,7 @@ def test_a_sweep_policy_is_stored_replaced_queried_and_deleted(store, zoo_path, 
     def run(graph):
         return api.sweep_model(graph, scenario, "uplink", 1e6, 1e9)
 
-    result, written, graph = api.sweep_in_neo4j(store, str(zoo_path("resnet18")), scenario, run,
+    result, written, _ = api.sweep_in_neo4j(store, str(zoo_path("resnet18")), scenario, run,
                                                 name)
     assert written == len(result.pieces) >= 3
     api.sweep_in_neo4j(store, str(zoo_path("resnet18")), scenario, run, name)  # again

@@ -172,13 +172,25 @@ def partition_model(
     method: str = "blockwise",
     pin_device: Sequence[str] = (),
     pin_server: Sequence[str] = (),
+    device_memory: float | None = None,
 ) -> Partition:
-    """Cost the model under `scenario` and find its optimal partition."""
+    """Cost the model under `scenario` and find its optimal partition; with `device_memory`
+    (bytes), the optimal one whose device half fits it (`partition.budget`, exact)."""
     costs = pinned_costs(graph, build_cost_graph(graph, scenario), pin_device, pin_server)
+    known = scenario.device.memory_gb * 1e9 if scenario.device.memory_gb else None
+    if device_memory is not None:
+        from toolkit.partition.budget import solve_with_budget
+
+        budgeted = solve_with_budget(costs, device_memory)
+        result = budgeted.partition
+        result.memory = {**budgeted.to_dict(), "device_memory_bytes": known}
+        return result
     blocks, blocks_ms = None, 0.0
     if method == "blockwise":
         blocks, blocks_ms = model_blocks(graph)
-    return solve(costs, method, blocks=blocks, blocks_ms=blocks_ms)
+    result = solve(costs, method, blocks=blocks, blocks_ms=blocks_ms)
+    result.memory = {"device_memory_bytes": known}
+    return result
 
 
 def pinned_costs(graph: LayerGraph, costs: CostGraph, pin_device: Sequence[str] = (),

@@ -139,7 +139,8 @@ def to_toml(proc: Processor) -> str:
     lines = [f'name = "{proc.name}"', f'kind = "{proc.kind}"',
              f'description = "{proc.description}"']
     numbers = [f.name for f in dataclasses.fields(proc)
-               if f.name not in ("name", "kind", "description", "sources")]
+               if f.name not in ("name", "kind", "description", "sources")
+               and getattr(proc, f.name) is not None]
     lines += [f"{key} = {getattr(proc, key)!r}" for key in numbers]
     lines += ["", "[sources]"]
     lines += [f'{key} = "{proc.sources.get(key, "")}"' for key in numbers]

@@ -357,17 +357,24 @@ def graph(model: str, name: str | None, exporter: str, dims: dict[str, int], row
                    "edge -> cloud. README, 'Beyond two sides'.")
 @click.option("--u-shape", is_flag=True,
               help="Device -> server -> device: the loss and labels stay on the device.")
+@click.option("--device-memory", "device_memory", metavar="SIZE",
+              help="The device's memory budget (2.5GB, 512MB; 'profile': the device "
+                   "profile's): the best partition whose device half fits, exactly.")
 @neo4j_options
 @json_option
 def partition(model: str, name: str | None, exporter: str, dims: dict[str, int],
               as_json: bool, method: str,
               pin: tuple[str, ...], pin_server: tuple[str, ...], use_neo4j: bool,
-              tiers_file: str | None, u_shape: bool, settings: ScenarioOptions,
-              neo4j: Neo4jOptions) -> None:
+              tiers_file: str | None, u_shape: bool, device_memory: str | None,
+              settings: ScenarioOptions, neo4j: Neo4jOptions) -> None:
     """Where to cut MODEL between device and server for the least training delay.
 
     Example: splitcut partition resnet50 --device jetson-nano --server rtx-3090 --link lte
     """
+    budget = _budget(device_memory, settings)
+    if budget is not None and (tiers_file or u_shape or use_neo4j):
+        raise click.UsageError("--device-memory works on the two-sided embedded partition "
+                               "(not yet with --tiers, --u-shape or --neo4j)")
     if tiers_file or u_shape:
         names, boundaries = settings.chain(tiers_file, u_shape)
         if use_neo4j:
@@ -405,11 +412,27 @@ def partition(model: str, name: str | None, exporter: str, dims: dict[str, int],
                           f"{written['layers']} layers labelled :Device, the rest :Server")
         return
     graph = load_graph(model, name, exporter, dims)
-    result = api.partition_model(graph, settings.scenario(), method, pin, pin_server)
+    result = api.partition_model(graph, settings.scenario(), method, pin, pin_server, budget)
     if as_json:
         emit_json(result.to_dict())
         return
     console.print(partition_report(result, graph))
+
+
+def _budget(text: str | None, settings: ScenarioOptions) -> float | None:
+    """--device-memory in bytes: a size, or 'profile' (the device profile's memory)."""
+    if text is None:
+        return None
+    if text != "profile":
+        try:
+            return profiles.parse_size(text)
+        except ScenarioError as exc:
+            raise click.BadParameter(str(exc), param_hint="--device-memory") from None
+    device = profiles.processor(settings.device, settings.profile_dir)
+    if device.memory_gb is None:
+        raise ScenarioError(f"--device-memory profile: the {device.name} profile gives no "
+                            "memory_gb; give a size")
+    return device.memory_gb * 1e9
 
 
 @cli.command()

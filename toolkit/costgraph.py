@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from toolkit.memory import ModelMemory, peak_bytes
+
 
 @dataclass(frozen=True)
 class CostTensor:
@@ -54,6 +56,7 @@ class CostGraph:
     pin_reasons: list[str | None] = field(default_factory=list)  # why each pinned layer is
     notes: list[str] = field(default_factory=list)  # how the model was read (exported batch, ...)
     server_pinned: frozenset[int] = frozenset()  # layers that must run on the server
+    memory: ModelMemory | None = None  # training memory terms (`toolkit.memory`)
 
     def __post_init__(self) -> None:
         """Array views for the vectorised solvers, built once with the graph."""
@@ -221,6 +224,14 @@ def delay(graph: CostGraph, device: Collection[int]) -> Delay:
     cross = sum(t.crossing_ms for t in crossing)
     labels = graph.labels_ms if any(i not in on_device for i in graph.outputs) else 0.0
     return Delay(dev, srv, cross, graph.latency_ms if crossing else 0.0, labels)
+
+
+def peak_memory(graph: CostGraph, layers: Collection[int]) -> float:
+    """Peak training memory, in bytes, of the tier that trains `layers` (`toolkit.memory`);
+    0 when the graph carries no memory terms."""
+    if graph.memory is None:
+        return 0.0
+    return peak_bytes(graph.memory, layers, len(graph))
 
 
 def crossing_tensors(graph: CostGraph, device: Collection[int]) -> list[CostTensor]:

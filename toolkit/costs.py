@@ -53,6 +53,7 @@ from toolkit.costgraph import CostGraph, CostTensor
 from toolkit.errors import ScenarioError
 from toolkit.graph import Layer, LayerGraph, Tensor
 from toolkit.measured import MeasuredProfile
+from toolkit.memory import WORD, model_memory
 from toolkit.profiles import Processor
 from toolkit.tiergraph import TierGraph
 
@@ -61,7 +62,7 @@ OPTIMIZER_STATES = {"sgd": 0, "momentum": 1, "adam": 2}
 """Optimizer state buffers per parameter (torch.optim: SGD, SGD with momentum, Adam)."""
 LABEL_BYTES = 8
 """Default label size per sample: one int64 class index."""
-_WORD = 4  # bytes of an fp32 master weight, gradient or state element
+_WORD = WORD  # bytes of an fp32 master weight, gradient or state element
 
 ELEMENT_BYTES: dict[str, float] = {
     "float": 4, "double": 8, "float16": 2, "bfloat16": 2, "int8": 1, "uint8": 1, "int16": 2,
@@ -316,6 +317,9 @@ def build_cost_graph(graph: LayerGraph, scenario: Scenario) -> CostGraph:
     reasons = graph.raw_data_readers()
     outputs = sorted({index[graph.tensors[o].producer] for o in graph.outputs  # type: ignore[index]
                       if graph.tensors[o].producer is not None})
+    memory = model_memory(graph, scenario.batch, OPTIMIZER_STATES[scenario.optimizer],
+                          {name: tensor_bytes(t, scenario.precision)
+                           for name, t in graph.tensors.items()})
     return CostGraph(
         model=graph.name,
         names=[layer.name for layer in layers],
@@ -337,6 +341,7 @@ def build_cost_graph(graph: LayerGraph, scenario: Scenario) -> CostGraph:
         outputs=outputs,
         pin_reasons=[reasons.get(layer.name) for layer in layers],
         notes=list(graph.notes),
+        memory=memory,
     )
 
 

@@ -206,6 +206,9 @@ _REDUCTIONS = (
     "GlobalLpPool TopK"
 )
 
+DATA_MOVEMENT = frozenset(_ZERO.split())
+"""Ops that only move, view or index data: no arithmetic, nothing kept for their backward."""
+
 REGISTRY: dict[str, Handle] = {
     **dict.fromkeys(_ZERO.split(), zero_cost),
     **dict.fromkeys(_CHEAP_ELEMENTWISE.split(), per_output(1.0)),

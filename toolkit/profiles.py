@@ -34,6 +34,7 @@ class Processor:
     memory_efficiency: float
     layer_overhead_us: float
     sources: dict[str, str]
+    memory_gb: float | None = None  # what training may use (a device's whole memory)
 
 
 @dataclass(frozen=True)
@@ -82,11 +83,15 @@ def parse_processor(data: dict[str, object], origin: str) -> Processor:
     sources = data.get("sources", {})
     if not isinstance(sources, dict):
         raise ProfileError(f"profile {origin}: [sources] must be a table")
+    memory = data.get("memory_gb")
+    if memory is not None and (not isinstance(memory, int | float) or isinstance(memory, bool)
+                               or not 0 < memory < math.inf):
+        raise ProfileError(f"profile {origin}: memory_gb must be a finite, positive number")
     return Processor(
         name=str(data["name"]), kind=str(data["kind"]),
         description=str(data.get("description", "")), sources={
             str(k): str(v) for k, v in sources.items()
-        }, **values,
+        }, memory_gb=float(memory) if memory is not None else None, **values,
     )
 
 
@@ -149,6 +154,24 @@ def link(name: str) -> Link:
 
 _RATE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*([kmgt]?)(bps|bit/s|b/s)\s*$", re.I)
 _SCALE = {"": 1.0, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}
+
+
+_SIZE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*([kmgt]?)(i?)b\s*$", re.I)
+
+
+def parse_size(text: str) -> float:
+    """'2.5GB', '512 MB', '3GiB' -> bytes (GB = 1e9 bytes, GiB = 2^30). A size needs its
+    unit; zero, negative or overflowing sizes are errors."""
+    m = _SIZE.match(text)
+    if m is None:
+        raise ScenarioError(f"cannot read memory size {text!r}: write it with a unit, like "
+                            "2.5GB, 512MB or 3GiB")
+    prefix = m.group(2).lower()
+    scale = 1024.0 ** "kmgt".index(prefix) * 1024 if m.group(3) and prefix else _SCALE[prefix]
+    value = float(m.group(1)) * scale
+    if not 0 < value < math.inf:
+        raise ScenarioError(f"memory size {text!r} must be finite and greater than zero")
+    return value
 
 
 def parse_rate(text: str) -> float:

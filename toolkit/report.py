@@ -103,6 +103,8 @@ def partition_report(result: Partition, graph: LayerGraph) -> Group:
         "latency is paid once each way per iteration when anything crosses; the server "
         "computes the loss, so labels "
         f"({sc.get('label_bytes', 8):g} bytes per sample) go up when it holds a model output)")
+    if "memory" in data:
+        lines.append(_memory_line(data["memory"], sc["device"]))
     pins = Counter(g.pin_reasons[i] for i in range(len(g)) if g.pinned[i])
     if pins:
         lines.append("kept on the device: " + "; ".join(
@@ -165,11 +167,41 @@ def tiers_report(result: TierPartition, graph: LayerGraph) -> Group:
 def _baselines(data: dict[str, Any]) -> Table:
     """Each baseline's delay and what the optimum saves on it (never below 0: it is exact)."""
     total = data["delay_ms"]["total"]
-    table = Table("baseline", "delay ms", "optimum saves", title="baselines (same cost model)")
+    budgeted = "budget_bytes" in data.get("memory", {})
+    table = Table("baseline", "delay ms", "optimum saves",
+                  title="baselines (same cost model"
+                  + ("; they ignore the memory budget: the optimum under it can be slower)"
+                     if budgeted else ", never faster than the optimum)"))
     for key, value in data["baselines_ms"].items():
         gain = round((1 - total / value) * 100, 1) + 0.0 if value > 0 else 0.0
         table.add_row(key.replace("_", " "), f"{value:.2f}", f"{gain:.1f}%")
     return table
+
+
+def _gb(nbytes: float) -> str:
+    return f"{nbytes / 1e9:.3g} GB"
+
+
+def _memory_line(memory: dict[str, Any], device: str) -> str:
+    """The device half's peak training memory, against the device's memory and any budget."""
+    peak = memory["device_peak_bytes"]
+    line = f"device training memory: peak {_gb(peak)} (server {_gb(memory['server_peak_bytes'])})"
+    known = memory.get("device_memory_bytes")
+    if known:
+        line += (f"; the {device} has {_gb(known)}"
+                 + ("" if peak <= known else ": [bold]it does not fit[/bold], give "
+                    "--device-memory to find the best partition that does"))
+    if "budget_bytes" in memory:
+        gap = memory["gap"]
+        line += (f"\nbudget {_gb(memory['budget_bytes'])}: "
+                 + ("proven optimal" if gap == 0 else f"within {gap:.2%} of optimal")
+                 + f" (Lagrangian bound {memory['lagrangian_bound_ms']:.2f} ms; without the "
+                 f"budget {memory['unconstrained_ms']:.2f} ms at "
+                 f"{_gb(memory['unconstrained_device_peak_bytes'])}"
+                 + (f"; best single split that fits {memory['best_feasible_single_split_ms']:.2f}"
+                    " ms" if memory["best_feasible_single_split_ms"] is not None else "")
+                 + f"; {memory['solve_ms']:.0f} ms)")
+    return line
 
 
 def _span(modules: list[str]) -> str:

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from toolkit.blocks import BlockStructure
-from toolkit.costgraph import CostGraph, Delay, crossing_tensors
+from toolkit.costgraph import CostGraph, Delay, crossing_tensors, peak_memory
 from toolkit.errors import PartitionError
 from toolkit.partition import baselines
 from toolkit.partition.blockwise import solve_blockwise
@@ -32,6 +32,7 @@ class Partition:
     solve_ms: float
     blocks_ms: float = 0.0
     baselines_ms: dict[str, float] = field(default_factory=dict)
+    memory: dict[str, float | None] = field(default_factory=dict)  # a budget's proof, ...
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON contract of `splitcut partition --json`."""
@@ -54,6 +55,10 @@ class Partition:
                 "labels": self.delay.labels,
             },
             "baselines_ms": self.baselines_ms,
+            **({"memory": {"device_peak_bytes": peak_memory(g, on_device),
+                           "server_peak_bytes": peak_memory(
+                               g, [i for i in range(len(g)) if i not in on_device]),
+                           **self.memory}} if g.memory is not None else {}),
             "notes": list(g.notes),
             "solver": {
                 "method": self.method, "vertices": self.vertices, "edges": self.edges,

@@ -1,0 +1,147 @@
+"""Training memory and the least-delay partition under a device memory budget."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+
+from tests.helpers import run_main
+from tests.oracles import is_valid, monotone_partitions, total
+from tests.test_exactness import _costs, random_dag
+from toolkit import api
+from toolkit.costgraph import CostGraph, peak_memory
+from toolkit.costs import build_cost_graph
+from toolkit.errors import PartitionError
+from toolkit.memory import ModelMemory, SavedTensor, kept_by
+from toolkit.partition.budget import smallest_device, solve_with_budget
+
+TIED = (0.0, 1.0, 1.0, 2.0, 5.0)
+
+
+def _with_memory(costs: CostGraph, rng: np.random.Generator) -> CostGraph:
+    """Random memory terms (whole bytes, as a model's are; ties and zeros among them): state,
+    gradients and workspace per layer, and kept tensors with random keepers among each
+    tensor's producer and consumers."""
+    n = len(costs)
+
+    def amount() -> float:
+        return float(rng.choice(TIED)) if rng.random() < 0.5 else float(rng.integers(0, 900))
+
+    saved = []
+    for t in costs.tensors:
+        candidates = [t.producer, *t.consumers]
+        keepers = sorted({int(c) for c in candidates if rng.random() < 0.5})
+        if keepers:
+            saved.append(SavedTensor(amount(), tuple(keepers)))
+    memory = ModelMemory([amount() for _ in range(n)], [amount() for _ in range(n)],
+                         [amount() for _ in range(n)], saved)
+    return dataclasses.replace(costs, memory=memory)
+
+
+def _brute_force(costs: CostGraph, budget: float) -> float:
+    best = float("inf")
+    for device in monotone_partitions(costs):
+        if is_valid(costs, device) and peak_memory(costs, device) <= budget:
+            best = min(best, total(costs, device))
+    return best
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_budgeted_optimum_equals_brute_force_on_random_dags(seed):
+    rng = np.random.default_rng(100 + seed)
+    checked = infeasible = binding = 0
+    while checked < 150:
+        costs = _with_memory(_costs(random_dag(rng), rng), rng)
+        everything = peak_memory(costs, range(len(costs)))
+        smallest = peak_memory(costs, smallest_device(costs))
+        budget = float(rng.integers(int(smallest * 0.9), everything + 2)) \
+            if rng.random() < 0.85 else float(rng.choice(TIED))
+        expected = _brute_force(costs, budget)
+        try:
+            result = solve_with_budget(costs, budget)
+        except PartitionError as exc:
+            if "no partition fits" in str(exc):  # the smallest device half is too big
+                assert expected == float("inf")
+                assert peak_memory(costs, smallest_device(costs)) > budget
+                infeasible += 1
+                checked += 1
+                continue
+            raise
+        device = set(result.partition.device)
+        assert is_valid(costs, device) and peak_memory(costs, device) <= budget + 1e-9
+        # integer units inside the solver (ns): equal to 1e-6 ms per term
+        assert result.partition.delay.total == pytest.approx(expected, abs=1e-5 * len(costs))
+        assert result.lower_bound_ms <= result.partition.delay.total + 1e-9
+        assert result.gap == 0.0
+        if result.best_single_split_ms is not None:
+            assert result.partition.delay.total <= result.best_single_split_ms + 1e-5 * len(costs)
+        binding += result.unconstrained_peak_bytes > budget
+        checked += 1
+    assert infeasible >= 5 and binding >= 30, (infeasible, binding)
+
+
+def test_memory_terms_follow_the_formula():
+    from toolkit.graph import Layer
+
+    conv = Layer("c", "Conv", ("x",), ("y",), params=1000, param_bytes=4000)
+    relu = Layer("r", "Relu", ("y",), ("z",))
+    scale = Layer("s", "Mul", ("z",), ("w",))
+    assert kept_by(conv) == ("x",) and kept_by(relu) == ("z",) and kept_by(scale) == ()
+    assert kept_by(Layer("a", "Add", ("x", "z"), ("y",))) == ()
+    assert kept_by(Layer("v", "Reshape", ("x",), ("y",))) == ()
+    assert kept_by(Layer("m", "Mul", ("x", "z"), ("y",))) == ("x", "z")
+    # state and gradients; a tensor kept by two layers once, from its first keeper; peak at
+    # the moment the backward reaches the position where kept + gradients + workspace is top
+    memory = ModelMemory(state=[4000.0 * 3, 0.0, 0.0], grads=[4000.0, 0.0, 0.0],
+                         workspace=[50.0, 20.0, 10.0],
+                         saved=[SavedTensor(100.0, (0,)), SavedTensor(30.0, (1, 2))])
+    costs = CostGraph("m", ["c", "r", "s"], ["Conv", "Relu", "Mul"], [1.0] * 3, [1.0] * 3,
+                      [False] * 3, [], memory=memory)
+    # position 0: kept 100 + grads 4000 + ws 50; position 1: 130 + 0 + 20; 2: 130 + 0 + 10
+    assert peak_memory(costs, [0, 1, 2]) == 12000 + 4150
+    assert peak_memory(costs, [1, 2]) == 30 + 20  # only what its layers keep and need
+    assert peak_memory(costs, []) == 0
+
+
+@pytest.mark.parametrize("name", ["resnet18", "googlenet", "densenet121", "mobilenet_v2"])
+def test_zoo_budgets_beat_the_best_fitting_single_split(zoo_path, name):
+    graph = api.load_graph(str(zoo_path(name)), name)
+    costs = build_cost_graph(graph, api.make_scenario(batch=32, uplink="10Mbps",
+                                                      downlink="10Mbps"))
+    full = peak_memory(costs, range(len(costs)))
+    for fraction in (0.3, 0.6, 0.9):
+        budget = fraction * full
+        try:
+            result = solve_with_budget(costs, budget)
+        except PartitionError as exc:
+            assert "no partition fits" in str(exc)
+            continue
+        assert result.peak_bytes <= budget and result.gap == 0.0
+        assert result.lower_bound_ms <= result.partition.delay.total * (1 + 1e-9)
+        assert result.partition.delay.total >= result.unconstrained_ms * (1 - 1e-9)
+        if result.best_single_split_ms is not None:
+            assert result.partition.delay.total <= result.best_single_split_ms * (1 + 1e-9)
+
+
+def test_partition_cli_reports_memory_and_honours_a_budget(zoo_path, capsys, monkeypatch):
+    model = str(zoo_path("googlenet"))
+    args = ["partition", model, "--uplink", "10Mbps", "--downlink", "10Mbps", "--json"]
+    code, out, err = run_main(args, capsys, monkeypatch)
+    assert code == 0, err
+    free = json.loads(out)
+    assert free["memory"]["device_peak_bytes"] > 1.2e9  # most of GoogLeNet on the device
+    assert free["memory"]["device_memory_bytes"] == 4e9  # the Jetson Nano's
+    code, out, err = run_main([*args, "--device-memory", "1GB"], capsys, monkeypatch)
+    assert code == 0, err
+    capped = json.loads(out)
+    assert capped["memory"]["device_peak_bytes"] <= 1e9 and capped["memory"]["gap"] == 0.0
+    assert capped["delay_ms"]["total"] >= free["delay_ms"]["total"]
+    code, out, err = run_main([*args[:-1], "--device-memory", "1GB"], capsys, monkeypatch)
+    assert code == 0 and "1 GB" in out and "proven optimal" in out
+    code, _, err = run_main([*args, "--device-memory", "1MB"], capsys, monkeypatch)
+    assert code == 2 and "no partition fits 0.001 GB" in err and "needs" in err
+    code, _, err = run_main([*args, "--device-memory", "lots"], capsys, monkeypatch)
+    assert code == 2 and "--device-memory" in err
