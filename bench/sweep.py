@@ -102,11 +102,15 @@ def replay_rows(models: dict[str, LayerGraph], trace: np.ndarray) -> list[list[s
         neurosurgeon = per_split.min(axis=0)
         rows.append([name, str(len(result.pieces)), f"{policy.mean():.1f}",
                      f"{fixed_trace.mean():.1f}", f"{neurosurgeon.mean():.1f}",
-                     f"{(1 - policy.mean() / fixed_trace.mean()) * 100:.1f}%",
-                     f"{(1 - policy.mean() / neurosurgeon.mean()) * 100:.1f}%",
+                     _percent(1 - policy.mean() / fixed_trace.mean()),
+                     _percent(1 - policy.mean() / neurosurgeon.mean()),
                      f"{lookup_us:.1f}"])
     return rows
 
 
 def _fixed_delay(graph: LayerGraph, scenario: Scenario, device: set[int], rate: float) -> float:
     return delay(build_cost_graph(graph, _at(scenario, rate)), device).total
+
+
+def _percent(fraction: float) -> str:
+    return f"{round(fraction * 100, 1) + 0.0:.1f}%"  # (no "-0.0%")
