@@ -184,6 +184,21 @@ def write_doc(measured: list[dict[str, Any]], budgets: list[dict[str, Any]], doc
         lines += ["", f"Median absolute error {statistics.median(errors):.0%}, worst "
                       f"{max(errors):.0%} ({len(measured)} models, "
                       f"{measured[0]['device']}).", ""]
+    lines += ["**Where it is off, and what is suspected (not yet measured term by term):** "
+              "the exported graph is what the model reads, and PyTorch does not always train "
+              "what the graph shows. GELU and SiLU, which exporters split into `Erf` or "
+              "`Sigmoid` and products, are counted as the fused ops PyTorch runs "
+              "(`memory.fused_activations`: that took ViT-B/16 from +68% to the figure above, "
+              "Swin-T from +37%, ConvNeXt-T from +39%, EfficientNet-B0 from +29%). Attention "
+              "is still counted as exported (two matmuls around a softmax, keeping the "
+              "attention matrix), while torchvision's ViT calls scaled_dot_product_attention, "
+              "whose fused kernel keeps queries, keys, values, the output and a log-sum-exp "
+              "instead: the likely remainder of ViT's over-prediction. Under-predictions come "
+              "from what the graph does not show: train-mode dropout (BERT, GPT-2: each keeps "
+              "a mask and makes a new tensor the next op keeps), GPT-2's tied embedding (two "
+              "gradients of the 154 MB table alive together before they are summed), and "
+              "ConvNeXt's channels-last permutes around its LayerNorm, which PyTorch copies. "
+              "Each is a term to add, not a factor to fit.", ""]
     lines += ["## The best partition under a budget", "",
               "Jetson Nano + RTX 3090, 10 Mbit/s each way, batch 32 (a slow link pushes "
               "layers onto the device, so budgets bind). Per model and device budget: the "

@@ -145,3 +145,19 @@ def test_partition_cli_reports_memory_and_honours_a_budget(zoo_path, capsys, mon
     assert code == 2 and "no partition fits 0.001 GB" in err and "needs" in err
     code, _, err = run_main([*args, "--device-memory", "lots"], capsys, monkeypatch)
     assert code == 2 and "--device-memory" in err
+
+
+def test_decomposed_gelu_and_silu_keep_what_the_fused_op_keeps():
+    from toolkit.graph import Layer
+    from toolkit.memory import fused_activations
+
+    gelu = [Layer("fc", "MatMul", ("h",), ("x",)), Layer("d", "Div", ("x",), ("a",)),
+            Layer("e", "Erf", ("a",), ("b",)), Layer("p", "Add", ("b",), ("c",)),
+            Layer("m", "Mul", ("x", "c"), ("y",)), Layer("h2", "Mul", ("y",), ("z",))]
+    assert fused_activations(gelu) == {1: (), 2: (), 3: (), 4: ("x",)}
+    silu = [Layer("s", "Sigmoid", ("x",), ("g",)), Layer("m", "Mul", ("x", "g"), ("y",))]
+    assert fused_activations(silu) == {0: (), 1: ("x",)}
+    # a squeeze-and-excitation gate multiplies other features by the sigmoid: not a SiLU
+    gate = [Layer("s", "Sigmoid", ("w",), ("g",)), Layer("m", "Mul", ("x", "g"), ("y",))]
+    assert fused_activations(gate) == {}
+    assert kept_by(gate[0]) == ("g",) and kept_by(gate[1]) == ("x", "g")

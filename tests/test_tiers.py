@@ -334,3 +334,18 @@ def test_measured_profiles_time_any_processor_of_the_chain(tmp_path, capsys, mon
     assert (costs.compute_ms[:, :2] < 1000.0).all()  # the other tiers keep their rooflines
     code, _, err = run_main([*args, "--measured", str(files["a100"])], capsys, monkeypatch)
     assert code == 2 and "'a100'" in err and "'h100'" in err
+
+
+def test_each_tier_reports_its_processors_training_memory(zoo_path):
+    """A U-shape's head and tail share one device: both report the memory of all its layers;
+    every tier's figure is the memory model's peak of its processor's layers."""
+    from toolkit.costgraph import peak_memory
+
+    graph = api.load_graph(str(zoo_path("resnet18")), "resnet18")
+    scenario = api.make_scenario(link="wifi5", batch=8)
+    result = api.partition_tiers(graph, *api.make_chain(scenario, u_shape=True), "general")
+    tiers = result.to_dict()["partition"]["tiers"]
+    device = result.layers_on(0) + result.layers_on(2)
+    assert tiers[0]["peak_memory_bytes"] == tiers[2]["peak_memory_bytes"] \
+        == peak_memory(result.graph.base, device) > 0
+    assert tiers[1]["peak_memory_bytes"] == peak_memory(result.graph.base, result.layers_on(1))

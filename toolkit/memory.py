@@ -10,7 +10,9 @@ For the tier that trains the layers S (in topological order), at batch b, in ste
   each op's backward needs: a convolution, matmul or normalisation its input, ReLU, sigmoid,
   tanh, softmax or exp its output, a product of two activations both factors, max pooling
   its input and the argmax indices (int64), an addition or an op that moves or views data
-  nothing. A tensor kept by several ops (ReLU's output is the next convolution's input) is
+  nothing; an activation an exporter decomposed (GELU into Erf and products, SiLU into a
+  sigmoid and a product) what PyTorch's fused op keeps, its input (`fused_activations`).
+  A tensor kept by several ops (ReLU's output is the next convolution's input) is
   kept once: b x its bytes at the training precision. It is freed when the backward reaches
   the first op that keeps it;
 - **gradients** of the weights, params x 4 bytes, made as the backward reaches each layer
@@ -33,7 +35,7 @@ optimizer step (every gradient, nothing saved) are its two extremes.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -78,14 +80,51 @@ def kept_by(layer: Layer) -> tuple[str, ...]:
     return layer.inputs
 
 
+def fused_activations(layers: Sequence[Layer]) -> dict[int, tuple[str, ...]]:
+    """What the ops of an exporter's decomposed activation keep when PyTorch trains the fused
+    op it came from, which keeps only its input x: SiLU exported as Sigmoid(x) and
+    Mul(x, Sigmoid(x)); GELU as Div(x, sqrt 2) -> Erf -> Add 1 -> Mul(x, .). Layer index ->
+    the tensors it keeps, for the layers of each such pattern."""
+    producer = {t: i for i, layer in enumerate(layers) for t in layer.outputs}
+    readers: dict[str, list[int]] = {}
+    for i, layer in enumerate(layers):
+        for t in layer.inputs:
+            readers.setdefault(t, []).append(i)
+
+    def product_with(t: str, x: str) -> int | None:
+        """A reader of t that multiplies it by x (and nothing else)."""
+        return next((j for j in readers.get(t, []) if layers[j].op == "Mul"
+                     and set(layers[j].inputs) == {t, x}), None)
+
+    out: dict[int, tuple[str, ...]] = {}
+    for i, layer in enumerate(layers):
+        if layer.op == "Sigmoid" and len(layer.inputs) == 1 and layer.outputs:
+            x = layer.inputs[0]
+            m = product_with(layer.outputs[0], x)
+            if m is not None:
+                out.update({i: (), m: (x,)})
+        elif layer.op == "Erf" and len(layer.inputs) == 1 and layer.outputs:
+            d = producer.get(layer.inputs[0])
+            if d is None or layers[d].op not in SCALING or len(layers[d].inputs) != 1:
+                continue
+            x = layers[d].inputs[0]
+            for a in readers.get(layer.outputs[0], []):
+                if layers[a].op == "Add" and len(layers[a].inputs) == 1 and layers[a].outputs:
+                    m = product_with(layers[a].outputs[0], x)
+                    if m is not None:
+                        out.update({d: (), i: (), a: (), m: (x,)})
+    return out
+
+
 def model_memory(graph: LayerGraph, batch: int, state_buffers: int,
                  bytes_of: Mapping[str, float]) -> ModelMemory:
     """The terms of every layer in topological order; `state_buffers` per parameter (the
     optimizer's), `bytes_of` each activation's bytes per sample at the training precision."""
     layers = list(graph)
+    fused = fused_activations(layers)
     keepers: dict[str, list[int]] = {}
     for i, layer in enumerate(layers):
-        for name in kept_by(layer):
+        for name in fused.get(i, kept_by(layer)):
             keepers.setdefault(name, []).append(i)
     saved = [SavedTensor(batch * bytes_of.get(name, 0.0), tuple(sorted(set(who))))
              for name, who in keepers.items()]

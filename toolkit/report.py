@@ -136,7 +136,8 @@ def tiers_report(result: TierPartition, graph: LayerGraph) -> Group:
     for t, tier in enumerate(data["partition"]["tiers"]):
         span = _span(list(dict.fromkeys(modules[i] for i in result.layers_on(t))))
         lines.append(f"{tier['name']}: {len(tier['layers'])} layers ({span}), "
-                     f"compute {tier['compute_ms']:.2f} ms")
+                     f"compute {tier['compute_ms']:.2f} ms, training memory "
+                     f"{_gb(tier['peak_memory_bytes'])}")
     links = sc["links"]
     table = Table("boundary", "Mbit/s on / back", "tensors", "bytes ms", "latency ms",
                   "labels ms", title="what crosses each boundary")

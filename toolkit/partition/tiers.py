@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from toolkit.blocks import BlockStructure
+from toolkit.costgraph import peak_memory
 from toolkit.errors import PartitionError
 from toolkit.partition.blockwise import same_rows, tensor_layouts
 from toolkit.partition.layered import TierCut, layered_cut, layered_optimum, quiet_sets
@@ -54,15 +55,19 @@ class TierPartition:
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON contract of `splitcut partition --tiers/--u-shape --json`: each layer's
-        tier, per tier its layers and compute, per boundary what crosses it and what that
-        costs; with two tiers also the two-sided keys (`device_layers`, `server_layers`)."""
+        tier, per tier its layers, compute and the peak training memory of its processor
+        (a U-shape's head and tail share the device), per boundary what crosses it and what
+        that costs; with two tiers also the two-sided keys (`device_layers`, `server_layers`)."""
         g = self.graph
         names = g.names
         flags = crossed(g, self.tier)
         tiers = [{"name": name, "processor": g.scenario.get("tiers", [{}] * g.k)[t].get(
                       "processor", name),
                   "layers": [names[i] for i in self.layers_on(t)],
-                  "compute_ms": self.delay.compute[t]}
+                  "compute_ms": self.delay.compute[t],
+                  "peak_memory_bytes": peak_memory(g.base, [
+                      i for u, other in enumerate(g.tiers) if other == name
+                      for i in self.layers_on(u)])}
                  for t, name in enumerate(g.tiers)]
         boundaries = [{"from": g.tiers[b], "to": g.tiers[b + 1],
                        "tensors": [g.base.tensors[x].name for x in np.flatnonzero(flags[:, b])],
