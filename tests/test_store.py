@@ -459,3 +459,21 @@ def test_a_sweep_policy_is_stored_replaced_queried_and_deleted(store, zoo_path, 
     assert store.delete_model(name)
     assert count(store, "MATCH (p:Policy {model: $n}) RETURN count(p)", n=name) == 0
     assert count(store, "MATCH (p:Partition {model: $n}) RETURN count(p)", n=name) == 0
+
+
+def test_a_budgeted_partition_is_written_back(store, zoo_path):
+    """--device-memory through Neo4j: the optimum under the budget is the one labelled."""
+    from toolkit.costgraph import peak_memory
+
+    name = "googlenet-budget"
+    scenario = api.make_scenario(uplink="10Mbps", downlink="10Mbps", batch=32)
+    free, _, _ = api.partition_in_neo4j(store, str(zoo_path("googlenet")), scenario, name)
+    result, written, _ = api.partition_in_neo4j(store, str(zoo_path("googlenet")), scenario,
+                                                name, device_memory=1e9)
+    assert peak_memory(result.graph, result.device) <= 1e9 < peak_memory(free.graph,
+                                                                         free.device)
+    assert written["device"] == len(result.device) != len(free.device)
+    assert count(store, "MATCH (m:Model {name: $n}) MATCH (l:Layer:Device {model: $n}) "
+                        "WHERE l.version = m.version RETURN count(l)", n=name) \
+        == len(result.device)
+    assert store.delete_model(name)

@@ -462,16 +462,22 @@ def partition_in_neo4j(
     store: Store, model: str, scenario: Scenario, name: str | None = None,
     exporter: str = "torchscript", method: str = "blockwise", dims: dict[str, int] | None = None,
     pin_device: Sequence[str] = (), pin_server: Sequence[str] = (),
+    device_memory: float | None = None,
 ) -> tuple[Partition, dict[str, int], LayerGraph]:
     """The main job through Neo4j: ingest (if new), solve (`partition.stored.solve_stored`,
     under the model's lock), write the cut back as labels. With pins (which the stored chain
     does not know), the two-tier chain of the pinned cost graph is solved instead, block-wise
-    on the blocks Cypher detected: the same optimum, the pins honoured."""
+    on the blocks Cypher detected: the same optimum, the pins honoured. With `device_memory`,
+    the optimum under that budget (`partition_model`) is written, under the same lock."""
     graph, costs, _ = ingest_model(store, model, scenario, name, exporter, put_costs=False,
                                    dims=dims)
     costs = pinned_costs(graph, costs, pin_device, pin_server)
+    budgeted = partition_model(graph, scenario, method, pin_device, pin_server,
+                               device_memory) if device_memory is not None else None
 
     def solve(rows: stored.Rows) -> Partition:
+        if budgeted is not None:
+            return budgeted
         if not (pin_device or pin_server):
             return stored.solve_stored(graph.name, costs, method, rows)
         start = time.perf_counter()

@@ -372,9 +372,9 @@ def partition(model: str, name: str | None, exporter: str, dims: dict[str, int],
     Example: splitcut partition resnet50 --device jetson-nano --server rtx-3090 --link lte
     """
     budget = _budget(device_memory, settings)
-    if budget is not None and (tiers_file or u_shape or use_neo4j):
-        raise click.UsageError("--device-memory works on the two-sided embedded partition "
-                               "(not yet with --tiers, --u-shape or --neo4j)")
+    if budget is not None and (tiers_file or u_shape):
+        raise click.UsageError("--device-memory works on two tiers (not yet with --tiers or "
+                               "--u-shape)")
     if tiers_file or u_shape:
         names, boundaries = settings.chain(tiers_file, u_shape)
         if use_neo4j:
@@ -401,7 +401,7 @@ def partition(model: str, name: str | None, exporter: str, dims: dict[str, int],
         with neo4j.store() as store:
             result, written, graph = api.partition_in_neo4j(store, model, settings.scenario(), name,
                                                             exporter, method, dims, pin,
-                                                            pin_server)
+                                                            pin_server, budget)
         data = result.to_dict()
         data["neo4j"] = {"uri": store.connection.uri, "written": written}
         if as_json:
