@@ -161,3 +161,88 @@ def test_decomposed_gelu_and_silu_keep_what_the_fused_op_keeps():
     gate = [Layer("s", "Sigmoid", ("w",), ("g",)), Layer("m", "Mul", ("x", "g"), ("y",))]
     assert fused_activations(gate) == {}
     assert kept_by(gate[0]) == ("g",) and kept_by(gate[1]) == ("x", "g")
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_budgeted_tierings_equal_brute_force(seed):
+    """Three-tier chains (U-shapes among them: head and tail share the device's memory) with
+    random memory and budgets on some of their processors, against every tiering."""
+    import itertools
+
+    from tests.test_tiers import three_tiers
+    from toolkit.partition.budget import solve_tiers_with_budget
+    from toolkit.partition.tiers import solve_tiers
+    from toolkit.tiergraph import check_tiers
+
+    rng = np.random.default_rng(40 + seed)
+    checked = binding = infeasible = 0
+    while checked < 60:
+        graph = random_dag(rng)
+        if len(graph) > 7:
+            continue
+        chain = three_tiers(_with_memory(_costs(graph, rng), rng), rng)
+        try:  # budgets around what the unconstrained optimum needs: often binding
+            free = solve_tiers(chain, "general", with_baselines=False).tier
+        except PartitionError:
+            free = np.zeros(len(graph), dtype=np.int64)
+        needs = {name: peak_memory(chain.base, [v for v in range(len(graph))
+                                                if chain.tiers[free[v]] == name])
+                 for name in chain.tiers}
+        floor = {name: 0.0 for name in needs}  # the device must hold its pinned layers
+        floor[chain.tiers[0]] = peak_memory(chain.base, np.flatnonzero(chain.highest == 0))
+        budgets = {name: float(int(floor[name] + (need - floor[name]) * rng.uniform(0, 1.2)))
+                   for name, need in needs.items() if rng.random() < 0.6} \
+            or {chain.tiers[0]: float(rng.integers(0, 50))}
+
+        def fits(tier: tuple[int, ...], budgets=budgets, chain=chain) -> bool:
+            return all(peak_memory(chain.base, [v for v, t in enumerate(tier)
+                                                if chain.tiers[t] == name]) <= budget
+                       for name, budget in budgets.items())
+
+        best = float("inf")
+        for tier in itertools.product(range(chain.k), repeat=len(graph)):
+            try:
+                value = check_tiers(chain, np.array(tier)).total
+            except PartitionError:
+                continue
+            if value < best and fits(tier):
+                best = value
+        try:
+            result = solve_tiers_with_budget(chain, budgets)
+        except PartitionError as exc:
+            assert best == float("inf"), exc  # none fits, or the pins allow none at all
+            assert "no tiering fits" in str(exc) or "no valid" in str(exc), exc
+            infeasible += 1
+            checked += 1
+            continue
+        assert fits(tuple(int(t) for t in result.tier))
+        assert result.delay.total == pytest.approx(best, abs=1e-5 * len(graph) * chain.k)
+        binding += result.memory["unconstrained_ms"] < result.delay.total - 1e-9
+        checked += 1
+    assert binding >= 5, (binding, infeasible)
+
+
+def test_chain_budgets_from_the_cli(zoo_path, capsys, monkeypatch):
+    from tests.test_tiers import EXAMPLE
+
+    model = str(zoo_path("resnet18"))
+    args = ["partition", model, "--tiers", str(EXAMPLE), "--json"]
+    code, out, err = run_main(args, capsys, monkeypatch)
+    assert code == 0, err
+    free = json.loads(out)
+    edge = free["partition"]["tiers"][1]["peak_memory_bytes"]
+    assert edge > 0.2e9  # the unconstrained optimum trains on the edge
+    code, out, err = run_main([*args, "--tier-memory", "edge=0.2GB"], capsys, monkeypatch)
+    assert code == 0, err
+    capped = json.loads(out)
+    assert capped["partition"]["tiers"][1]["peak_memory_bytes"] <= 0.2e9
+    assert capped["memory"]["gap"] == 0.0 and capped["memory"]["budgets_bytes"] == {
+        "edge": 0.2e9}
+    assert capped["delay_ms"]["total"] >= free["delay_ms"]["total"]
+    for bad, message in [("edge", "TIER=SIZE"), ("edge=lots", "cannot read memory size"),
+                         ("fog=1GB", "no tier named 'fog'")]:
+        code, _, err = run_main([*args, "--tier-memory", bad], capsys, monkeypatch)
+        assert code == 2 and message in err, (bad, err)
+    code, _, err = run_main(["partition", model, "--tier-memory", "edge=1GB"], capsys,
+                            monkeypatch)
+    assert code == 2 and "--tiers or --u-shape" in err

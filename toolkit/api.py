@@ -309,9 +309,15 @@ def partition_tiers(
     method: str = "blockwise",
     pin_device: Sequence[str] = (),
     pin_server: Sequence[str] = (),
+    memory: Mapping[str, float] | None = None,
 ) -> TierPartition:
-    """Cost the model on a tier chain (`tier_costs`) and find its optimal tiering."""
+    """Cost the model on a tier chain (`tier_costs`) and find its optimal tiering; with
+    `memory` (bytes by tier name), the optimal one whose processors fit (exact)."""
     costs = tier_costs(graph, names, boundaries, pin_device, pin_server)
+    if memory:
+        from toolkit.partition.budget import solve_tiers_with_budget
+
+        return solve_tiers_with_budget(costs, memory)
     blocks, blocks_ms = None, 0.0
     if method == "blockwise":
         blocks, blocks_ms = model_blocks(graph)
@@ -411,7 +417,7 @@ def partition_tiers_in_neo4j(
     store: Store, model: str, names: Sequence[str], boundaries: Sequence[Scenario],
     name: str | None = None, exporter: str = "torchscript", method: str = "blockwise",
     dims: dict[str, int] | None = None, pin_device: Sequence[str] = (),
-    pin_server: Sequence[str] = (),
+    pin_server: Sequence[str] = (), memory: Mapping[str, float] | None = None,
 ) -> tuple[TierPartition, dict[str, int], LayerGraph]:
     """A tier chain through Neo4j: ingest (if new) with the first boundary's delays, solve
     block-wise on the blocks Cypher detected (under the model's lock), and write each layer's
@@ -419,8 +425,15 @@ def partition_tiers_in_neo4j(
     graph, costs, _ = ingest_model(store, model, boundaries[0], name, exporter,
                                    put_costs=False, dims=dims)
     chained = tier_costs(graph, names, boundaries, pin_device, pin_server)
+    budgeted = None
+    if memory:
+        from toolkit.partition.budget import solve_tiers_with_budget
+
+        budgeted = solve_tiers_with_budget(chained, memory)
 
     def solve(rows: stored.Rows) -> TierPartition:
+        if budgeted is not None:
+            return budgeted
         blocks = store.read_blocks(graph.name, rows) if method == "blockwise" else None
         return solve_tiers(chained, method, blocks)
 

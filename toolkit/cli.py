@@ -360,33 +360,39 @@ def graph(model: str, name: str | None, exporter: str, dims: dict[str, int], row
 @click.option("--device-memory", "device_memory", metavar="SIZE",
               help="The device's memory budget (2.5GB, 512MB; 'profile': the device "
                    "profile's): the best partition whose device half fits, exactly.")
+@click.option("--tier-memory", "tier_memory", multiple=True, metavar="TIER=SIZE",
+              help="A chain tier's memory budget, as --device-memory (repeatable).")
 @neo4j_options
 @json_option
 def partition(model: str, name: str | None, exporter: str, dims: dict[str, int],
               as_json: bool, method: str,
               pin: tuple[str, ...], pin_server: tuple[str, ...], use_neo4j: bool,
               tiers_file: str | None, u_shape: bool, device_memory: str | None,
-              settings: ScenarioOptions, neo4j: Neo4jOptions) -> None:
+              tier_memory: tuple[str, ...], settings: ScenarioOptions,
+              neo4j: Neo4jOptions) -> None:
     """Where to cut MODEL between device and server for the least training delay.
 
     Example: splitcut partition resnet50 --device jetson-nano --server rtx-3090 --link lte
     """
     budget = _budget(device_memory, settings)
-    if budget is not None and (tiers_file or u_shape):
-        raise click.UsageError("--device-memory works on two tiers (not yet with --tiers or "
-                               "--u-shape)")
+    if tier_memory and not (tiers_file or u_shape):
+        raise click.UsageError("--tier-memory gives a chain's tiers budgets: use it with "
+                               "--tiers or --u-shape (--device-memory for two tiers)")
     if tiers_file or u_shape:
         names, boundaries = settings.chain(tiers_file, u_shape)
+        memory = {**_tier_sizes(tier_memory),
+                  **({names[0]: budget} if budget is not None else {})}
         if use_neo4j:
             with neo4j.store() as store:
                 chained, written, graph = api.partition_tiers_in_neo4j(
                     store, model, names, boundaries, name, exporter, method, dims, pin,
-                    pin_server)
+                    pin_server, memory)
             data = chained.to_dict()
             data["neo4j"] = {"uri": store.connection.uri, "written": written}
         else:
             graph = load_graph(model, name, exporter, dims)
-            chained = api.partition_tiers(graph, names, boundaries, method, pin, pin_server)
+            chained = api.partition_tiers(graph, names, boundaries, method, pin, pin_server,
+                                          memory)
             data = chained.to_dict()
         if as_json:
             emit_json(data)
@@ -417,6 +423,20 @@ def partition(model: str, name: str | None, exporter: str, dims: dict[str, int],
         emit_json(result.to_dict())
         return
     console.print(partition_report(result, graph))
+
+
+def _tier_sizes(values: tuple[str, ...]) -> dict[str, float]:
+    """`--tier-memory edge=8GB` -> {"edge": 8e9}."""
+    sizes = {}
+    for text in values:
+        name, sep, size = text.partition("=")
+        if not sep or not name:
+            raise click.BadParameter(f"write TIER=SIZE, not {text!r}", param_hint="--tier-memory")
+        try:
+            sizes[name] = profiles.parse_size(size)
+        except ScenarioError as exc:
+            raise click.BadParameter(str(exc), param_hint="--tier-memory") from None
+    return sizes
 
 
 def _budget(text: str | None, settings: ScenarioOptions) -> float | None:

@@ -152,6 +152,13 @@ def tiers_report(result: TierPartition, graph: LayerGraph) -> Group:
                  + " + ".join(f"{c:.2f}" for c in d["compute"])
                  + f" + crossing {d['crossing']:.2f} + latency {d['latency']:.2f} + labels "
                  f"{d['labels']:.2f}")
+    if "memory" in data:
+        m = data["memory"]
+        lines.append("memory budgets: " + ", ".join(
+            f"{name} {_gb(m['peaks_bytes'][name])} of {_gb(budget)}"
+            for name, budget in m["budgets_bytes"].items())
+            + (": proven optimal" if m["gap"] == 0 else f": within {m['gap']:.2%} of optimal")
+            + f" (without them {m['unconstrained_ms']:.2f} ms; {m['solve_ms']:.0f} ms)")
     if "vanilla_split_ms" in data:
         vanilla = data["vanilla_split_ms"]
         lines.append(f"U-shape: the model's outputs, the loss and the labels stay on the "

@@ -29,15 +29,20 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from toolkit.costgraph import CostGraph, delay, peak_memory
 from toolkit.errors import PartitionError
+from toolkit.memory import ModelMemory
 from toolkit.partition import Partition, checked_partition, solve
 from toolkit.partition.baselines import chain_split_delays
 from toolkit.partition.stcut import CutResult
+from toolkit.partition.tiers import TierPartition
+from toolkit.tiergraph import TierGraph, check_tiers
 
 _NS = 1e6  # integer delay units per ms
 _LAMBDA_STEPS = 40
@@ -98,7 +103,11 @@ def solve_with_budget(graph: CostGraph, budget_bytes: float, time_limit_s: float
         return Budgeted(free, budget_bytes, free_peak, free.delay.total, free_peak,
                         free.delay.total, 0.0, prefix, _ms(start))
     bound, incumbent = _lagrangian(graph, budget_bytes)
-    device, objective, gap = _exact(graph, budget_bytes, incumbent, time_limit_s)
+    hint = None if incumbent is None else [0 if v in set(incumbent) else 1
+                                           for v in range(len(graph))]
+    tier, objective, gap = tier_program(TierGraph.from_cost_graph(graph),
+                                        {"device": budget_bytes}, hint, time_limit_s)
+    device = np.flatnonzero(tier == 0).tolist()
     value = delay(graph, device).total
     if abs(objective - value) > (len(graph) + len(graph.tensors) + 3) / _NS + 1e-9 * value:
         raise PartitionError(f"budget self-check failed: the program says {objective} ms, "
@@ -109,6 +118,49 @@ def solve_with_budget(graph: CostGraph, budget_bytes: float, time_limit_s: float
         raise PartitionError(f"budget self-check failed: the device half needs {_gb(peak)}")
     return Budgeted(result, budget_bytes, peak, free.delay.total, free_peak,
                     min(bound, result.delay.total), gap, prefix, _ms(start))
+
+
+def solve_tiers_with_budget(graph: TierGraph, budgets: Mapping[str, float],
+                            time_limit_s: float = 120.0) -> TierPartition:
+    """The least-delay valid tiering of a chain whose processors fit their memory budgets
+    (bytes, by tier name: a name's tiers share one memory), exactly: the unconstrained
+    optimum if it fits, else `tier_program`. The result's `memory` says how it was proven."""
+    from toolkit.partition.tiers import baselines_of, solve_tiers
+
+    unknown = [name for name in budgets if name not in graph.tiers]
+    if unknown:
+        raise PartitionError(f"no tier named {unknown[0]!r} to give a memory budget; the "
+                             "chain has " + ", ".join(dict.fromkeys(graph.tiers)))
+    if graph.base.memory is None:
+        raise PartitionError("this cost graph carries no memory terms")
+    start = time.perf_counter()
+    free = solve_tiers(graph, "general")
+
+    def peaks(tier: np.ndarray) -> dict[str, float]:
+        return {name: peak_memory(graph.base, [v for v in range(len(graph))
+                                                if graph.tiers[int(tier[v])] == name])
+                for name in budgets}
+
+    free_peaks = peaks(free.tier)
+    if all(free_peaks[name] <= budget for name, budget in budgets.items()):
+        result, gap = free, 0.0
+    else:
+        tier, objective, gap = tier_program(graph, budgets, None, time_limit_s)
+        checked = check_tiers(graph, tier)
+        if abs(objective - checked.total) > (len(graph) + len(graph.base.tensors) + 3) \
+                * graph.k / _NS + 1e-9 * checked.total:
+            raise PartitionError(f"budget self-check failed: the program says {objective} "
+                                 f"ms, the tiering costs {checked.total} ms")
+        result = TierPartition(graph, tier, checked, "budget", 0, 0, _ms(start))
+        result.baselines_ms = baselines_of(graph)
+    final = peaks(result.tier)
+    over = [name for name, budget in budgets.items() if final[name] > budget * (1 + 1e-12)]
+    if over:
+        raise PartitionError(f"budget self-check failed: {over[0]} needs {_gb(final[over[0]])}")
+    result.memory = {"budgets_bytes": dict(budgets), "peaks_bytes": final, "gap": gap,
+                     "unconstrained_ms": free.delay.total,
+                     "unconstrained_peaks_bytes": free_peaks, "solve_ms": _ms(start)}
+    return result
 
 
 def _ms(start: float) -> float:
@@ -157,73 +209,107 @@ def _lagrangian(graph: CostGraph, budget_bytes: float) -> tuple[float, list[int]
     return best_bound, incumbent
 
 
-def _exact(graph: CostGraph, budget_bytes: float, hint: list[int] | None,
-           time_limit_s: float) -> tuple[list[int], float, float]:
-    """The integer program (module docstring) by CP-SAT: the device layers, the program's
-    value of them (ms) and the proven relative gap."""
+def tier_program(graph: TierGraph, budgets: Mapping[str, float],
+                 hint: Sequence[int] | None = None, time_limit_s: float = 120.0
+                 ) -> tuple[np.ndarray, float, float]:
+    """The integer program of a tiering under memory budgets (module docstring), by CP-SAT:
+    each layer's tier, the program's value of it (ms) and the proven relative gap.
+    `budgets` (bytes) are per processor, by tier name: a name's tiers share one memory (a
+    U-shape's device head and tail). Tier t of layer v is encoded as z[v][s] = [tier >= s]."""
     from ortools.sat.python import cp_model
 
-    n = len(graph)
+    base, memory = graph.base, graph.base.memory
+    assert memory is not None
+    n, k = len(graph), graph.k
     model = cp_model.CpModel()
-    x = [model.new_bool_var(f"x{i}") for i in range(n)]
-    for i in range(n):
-        if graph.pinned[i]:
-            model.add(x[i] == 1)
-    for i in graph.server_pinned:
-        model.add(x[i] == 0)
-    for u, w in graph.edges():
-        model.add(x[w] <= x[u])
-    terms: list[tuple[int, cp_model.IntVar]] = []
-    constant = sum(graph.server_ms)
-    for i in range(n):
-        terms.append((round((graph.device_ms[i] - graph.server_ms[i]) * _NS), x[i]))
-    anything = model.new_bool_var("anything_crosses")
-    for k, t in enumerate(graph.tensors):
-        crosses = model.new_bool_var(f"y{k}")
-        for c in t.consumers:
-            model.add(crosses >= x[t.producer] - x[c])
-        model.add(anything >= crosses)
-        terms.append((round(t.crossing_ms * _NS), crosses))
-    terms.append((round(graph.latency_ms * _NS), anything))
-    if graph.outputs:
-        labels = model.new_bool_var("labels_travel")
-        for o in graph.outputs:
-            model.add(labels >= 1 - x[o])
-        terms.append((round(graph.labels_ms * _NS), labels))
-    assert graph.memory is not None
-    memory = graph.memory
-    total = math.ceil(sum(x.nbytes for x in memory.saved) + sum(memory.grads)
-                      + max(memory.workspace, default=0.0))
-    kept_at: list[list[tuple[int, cp_model.IntVar]]] = [[] for _ in range(n)]
-    for k, kept in enumerate(memory.saved):
-        on_device = model.new_bool_var(f"kept{k}")
-        for i in kept.keepers:
-            model.add(on_device >= x[i])
-        kept_at[kept.keepers[0]].append((math.ceil(kept.nbytes), on_device))
-    peak = model.new_int_var(0, total, "peak_moment")
-    forward = [model.new_int_var(0, total, f"kept_to{i}") for i in range(n)]
-    backward = [model.new_int_var(0, total, f"grads_from{i}") for i in range(n)]
-    for i in range(n):
-        model.add(forward[i] == (forward[i - 1] if i else 0)
-                  + sum(b * v for b, v in kept_at[i]))
-        model.add(backward[i] == (backward[i + 1] if i + 1 < n else 0)
-                  + math.ceil(memory.grads[i]) * x[i])
-        model.add(peak >= forward[i] + backward[i] + math.ceil(memory.workspace[i]) * x[i])
-    model.add(sum(math.ceil(w) * x[i] for i, w in enumerate(memory.state)) + peak
-              <= math.floor(budget_bytes))
-    model.minimize(sum(c * v for c, v in terms))
+    z = [[model.new_bool_var(f"z{v}_{t}") for t in range(k)] for v in range(n)]  # z[v][0] = 1
+
+    def at_least(v: int, t: int) -> Any:
+        return 1 if t <= 0 else 0 if t >= k else z[v][t]
+
+    alone = model.new_bool_var("alone") if graph.u_shape and graph.device_alone() else None
+    for v in range(n):
+        model.add(z[v][0] == 1)
+        for t in range(1, k):
+            if t + 1 < k:
+                model.add(z[v][t] >= z[v][t + 1])
+            if t <= graph.lowest[v]:  # (a U-shape's pins give way when it trains alone)
+                model.add(z[v][t] + (alone if alone is not None else 0) >= 1)
+            if t > graph.highest[v]:
+                model.add(z[v][t] == 0)
+        if alone is not None and k > 1:
+            model.add(z[v][1] + alone <= 1)
+    for u, w in base.edges():
+        for t in range(1, k):
+            model.add(z[u][t] <= z[w][t])
+    terms: list[tuple[int, Any]] = []
+    constant = float(graph.compute_ms[:, 0].sum())
+    for v in range(n):
+        for t in range(1, k):
+            terms.append((round((graph.compute_ms[v, t] - graph.compute_ms[v, t - 1]) * _NS),
+                          z[v][t]))
+    for b in range(k - 1):
+        anything = model.new_bool_var(f"any{b}")
+        for x, tensor in enumerate(base.tensors):
+            crosses = model.new_bool_var(f"y{x}_{b}")
+            for c in tensor.consumers:
+                model.add(crosses >= z[c][b + 1] - z[tensor.producer][b + 1])
+            model.add(anything >= crosses)
+            terms.append((round(graph.crossing_ms[x, b] * _NS), crosses))
+        terms.append((round(graph.latency_ms[b] * _NS), anything))
+        if base.outputs:
+            labels = model.new_bool_var(f"labels{b}")
+            for o in base.outputs:
+                model.add(labels >= z[o][b + 1])
+            terms.append((round(graph.labels_ms[b] * _NS), labels))
+    for name, budget in budgets.items():
+        mine = [t for t in range(k) if graph.tiers[t] == name]
+        member = [sum(at_least(v, t) - at_least(v, t + 1) for t in mine) for v in range(n)]
+        _peak_within(model, memory, member, budget, name)
+    model.minimize(sum(c * var for c, var in terms))
     if hint is not None:
-        chosen = set(hint)
-        for i in range(n):
-            model.add_hint(x[i], i in chosen)
+        for v in range(n):
+            for t in range(1, k):
+                model.add_hint(z[v][t], int(hint[v]) >= t)
     solver = cp_model.CpSolver()
     solver.parameters.max_time_in_seconds = time_limit_s
     solver.parameters.num_workers = 2
     status = solver.solve(model)
+    if status == cp_model.INFEASIBLE:
+        raise PartitionError("no tiering fits the memory budgets ("
+                             + ", ".join(f"{name} {_gb(b)}" for name, b in budgets.items())
+                             + ")")
     if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
-        raise PartitionError(f"the budgeted solve found no partition within {time_limit_s:g} s")
-    device = [i for i in range(n) if solver.value(x[i])]
+        raise PartitionError(f"the budgeted solve found no tiering within {time_limit_s:g} s")
+    tier = np.array([sum(solver.value(z[v][t]) for t in range(1, k)) for v in range(n)],
+                    dtype=np.int64)
     objective = solver.objective_value / _NS + constant
     bound = solver.best_objective_bound / _NS + constant
     gap = 0.0 if status == cp_model.OPTIMAL else max(0.0, (objective - bound) / objective)
-    return device, objective, gap
+    return tier, objective, gap
+
+
+def _peak_within(model: Any, memory: ModelMemory, member: Sequence[Any], budget: float,
+                 name: str) -> None:
+    """peak(S) <= budget for the layers with member[v] = 1 (`toolkit.memory`): kept tensors,
+    running sums of kept bytes forward and of gradients backward, the top over positions."""
+    n = len(member)
+    total = math.ceil(sum(x.nbytes for x in memory.saved) + sum(memory.grads)
+                      + max(memory.workspace, default=0.0))
+    kept_at: list[list[tuple[int, Any]]] = [[] for _ in range(n)]
+    for j, kept in enumerate(memory.saved):
+        here = model.new_bool_var(f"{name}_kept{j}")
+        for v in kept.keepers:
+            model.add(here >= member[v])
+        kept_at[kept.keepers[0]].append((math.ceil(kept.nbytes), here))
+    peak = model.new_int_var(0, total, f"{name}_peak")
+    forward = [model.new_int_var(0, total, f"{name}_kept_to{v}") for v in range(n)]
+    backward = [model.new_int_var(0, total, f"{name}_grads_from{v}") for v in range(n)]
+    for v in range(n):
+        model.add(forward[v] == (forward[v - 1] if v else 0)
+                  + sum(b * here for b, here in kept_at[v]))
+        model.add(backward[v] == (backward[v + 1] if v + 1 < n else 0)
+                  + math.ceil(memory.grads[v]) * member[v])
+        model.add(peak >= forward[v] + backward[v] + math.ceil(memory.workspace[v]) * member[v])
+    model.add(sum(math.ceil(w) * member[v] for v, w in enumerate(memory.state)) + peak
+              <= math.floor(budget))

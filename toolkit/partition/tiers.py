@@ -49,6 +49,7 @@ class TierPartition:
     blocks_ms: float = 0.0
     baselines_ms: dict[str, float] = field(default_factory=dict)
     vanilla_ms: float | None = None  # a U-shape's vanilla split learning (`vanilla_split_ms`)
+    memory: dict[str, Any] = field(default_factory=dict)  # how a memory budget was met
 
     def layers_on(self, tier: int) -> list[int]:
         return np.flatnonzero(self.tier == tier).tolist()
@@ -90,6 +91,7 @@ class TierPartition:
                          "labels": sum(self.delay.labels)},
             "baselines_ms": self.baselines_ms,
             **({"vanilla_split_ms": self.vanilla_ms} if self.vanilla_ms is not None else {}),
+            **({"memory": self.memory} if self.memory else {}),
             "notes": list(g.base.notes),
             "solver": {"method": self.method, "vertices": self.vertices, "edges": self.edges,
                        "solve_ms": self.solve_ms, "blocks_ms": self.blocks_ms},
