@@ -380,7 +380,7 @@ def partition(model: str, name: str | None, exporter: str, dims: dict[str, int],
                                "--tiers or --u-shape (--device-memory for two tiers)")
     if tiers_file or u_shape:
         names, boundaries = settings.chain(tiers_file, u_shape)
-        memory = {**_tier_sizes(tier_memory),
+        memory = {**_per_tier(tier_memory, "--tier-memory", "SIZE", profiles.parse_size),
                   **({names[0]: budget} if budget is not None else {})}
         if use_neo4j:
             with neo4j.store() as store:
@@ -425,18 +425,28 @@ def partition(model: str, name: str | None, exporter: str, dims: dict[str, int],
     console.print(partition_report(result, graph))
 
 
-def _tier_sizes(values: tuple[str, ...]) -> dict[str, float]:
-    """`--tier-memory edge=8GB` -> {"edge": 8e9}."""
-    sizes = {}
+def _per_tier(values: tuple[str, ...], option: str, what: str,
+              parse: Callable[[str], float]) -> dict[str, float]:
+    """`--tier-cpu edge=0.5`, `--tier-memory edge=8GB` -> {"edge": value}; `parse` turns the
+    value's text into a number or raises ValueError/ScenarioError saying why."""
+    out = {}
     for text in values:
-        name, sep, size = text.partition("=")
-        if not sep or not name:
-            raise click.BadParameter(f"write TIER=SIZE, not {text!r}", param_hint="--tier-memory")
+        name, sep, value = text.partition("=")
         try:
-            sizes[name] = profiles.parse_size(size)
-        except ScenarioError as exc:
-            raise click.BadParameter(str(exc), param_hint="--tier-memory") from None
-    return sizes
+            if not sep or not name:
+                raise ValueError(f"write TIER={what}, not {text!r}")
+            out[name] = parse(value)
+        except (ValueError, ScenarioError) as exc:
+            raise click.BadParameter(str(exc), param_hint=option) from None
+    return out
+
+
+def _share(text: str) -> float:
+    """A share of one CPU, in (0, 1]."""
+    share = float(text) if text.replace(".", "", 1).isdigit() else math.nan
+    if not 0 < share <= 1:
+        raise ValueError(f"write TIER=SHARE with a share in (0, 1], not {text!r}")
+    return share
 
 
 def _budget(text: str | None, settings: ScenarioOptions) -> float | None:
@@ -616,22 +626,6 @@ def query(name: str | None, params: tuple[str, ...], as_json: bool,
     console.print(table)
 
 
-def _tier_shares(values: tuple[str, ...]) -> dict[str, float]:
-    """`--tier-cpu edge=0.5` -> {"edge": 0.5}, each share in (0, 1]."""
-    shares = {}
-    for text in values:
-        name, sep, value = text.partition("=")
-        try:
-            share = float(value)
-        except ValueError:
-            share = math.nan
-        if not sep or not name or not 0 < share <= 1:
-            raise click.BadParameter(f"write TIER=SHARE with a share in (0, 1], not {text!r}",
-                                     param_hint="--tier-cpu")
-        shares[name] = share
-    return shares
-
-
 def _parse_param(text: str) -> tuple[str, Any]:
     key, sep, value = text.partition("=")
     if not sep or not key:
@@ -748,7 +742,7 @@ def split(model: str, name: str | None, exporter: str, dims: dict[str, int],
               show_default=True,
               help="The device's share of one CPU (a cgroup quota): a slower device.")
 @click.option("--tier-cpu", "tier_cpu", multiple=True, metavar="TIER=SHARE",
-              callback=lambda _c, _p, v: _tier_shares(v),
+              callback=lambda _c, _p, v: _per_tier(v, "--tier-cpu", "SHARE", _share),
               help="A chain tier's share of one CPU, as --device-cpu (repeatable).")
 @json_option
 def train(model: str, name: str | None, exporter: str, dims: dict[str, int], cut: str,
