@@ -226,6 +226,21 @@ def delay(graph: CostGraph, device: Collection[int]) -> Delay:
     return Delay(dev, srv, cross, graph.latency_ms if crossing else 0.0, labels)
 
 
+def with_ancestors(graph: CostGraph, layers: Iterable[int]) -> set[int]:
+    """`layers` and every layer they depend on: the smallest monotone device set holding them."""
+    preds: list[list[int]] = [[] for _ in range(len(graph))]
+    for u, w in graph.edges():
+        preds[w].append(u)
+    closed = set(layers)
+    stack = list(closed)
+    while stack:
+        for u in preds[stack.pop()]:
+            if u not in closed:
+                closed.add(u)
+                stack.append(u)
+    return closed
+
+
 def peak_memory(graph: CostGraph, layers: Collection[int]) -> float:
     """Peak training memory, in bytes, of the tier that trains `layers` (`toolkit.memory`);
     0 when the graph carries no memory terms."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from toolkit.costgraph import CostGraph, delay
+from toolkit.costgraph import CostGraph, delay, with_ancestors
 from toolkit.partition.stcut import min_cut
 from toolkit.tiergraph import TierGraph
 
@@ -57,18 +57,7 @@ def chain_split_delays(graph: CostGraph) -> np.ndarray:
 
 def dads_repaired(graph: CostGraph) -> float:
     """DADS: min cut without the monotone edges, then every device layer's ancestors moved in."""
-    cut = min_cut(graph, monotone=False)
-    device = set(cut.device)
-    preds: list[list[int]] = [[] for _ in range(len(graph))]
-    for u, w in graph.edges():
-        preds[w].append(u)
-    stack = list(device)
-    while stack:
-        for u in preds[stack.pop()]:
-            if u not in device:
-                device.add(u)
-                stack.append(u)
-    return delay(graph, device).total
+    return delay(graph, with_ancestors(graph, min_cut(graph, monotone=False).device)).total
 
 
 def best_ranges(graph: TierGraph) -> tuple[float, list[int]]:

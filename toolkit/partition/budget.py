@@ -35,13 +35,13 @@ from typing import Any
 
 import numpy as np
 
-from toolkit.costgraph import CostGraph, delay, peak_memory
+from toolkit.costgraph import CostGraph, delay, peak_memory, with_ancestors
 from toolkit.errors import PartitionError
 from toolkit.memory import ModelMemory
 from toolkit.partition import Partition, checked_partition, solve
 from toolkit.partition.baselines import chain_split_delays
 from toolkit.partition.stcut import CutResult
-from toolkit.partition.tiers import TierPartition
+from toolkit.partition.tiers import TierPartition, baselines_of, solve_tiers
 from toolkit.tiergraph import TierGraph, check_tiers
 
 _NS = 1e6  # integer delay units per ms
@@ -73,16 +73,7 @@ class Budgeted:
 
 def smallest_device(graph: CostGraph) -> list[int]:
     """The smallest valid device half: the pinned layers and their ancestors."""
-    preds: list[set[int]] = [set() for _ in range(len(graph))]
-    for u, w in graph.edges():
-        preds[w].add(u)
-    device = {i for i in range(len(graph)) if graph.pinned[i]}
-    stack = list(device)
-    while stack:
-        for u in preds[stack.pop()] - device:
-            device.add(u)
-            stack.append(u)
-    return sorted(device)
+    return sorted(with_ancestors(graph, np.flatnonzero(graph.pinned).tolist()))
 
 
 def solve_with_budget(graph: CostGraph, budget_bytes: float, time_limit_s: float = 120.0
@@ -125,8 +116,6 @@ def solve_tiers_with_budget(graph: TierGraph, budgets: Mapping[str, float],
     """The least-delay valid tiering of a chain whose processors fit their memory budgets
     (bytes, by tier name: a name's tiers share one memory), exactly: the unconstrained
     optimum if it fits, else `tier_program`. The result's `memory` says how it was proven."""
-    from toolkit.partition.tiers import baselines_of, solve_tiers
-
     unknown = [name for name in budgets if name not in graph.tiers]
     if unknown:
         raise PartitionError(f"no tier named {unknown[0]!r} to give a memory budget; the "
