@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from toolkit import api
+from toolkit import api, zoo
 from toolkit.costgraph import peak_memory
 from toolkit.costs import build_cost_graph
 
@@ -55,8 +55,6 @@ def measure_one(name: str, batch: int, cuda: bool) -> dict[str, Any]:
     import gc
 
     import torch
-
-    from toolkit import zoo
 
     torch.set_num_threads(2)
     module, (example,) = zoo.get(name).build()
@@ -99,8 +97,9 @@ def measure_one(name: str, batch: int, cuda: bool) -> dict[str, Any]:
 
 def predicted(name: str, batch: int) -> dict[str, float]:
     """The model's peak for training the whole model, less its state (weights and momentum
-    buffers, resident before the measured step)."""
-    graph = api.load_graph(name)
+    buffers, resident before the measured step), from the export of the module in train mode:
+    the graph PyTorch trains (dropout and stochastic depth in it)."""
+    graph = api.load_graph(str(zoo.export(name, training=True)), name=name)
     costs = build_cost_graph(graph, api.make_scenario(batch=batch, optimizer="momentum"))
     assert costs.memory is not None
     whole = peak_memory(costs, range(len(costs)))
@@ -148,24 +147,61 @@ def budget_rows() -> list[dict[str, Any]]:
     return rows
 
 
+MODEL_TEXT = """## The model
+
+For the tier that trains a set S of layers at batch b (`toolkit/memory.py` has every term and
+why): **state** (weights and optimizer buffers: SGD 0, momentum 1, Adam 2 copies, as
+torch.optim keeps them) all along; **saved activations**, what each op's backward needs (a
+convolution or matmul its input, ReLU or softmax its output, a product with a weight its
+activation, a product of two activations the factor the other's gradient needs, a training-
+mode dropout its mask; an exporter's decomposed GELU/SiLU and attention exported from
+`scaled_dot_product_attention` what PyTorch's fused kernels keep), each tensor once, from the
+forward pass to the backward's first keeper; **held tensors** (the model's outputs, and every
+tensor the tier sends to another, until its backward is done); **gradients** of the weights
+as the backward makes them, a **tied weight**'s partial gradient held until its owner's
+backward, a **gradient in flight** along a skip connection, and the **workspace** of the layer
+whose backward runs. The peak is the largest sum over the positions of the backward.
+`splitcut partition` reports the device half's peak; `--device-memory SIZE` finds the best
+partition that fits (below).
+"""
+
+FINDINGS = """**What it took, and what is left.** Each step below is a term the measurement
+asked for, found by comparing the model with what autograd saves (`grad_fn._saved_*`,
+distinct storages) and with PyTorch's memory profiler at the peak, model by model: never a
+factor fitted to a model.
+
+- PyTorch trains what a **train-mode export** shows: dropout (BERT, GPT-2), stochastic depth
+  (Swin-T, ConvNeXt-T) are absent from an eval-mode export. Predictions here are from the
+  module exported in train mode (`zoo.export(..., training=True)`); the CPU's dropout keeps
+  a float mask the size of its input (BERT -8% to +1%). A dropout with p = 0 keeps nothing
+  and its output is its input (Swin-T's attention dropout).
+- A product keeps a factor only for the other's gradient: stochastic depth's `x * noise`
+  keeps the noise, not x (Swin-T from +15% to +1%); a product with a **learned weight**
+  (ConvNeXt's layer scale) keeps its activation.
+- **Fused attention**: torchvision's ViT calls `scaled_dot_product_attention`, whose CPU
+  kernel keeps q, k, v, its output and a log-sum-exp, never the attention matrix (ViT-B/16
+  from +20% to +8%); torch.onnx's decomposition of it scales q and k both, which hand-written
+  attention (BERT, GPT-2 eager, Swin) does not, so the two are told apart in the graph.
+- **Tied weights**: GPT-2's LM head shares the embedding's 154 MB table; autograd holds the
+  head's partial gradient until the embedding's backward adds its own into a new tensor,
+  three copies at once at the end of the backward (GPT-2 from -42% to +0%).
+- Left: ViT-B/16 +8% is the attention's output, which PyTorch's kernel lays out so that the
+  next reshape is a view while ONNX shows a new tensor (12 x B x 197 x 768 floats: exactly
+  the excess); an ONNX graph cannot say which transposes PyTorch copies, so the model counts
+  each kept tensor on its own (over, never under). ConvNeXt-T -5%: a 38.5 MB scratch buffer
+  a CPU kernel allocates during the backward of its last stage (no tensor: the profiler sees
+  an anonymous block, three times), which no graph shows.
+- No GPU was lent to this project's sessions yet: `--cuda` measures
+  `torch.cuda.max_memory_allocated` the same way; CUDA's dropout keeps a 1-byte mask, so there
+  the model over-counts masks by 3 bytes per element.
+"""
+
+
 def write_doc(measured: list[dict[str, Any]], budgets: list[dict[str, Any]], doc: Path) -> None:
     lines = ["# Training memory: the model against PyTorch, and budgets", "",
              "Regenerate with `python -m bench.memory` (about 5 minutes on 2 cores; `--cuda` "
              "on a GPU). Raw results: `bench/results/memory.json`.", "",
-             "## The model", "",
-             "For the tier that trains layer v at batch b (`toolkit/memory.py`):", "",
-             "- **state**: parameters x 4 bytes x (weights + gradients + optimizer buffers: SGD "
-             "0, momentum 1, Adam 2, as torch.optim keeps them);",
-             "- **saved**: b x the bytes of v's inputs, which autograd keeps for the backward "
-             "(a convolution or matmul its input for the weight gradient, an activation or "
-             "normalisation an input or output of that size); nothing for additions and for "
-             "ops that only move or view data;",
-             "- **workspace**: b x (v's input and output bytes): the gradients of its output "
-             "and inputs, alive while its backward runs.", "",
-             "A tier's peak is the sum of state and saved over its layers plus the largest "
-             "workspace among them: everything saved is alive at the turn from forward to "
-             "backward. `splitcut partition` reports the device half's peak; "
-             "`--device-memory SIZE` finds the best partition that fits (below).", "",
+             *MODEL_TEXT.splitlines(),
              "## Against PyTorch", "",
              "One training step of each zoo model in a fresh process, as PyTorch runs it "
              "(the torchvision or transformers module in train mode, SGD with momentum, loss = "
@@ -184,21 +220,7 @@ def write_doc(measured: list[dict[str, Any]], budgets: list[dict[str, Any]], doc
         lines += ["", f"Median absolute error {statistics.median(errors):.0%}, worst "
                       f"{max(errors):.0%} ({len(measured)} models, "
                       f"{measured[0]['device']}).", ""]
-    lines += ["**Where it is off, and what is suspected (not yet measured term by term):** "
-              "the exported graph is what the model reads, and PyTorch does not always train "
-              "what the graph shows. GELU and SiLU, which exporters split into `Erf` or "
-              "`Sigmoid` and products, are counted as the fused ops PyTorch runs "
-              "(`memory.fused_activations`: that took ViT-B/16 from +68% to the figure above, "
-              "Swin-T from +37%, ConvNeXt-T from +39%, EfficientNet-B0 from +29%). Attention "
-              "is still counted as exported (two matmuls around a softmax, keeping the "
-              "attention matrix), while torchvision's ViT calls scaled_dot_product_attention, "
-              "whose fused kernel keeps queries, keys, values, the output and a log-sum-exp "
-              "instead: the likely remainder of ViT's over-prediction. Under-predictions come "
-              "from what the graph does not show: train-mode dropout (BERT, GPT-2: each keeps "
-              "a mask and makes a new tensor the next op keeps), GPT-2's tied embedding (two "
-              "gradients of the 154 MB table alive together before they are summed), and "
-              "ConvNeXt's channels-last permutes around its LayerNorm, which PyTorch copies. "
-              "Each is a term to add, not a factor to fit.", ""]
+    lines += [*FINDINGS.splitlines(), ""]
     lines += ["## The best partition under a budget", "",
               "Jetson Nano + RTX 3090, 10 Mbit/s each way, batch 32 (a slow link pushes "
               "layers onto the device, so budgets bind). Per model and device budget: the "

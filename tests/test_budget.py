@@ -16,7 +16,7 @@ from toolkit.costgraph import CostGraph, peak_memory
 from toolkit.costs import build_cost_graph
 from toolkit.errors import PartitionError
 from toolkit.memory import ModelMemory, SavedTensor, kept_by
-from toolkit.partition.budget import smallest_device, solve_with_budget
+from toolkit.partition.budget import least_device_peak, smallest_device, solve_with_budget
 
 TIED = (0.0, 1.0, 1.0, 2.0, 5.0)
 
@@ -24,18 +24,25 @@ TIED = (0.0, 1.0, 1.0, 2.0, 5.0)
 def _with_memory(costs: CostGraph, rng: np.random.Generator) -> CostGraph:
     """Random memory terms (whole bytes, as a model's are; ties and zeros among them): state,
     gradients and workspace per layer, and kept tensors with random keepers among each
-    tensor's producer and consumers."""
+    tensor's producer and consumers, some alive over a random span, some held while sent."""
     n = len(costs)
 
     def amount() -> float:
         return float(rng.choice(TIED)) if rng.random() < 0.5 else float(rng.integers(0, 900))
 
     saved = []
+    other = np.random.default_rng(n * 1000 + len(costs.tensors))  # keeps rng's stream as it was
     for t in costs.tensors:
         candidates = [t.producer, *t.consumers]
         keepers = sorted({int(c) for c in candidates if rng.random() < 0.5})
         if keepers:
-            saved.append(SavedTensor(amount(), tuple(keepers)))
+            span = sorted(int(x) for x in other.integers(0, n, 2))  # some alive for a span
+            saved.append(SavedTensor(amount(), tuple(keepers), *(
+                (min(span[0], keepers[0]), max(span[1], keepers[0]))
+                if other.random() < 0.3 else (-1, -1))))
+        if t.consumers and other.random() < 0.3:  # held while a reader is on another tier
+            saved.append(SavedTensor(float(other.integers(0, 300)), (int(t.producer),), start=0,
+                                     readers=tuple(int(c) for c in t.consumers)))
     memory = ModelMemory([amount() for _ in range(n)], [amount() for _ in range(n)],
                          [amount() for _ in range(n)], saved)
     return dataclasses.replace(costs, memory=memory)
@@ -57,15 +64,20 @@ def test_budgeted_optimum_equals_brute_force_on_random_dags(seed):
         costs = _with_memory(_costs(random_dag(rng), rng), rng)
         everything = peak_memory(costs, range(len(costs)))
         smallest = peak_memory(costs, smallest_device(costs))
-        budget = float(rng.integers(int(smallest * 0.9), everything + 2)) \
+        budget = float(rng.integers(int(min(smallest, everything) * 0.9),
+                                    max(smallest, everything) + 2)) \
             if rng.random() < 0.85 else float(rng.choice(TIED))
         expected = _brute_force(costs, budget)
         try:
             result = solve_with_budget(costs, budget)
         except PartitionError as exc:
-            if "no partition fits" in str(exc):  # the smallest device half is too big
+            if "no partition fits" in str(exc):  # even the least peak is too big
                 assert expected == float("inf")
-                assert peak_memory(costs, smallest_device(costs)) > budget
+                least, device = least_device_peak(costs)
+                assert least > budget and is_valid(costs, frozenset(device))
+                assert least == pytest.approx(min(
+                    peak_memory(costs, d) for d in monotone_partitions(costs)
+                    if is_valid(costs, d)))
                 infeasible += 1
                 checked += 1
                 continue

@@ -71,7 +71,6 @@ ELEMENT_BYTES: dict[str, float] = {
     "float8e5m2fnuz": 1, "float8e8m0": 1, "int4": 0.5, "uint4": 0.5, "float4e2m1": 0.5,
     "int2": 0.25, "uint2": 0.25,
 }
-_FLOAT_DTYPES = frozenset({"float", "double", "float16", "bfloat16"})
 
 BUILTIN_SCENARIOS: dict[str, dict[str, str]] = {
     "nano-3090-wifi5": {"device": "jetson-nano", "server": "rtx-3090", "link": "wifi5"},
@@ -157,14 +156,10 @@ def scenario_key(scenario: dict[str, Any]) -> str:
             f"{rate(scenario['downlink_bps'])} {scenario['latency_ms']:g}ms {settings}")
 
 
-def is_float(dtype: str) -> bool:
-    return dtype in _FLOAT_DTYPES
-
-
 def tensor_bytes(tensor: Tensor, precision: str) -> float:
     """Bytes per sample of `tensor` as training moves it: float tensors at 2 bytes per element
     under mixed precision, everything else as stored."""
-    if precision != "fp16" or not is_float(tensor.dtype):
+    if precision != "fp16" or not tensor.floating:
         return float(tensor.bytes)
     return tensor.bytes / ELEMENT_BYTES[tensor.dtype] * 2
 
@@ -308,7 +303,7 @@ def build_cost_graph(graph: LayerGraph, scenario: Scenario) -> CostGraph:
     tensors = []
     for t in graph.activations():
         assert t.producer is not None
-        floating = is_float(t.dtype)
+        floating = t.floating
         tensors.append(CostTensor(
             t.name, index[t.producer], tuple(index[c] for c in t.consumers), float(t.bytes),
             crossing_ms(tensor_bytes(t, scenario.precision), scenario, floating), floating,

@@ -17,6 +17,9 @@ _LIMIT = 2.0**62
 and the database's 64-bit integers could not hold them."""
 
 
+FLOAT_DTYPES = frozenset({"float", "double", "float16", "bfloat16"})
+
+
 @dataclass(frozen=True)
 class Tensor:
     """An activation tensor. `bytes` is per sample; `producer` is None for a raw graph input."""
@@ -29,6 +32,11 @@ class Tensor:
     consumers: tuple[str, ...] = ()
     shape_known: bool = True
 
+    @property
+    def floating(self) -> bool:
+        """It holds floating-point numbers: it can carry a gradient."""
+        return self.dtype in FLOAT_DTYPES
+
 
 @dataclass(frozen=True)
 class Layer:
@@ -37,7 +45,8 @@ class Layer:
     `inputs`/`outputs` name activation tensors only; trainable weights it reads (initializers
     and views of them) are folded into `weight_elements`/`param_bytes` (what a pass reads) and
     `params` (the parameters this layer owns: each weight is owned by the first layer that
-    reads it, so a tied embedding is counted, and updated by the optimizer, once).
+    reads it, so a tied embedding is counted, and updated by the optimizer, once); `tied`
+    names the owners of the weights it reads but does not own.
     """
 
     name: str
@@ -56,6 +65,7 @@ class Layer:
     supported: bool = True
     reads_input: bool = False
     weight_elements: int = -1  # elements of every weight it reads (-1: as many as `params`)
+    tied: tuple[tuple[str, int], ...] = ()  # (owner layer, elements) of weights it shares
 
     @property
     def reads_weights(self) -> int:

@@ -8,35 +8,51 @@ For the tier that trains the layers S (in topological order), at batch b, in ste
   `exp_avg` and `exp_avg_sq`);
 - **saved activations**: autograd keeps, from the forward pass to the backward, the tensors
   each op's backward needs: a convolution, matmul or normalisation its input, ReLU, sigmoid,
-  tanh, softmax or exp its output, a product of two activations both factors, max pooling
-  its input and the argmax indices (int64), an addition or an op that moves or views data
+  tanh, softmax or exp its output, a product of two activations both factors, a product with
+  a weight (ConvNeXt's layer scale) its activation, max pooling its input and the argmax
+  indices (int64), an addition, a product with a constant or an op that moves or views data
   nothing; an activation an exporter decomposed (GELU into Erf and products, SiLU into a
-  sigmoid and a product) what PyTorch's fused op keeps, its input (`fused_activations`).
-  A tensor kept by several ops (ReLU's output is the next convolution's input) is
-  kept once: b x its bytes at the training precision. It is freed when the backward reaches
-  the first op that keeps it;
+  sigmoid and a product) what PyTorch's fused op keeps, its input (`fused_activations`);
+  attention exported from `scaled_dot_product_attention` (queries and keys both scaled before
+  their product: torch.onnx's decomposition) what the fused kernel keeps, queries, keys,
+  values, its output and one log-sum-exp per query row, not the attention matrix
+  (`fused_attention`); a dropout exported in training mode its mask, at the activation's
+  precision (PyTorch's CPU path multiplies by a float mask; CUDA's kernel keeps 1 byte per
+  element, so there this over-counts). A tensor kept by several ops (ReLU's output is the
+  next convolution's input) is kept once: b x its bytes at the training precision. It is
+  freed when the backward reaches the first op that keeps it;
+- **held tensors**: the model's outputs, which the loss and the training loop hold until the
+  backward is done, and every tensor the tier sends to another (it holds it, with its graph,
+  until the gradient comes back and its backward is done): alive at every position;
+- **tied weights**: a weight read by a later layer than its owner (GPT-2's embedding, read
+  again by the LM head) gets a partial gradient there, which autograd holds until the owner's
+  backward adds its own: that partial alive from the later reader's position to the owner's,
+  and at the owner one more copy (its own partial and the sum exist together);
 - **gradients** of the weights, params x 4 bytes, made as the backward reaches each layer
   (`zero_grad(set_to_none=True)` frees them after each step);
 - **workspace**: while layer v's backward runs, the gradients of its output and its inputs,
   b x (its input and output bytes).
 
 The backward runs from the last layer to the first: when it reaches v, the activations kept
-for v and everything before it are alive, and the gradients of v and everything after it:
+for v and everything before it are alive (and the held and tied terms whose span covers v),
+and the gradients of v and everything after it:
 
     peak(S) = sum over S of state + max over positions v of
-              (saved bytes of tensors whose first keeper is at or before v
+              (bytes of the saved, held and tied tensors alive at v
                + gradients of the layers of S at or after v + workspace of v if v in S)
 
-counting a tensor when any of its keepers is in S (from its first keeper in the whole
+counting a saved tensor when any of its keepers is in S (from its first keeper in the whole
 model: where that keeper is on another tier, the tensor is counted a little longer than it
-lives, never shorter). The forward pass's end (everything saved, no gradient yet) and the
-optimizer step (every gradient, nothing saved) are its two extremes.
+lives, never shorter; a tensor both kept and sent is counted twice: never too little). The
+forward pass's end (everything saved, no gradient yet) and the optimizer step (every
+gradient, nothing saved) are its two extremes.
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -50,15 +66,29 @@ KEEPS_NOTHING = DATA_MOVEMENT | frozenset({
     "Add", "Sub", "Neg", "Sum", "Identity", "ReduceSum", "ReduceMean", "GlobalAveragePool",
     "Dropout", "Equal", "Less", "Greater", "Not", "And", "Or", "Where"})
 SCALING = frozenset({"Mul", "Div"})  # by a constant: nothing kept; of two activations: both
+NOT_DIFFERENTIABLE = frozenset({
+    "RandomUniformLike", "RandomNormalLike", "RandomUniform", "RandomNormal", "Bernoulli",
+    "Multinomial", "Less", "Greater", "LessOrEqual", "GreaterOrEqual", "Equal", "Not", "And",
+    "Or", "Xor", "Shape", "Size", "ArgMax", "ArgMin", "NonZero", "IsNaN", "IsInf"})
 _INDEX_BYTES = 8  # MaxPool's argmax, int64 per output element
 
 
 @dataclass(frozen=True)
 class SavedTensor:
-    """An activation autograd keeps for the backward: its bytes per batch and its keepers."""
+    """Bytes alive during the backward from position `start` to `stop` (by default from its
+    first keeper to the end), on a tier that holds one of its `keepers`; where `readers` are
+    named (a tensor the tier sends), only while one of them is on another tier."""
 
     nbytes: float
     keepers: tuple[int, ...]  # layer indices, ascending
+    start: int = -1  # -1: keepers[0]
+    stop: int = -1  # -1: the last position
+    readers: tuple[int, ...] = ()
+
+    def span(self, n: int) -> tuple[int, int]:
+        """The first and last backward positions at which it is alive."""
+        return (self.keepers[0] if self.start < 0 else self.start,
+                n - 1 if self.stop < 0 else self.stop)
 
 
 @dataclass(frozen=True)
@@ -70,14 +100,81 @@ class ModelMemory:
     workspace: list[float]
     saved: list[SavedTensor]
 
+    @cached_property
+    def columns(self) -> SavedColumns:
+        """`saved` as flat arrays, for evaluating peaks without a Python loop."""
+        n = len(self.state)
+        with_readers = [j for j, x in enumerate(self.saved) if x.readers]
+        spans = np.array([x.span(n) for x in self.saved], dtype=np.int64).reshape(-1, 2)
+        return SavedColumns(
+            nbytes=np.array([x.nbytes for x in self.saved]),
+            first=spans[:, 0], last=spans[:, 1],
+            keepers=np.array([v for x in self.saved for v in x.keepers], dtype=np.int64),
+            keeper_starts=_starts([len(x.keepers) for x in self.saved]),
+            reader_rows=np.array(with_readers, dtype=np.int64),
+            readers=np.array([v for j in with_readers for v in self.saved[j].readers],
+                             dtype=np.int64),
+            reader_starts=_starts([len(self.saved[j].readers) for j in with_readers]))
 
-def kept_by(layer: Layer) -> tuple[str, ...]:
-    """The activation tensors `layer`'s backward needs (module docstring)."""
-    if layer.op in KEEPS_NOTHING or (layer.op in SCALING and len(layer.inputs) < 2):
+
+@dataclass(frozen=True)
+class SavedColumns:
+    """The saved tensors' bytes and spans, and their keepers and readers as flat arrays
+    with each tensor's start offset (CSR)."""
+
+    nbytes: np.ndarray
+    first: np.ndarray
+    last: np.ndarray
+    keepers: np.ndarray
+    keeper_starts: np.ndarray
+    reader_rows: np.ndarray
+    readers: np.ndarray
+    reader_starts: np.ndarray
+
+
+def _starts(lengths: Sequence[int]) -> np.ndarray:
+    return np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64) if lengths \
+        else np.zeros(0, dtype=np.int64)
+
+
+def kept_by(layer: Layer, carries_grad: Collection[str] | None = None) -> tuple[str, ...]:
+    """The activation tensors `layer`'s backward needs (module docstring). With
+    `carries_grad` (the tensors autograd differentiates), a product keeps a factor only for
+    the gradient of the other: x * noise (stochastic depth) keeps the noise, not x."""
+    by_constant = layer.op in SCALING and len(layer.inputs) < 2 and not layer.trainable
+    if layer.op in KEEPS_NOTHING or by_constant:
         return ()
     if layer.op in KEEPS_OUTPUT:
         return layer.outputs
+    if layer.op == "Mul" and len(layer.inputs) == 2 and carries_grad is not None:
+        a, b = layer.inputs
+        return (*((a,) if b in carries_grad else ()), *((b,) if a in carries_grad else ()))
     return layer.inputs
+
+
+def carrying_grad(graph: LayerGraph) -> set[str]:
+    """The activations autograd differentiates: floating-point tensors made by a
+    differentiable op from weights or from other such tensors (raw inputs, masks, random
+    draws and what only they make carry none)."""
+    out: set[str] = set()
+    for layer in graph:
+        if layer.op in NOT_DIFFERENTIABLE or not (
+                layer.trainable or any(t in out for t in layer.inputs)):
+            continue
+        out.update(t for t in layer.outputs if t in graph.tensors and graph.tensors[t].floating)
+    return out
+
+
+def aliases(layers: Sequence[Layer]) -> dict[str, str]:
+    """Tensors that are another under a new name: the output of an Identity, or of a dropout
+    that drops nothing (p = 0, or not training), which PyTorch returns as its input."""
+    alias: dict[str, str] = {}
+    for layer in layers:
+        if len(layer.inputs) == 1 and layer.outputs and (
+                layer.op == "Identity"
+                or (layer.op == "Dropout" and "training_mode=1" not in layer.attrs)):
+            alias[layer.outputs[0]] = alias.get(layer.inputs[0], layer.inputs[0])
+    return alias
 
 
 def fused_activations(layers: Sequence[Layer]) -> dict[int, tuple[str, ...]]:
@@ -116,28 +213,129 @@ def fused_activations(layers: Sequence[Layer]) -> dict[int, tuple[str, ...]]:
     return out
 
 
+def fused_attention(graph: LayerGraph) -> tuple[dict[int, tuple[str, ...]], dict[int, float]]:
+    """Attention that torch.onnx exported from `scaled_dot_product_attention`: MatMul(q x s,
+    k^T x s) with both operands scaled by constants, an optional additive mask, Softmax, and
+    MatMul(., v) (a dropout between that drops nothing allowed). Its fused kernel keeps q,
+    k, v and its output, and a log-sum-exp per query row: layer index -> the tensors it
+    keeps for the pattern's layers, and the final MatMul's index -> the log-sum-exp's bytes
+    per sample."""
+    layers = list(graph)
+    producer = {t: i for i, layer in enumerate(layers) for t in layer.outputs}
+    readers: dict[str, list[int]] = {}
+    for i, layer in enumerate(layers):
+        for t in layer.inputs:
+            readers.setdefault(t, []).append(i)
+
+    def scaled(t: str) -> int | None:
+        """The layer that scales t by a constant, if one does."""
+        j = producer.get(t)
+        if j is None or layers[j].op not in SCALING or len(layers[j].inputs) != 1 \
+                or layers[j].trainable:
+            return None
+        return j
+
+    kept: dict[int, tuple[str, ...]] = {}
+    lse: dict[int, float] = {}
+    for i, layer in enumerate(layers):
+        if layer.op != "Softmax" or len(layer.inputs) != 1 or not layer.outputs:
+            continue
+        pattern, t = [i], layer.inputs[0]
+        while (j := producer.get(t)) is not None and layers[j].op in ("Add", "Where") \
+                and len(layers[j].inputs) == 1:  # an additive mask (a constant)
+            pattern.append(j)
+            t = layers[j].inputs[0]
+        scores = producer.get(t)
+        if scores is None or layers[scores].op != "MatMul" or len(layers[scores].inputs) != 2:
+            continue
+        scales = [scaled(x) for x in layers[scores].inputs]
+        probabilities = layer.outputs[0]
+        after = readers.get(probabilities, [])
+        if len(after) == 1 and layers[after[0]].op == "Dropout" \
+                and "training_mode=1" not in layers[after[0]].attrs and layers[after[0]].outputs:
+            pattern.append(after[0])  # a dropout that drops nothing (p = 0, or not training)
+            probabilities = layers[after[0]].outputs[0]
+            after = readers.get(probabilities, [])
+        if None in scales or len(after) != 1 or layers[after[0]].op != "MatMul" \
+                or layers[after[0]].inputs[0] != probabilities \
+                or len(layers[after[0]].inputs) != 2 or not layers[after[0]].outputs:
+            continue
+        final = after[0]
+        q, k = (layers[j].inputs[0] for j in scales if j is not None)
+        kept.update({j: () for j in (*pattern, scores, *scales) if j is not None})
+        kept[final] = (q, k, layers[final].inputs[1], layers[final].outputs[0])
+        matrix = graph.tensors.get(layer.outputs[0])
+        if matrix is not None and matrix.shape and matrix.shape[-1] > 0:
+            lse[final] = matrix.bytes / matrix.shape[-1]
+    return kept, lse
+
+
 def model_memory(graph: LayerGraph, batch: int, state_buffers: int,
                  bytes_of: Mapping[str, float]) -> ModelMemory:
     """The terms of every layer in topological order; `state_buffers` per parameter (the
     optimizer's), `bytes_of` each activation's bytes per sample at the training precision."""
     layers = list(graph)
-    fused = fused_activations(layers)
+    index = {layer.name: i for i, layer in enumerate(layers)}
+    attention, lse = fused_attention(graph)
+    fused = {**fused_activations(layers), **attention}
+    grad = carrying_grad(graph)
+    alias = aliases(layers)
     keepers: dict[str, list[int]] = {}
     for i, layer in enumerate(layers):
-        for name in fused.get(i, kept_by(layer)):
-            keepers.setdefault(name, []).append(i)
+        for name in fused.get(i, kept_by(layer, grad)):
+            keepers.setdefault(alias.get(name, name), []).append(i)
     saved = [SavedTensor(batch * bytes_of.get(name, 0.0), tuple(sorted(set(who))))
              for name, who in keepers.items()]
+    saved += [SavedTensor(batch * nbytes, (i,)) for i, nbytes in lse.items()]
     for i, layer in enumerate(layers):
         if layer.op == "MaxPool" and layer.outputs and layer.outputs[0] in graph.tensors:
             elements = graph.tensors[layer.outputs[0]].bytes / WORD  # (pooled floats, fp32)
             saved.append(SavedTensor(batch * elements * _INDEX_BYTES, (i,)))
+        if layer.op == "Dropout" and "training_mode=1" in layer.attrs and layer.outputs:
+            saved.append(SavedTensor(batch * bytes_of.get(layer.outputs[0], 0.0), (i,)))
+    saved += _tied_partials(layers, index)
+    saved += _in_flight_and_held(graph, index, grad, [batch * bytes_of.get(name, 0.0)
+                                                      for name in graph.tensors])
     return ModelMemory(
         state=[float(x.params * WORD * (1 + state_buffers)) for x in layers],
         grads=[float(x.params * WORD) for x in layers],
         workspace=[batch * sum(bytes_of.get(t, 0.0) for t in (*x.inputs, *x.outputs))
                    for x in layers],
         saved=saved)
+
+
+def _tied_partials(layers: Sequence[Layer], index: Mapping[str, int]) -> list[SavedTensor]:
+    """A tied weight's partial gradient from each later reader, alive from that reader's
+    backward to its owner's, and one more copy at the owner (its own partial and the sum)."""
+    out = []
+    for i, layer in enumerate(layers):
+        for owner, elements in layer.tied:
+            if owner in index:
+                o = index[owner]
+                out += [SavedTensor(elements * WORD, (i,), start=o, stop=i),
+                        SavedTensor(elements * WORD, (i,), start=o, stop=o)]
+    return out
+
+
+def _in_flight_and_held(graph: LayerGraph, index: Mapping[str, int], grad: Collection[str],
+                        nbytes: Sequence[float]) -> list[SavedTensor]:
+    """Per tensor (`nbytes` in `graph.tensors`' order, per batch): its gradient in flight
+    between its last reader's backward and its maker's (a skip connection's: the workspace
+    covers both ends), and the tensor itself held to the end of the backward when it is a
+    model output or its tier sends it."""
+    out = []
+    outputs = set(graph.outputs)
+    for (name, tensor), size in zip(graph.tensors.items(), nbytes, strict=True):
+        if tensor.producer is None or tensor.producer not in index:
+            continue
+        maker = index[tensor.producer]
+        readers = tuple(sorted({index[c] for c in tensor.consumers if c in index}))
+        if name in grad and readers and readers[-1] - 1 >= maker + 1:
+            out.append(SavedTensor(size, (readers[-1],), start=maker + 1, stop=readers[-1] - 1))
+        if name in outputs or readers:
+            out.append(SavedTensor(size, (maker,), start=0,
+                                   readers=() if name in outputs else readers))
+    return out
 
 
 def peak_bytes(memory: ModelMemory, layers: Collection[int], n: int) -> float:
@@ -147,11 +345,15 @@ def peak_bytes(memory: ModelMemory, layers: Collection[int], n: int) -> float:
     if not inside.any():
         return 0.0
     state = float(np.asarray(memory.state)[inside].sum())
-    alive = np.zeros(n)
-    for x in memory.saved:
-        if inside[list(x.keepers)].any():
-            alive[x.keepers[0]] += x.nbytes
+    alive = np.zeros(n + 1)
+    c = memory.columns
+    if c.nbytes.size:
+        held = np.logical_or.reduceat(inside[c.keepers], c.keeper_starts)
+        if c.reader_rows.size:  # sent: held only while a reader is elsewhere
+            held[c.reader_rows] &= ~np.logical_and.reduceat(inside[c.readers], c.reader_starts)
+        np.add.at(alive, c.first[held], c.nbytes[held])
+        np.add.at(alive, c.last[held] + 1, -c.nbytes[held])
     grads = np.where(inside, memory.grads, 0.0)
-    at = np.cumsum(alive) + np.cumsum(grads[::-1])[::-1] \
+    at = np.cumsum(alive)[:n] + np.cumsum(grads[::-1])[::-1] \
         + np.where(inside, memory.workspace, 0.0)
     return state + float(at.max())

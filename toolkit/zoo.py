@@ -156,14 +156,16 @@ def export(
     exporter: str = "torchscript",
     force: bool = False,
     progress: Callable[[str], None] | None = None,
+    training: bool = False,
 ) -> Path:
-    """Export a zoo model to ONNX and return its path; an existing export is reused."""
+    """Export a zoo model to ONNX and return its path; an existing export is reused.
+    `training` exports the module in train mode: dropout stays in the graph, as it trains."""
     if exporter not in EXPORTERS:
         raise ToolkitError(f"unknown exporter {exporter!r}; choose one of {', '.join(EXPORTERS)}")
     model = get(name)
     directory = Path(out_dir) if out_dir is not None else cache_dir()
     directory.mkdir(parents=True, exist_ok=True)
-    suffix = "" if exporter == "torchscript" else f".{exporter}"
+    suffix = ("" if exporter == "torchscript" else f".{exporter}") + (".train" if training else "")
     tag = "" if out_dir is not None else f".v{EXPORT_VERSION}.torch{_torch_version()}"
     path = directory / f"{name}{suffix}{tag}.onnx"
     if path.exists() and not force:
@@ -172,6 +174,7 @@ def export(
     if progress is not None:
         progress(f"exporting {name} with the {exporter} exporter")
     module, args = model.build()
+    module.train(training)
     with tempfile.TemporaryDirectory(dir=directory) as tmp:
         tmp_path = Path(tmp) / path.name
         export_module(torch, module, args, tmp_path, exporter)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
+import onnx.numpy_helper
 from onnx import AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto, ValueInfoProto
 
 from toolkit.errors import ModelError
@@ -293,6 +294,7 @@ class _Reader:
         g = model.graph
         self.graph = g
         self.initializers = {t.name: t for t in g.initializer}
+        self.constant_values: dict[str, TensorProto] | None = None  # Constant nodes' values
         self.info: dict[str, Info] = {}
         for vi in [*g.input, *g.value_info, *g.output]:
             if vi.name:
@@ -419,7 +421,7 @@ class _Reader:
         self.weights = {n for n, t in self.initializers.items()
                         if t.data_type in FLOAT_TYPES and n not in self.buffers}
         self.weight_base: dict[str, str] = {}  # a view of a weight -> the initializer itself
-        self.owned: set[str] = set()  # weights already counted by an earlier layer
+        self.owner: dict[str, str] = {}  # a weight -> the layer that reads it first
         constant: set[int] = set()
         for i in order:
             node = self.graph.node[i]
@@ -465,6 +467,7 @@ class _Reader:
         name = self.names[i]
         acts = [n for n in dict.fromkeys(self.deps[i]) if n not in consts]
         params = param_bytes = elements = 0
+        tied: dict[str, int] = {}
         skip = NOT_TRAINABLE_INPUTS.get(node.op_type, frozenset())
         for k, inp in enumerate(node.input):
             info = self.info.get(inp)
@@ -476,15 +479,20 @@ class _Reader:
                 param_bytes += math.ceil(count * ELEM_BYTES.get(info.elem_type,
                                                                  UNKNOWN_ELEM_BYTES))
                 base = self.weight_base.get(inp, inp)
-                if base not in self.owned:  # the first reader owns it
-                    self.owned.add(base)
+                owner = self.owner.setdefault(base, name)  # the first reader owns it
+                if owner == name:
                     params += count
+                else:
+                    tied[owner] = tied.get(owner, 0) + count
         in_bytes = sum(tensors[n].bytes for n in acts if n in tensors)
         outs = [o for o in node.output if o]
         fallback = max((tensors[n].bytes for n in acts if n in tensors), default=0)
         for out in outs:
             tensors[out] = self._tensor(out, name, fallback)
         attrs = {a.name: _attr_value(a) for a in node.attribute}
+        if node.op_type == "Dropout" and self._constant(node.input[2:3], 0.0) \
+                and self._constant(node.input[1:2], 0.5):
+            attrs["training_mode"] = 1  # drops at training time: keeps a mask (toolkit.memory)
         cost = self._cost(name, OpFacts(
             node.op_type, [self._shape(n) for n in node.input],
             [self._shape(n) for n in node.output], attrs,
@@ -512,7 +520,28 @@ class _Reader:
             supported=supported,
             reads_input=any(n in self.raw_inputs for n in acts),
             weight_elements=elements,
+            tied=tuple(tied.items()),
         )
+
+    def _constant(self, names: list[str], absent: float) -> float:
+        """The value of the one scalar constant named (initializer or Constant node): `absent`
+        where none is named, 0 where it is not a constant."""
+        if not names or not names[0]:
+            return absent
+        if self.constant_values is None:
+            self.constant_values = {n.output[0]: a.t for n in self.graph.node
+                                    if n.op_type == "Constant" and n.output
+                                    for a in n.attribute if a.name == "value"}
+        tensor = self.initializers.get(names[0])
+        if tensor is None:
+            tensor = self.constant_values.get(names[0])
+        if tensor is None:
+            return 0.0
+        try:
+            value = onnx.numpy_helper.to_array(tensor)
+            return float(value.reshape(-1)[0]) if value.size == 1 else 0.0
+        except (ValueError, TypeError):
+            return 0.0
 
     def _shape(self, name: str) -> Shape | None:
         info = self.info.get(name) if name else None

@@ -6,9 +6,10 @@ one layer's buffers) is a min cut with a knapsack-like constraint: NP-hard in ge
 is exact by construction, not by hope:
 
 - the unconstrained optimum, if it fits, is the answer;
-- the smallest achievable peak is that of the smallest valid device half (the pinned layers
-  and their ancestors: memory only grows with the device set); above the budget, nothing
-  fits;
+- every device half holds at least the state and gradients of the smallest valid one (the
+  pinned layers and their ancestors); above the budget, nothing fits. The peak itself is not
+  monotone in the device half (a smaller half can send, and so hold, more), so when nothing
+  fits the least achievable peak is found by the same program minimising the peak;
 - a Lagrangian bound: peak(S) is at least R(S), the state and gradients of S (the optimizer
   step's moment), which is a sum over layers; for lambda >= 0, min over S of
   D(S) + lambda (R(S) - B) is a min cut with each device delay raised by lambda x R_v, and at
@@ -16,8 +17,9 @@ is exact by construction, not by hope:
   are feasible answers;
 - the exact optimum: the integer program of the partition (a 0/1 variable per layer, one per
   tensor for "crosses", one for "anything crosses", one for "the labels travel", one per kept
-  tensor for "kept on the device"; the monotone and pin constraints; running sums of kept
-  bytes forward and of gradients backward, and the peak above their sum at every position;
+  tensor for "kept (or held while sent) on the device"; the monotone and pin constraints;
+  running sums of kept bytes forward and of gradients backward, and the peak above their sum
+  at every position;
   the budget) solved to proven optimality by OR-Tools' CP-SAT in integer units (delays in ns,
   memory in bytes), seeded with the best feasible partition found so far. Its optimality gap
   is reported (0 when proven); the partition is then re-costed, its peak recomputed, and both
@@ -76,6 +78,32 @@ def smallest_device(graph: CostGraph) -> list[int]:
     return sorted(with_ancestors(graph, np.flatnonzero(graph.pinned).tolist()))
 
 
+def resident_floor(graph: CostGraph) -> float:
+    """A lower bound on every valid device half's peak: the smallest half's state and
+    gradients, which every device half holds (the peak itself is not monotone in the half: a
+    smaller half can send, and so hold, more)."""
+    assert graph.memory is not None
+    device = smallest_device(graph)
+    return float(sum(graph.memory.state[v] + graph.memory.grads[v] for v in device))
+
+
+def least_device_peak(graph: CostGraph, time_limit_s: float = 120.0) -> tuple[float, list[int]]:
+    """The least peak any valid device half needs, and that half (CP-SAT, proven)."""
+    tier, peak, _ = tier_program(TierGraph.from_cost_graph(graph), {"device": math.inf},
+                                 None, time_limit_s, least_peak_of="device")
+    return peak, np.flatnonzero(tier == 0).tolist()
+
+
+def _does_not_fit(graph: CostGraph, budget_bytes: float, time_limit_s: float) -> PartitionError:
+    least, _ = least_device_peak(graph, time_limit_s)
+    return PartitionError(f"no partition fits {_gb(budget_bytes)} on the device: the least any "
+                          f"device half needs is {_gb(least)}")
+
+
+class Infeasible(PartitionError):
+    """No tiering fits the memory budgets."""
+
+
 def solve_with_budget(graph: CostGraph, budget_bytes: float, time_limit_s: float = 120.0
                       ) -> Budgeted:
     """The least-delay valid partition whose device peak memory is at most `budget_bytes`."""
@@ -84,11 +112,8 @@ def solve_with_budget(graph: CostGraph, budget_bytes: float, time_limit_s: float
     start = time.perf_counter()
     free = solve(graph, "general")
     free_peak = peak_memory(graph, free.device)
-    smallest = peak_memory(graph, smallest_device(graph))
-    if smallest > budget_bytes:
-        raise PartitionError(
-            f"no partition fits {_gb(budget_bytes)} on the device: the smallest device half "
-            f"(the layers that read raw data and their inputs) needs {_gb(smallest)}")
+    if resident_floor(graph) > budget_bytes:
+        raise _does_not_fit(graph, budget_bytes, time_limit_s)
     prefix = _best_fitting_prefix(graph, budget_bytes)
     if free_peak <= budget_bytes:
         return Budgeted(free, budget_bytes, free_peak, free.delay.total, free_peak,
@@ -96,8 +121,11 @@ def solve_with_budget(graph: CostGraph, budget_bytes: float, time_limit_s: float
     bound, incumbent = _lagrangian(graph, budget_bytes)
     hint = None if incumbent is None else [0 if v in set(incumbent) else 1
                                            for v in range(len(graph))]
-    tier, objective, gap = tier_program(TierGraph.from_cost_graph(graph),
-                                        {"device": budget_bytes}, hint, time_limit_s)
+    try:
+        tier, objective, gap = tier_program(TierGraph.from_cost_graph(graph),
+                                            {"device": budget_bytes}, hint, time_limit_s)
+    except Infeasible:
+        raise _does_not_fit(graph, budget_bytes, time_limit_s) from None
     device = np.flatnonzero(tier == 0).tolist()
     value = delay(graph, device).total
     if abs(objective - value) > (len(graph) + len(graph.tensors) + 3) / _NS + 1e-9 * value:
@@ -199,10 +227,12 @@ def _lagrangian(graph: CostGraph, budget_bytes: float) -> tuple[float, list[int]
 
 
 def tier_program(graph: TierGraph, budgets: Mapping[str, float],
-                 hint: Sequence[int] | None = None, time_limit_s: float = 120.0
-                 ) -> tuple[np.ndarray, float, float]:
+                 hint: Sequence[int] | None = None, time_limit_s: float = 120.0,
+                 least_peak_of: str | None = None) -> tuple[np.ndarray, float, float]:
     """The integer program of a tiering under memory budgets (module docstring), by CP-SAT:
-    each layer's tier, the program's value of it (ms) and the proven relative gap.
+    each layer's tier, the program's value of it (ms) and the proven relative gap; with
+    `least_peak_of` (a name in `budgets`), the tiering that minimises that processor's peak
+    instead, and the peak (bytes).
     `budgets` (bytes) are per processor, by tier name: a name's tiers share one memory (a
     U-shape's device head and tail). Tier t of layer v is encoded as z[v][s] = [tier >= s]."""
     from ortools.sat.python import cp_model
@@ -251,11 +281,15 @@ def tier_program(graph: TierGraph, budgets: Mapping[str, float],
             for o in base.outputs:
                 model.add(labels >= z[o][b + 1])
             terms.append((round(graph.labels_ms[b] * _NS), labels))
+    peaks = {}
     for name, budget in budgets.items():
         mine = [t for t in range(k) if graph.tiers[t] == name]
         member = [sum(at_least(v, t) - at_least(v, t + 1) for t in mine) for v in range(n)]
-        _peak_within(model, memory, member, budget, name)
-    model.minimize(sum(c * var for c, var in terms))
+        peaks[name] = _peak_within(model, memory, member, budget, name)
+    if least_peak_of is not None:
+        model.minimize(peaks[least_peak_of])
+    else:
+        model.minimize(sum(c * var for c, var in terms))
     if hint is not None:
         for v in range(n):
             for t in range(1, k):
@@ -265,32 +299,37 @@ def tier_program(graph: TierGraph, budgets: Mapping[str, float],
     solver.parameters.num_workers = 2
     status = solver.solve(model)
     if status == cp_model.INFEASIBLE:
-        raise PartitionError("no tiering fits the memory budgets ("
+        raise Infeasible("no tiering fits the memory budgets ("
                              + ", ".join(f"{name} {_gb(b)}" for name, b in budgets.items())
                              + ")")
     if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
         raise PartitionError(f"the budgeted solve found no tiering within {time_limit_s:g} s")
     tier = np.array([sum(solver.value(z[v][t]) for t in range(1, k)) for v in range(n)],
                     dtype=np.int64)
-    objective = solver.objective_value / _NS + constant
-    bound = solver.best_objective_bound / _NS + constant
+    scale, offset = (1.0, 0.0) if least_peak_of is not None else (1 / _NS, constant)
+    objective = solver.objective_value * scale + offset
+    bound = solver.best_objective_bound * scale + offset
     gap = 0.0 if status == cp_model.OPTIMAL else max(0.0, (objective - bound) / objective)
     return tier, objective, gap
 
 
 def _peak_within(model: Any, memory: ModelMemory, member: Sequence[Any], budget: float,
-                 name: str) -> None:
+                 name: str) -> Any:
     """peak(S) <= budget for the layers with member[v] = 1 (`toolkit.memory`): kept tensors,
-    running sums of kept bytes forward and of gradients backward, the top over positions."""
+    running sums of kept bytes forward and of gradients backward, the top over positions.
+    Returns peak(S) as an expression (no constraint for an infinite budget)."""
     n = len(member)
     total = math.ceil(sum(x.nbytes for x in memory.saved) + sum(memory.grads)
                       + max(memory.workspace, default=0.0))
-    kept_at: list[list[tuple[int, Any]]] = [[] for _ in range(n)]
+    kept_at: list[list[tuple[int, Any]]] = [[] for _ in range(n + 1)]
     for j, kept in enumerate(memory.saved):
         here = model.new_bool_var(f"{name}_kept{j}")
         for v in kept.keepers:
-            model.add(here >= member[v])
-        kept_at[kept.keepers[0]].append((math.ceil(kept.nbytes), here))
+            for r in kept.readers or (None,):  # sent away: while a reader is elsewhere
+                model.add(here >= member[v] - (member[r] if r is not None else 0))
+        first, last = kept.span(n)
+        kept_at[first].append((math.ceil(kept.nbytes), here))
+        kept_at[last + 1].append((-math.ceil(kept.nbytes), here))
     peak = model.new_int_var(0, total, f"{name}_peak")
     forward = [model.new_int_var(0, total, f"{name}_kept_to{v}") for v in range(n)]
     backward = [model.new_int_var(0, total, f"{name}_grads_from{v}") for v in range(n)]
@@ -300,5 +339,7 @@ def _peak_within(model: Any, memory: ModelMemory, member: Sequence[Any], budget:
         model.add(backward[v] == (backward[v + 1] if v + 1 < n else 0)
                   + math.ceil(memory.grads[v]) * member[v])
         model.add(peak >= forward[v] + backward[v] + math.ceil(memory.workspace[v]) * member[v])
-    model.add(sum(math.ceil(w) * member[v] for v, w in enumerate(memory.state)) + peak
-              <= math.floor(budget))
+    whole = sum(math.ceil(w) * member[v] for v, w in enumerate(memory.state)) + peak
+    if math.isfinite(budget):
+        model.add(whole <= math.floor(budget))
+    return whole
