@@ -18,13 +18,15 @@ import functools
 import hashlib
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
 from toolkit.graph import Layer, LayerGraph
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -104,6 +106,26 @@ class BlockStructure:
             else:
                 runs.append((s.type_id, 1))
         return runs
+
+
+def periodic(seq: Sequence[T], longest: int = 4) -> list[tuple[list[T], int]]:
+    """[a, b, a, b, a, b, c] -> [([a, b], 3), ([c], 1)]: the chain's repeated runs (periods up
+    to `longest`), for people to read."""
+    items = list(seq)
+    out: list[tuple[list[T], int]] = []
+    i = 0
+    while i < len(items):
+        best = ([items[i]], 1)
+        for p in range(1, longest + 1):
+            period = items[i : i + p]
+            reps = 1
+            while items[i + reps * p : i + (reps + 1) * p] == period:
+                reps += 1
+            if reps > 1 and reps * p > best[1] * len(best[0]):
+                best = (period, reps)
+        out.append(best)
+        i += best[1] * len(best[0])
+    return out
 
 
 def _rows(segments: list[Segment]) -> list[int]:

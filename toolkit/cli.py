@@ -16,31 +16,41 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from toolkit import __version__, api, profiles, zoo
-from toolkit.blocks import find_blocks
+from toolkit import __version__, api, drawing, profiles, zoo
+from toolkit.blockcache import model_blocks
+from toolkit.blocks import BlockStructure, find_blocks
 from toolkit.costs import LABEL_BYTES, OPTIMIZER_STATES, PRECISIONS, Scenario, build_cost_graph
 from toolkit.errors import ScenarioError, ToolkitError
 from toolkit.graph import LayerGraph
-from toolkit.partition import METHODS
+from toolkit.partition import METHODS, Partition
 from toolkit.partition.sweep import SweepResult
-from toolkit.partition.tiers import tier_label
+from toolkit.partition.tiers import TierPartition, tier_label
 from toolkit.report import (
     blocks_dict,
     blocks_report,
     human,
     human_bytes,
     inspect_dict,
+    partition_headline,
     partition_report,
     sweep_report,
+    tiers_headline,
     tiers_report,
     train_report,
 )
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from toolkit.store import Store
 
 F = TypeVar("F", bound=Callable[..., Any])
 console = Console()
+
+
+def verbose() -> bool:
+    """`splitcut -v`: reports add how they were computed."""
+    return bool(click.get_current_context().find_root().params.get("verbose", False))
 
 
 def model_options(func: F) -> F:
@@ -226,7 +236,8 @@ def emit_json(data: object) -> None:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="splitcut")
-@click.option("-v", "--verbose", is_flag=True, help="Log what is happening.")
+@click.option("-v", "--verbose", is_flag=True,
+              help="Log what is happening; reports say how they were computed.")
 def cli(verbose: bool) -> None:
     """Find where to split a neural network between a mobile device and an edge server."""
     logging.basicConfig(
@@ -346,83 +357,127 @@ def graph(model: str, name: str | None, exporter: str, dims: dict[str, int], row
                   f"{len(costs.tensors)} activation tensors")
 
 
+def partition_command(f: Callable[..., None]) -> Callable[..., None]:
+    """The options `partition` and `show` share: model, scenario, solver, chain, budgets."""
+    for option in reversed([
+        model_options, scenario_options, partition_options,
+        click.option("--neo4j", "use_neo4j", is_flag=True,
+                     help="Run through Neo4j: ingest, Cypher block detection, cut written "
+                          "back."),
+        click.option("--tiers", "tiers_file", type=click.Path(dir_okay=False),
+                     help="A chain of tiers (TOML: [[tier]] name, processor, link...): device "
+                          "-> edge -> cloud. README, 'Beyond two sides'."),
+        click.option("--u-shape", is_flag=True,
+                     help="Device -> server -> device: the loss and labels stay on the "
+                          "device."),
+        click.option("--device-memory", "device_memory", metavar="SIZE",
+                     help="The device's memory budget (2.5GB, 512MB; 'profile': the device "
+                          "profile's): the best partition whose device half fits, exactly."),
+        click.option("--tier-memory", "tier_memory", multiple=True, metavar="TIER=SIZE",
+                     help="A chain tier's memory budget, as --device-memory (repeatable)."),
+        neo4j_options]):
+        f = option(f)
+    return f
+
+
 @cli.command()
-@model_options
-@scenario_options
-@partition_options
-@click.option("--neo4j", "use_neo4j", is_flag=True,
-              help="Run through Neo4j: ingest, Cypher block detection, cut written back.")
-@click.option("--tiers", "tiers_file", type=click.Path(dir_okay=False),
-              help="A chain of tiers (TOML: [[tier]] name, processor, link...): device -> "
-                   "edge -> cloud. README, 'Beyond two sides'.")
-@click.option("--u-shape", is_flag=True,
-              help="Device -> server -> device: the loss and labels stay on the device.")
-@click.option("--device-memory", "device_memory", metavar="SIZE",
-              help="The device's memory budget (2.5GB, 512MB; 'profile': the device "
-                   "profile's): the best partition whose device half fits, exactly.")
-@click.option("--tier-memory", "tier_memory", multiple=True, metavar="TIER=SIZE",
-              help="A chain tier's memory budget, as --device-memory (repeatable).")
-@neo4j_options
+@partition_command
+@click.option("-o", "--draw", "draw", type=click.Path(dir_okay=False), metavar="FILE",
+              help="Also draw the partition (.svg, .png or .html), as `splitcut show` does.")
 @json_option
-def partition(model: str, name: str | None, exporter: str, dims: dict[str, int],
-              as_json: bool, method: str,
-              pin: tuple[str, ...], pin_server: tuple[str, ...], use_neo4j: bool,
-              tiers_file: str | None, u_shape: bool, device_memory: str | None,
-              tier_memory: tuple[str, ...], settings: ScenarioOptions,
-              neo4j: Neo4jOptions) -> None:
+def partition(as_json: bool, draw: str | None, **options: Any) -> None:
     """Where to cut MODEL between device and server for the least training delay.
 
     Example: splitcut partition resnet50 --device jetson-nano --server rtx-3090 --link lte
     """
+    result, graph, data, written, drawn = _partition(draw=draw, **options)
+    if as_json:
+        emit_json(data)
+        return
+    if isinstance(result, TierPartition):
+        console.print(tiers_report(result, graph, verbose()))
+        if written is not None:
+            console.print(f"written to {data['neo4j']['uri']}: each of {written['layers']} "
+                          "layers labelled with its tier (" + ", ".join(
+                              dict.fromkeys(f":{tier_label(n)}" for n in result.graph.tiers))
+                          + ")")
+    else:
+        console.print(partition_report(result, graph, verbose()))
+        if written is not None:
+            console.print(f"written to {data['neo4j']['uri']}: {written['device']} of "
+                          f"{written['layers']} layers labelled :Device, the rest :Server")
+    if drawn is not None:
+        console.print(f"drawn to {drawn}")
+
+
+@cli.command()
+@partition_command
+@click.option("-o", "--output", "draw", type=click.Path(dir_okay=False), metavar="FILE",
+              default="cut.svg", show_default=True,
+              help="Where to draw it: .svg, .png, or .html (the SVG in a page).")
+def show(draw: str, **options: Any) -> None:
+    """Draw MODEL's optimal partition: its block chain left to right, coloured by tier, the
+    segment the cut runs through expanded to its layers, what crosses each link labelled.
+
+    Example: splitcut show resnet50 --uplink 20Mbps -o resnet50.png
+    """
+    result, graph, _, _, drawn = _partition(draw=draw, **options)
+    headline = tiers_headline(result) if isinstance(result, TierPartition) \
+        else partition_headline(result, graph)
+    console.print(f"{escape(headline)}\ndrawn to {drawn}")
+
+
+def _partition(model: str, name: str | None, exporter: str, dims: dict[str, int],
+               method: str, pin: tuple[str, ...], pin_server: tuple[str, ...],
+               use_neo4j: bool, tiers_file: str | None, u_shape: bool,
+               device_memory: str | None, tier_memory: tuple[str, ...],
+               settings: ScenarioOptions, neo4j: Neo4jOptions, draw: str | None,
+               ) -> tuple[Partition | TierPartition, LayerGraph, dict[str, Any],
+                          dict[str, int] | None, Path | None]:
+    """Solve as the options say (embedded or through Neo4j; two tiers or a chain; budgets),
+    draw it when asked: (result, graph, its JSON, what Neo4j was written, the drawing)."""
     budget = _budget(device_memory, settings)
     if tier_memory and not (tiers_file or u_shape):
         raise click.UsageError("--tier-memory gives a chain's tiers budgets: use it with "
                                "--tiers or --u-shape (--device-memory for two tiers)")
+    if draw is not None:
+        drawing.check_format(draw)
+    result: Partition | TierPartition
+    written: dict[str, int] | None = None
+    blocks: BlockStructure | None = None
     if tiers_file or u_shape:
         names, boundaries = settings.chain(tiers_file, u_shape)
         memory = {**_per_tier(tier_memory, "--tier-memory", "SIZE", profiles.parse_size),
                   **({names[0]: budget} if budget is not None else {})}
-        if use_neo4j:
-            with neo4j.store() as store:
-                chained, written, graph = api.partition_tiers_in_neo4j(
-                    store, model, names, boundaries, name, exporter, method, dims, pin,
-                    pin_server, memory)
-            data = chained.to_dict()
-            data["neo4j"] = {"uri": store.connection.uri, "written": written}
-        else:
-            graph = load_graph(model, name, exporter, dims)
-            chained = api.partition_tiers(graph, names, boundaries, method, pin, pin_server,
-                                          memory)
-            data = chained.to_dict()
-        if as_json:
-            emit_json(data)
-            return
-        console.print(tiers_report(chained, graph))
-        if use_neo4j:
-            console.print(f"written to {store.connection.uri}: each of {written['layers']} "
-                          "layers labelled with its tier (" + ", ".join(
-                              dict.fromkeys(f":{tier_label(n)}" for n in names)) + ")")
-        return
     if use_neo4j:
         with neo4j.store() as store:
-            result, written, graph = api.partition_in_neo4j(store, model, settings.scenario(), name,
-                                                            exporter, method, dims, pin,
-                                                            pin_server, budget)
-        data = result.to_dict()
-        data["neo4j"] = {"uri": store.connection.uri, "written": written}
-        if as_json:
-            emit_json(data)
+            if tiers_file or u_shape:
+                result, written, graph = api.partition_tiers_in_neo4j(
+                    store, model, names, boundaries, name, exporter, method, dims, pin,
+                    pin_server, memory)
+            else:
+                result, written, graph = api.partition_in_neo4j(
+                    store, model, settings.scenario(), name, exporter, method, dims, pin,
+                    pin_server, budget)
+            if draw is not None:
+                blocks = store.read_blocks(graph.name)
+        data = {**result.to_dict(), "neo4j": {"uri": store.connection.uri, "written": written}}
+    else:
+        graph = load_graph(model, name, exporter, dims)
+        if tiers_file or u_shape:
+            result = api.partition_tiers(graph, names, boundaries, method, pin, pin_server,
+                                         memory)
         else:
-            console.print(partition_report(result, graph))
-            console.print(f"written to {store.connection.uri}: {written['device']} of "
-                          f"{written['layers']} layers labelled :Device, the rest :Server")
-        return
-    graph = load_graph(model, name, exporter, dims)
-    result = api.partition_model(graph, settings.scenario(), method, pin, pin_server, budget)
-    if as_json:
-        emit_json(result.to_dict())
-        return
-    console.print(partition_report(result, graph))
+            result = api.partition_model(graph, settings.scenario(), method, pin, pin_server,
+                                         budget)
+        data = result.to_dict()
+    drawn = None
+    if draw is not None:
+        if blocks is None:
+            blocks, _ = model_blocks(graph)
+        drawn = drawing.render(drawing.dot_source(drawing.picture_of(result, graph, blocks)),
+                               draw)
+    return result, graph, data, written, drawn
 
 
 def _per_tier(values: tuple[str, ...], option: str, what: str,

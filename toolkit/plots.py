@@ -3,13 +3,13 @@ itself: `pip install matplotlib`)."""
 
 from __future__ import annotations
 
-import os
-import tempfile
+import io
 from pathlib import Path
 
 import numpy as np
 
 from toolkit.errors import ToolkitError
+from toolkit.files import write_atomically
 from toolkit.partition.sweep import SweepResult
 
 
@@ -50,14 +50,9 @@ def sweep_plot(result: SweepResult, path: str | Path) -> Path:
     ax.legend(title="layers per tier", fontsize="small")
     ax.grid(True, which="both", linewidth=0.3)
     fig.tight_layout()
-    try:  # through a temporary file: a planted link at `out` is replaced, not written through
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=out.parent, prefix=".splitcut-", suffix=".png",
-                                         delete=False) as staged:
-            fig.savefig(staged, dpi=120, format="png")
-        os.replace(staged.name, out)
-    except OSError as exc:
-        raise ToolkitError(f"cannot write {out}: {exc.strerror or exc}") from exc
+    image = io.BytesIO()
+    try:
+        fig.savefig(image, dpi=120, format="png")
     finally:
         plt.close(fig)
-    return out
+    return write_atomically(out, image.getvalue())

@@ -9,7 +9,8 @@ from rich.console import Group, RenderableType
 from rich.markup import escape
 from rich.table import Table
 
-from toolkit.blocks import BlockStructure
+from toolkit.blocks import BlockStructure, periodic
+from toolkit.costgraph import crossing_tensors
 from toolkit.graph import LayerGraph
 from toolkit.partition import Partition
 from toolkit.partition.sweep import SweepResult
@@ -69,120 +70,218 @@ def human_bytes(n: float) -> str:
     return f"{n:.0f} B"
 
 
-def partition_report(result: Partition, graph: LayerGraph) -> Group:
-    """For people: where the cut is, what crosses, the delays, and the gain over baselines."""
+def duration(ms: float) -> str:
+    """A delay people read: 3 significant digits, in ms below a second, else in s."""
+    if abs(ms) >= 1000:
+        return f"{_sig(ms / 1000)} s"
+    return f"{_sig(ms)} ms"
+
+
+def _sig(x: float) -> str:
+    """3 significant digits, thousands separated, never '-0'."""
+    if x == 0 or abs(x) >= 100:
+        return f"{round(x) + 0:,}"
+    return f"{x:.3g}" if abs(x) >= 0.01 else "<0.01" if x > 0 else f"{x:.1g}"
+
+
+def percent(fraction: float) -> str:
+    """0.8178 -> '82%', never '-0%'."""
+    value = round(fraction * 100)
+    return f"{value + 0}%"
+
+
+def rate(bps: float) -> str:
+    """A link rate in Mbit/s (Gbit/s from 1,000 Mbit/s up)."""
+    return f"{_sig(bps / 1e9)} Gbit/s" if bps >= 1e9 else f"{_sig(bps / 1e6)} Mbit/s"
+
+
+def rates(on: float, back: float) -> str:
+    """'400 / 700 Mbit/s': both ways of a link, the unit once when they share it."""
+    a, b = rate(on).split(" "), rate(back).split(" ")
+    return f"{a[0]} / {b[0]} {a[1]}" if a[1] == b[1] else f"{rate(on)} / {rate(back)}"
+
+
+def plural(n: int, word: str) -> str:
+    return f"{n:,} {word}" + ("" if n == 1 else "s")
+
+
+def verdict(total_ms: float, device_layers: int, layers: int, cut_after: list[str],
+            device_only_ms: float | None) -> str:
+    """The one line a person reads first: where the cut is, the delay, and the gain over
+    training on the device alone (split learning's own baseline)."""
+    if device_layers == layers:
+        where = "no cut: train on the device alone"
+    else:
+        where = f"cut after {_span(cut_after)} ({plural(device_layers, 'layer')} on the device)"
+    line = f"{where}: {duration(total_ms)} per iteration"
+    if device_only_ms and device_layers < layers:
+        gain = 1 - total_ms / device_only_ms
+        line += (f", {percent(gain)} faster than training on the device alone"
+                 if round(gain * 100) > 0 else ", as fast as training on the device alone")
+    return line
+
+
+def partition_headline(result: Partition, graph: LayerGraph) -> str:
+    """'resnet50: cut after maxpool (4 layers on the device): 2.01 s per iteration, ...'."""
+    modules = [layer.module or layer.name for layer in graph]
+    cut_after = list(dict.fromkeys(
+        modules[t.producer] for t in crossing_tensors(result.graph, set(result.device))))
+    return f"{result.graph.model}: " + verdict(
+        result.delay.total, len(result.device), len(result.graph), cut_after,
+        result.baselines_ms.get("device_only"))
+
+
+def tiers_headline(result: TierPartition) -> str:
+    """'resnet18: 4 layers on the device, 65 layers on the edge: 1.22 s per iteration'."""
+    held = ", ".join(f"{plural(len(result.layers_on(t)), 'layer')} on the {name}"
+                     for t, name in enumerate(result.graph.tiers) if result.layers_on(t))
+    return f"{result.graph.base.model}: {held}: {duration(result.delay.total)} per iteration"
+
+
+def partition_report(result: Partition, graph: LayerGraph, verbose: bool = False) -> Group:
+    """For people: the verdict first, then what crosses, the delays, memory and baselines."""
     data = result.to_dict()
     g = result.graph
     on_device = set(result.device)
     modules = [layer.module or layer.name for layer in graph]
-    device_modules = list(dict.fromkeys(modules[i] for i in sorted(on_device)))
-    server_modules = list(dict.fromkeys(modules[i] for i in range(len(g)) if i not in on_device))
+    crossing = [t for t in g.tensors if t.name in data["partition"]["cut_tensors"]]
     sc = data["scenario"]
     lines: list[RenderableType] = [
-        f"[bold]{g.model}[/bold] on {sc['device']} + {sc['server']}, "
-        f"uplink {human(sc['uplink_bps'], 'bit/s')}, "
-        f"downlink {human(sc['downlink_bps'], 'bit/s')}, "
-        f"latency {sc['latency_ms']:g} ms, batch {sc['batch']}",
-        f"device: {len(on_device)} layers ({_span(device_modules)})",
-        f"server: {len(g) - len(on_device)} layers ({_span(server_modules)})",
+        f"[bold]{escape(partition_headline(result, graph))}[/bold]",
+        f"on {sc['device']} + {sc['server']}, up {rate(sc['uplink_bps'])}, down "
+        f"{rate(sc['downlink_bps'])}, latency {duration(sc['latency_ms'])}, batch {sc['batch']}",
+        f"device: {plural(len(on_device), 'layer')} "
+        f"({escape(_span(list(dict.fromkeys(modules[i] for i in sorted(on_device)))))}); "
+        f"server: {plural(len(g) - len(on_device), 'layer')}",
     ]
-    cut = Table("crossing tensor", "from", "size / sample", "ms per iteration", title="cut")
-    for t in g.tensors:
-        if t.name in data["partition"]["cut_tensors"]:
-            cut.add_row(t.name, g.names[t.producer], human_bytes(t.bytes), f"{t.crossing_ms:.2f}")
-    if data["partition"]["cut_tensors"]:
+    if crossing:
+        cut = Table(title="what crosses the link", title_justify="left")
+        cut.add_column("tensor", overflow="fold")
+        cut.add_column("made by", overflow="fold")
+        for header in ("per sample", "per iteration"):
+            cut.add_column(header, justify="right", no_wrap=True)
+        for t in crossing:
+            cut.add_row(escape(t.name), escape(modules[t.producer]), human_bytes(t.bytes),
+                        duration(t.crossing_ms))
         lines.append(cut)
     d = data["delay_ms"]
     lines.append(
-        f"training delay per iteration: [bold]{d['total']:.2f} ms[/bold] = device "
-        f"{d['device_compute']:.2f} + server {d['server_compute']:.2f} + crossing "
-        f"{d['crossing']:.2f} + latency {d['latency']:.2f} + labels {d['labels']:.2f}"
-    )
-    lines.append(
-        f"(device and server compute include the {sc.get('optimizer', 'sgd')} optimizer step; "
-        "latency is paid once each way per iteration when anything crosses; the server "
-        "computes the loss, so labels "
-        f"({sc.get('label_bytes', 8):g} bytes per sample) go up when it holds a model output)")
+        f"per iteration: [bold]{duration(d['total'])}[/bold] = device "
+        f"{duration(d['device_compute'])} + server {duration(d['server_compute'])} + crossing "
+        f"{duration(d['crossing'])} + latency {duration(d['latency'])} + labels "
+        f"{duration(d['labels'])}")
+    if verbose:
+        lines.append(
+            f"(compute includes the {sc.get('optimizer', 'sgd')} optimizer step; latency is "
+            "paid once each way per iteration when anything crosses; the server computes the "
+            f"loss, so labels ({sc.get('label_bytes', 8):g} bytes per sample) go up when it "
+            "holds a model output)")
     if "memory" in data:
         lines.append(_memory_line(data["memory"], sc["device"]))
     pins = Counter(g.pin_reasons[i] for i in range(len(g)) if g.pinned[i])
     if pins:
         lines.append("kept on the device: " + "; ".join(
-            f"{n} {'layer' if n == 1 else 'layers'} {reason}" for reason, n in pins.items()))
+            f"{plural(n, 'layer')} {reason}" for reason, n in pins.items()))
     for note in graph.notes:
-        lines.append(f"note: {note}")
+        lines.append(f"note: {escape(note)}")
     lines.append(_baselines(data))
-    s = data["solver"]
-    lines.append(
-        f"solver: {s['method']}, {s['vertices']} vertices, {s['edges']} edges, "
-        f"{s['solve_ms']:.2f} ms (blocks {s['blocks_ms']:.2f} ms)"
-    )
-    if s["method"] == "blockwise":
-        lines.append(
-            f"block abstraction: the chain and its inner max-flows touched {s['vertices']} "
-            f"vertices; the general cut needs one max-flow over {s['general_vertices']}"
-        )
+    lines.append(_solver_line(data["solver"], verbose))
     return Group(*lines)
 
 
-def tiers_report(result: TierPartition, graph: LayerGraph) -> Group:
-    """For people: each tier's layers and compute, what crosses each boundary, the delay."""
+def _solver_line(s: dict[str, Any], verbose: bool) -> str:
+    """How the optimum was found; with `verbose` the block abstraction's work too."""
+    line = f"solver: {s['method']}, {duration(s['solve_ms'])}"
+    if s["method"] == "blockwise" and "general_vertices" in s:
+        line += (f" (the block chain and its segments' max-flows touched {s['vertices']:,} "
+                 f"vertices; one max-flow over the whole graph has {s['general_vertices']:,})")
+    if verbose:
+        line += (f"; {s['vertices']:,} vertices, {s['edges']:,} edges; finding the repeated "
+                 f"blocks took {duration(s['blocks_ms'])}")
+    return line
+
+
+def tiers_report(result: TierPartition, graph: LayerGraph, verbose: bool = False) -> Group:
+    """For people: the delay first, each tier's layers, what crosses each boundary."""
     data = result.to_dict()
     g = result.graph
     modules = [layer.module or layer.name for layer in graph]
     sc = data["scenario"]
+    d = data["delay_ms"]
+    tiers = data["partition"]["tiers"]
     chain = " -> ".join(f"{t['name']} ({t['processor']})" for t in sc["tiers"])
-    lines: list[RenderableType] = [f"[bold]{g.base.model}[/bold] on {chain}, batch {sc['batch']}"]
-    for t, tier in enumerate(data["partition"]["tiers"]):
+    lines: list[RenderableType] = [f"[bold]{escape(tiers_headline(result))}[/bold]",
+                                   f"on {chain}, batch {sc['batch']}"]
+    table = Table(title="the tiers", title_justify="left")
+    table.add_column("tier")
+    table.add_column("layers", overflow="fold")
+    for header in ("compute", "memory"):
+        table.add_column(header, justify="right", no_wrap=True)
+    for t, tier in enumerate(tiers):
         span = _span(list(dict.fromkeys(modules[i] for i in result.layers_on(t))))
-        lines.append(f"{tier['name']}: {len(tier['layers'])} layers ({span}), "
-                     f"compute {tier['compute_ms']:.2f} ms, training memory "
-                     f"{_gb(tier['peak_memory_bytes'])}")
+        table.add_row(tier["name"], f"{len(tier['layers']):,} ({escape(span)})",
+                      duration(tier["compute_ms"]), _gb(tier["peak_memory_bytes"]))
+    lines.append(table)
     links = sc["links"]
-    table = Table("boundary", "Mbit/s on / back", "tensors", "bytes ms", "latency ms",
-                  "labels ms", title="what crosses each boundary")
+    table = Table(title="what crosses each boundary", title_justify="left")
+    table.add_column("boundary", no_wrap=True)
+    table.add_column("link on / back", no_wrap=True)
+    for header in ("tensors", "bytes", "latency", "labels"):
+        table.add_column(header, justify="right", no_wrap=True)
     for b, boundary in enumerate(data["partition"]["boundaries"]):
         table.add_row(f"{boundary['from']} -> {boundary['to']}",
-                      f"{links[b]['uplink_bps'] / 1e6:g} / {links[b]['downlink_bps'] / 1e6:g}",
-                      str(len(boundary["tensors"])), f"{boundary['crossing_ms']:.2f}",
-                      f"{boundary['latency_ms']:.2f}", f"{boundary['labels_ms']:.2f}")
+                      rates(links[b]["uplink_bps"], links[b]["downlink_bps"]),
+                      f"{len(boundary['tensors']):,}", duration(boundary["crossing_ms"]),
+                      duration(boundary["latency_ms"]), duration(boundary["labels_ms"]))
     lines.append(table)
-    d = data["delay_ms"]
-    lines.append(f"training delay per iteration: [bold]{d['total']:.2f} ms[/bold] = compute "
-                 + " + ".join(f"{c:.2f}" for c in d["compute"])
-                 + f" + crossing {d['crossing']:.2f} + latency {d['latency']:.2f} + labels "
-                 f"{d['labels']:.2f}")
+    lines.append(f"per iteration: [bold]{duration(d['total'])}[/bold] = compute "
+                 + " + ".join(duration(c) for c in d["compute"])
+                 + f" + crossing {duration(d['crossing'])} + latency {duration(d['latency'])}"
+                 f" + labels {duration(d['labels'])}")
     if "memory" in data:
         m = data["memory"]
         lines.append("memory budgets: " + ", ".join(
             f"{name} {_gb(m['peaks_bytes'][name])} of {_gb(budget)}"
             for name, budget in m["budgets_bytes"].items())
             + (": proven optimal" if m["gap"] == 0 else f": within {m['gap']:.2%} of optimal")
-            + f" (without them {m['unconstrained_ms']:.2f} ms; {m['solve_ms']:.0f} ms)")
+            + f" (without them {duration(m['unconstrained_ms'])}; solved in "
+            f"{duration(m['solve_ms'])})")
     if "vanilla_split_ms" in data:
         vanilla = data["vanilla_split_ms"]
+        change = d["total"] / vanilla - 1 if vanilla else 0.0
         lines.append(f"U-shape: the model's outputs, the loss and the labels stay on the "
                      f"{g.tiers[0]}; vanilla split learning (labels to the server) would take "
-                     f"{vanilla:.2f} ms, so keeping them costs "
-                     f"{(d['total'] / vanilla - 1) * 100 if vanilla else 0.0:+.1f}%")
+                     f"{duration(vanilla)}, so keeping them costs "
+                     + (f"{percent(change)} more" if round(change * 100) > 0 else "nothing"))
     lines.append(_baselines(data))
-    s = data["solver"]
-    lines.append(f"solver: {s['method']}, {s['vertices']} vertices, {s['edges']} edges, "
-                 f"{s['solve_ms']:.2f} ms (blocks {s['blocks_ms']:.2f} ms)")
+    lines.append(_solver_line(data["solver"], verbose))
     return Group(*lines)
 
 
+FORBIDDEN = {"server_only": "raw data would leave the device: not split learning"}
+
+
 def _baselines(data: dict[str, Any]) -> Table:
-    """Each baseline's delay and what the optimum saves on it (never below 0: it is exact)."""
+    """Each baseline's delay and how the optimum compares (never slower: it is exact, unless
+    a memory budget binds); references split learning forbids are labelled as such."""
     total = data["delay_ms"]["total"]
     budgeted = "budget_bytes" in data.get("memory", {})
-    table = Table("baseline", "delay ms", "optimum saves",
-                  title="baselines (same cost model"
-                  + ("; they ignore the memory budget: the optimum under it can be slower)"
-                     if budgeted else ", never faster than the optimum)"))
+    table = Table(title="against the usual choices (same cost model)"
+                  + ("; they ignore the memory budget" if budgeted else ""),
+                  title_justify="left")
+    table.add_column("baseline", overflow="fold")
+    table.add_column("per iteration", justify="right", no_wrap=True)
+    table.add_column("the optimum", overflow="fold")
     for key, value in data["baselines_ms"].items():
-        gain = round((1 - total / value) * 100, 1) + 0.0 if value > 0 else 0.0
-        table.add_row(key.replace("_", " "), f"{value:.2f}", f"{gain:.1f}%")
+        if key in FORBIDDEN:
+            verdict_ = f"reference only: {FORBIDDEN[key]}"
+        elif value <= 0:
+            verdict_ = ""
+        else:
+            gain = 1 - total / value
+            verdict_ = (f"{percent(gain)} faster" if round(gain * 100) > 0
+                        else f"{percent(-gain)} slower" if round(gain * 100) < 0 else "the same")
+        table.add_row(key.replace("_", " "), duration(value), verdict_)
     return table
 
 
@@ -252,7 +351,7 @@ def blocks_report(blocks: BlockStructure) -> Group:
     chain = " → ".join(
         (f"({' → '.join(types[t].name for t in period)}) x{n}" if len(period) > 1
          else f"{types[period[0]].name}{f' x{n}' if n > 1 else ''}")
-        for period, n in _periodic([s.type_id for s in blocks.segments])
+        for period, n in periodic([s.type_id for s in blocks.segments])
     )
     repeated = sum(t.size * (t.count - 1) for t in blocks.types)
     return Group(
@@ -262,24 +361,6 @@ def blocks_report(blocks: BlockStructure) -> Group:
         table,
         f"chain: {escape(chain)}",
     )
-
-
-def _periodic(seq: list[int], longest: int = 4) -> list[tuple[list[int], int]]:
-    """[a, b, a, b, a, b, c] -> [([a, b], 3), ([c], 1)]: repeated runs for display."""
-    out: list[tuple[list[int], int]] = []
-    i = 0
-    while i < len(seq):
-        best = ([seq[i]], 1)
-        for p in range(1, longest + 1):
-            period = seq[i : i + p]
-            reps = 1
-            while seq[i + reps * p : i + (reps + 1) * p] == period:
-                reps += 1
-            if reps > 1 and reps * p > best[1] * len(best[0]):
-                best = (period, reps)
-        out.append(best)
-        i += best[1] * len(best[0])
-    return out
 
 
 def train_report(result: TrainResult) -> Group:
