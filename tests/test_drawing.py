@@ -78,9 +78,9 @@ def test_a_cut_inside_a_block_expands_it_and_other_formats(zoo_path, tmp_path, c
 def test_an_external_model_through_neo4j_and_a_chain(tmp_path, capsys, monkeypatch):
     path = save(chain(12), tmp_path / "external.onnx")
     out = tmp_path / "external.svg"
-    code, stdout, err = run_main(["show", str(path), "--name", "drawing-test", "--neo4j",
-                                  "--password", PASSWORD, "--uplink", "1Mbps", "-o", str(out)],
-                                 capsys, monkeypatch)
+    code, _, err = run_main(["show", str(path), "--name", "drawing-test", "--neo4j",
+                             "--password", PASSWORD, "--uplink", "1Mbps", "-o", str(out)],
+                            capsys, monkeypatch)
     assert code == 0, err
     title, fills, _ = _drawn(out)
     assert title.startswith("drawing-test:") and PALETTE[0].lower() in fills
