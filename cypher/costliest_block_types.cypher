@@ -2,6 +2,7 @@
 // over every instance, for the models whose stored delays are for that device.
 // $device: device profile name (e.g. 'jetson-nano'); $limit: how many rows.
 // Returns model, block_type, signature, instances, device_ms_each, device_ms_total.
+// Answers: The block types with the largest summed training delay on a device.
 MATCH (m:Model {device: $device})
 MATCH (b:Block {model: m.name, version: m.version})-[:OF_TYPE]->(t:BlockType)
 MATCH (b)-[:CONTAINS]->(l:Layer)

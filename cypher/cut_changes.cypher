@@ -5,6 +5,7 @@
 // $parameter: 'uplink', 'downlink', 'rate', 'batch', or null for any.
 // Returns model, parameter, scenario_key, changes (breakpoints inside the range), breakpoints,
 // device_layers and intervals ([from, to]) of the intervals overlapping the range, in order.
+// Answers: Models whose optimal cut changes between two link rates (from sweeps).
 MATCH (policy:Policy)-[:OF]->(m:Model)
 WHERE $parameter IS NULL OR policy.parameter = $parameter
 MATCH (p:Partition)-[:IN]->(policy)

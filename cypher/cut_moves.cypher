@@ -2,6 +2,7 @@
 // $a, $b: scenario keys as written by `splitcut partition --neo4j`.
 // Returns model, device_layers_a, device_layers_b, cut_block_a, cut_block_b, total_ms_a,
 // total_ms_b.
+// Answers: Models whose optimal cut moves between two scenarios.
 MATCH (pa:Partition {scenario_key: $a})-[:OF]->(m:Model)<-[:OF]-(pb:Partition {scenario_key: $b})
 WITH m, pa, pb ORDER BY pa.written_at DESC, pb.written_at DESC
 WITH m, collect(pa)[0] AS pa, collect(pb)[0] AS pb

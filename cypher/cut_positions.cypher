@@ -4,6 +4,7 @@
 // 3ms b32 fp32'), or null for each model's current partition.
 // Returns model, scenario_key, cut_block, block_type, blocks, depth (0..1), cut_tensors,
 // total_ms, gain_vs_device_only, gain_vs_best_chain_split (fractions of the baseline).
+// Answers: Where each model's optimal cut falls, how deep, and what it gains.
 MATCH (p:Partition)-[:OF]->(m:Model)
 WHERE ($scenario_key IS NULL AND p.current) OR p.scenario_key = $scenario_key
 WITH m, p ORDER BY p.written_at DESC

@@ -2,6 +2,7 @@
 // (:Block)-[:NEXT]->(:Block) in order (to the previous batch's last block too).
 // $model, $version; $blocks: [{uid, index, entry, exit, closed}] consecutive in index.
 // Returns blocks (count).
+// Internal: a step splitcut runs itself; `splitcut query` does not offer it.
 UNWIND $blocks AS row
 CREATE (b:Block {uid: row.uid, model: $model, version: $version, index: row.index,
                  entry: row.entry, exit: row.exit, closed: row.closed})

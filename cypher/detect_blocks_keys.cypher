@@ -3,6 +3,7 @@
 // `<position in block>.<tensor_key>`, `e.<tensor_key>` (from the entry) or `o.<tensor_key>`.
 // $model, $version, $first, $last (a range of block indexes). Returns uid and key of those
 // blocks, in order.
+// Internal: a step splitcut runs itself; `splitcut query` does not offer it.
 MATCH (b:Block {model: $model, version: $version}) WHERE $first <= b.index <= $last
 MATCH (b)-[:CONTAINS]->(l:Layer)
 OPTIONAL MATCH (p:Layer)-[f:FEEDS]->(l)

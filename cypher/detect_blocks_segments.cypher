@@ -5,6 +5,7 @@
 // vertex is an open segment.
 // $model, $version, $layer_count. Returns cut_vertices (topological positions) and segments
 // ([{entry, exit, closed}] in order; entry -1 for the first).
+// Internal: a step splitcut runs itself; `splitcut query` does not offer it.
 MATCH (l:Layer {model: $model, version: $version})
 OPTIONAL MATCH (l)-[:FEEDS]->(s:Layer)
 WITH l, max(s.topo) AS far

@@ -2,6 +2,7 @@
 // current). The (:Model) node exists (model_lock).
 // $model: model name; $version: the staged version; $rows: [{uid, name, op, topo, flops, macs,
 //   params, out_bytes, device_ms, server_ms, pinned, module, key}]. Returns layers (count).
+// Internal: a step splitcut runs itself; `splitcut query` does not offer it.
 MATCH (m:Model {name: $model})
 UNWIND $rows AS row
 CREATE (l:Layer {uid: row.uid, model: $model, version: $version, name: row.name, op: row.op,

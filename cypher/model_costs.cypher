@@ -3,6 +3,7 @@
 // $latency_ms: per-iteration latency when anything crosses; $labels_ms: labels up when the
 // server holds a model output; $layers: [{topo, device_ms, server_ms, pinned, output}];
 // $feeds: [{producer, tensor, crossing_ms}]. Returns nothing.
+// Internal: a step splitcut runs itself; `splitcut query` does not offer it.
 MATCH (m:Model {name: $model}) WHERE m.version IS NOT NULL
 SET m.scenario = $scenario, m.device = $device, m.server = $server,
     m.latency_ms = $latency_ms, m.labels_ms = $labels_ms

@@ -3,6 +3,7 @@
 // blocks (every version that started before this delete) in batches, and model_drop the node.
 // Block types stay: other models share them.
 // $name: model name. Returns existed (no row for an unknown model).
+// Internal: a step splitcut runs itself; `splitcut query` does not offer it.
 MATCH (m:Model {name: $name})
 REMOVE m.version, m.sha256
 WITH m

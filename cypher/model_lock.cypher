@@ -3,6 +3,7 @@
 // waits for a concurrent creator to commit instead of failing).
 // $name: model name. Returns sha256 and version of the current version (null for a model with
 // none: new, or only ever staged by an ingest that did not finish).
+// Internal: a step splitcut runs itself; `splitcut query` does not offer it.
 MERGE (m:Model {name: $name})
 SET m.locked = true
 REMOVE m.locked

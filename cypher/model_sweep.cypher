@@ -5,6 +5,7 @@
 // nodes' worth of relationships. Run until it returns 0.
 // $model, $before (a version; null: none), $version (null: none), $batch (nodes per call).
 // Returns deleted (count).
+// Internal: a step splitcut runs itself; `splitcut query` does not offer it.
 CALL () {
   MATCH (l:Layer {model: $model})
   WHERE l.version IS NULL OR l.version < $before OR l.version = $version

@@ -7,6 +7,7 @@
 // (the current version is the same file: the staged one is dropped), 'superseded' (an ingest
 // started later is already current) or 'incomplete' (the staged version lacks layers: a
 // concurrent delete swept it).
+// Internal: a step splitcut runs itself; `splitcut query` does not offer it.
 MATCH (m:Model {name: $name})
 CALL (m) {
   MATCH (l:Layer {model: m.name, version: $version})

@@ -1,5 +1,6 @@
 // A model's compressed chain: blocks in order with their span and type.
 // $model: model name. Returns index, entry, exit, closed, signature, name, size.
+// Answers: One model's compressed chain: its blocks in order, with span and type.
 MATCH (m:Model {name: $model}) WHERE m.version IS NOT NULL
 MATCH (b:Block {model: $model, version: m.version})-[:OF_TYPE]->(t:BlockType)
 RETURN b.index AS index, b.entry AS entry, b.exit AS exit, b.closed AS closed,

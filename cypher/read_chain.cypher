@@ -8,6 +8,7 @@
 // the entry) and inner_tensors ([producer offset, tensor key, crossing_ms, consumer offset] per
 // data edge inside the block, the entry's included), in block order; and the model's
 // latency_ms and labels_ms.
+// Answers: One model's chain under its current delays: per block, the solver's sums.
 MATCH (m:Model {name: $model}) WHERE m.version IS NOT NULL
 MATCH (b:Block {model: $model, version: m.version})-[:CONTAINS]->(l:Layer)
 WITH m, b, l ORDER BY l.topo

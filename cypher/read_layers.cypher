@@ -1,6 +1,7 @@
 // A model's layers in topological order with their delays.
 // $model: model name. Returns name, op, topo, device_ms, server_ms, pinned, flops, macs, params,
 // output (produces a model output).
+// Internal: a step splitcut runs itself; `splitcut query` does not offer it.
 MATCH (m:Model {name: $model}) WHERE m.version IS NOT NULL
 MATCH (l:Layer {model: $model, version: m.version})
 RETURN l.name AS name, l.op AS op, l.topo AS topo, l.device_ms AS device_ms,

@@ -2,6 +2,7 @@
 // and its own layers) with their delays, and the tensors passed among them.
 // $model: model name; $first, $last: topological positions. Returns topo, device_ms,
 // server_ms, pinned, output, tensors ([{tensor, crossing_ms, consumers}]), in order.
+// Internal: a step splitcut runs itself; `splitcut query` does not offer it.
 MATCH (m:Model {name: $model}) WHERE m.version IS NOT NULL
 MATCH (l:Layer {model: $model, version: m.version}) WHERE $first <= l.topo <= $last
 OPTIONAL MATCH (l)-[f:FEEDS]->(c:Layer) WHERE $first <= c.topo <= $last

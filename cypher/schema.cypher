@@ -1,6 +1,7 @@
 // Constraints and indexes of the splitcut graph. No parameters; idempotent.
 // Layers and blocks belong to a version of their model (`version`, the model's `version` names
 // the current one), so the indexes lead with (model, version).
+// Internal: a step splitcut runs itself; `splitcut query` does not offer it.
 CREATE CONSTRAINT model_name IF NOT EXISTS FOR (m:Model) REQUIRE m.name IS UNIQUE;
 CREATE CONSTRAINT layer_uid IF NOT EXISTS FOR (l:Layer) REQUIRE l.uid IS UNIQUE;
 CREATE CONSTRAINT block_uid IF NOT EXISTS FOR (b:Block) REQUIRE b.uid IS UNIQUE;

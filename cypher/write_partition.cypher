@@ -8,6 +8,7 @@
 // $device_compute_ms (the first tier), $server_compute_ms (the others), $crossing_ms,
 // $cut_tensors (the first boundary's), $method, $scenario_key,
 // $baselines ({device_only_ms, ...}). Returns layers (count) and device (count on tier 0).
+// Internal: a step splitcut runs itself; `splitcut query` does not offer it.
 MATCH (m:Model {name: $model}) WHERE m.version IS NOT NULL
 SET m.partitioned_at = datetime()  // first: the model's write lock orders concurrent writers
 WITH m, reduce(seen = [], x IN coalesce(m.tier_labels, []) + ['Device', 'Server'] + $labels |

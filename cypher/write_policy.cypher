@@ -6,6 +6,7 @@
 // $scenario (JSON text), $scenario_key, $tiers (tier names in chain order), $pieces (a list of
 // {from, to, delay_from_ms, delay_to_ms, tier_of (each layer's tier by topological position),
 // layers_per_tier, cut_tensors}). Returns partitions (count written).
+// Internal: a step splitcut runs itself; `splitcut query` does not offer it.
 MATCH (m:Model {name: $model}) WHERE m.version IS NOT NULL
 SET m.partitioned_at = datetime()  // first: the model's write lock orders concurrent writers
 WITH m

@@ -28,16 +28,21 @@ from toolkit.partition.tiers import TierPartition, tier_label
 from toolkit.report import (
     blocks_dict,
     blocks_report,
+    duration,
     human,
     human_bytes,
     inspect_dict,
     partition_headline,
     partition_report,
+    plural,
+    rate,
+    rows_table,
     sweep_report,
     tiers_headline,
     tiers_report,
     train_report,
 )
+from toolkit.report import table as report_table
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -262,9 +267,9 @@ def inspect(model: str, name: str | None, exporter: str, dims: dict[str, int], r
     if as_json:
         emit_json(inspect_dict(graph))
         return
-    table = Table(title=f"{graph.name}: {len(graph)} layers")
-    for col in ("layer", "op", "module", "FLOPs", "MACs", "params", "activation"):
-        table.add_column(col, justify="right" if col in ("FLOPs", "MACs", "params") else "left")
+    table = report_table(f"{graph.name}: {len(graph)} layers", "layer", "op", "module", "FLOPs",
+                         "MACs", "params", "activation",
+                         numbers=("FLOPs", "MACs", "params", "activation"))
     print_rows(table, [
         [layer.name, layer.op if layer.supported else f"{layer.op} (?)", layer.module or "",
          human(layer.flops), human(layer.macs), human(layer.params), human_bytes(layer.out_bytes)]
@@ -285,9 +290,10 @@ def inspect(model: str, name: str | None, exporter: str, dims: dict[str, int], r
 
 @cli.command()
 @model_options
+@click.option("--wide", is_flag=True, help="Add each block type's signature (its hash).")
 @json_option
 def blocks(model: str, name: str | None, exporter: str, dims: dict[str, int],
-           as_json: bool) -> None:
+           wide: bool, as_json: bool) -> None:
     """Cut vertices, segments and repeated block types of MODEL: its compressed chain.
 
     Example: splitcut blocks resnet152
@@ -297,7 +303,7 @@ def blocks(model: str, name: str | None, exporter: str, dims: dict[str, int],
     if as_json:
         emit_json(blocks_dict(structure, graph))
         return
-    console.print(blocks_report(structure))
+    console.print(blocks_report(structure, wide))
 
 
 @cli.command(name="profiles")
@@ -315,16 +321,19 @@ def profiles_cmd(profile_dir: str | None, as_json: bool) -> None:
             "links": [vars(link) for link in links.values()],
         })
         return
-    table = Table("name", "kind", "FP32 TFLOPS", "FP16 TFLOPS", "GB/s", "description")
+    table = report_table("processors", "name", "kind", "FP32 TFLOPS", "FP16 TFLOPS", "GB/s",
+                         "memory", "description",
+                         numbers=("FP32 TFLOPS", "FP16 TFLOPS", "GB/s", "memory"))
     for p in sorted(procs.values(), key=lambda p: (p.kind, p.name)):
-        table.add_row(p.name, p.kind, f"{p.fp32_tflops:g}", f"{p.fp16_tflops:g}",
-                      f"{p.memory_gbps:g}", p.description)
+        table.add_row(p.name, p.kind, f"{p.fp32_tflops:.3g}", f"{p.fp16_tflops:.4g}",
+                      f"{p.memory_gbps:.4g}", f"{p.memory_gb:g} GB" if p.memory_gb else "-",
+                      escape(p.description))
     console.print(table)
-    links_table = Table("link", "uplink", "downlink", "latency", "description")
+    links_table = report_table("links", "link", "uplink", "downlink", "latency",
+                               "description", numbers=("uplink", "downlink", "latency"))
     for link in links.values():
-        links_table.add_row(link.name, human(link.uplink_bps, "bit/s"),
-                            human(link.downlink_bps, "bit/s"), f"{link.latency_ms:g} ms",
-                            link.description)
+        links_table.add_row(link.name, rate(link.uplink_bps), rate(link.downlink_bps),
+                            duration(link.latency_ms), escape(link.description))
     console.print(links_table)
 
 
@@ -344,17 +353,16 @@ def graph(model: str, name: str | None, exporter: str, dims: dict[str, int], row
     if as_json:
         emit_json(costs.to_dict())
         return
-    table = Table(title=f"{costs.model}: delays for one batch of {scenario.batch}")
-    for col in ("layer", "op", "device ms", "server ms", "pinned"):
-        table.add_column(col)
+    table = report_table(f"{costs.model}: delays for one batch of {scenario.batch}", "layer",
+                         "op", "device", "server", "pinned", numbers=("device", "server"))
     print_rows(table, [
-        [layer_name, costs.ops[i], f"{costs.device_ms[i]:.3f}", f"{costs.server_ms[i]:.3f}",
+        [layer_name, costs.ops[i], duration(costs.device_ms[i]), duration(costs.server_ms[i]),
          "device" if costs.pinned[i] else ""]
         for i, layer_name in enumerate(costs.names)
     ], rows)
-    console.print(f"device total {sum(costs.device_ms):.1f} ms, "
-                  f"server total {sum(costs.server_ms):.1f} ms, "
-                  f"{len(costs.tensors)} activation tensors")
+    console.print(f"device total {duration(sum(costs.device_ms))}, "
+                  f"server total {duration(sum(costs.server_ms))}, "
+                  f"{plural(len(costs.tensors), 'activation tensor')}")
 
 
 def partition_command(f: Callable[..., None]) -> Callable[..., None]:
@@ -654,31 +662,43 @@ def ingest(models: tuple[str, ...], all_zoo: bool, name: str | None, exporter: s
 @click.argument("name", required=False)
 @click.option("--param", "params", multiple=True, metavar="KEY=VALUE",
               help="Query parameter (a JSON value, else a string). Repeatable.")
+@click.option("--wide", is_flag=True, help="Show every column (signatures, keys) unshortened.")
 @neo4j_options
 @json_option
-def query(name: str | None, params: tuple[str, ...], as_json: bool,
+def query(name: str | None, params: tuple[str, ...], as_json: bool, wide: bool,
           neo4j: Neo4jOptions) -> None:
-    """Run a saved query from cypher/ (read-only); without NAME, list them.
+    """Run a saved read query from cypher/; without NAME, list them with what they answer.
 
     Example: splitcut query read_blocks --param model=resnet18
     """
     from toolkit import queries
 
     if name is None:
-        for known in queries.names():
-            click.echo(f"{known}: {queries.header(known).splitlines()[0]}")
+        table = Table(title="saved queries: splitcut query NAME --param KEY=VALUE",
+                      title_justify="left")
+        table.add_column("name", no_wrap=True)
+        table.add_column("what it answers", overflow="fold")
+        table.add_column("parameters (cypher/NAME.cypher says what they mean)",
+                         overflow="fold")
+        for known in queries.user_names():
+            table.add_row(known, escape(queries.description(known)),
+                          ", ".join(queries.parameters(known)) or "-")
+        console.print(table)
         return
-    queries.load(name)
+    if queries.internal(name):
+        raise ToolkitError(f"{name!r} is an internal step splitcut runs itself; "
+                           f"`splitcut query` lists the ones to ask")
     values = dict(_parse_param(p) for p in params)
+    missing = [k for k in queries.parameters(name) if k not in values]
+    if missing:
+        raise click.UsageError(f"{name} needs " + " ".join(f"--param {k}=VALUE" for k in missing)
+                               + f" (null for none where it allows: cypher/{name}.cypher)")
     with neo4j.store() as store:
         rows = store.run_saved(name, values)
     if as_json:
         emit_json(rows)
         return
-    table = Table(*(rows[0].keys() if rows else ["(no rows)"]))
-    for row in rows:
-        table.add_row(*(escape(str(v)) for v in row.values()))
-    console.print(table)
+    console.print(rows_table(rows, wide))
 
 
 def _parse_param(text: str) -> tuple[str, Any]:

@@ -28,11 +28,10 @@ from toolkit.files import write_atomically
 from toolkit.graph import Layer, LayerGraph
 from toolkit.partition import Partition
 from toolkit.partition.tiers import TierPartition
-from toolkit.report import partition_headline, tiers_headline
+from toolkit.report import TIMES, partition_headline, tiers_headline
 
 PALETTE = ("#4C9BE8", "#F2A541", "#6CC07A", "#B07CD8", "#E86F6F", "#58C4C6")
 CROSSING = "#D62728"
-TIMES = "\u00d7"  # the multiplication sign of "x 12"
 FORMATS = (".svg", ".png", ".html")
 _EXPAND_LIMIT = 120  # layers of an expanded segment drawn one by one; beyond, its tiers' counts
 ROW = 6  # boxes per row of the chain

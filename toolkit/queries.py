@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import re
 from importlib import resources
 
 from toolkit.errors import ToolkitError
@@ -36,3 +37,30 @@ def header(name: str) -> str:
             break
         lines.append(line[2:].strip())
     return "\n".join(lines)
+
+
+INTERNAL = "// Internal:"  # the header line of a step splitcut runs itself
+
+
+def internal(name: str) -> bool:
+    """A write or detection step splitcut runs itself, not a question for people to ask."""
+    return any(line.startswith(INTERNAL) for line in load(name).splitlines())
+
+
+def user_names() -> list[str]:
+    """The saved read queries people run (`splitcut query`)."""
+    return [name for name in names() if not internal(name)]
+
+
+def description(name: str) -> str:
+    """What the query answers, in one line (its header's `Answers:` line, else its first)."""
+    lines = header(name).splitlines()
+    return next((line.removeprefix("Answers:").strip() for line in lines
+                 if line.startswith("Answers:")), lines[0] if lines else name)
+
+
+def parameters(name: str) -> list[str]:
+    """The parameters the query reads (`$name` outside comments): each must be given."""
+    body = "\n".join(line for line in load(name).splitlines()
+                     if not line.strip().startswith("//"))
+    return sorted(set(re.findall(r"\$([A-Za-z_][A-Za-z0-9_]*)", body)))

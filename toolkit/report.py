@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import textwrap
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
@@ -70,6 +72,18 @@ def human_bytes(n: float) -> str:
     return f"{n:.0f} B"
 
 
+def table(title: str | None, *columns: str, numbers: tuple[str, ...] = ()) -> Table:
+    """A table people read: `numbers` columns right-aligned and never wrapped (a number is
+    not cut in two), the others folded to fit."""
+    out = Table(title=title, title_justify="left")
+    for name in columns:
+        if name in numbers:
+            out.add_column(name, justify="right", no_wrap=True)
+        else:
+            out.add_column(name, overflow="fold")
+    return out
+
+
 def duration(ms: float) -> str:
     """A delay people read: 3 significant digits, in ms below a second, else in s."""
     if abs(ms) >= 1000:
@@ -79,9 +93,9 @@ def duration(ms: float) -> str:
 
 def _sig(x: float) -> str:
     """3 significant digits, thousands separated, never '-0'."""
-    if x == 0 or abs(x) >= 100:
+    if abs(x) < 1e-9 or abs(x) >= 100:  # rounding noise reads as 0
         return f"{round(x) + 0:,}"
-    return f"{x:.3g}" if abs(x) >= 0.01 else "<0.01" if x > 0 else f"{x:.1g}"
+    return f"{x:.3g}" if abs(x) >= 0.01 else "<0.01" if x > 0 else ">-0.01"
 
 
 def percent(fraction: float) -> str:
@@ -101,8 +115,9 @@ def rates(on: float, back: float) -> str:
     return f"{a[0]} / {b[0]} {a[1]}" if a[1] == b[1] else f"{rate(on)} / {rate(back)}"
 
 
-def plural(n: int, word: str) -> str:
-    return f"{n:,} {word}" + ("" if n == 1 else "s")
+def plural(n: int, word: str, many: str | None = None) -> str:
+    """'1 layer', '4 layers' ('2 cut vertices' with `many`)."""
+    return f"{n:,} {word if n == 1 else many or word + 's'}"
 
 
 def verdict(total_ms: float, device_layers: int, layers: int, cut_after: list[str],
@@ -342,22 +357,32 @@ def blocks_dict(blocks: BlockStructure, graph: LayerGraph) -> dict[str, Any]:
     }
 
 
-def blocks_report(blocks: BlockStructure) -> Group:
-    table = Table("type", "name", "instances", "layers each", "signature",
-                  title=f"{blocks.model}: block types")
+def blocks_report(blocks: BlockStructure, wide: bool = False) -> Group:
+    """For people: the block types, most layers first, and the compressed chain; `wide`
+    adds each type's signature (the hash Neo4j keys it by)."""
+    table = Table(title=f"{blocks.model}: block types", title_justify="left")
+    table.add_column("type", justify="right", no_wrap=True)
+    table.add_column("name", overflow="fold")
+    table.add_column("instances", justify="right", no_wrap=True)
+    table.add_column("layers each", justify="right", no_wrap=True)
+    if wide:
+        table.add_column("signature", no_wrap=True)
     for t in sorted(blocks.types, key=lambda t: -t.count * t.size):
-        table.add_row(str(t.id), escape(t.name), str(t.count), str(t.size), t.signature)
+        table.add_row(str(t.id), escape(t.name), f"{t.count:,}", f"{t.size:,}",
+                      *([t.signature] if wide else []))
     types = {t.id: t for t in blocks.types}
     chain = " → ".join(
-        (f"({' → '.join(types[t].name for t in period)}) x{n}" if len(period) > 1
-         else f"{types[period[0]].name}{f' x{n}' if n > 1 else ''}")
+        (f"({' → '.join(types[t].name for t in period)}) {TIMES}{n}" if len(period) > 1
+         else f"{types[period[0]].name}{f' {TIMES}{n}' if n > 1 else ''}")
         for period, n in periodic([s.type_id for s in blocks.segments])
     )
     repeated = sum(t.size * (t.count - 1) for t in blocks.types)
     return Group(
-        f"{blocks.layer_count} layers, {len(blocks.cut_vertices)} cut vertices, "
-        f"{len(blocks.segments)} segments of {len(blocks.types)} block types "
-        f"({repeated} layers are repeats of an earlier instance)",
+        f"{plural(blocks.layer_count, 'layer')}, "
+        f"{plural(len(blocks.cut_vertices), 'cut vertex', 'cut vertices')}, "
+        f"{plural(len(blocks.segments), 'segment')} of "
+        f"{plural(len(blocks.types), 'block type')} ({plural(repeated, 'layer')} repeat an "
+        "earlier instance)",
         table,
         f"chain: {escape(chain)}",
     )
@@ -367,13 +392,15 @@ def train_report(result: TrainResult) -> Group:
     """For people: measured against predicted, term by term in the order an iteration meets
     them (medians after warm-up)."""
     data = result.to_dict()
-    table = Table("term", "predicted ms", "measured ms", "measured / predicted",
-                  title=f"one iteration, median of {len(result.iterations)}")
+    grid = table(f"one iteration, median of {len(result.iterations)}", "term", "predicted",
+                 "measured", "measured / predicted",
+                 numbers=("predicted", "measured", "measured / predicted"))
 
     def row(key: str, label: str) -> None:
         ratio = data["ratio"].get(key)
-        table.add_row(label, f"{result.predicted_ms[key]:.1f}", f"{result.measured_ms[key]:.1f}",
-                      f"{ratio:.2f}" if ratio is not None else "-")
+        grid.add_row(label, duration(result.predicted_ms[key]),
+                     duration(result.measured_ms[key]), f"{ratio:.2f}" if ratio is not None
+                     else "-")
 
     tiers, boundaries = data["tiers"], data["boundaries"]
     for t, tier in enumerate(tiers):
@@ -395,7 +422,7 @@ def train_report(result: TrainResult) -> Group:
         f"link: {result.shaping}",
         f"predicted for {escape(result.predicted_for)} (profiles); measured on this machine, "
         "one CPU thread per tier",
-        table,
+        grid,
         f"loss on the fixed synthetic batch: {losses[0]:.4g} -> {losses[-1]:.4g}"
         if losses else "no iterations measured",
     )
@@ -417,19 +444,77 @@ def sweep_report(result: SweepResult, graph: LayerGraph) -> Group:
     modules = [layer.module or layer.name for layer in graph]
     what = {"uplink": "uplink rate", "downlink": "downlink rate",
             "rate": "link rate (both ways)", "batch": "batch"}[result.parameter]
-    table = Table(what, "layers per tier", "last layer of each tier but the last", "crossing",
-                  "delay ms", title=f"{escape(result.model)}: every optimal "
-                  f"{'partition' if len(result.tiers) == 2 else 'tiering'} across the {what}")
+    grid = table(f"{escape(result.model)}: every optimal "
+                 f"{'partition' if len(result.tiers) == 2 else 'tiering'} across the {what}",
+                 what, "layers per tier", "last layer of each tier but the last", "crossing",
+                 "delay", numbers=(what, "delay"))
     for piece, crossing in zip(result.pieces, result.crossing, strict=True):
         ends = [max((i for i, t in enumerate(piece.key) if t == tier), default=None)
                 for tier in range(len(result.tiers) - 1)]
-        table.add_row(
+        grid.add_row(
             f"{_amount(piece.lo, result.unit)} .. {_amount(piece.hi, result.unit)}",
             " / ".join(f"{name} {piece.key.count(t)}" for t, name in enumerate(result.tiers)),
             ", ".join(escape(modules[i]) if i is not None else "-" for i in ends),
-            "; ".join(f"{len(c)} tensors" for c in crossing),
-            f"{piece.delay_lo:.1f} .. {piece.delay_hi:.1f}")
-    return Group(table, f"{len(result.pieces)} intervals from {result.solves} exact solves "
+            "; ".join(plural(len(c), "tensor") for c in crossing),
+            f"{duration(piece.delay_lo)} .. {duration(piece.delay_hi)}")
+    return Group(grid, f"{len(result.pieces)} intervals from {result.solves} exact solves "
                         f"({result.solve_ms:.0f} ms)"
                  + ("" if result.parameter == "batch" else
                     ": breakpoints of the lower envelope of the delay's lines in 1/rate"))
+
+
+TIMES = "\u00d7"  # the multiplication sign of "x 12"
+_NUMBER = re.compile(r"-|<?-?[\d.,]+( ?[a-zA-Z%/]+)?")  # a cell `cell` made from a number
+HIDDEN = ("signature", "sha256", "version", "key")  # hashes and ids: `--wide` shows them
+_LIST_ITEMS = 6
+
+
+def cell(key: str, value: Any) -> str:
+    """One query result value as people read it: units from the column's name (`_ms`,
+    `_bytes`, `_bps`; gains, depths and shares as percentages), 3 significant digits,
+    long lists shortened."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, list):
+        shown = [cell(key, v) for v in value[:_LIST_ITEMS]]
+        more = f", ... ({len(value):,})" if len(value) > _LIST_ITEMS else ""
+        return ", ".join(shown) + more
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        name = key.lower()
+        if name.endswith("_ms"):
+            return duration(value)
+        if name.endswith("_bytes"):
+            return human_bytes(value)
+        if name.endswith("_bps") or name in ("low", "high", "rate"):
+            return rate(value)
+        if any(word in name for word in ("gain", "depth", "share", "fraction", "saving")):
+            return percent(value)
+        return _sig(value)
+    return str(value)
+
+
+def rows_table(rows: list[dict[str, Any]], wide: bool = False) -> Table:
+    """Rows of a saved query as a table that fits: units, rounding, hashes only with `wide`."""
+    if not rows:
+        return Table("(no rows)")
+    keys = [k for k in rows[0] if wide or not any(k == h or k.endswith("_" + h)
+                                                   for h in HIDDEN)]
+    table = Table()
+    cells = [[cell(k, row.get(k)) for k in keys] for row in rows]
+    for j, k in enumerate(keys):  # numbers never wrap (their headers do); text folds
+        numeric = all(_NUMBER.fullmatch(c[j]) for c in cells)
+        longest = max(len(c[j]) for c in cells)
+        header = k.replace("_", " ")
+        if numeric:
+            width = max(longest, *(len(word) for word in header.split()))
+            table.add_column(textwrap.fill(header, width), justify="right",
+                             no_wrap=True)
+        else:
+            table.add_column(header, overflow="fold", min_width=min(longest, 12))
+    for row_cells in cells:
+        table.add_row(*(escape(c) for c in row_cells))
+    return table

@@ -1,0 +1,98 @@
+"""What people read: every table of README's commands fits 100 columns, no number cut."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+from rich.table import Table
+
+from tests.helpers import run_main
+from toolkit import cli
+from toolkit.report import cell, duration, percent, rows_table
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+WIDTH = 100
+_NUMBER_END = re.compile(r"\d\.?$")
+_NUMBER_START = re.compile(r"[\d.,%]|(ms|s|GB|MB|kB|KiB|MiB|GiB|Mbit/s|Gbit/s)\b")
+
+
+def cut_numbers(text: str) -> list[str]:
+    """Table cells whose number continues on the next line (or loses its unit there), or is
+    cut short with an ellipsis."""
+    rows = [line.split("│")[1:-1] for line in text.splitlines() if line.startswith("│")]
+    cut = [c for row in rows for c in row if re.search(r"\d\u2026", c)]
+    for upper, lower in zip(rows, rows[1:], strict=False):
+        if len(upper) != len(lower) or (len(lower) > 1 and lower[0].strip()):
+            continue  # a new row starts (its first cell is filled), not a wrapped one
+        for a, b in zip(upper, lower, strict=True):
+            a, b = a.strip(), b.strip()
+            if a and b and _NUMBER_END.search(a) and _NUMBER_START.match(b):
+                cut.append(f"{a!r} / {b!r}")
+    return cut
+
+
+def test_the_check_catches_a_number_cut_in_two():
+    narrow = Table("value")
+    narrow.add_row("123456789.25 ms")
+    console = Console(width=10, record=True, file=open("/dev/null", "w"))  # noqa: SIM115
+    console.print(narrow)
+    assert cut_numbers(console.export_text())
+
+
+@pytest.mark.parametrize("args", [
+    ["partition", "resnet50"],
+    ["partition", "googlenet", "--uplink", "10Mbps", "--downlink", "10Mbps",
+     "--device-memory", "1GB"],
+    ["partition", "gpt2", "--device", "jetson-agx-orin", "--server", "h100", "--uplink",
+     "50Mbps", "--downlink", "300Mbps"],
+    ["partition", "resnet18", "--tiers", str(EXAMPLES / "device-edge-cloud.toml")],
+    ["partition", "resnet18", "--u-shape", "--uplink", "10Mbps", "--downlink", "10Mbps"],
+    ["-v", "partition", "resnet152"],
+    ["blocks", "resnet152"],
+    ["inspect", "vit_b_16"],
+    ["graph", "resnet18", "--device", "jetson-agx-orin", "--server", "a100", "--link", "5g"],
+    ["profiles"],
+    ["sweep", "resnet18", "--uplink", "1Mbps..1Gbps"],
+    ["query"],
+], ids=lambda a: " ".join(a[:3]))
+def test_readme_tables_fit_100_columns(args, capsys, monkeypatch):
+    monkeypatch.setattr(cli, "console", Console(width=WIDTH))
+    code, out, err = run_main(args, capsys, monkeypatch)
+    assert code == 0, err
+    assert "│" in out  # a table was printed
+    assert max(len(line) for line in out.splitlines()) <= WIDTH
+    assert not cut_numbers(out)
+    assert "-0%" not in out and "-0.0" not in out
+
+
+def test_partition_report_reads_as_a_verdict(capsys, monkeypatch):
+    monkeypatch.setattr(cli, "console", Console(width=WIDTH))
+    code, out, _ = run_main(["partition", "resnet50"], capsys, monkeypatch)
+    assert code == 0
+    first = " ".join(out.split(" + ")[0].split())  # up to the scenario's "device + server"
+    assert re.match(r"resnet50: cut after \S+ \(\d+ layers? on the device\): [\d.,]+ m?s per "
+                    r"iteration, \d+% faster than training on the device alone", first), first
+    server = next(line for line in out.splitlines() if "server only" in line)
+    assert "reference only: raw data would leave the device" in server and "%" not in server
+    assert not re.search(r"\b1 layers", out) and "(blocks" not in out  # detection: -v
+    code, out, _ = run_main(["-v", "partition", "resnet50"], capsys, monkeypatch)
+    assert "finding the repeated blocks took" in " ".join(out.split())
+
+
+def test_query_results_read_well():
+    rows = [{"model": "resnet50", "total_ms": 2005.1124, "gain_vs_device_only": 0.81776,
+             "peak_bytes": 456_000_000.0, "signature": "d6b45e37f0ba6e45", "tiny": -1.33e-16,
+             "layers": ["a", "b", "c", "d", "e", "f", "g", "h"]}]
+    assert cell("total_ms", 2005.1124) == duration(2005.1124) == "2.01 s"
+    assert cell("gain_vs_device_only", 0.81776) == percent(0.81776) == "82%"
+    assert percent(-1e-9) == "0%"
+    console = Console(width=WIDTH, record=True, file=open("/dev/null", "w"))  # noqa: SIM115
+    console.print(rows_table(rows))
+    text = console.export_text()
+    assert "2.01 s" in text and "82%" in text and "434.9 MiB" in text
+    assert "d6b45e37" not in text and "e-16" not in text and "... (8)" in text
+    console.print(rows_table(rows, wide=True))
+    assert "d6b45e37f0ba6e45" in console.export_text()
