@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -24,7 +25,7 @@ def cut_numbers(text: str) -> list[str]:
     cut short with an ellipsis."""
     rows = [line.split("│")[1:-1] for line in text.splitlines() if line.startswith("│")]
     cut = [c for row in rows for c in row if re.search(r"\d\u2026", c)]
-    for upper, lower in zip(rows, rows[1:], strict=False):
+    for upper, lower in pairwise(rows):
         if len(upper) != len(lower) or (len(lower) > 1 and lower[0].strip()):
             continue  # a new row starts (its first cell is filled), not a wrapped one
         for a, b in zip(upper, lower, strict=True):
