@@ -6,5 +6,5 @@ MERGE (t:BlockType {signature: row.signature})
   ON CREATE SET t.name = row.name, t.size = row.size
 WITH row, t
 MATCH (b:Block {uid: row.uid})
-SET b.signature = row.signature
+SET b.signature = row.signature, b.name = t.name  // the Browser's caption
 MERGE (b)-[:OF_TYPE]->(t)

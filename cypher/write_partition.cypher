@@ -1,8 +1,9 @@
 // Write a partition back: on each of the model's layers its tier's label (:Device/:Server, or a
 // chain's own tier names such as :Edge, :Cloud) and `tier` index, replacing the labels any
 // earlier partition wrote (the model keeps their names in `tier_labels`); on each block whose
-// layers share one tier, that label and index; and a (:Partition)-[:OF]->(:Model) node that
-// becomes the current one. Labels are parameters ($labels), never spliced into the text.
+// layers share one tier, that label and index; a (:Layer)-[:CROSSES {tensor, bytes, size}]->
+// (:Layer) beside each FEEDS edge whose ends are on different tiers (the earlier partition's
+// removed); and a (:Partition)-[:OF]->(:Model) node that becomes the current one. Labels are parameters ($labels), never spliced into the text.
 // $model, $scenario (JSON text), $tiers (tier names in chain order), $labels (a label per tier),
 // $tier_of (each layer's tier by topological position), $total_ms, $compute_ms (per tier),
 // $device_compute_ms (the first tier), $server_compute_ms (the others), $crossing_ms,
@@ -33,10 +34,22 @@ WITH m, part, old, layers, device
 CALL (m, old) {
   MATCH (b:Block {model: m.name, version: m.version})-[:CONTAINS]->(l:Layer)
   WITH b, collect(DISTINCT l.tier) AS tiers
+  OPTIONAL MATCH (b)-[:OF_TYPE]->(t:BlockType)
+  SET b.name = t.name  // the Browser's caption (blocks detected before it was stored)
   REMOVE b:$(old)
   SET b.tier = CASE WHEN size(tiers) = 1 THEN tiers[0] END
   WITH b, tiers WHERE size(tiers) = 1
   SET b:$($labels[tiers[0]])
+}
+CALL (m) {  // what crosses a boundary, drawn thick in the Browser: (:Layer)-[:CROSSES]->(:Layer)
+  MATCH (:Layer {model: m.name})-[old_cross:CROSSES]->()
+  DELETE old_cross
+}
+CALL (m) {
+  MATCH (a:Layer {model: m.name, version: m.version})-[f:FEEDS]->(z:Layer)
+  WHERE a.tier <> z.tier
+  CREATE (a)-[:CROSSES {tensor: f.tensor, bytes: f.bytes,
+                        size: toString(round(f.bytes / 1.0e6, 3)) + ' MB'}]->(z)
 }
 CALL (m, part) {
   MATCH (b:Block {model: m.name, version: m.version})

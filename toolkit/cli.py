@@ -899,8 +899,8 @@ def profile(inputs: tuple[str, ...], name: str | None, exporter: str, out_path: 
 @click.option("--port", type=int, default=7480, show_default=True,
               help="Local port to serve the style file on (0: any free port).")
 def style(port: int) -> None:
-    """Serve the Browser style file until Ctrl-C, and print the `:style` command that loads it.
-    Example: splitcut style"""
+    """Serve the Browser style and guide until Ctrl-C, and print the `:style` and `:play`
+    commands that load them. Example: splitcut style"""
     import time
 
     from toolkit.style_server import StyleServer
@@ -911,7 +911,8 @@ def style(port: int) -> None:
         raise ToolkitError(f"cannot serve on port {port}: {exc.strerror} (try --port 0)") from exc
     with server:
         click.echo(f"In the Neo4j Browser, run:  :style {server.url}")
-        click.echo("Serving the style file; Ctrl-C stops.")
+        click.echo(f"and for a guided tour:      :play {server.guide_url}")
+        click.echo("Serving the style and the guide; Ctrl-C stops.")
         while True:
             time.sleep(3600)
 
