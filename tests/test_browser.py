@@ -6,6 +6,7 @@ Needs the local server (scripts/neo4j-local start) and Debian's `chromium` and
 
 from __future__ import annotations
 
+import html
 import os
 import re
 import shutil
@@ -176,6 +177,11 @@ def test_style_server_answers_the_browser_fetch_with_cors():
         preflight = urllib.request.Request(server.url, method="OPTIONS")
         with urllib.request.urlopen(preflight) as answer:
             assert answer.status == 200
+        with urllib.request.urlopen(server.guide_url) as answer:
+            guide = answer.read().decode()
+            assert answer.headers["Content-Type"].startswith("text/html")
+        assert "{{" not in guide and html.escape(_one_line(CUT_QUERY)[:60]) in " ".join(
+            guide.split())  # the guide runs cut.cypher itself, not a copy of it
         with pytest.raises(urllib.error.HTTPError) as missing:
             urllib.request.urlopen(server.url.replace("style.grass", "etc/passwd"))
         assert missing.value.code == 404

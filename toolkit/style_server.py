@@ -8,7 +8,9 @@ The Browser fetches the URL from its own page, so the answer needs CORS headers 
 
 from __future__ import annotations
 
+import html
 import http.server
+import re
 import threading
 from importlib import resources
 from typing import Any
@@ -19,7 +21,17 @@ SERVED = {STYLE_FILE: "text/plain; charset=utf-8", GUIDE_FILE: "text/html; chars
 
 
 def served_file(name: str) -> bytes:
-    return (resources.files("toolkit.cypher") / "browser" / name).read_bytes()
+    """A file of `cypher/browser`; the guide gets its `{{NAME.cypher}}` slots filled with
+    those queries (comments dropped, HTML-escaped), so each query has one copy."""
+    folder = resources.files("toolkit.cypher") / "browser"
+    text = (folder / name).read_text()
+    if name == GUIDE_FILE:
+        def query(match: re.Match[str]) -> str:
+            body = (folder / match.group(1)).read_text().splitlines()
+            return html.escape("\n".join(line for line in body
+                                         if not line.lstrip().startswith("//")))
+        text = re.sub(r"\{\{([a-z_]+\.cypher)\}\}", query, text)
+    return text.encode()
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
