@@ -80,3 +80,30 @@ def test_calibration_recovers_known_efficiencies(zoo_path, tmp_path):
     (tmp_path / "fitted.toml").write_text(to_toml(fitted))
     assert profiles.processor(str(tmp_path / "fitted.toml")) == fitted
     assert fitted.sources["matmul_efficiency"].startswith("fitted by splitcut")
+
+
+def test_calibration_writes_the_measured_machine_and_roles_are_checked(tmp_path, capsys,
+                                                                        monkeypatch):
+    from toolkit.measured import this_machine
+
+    small = save(chain(3), tmp_path / "small.onnx")
+    code, _, err = run_main(["profile", str(small), "-o", str(tmp_path / "p.json")], capsys,
+                            monkeypatch)
+    assert code == 0, err
+    machine = this_machine()
+    assert json.loads((tmp_path / "p.json").read_text())["machine"] == machine
+    code, out, err = run_main(["profile", "--calibrate", str(tmp_path / "p.json"), "--processor",
+                               "laptop", "-o", str(tmp_path / "laptop.toml")], capsys,
+                              monkeypatch)
+    assert code == 0, err
+    fitted = profiles.processor(str(tmp_path / "laptop.toml"))
+    assert fitted.kind == "device" and fitted.name == "laptop"
+    assert fitted.description.startswith(machine) and "Gold 6248" not in fitted.description
+    assert fitted.memory_gb is None  # not the example server's 192 GB
+    code, _, err = run_main(["partition", str(small), "--device", "h100", "--server",
+                             str(tmp_path / "laptop.toml")], capsys, monkeypatch)
+    assert code == 0
+    assert "h100 is a server profile, used here as the --device" in err
+    assert "laptop is a device profile, used here as the --server" in err
+    code, _, err = run_main(["partition", str(small)], capsys, monkeypatch)
+    assert "warning" not in err

@@ -121,18 +121,22 @@ def measure_model(
     return measure(path, graph, processor, zoo_name, source_model=model)
 
 
-def calibrate_profile(profile_paths: Sequence[str], base: str, name: str) -> Processor:
-    """Fit `base`'s efficiencies to measured profiles (each remembers the model it timed)."""
+def calibrate_profile(profile_paths: Sequence[str], base: str, name: str,
+                      kind: str = "device") -> Processor:
+    """Fit `base`'s efficiencies to measured profiles (each remembers the model it timed and
+    the CPU it ran on): a `kind` profile named `name` for that CPU."""
     from toolkit.calibrate import fit
-    from toolkit.measured import load_profile
+    from toolkit.measured import load_profile, this_machine
 
-    samples = []
+    samples, machines = [], []
     for path in profile_paths:
         measured = load_profile(path)
         graph = load_graph(measured.source_model)
         measured.check_model(graph)
         samples.append((graph, measured.forward_ms))
-    return fit(profiles.processor(base), samples, name)
+        machines.append(measured.machine or this_machine())
+    return fit(profiles.processor(base), samples, name, kind=kind,
+               machine=" / ".join(dict.fromkeys(machines)))
 
 
 def layer_indices(graph: LayerGraph, names: Sequence[str], what: str) -> list[int]:

@@ -73,16 +73,19 @@ def estimates(proc: Processor, graph: LayerGraph) -> np.ndarray:
 
 def fit(
     base: Processor, samples: Sequence[tuple[LayerGraph, dict[str, float]]], name: str,
-    sweeps: int = 4,
+    sweeps: int = 4, kind: str | None = None, machine: str | None = None,
 ) -> Processor:
-    """A copy of `base` with efficiencies and overhead fitted to measured forward ms."""
+    """A copy of `base` with efficiencies and overhead fitted to measured forward ms; `kind`
+    and `machine` (what was measured) name the processor it now stands for."""
     measured = [np.array([times[layer.name] for layer in graph]) for graph, times in samples]
     features = [_features(graph) for graph, _ in samples]
     fitted = _descend(
         base, lambda proc: _objective([_estimate(proc, f) for f in features], measured), sweeps)
     models = ", ".join(graph.name for graph, _ in samples)
     return _named(fitted, base, name, f"fitted by splitcut profile --calibrate to measured "
-                                      f"forward times of {models}")
+                                      f"forward times of {models}", kind,
+                  None if machine is None else f"{machine} (efficiencies fitted to measured "
+                  f"forward times; peak rates kept from {base.name})")
 
 
 def training_ms(
@@ -121,10 +124,17 @@ def _descend(
     return current
 
 
-def _named(fitted: Processor, base: Processor, name: str, note: str) -> Processor:
+def _named(fitted: Processor, base: Processor, name: str, note: str, kind: str | None = None,
+           description: str | None = None) -> Processor:
+    """The fitted copy named for what it stands for; a profile of another machine
+    (`description` given) does not keep the base's memory size, which is not its own."""
+    sources = {**base.sources, **dict.fromkeys(_GRIDS, note)}
+    if description is not None:
+        sources.pop("memory_gb", None)
     return dataclasses.replace(
-        fitted, name=name, description=f"{base.description} (calibrated)",
-        sources={**base.sources, **dict.fromkeys(_GRIDS, note)},
+        fitted, name=name, kind=kind or base.kind,
+        description=description or f"{base.description} (calibrated)", sources=sources,
+        memory_gb=fitted.memory_gb if description is None else None,
     )
 
 

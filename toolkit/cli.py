@@ -107,7 +107,14 @@ class ScenarioOptions:
     measured: tuple[str, ...]
 
     def scenario(self) -> Scenario:
-        return api.make_scenario(**dataclasses.asdict(self))
+        """The scenario, warning (on stderr) when a profile plays the other role: a server
+        profile as --device, a device profile as --server."""
+        scenario = api.make_scenario(**dataclasses.asdict(self))
+        for role, proc in (("device", scenario.device), ("server", scenario.server)):
+            if proc.kind != role:
+                click.echo(f"warning: {proc.name} is a {proc.kind} profile, used here as the "
+                           f"--{role}", err=True)
+        return scenario
 
     def chain(self, tiers_file: str | None, u_shape: bool
               ) -> tuple[list[str], list[Scenario]]:
@@ -867,8 +874,10 @@ def train(model: str, name: str | None, exporter: str, dims: dict[str, int], cut
               help="INPUTS are measured profiles: fit a CPU profile to them instead of measuring.")
 @click.option("--base", default="cpu-server", show_default=True,
               help="Profile whose peaks are kept when calibrating.")
+@click.option("--kind", type=click.Choice(["device", "server"]), default="device",
+              show_default=True, help="What the calibrated profile is: --device or --server.")
 def profile(inputs: tuple[str, ...], name: str | None, exporter: str, out_path: str,
-            processor: str, no_torch: bool, calibrate: bool, base: str) -> None:
+            processor: str, no_torch: bool, calibrate: bool, base: str, kind: str) -> None:
     """Measure per-layer times of a MODEL on this machine, or calibrate a profile to them.
 
     Examples: splitcut profile resnet18 -o r18.json;
@@ -879,9 +888,10 @@ def profile(inputs: tuple[str, ...], name: str | None, exporter: str, out_path: 
     if calibrate:
         from toolkit.calibrate import to_toml
 
-        fitted = api.calibrate_profile(inputs, base, processor)
+        fitted = api.calibrate_profile(inputs, base, processor, kind)
         Path(out_path).write_text(to_toml(fitted))
-        click.echo(f"wrote {out_path}: matmul {fitted.matmul_efficiency:.3g}, vector "
+        click.echo(f"wrote {out_path}, a {fitted.kind} profile of {fitted.description}: "
+                   f"matmul {fitted.matmul_efficiency:.3g}, vector "
                    f"{fitted.vector_efficiency:.3g}, memory {fitted.memory_efficiency:.3g}, "
                    f"overhead {fitted.layer_overhead_us:.3g} us")
         return

@@ -18,7 +18,7 @@ from typing import Any
 
 from toolkit.errors import ToolkitError
 from toolkit.graph import LayerGraph
-from toolkit.measured import MeasuredProfile, layers_sha
+from toolkit.measured import MeasuredProfile, layers_sha, this_machine
 
 
 def onnxruntime_forward(onnx_path: Path, graph: LayerGraph, runs: int = 5) -> dict[str, float]:
@@ -174,4 +174,4 @@ def measure(
         forward.update(torch_fwd)
         source = "onnxruntime+torch"
     return MeasuredProfile(graph.name, processor, 1, source, layers_sha(graph), forward, backward,
-                           source_model or graph.name)
+                           source_model or graph.name, this_machine())

@@ -29,12 +29,13 @@ class MeasuredProfile:
     forward_ms: dict[str, float]
     backward_ms: dict[str, float]
     source_model: str = ""  # the MODEL argument it was measured from (file or zoo name)
+    machine: str = ""  # the CPU it ran on (/proc/cpuinfo's model name, cores)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "model": self.model, "processor": self.processor, "batch": self.batch,
             "source": self.source, "layers_sha256": self.layers_sha,
-            "source_model": self.source_model,
+            "source_model": self.source_model, "machine": self.machine,
             "layers": {
                 name: {"forward_ms": f, "backward_ms": self.backward_ms.get(name)}
                 for name, f in self.forward_ms.items()
@@ -73,6 +74,7 @@ def load_profile(path: str | Path) -> MeasuredProfile:
             backward_ms={k: _time(k, v["backward_ms"]) for k, v in layers.items()
                          if v.get("backward_ms") is not None},
             source_model=str(data.get("source_model", "")),
+            machine=str(data.get("machine", "")),
         )
     except OSError as exc:
         raise ScenarioError(f"cannot read measured profile {p}: {exc.strerror}") from exc
@@ -90,3 +92,22 @@ def _time(layer: str, value: object) -> float:
         raise ValueError(f"layer {layer!r}: time {value!r} must be a finite, non-negative "
                          "number of milliseconds")
     return float(value)
+
+
+def this_machine() -> str:
+    """The CPU this process runs on, as a profile's description: '/proc/cpuinfo' model name
+    and the cores it may use (the platform's name where there is no /proc/cpuinfo)."""
+    import os
+    import platform
+
+    name = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() in ("model name", "Model", "Hardware") and value.strip():
+                name = value.strip()
+                break
+    except OSError:
+        pass
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"{name or platform.processor() or platform.machine()}, {cores} cores"
