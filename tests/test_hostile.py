@@ -146,7 +146,8 @@ def test_http_uris_and_passwords_in_uris(tmp_path, capsys, monkeypatch):
     code, out, err = run_main(["ingest", str(path)], capsys, monkeypatch)
     one_line_error(code, err, "bolt://127.0.0.1:7999")
     assert "t0p-s3cret" not in out + err
-    monkeypatch.setenv("NEO4J_URI", f"bolt://neo4j:{PASSWORD}@127.0.0.1:7687")
+    port = os.environ.get("NEO4J_LOCAL_BOLT_PORT", "7687")
+    monkeypatch.setenv("NEO4J_URI", f"bolt://neo4j:{PASSWORD}@127.0.0.1:{port}")
     monkeypatch.delenv("NEO4J_PASSWORD", raising=False)
     code, out, err = run_main(["partition", str(path), "--neo4j", "--name", "uri-creds"],
                               capsys, monkeypatch)

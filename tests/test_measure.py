@@ -92,9 +92,9 @@ def test_calibration_writes_the_measured_machine_and_roles_are_checked(tmp_path,
     assert code == 0, err
     machine = this_machine()
     assert json.loads((tmp_path / "p.json").read_text())["machine"] == machine
-    code, out, err = run_main(["profile", "--calibrate", str(tmp_path / "p.json"), "--processor",
-                               "laptop", "-o", str(tmp_path / "laptop.toml")], capsys,
-                              monkeypatch)
+    code, _, err = run_main(["profile", "--calibrate", str(tmp_path / "p.json"), "--processor",
+                             "laptop", "-o", str(tmp_path / "laptop.toml")], capsys,
+                            monkeypatch)
     assert code == 0, err
     fitted = profiles.processor(str(tmp_path / "laptop.toml"))
     assert fitted.kind == "device" and fitted.name == "laptop"

@@ -1,9 +1,10 @@
-"""The local Neo4j server that scripts/neo4j-local starts (and .ci/run starts before the tests)."""
+"""The local Neo4j server that scripts/neo4j-local starts (the suite starts its own: conftest)."""
 
 from __future__ import annotations
 
 import os
 import urllib.request
+from pathlib import Path
 
 from neo4j import GraphDatabase
 
@@ -23,6 +24,23 @@ def test_bolt_answers_a_parameterised_query_as_neo4j_5_26_community():
 
 
 def test_browser_is_served_at_browser():
-    with urllib.request.urlopen("http://127.0.0.1:7474/browser/", timeout=10) as response:
+    port = os.environ.get("NEO4J_LOCAL_HTTP_PORT", "7474")
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/browser/", timeout=10) as response:
         assert response.status == 200
         assert b"Neo4j Browser" in response.read()
+
+
+def test_the_suite_runs_on_its_own_server_not_the_users():
+    """conftest started a server of its own (home, ports, password): the default server a
+    user runs (bolt 7687, .neo4j/) is never the one the tests write to."""
+    from tests.conftest import ROOT, SUITE_SERVER
+
+    assert URI == f"bolt://127.0.0.1:{SUITE_SERVER['NEO4J_LOCAL_BOLT_PORT']}" != \
+        "bolt://127.0.0.1:7687"
+    pid = (Path(SUITE_SERVER["NEO4J_LOCAL_HOME"]) / "run" / "neo4j.pid").read_text().strip()
+    assert Path(f"/proc/{pid}").exists()  # the server answering is the suite's
+    with GraphDatabase.driver(URI, auth=AUTH) as driver:
+        records, _, _ = driver.execute_query(
+            "SHOW SETTINGS YIELD name, value WHERE name = 'server.directories.data' "
+            "RETURN value", database_="system")
+    assert records[0]["value"].startswith(str(ROOT / ".neo4j-tests"))
