@@ -90,7 +90,12 @@ def _run(driver: Any, command: str) -> None:
     from selenium.webdriver.common.by import By
 
     editor = driver.find_element(By.CSS_SELECTOR, "[data-testid=activeEditor]")
-    ActionChains(driver).click(editor).send_keys(command).perform()
+    ActionChains(driver).click(editor).perform()
+    typed = editor.find_elements(By.CSS_SELECTOR, "textarea")
+    if typed:  # the editor's input: one call for the whole text, not one action per key
+        typed[0].send_keys(command)
+    else:
+        ActionChains(driver).send_keys(command).perform()
     driver.find_element(By.CSS_SELECTOR, "[data-testid=editor-Run]").click()
 
 
@@ -127,14 +132,18 @@ def _connect(driver: Any) -> None:
         By.CSS_SELECTOR, "[data-testid=activeEditor]").text)
 
 
-def _node_fills(driver: Any) -> dict[str, int]:
-    from selenium.webdriver.common.by import By
-
+def _fills(driver: Any, selector: str) -> dict[str, int]:
+    """How many of the elements `selector` finds have each fill colour (one script call)."""
     fills: dict[str, int] = {}
-    for circle in driver.find_elements(By.CSS_SELECTOR, "svg g.node circle[fill]"):
-        fill = (circle.get_attribute("fill") or "").upper()
+    for fill in driver.execute_script(
+            "return Array.from(document.querySelectorAll(arguments[0]))"
+            ".map(e => (e.getAttribute('fill') || '').toUpperCase())", selector):
         fills[fill] = fills.get(fill, 0) + 1
     return fills
+
+
+def _node_fills(driver: Any) -> dict[str, int]:
+    return _fills(driver, "svg g.node circle[fill]")
 
 
 def test_browser_renders_a_partitioned_model_in_the_style_colours(
@@ -225,9 +234,8 @@ def test_the_cut_query_colours_blocks_by_side_and_draws_what_crosses(
         fills = _node_fills(driver)
         blocks = fills.get(colours["Device"], 0) >= sides["Device"] and \
             fills.get(colours["Server"], 0) >= sides["Server"]
-        shafts = [e for e in driver.find_elements(By.CSS_SELECTOR, "svg g.relationship path")
-                  if (e.get_attribute("fill") or "").upper() == red.group(1).upper()]
-        return blocks and len(shafts) >= crossing
+        shafts = _fills(driver, "svg g.relationship path").get(red.group(1).upper(), 0)
+        return blocks and shafts >= crossing
 
     try:
         WebDriverWait(chromium, 60).until(drawn)

@@ -53,7 +53,7 @@ def test_the_check_catches_a_number_cut_in_two():
     ["partition", "resnet18", "--u-shape", "--uplink", "10Mbps", "--downlink", "10Mbps"],
     ["-v", "partition", "resnet152"],
     ["blocks", "resnet152"],
-    ["inspect", "vit_b_16"],
+    ["inspect", "resnet18"],
     ["graph", "resnet18", "--device", "jetson-agx-orin", "--server", "a100", "--link", "5g"],
     ["profiles"],
     ["sweep", "resnet18", "--uplink", "1Mbps..1Gbps"],
