@@ -83,6 +83,7 @@ class _Item:
     label: str = ""
     tier: int = -1  # -1: several (expanded)
     cluster: bool = False
+    merges: bool = False  # a box of one-layer blocks: the next one on its tier joins it
 
 
 def dot_source(picture: Picture, per_row: int = ROW) -> str:
@@ -159,23 +160,17 @@ def _chain_items(picture: Picture) -> list[_Item]:
             items.append(_Item(f"cluster_s{run[0].index}", members,
                                names[run[0].type_id], cluster=True))
             continue
-        tier = period[0][1] if len({t for _, t in period}) == 1 else -2
-        if tier == -2:  # a repeated period spanning tiers cannot be (tiers differ inside it)
-            for seg in run:
-                items.append(_Item(f"s{seg.index}", list(seg.layers), names[seg.type_id],
-                                   tier_of[seg.layers[0]]))
-            continue
+        tier = period[0][1]  # tiers never decrease along the chain: a repeat keeps one tier
         title = " \u2192 ".join(names[t] for t, _ in period)
         times = f"\n{TIMES} {reps}" if reps > 1 else ""
         single = reps == 1 and len(members) == 1
         last = items[-1] if items else None
-        if single and last is not None and not last.cluster and last.tier == tier \
-                and last.label.startswith("\u00b7"):  # merge one-layer blocks on a tier
-            last.layers += members
+        if single and last is not None and last.merges and last.tier == tier:
+            last.layers += members  # one-layer blocks on one tier share a box
             last.label = _merged_label([layers[v] for v in last.layers])
             continue
         label = f"\u00b7 {title}" if single else f"{title}{times}\n{len(members):,} layers"
-        items.append(_Item(f"s{run[0].index}", members, label, tier))
+        items.append(_Item(f"s{run[0].index}", members, label, tier, merges=single))
     return items
 
 

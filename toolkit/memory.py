@@ -177,16 +177,22 @@ def aliases(layers: Sequence[Layer]) -> dict[str, str]:
     return alias
 
 
-def fused_activations(layers: Sequence[Layer]) -> dict[int, tuple[str, ...]]:
-    """What the ops of an exporter's decomposed activation keep when PyTorch trains the fused
-    op it came from, which keeps only its input x: SiLU exported as Sigmoid(x) and
-    Mul(x, Sigmoid(x)); GELU as Div(x, sqrt 2) -> Erf -> Add 1 -> Mul(x, .). Layer index ->
-    the tensors it keeps, for the layers of each such pattern."""
+def _wiring(layers: Sequence[Layer]) -> tuple[dict[str, int], dict[str, list[int]]]:
+    """Each tensor's producing layer, and the layers that read it (by index)."""
     producer = {t: i for i, layer in enumerate(layers) for t in layer.outputs}
     readers: dict[str, list[int]] = {}
     for i, layer in enumerate(layers):
         for t in layer.inputs:
             readers.setdefault(t, []).append(i)
+    return producer, readers
+
+
+def fused_activations(layers: Sequence[Layer]) -> dict[int, tuple[str, ...]]:
+    """What the ops of an exporter's decomposed activation keep when PyTorch trains the fused
+    op it came from, which keeps only its input x: SiLU exported as Sigmoid(x) and
+    Mul(x, Sigmoid(x)); GELU as Div(x, sqrt 2) -> Erf -> Add 1 -> Mul(x, .). Layer index ->
+    the tensors it keeps, for the layers of each such pattern."""
+    producer, readers = _wiring(layers)
 
     def product_with(t: str, x: str) -> int | None:
         """A reader of t that multiplies it by x (and nothing else)."""
@@ -221,11 +227,7 @@ def fused_attention(graph: LayerGraph) -> tuple[dict[int, tuple[str, ...]], dict
     keeps for the pattern's layers, and the final MatMul's index -> the log-sum-exp's bytes
     per sample."""
     layers = list(graph)
-    producer = {t: i for i, layer in enumerate(layers) for t in layer.outputs}
-    readers: dict[str, list[int]] = {}
-    for i, layer in enumerate(layers):
-        for t in layer.inputs:
-            readers.setdefault(t, []).append(i)
+    producer, readers = _wiring(layers)
 
     def scaled(t: str) -> int | None:
         """The layer that scales t by a constant, if one does."""
