@@ -1,7 +1,7 @@
 // Make a fully staged version current, in one small transaction under the model's lock (its
 // first statement is model_lock). Old partitions and sweep policies go with the old version; the old version's
 // layers and blocks are deleted afterwards, in batches, by model_sweep.
-// $name, $version (the staged one), $sha256, $source, $opset, $layer_count, $scenario (JSON
+// $name, $version (the staged one), $sha256, $source, $opset, $family (or null), $layer_count, $scenario (JSON
 // text of the delays' scenario), $device, $server, $latency_ms, $labels_ms.
 // Returns current (the version now current) and status: 'created', 'replaced', 'unchanged'
 // (the current version is the same file: the staged one is dropped), 'superseded' (an ingest
@@ -20,7 +20,7 @@ WITH m, CASE WHEN m.version IS NOT NULL AND m.sha256 = $sha256 THEN 'unchanged'
           ELSE 'replaced' END AS status
 CALL (m, status) {
   WITH m, status WHERE status IN ['created', 'replaced']
-  SET m += {version: $version, sha256: $sha256, source: $source, opset: $opset,
+  SET m += {version: $version, sha256: $sha256, source: $source, opset: $opset, family: $family,
             layer_count: $layer_count, scenario: $scenario, device: $device, server: $server,
             latency_ms: $latency_ms, labels_ms: $labels_ms},
       m.ingested_at = datetime()

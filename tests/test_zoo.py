@@ -7,7 +7,7 @@ import pytest
 from toolkit import zoo
 from toolkit.onnx import read_onnx
 
-VISION = [m.name for m in zoo.MODELS.values() if m.torchvision is not None]
+VISION = [m.name for m in zoo.MODELS.values() if m.source == "torchvision"]
 
 
 @pytest.mark.parametrize("name", VISION)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import json
 import math
 import re
 import time
 import tomllib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -19,7 +20,7 @@ from toolkit.blockcache import model_blocks
 from toolkit.blocks import find_blocks
 from toolkit.costgraph import CostGraph
 from toolkit.costs import LABEL_BYTES, Scenario, build_cost_graph, build_tier_graph
-from toolkit.errors import PartitionError, ScenarioError
+from toolkit.errors import PartitionError, ScenarioError, ToolkitError
 from toolkit.graph import LayerGraph
 from toolkit.measured import MeasuredProfile, load_profile
 from toolkit.partition import Partition, checked_partition, solve, stored
@@ -445,13 +446,35 @@ def partition_tiers_in_neo4j(
     return result, written, graph
 
 
-def expand_models(models: Sequence[str], all_zoo: bool = False) -> tuple[str, ...]:
-    """MODEL arguments with folders replaced by the .onnx files in them (and `--zoo` added)."""
-    found: list[str] = list(zoo.MODELS) if all_zoo else []
+def expand_models(models: Sequence[str], source: str | None = None, limit: int | None = None,
+                  match: Sequence[str] = ()) -> tuple[str, ...]:
+    """MODEL arguments with folders replaced by the .onnx files in them, and a zoo source's
+    architectures added: those matching any `match` glob, at most `limit` spread over them."""
+    found: list[str] = []
+    if source is not None:
+        offered = zoo.names(source)
+        if match:
+            offered = [n for n in offered if any(fnmatch.fnmatchcase(n, g) or
+                                                 fnmatch.fnmatchcase(n.partition(":")[2], g)
+                                                 for g in match)]
+        found = zoo.sample(offered, limit)
     for model in models:
         p = Path(model)
         found += sorted(str(f) for f in p.glob("*.onnx")) if p.is_dir() else [model]
     return tuple(dict.fromkeys(found))
+
+
+@dataclasses.dataclass(frozen=True)
+class Ingested:
+    """One model of an ingest: its stored name and layers, 'created', 'replaced',
+    'unchanged', 'superseded' or 'skipped' (with the reason), and the seconds it took."""
+
+    model: str
+    name: str | None
+    layers: int
+    status: str
+    reason: str
+    seconds: float
 
 
 def ingest_model(
@@ -469,10 +492,32 @@ def ingest_model(
     costs = build_cost_graph(graph, scenario)
     store.ensure_schema()
     names = {t.signature: t.name for t in find_blocks(graph).types}
-    status = store.ingest(graph, costs, graph.sha256, str(path), graph.opset, names)
+    status = store.ingest(graph, costs, graph.sha256, str(path), graph.opset, names,
+                          family=zoo.family_of(model))
     if status == "unchanged" and put_costs:
         store.set_costs(costs)
     return graph, costs, status
+
+
+def ingest_models(
+    store: Store, models: Sequence[str], scenario: Scenario, exporter: str = "torchscript",
+    started: Callable[[str], None] = lambda model: None,
+) -> Iterator[Ingested]:
+    """Ingest each model in turn; one that cannot be read or exported is skipped with its
+    reason (a dead or refusing server stops the whole run: StoreError)."""
+    from toolkit.store import StoreError
+
+    for model in models:
+        started(model)
+        began = time.perf_counter()
+        try:
+            graph, _, status = ingest_model(store, model, scenario, exporter=exporter)
+        except StoreError:
+            raise
+        except ToolkitError as exc:
+            yield Ingested(model, None, 0, "skipped", str(exc), time.perf_counter() - began)
+            continue
+        yield Ingested(model, graph.name, len(graph), status, "", time.perf_counter() - began)
 
 
 def partition_in_neo4j(

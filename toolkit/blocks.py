@@ -18,7 +18,7 @@ import functools
 import hashlib
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -179,10 +179,11 @@ def find_blocks(graph: LayerGraph) -> BlockStructure:
         for k, ((entry, exit_, seg), sig) in enumerate(zip(bounds, signatures, strict=True))
     ]
     counts = Counter(s.type_id for s in segments)
-    first: dict[int, Segment] = {}
+    instances: list[list[Segment]] = [[] for _ in type_of]
     for s in segments:
-        first.setdefault(s.type_id, s)
-    names = _names(graph, layers, [first[t] for t in range(len(type_of))], counts)
+        instances[s.type_id].append(s)
+    first = [group[0] for group in instances]
+    names = _names(graph, layers, instances)
     types = [
         BlockType(t, sig, names[t], len(first[t].layers), counts[t], first[t].exit is not None)
         for sig, t in type_of.items()
@@ -244,51 +245,101 @@ def signature(key: str) -> str:
     return hashlib.sha1(key.encode()).hexdigest()[:16]
 
 
-def _names(
-    graph: LayerGraph, layers: list[Layer], firsts: list[Segment], counts: Counter[int]
-) -> list[str]:
-    """Readable type names: a lone layer's op; else the enclosing module's class or path.
+def _names(graph: LayerGraph, layers: list[Layer], instances: list[list[Segment]]) -> list[str]:
+    """Readable type names, from what every instance of a type shares: a lone layer's op;
+    else the class of the module enclosing each instance, or the pattern of their module
+    paths (`layerN.N` for `layer1.0` ... `layer4.1`, `*.conv` for `inc.conv` and `u4.conv`).
 
-    Types that would share a name are told apart by their module path (`Bottleneck layer3.N`
-    for repeated ones, `Bottleneck layer3.0` for a one-off), then by the child module holding
-    most of their layers (`[mlp]`), then by id.
+    Types that would share a name are told apart by that path pattern, then by the numbers
+    it stands for (`features.{3,4}`), then by the child module holding most of their first
+    instance's layers (`[mlp]`), then by id.
     """
-    names, paths = [], []
-    for t, seg in enumerate(firsts):
-        modules = _module_paths(layers, seg)
-        prefix = _common_prefix(modules) if len(modules) == len(seg.layers) else []
-        path = ".".join(prefix)
-        paths.append(_generalise(path) if counts[t] > 1 else path)
-        known = [".".join(prefix[:k]) for k in range(len(prefix), 0, -1)]
-        cls = next((graph.module_classes[p] for p in known if p in graph.module_classes), None)
-        ops = [layers[p].op for p in seg.layers]
+    names, paths, where = [], [], []
+    for group in instances:
+        prefixes = [_prefix(layers, seg) for seg in group]
+        paths.append(_shared_path([p for p in prefixes if p]))
+        where.append(_shared_path([p for p in prefixes if p], numbers=True))
+        classes = {_enclosing_class(graph, p) for p in prefixes}
+        cls = classes.pop() if len(classes) == 1 else None
+        ops = [layers[p].op for p in group[0].layers]
         if len(ops) == 1:
             names.append(ops[0])
         elif cls is not None:
             names.append(cls.rsplit(".", 1)[-1])
-        elif path:
+        elif paths[-1]:
             names.append(paths[-1])
         else:
             names.append("-".join(ops) if len(ops) <= 3 else f"{ops[0]}…{ops[-1]} ({len(ops)})")
-    refinements: tuple[Callable[[int], str], ...] = (
-        lambda i: paths[i] if paths[i] and paths[i] != names[i] else "",
-        lambda i: f"[{_main_child(layers, firsts[i])}]",
-        lambda i: f"#{i}",
-    )
-    for refine in refinements:
-        taken = Counter(names)
-        names = [
-            f"{name} {refine(i)}".rstrip() if taken[name] > 1 else name
-            for i, name in enumerate(names)
-        ]
-    return names
+    options = [_name_options(name, paths[i], where[i], _main_child(layers, instances[i][0]), i)
+               for i, name in enumerate(names)]
+    level = [0] * len(names)
+    while True:
+        chosen = [opts[k] for opts, k in zip(options, level, strict=True)]
+        taken = Counter(chosen)
+        clashing = [i for i, name in enumerate(chosen) if taken[name] > 1]
+        if not clashing:
+            return chosen
+        for i in clashing:  # the last option (with the id) is unique
+            level[i] = min(level[i] + 1, len(options[i]) - 1)
 
 
-def _generalise(path: str) -> str:
-    """'layer3.5' -> 'layer3.N', 'encoder.layers.encoder_layer_7' -> '...encoder_layer_N'."""
-    head, _, last = path.rpartition(".")
-    last = re.sub(r"\d+", "N", last)
-    return f"{head}.{last}" if head else last
+def _name_options(base: str, pattern: str, where: str, child: str, i: int) -> list[str]:
+    """A type's names from the shortest to the surest: op or class, + path pattern, or + the
+    numbers it stands for, + main child, + id."""
+    spot = where if where != base else ""
+    options = [base]
+    if pattern and pattern != base:
+        options.append(f"{base} {pattern}")
+    if spot and spot != pattern:
+        options.append(f"{base} {spot}")
+    options += [" ".join(filter(None, (base, pattern if pattern != base else "", f"[{child}]"))),
+                " ".join(filter(None, (base, spot, f"[{child}]", f"#{i}")))]
+    return options
+
+
+def _prefix(layers: list[Layer], seg: Segment) -> list[str]:
+    """The module path enclosing all of a segment's layers ([] if a layer has none)."""
+    modules = _module_paths(layers, seg)
+    return _common_prefix(modules) if len(modules) == len(seg.layers) else []
+
+
+def _enclosing_class(graph: LayerGraph, prefix: list[str]) -> str | None:
+    """The class of the innermost module around `prefix` whose class the export names."""
+    known = (".".join(prefix[:k]) for k in range(len(prefix), 0, -1))
+    return next((graph.module_classes[p] for p in known if p in graph.module_classes), None)
+
+
+def _shared_path(paths: list[list[str]], numbers: bool = False) -> str:
+    """What module paths have in common, as a pattern: a component equal in all stays, one
+    equal once digits read as N becomes that (`layerN`; with `numbers`, the numbers N takes:
+    `layer{1-3,5}`), any other `*`; paths of different depths share their common tail
+    (`*.conv` for `inc.conv` and `up4.conv`)."""
+    if not paths:
+        return ""
+    depth = min(len(p) for p in paths)
+    parts = ["*"] if any(len(p) != depth for p in paths) else []
+    for column in zip(*(p[len(p) - depth:] for p in paths), strict=True):
+        general = {re.sub(r"\d+", "N", c) for c in column} if len(set(column)) > 1 else {column[0]}
+        if len(general) != 1:
+            parts.append("*")
+        elif numbers and len(set(column)) > 1 and general == {"N"}:
+            parts.append("{" + _ranges(sorted({int(c) for c in column})) + "}")
+        else:
+            parts.append(general.pop())
+    while len(parts) > 1 and parts[0] == parts[1] == "*":
+        parts.pop(0)  # one '*' says "any modules"
+    return ".".join(parts)
+
+
+def _ranges(values: list[int]) -> str:
+    """[1, 2, 3, 5] -> '1-3,5'."""
+    runs: list[list[int]] = []
+    for v in values:
+        if runs and v == runs[-1][-1] + 1:
+            runs[-1].append(v)
+        else:
+            runs.append([v])
+    return ",".join(f"{r[0]}-{r[-1]}" if len(r) > 2 else ",".join(map(str, r)) for r in runs)
 
 
 def _common_prefix(paths: list[list[str]]) -> list[str]:

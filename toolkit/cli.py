@@ -31,6 +31,7 @@ from toolkit.report import (
     duration,
     human,
     human_bytes,
+    ingest_summary,
     inspect_dict,
     partition_headline,
     partition_report,
@@ -628,41 +629,64 @@ def _sweep_range(settings: ScenarioOptions, batches: str | None
 
 @cli.command()
 @click.argument("models", nargs=-1)
-@click.option("--zoo", "all_zoo", is_flag=True, help="Ingest every zoo model.")
+@click.option("--zoo", "source", type=click.Choice(zoo.SOURCES), is_flag=False,
+              flag_value="reference", default=None,
+              help="Also ingest a zoo source's architectures: reference (the default with a "
+                   "bare --zoo), torchvision (every classifier), timm or hf.")
+@click.option("--limit", type=click.IntRange(min=1), help="At most N of the source's "
+              "architectures, spread evenly over its list.")
+@click.option("--match", "match", multiple=True, metavar="GLOB",
+              help="Only the source's architectures matching GLOB (e.g. 'resnet*'). Repeatable.")
 @click.option("--name", help="Model name (one MODEL only; default: file stem or zoo name).")
 @click.option("--exporter", type=click.Choice(zoo.EXPORTERS), default="torchscript",
               show_default=True)
 @scenario_options
 @neo4j_options
 @json_option
-def ingest(models: tuple[str, ...], all_zoo: bool, name: str | None, exporter: str,
-           as_json: bool, settings: ScenarioOptions, neo4j: Neo4jOptions) -> None:
+def ingest(models: tuple[str, ...], source: str | None, limit: int | None,
+           match: tuple[str, ...], name: str | None, exporter: str, as_json: bool,
+           settings: ScenarioOptions, neo4j: Neo4jOptions) -> None:
     """Ingest models into Neo4j (one transaction each; unchanged files are skipped).
 
-    MODELS are .onnx files, folders of them, or zoo names. Example: splitcut ingest --zoo
+    MODELS are .onnx files, folders of them, or zoo names. A model that cannot be read or
+    exported is skipped with its reason; the exit code is then 1. Examples: splitcut ingest
+    --zoo; splitcut ingest --zoo timm --match 'resnet*' --limit 10
     """
-    from rich.progress import Progress
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-    models = api.expand_models(models, all_zoo)
+    models = api.expand_models(models, source, limit, match)
     if not models:
-        raise click.UsageError("give MODELS to ingest, or --zoo")
+        raise click.UsageError("give MODELS to ingest, or --zoo SOURCE (none matched)")
     if name and len(models) > 1:
         raise click.UsageError("--name names one model; give one MODEL with it")
     scenario = settings.scenario()
-    rows = []
-    with neo4j.store() as store, Progress(console=console, transient=True,
+    done: list[api.Ingested] = []
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
+    with neo4j.store() as store, Progress(*columns, console=console, transient=True,
                                            disable=as_json) as progress:
         task = progress.add_task("ingesting", total=len(models))
-        for model in models:
-            progress.update(task, description=f"ingesting {model}")
-            graph, _, status = api.ingest_model(store, model, scenario, name, exporter)
-            rows.append({"model": graph.name, "layers": len(graph), "status": status})
-            progress.advance(task)
+        if name:
+            graph, _, status = api.ingest_model(store, models[0], scenario, name, exporter)
+            done.append(api.Ingested(models[0], graph.name, len(graph), status, "", 0.0))
+        else:
+            for row in api.ingest_models(
+                    store, models, scenario, exporter,
+                    started=lambda m: progress.update(task, description=f"ingesting {m}")):
+                done.append(row)
+                if row.status == "skipped" and not as_json:
+                    progress.console.print(f"skipped {row.model}: {row.reason}")
+                progress.advance(task)
+    skipped = [row for row in done if row.status == "skipped"]
     if as_json:
-        emit_json(rows)
-        return
-    for row in rows:
-        console.print(f"{row['model']}: {row['status']} ({row['layers']} layers)")
+        emit_json([dataclasses.asdict(row) for row in done])
+    else:
+        for row in done:
+            if row.status != "skipped":
+                console.print(f"{row.name}: {row.status} ({row.layers} layers)")
+        console.print(ingest_summary([row.status for row in done],
+                                            sum(row.layers for row in done)))
+    if skipped:
+        sys.exit(1)
 
 
 @cli.command()
@@ -933,20 +957,27 @@ def zoo_group() -> None:
 
 
 @zoo_group.command(name="list")
+@click.option("--source", type=click.Choice(zoo.SOURCES), default="reference",
+              show_default=True, help="Which architectures: the reference zoo, every "
+              "torchvision classifier, timm's or the transformers presets.")
+@click.option("--match", "match", multiple=True, metavar="GLOB",
+              help="Only architectures matching GLOB. Repeatable.")
+@click.option("--limit", type=click.IntRange(min=1), help="At most N, spread evenly.")
 @json_option
-def zoo_list(as_json: bool) -> None:
-    """List the zoo. Example: splitcut zoo list"""
-    rows = [
-        {"name": m.name, "family": m.family, "description": m.description}
-        for m in zoo.MODELS.values()
-    ]
+def zoo_list(source: str, match: tuple[str, ...], limit: int | None, as_json: bool) -> None:
+    """List the architectures a source builds. Example: splitcut zoo list --source timm
+    --match 'convnext*'"""
+    rows = []
+    for name in api.expand_models((), source, limit, match):
+        model = zoo.get(name)
+        rows.append({"name": model.name, "source": model.source, "family": model.family,
+                     "description": model.description})
+    if not any(row["description"] for row in rows):
+        rows = [{k: v for k, v in row.items() if k != "description"} for row in rows]
     if as_json:
         emit_json(rows)
         return
-    table = Table("name", "family", "description")
-    for row in rows:
-        table.add_row(row["name"], row["family"], row["description"])
-    console.print(table)
+    console.print(rows_table(rows))
 
 
 @zoo_group.command(name="export")

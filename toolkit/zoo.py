@@ -7,11 +7,16 @@ language models from their default configs. Exports keep every layer that exists
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
+import importlib.util
+import inspect
+import json
 import logging
 import os
+import re
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,57 +30,111 @@ SEQUENCE_LENGTH = 128
 EXPORT_VERSION = 2  # bump when export settings change, so cached files are rebuilt
 
 
+SOURCES = ("reference", "torchvision", "timm", "hf")
+
+
 @dataclass(frozen=True)
 class ZooModel:
-    """One reference architecture: how to build it and what it takes as input."""
+    """One architecture: which library builds it, from what, and what it takes as input.
+
+    `source` is torchvision, timm or hf (transformers); `arch` the builder's name, an hf
+    preset, or the path of a transformers `config.json`.
+    """
 
     name: str
-    family: str
-    description: str
-    torchvision: str | None = None
-    text: str | None = None
+    source: str
+    arch: str
+    description: str = ""
 
     def build(self) -> tuple[Any, tuple[Any, ...]]:
         """The torch module (eval mode, random weights) and example inputs for export."""
         torch = _torch()
         torch.manual_seed(0)
-        if self.torchvision is not None:
-            return _torchvision_model(self.torchvision), (torch.randn(1, 3, 224, 224),)
-        assert self.text is not None
-        return _text_model(self.text), (torch.randint(0, 1000, (1, SEQUENCE_LENGTH)),)
+        return _BUILDERS[self.source](self.arch)
+
+    @property
+    def short_name(self) -> str:
+        """The model's default name: the zoo name, a config file's folder for `hf:PATH`."""
+        if self.source == "hf" and self.arch not in HF_PRESETS:
+            path = Path(self.arch)
+            return f"hf:{path.parent.name or path.stem}"
+        return self.name
+
+    @property
+    def file_stem(self) -> str:
+        """The cached export's file name: the short name in safe characters, and for a
+        config file a hash of its text, so an edited config is exported again."""
+        stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", self.short_name)
+        if self.source == "hf" and self.arch not in HF_PRESETS:
+            stem += "-" + hashlib.sha256(Path(self.arch).read_bytes()).hexdigest()[:12]
+        return stem
+
+    @property
+    def family(self) -> str:
+        """The architecture family: the library module that defines it (`resnet`,
+        `vision_transformer`, `efficientnet`), or the transformers model type (`bert`)."""
+        if self.source == "torchvision":
+            import torchvision
+
+            return _module_family(torchvision.models.get_model_builder(self.arch).__module__)
+        if self.source == "timm":
+            return _module_family(_timm().models.model_entrypoint(self.arch).__module__)
+        return str(_hf_config(self.arch).model_type)
 
     def published_macs(self) -> float | None:
         """MACs per sample that torchvision publishes for this architecture (offline metadata)."""
-        if self.torchvision is None:
+        if self.source != "torchvision":
             return None
         import torchvision
 
-        weights = torchvision.models.get_model_weights(self.torchvision).DEFAULT
+        weights = torchvision.models.get_model_weights(self.arch).DEFAULT
         return float(weights.meta["_ops"]) * 1e9
 
 
-def _vision(name: str, arch: str, description: str) -> ZooModel:
-    return ZooModel(name, "vision", description, torchvision=arch)
+def _module_family(module: str) -> str:
+    """'torchvision.models.resnet' -> 'resnet'."""
+    return module.rsplit(".", 1)[-1]
+
+
+def _vision(arch: str, description: str) -> ZooModel:
+    return ZooModel(arch, "torchvision", arch, description)
 
 
 MODELS: dict[str, ZooModel] = {
     m.name: m
     for m in [
-        _vision("resnet18", "resnet18", "ResNet-18, basic residual blocks"),
-        _vision("resnet50", "resnet50", "ResNet-50, bottleneck residual blocks"),
-        _vision("resnet152", "resnet152", "ResNet-152, 50 bottleneck blocks"),
-        _vision("vgg16", "vgg16", "VGG-16, a plain chain of convolutions"),
-        _vision("mobilenet_v2", "mobilenet_v2", "MobileNetV2, inverted residuals"),
-        _vision("mobilenet_v3_large", "mobilenet_v3_large", "MobileNetV3-Large, SE blocks"),
-        _vision("efficientnet_b0", "efficientnet_b0", "EfficientNet-B0, MBConv blocks"),
-        _vision("densenet121", "densenet121", "DenseNet-121, dense blocks (few cut vertices)"),
-        _vision("googlenet", "googlenet", "GoogLeNet, inception modules"),
-        _vision("vit_b_16", "vit_b_16", "ViT-B/16, 12 transformer encoder layers"),
-        _vision("swin_t", "swin_t", "Swin-T, shifted-window transformer"),
-        _vision("convnext_tiny", "convnext_tiny", "ConvNeXt-T, modernised residual CNN"),
-        ZooModel("bert_base", "text", "BERT-base encoder, 12 layers, seq 128", text="bert"),
-        ZooModel("gpt2", "text", "GPT-2 small language model, 12 layers, seq 128", text="gpt2"),
+        _vision("resnet18", "ResNet-18, basic residual blocks"),
+        _vision("resnet50", "ResNet-50, bottleneck residual blocks"),
+        _vision("resnet152", "ResNet-152, 50 bottleneck blocks"),
+        _vision("vgg16", "VGG-16, a plain chain of convolutions"),
+        _vision("mobilenet_v2", "MobileNetV2, inverted residuals"),
+        _vision("mobilenet_v3_large", "MobileNetV3-Large, SE blocks"),
+        _vision("efficientnet_b0", "EfficientNet-B0, MBConv blocks"),
+        _vision("densenet121", "DenseNet-121, dense blocks (few cut vertices)"),
+        _vision("googlenet", "GoogLeNet, inception modules"),
+        _vision("vit_b_16", "ViT-B/16, 12 transformer encoder layers"),
+        _vision("swin_t", "Swin-T, shifted-window transformer"),
+        _vision("convnext_tiny", "ConvNeXt-T, modernised residual CNN"),
+        ZooModel("bert_base", "hf", "bert", "BERT-base encoder, 12 layers, seq 128"),
+        ZooModel("gpt2", "hf", "gpt2", "GPT-2 small language model, 12 layers, seq 128"),
     ]
+}
+
+# transformers architectures by preset: the library's default config (the base size) with
+# the overrides given; decoders whose default is billions of parameters get a small preset
+_SMALL_DECODER = {"hidden_size": 512, "intermediate_size": 1376, "num_hidden_layers": 8,
+                  "num_attention_heads": 8, "num_key_value_heads": 4, "vocab_size": 32000}
+HF_PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
+    "bert": ("bert", {}),
+    "roberta": ("roberta", {}),
+    "distilbert": ("distilbert", {}),
+    "albert": ("albert", {}),
+    "electra": ("electra", {}),
+    "gpt2": ("gpt2", {}),
+    "opt": ("opt", {}),
+    "llama": ("llama", _SMALL_DECODER),
+    "mistral": ("mistral", _SMALL_DECODER),
+    "qwen2": ("qwen2", _SMALL_DECODER),
 }
 
 
@@ -89,6 +148,16 @@ def _torch() -> Any:
     return torch
 
 
+def _timm() -> Any:
+    try:
+        import timm
+    except ImportError as exc:
+        raise ToolkitError(
+            "timm architectures need timm: install the timm extra (pip install -e '.[timm]')"
+        ) from exc
+    return timm
+
+
 def _torch_version() -> str:
     """The installed torch's version, read without importing torch (which takes seconds)."""
     try:
@@ -97,28 +166,82 @@ def _torch_version() -> str:
         return str(_torch().__version__).split("+")[0]  # raises the install hint
 
 
-def _torchvision_model(arch: str) -> Any:
+def _build_torchvision(arch: str) -> tuple[Any, tuple[Any, ...]]:
+    """A torchvision classifier at its published evaluation resolution (or the one it is
+    built for)."""
     import torchvision
 
+    builder = torchvision.models.get_model_builder(arch)
+    # auxiliary heads are a second output in training; their init (truncated normal) is slow
+    options = _builder_options(builder)
     kwargs: dict[str, Any] = {"weights": None}
-    if arch == "googlenet":
-        kwargs.update(aux_logits=False, init_weights=False)
-    return torchvision.models.get_model(arch, **kwargs).eval()
+    kwargs.update({k: False for k in ("aux_logits", "init_weights") if k in options})
+    module = builder(**kwargs).eval()
+    weights = torchvision.models.get_model_weights(arch)
+    crop = getattr(weights.DEFAULT.transforms, "keywords", {}).get("crop_size")
+    # a model built for one input size says so (ViT's image_size): its default weights may
+    # be for another (ViT-H/14's 518 px)
+    size = getattr(module, "image_size", crop if isinstance(crop, int) else 224)
+    return module, (_torch().randn(1, 3, size, size),)
 
 
-def _text_model(kind: str) -> Any:
-    """A transformers model from its default config, taking token ids, returning one tensor."""
+def _builder_options(builder: Any) -> set[str]:
+    """Keyword options a torchvision builder's model class takes (builders pass **kwargs on)."""
+    options = set(inspect.signature(builder).parameters)
+    model_class = inspect.signature(builder).return_annotation
+    if isinstance(model_class, type):
+        options |= set(inspect.signature(model_class).parameters)
+    return options
+
+
+def _build_timm(arch: str) -> tuple[Any, tuple[Any, ...]]:
+    """A timm architecture at its default input size."""
+    module = _timm().create_model(arch, pretrained=False).eval()
+    channels, height, width = module.pretrained_cfg.get("input_size", (3, 224, 224))
+    return module, (_torch().randn(1, channels, height, width),)
+
+
+def _hf_config(arch: str) -> Any:
+    """A transformers config: a preset by name, or a local config.json."""
+    try:
+        import transformers
+    except ImportError as exc:
+        raise ToolkitError(
+            "transformers architectures need the zoo extra (pip install -e '.[zoo]')"
+        ) from exc
+    if arch in HF_PRESETS:
+        model_type, overrides = HF_PRESETS[arch]
+        return transformers.AutoConfig.for_model(model_type, **overrides)
+    path = Path(arch)
+    if not path.is_file():
+        known = ", ".join(HF_PRESETS)
+        raise ModelError(f"hf:{arch}: neither a preset ({known}) nor a config.json file")
+    try:
+        values = json.loads(path.read_text())
+        model_type = values.pop("model_type")
+        return transformers.AutoConfig.for_model(model_type, **values)
+    except (ValueError, KeyError, TypeError, OSError) as exc:
+        raise ModelError(f"hf:{arch}: not a transformers config ({exc})") from exc
+
+
+def _build_hf(arch: str) -> tuple[Any, tuple[Any, ...]]:
+    """A transformers model from its config, taking token ids and returning one tensor:
+    encoders (those with a masked-LM head) without a head, decoders with their LM head."""
     import transformers
 
     torch = _torch()
-    if kind == "bert":
-        model = transformers.BertModel(
-            transformers.BertConfig(attn_implementation="eager"), add_pooling_layer=False
-        )
+    config = _hf_config(arch)
+    config._attn_implementation = "eager"  # the fused kernels have no TorchScript export
+    if hasattr(config, "use_cache"):
+        config.use_cache = False
+    mappings = transformers.models.auto.modeling_auto
+    if config.model_type in mappings.MODEL_FOR_MASKED_LM_MAPPING_NAMES:
+        model = transformers.AutoModel.from_config(config)
+    elif config.model_type in mappings.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        model = transformers.AutoModelForCausalLM.from_config(config)
     else:
-        model = transformers.GPT2LMHeadModel(
-            transformers.GPT2Config(attn_implementation="eager", use_cache=False)
-        )
+        model = transformers.AutoModel.from_config(config)
+    accepted = set(inspect.signature(model.forward).parameters)
 
     class TokenModel(torch.nn.Module):  # type: ignore[misc,name-defined]
         def __init__(self) -> None:
@@ -127,21 +250,88 @@ def _text_model(kind: str) -> Any:
 
         def forward(self, input_ids: Any) -> Any:
             # explicit mask and positions keep transformers' mask helpers (aten::diff) out
-            positions = torch.arange(input_ids.shape[1], device=input_ids.device).unsqueeze(0)
-            return self.model(
-                input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
-                position_ids=positions, return_dict=False,
-            )[0]
+            extra = {"attention_mask": torch.ones_like(input_ids),
+                     "position_ids": torch.arange(input_ids.shape[1]).unsqueeze(0)}
+            kwargs = {k: v for k, v in extra.items() if k in accepted}
+            return self.model(input_ids=input_ids, return_dict=False, **kwargs)[0]
 
-    return TokenModel().eval()
+    vocab = int(getattr(config, "vocab_size", 1000))
+    ids = torch.randint(0, min(1000, vocab), (1, SEQUENCE_LENGTH))
+    return TokenModel().eval(), (ids,)
+
+
+_BUILDERS: dict[str, Callable[[str], tuple[Any, tuple[Any, ...]]]] = {
+    "torchvision": _build_torchvision, "timm": _build_timm, "hf": _build_hf,
+}
 
 
 def get(name: str) -> ZooModel:
-    try:
+    """A zoo model by name: a reference name, `SOURCE:ARCH` (torchvision, timm, hf), or any
+    torchvision classification architecture by its plain name."""
+    if name in MODELS:
         return MODELS[name]
-    except KeyError:
-        known = ", ".join(MODELS)
-        raise ModelError(f"unknown zoo model {name!r}; known: {known}") from None
+    source, sep, arch = name.partition(":")
+    if sep and source in _BUILDERS and arch:
+        if source == "torchvision":
+            return get(arch) if arch in _torchvision_names() else _unknown(name)
+        if source == "timm" and not _timm().is_model(arch):
+            raise ModelError(f"unknown timm architecture {arch!r} (see timm.list_models())")
+        if source == "hf":
+            _hf_config(arch)  # a clear error for an unknown preset or a bad config.json
+        return ZooModel(name, source, arch)
+    if not sep and _torch_available() and name in _torchvision_names():
+        return ZooModel(name, "torchvision", name)
+    return _unknown(name)
+
+
+def _unknown(name: str) -> ZooModel:
+    raise ModelError(
+        f"unknown zoo model {name!r}; known: {', '.join(MODELS)}, any torchvision classifier, "
+        f"timm:NAME, hf:PRESET ({', '.join(HF_PRESETS)}) or hf:path/config.json"
+    )
+
+
+def _torch_available() -> bool:
+    return importlib.util.find_spec("torchvision") is not None
+
+
+def _torchvision_names() -> list[str]:
+    import torchvision
+
+    return list(torchvision.models.list_models(module=torchvision.models))
+
+
+def family_of(model: str) -> str | None:
+    """A zoo model's family; None for a file (or a name no source builds)."""
+    path = Path(model)
+    if path.suffix == ".onnx" or path.exists():
+        return None
+    try:
+        return get(model).family
+    except ToolkitError:
+        return None
+
+
+def names(source: str) -> list[str]:
+    """Every architecture a source offers, by zoo name."""
+    if source == "reference":
+        return list(MODELS)
+    if source == "torchvision":
+        return _torchvision_names()
+    if source == "timm":
+        return [f"timm:{arch}" for arch in _timm().list_models()]
+    if source == "hf":
+        return [f"hf:{preset}" for preset in HF_PRESETS]
+    raise ToolkitError(f"unknown zoo source {source!r}; choose one of {', '.join(SOURCES)}")
+
+
+def sample(items: Sequence[str], limit: int | None) -> list[str]:
+    """At most `limit` of `items`, spread evenly over them (every k-th), in order."""
+    if limit is None or limit >= len(items):
+        return list(items)
+    if limit <= 0:
+        return []
+    return [items[(k * len(items)) // limit] for k in range(limit)]
 
 
 def cache_dir() -> Path:
@@ -167,20 +357,39 @@ def export(
     directory.mkdir(parents=True, exist_ok=True)
     suffix = ("" if exporter == "torchscript" else f".{exporter}") + (".train" if training else "")
     tag = "" if out_dir is not None else f".v{EXPORT_VERSION}.torch{_torch_version()}"
-    path = directory / f"{name}{suffix}{tag}.onnx"
+    path = directory / f"{model.file_stem}{suffix}{tag}.onnx"
     if path.exists() and not force:
         return path
-    torch = _torch()
     if progress is not None:
         progress(f"exporting {name} with the {exporter} exporter")
-    module, args = model.build()
-    module.train(training)
-    with tempfile.TemporaryDirectory(dir=directory) as tmp:
-        tmp_path = Path(tmp) / path.name
-        export_module(torch, module, args, tmp_path, exporter)
-        if exporter == "torchscript":
-            _annotate_modules(tmp_path, module)
-        os.replace(tmp_path, path)
+    try:
+        module, args = model.build()
+        module.train(training)
+        with tempfile.TemporaryDirectory(dir=directory) as tmp:
+            tmp_path = Path(tmp) / path.name
+            export_pytorch(module, args, tmp_path, exporter)
+            os.replace(tmp_path, path)
+    except ToolkitError:
+        raise
+    except Exception as exc:  # the libraries' own errors, whatever their type: one line
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise ModelError(f"{name}: the {exporter} export failed: {type(exc).__name__}: "
+                         f"{first}") from exc
+    return path
+
+
+def export_pytorch(module: Any, args: tuple[Any, ...], path: str | Path,
+                   exporter: str = "torchscript") -> Path:
+    """Export a PyTorch module (yours or the zoo's) as splitcut reads it best: every layer
+    that trains kept (BatchNorm not folded), and each node tagged with its module path and
+    the classes around it, so block types are named after classes (`Bottleneck`) — a plain
+    TorchScript export has module paths only."""
+    if exporter not in EXPORTERS:
+        raise ToolkitError(f"unknown exporter {exporter!r}; choose one of {', '.join(EXPORTERS)}")
+    path = Path(path)
+    export_module(_torch(), module, args, path, exporter)
+    if exporter == "torchscript":
+        _annotate_modules(path, module)
     return path
 
 
@@ -236,7 +445,10 @@ def resolve(model: str, exporter: str = "torchscript") -> tuple[Path, str]:
     p = Path(model)
     if p.suffix == ".onnx" or p.exists():
         return p, p.stem
-    if model in MODELS:
-        return export(model, exporter=exporter), model
-    known = ", ".join(MODELS)
-    raise ModelError(f"{model!r} is neither an ONNX file nor a zoo model (known: {known})")
+    try:
+        found = get(model)
+    except ModelError as exc:
+        if ":" in model:  # SOURCE:ARCH: the source's own complaint is the clearest
+            raise
+        raise ModelError(f"{model!r} is neither an ONNX file nor a zoo model: {exc}") from None
+    return export(model, exporter=exporter), found.short_name

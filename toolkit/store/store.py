@@ -158,11 +158,12 @@ class Store:
 
     def ingest(
         self, graph: LayerGraph, costs: CostGraph, sha256: str, source: str, opset: int,
-        names: dict[str, str] | None = None,
+        names: dict[str, str] | None = None, family: str | None = None,
     ) -> str:
         """Write a model whole, with its blocks detected: 'created', 'replaced', 'unchanged'
         (the stored version is this file: nothing written) or 'superseded' (an ingest of the
-        same name started later finished first and stays).
+        same name started later finished first and stays). `family` (e.g. 'resnet') groups
+        architectures in corpus queries.
 
         The new version is staged in batches of `batch_rows` that no reader sees (every query
         reads the version its (:Model) node names), then made current by one small
@@ -176,6 +177,8 @@ class Store:
                              f"(at most {MAX_MODEL_NAME}); give a shorter one with --name")
         stored = self._read("model_get", name=graph.name)
         if stored and stored[0]["sha256"] == sha256:
+            if family is not None and stored[0]["family"] != family:
+                self._statement("model_family", name=graph.name, family=family)
             return "unchanged"
         version = str(self._read("version_new")[0]["version"])
         self._write(lambda tx: tx.run(queries.load("model_lock"), name=graph.name).consume())
@@ -183,7 +186,8 @@ class Store:
             self._stage(graph, costs, version, names or {})
             switched: tuple[str, str | None] = self._write(
                 lambda tx: _switch(tx, graph, costs, version,
-                                   {"sha256": sha256, "source": source, "opset": opset}))
+                                   {"sha256": sha256, "source": source, "opset": opset,
+                                    "family": family}))
             status, current = switched
         except BaseException:
             self._sweep(graph.name, None, version)  # best effort; else the next write does

@@ -1,0 +1,142 @@
+"""The zoo's sources: architectures from torchvision, timm and transformers by name, block
+types named after what their instances share, and ingests that skip what they cannot read."""
+
+from __future__ import annotations
+
+import json
+
+import onnx
+import pytest
+
+from tests.helpers import chain, run_main, save
+from toolkit import api, zoo
+from toolkit.blocks import find_blocks
+from toolkit.errors import ModelError
+from toolkit.onnx import read_onnx
+from toolkit.store import Connection, Store
+
+pytestmark = pytest.mark.zoo
+torch = pytest.importorskip("torch")
+TINY_LLAMA = {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64,
+              "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+              "vocab_size": 1000}
+
+
+def test_sources_resolve_names_families_and_clear_errors():
+    assert zoo.get("squeezenet1_1").family == "squeezenet"  # any torchvision classifier
+    assert zoo.get("torchvision:resnet18") is zoo.MODELS["resnet18"]
+    assert zoo.get("timm:test_vit").family == "vision_transformer"
+    assert zoo.get("hf:llama").family == "llama"
+    assert len(zoo.names("torchvision")) >= 80
+    assert {"hf:bert", "hf:gpt2", "hf:llama"} <= set(zoo.names("hf"))
+    for bad, says in (("timm:no_such_net", "unknown timm architecture"),
+                      ("hf:no_such_preset", "neither a preset"),
+                      ("torchvision:no_such_net", "unknown zoo model"),
+                      ("no_such_net", "unknown zoo model")):
+        with pytest.raises(ModelError, match=says):
+            zoo.get(bad)
+
+
+def test_a_limit_samples_the_whole_list_evenly():
+    items = [f"m{i}" for i in range(10)]
+    assert zoo.sample(items, 3) == ["m0", "m3", "m6"]
+    assert zoo.sample(items, 10) == items and zoo.sample(items, None) == items
+    picked = api.expand_models((), "timm", limit=4, match=("test_vit*", "test_convnext*"))
+    offered = [n for n in zoo.names("timm") if n.startswith(("timm:test_vit", "timm:test_conv"))]
+    assert len(offered) > 4 and picked == zoo.sample(offered, 4) and picked[0] == offered[0]
+
+
+def test_a_transformers_config_file_builds_and_exports(tmp_path):
+    config = tmp_path / "tiny" / "config.json"
+    config.parent.mkdir()
+    config.write_text(json.dumps(TINY_LLAMA))
+    model = zoo.get(f"hf:{config}")
+    assert model.family == "llama" and model.short_name == "hf:tiny"
+    path = zoo.export(f"hf:{config}", tmp_path / "out")
+    stem = model.file_stem
+    graph = read_onnx(path, model.short_name)
+    assert sum(layer.op == "MatMul" for layer in graph) >= 2 * 7  # q k v o gate up down
+    config.write_text(json.dumps({**TINY_LLAMA, "num_hidden_layers": 3}))
+    assert zoo.get(f"hf:{config}").file_stem != stem  # an edited config re-exports
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(ModelError, match="not a transformers config"):
+        zoo.get(f"hf:{tmp_path / 'bad.json'}")
+
+
+def test_a_timm_architecture_names_its_block_types_after_its_classes(tmp_path):
+    path = zoo.export("timm:test_vit", tmp_path)
+    structure = find_blocks(read_onnx(path, "test_vit"))
+    repeated = [t for t in structure.types if t.count == max(t.count for t in structure.types)]
+    assert repeated and all(t.name.split()[0] == "Block" for t in repeated)  # timm's Block
+
+
+class ResBlock(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = torch.nn.Conv2d(4, 4, 3, padding=1)
+        self.conv2 = torch.nn.Conv2d(4, 4, 3, padding=1)
+
+    def forward(self, x):
+        return torch.relu(self.conv2(torch.relu(self.conv1(x))) + x)
+
+
+class Stage(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.block = ResBlock()
+
+    def forward(self, x):
+        return self.block(x)
+
+
+class UNetish(torch.nn.Module):
+    """The same block under three paths of two depths: inc.block, up.0.block, tail.block."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = torch.nn.Conv2d(3, 4, 1)
+        self.inc = Stage()
+        self.up = torch.nn.Sequential(Stage())
+        self.tail = Stage()
+
+    def forward(self, x):
+        return self.tail(self.up(self.inc(self.stem(x))))
+
+
+@pytest.mark.parametrize("annotated", [False, True])
+def test_a_type_is_named_after_what_all_its_instances_share(tmp_path, annotated):
+    """A plain TorchScript export knows module paths only: the type is named by the pattern
+    of its instances' paths (`*.block`), not by the first one (`inc.block`); exported through
+    `export_pytorch`, by their class."""
+    module, args = UNetish().eval(), (torch.randn(1, 3, 8, 8),)
+    path = tmp_path / "unetish.onnx"
+    if annotated:
+        zoo.export_pytorch(module, args, path)
+    else:
+        zoo.export_module(torch, module, args, path, "torchscript")
+    assert any(p.key.startswith("pkg.torch.onnx")
+               for n in onnx.load(path).graph.node for p in n.metadata_props) == annotated
+    structure = find_blocks(read_onnx(path, "unetish"))
+    [block] = [t for t in structure.types if t.count == 3 and t.size > 1]
+    assert block.name == ("ResBlock" if annotated else "*.block")
+
+
+def test_ingest_skips_what_it_cannot_read_and_says_so(tmp_path, capsys, monkeypatch):
+    good = save(chain(3), tmp_path / "corpus_good.onnx")
+    bad = tmp_path / "corpus_bad.onnx"
+    bad.write_bytes(b"\x08\x07 not a model")
+    code, out, err = run_main(["ingest", str(good), str(bad), "--zoo", "reference", "--match",
+                               "resnet1?", "--json"], capsys, monkeypatch)
+    assert code == 1, err
+    rows = {row["model"]: row for row in json.loads(out)}
+    assert set(rows) == {"resnet18", str(good), str(bad)}
+    assert rows[str(bad)]["status"] == "skipped" and "corpus_bad.onnx" in rows[str(bad)]["reason"]
+    assert rows[str(good)]["status"] in ("created", "replaced", "unchanged")
+    with Store(Connection.from_env()) as store, store.driver.session() as session:
+        families = {r["name"]: r["family"] for r in session.run(
+            "MATCH (m:Model) WHERE m.name IN $names RETURN m.name AS name, m.family AS family",
+            names=["resnet18", "corpus_good"])}
+    assert families == {"resnet18": "resnet", "corpus_good": None}
+    code, out, _ = run_main(["ingest", str(good), str(bad)], capsys, monkeypatch)
+    assert code == 1
+    assert "skipped" in out and "ingested 1 of 2 models (1 unchanged)" in " ".join(out.split())
