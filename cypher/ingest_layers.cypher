@@ -1,7 +1,12 @@
-// One batch of a staged version's layers (readers see a version only once model_switch makes it
-// current). The (:Model) node exists (model_lock).
-// $model: model name; $version: the staged version; $rows: [{uid, name, op, topo, flops, macs,
-//   params, out_bytes, device_ms, server_ms, pinned, module, key}]. Returns layers (count).
+// One batch of a staged version's layers and the data edges into them (readers see a version
+// only once model_switch makes it current). The (:Model) node exists (model_lock). An edge from
+// a layer of this batch finds it in the batch's list of new nodes; one from an earlier batch
+// by the (model, version, topo) index.
+// $model: model name; $version: the staged version; $first: topo of the batch's first layer;
+// $rows: [{uid, name, op, topo, flops, macs, params, out_bytes, device_ms, server_ms, pinned,
+//   module, key}] in topological order from $first; $feeds: [{producer, consumer, tensor,
+//   bytes, crossing_ms, position, tensor_key}] (topological positions) into this batch's
+//   layers. Returns feeds (count).
 // Internal: a step splitcut runs itself; `splitcut query` does not offer it.
 MATCH (m:Model {name: $model})
 UNWIND $rows AS row
@@ -10,4 +15,15 @@ CREATE (l:Layer {uid: row.uid, model: $model, version: $version, name: row.name,
                  out_bytes: row.out_bytes, device_ms: row.device_ms, server_ms: row.server_ms,
                  pinned: row.pinned, module: row.module, key: row.key})
 CREATE (m)-[:HAS_LAYER]->(l)
-RETURN count(l) AS layers
+WITH collect(l) AS nodes
+UNWIND $feeds AS f
+OPTIONAL CALL (f) {
+  WITH f WHERE f.producer < $first
+  MATCH (earlier:Layer {model: $model, version: $version, topo: f.producer})
+  RETURN earlier
+}
+WITH CASE WHEN f.producer >= $first THEN nodes[f.producer - $first] ELSE earlier END AS p,
+     nodes[f.consumer - $first] AS c, f
+CREATE (p)-[:FEEDS {tensor: f.tensor, bytes: f.bytes, crossing_ms: f.crossing_ms,
+                    position: f.position, tensor_key: f.tensor_key}]->(c)
+RETURN count(*) AS feeds

@@ -202,11 +202,15 @@ class Store:
                names: dict[str, str]) -> None:
         """A new version's layers, edges and blocks, each batch its own transaction."""
         layers, feeds = ingest_rows(graph, costs, version)
+        feeds.sort(key=lambda f: int(f["consumer"]))
         run = self._statement
+        taken = 0
         for chunk in batched(layers, self.batch_rows):
-            run("ingest_layers", model=graph.name, version=version, rows=chunk)
-        for chunk in batched(feeds, self.batch_rows):
-            run("ingest_feeds", model=graph.name, version=version, feeds=chunk)
+            last, start = chunk[-1]["topo"], taken
+            while taken < len(feeds) and feeds[taken]["consumer"] <= last:
+                taken += 1
+            run("ingest_layers", model=graph.name, version=version, first=chunk[0]["topo"],
+                rows=chunk, feeds=feeds[start:taken])
         _detect_blocks(run, graph.name, version, len(graph), names, self.batch_rows)
 
     def _statement(self, query: str, /, **params: Any) -> list[dict[str, Any]]:
@@ -371,7 +375,7 @@ def _switch(tx: Transaction, graph: LayerGraph, costs: CostGraph, version: str,
         "name": graph.name, "version": version, "layer_count": len(graph),
         "scenario": json.dumps(costs.scenario, sort_keys=True),
         "device": costs.scenario.get("device"), "server": costs.scenario.get("server"),
-        "latency_ms": costs.latency_ms, "labels_ms": costs.labels_ms, **file,
+        "latency_ms": costs.latency_ms, "labels_ms": costs.labels_ms, "family": None, **file,
     }).single(strict=True)
     current = record["current"]
     return str(record["status"]), None if current is None else str(current)
@@ -445,13 +449,10 @@ def _detect_blocks(run: Rows, model: str, version: str, layer_count: int,
         {"uid": node_uid(model, version, i), "index": i, "entry": int(seg["entry"]),
          "exit": int(seg["exit"]), "closed": bool(seg["closed"])}
         for i, seg in enumerate(segments)]
-    for chunk in batched(blocks, batch):
-        run("detect_blocks_chain", **where, blocks=chunk)
-    contains = ({"block": b["uid"], "topo": t}
-                for b in blocks for t in range(b["entry"] + 1, b["exit"] + 1))
-    for rows in batched(contains, batch):
-        run("detect_blocks_contains", **where, rows=rows)
-    for group in by_layers(blocks, batch):
+    groups = list(by_layers(blocks, batch))
+    for group in groups:
+        run("detect_blocks_chain", **where, blocks=group)
+    for group in groups:
         types = []
         for record in run("detect_blocks_keys", **where, first=group[0]["index"],
                           last=group[-1]["index"]):
