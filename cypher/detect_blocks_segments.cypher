@@ -15,10 +15,19 @@ ORDER BY topo
 WITH collect({topo: topo, far: far, fed: fed}) AS rows
 WITH rows,
      reduce(r = 0, x IN rows | CASE WHEN NOT x.fed AND x.topo > r THEN x.topo ELSE r END) AS start
-WITH reduce(acc = {reach: start, cuts: []}, x IN rows |
-       {reach: CASE WHEN x.far > acc.reach THEN x.far ELSE acc.reach END,
-        cuts: CASE WHEN acc.reach <= x.topo THEN acc.cuts + [x.topo] ELSE acc.cuts END}
-     ).cuts AS cuts
+// the running reach, 1,000 layers at a time: appending to a short list per chunk keeps the
+// scan linear (one list of all cuts would be copied at each append)
+WITH reduce(acc = {reach: start, parts: []}, k IN range(0, size(rows) / 1000) |
+       [chunk IN [reduce(c = {reach: acc.reach, cuts: []}, x IN rows[k * 1000 .. k * 1000 + 1000] |
+          {reach: CASE WHEN x.far > c.reach THEN x.far ELSE c.reach END,
+           cuts: CASE WHEN c.reach <= x.topo THEN c.cuts + [x.topo] ELSE c.cuts END})] |
+        {reach: chunk.reach, parts: acc.parts + [chunk.cuts]}][0]
+     ).parts AS parts
+CALL (parts) {
+  UNWIND parts AS part
+  UNWIND part AS cut
+  RETURN collect(cut) AS cuts
+}
 RETURN cuts AS cut_vertices,
        [i IN range(0, size(cuts) - 1) |
           {entry: CASE WHEN i = 0 THEN -1 ELSE cuts[i - 1] END, exit: cuts[i], closed: true}]
