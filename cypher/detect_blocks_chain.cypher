@@ -4,8 +4,10 @@
 // batch's last block too).
 // $model, $version; $blocks: [{uid, index, entry, exit, closed}] consecutive in index.
 // Returns blocks (count).
+// A batch already stored (committed, its acknowledgement lost, the write retried) is skipped.
 // Internal: a step splitcut runs itself; `splitcut query` does not offer it.
 WITH $blocks[0].entry + 1 AS low, $blocks[-1].exit AS high
+WHERE NOT EXISTS { MATCH (:Block {uid: $blocks[0].uid}) }
 MATCH (l:Layer {model: $model, version: $version})
 WHERE l.topo >= low AND l.topo <= high
 WITH low, l ORDER BY l.topo
@@ -19,6 +21,7 @@ CALL (low, layers, b, row) {
   CREATE (b)-[:CONTAINS]->(l)
 }
 WITH collect(b) AS blocks
+WHERE size(blocks) > 0  // (none when the batch was stored already)
 CALL (blocks) {
   OPTIONAL MATCH (before:Block {model: $model, version: $version, index: blocks[0].index - 1})
   WITH [x IN [before] WHERE x IS NOT NULL] + blocks AS chain

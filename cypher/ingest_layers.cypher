@@ -7,8 +7,11 @@
 //   module, key}] in topological order from $first; $feeds: [{producer, consumer, tensor,
 //   bytes, crossing_ms, position, tensor_key}] (topological positions) into this batch's
 //   layers. Returns feeds (count).
+// A batch that is already stored (its transaction committed, but the acknowledgement was lost
+// and the write retried) is not written again.
 // Internal: a step splitcut runs itself; `splitcut query` does not offer it.
 MATCH (m:Model {name: $model})
+WHERE NOT EXISTS { MATCH (:Layer {uid: $rows[0].uid}) }
 UNWIND $rows AS row
 CREATE (l:Layer {uid: row.uid, model: $model, version: $version, name: row.name, op: row.op,
                  topo: row.topo, flops: row.flops, macs: row.macs, params: row.params,
@@ -16,6 +19,7 @@ CREATE (l:Layer {uid: row.uid, model: $model, version: $version, name: row.name,
                  pinned: row.pinned, module: row.module, key: row.key})
 CREATE (m)-[:HAS_LAYER]->(l)
 WITH collect(l) AS nodes
+WHERE size(nodes) > 0  // (none when the batch was stored already)
 UNWIND $feeds AS f
 OPTIONAL CALL (f) {
   WITH f WHERE f.producer < $first

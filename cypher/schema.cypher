@@ -12,3 +12,6 @@ CREATE INDEX layer_version_topo IF NOT EXISTS FOR (l:Layer) ON (l.model, l.versi
 CREATE INDEX block_version_index IF NOT EXISTS FOR (b:Block) ON (b.model, b.version, b.index);
 CREATE INDEX partition_model IF NOT EXISTS FOR (p:Partition) ON (p.model);
 CREATE INDEX policy_model IF NOT EXISTS FOR (p:Policy) ON (p.model, p.parameter);
+CREATE INDEX partition_scenario IF NOT EXISTS FOR (p:Partition) ON (p.scenario_key);
+CREATE INDEX model_family IF NOT EXISTS FOR (m:Model) ON (m.family);
+CREATE INDEX model_device IF NOT EXISTS FOR (m:Model) ON (m.device);

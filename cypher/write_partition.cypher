@@ -57,4 +57,9 @@ CALL (m, part) {
   WITH part, count(DISTINCT b) AS blocks, max(CASE WHEN d IS NULL THEN null ELSE b.index END) AS cut
   SET part.blocks = blocks, part.cut_block = cut
 }
+CALL (m, part) {  // how deep the cut is: the last device layer's place in topological order
+  MATCH (l:Layer {model: m.name, version: m.version, tier: 0})
+  WITH part, max(l.topo) AS last
+  SET part.depth = toFloat(coalesce(last, -1) + 1) / m.layer_count
+}
 RETURN layers, device

@@ -490,3 +490,48 @@ def test_a_budgeted_partition_is_written_back(store, zoo_path):
                         "WHERE l.version = m.version RETURN count(l)", n=name) \
         == len(result.device)
     assert store.delete_model(name)
+
+
+def test_a_write_retried_after_its_commit_is_not_applied_twice(monkeypatch):
+    """A batch whose transaction committed but whose acknowledgement was lost is retried by
+    `_write`: each batch statement is run twice here (as that retry runs it), and the stored
+    model is still exactly the graph, once."""
+    name = "retried-batches"
+    graph, costs = _versioned(name, "transformer", 40)
+    with _fresh(name, batch_rows=9) as store:
+        twice = store._statement
+        replayed: list[str] = []
+
+        def replay(query: str, /, **params: object) -> list[dict[str, object]]:
+            rows = twice(query, **params)
+            if query in ("ingest_layers", "detect_blocks_chain"):
+                replayed.append(query)
+                twice(query, **params)  # the same transaction's work again
+            return rows
+
+        monkeypatch.setattr(store, "_statement", replay)
+        assert store.ingest(graph, costs, "retried", "synthetic", 0) == "created"
+        assert replayed.count("ingest_layers") == -(-len(graph) // 9)  # every batch replayed
+        assert "detect_blocks_chain" in replayed
+        assert _all_layers(store, name) == len(graph)
+        assert model_size(store, name)[1] == sum(len(t.consumers) for t in costs.tensors)
+        assert store.read_blocks(name).cut_vertices == find_blocks(graph).cut_vertices
+        assert api.stored_cost_graph(store, name).names == costs.names
+        store.delete_model(name)
+
+
+def test_the_routing_scheme_reads_and_writes_a_single_server(tmp_path, capsys, monkeypatch):
+    """neo4j:// (what a cluster or Aura is reached by: a routing table, writes to the leader,
+    reads anywhere) against the suite's single server: ingest, partition and query work."""
+    routed = os.environ["NEO4J_URI"].replace("bolt://", "neo4j://")
+    path = save(chain(4), tmp_path / "routed.onnx")
+    code, out, err = run_main(["partition", str(path), "--neo4j", "--uri", routed, "--json"],
+                              capsys, monkeypatch)
+    assert code == 0, err
+    assert json.loads(out)["partition"]["device_layers"]
+    code, out, err = run_main(["query", "cut_positions", "--param", "scenario_key=null",
+                               "--uri", routed, "--json"], capsys, monkeypatch)
+    assert code == 0, err
+    assert "routed" in {row["model"] for row in json.loads(out)}
+    with Store(Connection.from_env(uri=routed, password=PASSWORD)) as store:
+        assert store.delete_model("routed")

@@ -398,12 +398,13 @@ def sweep_model(
 def sweep_in_neo4j(
     store: Store, model: str, scenario: Scenario, sweep: Callable[[LayerGraph], SweepResult],
     name: str | None = None, exporter: str = "torchscript", dims: dict[str, int] | None = None,
+    graph: LayerGraph | None = None,
 ) -> tuple[SweepResult, int, LayerGraph]:
     """A sweep through Neo4j: ingest the model (if new), `sweep` it (`sweep_model` with its
     settings), and store the policy as (:Partition) nodes with their intervals under a
     (:Policy) of the model (`Store.write_policy`). Returns the partitions written."""
     graph, _, _ = ingest_model(store, model, scenario, name, exporter, put_costs=False,
-                               dims=dims)
+                               dims=dims, graph=graph)
     result = sweep(graph)
     return result, store.write_policy(result, graph.sha256), graph
 
@@ -480,15 +481,17 @@ class Ingested:
 def ingest_model(
     store: Store, model: str, scenario: Scenario, name: str | None = None,
     exporter: str = "torchscript", put_costs: bool = True, dims: dict[str, int] | None = None,
+    graph: LayerGraph | None = None,
 ) -> tuple[LayerGraph, CostGraph, str]:
     """Ingest MODEL with `scenario`'s delays and detect its blocks in Cypher.
 
     Returns the graph, its cost graph and 'created', 'replaced' or 'unchanged' (same sha256:
     nothing is written, though a different scenario's delays are put in place unless
-    `put_costs` is false: partition_in_neo4j puts them in its own transaction).
+    `put_costs` is false: partition_in_neo4j puts them in its own transaction). `graph` is
+    MODEL already read (as `load_graph` reads it), for callers that ingest it repeatedly.
     """
     path, _ = zoo.resolve(model, exporter)
-    graph = load_graph(model, name, exporter, dims)
+    graph = graph or load_graph(model, name, exporter, dims)
     costs = build_cost_graph(graph, scenario)
     store.ensure_schema()
     names = {t.signature: t.name for t in find_blocks(graph).types}
@@ -524,7 +527,7 @@ def partition_in_neo4j(
     store: Store, model: str, scenario: Scenario, name: str | None = None,
     exporter: str = "torchscript", method: str = "blockwise", dims: dict[str, int] | None = None,
     pin_device: Sequence[str] = (), pin_server: Sequence[str] = (),
-    device_memory: float | None = None,
+    device_memory: float | None = None, graph: LayerGraph | None = None,
 ) -> tuple[Partition, dict[str, int], LayerGraph]:
     """The main job through Neo4j: ingest (if new), solve (`partition.stored.solve_stored`,
     under the model's lock), write the cut back as labels. With pins (which the stored chain
@@ -532,7 +535,7 @@ def partition_in_neo4j(
     on the blocks Cypher detected: the same optimum, the pins honoured. With `device_memory`,
     the optimum under that budget (`partition_model`) is written, under the same lock."""
     graph, costs, _ = ingest_model(store, model, scenario, name, exporter, put_costs=False,
-                                   dims=dims)
+                                   dims=dims, graph=graph)
     costs = pinned_costs(graph, costs, pin_device, pin_server)
     budgeted = partition_model(graph, scenario, method, pin_device, pin_server,
                                device_memory) if device_memory is not None else None

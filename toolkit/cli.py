@@ -133,11 +133,15 @@ class Neo4jOptions:
     user: str
     password: str  # never printed
     database: str | None
+    batch_rows: int
+    retry_seconds: float
 
     def store(self) -> Store:
         from toolkit.store import Connection, Store
 
-        return Store(Connection.from_env(self.uri, self.user, self.password, self.database))
+        connection = Connection.from_env(self.uri, self.user, self.password, self.database)
+        connection = dataclasses.replace(connection, retry_seconds=self.retry_seconds)
+        return Store(connection, batch_rows=self.batch_rows)
 
     def __repr__(self) -> str:
         return f"Neo4jOptions(uri={self.uri!r}, user={self.user!r}, database={self.database!r})"
@@ -214,6 +218,13 @@ def neo4j_options(func: F) -> F:
                      help="Default: $NEO4J_PASSWORD. Never printed."),
         click.option("--database", envvar="NEO4J_DATABASE", default=None,
                      help="Default: the server's default database."),
+        click.option("--batch-rows", type=click.IntRange(min=100), default=20_000,
+                     show_default=True, envvar="SPLITCUT_BATCH_ROWS",
+                     help="Rows per write transaction of a large model (smaller for a server "
+                          "with a small transaction memory limit, such as Aura Free)."),
+        click.option("--retry-seconds", type=click.FloatRange(min=0), default=30.0,
+                     show_default=True, help="How long a write retries transient failures "
+                                             "(a lost connection, a leader switch)."),
     ]
     return _typed(opts, Neo4jOptions, "neo4j")(func)
 
