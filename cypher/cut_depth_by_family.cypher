@@ -6,9 +6,13 @@
 // Returns family, models, depths (sorted), min_depth, median_depth, mean_depth, max_depth,
 // device_only (models that train on the device alone).
 // Answers: The distribution of cut depth in each architecture family.
-MATCH (p:Partition)-[:OF]->(m:Model)
-WHERE (($scenario_key IS NULL AND p.current) OR p.scenario_key = $scenario_key)
-  AND p.depth IS NOT NULL  // (partitions written before splitcut stored depths have none)
+CALL () {  // the scenario's partitions by index (or every current one)
+  MATCH (p:Partition {scenario_key: $scenario_key}) RETURN p
+  UNION
+  MATCH (p:Partition {current: true}) WHERE $scenario_key IS NULL RETURN p
+}
+MATCH (p)-[:OF]->(m:Model)
+WHERE p.depth IS NOT NULL  // (partitions written before splitcut stored depths have none)
 WITH m, p ORDER BY p.written_at DESC
 WITH m, collect(p)[0] AS p
 WITH coalesce(m.family, m.name) AS family, p.depth AS depth, p.device_layers AS on_device,

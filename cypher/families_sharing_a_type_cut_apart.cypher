@@ -5,15 +5,20 @@
 // partition; $min_gap: the least difference in mean depth to report (e.g. 0.25).
 // Returns block_type, signature, family_a, family_b, depth_a, depth_b, gap, models_a, models_b.
 // Answers: Families that share a block type but differ in where the optimal cut falls.
-MATCH (p:Partition)-[:OF]->(m:Model)
-WHERE (($scenario_key IS NULL AND p.current) OR p.scenario_key = $scenario_key)
-  AND p.depth IS NOT NULL  // (partitions written before splitcut stored depths have none)
+CALL () {  // the scenario's partitions by index (or every current one)
+  MATCH (p:Partition {scenario_key: $scenario_key}) RETURN p
+  UNION
+  MATCH (p:Partition {current: true}) WHERE $scenario_key IS NULL RETURN p
+}
+MATCH (p)-[:OF]->(m:Model)
+WHERE p.depth IS NOT NULL  // (partitions written before splitcut stored depths have none)
 WITH m, p ORDER BY p.written_at DESC
 WITH m, collect(p)[0] AS p
 WITH coalesce(m.family, m.name) AS family, collect(m) AS models, avg(p.depth) AS depth
 UNWIND models AS m
-MATCH (:Block {model: m.name, version: m.version})-[:OF_TYPE]->(t:BlockType)
-WHERE t.size > 1
+MATCH (b:Block {model: m.name, version: m.version})-[:OF_TYPE]->(t:BlockType)
+USING INDEX b:Block(model, version, index)  // from the models' blocks, not every type
+WHERE b.index IS NOT NULL AND t.size > 1
 WITH DISTINCT t, family, depth, size(models) AS model_count
 WITH t, collect({family: family, depth: depth, models: model_count}) AS fams
 UNWIND fams AS a

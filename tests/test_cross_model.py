@@ -21,8 +21,9 @@ SCENARIO_A, SCENARIO_B = "nano-3090-lte", "orin-a100-5g"
 def store(zoo_path):
     """The whole zoo ingested (unchanged models are skipped, so reruns are quick)."""
     with Store(Connection.from_env(password=PASSWORD)) as s:
-        for name in MODELS:
-            api.ingest_model(s, str(zoo_path(name)), api.make_scenario(), name)
+        for name in MODELS:  # by zoo name: each model's family is stored
+            zoo_path(name)
+            api.ingest_model(s, name, api.make_scenario())
         yield s
 
 
@@ -102,3 +103,66 @@ def test_models_whose_cut_moves_between_scenarios(store, partitions):
     moved = {name for name in MODELS if count[SCENARIO_A, name] != count[SCENARIO_B, name]}
     assert moved
     assert {r["model"] for r in rows} == moved
+
+
+def _family(name: str) -> str:
+    return zoo.get(name).family
+
+
+def test_block_types_across_families(store, python_blocks, partitions):
+    """Every block type the zoo's own models share across families is found, with at least
+    those families (other tests' models may add theirs)."""
+    families: dict[str, set[str]] = {}
+    for name, blocks in python_blocks.items():
+        for t in blocks.types:
+            families.setdefault(t.signature, set()).add(_family(name))
+    expected = {sig for sig, fams in families.items() if len(fams) >= 2}
+    assert expected  # ResNet-style and transformer links recur
+    rows = {r["signature"]: r for r in store.run_saved("block_types_across_families",
+                                                       {"min_families": 2})}
+    assert expected <= set(rows)
+    for sig in expected:
+        assert families[sig] <= set(rows[sig]["families"])
+        assert rows[sig]["family_count"] == len(rows[sig]["families"]) >= 2
+
+
+def test_cut_depth_by_family_and_families_cut_apart(store, partitions):
+    """Depths are the last device layer's place in topological order, per family as the
+    partitions give them; family pairs sharing a type are reported exactly when their mean
+    depths differ by the gap asked."""
+    key = scenario_key(api.make_scenario(**BUILTIN_SCENARIOS[SCENARIO_B]).to_dict())
+    expected: dict[str, list[float]] = {}
+    for name in MODELS:
+        result = partitions[SCENARIO_B, name]
+        expected.setdefault(_family(name), []).append(
+            (max(result.device) + 1) / len(result.graph.names))
+    rows = {r["family"]: r for r in store.run_saved("cut_depth_by_family",
+                                                    {"scenario_key": key})}
+    for family, depths in expected.items():
+        assert rows[family]["depths"] == pytest.approx(sorted(depths))
+        assert rows[family]["mean_depth"] == pytest.approx(sum(depths) / len(depths))
+    means = {f: r["mean_depth"] for f, r in rows.items()}
+    pairs = store.run_saved("families_sharing_a_type_cut_apart",
+                            {"scenario_key": key, "min_gap": 0.2})
+    for row in pairs:
+        assert row["depth_a"] == pytest.approx(means[row["family_a"]])
+        assert row["gap"] == pytest.approx(abs(row["depth_a"] - row["depth_b"])) >= 0.2
+    wide = store.run_saved("families_sharing_a_type_cut_apart",
+                           {"scenario_key": key, "min_gap": 0.0})
+    assert len(wide) >= len(pairs) and {(r["family_a"], r["family_b"]) for r in pairs} <= {
+        (r["family_a"], r["family_b"]) for r in wide}
+
+
+def test_costliest_block_types_across_the_corpus(store, python_blocks):
+    scenario = api.make_scenario(**BUILTIN_SCENARIOS[SCENARIO_A])
+    totals: Counter[str] = Counter()
+    for name, blocks in python_blocks.items():
+        _, costs, _ = api.ingest_model(store, name, scenario)
+        for s in blocks.segments:
+            totals[blocks.types[s.type_id].signature] += sum(costs.device_ms[i] for i in s.layers)
+    rows = store.run_saved("costliest_block_types_in_corpus",
+                           {"device": "jetson-nano", "limit": 1000})
+    found = {r["signature"]: r["device_ms_total"] for r in rows}
+    for sig, total in totals.most_common(5):  # the zoo's costliest, at least their own sum
+        assert found[sig] >= total * (1 - 1e-9)
+    assert [r["device_ms_total"] for r in rows] == sorted(found.values(), reverse=True)

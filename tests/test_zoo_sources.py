@@ -43,7 +43,7 @@ def test_a_limit_samples_the_whole_list_evenly():
     assert zoo.sample(items, 10) == items and zoo.sample(items, None) == items
     picked = api.expand_models((), "timm", limit=4, match=("test_vit*", "test_convnext*"))
     offered = [n for n in zoo.names("timm") if n.startswith(("timm:test_vit", "timm:test_conv"))]
-    assert len(offered) > 4 and picked == zoo.sample(offered, 4) and picked[0] == offered[0]
+    assert len(offered) > 4 and list(picked) == zoo.sample(offered, 4) and picked[0] == offered[0]
 
 
 def test_a_transformers_config_file_builds_and_exports(tmp_path):
