@@ -145,7 +145,7 @@ def query_runs(store: Store, rows: list[dict[str, Any]]) -> list[dict[str, Any]]
     key = rows[0]["scenarios"][SCENARIOS[-1]]["scenario_key"]
     device = BUILTIN_SCENARIOS[SCENARIOS[-1]]["device"]  # the delays stored last
     asked = [
-        ("block_types_across_families", {"min_families": 3}),
+        ("block_types_across_families", {"min_families": 3, "min_size": 2}),
         ("families_sharing_a_type_cut_apart", {"scenario_key": key, "min_gap": 0.05}),
         ("costliest_block_types_in_corpus", {"device": device, "limit": 10}),
         ("cut_changes", {"low": 10e6, "high": 100e6, "parameter": "rate"}),

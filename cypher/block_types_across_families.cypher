@@ -1,11 +1,13 @@
 // Block types that recur across architecture families: the same block (ops, shapes, wiring)
 // in models of different families (`splitcut ingest --zoo` stores each model's family; a
 // model without one counts as its own family).
-// $min_families: the least number of families a type must occur in (2 for "across").
+// $min_families: the least number of families a type must occur in (2 for "across");
+// $min_size: the least number of layers in it (1 for all, 2 to leave lone layers out).
 // Returns block_type, signature, size, families, family_count, models (count), instances.
 // Answers: Block types that recur across architecture families.
 MATCH (m:Model) WHERE m.version IS NOT NULL
 MATCH (b:Block {model: m.name, version: m.version})-[:OF_TYPE]->(t:BlockType)
+WHERE t.size >= $min_size
 WITH t, coalesce(m.family, m.name) AS family, m.name AS model, count(b) AS instances
 WITH t, collect(DISTINCT family) AS families, count(DISTINCT model) AS models,
      sum(instances) AS instances

@@ -119,7 +119,7 @@ def test_block_types_across_families(store, python_blocks, partitions):
     expected = {sig for sig, fams in families.items() if len(fams) >= 2}
     assert expected  # ResNet-style and transformer links recur
     rows = {r["signature"]: r for r in store.run_saved("block_types_across_families",
-                                                       {"min_families": 2})}
+                                                       {"min_families": 2, "min_size": 1})}
     assert expected <= set(rows)
     for sig in expected:
         assert families[sig] <= set(rows[sig]["families"])

@@ -303,10 +303,15 @@ def _prefix(layers: list[Layer], seg: Segment) -> list[str]:
     return _common_prefix(modules) if len(modules) == len(seg.layers) else []
 
 
+_CONTAINERS = "torch.nn.modules.container."  # Sequential, ModuleList: they hold, not define
+
+
 def _enclosing_class(graph: LayerGraph, prefix: list[str]) -> str | None:
-    """The class of the innermost module around `prefix` whose class the export names."""
+    """The class of the innermost module around `prefix` whose class the export names; None
+    when that is a container (a `Sequential` names no kind of block: its path does better)."""
     known = (".".join(prefix[:k]) for k in range(len(prefix), 0, -1))
-    return next((graph.module_classes[p] for p in known if p in graph.module_classes), None)
+    cls = next((graph.module_classes[p] for p in known if p in graph.module_classes), None)
+    return None if cls is None or cls.startswith(_CONTAINERS) else cls
 
 
 def _shared_path(paths: list[list[str]], numbers: bool = False) -> str:
