@@ -140,3 +140,15 @@ def test_ingest_skips_what_it_cannot_read_and_says_so(tmp_path, capsys, monkeypa
     code, out, _ = run_main(["ingest", str(good), str(bad)], capsys, monkeypatch)
     assert code == 1
     assert "skipped" in out and "ingested 1 of 2 models (1 unchanged)" in " ".join(out.split())
+
+
+def test_weights_too_large_for_one_file_go_beside_it(tmp_path, monkeypatch):
+    """Protobuf cannot parse a file of 2 GB or more: an export with more weights than
+    `INLINE_WEIGHTS` keeps them in one `.data` file beside the model (here with the limit set
+    to 0 on a small model), and the reader finds them there."""
+    monkeypatch.setattr(zoo, "INLINE_WEIGHTS", 0)
+    path = zoo.export("squeezenet1_1", tmp_path)
+    data = zoo.data_file(path)
+    assert data.exists() and data.stat().st_size > 4 * 1_000_000 > path.stat().st_size
+    module, _ = zoo.get("squeezenet1_1").build()
+    assert read_onnx(path, "s").total_params == sum(p.numel() for p in module.parameters())

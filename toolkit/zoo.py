@@ -27,6 +27,9 @@ log = logging.getLogger(__name__)
 
 EXPORTERS = ("torchscript", "dynamo")
 SEQUENCE_LENGTH = 128
+# weights above this go to one external file beside the model: protobuf cannot parse a file
+# of 2 GB or more (RegNetY-128GF and ViT-H/14 hold 2.5 GB)
+INLINE_WEIGHTS = 1 << 30
 EXPORT_VERSION = 2  # bump when export settings change, so cached files are rebuilt
 
 
@@ -368,6 +371,8 @@ def export(
         with tempfile.TemporaryDirectory(dir=directory) as tmp:
             tmp_path = Path(tmp) / path.name
             export_pytorch(module, args, tmp_path, exporter)
+            if data_file(tmp_path).exists():  # the weights first: the model names them
+                os.replace(data_file(tmp_path), data_file(path))
             os.replace(tmp_path, path)
     except ToolkitError:
         raise
@@ -418,7 +423,16 @@ def _annotate_modules(path: Path, module: Any) -> None:
                            ("pkg.torch.onnx.class_hierarchy", classes)):
             entry = node.metadata_props.add()
             entry.key, entry.value = key, repr(value)
-    onnx.save(model, str(path))
+    if sum(len(t.raw_data) for t in model.graph.initializer) > INLINE_WEIGHTS:
+        onnx.save_model(model, str(path), save_as_external_data=True,
+                        all_tensors_to_one_file=True, location=data_file(path).name)
+    else:
+        onnx.save(model, str(path))
+
+
+def data_file(path: Path) -> Path:
+    """Where an export's weights go when they are too large to stay inside the file."""
+    return path.with_name(path.name + ".data")
 
 
 def export_module(
