@@ -491,7 +491,7 @@ def ingest_model(
     MODEL already read (as `load_graph` reads it), for callers that ingest it repeatedly.
     """
     path, _ = zoo.resolve(model, exporter)
-    graph = graph or load_graph(model, name, exporter, dims)
+    graph = graph if graph is not None else load_graph(model, name, exporter, dims)
     costs = build_cost_graph(graph, scenario)
     store.ensure_schema()
     names = {t.signature: t.name for t in find_blocks(graph).types}

@@ -221,7 +221,7 @@ def neo4j_options(func: F) -> F:
         click.option("--batch-rows", type=click.IntRange(min=100), default=20_000,
                      show_default=True, envvar="SPLITCUT_BATCH_ROWS",
                      help="Rows per write transaction of a large model (smaller for a server "
-                          "with a small transaction memory limit, such as Aura Free)."),
+                          "with a small transaction memory limit)."),
         click.option("--retry-seconds", type=click.FloatRange(min=0), default=30.0,
                      show_default=True, help="How long a write retries transient failures "
                                              "(a lost connection, a leader switch)."),
