@@ -19,7 +19,7 @@ import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from toolkit.errors import ModelError, ToolkitError
 
@@ -282,19 +282,19 @@ def get(name: str) -> ZooModel:
         if source == "hf":
             _hf_config(arch)  # a clear error for an unknown preset or a bad config.json
         return ZooModel(name, source, arch)
-    if not sep and _torch_available() and name in _torchvision_names():
+    if not sep and _torchvision_installed() and name in _torchvision_names():
         return ZooModel(name, "torchvision", name)
     return _unknown(name)
 
 
-def _unknown(name: str) -> ZooModel:
+def _unknown(name: str) -> NoReturn:
     raise ModelError(
         f"unknown zoo model {name!r}; known: {', '.join(MODELS)}, any torchvision classifier, "
         f"timm:NAME, hf:PRESET ({', '.join(HF_PRESETS)}) or hf:path/config.json"
     )
 
 
-def _torch_available() -> bool:
+def _torchvision_installed() -> bool:
     return importlib.util.find_spec("torchvision") is not None
 
 
