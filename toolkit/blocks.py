@@ -318,7 +318,7 @@ def _shared_path(paths: list[list[str]], numbers: bool = False) -> str:
     """What module paths have in common, as a pattern: a component equal in all stays, one
     equal once digits read as N becomes that (`layerN`; with `numbers`, the numbers N takes:
     `layer{1-3,5}`), any other `*`; paths of different depths share their common tail
-    (`*.conv` for `inc.conv` and `up4.conv`)."""
+    (`*.conv` for `inc.conv` and `up4.conv`); "" when they share nothing."""
     if not paths:
         return ""
     depth = min(len(p) for p in paths)
@@ -333,7 +333,7 @@ def _shared_path(paths: list[list[str]], numbers: bool = False) -> str:
             parts.append(general.pop())
     while len(parts) > 1 and parts[0] == parts[1] == "*":
         parts.pop(0)  # one '*' says "any modules"
-    return ".".join(parts)
+    return "" if parts == ["*"] else ".".join(parts)  # nothing shared is no pattern
 
 
 def _ranges(values: list[int]) -> str:

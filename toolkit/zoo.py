@@ -56,11 +56,15 @@ class ZooModel:
         return _BUILDERS[self.source](self.arch)
 
     @property
+    def config_file(self) -> Path | None:
+        """The transformers config.json it is built from (`hf:PATH`), if any."""
+        return Path(self.arch) if self.source == "hf" and self.arch not in HF_PRESETS else None
+
+    @property
     def short_name(self) -> str:
         """The model's default name: the zoo name, a config file's folder for `hf:PATH`."""
-        if self.source == "hf" and self.arch not in HF_PRESETS:
-            path = Path(self.arch)
-            return f"hf:{path.parent.name or path.stem}"
+        if self.config_file is not None:
+            return f"hf:{self.config_file.parent.name or self.config_file.stem}"
         return self.name
 
     @property
@@ -68,8 +72,8 @@ class ZooModel:
         """The cached export's file name: the short name in safe characters, and for a
         config file a hash of its text, so an edited config is exported again."""
         stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", self.short_name)
-        if self.source == "hf" and self.arch not in HF_PRESETS:
-            stem += "-" + hashlib.sha256(Path(self.arch).read_bytes()).hexdigest()[:12]
+        if self.config_file is not None:
+            stem += "-" + hashlib.sha256(self.config_file.read_bytes()).hexdigest()[:12]
         return stem
 
     @property
