@@ -375,3 +375,50 @@ def test_a_tied_weight_is_counted_once_and_both_readers_train_it():
     assert graph.layers["head"].trainable and graph.layers["head"].param_bytes == 160
     assert graph.layers["other"].params == 40  # the Identity alias: another parameter
     assert graph.total_params == 80
+
+
+def _where_shaped(deep: int = 1) -> onnx.ModelProto:
+    """x + Expand(mean(x), shape): the target shape goes through Where, which ONNX shape
+    inference does not propagate, `deep` times in a row (each stage measures the last one's
+    output)."""
+    minus = helper.make_tensor("minus", TensorProto.INT64, [3], [-1, -1, -1])
+    nodes, x = [], "x"
+    for k in range(deep):
+        nodes += [
+            helper.make_node("Shape", [x], [f"s{k}"], name=f"shape{k}"),
+            helper.make_node("Equal", [f"s{k}", "minus"], [f"c{k}"], name=f"equal{k}"),
+            helper.make_node("Where", [f"c{k}", "minus", f"s{k}"], [f"t{k}"], name=f"where{k}"),
+            helper.make_node("ReduceMean", [x], [f"m{k}"], name=f"mean{k}", axes=[0, 1, 2]),
+            helper.make_node("Expand", [f"m{k}", f"t{k}"], [f"e{k}"], name=f"expand{k}"),
+            helper.make_node("Add", [x, f"e{k}"], [f"y{k}"], name=f"add{k}"),
+        ]
+        x = f"y{k}"
+    return model(nodes, [vi("x", [1, 6, 4])], [vi(x, [1, 6, 4])], [minus])
+
+
+def test_shape_arithmetic_is_folded_without_running_the_model(monkeypatch):
+    import toolkit.onnx.reader as reader
+    inferred = onnx.shape_inference.infer_shapes(_where_shaped(), data_prop=True).graph
+    e0 = next(v for v in inferred.value_info if v.name == "e0").type.tensor_type.shape.dim
+    assert not all(d.HasField("dim_value") for d in e0)  # ONNX alone leaves it symbolic
+
+    def no_probe(*_: object) -> dict[str, tuple[int, ...]]:
+        raise AssertionError("the model was run")
+
+    monkeypatch.setattr(reader, "runtime_shapes", no_probe)
+    graph = reader.read_model(_where_shaped(), "m")
+    assert graph.tensors["e0"].shape == (1, 6, 4) and graph.tensors["y0"].bytes == 6 * 4 * 4
+    assert not graph.unknown_shapes
+
+
+def test_shape_arithmetic_too_deep_to_fold_is_learnt_from_one_run(monkeypatch):
+    import toolkit.onnx.reader as reader
+    runs: list[int] = []
+    probe = reader.runtime_shapes
+    monkeypatch.setattr(reader, "runtime_shapes",
+                        lambda m, names: runs.append(1) or probe(m, names))
+    m = _where_shaped(deep=4)
+    kept = m.SerializeToString()
+    graph = reader.read_model(m, "m")
+    assert runs == [1] and all(graph.tensors[f"e{k}"].shape == (1, 6, 4) for k in range(4))
+    assert m.SerializeToString() == kept  # the caller's model is left as it was

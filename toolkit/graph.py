@@ -92,7 +92,7 @@ class LayerGraph:
     notes: tuple[str, ...] = ()
     module_classes: dict[str, str] = field(default_factory=dict)  # module path -> class
     opset: int = 0  # the default-domain opset of the source file (0: unknown)
-    sha256: str = ""  # digest of the source file, reader version and options ("": not a file)
+    sha256: str = ""  # digest of the file without its large weights, reader version, options
 
     @classmethod
     def build(

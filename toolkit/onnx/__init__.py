@@ -6,7 +6,7 @@ metadata; `reader` turns a model into a `LayerGraph`; `split` writes a partition
 ONNX files, one per tier.
 """
 
-from toolkit.onnx.load import buffer_names, file_sha256, layer_names, load_external_data, load_model
+from toolkit.onnx.load import buffer_names, layer_names, load_external_data, load_model
 from toolkit.onnx.reader import (
     NOT_TRAINABLE_INPUTS,
     READER_VERSION,
@@ -19,7 +19,7 @@ from toolkit.onnx.scopes import module_path
 from toolkit.onnx.shapes import runtime_shapes
 
 __all__ = [
-    "NOT_TRAINABLE_INPUTS", "READER_VERSION", "NodeRoles", "buffer_names", "file_sha256",
+    "NOT_TRAINABLE_INPUTS", "READER_VERSION", "NodeRoles", "buffer_names",
     "layer_names", "load_external_data", "load_model", "module_path", "node_roles",
     "read_model", "read_onnx", "runtime_shapes",
 ]

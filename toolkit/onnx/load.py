@@ -3,7 +3,6 @@ model's folder, and the names of its nodes and buffers."""
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import os
@@ -38,15 +37,6 @@ def load_model(path: str | Path) -> ModelProto:
     if not model.graph.node:
         raise ModelError(f"{p} holds no ONNX graph nodes: not an ONNX model, or an empty one")
     return model
-
-
-def file_sha256(path: Path) -> str:
-    """The sha256 of a file's bytes, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def check_text(graph: GraphProto, name: str) -> None:
@@ -142,12 +132,19 @@ def layer_names(graph: GraphProto) -> list[str]:
     return names
 
 
+def _big(t: TensorProto) -> bool:
+    """An initializer whose bytes are worth keeping out of copies (judged by its declared
+    size: reading `raw_data` to measure it would copy it)."""
+    return bool(math.prod(t.dims) * ELEM_BYTES.get(t.data_type, UNKNOWN_ELEM_BYTES)
+                > _BIG_WEIGHT_BYTES)
+
+
 @contextmanager
 def big_weights_aside(model: ModelProto) -> Iterator[dict[int, bytes]]:
     """The model without the bytes of its big initializers for a while (they only cost time to
     copy and serialise); yields them by initializer position, and puts them back."""
     stash = {i: t.raw_data for i, t in enumerate(model.graph.initializer)
-             if len(t.raw_data) > _BIG_WEIGHT_BYTES}
+             if _big(t) and t.HasField("raw_data")}
     for i in stash:
         model.graph.initializer[i].ClearField("raw_data")
     try:
@@ -155,6 +152,21 @@ def big_weights_aside(model: ModelProto) -> Iterator[dict[int, bytes]]:
     finally:
         for i, raw in stash.items():
             model.graph.initializer[i].raw_data = raw
+
+
+def weightless(model: ModelProto) -> ModelProto:
+    """A copy of `model` without the bytes of its big initializers (names, types, dims kept)."""
+    with big_weights_aside(model):
+        copy = ModelProto()
+        copy.CopyFrom(model)
+    return copy
+
+
+def drop_big_weights(model: ModelProto) -> None:
+    """`weightless` in place, for a model nobody else holds."""
+    for t in model.graph.initializer:
+        if _big(t):
+            t.ClearField("raw_data")
 
 
 def first_line(exc: BaseException) -> str:

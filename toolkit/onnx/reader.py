@@ -13,7 +13,7 @@ import heapq
 import json
 import logging
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,15 +24,17 @@ from onnx import AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto,
 
 from toolkit.errors import ModelError
 from toolkit.graph import Layer, LayerGraph, Tensor
+from toolkit.onnx.fold import fold_shapes
 from toolkit.onnx.load import (
     ELEM_BYTES,
     UNKNOWN_ELEM_BYTES,
     buffer_names,
     check_text,
-    file_sha256,
+    drop_big_weights,
     has_external_data,
     layer_names,
     load_model,
+    weightless,
     with_external_data,
 )
 from toolkit.onnx.scopes import module_of
@@ -74,11 +76,18 @@ cached block structures keyed by `LayerGraph.sha256` are then read again."""
 def read_onnx(
     path: str | Path, name: str | None = None, dims: Mapping[str, int] | None = None
 ) -> LayerGraph:
-    """Read an ONNX file into a validated LayerGraph named `name` (default: the file stem)."""
+    """Read an ONNX file into a validated LayerGraph named `name` (default: the file stem).
+
+    Its large weights are dropped as soon as the file is parsed (the reader needs their
+    types and dimensions only) and read again only if the model must be run once to learn
+    its sizes.
+    """
     p = Path(path)
-    graph = read_model(load_model(p), name or p.stem, base_dir=p.parent, dims=dims)
-    digest = hashlib.sha256(file_sha256(p).encode())
+    model = load_model(p)
+    drop_big_weights(model)
+    digest = hashlib.sha256(model.SerializeToString())
     digest.update(json.dumps([READER_VERSION, sorted((dims or {}).items())]).encode())
+    graph = _read(model, name or p.stem, p.parent, dims or {}, lambda: load_model(p))
     graph.sha256 = digest.hexdigest()
     return graph
 
@@ -93,8 +102,16 @@ def read_model(
     inference leaves sizes symbolic and the model must be run once to learn them. `dims`
     gives the symbolic input dimensions other than the batch (`_input_dims`).
     """
-    with _input_dims(model, name, dims or {}) as batch:
-        reader = _prepared(model, name, base_dir)
+    return _read(weightless(model), name, base_dir, dims or {}, lambda: model)
+
+
+def _read(
+    model: ModelProto, name: str, base_dir: Path | None, dims: Mapping[str, int],
+    whole: Callable[[], ModelProto],
+) -> LayerGraph:
+    """`read_model` of a weightless `model` that `whole()` gives with its weights."""
+    with _input_dims(model, name, dims) as batch:
+        reader = _prepared(model, name, base_dir, whole)
     return reader.build(batch)
 
 
@@ -200,8 +217,9 @@ def node_roles(
 ) -> NodeRoles:
     """Layer names, topological order and folded-constant nodes of `model`, as `read_model`
     with the same `dims` sees them."""
-    with _input_dims(model, "model", dims or {}):
-        reader = _prepared(model, "model", base_dir)
+    light = weightless(model)
+    with _input_dims(light, "model", dims or {}):
+        reader = _prepared(light, "model", base_dir, lambda: model)
     order = reader._node_order()
     constant, _ = reader._fold_constants(order)
     return NodeRoles(
@@ -211,17 +229,28 @@ def node_roles(
     )
 
 
-def _prepared(model: ModelProto, name: str, base_dir: Path | None) -> _Reader:
-    """A reader over the shape-inferred model, symbolic sizes refined by one run if needed."""
+def _prepared(
+    model: ModelProto, name: str, base_dir: Path | None, whole: Callable[[], ModelProto]
+) -> _Reader:
+    """A reader over the shape-inferred weightless `model`: sizes that stay symbolic are
+    folded statically (`fold_shapes`), and what is left is learnt by one run of `whole()`."""
     if not model.graph.node:
         raise ModelError(f"model {name!r} has no nodes")
     check_text(model.graph, name)
     reader = _Reader(infer_shapes(model), name)
+    if reader.unresolved():
+        reader.info = fold_shapes(model, reader.info, infer_shapes,
+                                  lambda info: bool(reader.unresolved(info)))
     missing = reader.unresolved()
     if missing:
-        if base_dir is not None and has_external_data(model):
-            model = with_external_data(model, base_dir)
-        reader.refine(runtime_shapes(model, missing))
+        full = whole()
+        if base_dir is not None and has_external_data(full):
+            full = with_external_data(full, base_dir)
+        probe = ModelProto()
+        probe.CopyFrom(full)
+        del probe.graph.input[:]  # the inputs as read, with their `--dim` values
+        probe.graph.input.extend(model.graph.input)
+        reader.refine(runtime_shapes(probe, missing))
     return reader
 
 
@@ -312,12 +341,14 @@ class _Reader:
             (o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0
         )
 
-    def unresolved(self) -> dict[str, int]:
-        """Node outputs (with element type) whose size static inference left unknown or symbolic."""
+    def unresolved(self, known: dict[str, Info] | None = None) -> dict[str, int]:
+        """Node outputs (with element type) whose size static inference left unknown or symbolic
+        (in `known`, default what the reader has)."""
+        known = self.info if known is None else known
         found: dict[str, int] = {}
         for node in self.graph.node:
             for out in node.output:
-                info = self.info.get(out)
+                info = known.get(out)
                 if info is not None and info.elem_type and (info.shape is None or info.symbolic):
                     found[out] = info.elem_type
         return found
