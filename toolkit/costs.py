@@ -195,8 +195,15 @@ def efficiency(proc: Processor, op_class_name: str) -> float:
 
 def _rates(layer: Layer, proc: Processor, precision: str) -> tuple[float, float]:
     """(FLOP/s, byte/s) this layer sustains on `proc`."""
-    peak = (proc.fp16_tflops if precision == "fp16" else proc.fp32_tflops) * 1e12
-    return peak * efficiency(proc, op_class(layer)), proc.memory_gbps * 1e9 * proc.memory_efficiency
+    return _peak(proc, precision) * efficiency(proc, op_class(layer)), _byte_rate(proc)
+
+
+def _peak(proc: Processor, precision: str) -> float:
+    return (proc.fp16_tflops if precision == "fp16" else proc.fp32_tflops) * 1e12
+
+
+def _byte_rate(proc: Processor) -> float:
+    return proc.memory_gbps * 1e9 * proc.memory_efficiency
 
 
 def pass_ms(flops: Any, moved: Any, flop_rate: Any, byte_rate: Any, overhead_us: float) -> Any:
@@ -222,23 +229,33 @@ def layer_ms(layer: Layer, proc: Processor, scenario: Scenario,
     `activations`: per-sample bytes in and out at the scenario's precision (default: as
     stored, exact at fp32; `activation_bytes` gives them for fp16)."""
     flop_rate, byte_rate = _rates(layer, proc, scenario.precision)
-    b = scenario.batch
     act = float(layer.in_bytes + layer.out_bytes) if activations is None else activations
-    moved = act * b
-    weights = param_bytes(layer, scenario.precision)
-    fwd_flops = layer.flops * b
-    bwd_flops = fwd_flops * (2.0 if layer.trainable else 1.0)
+    return float(_train_ms(layer.flops, act, param_bytes(layer, scenario.precision),
+                           layer.trainable, flop_rate, byte_rate, proc, scenario.batch))
+
+
+def _train_ms(flops: Any, activations: Any, weights: Any, trainable: Any, flop_rate: Any,
+              byte_rate: float, proc: Processor, batch: int) -> Any:
+    """`layer_ms` of one layer (floats) or of every layer at once (numpy arrays): the forward
+    reads weights and activations; the backward reads and writes both, and costs twice the
+    forward's FLOPs where there are weight gradients to compute, once otherwise."""
+    fwd_flops = flops * batch
+    bwd_flops = fwd_flops * np.where(trainable, 2.0, 1.0)
+    moved = activations * batch
     overhead = proc.layer_overhead_us
-    return float(pass_ms(fwd_flops, moved + weights, flop_rate, byte_rate, overhead)
-                 + pass_ms(bwd_flops, 2 * moved + 2 * weights, flop_rate, byte_rate, overhead))
+    return (pass_ms(fwd_flops, moved + weights, flop_rate, byte_rate, overhead)
+            + pass_ms(bwd_flops, 2 * moved + 2 * weights, flop_rate, byte_rate, overhead))
 
 
 def step_ms(layer: Layer, proc: Processor, optimizer: str) -> float:
     """The optimizer step for this layer's parameters: memory-bound (module docstring)."""
-    if not layer.params:
-        return 0.0
+    return float(_step_ms(layer.params, proc, optimizer))
+
+
+def _step_ms(params: Any, proc: Processor, optimizer: str) -> Any:
+    """`step_ms` of a parameter count, or of an array of them."""
     words = 3 + 2 * OPTIMIZER_STATES[optimizer]
-    return layer.params * words * _WORD / (proc.memory_gbps * 1e9 * proc.memory_efficiency) * 1e3
+    return params * words * _WORD / _byte_rate(proc) * 1e3
 
 
 def measured_ms(layer: Layer, profile: MeasuredProfile, batch: int) -> float:
@@ -251,16 +268,23 @@ def measured_ms(layer: Layer, profile: MeasuredProfile, batch: int) -> float:
 
 def _side_ms(graph: LayerGraph, proc: Processor, scenario: Scenario) -> list[float]:
     """Per layer: forward + backward (measured or roofline) + optimizer step on `proc`."""
-    steps = [step_ms(layer, proc, scenario.optimizer) for layer in graph]
+    layers = list(graph)
+    steps = _step_ms(np.array([x.params for x in layers], dtype=float), proc,
+                     scenario.optimizer)
     profile = next((p for p in scenario.measured if p.processor == proc.name), None)
     if profile is None:
-        passes = [layer_ms(layer, proc, scenario,
-                           activation_bytes(graph, layer, scenario.precision))
-                  for layer in graph]
+        classes = {name: efficiency(proc, name) for name in ("matmul", "conv", "vector")}
+        passes = _train_ms(
+            np.array([x.flops for x in layers]),
+            np.array([activation_bytes(graph, x, scenario.precision) for x in layers]),
+            np.array([param_bytes(x, scenario.precision) for x in layers]),
+            np.array([x.trainable for x in layers]),
+            _peak(proc, scenario.precision) * np.array([classes[op_class(x)] for x in layers]),
+            _byte_rate(proc), proc, scenario.batch)
     else:
         profile.check_model(graph)
-        passes = [measured_ms(layer, profile, scenario.batch) for layer in graph]
-    return [p + s for p, s in zip(passes, steps, strict=True)]
+        passes = np.array([measured_ms(x, profile, scenario.batch) for x in layers])
+    return (passes + steps).tolist()  # type: ignore[no-any-return]
 
 
 def transfer_ms(nbytes: float, scenario: Scenario, up: bool) -> float:

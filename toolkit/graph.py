@@ -213,8 +213,12 @@ class LayerGraph:
 
 
 def _topological(name: str, layers: list[Layer], tensors: Mapping[str, Tensor]) -> list[Layer]:
-    """Kahn's algorithm, ties broken by file order so the result is stable and familiar."""
+    """Kahn's algorithm, ties broken by file order so the result is stable and familiar (the
+    given order, when every layer already follows the producers of its inputs)."""
     index = {layer.name: i for i, layer in enumerate(layers)}
+    if all(index[p] < i for i, layer in enumerate(layers) for t in layer.inputs
+           if (p := tensors[t].producer) is not None):
+        return layers
     indegree = dict.fromkeys(index, 0)
     succ: dict[str, set[str]] = {n: set() for n in index}
     for layer in layers:

@@ -402,23 +402,28 @@ class _Reader:
         self.deps: list[list[str]] = []
         indegree = [0] * len(nodes)
         succ: list[list[int]] = [[] for _ in nodes]
+        in_file_order = True  # as exporters write them: no sort needed
+        graphs = (AttributeProto.GRAPH, AttributeProto.GRAPHS)
         for i, node in enumerate(nodes):
             names = [n for n in node.input if n]
-            if node.op_type in _SUBGRAPH_OPS or any(
-                a.type in (AttributeProto.GRAPH, AttributeProto.GRAPHS) for a in node.attribute
-            ):
+            if node.op_type in _SUBGRAPH_OPS or (
+                    node.attribute and any(a.type in graphs for a in node.attribute)):
                 names += [n for n in _subgraph_outer_names(node) if n not in names]
             self.deps.append(names)
             for name in dict.fromkeys(names):
-                if name in producer:
-                    succ[producer[name]].append(i)
+                j = producer.get(name)
+                if j is not None:
+                    succ[j].append(i)
                     indegree[i] += 1
+                    in_file_order = in_file_order and j < i
                 elif name not in self.initializers and name not in self.raw_inputs:
                     raise ModelError(
                         f"model {self.name!r}: node {self.names[i]!r} reads tensor {name!r}, "
                         "which is neither a graph input, an initializer nor a node output "
                         "(dangling tensor name)"
                     )
+        if in_file_order:
+            return list(range(len(nodes)))
         heap = [i for i in range(len(nodes)) if indegree[i] == 0]
         order: list[int] = []
         while heap:
