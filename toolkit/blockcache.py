@@ -1,8 +1,9 @@
 """The block structure of a model, computed once per model file and kept on disk.
 
 Block detection depends only on the model, so `splitcut partition` finds a model's blocks the
-first time it reads that model (same `LayerGraph.sha256`: structure and `--dim` values) and every later run and
-scenario reuses them: `$SPLITCUT_CACHE/blocks/<digest>.json` (default `~/.cache/splitcut`).
+first time it reads that model (same `LayerGraph.sha256`: structure and `--dim` values) and
+every later run and scenario reuses them: `$SPLITCUT_CACHE/blocks/<digest>.json` (default
+`~/.cache/splitcut`).
 A cache file that does not fit the model (another layer count, unreadable JSON) is ignored and
 rewritten; writes go through a temporary file and `os.replace`, so readers never see half.
 """

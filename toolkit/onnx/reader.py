@@ -336,6 +336,10 @@ class _Reader:
         self.raw_inputs = [i.name for i in g.input if i.name not in self.initializers]
         self.buffers = buffer_names(g)
         self.names = layer_names(g)
+        # each node's fields read once: protobuf builds a new object at every access
+        self.ops = [n.op_type for n in g.node]
+        self.node_inputs = [tuple(n.input) for n in g.node]
+        self.node_outputs = [tuple(n.output) for n in g.node]
         self.module_classes: dict[str, str] = {}
         self.opset = max(
             (o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0
@@ -346,8 +350,8 @@ class _Reader:
         (in `known`, default what the reader has)."""
         known = self.info if known is None else known
         found: dict[str, int] = {}
-        for node in self.graph.node:
-            for out in node.output:
+        for outputs in self.node_outputs:
+            for out in outputs:
                 info = known.get(out)
                 if info is not None and info.elem_type and (info.shape is None or info.symbolic):
                     found[out] = info.elem_type
@@ -370,13 +374,12 @@ class _Reader:
         for i in order:
             if i in constant:
                 continue
-            node = self.graph.node[i]
-            layer = self._layer(i, node, consts, tensors)
+            layer = self._layer(i, self.graph.node[i], consts, tensors)
             for out in layer.outputs:
                 if not tensors[out].shape_known:
                     unknown.append(out)
             if not layer.supported:
-                unsupported[node.op_type] = unsupported.get(node.op_type, 0) + 1
+                unsupported[self.ops[i]] = unsupported.get(self.ops[i], 0) + 1
             layers.append(layer)
         outputs = [o.name for o in self.graph.output if o.name in tensors]
         notes = [batch.note] if batch is not None and batch.note else []
@@ -392,8 +395,8 @@ class _Reader:
         """Node indices in topological order; a cycle or a dangling name is a ModelError."""
         nodes = self.graph.node
         producer: dict[str, int] = {}
-        for i, node in enumerate(nodes):
-            for out in node.output:
+        for i, outputs in enumerate(self.node_outputs):
+            for out in outputs:
                 if not out:
                     continue
                 if out in producer or out in self.initializers or out in self.raw_inputs:
@@ -405,8 +408,8 @@ class _Reader:
         in_file_order = True  # as exporters write them: no sort needed
         graphs = (AttributeProto.GRAPH, AttributeProto.GRAPHS)
         for i, node in enumerate(nodes):
-            names = [n for n in node.input if n]
-            if node.op_type in _SUBGRAPH_OPS or (
+            names = [n for n in self.node_inputs[i] if n]
+            if self.ops[i] in _SUBGRAPH_OPS or (
                     node.attribute and any(a.type in graphs for a in node.attribute)):
                 names += [n for n in _subgraph_outer_names(node) if n not in names]
             self.deps.append(names)
@@ -460,25 +463,25 @@ class _Reader:
         self.owner: dict[str, str] = {}  # a weight -> the layer that reads it first
         constant: set[int] = set()
         for i in order:
-            node = self.graph.node[i]
+            op, inputs, outputs = self.ops[i], self.node_inputs[i], self.node_outputs[i]
             names = self.deps[i]
-            if node.op_type in _NEVER_CONSTANT:
+            if op in _NEVER_CONSTANT:
                 continue
-            static_shape = node.op_type in ("Shape", "Size") and self._static(node.input[0])
-            if node.op_type in _TYPE_ONLY_INPUTS:  # CastLike reads only its target's dtype
-                names = [n for n in node.input[:1] if n]
-            trains = node.op_type not in _WEIGHT_VIEWS and any(n in self.weights for n in names)
+            static_shape = op in ("Shape", "Size") and self._static(inputs[0])
+            if op in _TYPE_ONLY_INPUTS:  # CastLike reads only its target's dtype
+                names = [n for n in inputs[:1] if n]
+            trains = op not in _WEIGHT_VIEWS and any(n in self.weights for n in names)
             if static_shape or (not trains and all(n in consts for n in names)):
                 constant.add(i)
-                consts.update(out for out in node.output if out)
-                if node.op_type in _WEIGHT_VIEWS and node.input and node.input[0] in self.weights:
-                    self.weights.update(out for out in node.output if out)
+                consts.update(out for out in outputs if out)
+                if op in _WEIGHT_VIEWS and inputs and inputs[0] in self.weights:
+                    self.weights.update(out for out in outputs if out)
                     # Identity is how the TorchScript exporter aliases distinct parameters
                     # that happen to hold equal values (it de-duplicates initializers): its
                     # output is a parameter of its own. Other views read the same one.
-                    base = node.output[0] if node.op_type == "Identity" \
-                        else self.weight_base.get(node.input[0], node.input[0])
-                    self.weight_base.update((out, base) for out in node.output if out)
+                    base = outputs[0] if op == "Identity" \
+                        else self.weight_base.get(inputs[0], inputs[0])
+                    self.weight_base.update((out, base) for out in outputs if out)
         return constant, consts
 
     def _static(self, name: str) -> bool:
@@ -500,12 +503,13 @@ class _Reader:
         consts: set[str],
         tensors: dict[str, Tensor],
     ) -> Layer:
-        name = self.names[i]
+        name, op = self.names[i], self.ops[i]
+        inputs, outputs = self.node_inputs[i], self.node_outputs[i]
         acts = [n for n in dict.fromkeys(self.deps[i]) if n not in consts]
         params = param_bytes = elements = 0
         tied: dict[str, int] = {}
-        skip = NOT_TRAINABLE_INPUTS.get(node.op_type, frozenset())
-        for k, inp in enumerate(node.input):
+        skip = NOT_TRAINABLE_INPUTS.get(op, frozenset())
+        for k, inp in enumerate(inputs):
             info = self.info.get(inp)
             if inp not in self.weights or k in skip or info is None:
                 continue
@@ -521,27 +525,27 @@ class _Reader:
                 else:
                     tied[owner] = tied.get(owner, 0) + count
         in_bytes = sum(tensors[n].bytes for n in acts if n in tensors)
-        outs = [o for o in node.output if o]
+        outs = [o for o in outputs if o]
         fallback = max((tensors[n].bytes for n in acts if n in tensors), default=0)
         for out in outs:
             tensors[out] = self._tensor(out, name, fallback)
-        attrs = {a.name: _attr_value(a) for a in node.attribute}
-        if node.op_type == "Dropout" and self._constant(node.input[2:3], 0.0) \
-                and self._constant(node.input[1:2], 0.5):
+        attrs = {a.name: _attr_value(a) for a in node.attribute} if node.attribute else {}
+        if op == "Dropout" and self._constant(inputs[2:3], 0.0) \
+                and self._constant(inputs[1:2], 0.5):
             attrs["training_mode"] = 1  # drops at training time: keeps a mask (toolkit.memory)
         cost = self._cost(name, OpFacts(
-            node.op_type, [self._shape(n) for n in node.input],
-            [self._shape(n) for n in node.output], attrs,
+            op, [self._shape(n) for n in inputs], [self._shape(n) for n in outputs], attrs,
         ))
         flops, macs, supported = cost.flops, cost.macs, cost.supported
-        if node.op_type in _SUBGRAPH_OPS:
+        if op in _SUBGRAPH_OPS:
             flops, supported = self._subgraph_flops(node), True
         module, classes = module_of(node)
-        self.module_classes.update(classes)
+        if classes:
+            self.module_classes.update(classes)
+        domain = node.domain
         return Layer(
             name=name,
-            op=node.op_type if not node.domain or node.domain == "ai.onnx"
-            else f"{node.domain}.{node.op_type}",
+            op=op if not domain or domain == "ai.onnx" else f"{domain}.{op}",
             inputs=tuple(acts),
             outputs=tuple(outs),
             flops=flops,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import functools
 from collections.abc import Sequence
 
 from onnx import NodeProto
@@ -18,6 +19,8 @@ def module_of(node: NodeProto) -> tuple[str | None, dict[str, str]]:
     From the exporters' `pkg.torch.onnx.name_scopes`/`class_hierarchy` metadata, else from a
     scoped node name such as `/layer1/layer1.0/conv1/Conv` (TorchScript), which has no classes.
     """
+    if not node.metadata_props:
+        return module_path(node.name), {}
     meta = {p.key: p.value for p in node.metadata_props}
     scopes = _parse_list(meta.get(_NAME_SCOPES))
     classes = _parse_list(meta.get(_CLASS_HIERARCHY))
@@ -34,7 +37,13 @@ def module_path(node_name: str) -> str | None:
     """'/layer1/layer1.0/conv1/Conv' -> 'layer1.0.conv1'; None for an unscoped name."""
     if not node_name.startswith("/"):
         return None
-    return _join_scopes([p for p in node_name.split("/")[1:-1] if p]) or None
+    return _scope_path(node_name.rpartition("/")[0])
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _scope_path(scope: str) -> str | None:
+    """'/layer1/layer1.0/conv1' -> 'layer1.0.conv1': shared by every node of a module."""
+    return _join_scopes([p for p in scope.split("/")[1:] if p]) or None
 
 
 _METADATA_CHARS = 65_536  # a scope list longer than this is not read as one
