@@ -329,10 +329,11 @@ class _Reader:
             if vi.name:
                 self.info[vi.name] = value_info(vi)
         for t in g.initializer:
-            if any(d < 0 for d in t.dims):
+            dims = tuple(t.dims)
+            if dims and min(dims) < 0:
                 raise ModelError(f"model {name!r}: initializer {t.name!r} has a negative "
-                                 f"dimension {tuple(t.dims)}")
-            self.info[t.name] = Info(tuple(int(d) for d in t.dims), t.data_type)
+                                 f"dimension {dims}")
+            self.info[t.name] = Info(dims, t.data_type)
         self.raw_inputs = [i.name for i in g.input if i.name not in self.initializers]
         self.buffers = buffer_names(g)
         self.names = layer_names(g)

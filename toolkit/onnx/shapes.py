@@ -123,16 +123,19 @@ class Info:
 
 
 def value_info(vi: ValueInfoProto) -> Info:
+    if vi.type.WhichOneof("value") != "tensor_type":
+        return Info(None, 0)
     tt = vi.type.tensor_type
-    if not vi.type.HasField("tensor_type") or not tt.HasField("shape"):
-        return Info(None, tt.elem_type if vi.type.HasField("tensor_type") else 0)
+    if not tt.HasField("shape"):
+        return Info(None, tt.elem_type)
     dims: list[int] = []
     symbolic = False
     for d in tt.shape.dim:
-        if d.HasField("dim_value") and d.dim_value < 0:
-            raise ModelError(f"tensor {vi.name!r} has a negative dimension ({d.dim_value})")
-        if d.HasField("dim_value"):
-            dims.append(int(d.dim_value))
+        if d.WhichOneof("value") == "dim_value":
+            value = d.dim_value
+            if value < 0:
+                raise ModelError(f"tensor {vi.name!r} has a negative dimension ({value})")
+            dims.append(value)
         else:
             dims.append(1)
             symbolic = True
