@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import tempfile
@@ -9,6 +10,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import onnx
 
 from toolkit import api, zoo
 from toolkit.blocks import find_blocks
@@ -51,7 +53,6 @@ def cli_wall_ms(model: str) -> float:
 def residual_mlp_onnx(blocks: int, path: Path) -> int:
     """An ONNX chain of `blocks` residual MLP blocks (6 nodes each, distinct small weights).
     Returns the number of nodes."""
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(0)
@@ -81,23 +82,35 @@ def residual_mlp_onnx(blocks: int, path: Path) -> int:
     return len(nodes)
 
 
-def onnx_scaling_rows(sizes: list[int]) -> list[list[str]]:
-    """Read + cost time of synthetic ONNX chains of about `sizes` nodes."""
-    scenario = api.make_scenario()
+def read_floor_rows(names: list[str], chain_sizes: list[int], repeats: int) -> list[list[str]]:
+    """`partition` (read, costs, blocks, solve) against the read floor (`bench.readfloor`) for
+    zoo models and synthetic chains of about `chain_sizes` nodes, each in a fresh process."""
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for size in sizes:
-            path = Path(tmp) / f"mlp-{size}.onnx"
-            nodes = residual_mlp_onnx(max(1, size // 6), path)
-            start = time.perf_counter()
-            graph = read_onnx(path, path.stem)
-            load_s = time.perf_counter() - start
-            start = time.perf_counter()
-            build_cost_graph(graph, scenario)
-            cost_s = time.perf_counter() - start
-            rows.append([str(nodes), f"{path.stat().st_size / 1e6:.1f}", f"{load_s:.2f}",
-                         f"{cost_s:.2f}", f"{nodes / (load_s + cost_s):,.0f}"])
+        models = [(name, zoo.export(name)) for name in names]
+        for size in chain_sizes:
+            path = Path(tmp) / f"chain-{size}.onnx"
+            residual_mlp_onnx(max(1, size // 6), path)
+            models.append((f"residual MLP chain, {size:,} nodes", path))
+        for label, path in models:
+            nodes = len(onnx.load(str(path), load_external_data=False).graph.node)
+            times = repeats if nodes < 100_000 else 1
+            floor = _measured("floor", path, times)
+            run = _measured("partition", path, times)
+            total = sum(run[k] for k in ("load", "costs", "blocks", "solve", "baselines"))
+            rows.append([label, f"{nodes:,}", f"{path.stat().st_size / 1e6:.0f}",
+                         f"{floor['floor']:.2f}", f"{run['load']:.2f}",
+                         f"{total - run['load']:.2f}", f"{total:.2f}",
+                         f"{total / floor['floor']:.1f}x", f"{floor['peak_mb']:,.0f}",
+                         f"{run['peak_mb']:,.0f}"])
     return rows
+
+
+def _measured(what: str, path: Path, repeats: int) -> dict[str, float]:
+    done = subprocess.run([sys.executable, "-m", "bench.readfloor", what, str(path),
+                           str(repeats)], check=True, capture_output=True, text=True)
+    result: dict[str, float] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
 
 
 def zoo_rows(names: list[str], with_cli: bool) -> list[list[str]]:

@@ -416,7 +416,7 @@ def test_shape_arithmetic_too_deep_to_fold_is_learnt_from_one_run(monkeypatch):
     runs: list[int] = []
     probe = reader.runtime_shapes
     monkeypatch.setattr(reader, "runtime_shapes",
-                        lambda m, names: runs.append(1) or probe(m, names))
+                        lambda m, names, inputs: runs.append(1) or probe(m, names, inputs))
     m = _where_shaped(deep=4)
     kept = m.SerializeToString()
     graph = reader.read_model(m, "m")

@@ -6,8 +6,8 @@ values through a handful of operators only, so Swin's window partition, BERT's a
 masks or ViT's class token come out symbolic. Every input of that arithmetic is known once the
 input sizes are fixed: the static shapes of the activations it measures and small constants.
 So we evaluate just that arithmetic (integers, a few elements) in onnxruntime on a weightless
-model, put the values in as Constant nodes and infer shapes again, for a round or two. What
-still stays symbolic is left to the probe run (`runtime_shapes`).
+model, put the values in as Constant nodes and infer shapes again. What still stays symbolic
+is left to the probe run (`runtime_shapes`).
 """
 
 from __future__ import annotations
@@ -29,9 +29,6 @@ log = logging.getLogger(__name__)
 _SMALL_INITIALIZER = 512
 """Initializers (elements) small enough to be shape arithmetic's constants, not weights (and
 never dropped by `drop_big_weights`)."""
-_ROUNDS = 2
-"""Rounds of folding before giving up: each costs a shape inference; a model whose shapes
-alternate with arithmetic block after block (Swin: 17 rounds) is cheaper to run once."""
 _SMALL_VALUE = 1 << 16
 """Values (elements) put in as constants: shapes and indices; larger ones are masks."""
 _NEVER_FOLDED = frozenset(
@@ -41,28 +38,25 @@ _NEVER_FOLDED = frozenset(
 
 
 def fold_shapes(
-    model: ModelProto, info: dict[str, Info], infer: Callable[[ModelProto], ModelProto],
-    unresolved: Callable[[dict[str, Info]], bool],
+    model: ModelProto, info: dict[str, Info], infer: Callable[[ModelProto], ModelProto]
 ) -> dict[str, Info]:
-    """Sizes of weightless `model`'s tensors after folding its shape arithmetic (module doc).
+    """Sizes of weightless `model`'s tensors after folding its shape arithmetic (module doc):
+    `info` is what static inference (`infer`) gave.
 
-    `info` holds what static inference gave; `infer` is that inference and `unresolved` says
-    whether sizes stay symbolic. Returns `info` refined; unchanged when nothing folds.
+    One round of folding resolves every size of BERT, GPT-2 and ViT. Where a Shape node
+    measures a tensor whose size is itself unknown, one round cannot finish (Swin's windows:
+    17 rounds, each a shape inference) and the model must be run anyway; nothing is folded.
     """
+    if any(_measured(node, info.get(node.input[0]) if node.input else None) is None
+           for node in model.graph.node if node.op_type in ("Shape", "Size")):
+        return info
+    values = _evaluate(model, info, {})
+    if not values:
+        return info
     bare = ModelProto()
     bare.CopyFrom(model)
     del bare.graph.value_info[:]
-    values: dict[str, np.ndarray] = {}
-    for _ in range(_ROUNDS):
-        found = {n: v for n, v in _evaluate(model, info, values).items() if n not in values}
-        if not found:
-            break
-        values.update(found)
-        folded = _with_constants(bare, values)
-        info = {**info, **_resolved(infer(folded))}
-        if not unresolved(info):
-            break
-    return info
+    return {**info, **_resolved(infer(_with_constants(bare, values)))}
 
 
 def _resolved(model: ModelProto) -> dict[str, Info]:

@@ -13,7 +13,7 @@ import heapq
 import json
 import logging
 import math
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -239,18 +239,13 @@ def _prepared(
     check_text(model.graph, name)
     reader = _Reader(infer_shapes(model), name)
     if reader.unresolved():
-        reader.info = fold_shapes(model, reader.info, infer_shapes,
-                                  lambda info: bool(reader.unresolved(info)))
+        reader.info = fold_shapes(model, reader.info, infer_shapes)
     missing = reader.unresolved()
     if missing:
         full = whole()
         if base_dir is not None and has_external_data(full):
             full = with_external_data(full, base_dir)
-        probe = ModelProto()
-        probe.CopyFrom(full)
-        del probe.graph.input[:]  # the inputs as read, with their `--dim` values
-        probe.graph.input.extend(model.graph.input)
-        reader.refine(runtime_shapes(probe, missing))
+        reader.refine(runtime_shapes(full, missing, inputs=model.graph.input))
     return reader
 
 
@@ -564,7 +559,7 @@ class _Reader:
             tied=tuple(tied.items()),
         )
 
-    def _constant(self, names: list[str], absent: float) -> float:
+    def _constant(self, names: Sequence[str], absent: float) -> float:
         """The value of the one scalar constant named (initializer or Constant node): `absent`
         where none is named, 0 where it is not a constant."""
         if not names or not names[0]:

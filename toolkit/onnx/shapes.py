@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,12 +30,15 @@ def infer_shapes(model: ModelProto) -> ModelProto:
             return model
 
 
-def runtime_shapes(model: ModelProto, names: dict[str, int]) -> dict[str, Shape]:
+def runtime_shapes(
+    model: ModelProto, names: dict[str, int], inputs: Sequence[ValueInfoProto] | None = None,
+) -> dict[str, Shape]:
     """Shapes of `names` (name -> element type) seen running the model once in onnxruntime.
 
-    Used where static inference leaves sizes symbolic (shapes computed from Shape ops, as in
-    Swin's window partition). Symbolic input dimensions are taken as 1. Returns {} if the model
-    cannot run (custom ops, missing weights), in which case the static shapes stand.
+    Used where static inference and folding leave sizes symbolic (shapes computed from Shape
+    ops, as in Swin's window partition). `inputs` replace the model's declared graph inputs
+    (the reader's, with `--dim` values); symbolic input dimensions are taken as 1. Returns {}
+    if the model cannot run (custom ops, missing weights): the static shapes then stand.
     """
     try:
         import onnxruntime as ort
@@ -42,13 +46,13 @@ def runtime_shapes(model: ModelProto, names: dict[str, int]) -> dict[str, Shape]
         return {}
     if not names:
         return {}
-    probe, feeds = _probe_model(model)
+    probe, feeds = _probe_model(model, inputs)
     del probe.graph.output[:]
     for name, elem_type in names.items():
         probe.graph.output.append(onnx.helper.make_tensor_value_info(name, elem_type, None))
     initializers = {t.name for t in model.graph.initializer}
-    for vi in model.graph.input:
-        if vi.name in initializers:
+    for vi in list(probe.graph.input):
+        if vi.name in initializers or vi.name in feeds:
             continue
         info = value_info(vi)
         shape = info.shape or ()
@@ -80,12 +84,18 @@ _PROBE_WEIGHT_TYPES = {TensorProto.FLOAT: np.float32, TensorProto.DOUBLE: np.flo
                        TensorProto.FLOAT16: np.float16}
 
 
-def _probe_model(model: ModelProto) -> tuple[ModelProto, dict[str, np.ndarray]]:
-    """A copy of `model` whose big float weights are graph inputs, fed as views of their bytes:
-    onnxruntime then gets them without serialising hundreds of megabytes of protobuf."""
+def _probe_model(
+    model: ModelProto, inputs: Sequence[ValueInfoProto] | None
+) -> tuple[ModelProto, dict[str, np.ndarray]]:
+    """A copy of `model` (its graph inputs replaced by `inputs` if given) whose big float
+    weights are graph inputs, fed as views of their bytes: onnxruntime then gets them without
+    serialising hundreds of megabytes of protobuf."""
     with big_weights_aside(model) as big:
         probe = ModelProto()
         probe.CopyFrom(model)
+    if inputs is not None:
+        del probe.graph.input[:]
+        probe.graph.input.extend(inputs)
     moved: dict[str, np.ndarray] = {}
     for i, raw in sorted(big.items(), reverse=True):  # back to front: deleting keeps positions
         t = probe.graph.initializer[i]
