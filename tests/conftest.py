@@ -30,7 +30,8 @@ def _user_models(uri: str, password: str) -> list[str] | None:
 
     try:
         with GraphDatabase.driver(uri, auth=(os.environ.get("NEO4J_USER", "neo4j"),
-                                             password), connection_timeout=3) as driver:
+                                             password), connection_timeout=3,
+                                  max_transaction_retry_time=0) as driver:  # none there: say so
             records, _, _ = driver.execute_query(
                 "MATCH (m:Model) RETURN m.name AS name, m.version AS version ORDER BY name")
             return [f"{r['name']}@{r['version']}" for r in records]
