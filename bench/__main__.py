@@ -374,16 +374,17 @@ def end_to_end(doc: Doc, names: list[str]) -> None:
     doc.add("## End to end: where `splitcut partition` spends its time")
     doc.add()
     doc.add("Per zoo model (cached export, default scenario), one run of each phase in ms: "
-            "reading the ONNX file into a layer graph (with onnxruntime's shape probe where "
-            "shapes stay symbolic), costing, block detection, the block-wise solve and the four "
-            "baselines. The last column is `splitcut partition MODEL --json` in a fresh process "
-            "(Python start-up and imports included).")
+            "reading the ONNX file into a layer graph (shape arithmetic folded; one onnxruntime "
+            "run only where that cannot finish), costing, block detection, the block-wise "
+            "solve and the four baselines. The last column is `splitcut partition MODEL "
+            "--json` in a fresh process (Python start-up and imports included).")
     doc.add()
     doc.table(["model", "load", "costs", "blocks", "solve", "baselines", "sum", "CLI wall ms"],
               endtoend.zoo_rows(names, with_cli=True))
-    doc.add("Reading dominates: parsing the weights of the large files (VGG-16 holds 553 MB) "
-            "and, for the transformers, the one onnxruntime run that resolves the shapes static "
-            "inference leaves symbolic. The rest of the CLI's wall time is Python start-up and "
+    doc.add("Reading dominates: parsing the large files (VGG-16 holds 553 MB of weights) "
+            "and, for Swin, the one onnxruntime run that learns the sizes static inference "
+            "leaves symbolic (BERT, GPT-2 and ViT need none: their shape arithmetic is folded, "
+            "`toolkit/onnx/fold.py`). The rest of the CLI's wall time is Python start-up and "
             "imports.")
     doc.add()
 
