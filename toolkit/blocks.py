@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from toolkit.collector import collector_paused
 from toolkit.graph import Layer, LayerGraph
 
 T = TypeVar("T")
@@ -154,6 +155,7 @@ def cut_vertices(n: int, edges: Iterable[tuple[int, int]]) -> list[int]:
     return cuts
 
 
+@collector_paused
 def find_blocks(graph: LayerGraph) -> BlockStructure:
     """Cut vertices, segments and block types of a layer graph."""
     layers = list(graph)

@@ -49,6 +49,7 @@ from typing import Any
 
 import numpy as np
 
+from toolkit.collector import collector_paused
 from toolkit.costgraph import CostGraph, CostTensor
 from toolkit.errors import ScenarioError
 from toolkit.graph import Layer, LayerGraph, Tensor
@@ -319,6 +320,7 @@ def sync_ms(layer: Layer, scenario: Scenario) -> float:
     return (bits / scenario.uplink_bps + bits / scenario.downlink_bps) * 1e3 / scenario.sync_every
 
 
+@collector_paused
 def build_cost_graph(graph: LayerGraph, scenario: Scenario) -> CostGraph:
     """Every layer's device/server delay, every activation's crossing delay, the message terms
     and the raw-data pins."""

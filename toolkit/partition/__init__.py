@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from toolkit.blocks import BlockStructure
+from toolkit.collector import collector_paused
 from toolkit.costgraph import CostGraph, Delay, crossing_tensors, peak_memory
 from toolkit.errors import PartitionError
 from toolkit.partition import baselines
@@ -68,6 +69,7 @@ class Partition:
         }
 
 
+@collector_paused
 def solve(
     graph: CostGraph,
     method: str = "general",
