@@ -176,3 +176,31 @@ def test_graph_and_partition_json_follow_the_contract_and_agree(tmp_path, capsys
     cut = {t["name"] for t in graph["tensors"]
            if t["producer"] in device and any(c not in device for c in t["consumers"])}
     assert set(part["partition"]["cut_tensors"]) == cut
+
+
+def test_the_collector_is_paused_inside_and_back_on_after_even_on_error():
+    import gc
+
+    from toolkit.blocks import find_blocks
+    from toolkit.collector import collector_paused
+    from toolkit.partition import solve
+
+    seen: list[bool] = []
+
+    @collector_paused
+    def inner() -> None:
+        seen.append(gc.isenabled())
+
+    @collector_paused
+    def outer(fail: bool) -> None:
+        inner()
+        seen.append(gc.isenabled())  # the inner call left it to the outer one
+        if fail:
+            raise ValueError("boom")
+
+    assert gc.isenabled()
+    outer(False)
+    with pytest.raises(ValueError):
+        outer(True)
+    assert seen == [False, False, False, False] and gc.isenabled()
+    assert all(hasattr(f, "__wrapped__") for f in (build_cost_graph, find_blocks, solve))
