@@ -383,14 +383,14 @@ def read_floor(doc: Doc, names: list[str], chain_sizes: list[int], repeats: int)
             "the cyclic collector is paused while costing, detecting blocks and solving.")
     doc.add()
     doc.add("Where that leaves the goal of `partition` within 2x the floor: met by the zoo's "
-            'CNNs and by BERT, GPT-2 and ViT (1.0-1.9x), not by Swin (its sizes need the '
-            'onnxruntime run: a Shape of a tensor whose size is itself computed, 17 rounds '
-            'deep) nor by deep chains (see the table): there every node still becomes Python '
-            'objects (a layer, its tensors, its cost inputs) in the reader and is walked '
-            'again by the memory model, block detection and the solve: over 100 microseconds '
+            "CNNs and by BERT, GPT-2 and ViT (1.0-1.9x), not by Swin (its sizes need the "
+            "onnxruntime run: a Shape of a tensor whose size is itself computed, 17 rounds "
+            "deep) nor by deep chains (see the table): there every node still becomes Python "
+            "objects (a layer, its tensors, its cost inputs) in the reader and is walked "
+            "again by the memory model, block detection and the solve: over 100 microseconds "
             "per node where the floor spends about ten, most of them in ONNX's C++ shape "
-            'inference. Reaching 2x there needs a columnar reader and core (arrays per field '
-            'instead of objects per node), which this work did not do.')
+            "inference. Reaching 2x there needs a columnar reader and core (arrays per field "
+            "instead of objects per node), which this work did not do.")
     doc.add()
 
 
