@@ -383,7 +383,8 @@ def read_floor(doc: Doc, names: list[str], chain_sizes: list[int], repeats: int)
             "the cyclic collector is paused while costing, detecting blocks and solving.")
     doc.add()
     doc.add("Where that leaves the goal of `partition` within 2x the floor: met by the zoo's "
-            "CNNs and by BERT, GPT-2 and ViT (1.0-1.9x), not by Swin (its sizes need the "
+            "CNNs, BERT and GPT-2 (0.9-1.7x here), nearly by ViT (2.6x here, 1.9x in the run "
+            "before; its floor varies with the page cache), not by Swin (its sizes need the "
             "onnxruntime run: a Shape of a tensor whose size is itself computed, 17 rounds "
             "deep) nor by deep chains (see the table): there every node still becomes Python "
             "objects (a layer, its tensors, its cost inputs) in the reader and is walked "
