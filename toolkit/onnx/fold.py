@@ -22,7 +22,7 @@ import onnx.numpy_helper
 from onnx import AttributeProto, ModelProto, NodeProto
 
 from toolkit.onnx.load import first_line
-from toolkit.onnx.shapes import Info
+from toolkit.onnx.shapes import Info, value_info
 
 log = logging.getLogger(__name__)
 
@@ -50,18 +50,13 @@ def fold_shapes(
     if any(_measured(node, info.get(node.input[0]) if node.input else None) is None
            for node in model.graph.node if node.op_type in ("Shape", "Size")):
         return info
-    values = _evaluate(model, info, {})
+    values = _evaluate(model, info)
     if not values:
         return info
-    bare = ModelProto()
-    bare.CopyFrom(model)
-    del bare.graph.value_info[:]
-    return {**info, **_resolved(infer(_with_constants(bare, values)))}
+    return {**info, **_resolved(infer(_with_constants(model, values)))}
 
 
 def _resolved(model: ModelProto) -> dict[str, Info]:
-    from toolkit.onnx.shapes import value_info
-
     found = {}
     for vi in [*model.graph.value_info, *model.graph.output]:
         got = value_info(vi)
@@ -70,19 +65,15 @@ def _resolved(model: ModelProto) -> dict[str, Info]:
     return found
 
 
-def _evaluate(
-    model: ModelProto, info: dict[str, Info], known: dict[str, np.ndarray]
-) -> dict[str, np.ndarray]:
-    """Values of the shape arithmetic not yet in `known`, computed in one onnxruntime run."""
+def _evaluate(model: ModelProto, info: dict[str, Info]) -> dict[str, np.ndarray]:
+    """Values of the shape arithmetic, computed in one onnxruntime run."""
     g = model.graph
     small = {t.name: t for t in g.initializer if math.prod(t.dims) <= _SMALL_INITIALIZER}
-    static: set[str] = set(small) | set(known)
+    static: set[str] = set(small)
     arithmetic: list[NodeProto] = []
     for node in g.node:  # exporters write nodes in topological order
         outs = [o for o in node.output if o]
         if not outs or node.op_type in _NEVER_FOLDED or node.domain not in ("", "ai.onnx"):
-            continue
-        if all(o in known for o in outs):
             continue
         ins = [x for x in node.input if x]
         if node.op_type in ("Shape", "Size"):
@@ -98,7 +89,7 @@ def _evaluate(
     wanted = [o for n in arithmetic for o in n.output if o]
     if not wanted:
         return {}
-    values = _run(model, arithmetic, small, known, wanted)
+    values = _run(model, arithmetic, small, wanted)
     return {n: v for n, v in values.items() if v.size <= _SMALL_VALUE}
 
 
@@ -121,20 +112,18 @@ def _constant(name: str, value: np.ndarray) -> NodeProto:
 
 def _run(
     model: ModelProto, nodes: list[NodeProto], small: dict[str, onnx.TensorProto],
-    known: dict[str, np.ndarray], wanted: list[str],
+    wanted: list[str],
 ) -> dict[str, np.ndarray]:
-    """Run `nodes` (their inputs: `small` initializers and `known` values) in onnxruntime
-    and return the `wanted` values; {} if it cannot."""
+    """Run `nodes` (their inputs: `small` initializers) in onnxruntime and return the
+    `wanted` values; {} if it cannot."""
     try:
         import onnxruntime as ort
     except ImportError:
         return {}
     used = {i for n in nodes for i in n.input}
-    inits = [small[n] for n in used if n in small and n not in known]
-    known_nodes = [_constant(n, v) for n, v in known.items() if n in used]
     outputs = [onnx.helper.make_empty_tensor_value_info(n) for n in wanted]
-    graph = onnx.helper.make_graph([*known_nodes, *nodes], "shape-arithmetic", [],
-                                   outputs, inits)
+    graph = onnx.helper.make_graph(nodes, "shape-arithmetic", [], outputs,
+                                   [small[n] for n in used if n in small])
     sub = onnx.helper.make_model(graph, opset_imports=list(model.opset_import))
     sub.ir_version = model.ir_version
     options = ort.SessionOptions()
@@ -152,9 +141,10 @@ def _run(
 
 def _with_constants(model: ModelProto, values: dict[str, np.ndarray]) -> ModelProto:
     """A copy of `model` in which each node whose outputs all have `values` is replaced by
-    Constant nodes."""
+    Constant nodes, and no shapes are declared inside (inference works them out anew)."""
     folded = ModelProto()
     folded.CopyFrom(model)
+    del folded.graph.value_info[:]
     kept, constants = [], []
     for n in folded.graph.node:
         outs = [o for o in n.output if o]

@@ -341,14 +341,12 @@ class _Reader:
             (o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0
         )
 
-    def unresolved(self, known: dict[str, Info] | None = None) -> dict[str, int]:
-        """Node outputs (with element type) whose size static inference left unknown or symbolic
-        (in `known`, default what the reader has)."""
-        known = self.info if known is None else known
+    def unresolved(self) -> dict[str, int]:
+        """Node outputs (with element type) whose size static inference left unknown or symbolic."""
         found: dict[str, int] = {}
         for outputs in self.node_outputs:
             for out in outputs:
-                info = known.get(out)
+                info = self.info.get(out)
                 if info is not None and info.elem_type and (info.shape is None or info.symbolic):
                     found[out] = info.elem_type
         return found
