@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import onnx
 
 from toolkit import api, zoo
 from toolkit.blocks import find_blocks
@@ -53,6 +52,7 @@ def cli_wall_ms(model: str) -> float:
 def residual_mlp_onnx(blocks: int, path: Path) -> int:
     """An ONNX chain of `blocks` residual MLP blocks (6 nodes each, distinct small weights).
     Returns the number of nodes."""
+    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(0)
@@ -87,15 +87,15 @@ def read_floor_rows(names: list[str], chain_sizes: list[int], repeats: int) -> l
     zoo models and synthetic chains of about `chain_sizes` nodes, each in a fresh process."""
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        models = [(name, zoo.export(name)) for name in names]
+        models = [(name, zoo.export(name), repeats) for name in names]
         for size in chain_sizes:
             path = Path(tmp) / f"chain-{size}.onnx"
             residual_mlp_onnx(max(1, size // 6), path)
-            models.append((f"residual MLP chain, {size:,} nodes", path))
-        for label, path in models:
-            nodes = len(onnx.load(str(path), load_external_data=False).graph.node)
-            times = repeats if nodes < 100_000 else 1
+            models.append((f"residual MLP chain, {size:,} nodes", path,
+                           repeats if size < 100_000 else 1))
+        for label, path, times in models:
             floor = _measured("floor", path, times)
+            nodes = int(floor["nodes"])
             run = _measured("partition", path, times)
             total = sum(run[k] for k in ("load", "costs", "blocks", "solve", "baselines"))
             rows.append([label, f"{nodes:,}", f"{path.stat().st_size / 1e6:.0f}",
