@@ -46,8 +46,8 @@ def _peak_mb() -> float:
 def main() -> None:
     what, path, repeats = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
     if what == "floor":
-        runs = [floor_s(path) for _ in range(repeats)]
-        result: dict[str, object] = {"floor": min(s for s, _ in runs), "nodes": runs[0][1]}
+        floors = [floor_s(path) for _ in range(repeats)]
+        result: dict[str, object] = {"floor": min(s for s, _ in floors), "nodes": floors[0][1]}
     else:
         scenario = api.make_scenario()
         runs = [phases_ms(path, path.stem, scenario) for _ in range(repeats)]
