@@ -196,18 +196,24 @@ def find_blocks(graph: LayerGraph) -> BlockStructure:
 def layer_key(graph: LayerGraph, layer: Layer) -> str:
     """A layer's own content: op, attributes, parameters, outputs, raw inputs read. Stored on
     `(:Layer)` at ingest so that Cypher can build the same segment keys."""
-    outs = ";".join(tensor_key(graph, layer, t) for t in layer.outputs)
-    raw = ";".join(
-        f"{graph.tensors[t].shape}:{graph.tensors[t].dtype}"
-        for t in layer.inputs if graph.tensors[t].producer is None
-    )
+    tensors = graph.tensors
+    outs = ";".join(f"{i}:{_typed(tensors[t].shape, tensors[t].dtype)}"
+                    for i, t in enumerate(layer.outputs))
+    raw = ";".join(_typed(tensors[t].shape, tensors[t].dtype)
+                   for t in layer.inputs if tensors[t].producer is None)
     return f"{layer.op}|{layer.attrs}|{layer.params}|{outs}|{raw}"
 
 
 def tensor_key(graph: LayerGraph, producer: Layer, tensor: str) -> str:
     """Which output of its producer a tensor is, and its shape and type (on `[:FEEDS]`)."""
     t = graph.tensors[tensor]
-    return f"{producer.outputs.index(tensor)}:{t.shape}:{t.dtype}"
+    return f"{producer.outputs.index(tensor)}:{_typed(t.shape, t.dtype)}"
+
+
+@functools.lru_cache(maxsize=4096)
+def _typed(shape: tuple[int, ...], dtype: str) -> str:
+    """'shape:dtype' of a tensor key (a deep model repeats a few shapes many times)."""
+    return f"{shape}:{dtype}"
 
 
 def segment_key(
