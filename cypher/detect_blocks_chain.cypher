@@ -1,7 +1,7 @@
 // Block detection, step 2: one batch of (:Block) nodes for the segments of step 1, each
 // (:Block)-[:CONTAINS]->(:Layer) its layers (read once for the batch, in order, from the
-// (model, version, topo) index), linked (:Block)-[:NEXT]->(:Block) in order (to the previous
-// batch's last block too).
+// (model, version, topo) index), linked (:Block)-[:NEXT]->(:Block) in order. Batches are
+// independent (several are written at once); detect_blocks_link then joins them.
 // $model, $version; $blocks: [{uid, index, entry, exit, closed}] consecutive in index.
 // Returns blocks (count).
 // A batch already stored (committed, its acknowledgement lost, the write retried) is skipped.
@@ -23,10 +23,8 @@ CALL (low, layers, b, row) {
 WITH collect(b) AS blocks
 WHERE size(blocks) > 0  // (none when the batch was stored already)
 CALL (blocks) {
-  OPTIONAL MATCH (before:Block {model: $model, version: $version, index: blocks[0].index - 1})
-  WITH [x IN [before] WHERE x IS NOT NULL] + blocks AS chain
-  UNWIND range(0, size(chain) - 2) AS i
-  WITH chain[i] AS a, chain[i + 1] AS c
+  UNWIND range(0, size(blocks) - 2) AS i
+  WITH blocks[i] AS a, blocks[i + 1] AS c
   CREATE (a)-[:NEXT]->(c)
 }
 RETURN size(blocks) AS blocks

@@ -5,8 +5,8 @@
 // blocks, in order.
 // Internal: a step splitcut runs itself; `splitcut query` does not offer it.
 MATCH (b:Block {model: $model, version: $version}) WHERE $first <= b.index <= $last
-MATCH (b)-[:CONTAINS]->(l:Layer)
-OPTIONAL MATCH (p:Layer)-[f:FEEDS]->(l)
+MATCH (b)-[:CONTAINS]->(l)
+OPTIONAL MATCH (p)-[f:FEEDS]->(l)
 WITH b, l, p, f ORDER BY l.topo, f.position
 WITH b, l, collect(CASE
        WHEN f IS NULL THEN null

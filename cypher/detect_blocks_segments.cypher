@@ -6,11 +6,12 @@
 // $model, $version, $layer_count. Returns cut_vertices (topological positions) and segments
 // ([{entry, exit, closed}] in order; entry -1 for the first).
 // Internal: a step splitcut runs itself; `splitcut query` does not offer it.
-MATCH (l:Layer {model: $model, version: $version})
-OPTIONAL MATCH (l)-[:FEEDS]->(s:Layer)
-WITH l, max(s.topo) AS far
-OPTIONAL MATCH (:Layer)-[f:FEEDS]->(l)
-WITH l.topo AS topo, coalesce(far, $layer_count) AS far, count(f) > 0 AS fed
+MATCH (l:Layer {model: $model, version: $version}) WHERE l.topo >= 0
+CALL (l) {
+  OPTIONAL MATCH (l)-[:FEEDS]->(s)
+  RETURN max(s.topo) AS far
+}
+WITH l.topo AS topo, coalesce(far, $layer_count) AS far, EXISTS { (l)<-[:FEEDS]-() } AS fed
 ORDER BY topo
 WITH collect({topo: topo, far: far, fed: fed}) AS rows
 WITH rows,

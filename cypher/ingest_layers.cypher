@@ -1,12 +1,11 @@
-// One batch of a staged version's layers and the data edges into them (readers see a version
-// only once model_switch makes it current). The (:Model) node exists (model_lock). An edge from
-// a layer of this batch finds it in the batch's list of new nodes; one from an earlier batch
-// by the (model, version, topo) index.
-// $model: model name; $version: the staged version; $first: topo of the batch's first layer;
-// $rows: [{uid, name, op, topo, flops, macs, params, out_bytes, device_ms, server_ms, pinned,
-//   module, key}] in topological order from $first; $feeds: [{producer, consumer, tensor,
-//   bytes, crossing_ms, position, tensor_key}] (topological positions) into this batch's
-//   layers. Returns feeds (count).
+// One batch of a staged version's layers and the data edges between them (readers see a version
+// only once model_switch makes it current). The (:Model) node exists (model_lock). Batches are
+// independent, so several are written at once; each edge finds its two ends by position in the
+// batch's list of new layers. Edges from an earlier batch come after (ingest_feeds).
+// $model: model name; $version: the staged version; $rows: [{uid, name, op, topo, flops, macs,
+//   params, out_bytes, device_ms, server_ms, pinned, module, key}] in topological order;
+//   $feeds: [{p, c, tensor, bytes, crossing_ms, position, tensor_key}], p and c the producer's
+//   and the consumer's positions in $rows. Returns feeds (count).
 // A batch that is already stored (its transaction committed, but the acknowledgement was lost
 // and the write retried) is not written again.
 // Internal: a step splitcut runs itself; `splitcut query` does not offer it.
@@ -21,13 +20,7 @@ CREATE (m)-[:HAS_LAYER]->(l)
 WITH collect(l) AS nodes
 WHERE size(nodes) > 0  // (none when the batch was stored already)
 UNWIND $feeds AS f
-OPTIONAL CALL (f) {
-  WITH f WHERE f.producer < $first
-  MATCH (earlier:Layer {model: $model, version: $version, topo: f.producer})
-  RETURN earlier
-}
-WITH CASE WHEN f.producer >= $first THEN nodes[f.producer - $first] ELSE earlier END AS p,
-     nodes[f.consumer - $first] AS c, f
+WITH nodes[f.p] AS p, nodes[f.c] AS c, f
 CREATE (p)-[:FEEDS {tensor: f.tensor, bytes: f.bytes, crossing_ms: f.crossing_ms,
                     position: f.position, tensor_key: f.tensor_key}]->(c)
 RETURN count(*) AS feeds

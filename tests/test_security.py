@@ -35,7 +35,7 @@ def test_no_cypher_is_written_in_python():
 def test_query_has_no_ad_hoc_mode():
     params = {p.name for p in cli.commands["query"].params}
     assert params <= {"name", "params", "as_json", "wide", "uri", "user", "password", "database",
-                      "batch_rows", "retry_seconds"}
+                      "batch_rows", "writers", "retry_seconds"}
 
 
 def _odd_model():

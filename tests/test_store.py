@@ -6,6 +6,7 @@ import contextlib
 import functools
 import json
 import os
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -504,7 +505,8 @@ def test_a_write_retried_after_its_commit_is_not_applied_twice(monkeypatch):
 
         def replay(query: str, /, **params: object) -> list[dict[str, object]]:
             rows = twice(query, **params)
-            if query in ("ingest_layers", "detect_blocks_chain"):
+            if query in ("ingest_layers", "ingest_feeds", "detect_blocks_chain",
+                         "detect_blocks_link"):
                 replayed.append(query)
                 twice(query, **params)  # the same transaction's work again
             return rows
@@ -512,7 +514,8 @@ def test_a_write_retried_after_its_commit_is_not_applied_twice(monkeypatch):
         monkeypatch.setattr(store, "_statement", replay)
         assert store.ingest(graph, costs, "retried", "synthetic", 0) == "created"
         assert replayed.count("ingest_layers") == -(-len(graph) // 9)  # every batch replayed
-        assert "detect_blocks_chain" in replayed
+        assert {"ingest_feeds", "detect_blocks_chain", "detect_blocks_link"} <= set(replayed)
+        assert _stored_edges(store, name) == _graph_edges(graph, costs)
         assert _all_layers(store, name) == len(graph)
         assert model_size(store, name)[1] == sum(len(t.consumers) for t in costs.tensors)
         assert store.read_blocks(name).cut_vertices == find_blocks(graph).cut_vertices
@@ -535,3 +538,81 @@ def test_the_routing_scheme_reads_and_writes_a_single_server(tmp_path, capsys, m
     assert "routed" in {row["model"] for row in json.loads(out)}
     with Store(Connection.from_env(uri=routed, password=PASSWORD)) as store:
         assert store.delete_model("routed")
+
+
+def _stored_edges(store: Store, name: str) -> Counter[tuple[object, ...]]:
+    """The current version's FEEDS edges with what they carry."""
+    found = store.driver.execute_query(
+        "MATCH (m:Model {name: $n})-[:HAS_LAYER]->(p:Layer)-[f:FEEDS]->(c:Layer) "
+        "RETURN p.name AS p, c.name AS c, f.tensor AS t, f.position AS pos, f.bytes AS b, "
+        "f.tensor_key AS k", n=name).records
+    return Counter((r["p"], r["c"], r["t"], r["pos"], r["b"], r["k"]) for r in found)
+
+
+def _graph_edges(graph, costs: CostGraph) -> Counter[tuple[object, ...]]:
+    from toolkit.blocks import tensor_key
+
+    layers = list(graph)
+    return Counter(
+        (layers[t.producer].name, layers[c].name, t.name, layers[c].inputs.index(t.name),
+         t.bytes, tensor_key(graph, layers[t.producer], t.name))
+        for t in costs.tensors for c in t.consumers)
+
+
+@pytest.mark.parametrize("writers", [1, 3])
+def test_batches_written_at_once_store_the_graph_exactly(writers):
+    """Small batches, several in flight: every edge (inside a batch or between two, skips
+    included) stored once with what it carries, the blocks one NEXT chain in order, and the
+    cut vertices and block types those of the Python detection."""
+    name = f"batched-{writers}"
+    graph, costs = _versioned(name, "residual", 120)
+    with Store(Connection.from_env(password=PASSWORD), batch_rows=11,
+               writers=writers) as store:
+        store.ensure_schema()
+        store.delete_model(name)
+        assert store.ingest(graph, costs, "batched", "synthetic", 0) == "created"
+        assert _stored_edges(store, name) == _graph_edges(graph, costs)
+        chain = [r["i"] for r in store.driver.execute_query(
+            "MATCH (m:Model {name: $n}) MATCH p = (a:Block {model: $n, version: m.version})"
+            "-[:NEXT]->*(z:Block) WHERE NOT EXISTS { (:Block)-[:NEXT]->(a) } "
+            "AND NOT EXISTS { (z)-[:NEXT]->(:Block) } "
+            "UNWIND nodes(p) AS b RETURN b.index AS i", n=name).records]
+        python = find_blocks(graph)
+        assert chain == list(range(len(python.segments)))
+        stored_blocks = store.read_blocks(name)
+        assert stored_blocks.cut_vertices == python.cut_vertices
+        assert [s.type_id for s in stored_blocks.segments] == \
+            [s.type_id for s in python.segments]
+        store.delete_model(name)
+
+
+def test_concurrent_writes_overlap_and_stop_at_the_first_failure():
+    """`writers` batches in flight at once, never more; a failure is raised and the batches
+    not yet started never start."""
+    import threading
+
+    from toolkit.store.store import concurrently
+
+    both = threading.Barrier(2, timeout=10)  # broken unless two batches run at once
+    lock = threading.Lock()
+    running, most, started = 0, 0, []
+
+    def work(item: int) -> None:
+        nonlocal running, most
+        with lock:
+            running += 1
+            most = max(most, running)
+            started.append(item)
+        try:
+            if item < 2:
+                both.wait()
+            if item == 3:
+                raise ValueError("batch 3 failed")
+        finally:
+            with lock:
+                running -= 1
+
+    with pytest.raises(ValueError, match="batch 3"):
+        concurrently(work, list(range(200)), 2)
+    assert most == 2
+    assert max(started) <= 4  # none started after the failure was seen

@@ -134,6 +134,7 @@ class Neo4jOptions:
     password: str  # never printed
     database: str | None
     batch_rows: int
+    writers: int
     retry_seconds: float
 
     def store(self) -> Store:
@@ -141,7 +142,7 @@ class Neo4jOptions:
 
         connection = Connection.from_env(self.uri, self.user, self.password, self.database)
         connection = dataclasses.replace(connection, retry_seconds=self.retry_seconds)
-        return Store(connection, batch_rows=self.batch_rows)
+        return Store(connection, batch_rows=self.batch_rows, writers=self.writers)
 
     def __repr__(self) -> str:
         return f"Neo4jOptions(uri={self.uri!r}, user={self.user!r}, database={self.database!r})"
@@ -218,10 +219,14 @@ def neo4j_options(func: F) -> F:
                      help="Default: $NEO4J_PASSWORD. Never printed."),
         click.option("--database", envvar="NEO4J_DATABASE", default=None,
                      help="Default: the server's default database."),
-        click.option("--batch-rows", type=click.IntRange(min=100), default=20_000,
+        click.option("--batch-rows", type=click.IntRange(min=100), default=5_000,
                      show_default=True, envvar="SPLITCUT_BATCH_ROWS",
                      help="Rows per write transaction of a large model (smaller for a server "
                           "with a small transaction memory limit)."),
+        click.option("--writers", type=click.IntRange(min=1), default=2, show_default=True,
+                     envvar="SPLITCUT_WRITERS",
+                     help="Batches of a large model written at once (about the server's "
+                          "cores; 1 writes them one after the other)."),
         click.option("--retry-seconds", type=click.FloatRange(min=0), default=30.0,
                      show_default=True, help="How long a write retries transient failures "
                                              "(a lost connection, a leader switch)."),

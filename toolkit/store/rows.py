@@ -9,6 +9,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any, TypeVar
 
 from toolkit.blocks import layer_key, tensor_key
+from toolkit.collector import collector_paused
 from toolkit.costgraph import CostGraph
 from toolkit.graph import LayerGraph
 
@@ -32,7 +33,19 @@ def node_uid(model: str, version: str, node: str | int) -> str:
     """A layer's or block's unique key: fixed-size (names of any length index) and
     collision-free (model 'a' with layer 'b/c' and model 'a/b' with layer 'c' differ, and so
     do two versions of one model), the name kept beside it."""
-    return hashlib.sha256(json.dumps([model, version, node]).encode()).hexdigest()
+    return node_uids(model, version, [node])[0]
+
+
+def node_uids(model: str, version: str, nodes: Iterable[str | int]) -> list[str]:
+    """`node_uid` of many nodes of one version: the SHA-256 of the JSON list
+    `[model, version, node]`, its common prefix hashed once."""
+    prefix = hashlib.sha256(json.dumps([model, version])[:-1].encode() + b", ")
+    uids = []
+    for node in nodes:
+        digest = prefix.copy()
+        digest.update(json.dumps(node).encode() + b"]")
+        uids.append(digest.hexdigest())
+    return uids
 
 
 def batched(rows: Iterable[Row], size: int) -> Iterator[list[Row]]:
@@ -47,27 +60,37 @@ def batched(rows: Iterable[Row], size: int) -> Iterator[list[Row]]:
         yield chunk
 
 
-def ingest_rows(graph: LayerGraph, costs: CostGraph, version: str
-                ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """A version of a layer graph and its delays as plain rows for UNWIND: (layers, feeds)."""
+@collector_paused
+def ingest_rows(graph: LayerGraph, costs: CostGraph, version: str, batch: int
+                ) -> tuple[list[tuple[list[dict[str, Any]], list[dict[str, Any]]]],
+                           list[dict[str, Any]]]:
+    """A version of a layer graph and its delays as plain rows for UNWIND, in batches of
+    `batch` layers: ([(layers, feeds inside the batch)], feeds between batches). An edge
+    inside a batch names its ends by position in the batch (p, c), one between batches by
+    topological position (producer, consumer)."""
     layers = list(graph)
-    layer_rows = [
-        {"uid": node_uid(graph.name, version, layer.name), "name": layer.name,
-         "op": layer.op, "topo": i,
-         "flops": layer.flops, "macs": layer.macs, "params": layer.params,
-         "out_bytes": layer.out_bytes, "device_ms": float(costs.device_ms[i]),
-         "server_ms": float(costs.server_ms[i]), "pinned": bool(costs.pinned[i]),
-         "module": layer.module, "key": layer_key(graph, layer)}
-        for i, layer in enumerate(layers)
+    uids = node_uids(graph.name, version, [layer.name for layer in layers])
+    batches: list[tuple[list[dict[str, Any]], list[dict[str, Any]]]] = [
+        ([{"uid": uid, "name": layer.name,
+           "op": layer.op, "topo": i,
+           "flops": layer.flops, "macs": layer.macs, "params": layer.params,
+           "out_bytes": layer.out_bytes, "device_ms": float(costs.device_ms[i]),
+           "server_ms": float(costs.server_ms[i]), "pinned": bool(costs.pinned[i]),
+           "module": layer.module, "key": layer_key(graph, layer)}
+          for i, (layer, uid) in enumerate(zip(layers[start:start + batch],
+                                               uids[start:start + batch], strict=True), start)],
+         [])
+        for start in range(0, len(layers), batch)
     ]
-    feed_rows = []
+    across = []
     for t in costs.tensors:
-        producer = layers[t.producer]
-        key = tensor_key(graph, producer, t.name)
-        for c in t.consumers:
-            feed_rows.append({
-                "producer": t.producer, "consumer": c, "tensor": t.name, "bytes": t.bytes,
-                "crossing_ms": t.crossing_ms, "position": layers[c].inputs.index(t.name),
-                "tensor_key": key,
-            })
-    return layer_rows, feed_rows
+        key = tensor_key(graph, layers[t.producer], t.name)
+        for c in sorted(t.consumers):
+            edge = {"tensor": t.name, "bytes": t.bytes, "crossing_ms": t.crossing_ms,
+                    "position": layers[c].inputs.index(t.name), "tensor_key": key}
+            if t.producer // batch == c // batch:
+                batches[c // batch][1].append(
+                    {"p": t.producer % batch, "c": c % batch, **edge})
+            else:
+                across.append({"producer": t.producer, "consumer": c, **edge})
+    return batches, across

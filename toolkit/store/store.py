@@ -13,7 +13,8 @@ import json
 import logging
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
@@ -43,19 +44,23 @@ from toolkit.store.connection import (
     StoreError,
     TransactionTooLargeError,
 )
-from toolkit.store.rows import batched, by_layers, ingest_rows, node_uid
+from toolkit.store.rows import batched, by_layers, ingest_rows, node_uids
 
 log = logging.getLogger(__name__)
 Read = TypeVar("Read")
+Item = TypeVar("Item")
+Each = Callable[[Callable[[Any], object], Sequence[Any]], None]  # in_turn or Store._each
 Solved = TypeVar("Solved", Partition, TierPartition)
 
 
 class Store:
     """A connection to one Neo4j database, used as a context manager."""
 
-    def __init__(self, connection: Connection, batch_rows: int = 20_000) -> None:
+    def __init__(self, connection: Connection, batch_rows: int = 5_000, writers: int = 2
+                 ) -> None:
         self.connection = connection
         self.batch_rows = batch_rows  # rows per transaction when a model is written in batches
+        self.writers = writers  # batches of an ingest written at once
         with self._errors():
             self.driver = GraphDatabase.driver(
                 connection.uri, auth=(connection.user, connection.password),
@@ -200,18 +205,20 @@ class Store:
 
     def _stage(self, graph: LayerGraph, costs: CostGraph, version: str,
                names: dict[str, str]) -> None:
-        """A new version's layers, edges and blocks, each batch its own transaction."""
-        layers, feeds = ingest_rows(graph, costs, version)
-        feeds.sort(key=lambda f: int(f["consumer"]))
-        run = self._statement
-        taken = 0
-        for chunk in batched(layers, self.batch_rows):
-            last, start = chunk[-1]["topo"], taken
-            while taken < len(feeds) and feeds[taken]["consumer"] <= last:
-                taken += 1
-            run("ingest_layers", model=graph.name, version=version, first=chunk[0]["topo"],
-                rows=chunk, feeds=feeds[start:taken])
-        _detect_blocks(run, graph.name, version, len(graph), names, self.batch_rows)
+        """A new version's layers, edges and blocks, each batch its own transaction, `writers`
+        of them at a time."""
+        batches, across = ingest_rows(graph, costs, version, self.batch_rows)
+        where = {"model": graph.name, "version": version}
+        self._each(lambda batch: self._statement("ingest_layers", **where, rows=batch[0],
+                                                 feeds=batch[1]), batches)
+        for feeds in batched(across, self.batch_rows):
+            self._statement("ingest_feeds", **where, feeds=feeds)
+        _detect_blocks(self._statement, self._each, graph.name, version, len(graph), names,
+                       self.batch_rows)
+
+    def _each(self, work: Callable[[Item], object], items: Sequence[Item]) -> None:
+        """`concurrently` with this store's number of writers."""
+        concurrently(work, items, self.writers)
 
     def _statement(self, query: str, /, **params: Any) -> list[dict[str, Any]]:
         """A saved query in its own write transaction, as rows."""
@@ -256,7 +263,8 @@ class Store:
             version = str(stored["version"])
             layers = run("model_get", name=model)[0]["layer_count"]
             run("detect_blocks_clear", model=model, version=version)
-            _detect_blocks(run, model, version, int(layers), names or {}, self.batch_rows)
+            _detect_blocks(run, in_turn, model, version, int(layers), names or {},
+                           self.batch_rows)
 
         self._write(work)
         return self.read_blocks(model)
@@ -435,10 +443,37 @@ def _tx_rows(tx: Transaction) -> Rows:
     return rows
 
 
-def _detect_blocks(run: Rows, model: str, version: str, layer_count: int,
+def in_turn(work: Callable[[Item], object], items: Sequence[Item]) -> None:
+    """`work(item)` for every item, one after the other (inside one transaction)."""
+    for item in items:
+        work(item)
+
+
+def concurrently(work: Callable[[Item], object], items: Sequence[Item], writers: int) -> None:
+    """`work(item)` for every item, up to `writers` at a time (each writes in transactions of
+    its own): while the server writes one batch, the next is packed and sent, and a server
+    with two cores writes two. The first failure is raised once the writes already running
+    have ended; the rest never start."""
+    if writers == 1 or len(items) < 2:
+        in_turn(work, items)
+        return
+    with ThreadPoolExecutor(writers) as pool:  # (leaving it waits for the running ones)
+        running: set[Future[object]] = set()
+        for item in items:
+            if len(running) == writers:
+                done, running = wait(running, return_when=FIRST_COMPLETED)
+                for future in done:
+                    future.result()
+            running.add(pool.submit(work, item))
+        for future in running:
+            future.result()
+
+
+def _detect_blocks(run: Rows, each: Each, model: str, version: str, layer_count: int,
                    names: dict[str, str], batch: int) -> None:
     """Cut vertices, segments, keys and types computed by the Cypher in `cypher/`, written in
-    batches of about `batch` rows through `run`.
+    batches of about `batch` layers through `run`, the batches through `each` (independent
+    until `detect_blocks_link` joins their chains).
 
     Python only cuts the work into batches and hashes each segment key to its signature;
     `names` (signature -> readable name) labels new block types.
@@ -446,13 +481,14 @@ def _detect_blocks(run: Rows, model: str, version: str, layer_count: int,
     where = {"model": model, "version": version}
     segments = run("detect_blocks_segments", **where, layer_count=layer_count)[0]["segments"]
     blocks: list[dict[str, Any]] = [
-        {"uid": node_uid(model, version, i), "index": i, "entry": int(seg["entry"]),
-         "exit": int(seg["exit"]), "closed": bool(seg["closed"])}
-        for i, seg in enumerate(segments)]
-    groups = list(by_layers(blocks, batch))
-    for group in groups:
+        {"uid": uid, "index": i, "entry": int(seg["entry"]), "exit": int(seg["exit"]),
+         "closed": bool(seg["closed"])}
+        for i, (seg, uid) in enumerate(zip(segments, node_uids(model, version,
+                                                               range(len(segments))),
+                                           strict=True))]
+
+    def detect(group: list[dict[str, Any]]) -> None:
         run("detect_blocks_chain", **where, blocks=group)
-    for group in groups:
         types = []
         for record in run("detect_blocks_keys", **where, first=group[0]["index"],
                           last=group[-1]["index"]):
@@ -461,3 +497,8 @@ def _detect_blocks(run: Rows, model: str, version: str, layer_count: int,
             types.append({"uid": record["uid"], "signature": sig,
                           "name": names.get(sig, f"block {sig[:6]}"), "size": key.count("](")})
         run("detect_blocks_types", rows=types)
+
+    groups = list(by_layers(blocks, batch))
+    each(detect, groups)
+    if len(groups) > 1:
+        run("detect_blocks_link", **where, firsts=[g[0]["index"] for g in groups[1:]])
