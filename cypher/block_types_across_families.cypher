@@ -7,7 +7,7 @@
 // Answers: Block types that recur across architecture families.
 MATCH (m:Model) WHERE m.version IS NOT NULL
 MATCH (b:Block {model: m.name, version: m.version})-[:OF_TYPE]->(t:BlockType)
-WHERE t.size >= $min_size
+WHERE b.index >= 0 AND t.size >= $min_size
 WITH t, coalesce(m.family, m.name) AS family, m.name AS model, count(b) AS instances
 WITH t, collect(DISTINCT family) AS families, count(DISTINCT model) AS models,
      sum(instances) AS instances

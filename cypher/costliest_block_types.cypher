@@ -5,6 +5,7 @@
 // Answers: The block types with the largest summed training delay on a device.
 MATCH (m:Model {device: $device})
 MATCH (b:Block {model: m.name, version: m.version})-[:OF_TYPE]->(t:BlockType)
+WHERE b.index >= 0  // (the (model, version, index) index needs all three)
 MATCH (b)-[:CONTAINS]->(l:Layer)
 WITH m, t, b, sum(l.device_ms) AS block_ms
 WITH m, t, count(b) AS instances, max(block_ms) AS each, sum(block_ms) AS total

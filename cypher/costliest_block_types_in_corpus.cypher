@@ -6,6 +6,7 @@
 // Answers: The block types with the largest summed training delay on a device, corpus-wide.
 MATCH (m:Model {device: $device})
 MATCH (b:Block {model: m.name, version: m.version})-[:OF_TYPE]->(t:BlockType)
+WHERE b.index >= 0  // (the (model, version, index) index needs all three)
 MATCH (b)-[:CONTAINS]->(l:Layer)
 WITH t, m, b, sum(l.device_ms) AS block_ms
 WITH t, collect(DISTINCT m.name) AS models,

@@ -10,7 +10,7 @@
 // Internal: a step splitcut runs itself; `splitcut query` does not offer it.
 MATCH (m:Model {name: $name})
 CALL (m) {
-  MATCH (l:Layer {model: m.name, version: $version})
+  MATCH (l:Layer {model: m.name, version: $version}) WHERE l.topo >= 0  // (by the index)
   RETURN count(l) AS staged
 }
 WITH m, CASE WHEN m.version IS NOT NULL AND m.sha256 = $sha256 THEN 'unchanged'

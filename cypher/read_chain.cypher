@@ -11,6 +11,7 @@
 // Answers: One model's chain under its current delays: per block, the solver's sums.
 MATCH (m:Model {name: $model}) WHERE m.version IS NOT NULL
 MATCH (b:Block {model: $model, version: m.version})-[:CONTAINS]->(l:Layer)
+WHERE b.index >= 0  // (the (model, version, index) index needs a predicate on each)
 WITH m, b, l ORDER BY l.topo
 WITH m, b, sum(l.device_ms) AS device, sum(l.server_ms) AS server,
      sum(CASE WHEN l.device_ms < l.server_ms THEN l.device_ms ELSE l.server_ms END) AS cheapest,

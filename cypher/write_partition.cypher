@@ -24,7 +24,7 @@ CREATE (part:Partition {model: $model, scenario: $scenario, total_ms: $total_ms,
         scenario_key: $scenario_key, current: true, written_at: datetime()})-[:OF]->(m)
 SET part += $baselines
 WITH m, part, old
-MATCH (l:Layer {model: m.name, version: m.version})
+MATCH (l:Layer {model: m.name, version: m.version}) WHERE l.topo >= 0  // (by the index)
 REMOVE l:$(old)
 SET l.tier = $tier_of[l.topo]
 SET l:$($labels[l.tier])
@@ -33,6 +33,7 @@ SET part.device_layers = device
 WITH m, part, old, layers, device
 CALL (m, old) {
   MATCH (b:Block {model: m.name, version: m.version})-[:CONTAINS]->(l:Layer)
+  WHERE b.index >= 0
   WITH b, collect(DISTINCT l.tier) AS tiers
   OPTIONAL MATCH (b)-[:OF_TYPE]->(t:BlockType)
   SET b.name = t.name  // the Browser's caption (blocks detected before it was stored)
@@ -42,23 +43,23 @@ CALL (m, old) {
   SET b:$($labels[tiers[0]])
 }
 CALL (m) {  // what crosses a boundary, drawn thick in the Browser: (:Layer)-[:CROSSES]->(:Layer)
-  MATCH (:Layer {model: m.name})-[old_cross:CROSSES]->()
+  MATCH (x:Layer {model: m.name, version: m.version})-[old_cross:CROSSES]->() WHERE x.topo >= 0
   DELETE old_cross
 }
 CALL (m) {
   MATCH (a:Layer {model: m.name, version: m.version})-[f:FEEDS]->(z:Layer)
-  WHERE a.tier <> z.tier
+  WHERE a.topo >= 0 AND a.tier <> z.tier
   CREATE (a)-[:CROSSES {tensor: f.tensor, bytes: f.bytes,
                         size: toString(round(f.bytes / 1.0e6, 3)) + ' MB'}]->(z)
 }
 CALL (m, part) {
-  MATCH (b:Block {model: m.name, version: m.version})
+  MATCH (b:Block {model: m.name, version: m.version}) WHERE b.index >= 0
   OPTIONAL MATCH (b)-[:CONTAINS]->(d:Layer {tier: 0})
   WITH part, count(DISTINCT b) AS blocks, max(CASE WHEN d IS NULL THEN null ELSE b.index END) AS cut
   SET part.blocks = blocks, part.cut_block = cut
 }
 CALL (m, part) {  // how deep the cut is: the last device layer's place in topological order
-  MATCH (l:Layer {model: m.name, version: m.version, tier: 0})
+  MATCH (l:Layer {model: m.name, version: m.version, tier: 0}) WHERE l.topo >= 0
   WITH part, max(l.topo) AS last
   SET part.depth = toFloat(coalesce(last, -1) + 1) / m.layer_count
 }

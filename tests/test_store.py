@@ -6,6 +6,7 @@ import contextlib
 import functools
 import json
 import os
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -616,3 +617,31 @@ def test_concurrent_writes_overlap_and_stop_at_the_first_failure():
         concurrently(work, list(range(200)), 2)
     assert most == 2
     assert max(started) <= 4  # none started after the failure was seen
+
+
+def test_no_saved_query_scans_every_layer_or_block_of_the_database(store):
+    """Each query plans its reads of (:Layer) and (:Block) through an index: per model through
+    the (model, version, topo|index) indexes (which need a predicate on every property), so its
+    cost does not grow with the rest of the corpus. Planted check: the plan inspector finds the
+    label scan of a query that asks for one."""
+    from toolkit import queries
+
+    def scans(text: str) -> list[str]:
+        with store.driver.session(database=store.connection.database,
+                                  notifications_min_severity="OFF") as session:
+            plan = session.run("EXPLAIN " + text).consume().plan
+        found, todo = [], [plan]
+        while todo:
+            op = todo.pop()
+            details = op["args"].get("Details", "")
+            if op["operatorType"].startswith("AllNodesScan") or (
+                    "LabelScan" in op["operatorType"] and
+                    re.search(r":(Layer|Block)\b", details)):
+                found.append(details)
+            todo.extend(op.get("children", []))
+        return found
+
+    assert scans("MATCH (l:Layer {model: $model, version: $version}) RETURN l")
+    for name in queries.names():
+        if name != "schema":
+            assert scans(queries.load(name)) == [], name
