@@ -383,8 +383,8 @@ def read_floor(doc: Doc, names: list[str], chain_sizes: list[int], repeats: int)
             "the cyclic collector is paused while costing, detecting blocks and solving.")
     doc.add()
     doc.add("Where that leaves the goal of `partition` within 2x the floor: met by the zoo's "
-            "CNNs, BERT and GPT-2 (0.9-1.7x here), nearly by ViT (2.6x here, 1.9x in the run "
-            "before; its floor varies with the page cache), not by Swin (its sizes need the "
+            "CNNs, BERT and GPT-2 (1.0-1.8x here), nearly by ViT (2.4x here, 1.9-2.6x in the "
+            "runs before; its floor varies with the page cache), not by Swin (its sizes need the "
             "onnxruntime run: a Shape of a tensor whose size is itself computed, 17 rounds "
             "deep) nor by deep chains (see the table): there every node still becomes Python "
             "objects (a layer, its tensors, its cost inputs) in the reader and is walked "
@@ -428,10 +428,12 @@ def neo4j(doc: Doc, sizes: list[int]) -> None:
         return
     doc.add("Synthetic transformer stacks written by `Store.ingest` into the local Neo4j 5.26 "
             "community server (`scripts/neo4j-local`): a new version staged in `UNWIND` batches "
-            "of 20,000 rows (each batch's layers with the edges into them, then the Cypher "
-            "block detection of `cypher/detect_blocks_*.cypher`), switched in by one small "
-            "transaction. The detection alone is then timed again with `Store.detect_blocks`. "
-            "One run each.")
+            "of 5,000 rows, two at once (each batch's layers with the edges between them; the "
+            "edges between batches after; then the Cypher block detection of "
+            "`cypher/detect_blocks_*.cypher`, its batches two at once too), switched in by one "
+            "small transaction. The detection alone is then timed again with "
+            "`Store.detect_blocks` (one transaction, so one batch after the other). One run "
+            "each.")
     doc.add()
     doc.add("Where an ingest's time went, measured statement by statement before the rework "
             "(20k layers, this machine): packing the rows in the driver's pure-Python "
@@ -441,11 +443,22 @@ def neo4j(doc: Doc, sizes: list[int]) -> None:
             "layers: a list copied at each append) and the CONTAINS edges took 20k uid "
             "lookups. Now: the Rust PackStream (`neo4j-rust-ext`, 0.3 s per 20k rows), layers "
             "and edges in one statement per batch (edges inside the batch by list position), "
-            "a linear scan, and CONTAINS made with each block from one ordered read. The "
-            "floor on this 2-core machine: creating 20k bare nodes with the same properties "
-            "and no edges takes 1.3-1.5 s, so 20,000 layers/s with edges and detection is out "
+            "a linear scan, and CONTAINS made with each block from one ordered read. "
+            "Then (this run): each batch's edges found their producers from earlier batches "
+            "through a subquery per edge (1.5 s of 4.5 s per 20k-row batch); the Python rows "
+            "took 2.4 s at 100k layers (a JSON list hashed per uid, shapes formatted per key, "
+            "the cyclic collector); the cut-vertex scan read every layer of the database "
+            "(a label scan: the composite index needs a predicate on topo) and checked labels "
+            "on every edge; and one batch was written at a time, so the server used one of "
+            "the two cores. Now batches are independent (edges inside a batch by list "
+            "position, the few between batches after, by index), two are written at once "
+            "(`--writers`; 1: 26 s, 2: 16-18 s, 3 and 4 no faster at 100k layers), the rows "
+            "take 1.1 s, and the scan seeks the index. The floor on this 2-core machine: "
+            "creating 20k bare nodes with the same properties and no edges takes 1.3-1.5 s "
+            "(1.0 s with 4 properties), and the server spends about 25 s of CPU on a "
+            "100k-layer ingest with its edges, blocks and indexes, so 20,000 layers/s is out "
             "of reach here without storing less. Before (the previous run of this page): "
-            "997 layers 724/s, 4,993 1,734/s, 19,993 1,679/s.")
+            "997 layers 1,499/s, 4,993 4,065/s, 19,993 3,483/s, 99,997 3,603/s (27.8 s).")
     doc.add()
     rows = []
     scenario = api.make_scenario(**SCENARIO)
