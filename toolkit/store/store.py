@@ -2,9 +2,10 @@
 
 Every query comes from `cypher/` by name and takes parameters; nothing a user types is spliced
 into a query string, labels included (`SET l:$(label)`: :Device, :Server or a chain's tier
-names, checked to be letters, digits and underscores). A model is written by
-one statement in one managed transaction (there whole or not at all; the driver retries
-transient errors), and re-ingesting the same file changes nothing.
+names, checked to be letters, digits and underscores). A model is staged as a new version in
+batches no reader sees (several written at once, each retried on transient errors) and made
+current by one small transaction, so readers see it whole or not at all; re-ingesting the same
+file changes nothing.
 """
 
 from __future__ import annotations
