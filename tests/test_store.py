@@ -405,6 +405,36 @@ def test_a_staged_version_is_invisible_and_the_next_ingest_deletes_it():
         assert count(store, "MATCH (m:Model {name: $n}) RETURN count(m)", n=name) == 0
 
 
+def test_layers_and_blocks_stored_before_versions_existed_are_swept():
+    """A model written by a splitcut without versions has layers and blocks with no `version`:
+    the next ingest of it deletes them (through the model's HAS_LAYER edges, not a scan), and
+    another model's version-less layer stays."""
+    name = "versions-unversioned"
+    graph, costs = _versioned(name, "residual", 30)
+    with _fresh(name, batch_rows=7) as store:
+        store.driver.execute_query(
+            "MERGE (m:Model {name: $n}) WITH m UNWIND range(0, 11) AS i "
+            "CREATE (m)-[:HAS_LAYER]->(l:Layer {uid: $n + '/' + i, model: $n, topo: i}) "
+            "WITH l WHERE l.topo % 4 = 0 "
+            "CREATE (:Block {uid: l.uid + '/b', model: $n, index: l.topo})-[:CONTAINS]->(l)",
+            n=name)
+        store.driver.execute_query(
+            "MERGE (m:Model {name: 'versions-bystander'}) "
+            "CREATE (m)-[:HAS_LAYER]->(:Layer {uid: 'versions-bystander/0', "
+            "model: 'versions-bystander', topo: 0})")
+        assert _all_layers(store, name) == 12
+        assert store.ingest(graph, costs, "versioned", "synthetic", 0) == "created"
+        assert _all_layers(store, name) == len(graph)
+        assert count(store, "MATCH (b:Block {model: $n}) WHERE b.version IS NULL "
+                            "RETURN count(b)", n=name) == 0
+        assert count(store, "MATCH (b:Block {model: $n}) RETURN count(b)", n=name) \
+            == len(find_blocks(graph).segments)
+        assert _all_layers(store, "versions-bystander") == 1
+        store.driver.execute_query("MATCH (m:Model {name: 'versions-bystander'}) "
+                                   "OPTIONAL MATCH (m)-[:HAS_LAYER]->(l) DETACH DELETE m, l")
+        assert store.delete_model(name)
+
+
 def test_of_two_overlapping_ingests_the_later_started_stays():
     """Ingests are ordered by when they started: an older one that finishes last reports
     'superseded' and leaves the newer one current, and nothing of it behind."""
