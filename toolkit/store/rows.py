@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
 from toolkit.blocks import layer_key, tensor_key
-from toolkit.collector import collector_paused
 from toolkit.costgraph import CostGraph
 from toolkit.graph import LayerGraph
 
@@ -60,28 +59,33 @@ def batched(rows: Iterable[Row], size: int) -> Iterator[list[Row]]:
         yield chunk
 
 
-@collector_paused
+Batch = tuple[Callable[[], list[dict[str, Any]]], list[dict[str, Any]]]
+
+
 def ingest_rows(graph: LayerGraph, costs: CostGraph, version: str, batch: int
-                ) -> tuple[list[tuple[list[dict[str, Any]], list[dict[str, Any]]]],
-                           list[dict[str, Any]]]:
+                ) -> tuple[list[Batch], list[dict[str, Any]]]:
     """A version of a layer graph and its delays as plain rows for UNWIND, in batches of
-    `batch` layers: ([(layers, feeds inside the batch)], feeds between batches). An edge
-    inside a batch names its ends by position in the batch (p, c), one between batches by
-    topological position (producer, consumer)."""
+    `batch` layers: ([(layer rows, feeds inside the batch)], feeds between batches). A batch's
+    layer rows are built when its writer calls for them, while the server writes the batch
+    before. An edge inside a batch names its ends by position in the batch (p, c), one
+    between batches by topological position (producer, consumer)."""
     layers = list(graph)
-    uids = node_uids(graph.name, version, [layer.name for layer in layers])
-    batches: list[tuple[list[dict[str, Any]], list[dict[str, Any]]]] = [
-        ([{"uid": uid, "name": layer.name,
-           "op": layer.op, "topo": i,
-           "flops": layer.flops, "macs": layer.macs, "params": layer.params,
-           "out_bytes": layer.out_bytes, "device_ms": float(costs.device_ms[i]),
-           "server_ms": float(costs.server_ms[i]), "pinned": bool(costs.pinned[i]),
-           "module": layer.module, "key": layer_key(graph, layer)}
-          for i, (layer, uid) in enumerate(zip(layers[start:start + batch],
-                                               uids[start:start + batch], strict=True), start)],
-         [])
-        for start in range(0, len(layers), batch)
-    ]
+
+    def layer_rows(start: int) -> Callable[[], list[dict[str, Any]]]:
+        def build() -> list[dict[str, Any]]:
+            span = layers[start:start + batch]
+            uids = node_uids(graph.name, version, [layer.name for layer in span])
+            return [
+                {"uid": uid, "name": layer.name, "op": layer.op, "topo": i,
+                 "flops": layer.flops, "macs": layer.macs, "params": layer.params,
+                 "out_bytes": layer.out_bytes, "device_ms": float(costs.device_ms[i]),
+                 "server_ms": float(costs.server_ms[i]), "pinned": bool(costs.pinned[i]),
+                 "module": layer.module, "key": layer_key(graph, layer)}
+                for i, (layer, uid) in enumerate(zip(span, uids, strict=True), start)]
+        return build
+
+    batches: list[Batch] = [(layer_rows(start), [])
+                            for start in range(0, len(layers), batch)]
     across = []
     for t in costs.tensors:
         key = tensor_key(graph, layers[t.producer], t.name)

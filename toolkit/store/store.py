@@ -31,6 +31,7 @@ from neo4j.exceptions import (
 
 from toolkit import queries
 from toolkit.blocks import BlockStructure, BlockType, Segment, signature
+from toolkit.collector import collector_paused
 from toolkit.costgraph import CostGraph
 from toolkit.costs import scenario_key
 from toolkit.graph import LayerGraph
@@ -204,13 +205,14 @@ class Store:
                              "nothing was changed: run it again")
         return status
 
+    @collector_paused
     def _stage(self, graph: LayerGraph, costs: CostGraph, version: str,
                names: dict[str, str]) -> None:
         """A new version's layers, edges and blocks, each batch its own transaction, `writers`
         of them at a time."""
         batches, across = ingest_rows(graph, costs, version, self.batch_rows)
         where = {"model": graph.name, "version": version}
-        self._each(lambda batch: self._statement("ingest_layers", **where, rows=batch[0],
+        self._each(lambda batch: self._statement("ingest_layers", **where, rows=batch[0](),
                                                  feeds=batch[1]), batches)
         for feeds in batched(across, self.batch_rows):
             self._statement("ingest_feeds", **where, feeds=feeds)
