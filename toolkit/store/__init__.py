@@ -12,8 +12,7 @@ from toolkit.store.connection import (
     StoreError,
     TransactionTooLargeError,
 )
-from toolkit.store.rows import node_uid
 from toolkit.store.store import Store
 
 __all__ = ["MAX_MODEL_NAME", "Connection", "ModelChangedError", "Store", "StoreError",
-           "TransactionTooLargeError", "node_uid"]
+           "TransactionTooLargeError"]

@@ -28,16 +28,12 @@ def by_layers(blocks: list[dict[str, Any]], batch: int) -> Iterator[list[dict[st
         yield group
 
 
-def node_uid(model: str, version: str, node: str | int) -> str:
-    """A layer's or block's unique key: fixed-size (names of any length index) and
-    collision-free (model 'a' with layer 'b/c' and model 'a/b' with layer 'c' differ, and so
-    do two versions of one model), the name kept beside it."""
-    return node_uids(model, version, [node])[0]
-
-
 def node_uids(model: str, version: str, nodes: Iterable[str | int]) -> list[str]:
-    """`node_uid` of many nodes of one version: the SHA-256 of the JSON list
-    `[model, version, node]`, its common prefix hashed once."""
+    """The unique keys of layers or blocks (by name or index) of one version of a model:
+    fixed-size (names of any length index) and collision-free (model 'a' with layer 'b/c' and
+    model 'a/b' with layer 'c' differ, and so do two versions of one model), the name kept
+    beside them. Each is the SHA-256 of the JSON list `[model, version, node]`, the common
+    prefix hashed once."""
     prefix = hashlib.sha256(json.dumps([model, version])[:-1].encode() + b", ")
     uids = []
     for node in nodes:
