@@ -411,14 +411,79 @@ def test_shape_arithmetic_is_folded_without_running_the_model(monkeypatch):
     assert not graph.unknown_shapes
 
 
-def test_shape_arithmetic_too_deep_to_fold_is_learnt_from_one_run(monkeypatch):
+def test_shape_arithmetic_any_number_of_stages_deep_is_folded_in_one_pass(monkeypatch):
+    """Each stage measures the last one's output, whose size only the folding knows (Swin's
+    windows: 16 blocks deep); ONNX's reference runs each arithmetic node, never a big one
+    (what needs one is left to the run)."""
+    import onnx.reference.ops as kernels
+
+    import toolkit.onnx.reader as reader
+
+    asked: list[str] = []
+    probe = reader.runtime_shapes
+    monkeypatch.setattr(reader, "runtime_shapes",
+                        lambda m, names, inputs: asked.extend(names) or probe(m, names, inputs))
+    ran: list[tuple[str, int]] = []
+    load = kernels.load_op
+
+    def spying(domain: str, op: str, version: int) -> type:
+        kernel = load(domain, op, version)
+
+        class Spy(kernel):  # type: ignore[misc,valid-type]
+            def run(self, *args: object) -> object:
+                out = super().run(*args)
+                ran.append((op, sum(getattr(v, "size", 1) for v in out)))
+                return out
+        return Spy
+
+    monkeypatch.setattr(kernels, "load_op", spying)
+    m = _where_shaped(deep=20)
+    big = helper.make_tensor("big", TensorProto.INT64, [2], [400, 400])  # 160,000 elements
+    m.graph.initializer.append(big)
+    m.graph.node.extend([  # a large value the arithmetic reads: not evaluated
+        helper.make_node("ConstantOfShape", ["big"], ["filled"], name="fill",
+                         value=helper.make_tensor("v", TensorProto.INT64, [1], [0])),
+        helper.make_node("ReduceSum", ["filled"], ["total"], name="total", keepdims=0),
+        helper.make_node("Sub", ["total", "one"], ["minus_one"], name="minus_one"),  # -1
+        helper.make_node("Unsqueeze", ["minus_one", "zero"], ["flat_shape"], name="as_shape"),
+        helper.make_node("Reshape", ["y19", "flat_shape"], ["flat"], name="flat"),
+    ])
+    m.graph.initializer.extend([helper.make_tensor("zero", TensorProto.INT64, [1], [0]),
+                                helper.make_tensor("one", TensorProto.INT64, [], [1])])
+    kept = m.SerializeToString()
+    graph = reader.read_model(m, "m")
+    assert all(graph.tensors[f"e{k}"].shape == (1, 6, 4) for k in range(20))
+    assert {op for op, _ in ran} >= {"Equal", "Where"} and max(n for _, n in ran) <= 3
+    assert "ConstantOfShape" not in {op for op, _ in ran}
+    assert asked == ["flat"] and graph.tensors["flat"].shape == (1 * 6 * 4,)  # by the run
+    assert m.SerializeToString() == kept  # the caller's model is left as it was
+
+
+def test_sizes_that_depend_on_data_are_learnt_from_one_run(monkeypatch):
+    """NonZero's count depends on the values: no static pass knows it; one run does."""
     import toolkit.onnx.reader as reader
     runs: list[int] = []
     probe = reader.runtime_shapes
     monkeypatch.setattr(reader, "runtime_shapes",
                         lambda m, names, inputs: runs.append(1) or probe(m, names, inputs))
-    m = _where_shaped(deep=4)
-    kept = m.SerializeToString()
+    one = helper.make_tensor("one", TensorProto.FLOAT, [], [1.0])
+    nodes = [helper.make_node("Relu", ["x"], ["r"], name="relu"),
+             helper.make_node("Add", ["r", "one"], ["pos"], name="add"),  # never zero
+             helper.make_node("NonZero", ["pos"], ["where"], name="nonzero"),
+             helper.make_node("Cast", ["where"], ["y"], name="cast", to=TensorProto.FLOAT)]
+    m = model(nodes, [vi("x", [1, 6, 4])], [vi("y", [3, "count"])], [one])
     graph = reader.read_model(m, "m")
-    assert runs == [1] and all(graph.tensors[f"e{k}"].shape == (1, 6, 4) for k in range(4))
-    assert m.SerializeToString() == kept  # the caller's model is left as it was
+    assert runs == [1] and graph.tensors["y"].shape == (3, 24) and not graph.unknown_shapes
+
+
+def test_a_cycle_through_shape_arithmetic_is_an_error_not_a_hang():
+    """Two small integer values computed from each other: folding gives up on them, and the
+    reader reports the cycle."""
+    one = helper.make_tensor("one", TensorProto.INT64, [1], [1])
+    nodes = [helper.make_node("Add", ["b", "one"], ["a"], name="a"),
+             helper.make_node("Add", ["a", "one"], ["b"], name="b"),
+             helper.make_node("Reshape", ["x", "a"], ["y"], name="reshape")]
+    m = model(nodes, [vi("x", [1, 6, 4])], [vi("y", [24])], [one], check=False)
+    m.graph.value_info.extend([vi("a", [1], TensorProto.INT64), vi("b", [1], TensorProto.INT64)])
+    with pytest.raises(ModelError, match="cycle"):
+        read_model(m, "m")

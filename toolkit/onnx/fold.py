@@ -1,96 +1,201 @@
-"""Symbolic sizes resolved without running the model: fold the shape arithmetic, infer again.
+"""Symbolic sizes resolved without running the model: the shape arithmetic evaluated node by node.
 
 Exporters compute many shapes at run time: `Shape` of an activation, then Gather, Where,
 Range, Concat... into the target of a Reshape or Expand. ONNX shape inference propagates such
 values through a handful of operators only, so Swin's window partition, BERT's and GPT-2's
 masks or ViT's class token come out symbolic. Every input of that arithmetic is known once the
 input sizes are fixed: the static shapes of the activations it measures and small constants.
-So we evaluate just that arithmetic (integers, a few elements) in onnxruntime on a weightless
-model, put the values in as Constant nodes and infer shapes again. What still stays symbolic
-is left to the probe run (`runtime_shapes`).
+So one pass in topological order evaluates that arithmetic (integers, a few elements, with
+ONNX's reference implementation of each operator) and gives each node whose output size is
+still unknown to ONNX's inference of that one node, with the values of its inputs: a Reshape
+then learns its target, and the Shape of its output is static for the nodes after it, however
+deep the chain (Swin: 1,422 sizes, 16 blocks deep). What still stays symbolic (sizes that
+depend on data, operators ONNX does not know) is left to the probe run (`runtime_shapes`).
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import numpy as np
 import onnx
 import onnx.numpy_helper
-from onnx import AttributeProto, ModelProto, NodeProto
+from onnx import AttributeProto, ModelProto, NodeProto, TensorProto
+from onnx.shape_inference import infer_node_outputs
 
 from toolkit.onnx.load import first_line
 from toolkit.onnx.shapes import Info, value_info
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 _SMALL_INITIALIZER = 512
 """Initializers (elements) small enough to be shape arithmetic's constants, not weights (and
 never dropped by `drop_big_weights`)."""
 _SMALL_VALUE = 1 << 16
-"""Values (elements) put in as constants: shapes and indices; larger ones are masks."""
+"""Values (elements) evaluated and kept: shapes and indices; larger ones are masks."""
 _NEVER_FOLDED = frozenset(
     {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial",
-     "Bernoulli", "If", "Loop", "Scan"}
+     "Bernoulli"}
 )
+"""Operators whose values differ at every run: their sizes are inferred, never their values."""
+_DEFAULT_DOMAINS = ("", "ai.onnx")
+_RUN_PARAMS: dict[str, Any] = {"new_ops": None, "log": lambda *_: None, "verbose": 0}
 
 
-def fold_shapes(
-    model: ModelProto, info: dict[str, Info], infer: Callable[[ModelProto], ModelProto]
-) -> dict[str, Info]:
-    """Sizes of weightless `model`'s tensors after folding its shape arithmetic (module doc):
-    `info` is what static inference (`infer`) gave.
-
-    One round of folding resolves every size of BERT, GPT-2 and ViT. Where a Shape node
-    measures a tensor whose size is itself unknown, one round cannot finish (Swin's windows:
-    17 rounds, each a shape inference) and the model must be run anyway; nothing is folded.
-    """
-    if any(_measured(node, info.get(node.input[0]) if node.input else None) is None
-           for node in model.graph.node if node.op_type in ("Shape", "Size")):
-        return info
-    values = _evaluate(model, info)
-    if not values:
-        return info
-    return {**info, **_resolved(infer(_with_constants(model, values)))}
+def fold_shapes(model: ModelProto, info: dict[str, Info]) -> dict[str, Info]:
+    """Sizes of weightless `model`'s tensors after evaluating its shape arithmetic (module
+    doc): `info` is what static inference gave; nodes are taken in file order (exporters
+    write them in topological order; a node before its inputs only stays unresolved)."""
+    return _Folding(model, info).run()
 
 
-def _resolved(model: ModelProto) -> dict[str, Info]:
-    found = {}
-    for vi in [*model.graph.value_info, *model.graph.output]:
-        got = value_info(vi)
-        if got.shape is not None and not got.symbolic:
-            found[vi.name] = got
-    return found
+class _Folding:
+    """One pass over the nodes: values of the shape arithmetic, sizes of what they shape."""
 
+    def __init__(self, model: ModelProto, info: dict[str, Info]) -> None:
+        self.model = model
+        self.info = dict(info)
+        self.opset = max((o.version for o in model.opset_import if o.domain in _DEFAULT_DOMAINS),
+                         default=0)
+        self.values: dict[str, np.ndarray | None] = {}
+        for t in model.graph.initializer:
+            self.values[t.name] = _array(t) if math.prod(t.dims) <= _SMALL_INITIALIZER else None
+        self.producers = {o: n for n in model.graph.node for o in n.output if o}
+        self.kernels: dict[str, type | None] = {}
+        self.schemas: dict[str, onnx.defs.OpSchema | None] = {}
 
-def _evaluate(model: ModelProto, info: dict[str, Info]) -> dict[str, np.ndarray]:
-    """Values of the shape arithmetic, computed in one onnxruntime run."""
-    g = model.graph
-    small = {t.name: t for t in g.initializer if math.prod(t.dims) <= _SMALL_INITIALIZER}
-    static: set[str] = set(small)
-    arithmetic: list[NodeProto] = []
-    for node in g.node:  # exporters write nodes in topological order
-        outs = [o for o in node.output if o]
-        if not outs or node.op_type in _NEVER_FOLDED or node.domain not in ("", "ai.onnx"):
-            continue
-        ins = [x for x in node.input if x]
-        if node.op_type in ("Shape", "Size"):
-            measured = _measured(node, info.get(ins[0]) if ins else None)
-            if measured is None:
+    def run(self) -> dict[str, Info]:
+        for node in self.model.graph.node:
+            outs = [o for o in node.output if o]
+            if outs and _inferable(node) and not all(_static(self.info.get(o)) for o in outs):
+                self._infer(node, [x for x in node.input if x])
+        return self.info
+
+    def _value(self, name: str) -> np.ndarray | None:
+        """The value of `name` where it is shape arithmetic (small and computable from small
+        constants and static shapes), evaluated once, inputs first (no recursion: chains of
+        arithmetic can be long); None otherwise."""
+        stack, busy = [name], set()
+        while stack:
+            top = stack[-1]
+            if top in self.values:
+                stack.pop()
                 continue
-            node = _constant(outs[0], measured)
-        elif not all(x in static for x in ins) or any(
-                a.type in (AttributeProto.GRAPH, AttributeProto.GRAPHS) for a in node.attribute):
-            continue
-        arithmetic.append(node)
-        static.update(outs)
-    wanted = [o for n in arithmetic for o in n.output if o]
-    if not wanted:
-        return {}
-    values = _run(model, arithmetic, small, wanted)
-    return {n: v for n, v in values.items() if v.size <= _SMALL_VALUE}
+            node = self.producers.get(top)
+            if node is None or node.op_type in _NEVER_FOLDED or not _inferable(node):
+                self.values[top] = None
+                stack.pop()
+                continue
+            ins = [x for x in node.input if x]
+            measured = _measured(node, self.info.get(ins[0]) if ins else None) \
+                if node.op_type in ("Shape", "Size") else None
+            if measured is not None:
+                self.values[top] = measured
+                stack.pop()
+                continue
+            pending = [x for x in ins if x not in self.values]
+            if pending and top not in busy and self._small(node.output):
+                busy.add(top)  # a cycle leads back here: its names get no value
+                stack.extend(pending)
+                continue
+            self._evaluate(node, ins)
+            stack.pop()
+        return self.values[name]
+
+    def _small(self, outs: Sequence[str]) -> bool:
+        """Every output's size is known and small: worth evaluating, safe to allocate."""
+        total = 0
+        for o in outs:
+            got = self.info.get(o)
+            if not _static(got):
+                return False
+            assert got is not None and got.shape is not None
+            total += math.prod(got.shape)
+        return total <= _SMALL_VALUE
+
+    def _infer(self, node: NodeProto, ins: Sequence[str]) -> None:
+        """ONNX's inference of this one node, told the values of its inputs where known."""
+        schema = self._schema(node.op_type)
+        types = {}
+        for x in ins:
+            got = self.info.get(x)
+            if got is None or not got.elem_type:
+                return
+            types[x] = onnx.helper.make_tensor_type_proto(
+                got.elem_type, got.shape if _static(got) else None)
+        if schema is None:
+            return
+        known = {x: self._value(x) for x in ins}
+        data = {x: onnx.numpy_helper.from_array(v, x) for x, v in known.items() if v is not None}
+        try:
+            inferred = infer_node_outputs(schema, node, types, data,
+                                          opset_imports=list(self.model.opset_import))
+        except Exception as exc:  # ONNX raises assorted errors on inconsistent nodes
+            log.debug("node %s not inferred (%s)", node.name, first_line(exc))
+            return
+        for name, proto in inferred.items():
+            got = value_info(onnx.helper.make_value_info(name, proto))
+            if _static(got):
+                self.info[name] = got
+
+    def _evaluate(self, node: NodeProto, ins: Sequence[str]) -> None:
+        """Run the node on its inputs' values (ONNX's reference implementation); its outputs
+        get no value where it cannot run or one is large."""
+        args = [self.values.get(x) for x in ins]
+        kernel = self._kernel(node.op_type)
+        results: Sequence[object] = ()
+        if node.op_type == "Constant" and [a.name for a in node.attribute] == ["value"]:
+            results = [_array(node.attribute[0].t)]  # the common form, read directly
+        elif kernel is not None and self._small(node.output) and all(a is not None for a in args):
+            try:
+                results = kernel(node, {**_RUN_PARAMS, "opsets": {"": self.opset}}).run(*args)
+            except Exception as exc:  # an operator the reference cannot run on these inputs
+                log.debug("node %s not evaluated (%s)", node.name, first_line(exc))
+        for k, name in enumerate(node.output):
+            array = np.asarray(results[k]) if k < len(results) else None
+            self.values[name] = array if array is not None and array.size <= _SMALL_VALUE \
+                else None
+
+    def _kernel(self, op: str) -> type | None:
+        from onnx.reference.ops import load_op  # 90 ms to import: only for models that fold
+
+        return _cached(self.kernels, op, lambda: load_op("", op, self.opset))
+
+    def _schema(self, op: str) -> onnx.defs.OpSchema | None:
+        return _cached(self.schemas, op, lambda: onnx.defs.get_schema(op, self.opset, ""))
+
+
+def _cached(cache: dict[str, T | None], op: str, make: Callable[[], T]) -> T | None:
+    """`make()` once per operator; None (also remembered) where ONNX has none at this opset."""
+    if op not in cache:
+        try:
+            cache[op] = make()
+        except Exception:  # onnx raises its own errors for unknown or newer operators
+            cache[op] = None
+    return cache[op]
+
+
+def _inferable(node: NodeProto) -> bool:
+    """A standard operator without subgraphs: ONNX infers it, its reference runs it."""
+    return node.domain in _DEFAULT_DOMAINS and not any(
+        a.type in (AttributeProto.GRAPH, AttributeProto.GRAPHS) for a in node.attribute)
+
+
+def _static(info: Info | None) -> bool:
+    return info is not None and info.shape is not None and not info.symbolic
+
+
+def _array(t: TensorProto) -> np.ndarray | None:
+    """A small initializer's value; None where its bytes were dropped or cannot be read."""
+    try:
+        value = onnx.numpy_helper.to_array(t)
+    except Exception:  # a malformed tensor: not a constant of the arithmetic
+        return None
+    return value if value.size == math.prod(t.dims) else None
 
 
 def _measured(node: NodeProto, source: Info | None) -> np.ndarray | None:
@@ -103,55 +208,3 @@ def _measured(node: NodeProto, source: Info | None) -> np.ndarray | None:
     attrs = {a.name: a.i for a in node.attribute}
     start, end = attrs.get("start", 0), attrs.get("end", len(shape))
     return np.array(shape[start:end], dtype=np.int64)
-
-
-def _constant(name: str, value: np.ndarray) -> NodeProto:
-    return onnx.helper.make_node("Constant", [], [name],
-                                 value=onnx.numpy_helper.from_array(value, name))
-
-
-def _run(
-    model: ModelProto, nodes: list[NodeProto], small: dict[str, onnx.TensorProto],
-    wanted: list[str],
-) -> dict[str, np.ndarray]:
-    """Run `nodes` (their inputs: `small` initializers) in onnxruntime and return the
-    `wanted` values; {} if it cannot."""
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        return {}
-    used = {i for n in nodes for i in n.input}
-    outputs = [onnx.helper.make_empty_tensor_value_info(n) for n in wanted]
-    graph = onnx.helper.make_graph(nodes, "shape-arithmetic", [], outputs,
-                                   [small[n] for n in used if n in small])
-    sub = onnx.helper.make_model(graph, opset_imports=list(model.opset_import))
-    sub.ir_version = model.ir_version
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.log_severity_level = 4
-    try:
-        session = ort.InferenceSession(sub.SerializeToString(), options,
-                                       providers=["CPUExecutionProvider"])
-        got = session.run(wanted, {})
-    except Exception as exc:
-        log.info("shape arithmetic not folded (%s)", first_line(exc))
-        return {}
-    return {n: np.asarray(v) for n, v in zip(wanted, got, strict=True)}
-
-
-def _with_constants(model: ModelProto, values: dict[str, np.ndarray]) -> ModelProto:
-    """A copy of `model` in which each node whose outputs all have `values` is replaced by
-    Constant nodes, and no shapes are declared inside (inference works them out anew)."""
-    folded = ModelProto()
-    folded.CopyFrom(model)
-    del folded.graph.value_info[:]
-    kept, constants = [], []
-    for n in folded.graph.node:
-        outs = [o for o in n.output if o]
-        if outs and all(o in values for o in outs):
-            constants += [_constant(o, values[o]) for o in outs]
-        else:
-            kept.append(n)
-    del folded.graph.node[:]
-    folded.graph.node.extend([*constants, *kept])
-    return folded

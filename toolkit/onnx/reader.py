@@ -239,7 +239,7 @@ def _prepared(
     check_text(model.graph, name)
     reader = _Reader(infer_shapes(model), name)
     if reader.unresolved():
-        reader.info = fold_shapes(model, reader.info, infer_shapes)
+        reader.info = fold_shapes(model, reader.info)
     missing = reader.unresolved()
     if missing:
         full = whole()

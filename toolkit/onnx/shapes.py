@@ -35,10 +35,11 @@ def runtime_shapes(
 ) -> dict[str, Shape]:
     """Shapes of `names` (name -> element type) seen running the model once in onnxruntime.
 
-    Used where static inference and folding leave sizes symbolic (shapes computed from Shape
-    ops, as in Swin's window partition). `inputs` replace the model's declared graph inputs
-    (the reader's, with `--dim` values); symbolic input dimensions are taken as 1. Returns {}
-    if the model cannot run (custom ops, missing weights): the static shapes then stand.
+    Used where static inference and folding leave sizes symbolic (sizes that depend on data,
+    as NonZero's, or operators ONNX does not know). `inputs` replace the model's declared
+    graph inputs (the reader's, with `--dim` values); symbolic input dimensions are taken as
+    1. Returns {} if the model cannot run (custom ops, missing weights): the static shapes
+    then stand.
     """
     try:
         import onnxruntime as ort
