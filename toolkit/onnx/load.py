@@ -6,13 +6,13 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
 import onnx
 from google.protobuf.message import DecodeError
-from onnx import GraphProto, ModelProto, TensorProto
+from onnx import AttributeProto, GraphProto, ModelProto, TensorProto
 
 from toolkit.errors import ModelError
 
@@ -41,21 +41,36 @@ def load_model(path: str | Path) -> ModelProto:
 
 def check_text(graph: GraphProto, name: str) -> None:
     """Names must be text: protobuf hands back bytes for strings that are not valid UTF-8."""
-    def bad(texts: Iterable[str | bytes]) -> bool:
-        return any(isinstance(t, bytes) for t in texts)
-
-    values = [*graph.input, *graph.output, *graph.value_info]
-    if bad(v.name for v in values) or bad(t.name for t in graph.initializer):
-        raise ModelError(f"model {name!r}: a tensor name is not valid UTF-8 text")
+    check_value_names(graph, name)
     for node in graph.node:
-        if bad((node.name, node.op_type, node.domain, *node.input, *node.output)):
-            raise ModelError(f"model {name!r}: a node's name, type or tensor names are not "
-                             "valid UTF-8 text")
-        for attr in node.attribute:
-            if bad((attr.name,)):
-                raise ModelError(f"model {name!r}: an attribute name is not valid UTF-8 text")
-            for sub in (attr.g, *attr.graphs) if attr.HasField("g") else attr.graphs:
-                check_text(sub, name)
+        check_node_text((node.name, node.op_type, node.domain, *node.input, *node.output),
+                        node.attribute, name)
+
+
+def check_value_names(graph: GraphProto, name: str) -> None:
+    """`check_text` of the graph's inputs, outputs, value infos and initializers."""
+    values = [*graph.input, *graph.output, *graph.value_info]
+    if _bad(v.name for v in values) or _bad(t.name for t in graph.initializer):
+        raise ModelError(f"model {name!r}: a tensor name is not valid UTF-8 text")
+
+
+def check_node_text(
+    texts: Iterable[str | bytes], attributes: Iterable[AttributeProto], name: str
+) -> None:
+    """`check_text` of nodes: their names, types and tensor names (`texts`), their attributes'
+    names and the graphs inside them."""
+    if _bad(texts):
+        raise ModelError(f"model {name!r}: a node's name, type or tensor names are not "
+                         "valid UTF-8 text")
+    for attr in attributes:
+        if isinstance(attr.name, bytes):
+            raise ModelError(f"model {name!r}: an attribute name is not valid UTF-8 text")
+        for sub in (attr.g, *attr.graphs) if attr.HasField("g") else attr.graphs:
+            check_text(sub, name)
+
+
+def _bad(texts: Iterable[str | bytes]) -> bool:
+    return any(isinstance(t, bytes) for t in texts)
 
 
 def has_external_data(model: ModelProto) -> bool:
@@ -122,14 +137,19 @@ def load_external_data(model: ModelProto, base_dir: Path) -> None:
 
 def layer_names(graph: GraphProto) -> list[str]:
     """The layer name of each node, in file order: the node's name, made unique and non-empty."""
+    return unique_names([n.name for n in graph.node], [n.op_type for n in graph.node])
+
+
+def unique_names(names: Sequence[str], ops: Sequence[str]) -> list[str]:
+    """`layer_names` from the nodes' names and types, in file order."""
     seen: dict[str, int] = {}
-    names: list[str] = []
-    for i, node in enumerate(graph.node):
-        base = node.name or f"{node.op_type}_{i}"
+    unique: list[str] = []
+    for i, base in enumerate(names):
+        base = base or f"{ops[i]}_{i}"
         count = seen.get(base, 0)
         seen[base] = count + 1
-        names.append(base if count == 0 else f"{base}#{count}")
-    return names
+        unique.append(base if count == 0 else f"{base}#{count}")
+    return unique
 
 
 def _big(t: TensorProto) -> bool:

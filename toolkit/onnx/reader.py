@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import heapq
+import itertools
 import json
 import logging
 import math
@@ -29,11 +30,12 @@ from toolkit.onnx.load import (
     ELEM_BYTES,
     UNKNOWN_ELEM_BYTES,
     buffer_names,
-    check_text,
+    check_node_text,
+    check_value_names,
     drop_big_weights,
     has_external_data,
-    layer_names,
     load_model,
+    unique_names,
     weightless,
     with_external_data,
 )
@@ -236,8 +238,8 @@ def _prepared(
     folded statically (`fold_shapes`), and what is left is learnt by one run of `whole()`."""
     if not model.graph.node:
         raise ModelError(f"model {name!r} has no nodes")
-    check_text(model.graph, name)
-    reader = _Reader(infer_shapes(model), name)
+    nodes = _nodes(model.graph, name)  # before inference: a name that is not text is an error
+    reader = _Reader(infer_shapes(model), name, nodes)
     if reader.unresolved():
         reader.info = fold_shapes(model, reader.info)
     missing = reader.unresolved()
@@ -310,13 +312,43 @@ def _per_sample(
     return layers, tensors
 
 
+@dataclass(frozen=True)
+class _Nodes:
+    """Each node's fields, read from protobuf once (upb builds a new object at every access)."""
+
+    protos: list[NodeProto]
+    ops: list[str]
+    names: list[str]  # as in the file (`unique_names` makes them layer names)
+    domains: list[str]
+    inputs: list[tuple[str, ...]]
+    outputs: list[tuple[str, ...]]
+    attributes: list[Sequence[AttributeProto]]
+
+
+def _nodes(graph: GraphProto, name: str) -> _Nodes:
+    """The fields of `graph`'s nodes, checked to be text (`check_text`)."""
+    protos = list(graph.node)
+    nodes = _Nodes(
+        protos, [n.op_type for n in protos], [n.name for n in protos],
+        [n.domain for n in protos], [tuple(n.input) for n in protos],
+        [tuple(n.output) for n in protos], [n.attribute for n in protos],
+    )
+    check_value_names(graph, name)
+    texts = itertools.chain(nodes.ops, nodes.names, nodes.domains,
+                            itertools.chain.from_iterable(nodes.inputs),
+                            itertools.chain.from_iterable(nodes.outputs))
+    check_node_text(texts, itertools.chain.from_iterable(a for a in nodes.attributes if a), name)
+    return nodes
+
+
 class _Reader:
     """One pass over a shape-inferred model: order nodes, fold constants, build layers."""
 
-    def __init__(self, model: ModelProto, name: str) -> None:
+    def __init__(self, model: ModelProto, name: str, nodes: _Nodes) -> None:
         self.name = name
         g = model.graph
         self.graph = g
+        self.nodes = nodes.protos
         self.initializers = {t.name: t for t in g.initializer}
         self.constant_values: dict[str, TensorProto] | None = None  # Constant nodes' values
         self.info: dict[str, Info] = {}
@@ -331,11 +363,9 @@ class _Reader:
             self.info[t.name] = Info(dims, t.data_type)
         self.raw_inputs = [i.name for i in g.input if i.name not in self.initializers]
         self.buffers = buffer_names(g)
-        self.names = layer_names(g)
-        # each node's fields read once: protobuf builds a new object at every access
-        self.ops = [n.op_type for n in g.node]
-        self.node_inputs = [tuple(n.input) for n in g.node]
-        self.node_outputs = [tuple(n.output) for n in g.node]
+        self.names = unique_names(nodes.names, nodes.ops)
+        self.ops, self.domains, self.attributes = nodes.ops, nodes.domains, nodes.attributes
+        self.node_inputs, self.node_outputs = nodes.inputs, nodes.outputs
         self.module_classes: dict[str, str] = {}
         self.opset = max(
             (o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0
@@ -368,7 +398,7 @@ class _Reader:
         for i in order:
             if i in constant:
                 continue
-            layer = self._layer(i, self.graph.node[i], consts, tensors)
+            layer = self._layer(i, consts, tensors)
             for out in layer.outputs:
                 if not tensors[out].shape_known:
                     unknown.append(out)
@@ -387,7 +417,7 @@ class _Reader:
 
     def _node_order(self) -> list[int]:
         """Node indices in topological order; a cycle or a dangling name is a ModelError."""
-        nodes = self.graph.node
+        nodes = self.nodes
         producer: dict[str, int] = {}
         for i, outputs in enumerate(self.node_outputs):
             for out in outputs:
@@ -403,8 +433,9 @@ class _Reader:
         graphs = (AttributeProto.GRAPH, AttributeProto.GRAPHS)
         for i, node in enumerate(nodes):
             names = [n for n in self.node_inputs[i] if n]
+            attributes = self.attributes[i]
             if self.ops[i] in _SUBGRAPH_OPS or (
-                    node.attribute and any(a.type in graphs for a in node.attribute)):
+                    attributes and any(a.type in graphs for a in attributes)):
                 names += [n for n in _subgraph_outer_names(node) if n not in names]
             self.deps.append(names)
             for name in dict.fromkeys(names):
@@ -490,13 +521,7 @@ class _Reader:
         nbytes = math.ceil(numel(info.shape) * size)
         return Tensor(name, info.shape, dtype_name(info.elem_type), nbytes, producer)
 
-    def _layer(
-        self,
-        i: int,
-        node: NodeProto,
-        consts: set[str],
-        tensors: dict[str, Tensor],
-    ) -> Layer:
+    def _layer(self, i: int, consts: set[str], tensors: dict[str, Tensor]) -> Layer:
         name, op = self.names[i], self.ops[i]
         inputs, outputs = self.node_inputs[i], self.node_outputs[i]
         acts = [n for n in dict.fromkeys(self.deps[i]) if n not in consts]
@@ -523,7 +548,8 @@ class _Reader:
         fallback = max((tensors[n].bytes for n in acts if n in tensors), default=0)
         for out in outs:
             tensors[out] = self._tensor(out, name, fallback)
-        attrs = {a.name: _attr_value(a) for a in node.attribute} if node.attribute else {}
+        attributes = self.attributes[i]
+        attrs = {a.name: _attr_value(a) for a in attributes} if attributes else {}
         if op == "Dropout" and self._constant(inputs[2:3], 0.0) \
                 and self._constant(inputs[1:2], 0.5):
             attrs["training_mode"] = 1  # drops at training time: keeps a mask (toolkit.memory)
@@ -532,11 +558,11 @@ class _Reader:
         ))
         flops, macs, supported = cost.flops, cost.macs, cost.supported
         if op in _SUBGRAPH_OPS:
-            flops, supported = self._subgraph_flops(node), True
-        module, classes = module_of(node)
+            flops, supported = self._subgraph_flops(self.nodes[i]), True
+        module, classes = module_of(self.nodes[i])
         if classes:
             self.module_classes.update(classes)
-        domain = node.domain
+        domain = self.domains[i]
         return Layer(
             name=name,
             op=op if not domain or domain == "ai.onnx" else f"{domain}.{op}",
@@ -563,7 +589,7 @@ class _Reader:
         if not names or not names[0]:
             return absent
         if self.constant_values is None:
-            self.constant_values = {n.output[0]: a.t for n in self.graph.node
+            self.constant_values = {n.output[0]: a.t for n in self.nodes
                                     if n.op_type == "Constant" and n.output
                                     for a in n.attribute if a.name == "value"}
         tensor = self.initializers.get(names[0])

@@ -3,10 +3,11 @@ probe run in onnxruntime."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import onnx
@@ -119,6 +120,7 @@ FLOAT_TYPES = frozenset(
 )
 
 
+@functools.lru_cache(maxsize=256)
 def dtype_name(elem_type: int) -> str:
     try:
         return str(TensorProto.DataType.Name(elem_type)).lower()
@@ -126,8 +128,10 @@ def dtype_name(elem_type: int) -> str:
         return "undefined"
 
 
-@dataclass(frozen=True)
-class Info:
+class Info(NamedTuple):
+    """What the reader knows of a tensor: its shape (symbolic dimensions read as 1) and element
+    type. A tuple, not a dataclass: one is made per tensor of the model."""
+
     shape: Shape | None
     elem_type: int
     symbolic: bool = False
