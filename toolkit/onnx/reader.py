@@ -23,6 +23,7 @@ import onnx
 import onnx.numpy_helper
 from onnx import AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto, ValueInfoProto
 
+from toolkit.collector import collector_paused
 from toolkit.errors import ModelError
 from toolkit.graph import Layer, LayerGraph, Tensor
 from toolkit.onnx.fold import fold_shapes
@@ -107,6 +108,7 @@ def read_model(
     return _read(weightless(model), name, base_dir, dims or {}, lambda: model)
 
 
+@collector_paused
 def _read(
     model: ModelProto, name: str, base_dir: Path | None, dims: Mapping[str, int],
     whole: Callable[[], ModelProto],
