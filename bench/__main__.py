@@ -382,16 +382,31 @@ def read_floor(doc: Doc, names: list[str], chain_sizes: list[int], repeats: int)
             "numpy expression; no second topological sort when the file is already in order; "
             "the cyclic collector is paused while costing, detecting blocks and solving.")
     doc.add()
+    doc.add("The next reader work, measured side by side the same way (commit d1269b0 against "
+            "this run's; best of 3 in fresh processes, two rounds alternating), "
+            "`partition` s and peak MB: Swin-T 1.43 -> 0.77 s (1,134 -> 350 MB), Swin-B 3.80 -> "
+            "2.15 s (2,714 -> 824 MB), Swin-V2-T 1.69 -> 0.83 s (1,343 -> 366 MB), ViT-B/16 "
+            "0.74 -> 0.42 s, the 50,000-node chain 5.58 -> 4.71 s; BERT-base and GPT-2 the "
+            "same within the noise (0.54-0.70 s). What changed: the shape arithmetic is folded "
+            "node by node in one pass (ONNX's reference kernel evaluates each small integer "
+            "node, ONNX's inference of each node whose size is still unknown is told those "
+            "values), so Swin's windows, a Shape of a tensor whose size was itself computed 16 "
+            "blocks deep, no longer need the onnxruntime run that loaded every weight again "
+            "(none of the 150 cached exports needs it now); each node's fields are read once, "
+            "before inference, and checked to be text there; the cyclic collector is paused "
+            "while the reader builds the layers too.")
+    doc.add()
     doc.add("Where that leaves the goal of `partition` within 2x the floor: met by the zoo's "
-            "CNNs, BERT and GPT-2 (1.3-1.6x here), at the limit for ViT (2.0x here, 1.9-2.6x "
-            "in the runs before; its floor varies with the page cache), not by Swin (its sizes "
-            "need the onnxruntime run: a Shape of a tensor whose size is itself computed, 17 "
-            "rounds deep) nor by deep chains (see the table): there every node still becomes "
-            "Python objects (a layer, its tensors, its cost inputs) in the reader and is walked "
-            "again by the memory model, block detection and the solve: over 100 microseconds "
-            "per node where the floor spends about ten, most of them in ONNX's C++ shape "
-            "inference. Reaching 2x there needs a columnar reader and core (arrays per field "
-            "instead of objects per node), which this work did not do.")
+            "CNNs, ViT, BERT and GPT-2 (0.8-1.9x in this run; BERT's and GPT-2's floors vary "
+            "with the page cache), not by Swin (4.7x, 7.4x before: folding evaluates some 6,900 "
+            "small arithmetic nodes one by one in Python, 0.4 s) nor by deep chains (9-11x): "
+            "there every node still becomes Python objects (a layer, its tensors, its cost "
+            "inputs) in the reader and is walked again by the memory model, block detection and "
+            "the solve: about 90 microseconds per node where the floor spends about ten, most "
+            "of them in ONNX's C++ shape inference. Reading each node's fields from protobuf "
+            "alone costs a Python reader 3-5 microseconds, so 2x there needs the reader's walk "
+            "in compiled code and a columnar core (arrays per field instead of objects per "
+            "node), which this work did not do.")
     doc.add()
 
 
@@ -400,17 +415,16 @@ def end_to_end(doc: Doc, names: list[str]) -> None:
     doc.add()
     doc.add("Per zoo model (cached export, default scenario), one run of each phase in ms: "
             "reading the ONNX file into a layer graph (shape arithmetic folded; one onnxruntime "
-            "run only where that cannot finish), costing, block detection, the block-wise "
+            "run only for sizes that depend on data), costing, block detection, the block-wise "
             "solve and the four baselines. The last column is `splitcut partition MODEL "
             "--json` in a fresh process (Python start-up and imports included).")
     doc.add()
     doc.table(["model", "load", "costs", "blocks", "solve", "baselines", "sum", "CLI wall ms"],
               endtoend.zoo_rows(names, with_cli=True))
     doc.add("Reading dominates: parsing the large files (VGG-16 holds 553 MB of weights) "
-            "and, for Swin, the one onnxruntime run that learns the sizes static inference "
-            "leaves symbolic (BERT, GPT-2 and ViT need none: their shape arithmetic is folded, "
-            "`toolkit/onnx/fold.py`). The rest of the CLI's wall time is Python start-up and "
-            "imports.")
+            "and, for Swin, folding the shape arithmetic that static inference leaves symbolic "
+            "(`toolkit/onnx/fold.py`: some 6,900 small nodes evaluated one by one). The rest "
+            "of the CLI's wall time is Python start-up and imports.")
     doc.add()
 
 
