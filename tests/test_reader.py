@@ -487,3 +487,19 @@ def test_a_cycle_through_shape_arithmetic_is_an_error_not_a_hang():
     m.graph.value_info.extend([vi("a", [1], TensorProto.INT64), vi("b", [1], TensorProto.INT64)])
     with pytest.raises(ModelError, match="cycle"):
         read_model(m, "m")
+
+
+def test_shape_arithmetic_through_a_sequence_or_text_is_left_to_the_run():
+    """Values the arithmetic does not compute with (a sequence, a string constant) are not
+    held as values: the Reshape target built through a sequence is learnt by the run, right."""
+    zero = helper.make_tensor("zero", TensorProto.INT64, [], [0])
+    text = helper.make_tensor("text", TensorProto.STRING, [1], [b"not a size"])
+    nodes = [helper.make_node("Shape", ["x"], ["s"], name="shape"),
+             helper.make_node("SequenceConstruct", ["s"], ["seq"], name="seq"),
+             helper.make_node("SequenceAt", ["seq", "zero"], ["t"], name="at"),
+             helper.make_node("Reshape", ["x", "t"], ["y"], name="reshape"),
+             helper.make_node("Identity", ["text"], ["words"], name="words")]
+    m = model(nodes, [vi("x", [1, 6, 4])], [vi("y", [1, 6, 4]),
+              vi("words", [1], TensorProto.STRING)], [zero, text])
+    graph = read_model(m, "m")
+    assert graph.tensors["y"].shape == (1, 6, 4) and not graph.unknown_shapes

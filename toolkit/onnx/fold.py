@@ -109,7 +109,7 @@ class _Folding:
     def _small(self, outs: Sequence[str]) -> bool:
         """Every output's size is known and small: worth evaluating, safe to allocate."""
         total = 0
-        for o in outs:
+        for o in filter(None, outs):  # (a missing optional output has no name)
             got = self.info.get(o)
             if not _static(got):
                 return False
@@ -130,8 +130,9 @@ class _Folding:
         if schema is None:
             return
         known = {x: self._value(x) for x in ins}
-        data = {x: onnx.numpy_helper.from_array(v, x) for x, v in known.items() if v is not None}
         try:
+            data = {x: onnx.numpy_helper.from_array(v, x) for x, v in known.items()
+                    if v is not None}
             inferred = infer_node_outputs(schema, node, types, data,
                                           opset_imports=list(self.model.opset_import))
         except Exception as exc:  # ONNX raises assorted errors on inconsistent nodes
@@ -156,9 +157,7 @@ class _Folding:
             except Exception as exc:  # an operator the reference cannot run on these inputs
                 log.debug("node %s not evaluated (%s)", node.name, first_line(exc))
         for k, name in enumerate(node.output):
-            array = np.asarray(results[k]) if k < len(results) else None
-            self.values[name] = array if array is not None and array.size <= _SMALL_VALUE \
-                else None
+            self.values[name] = _held(results[k]) if k < len(results) else None
 
     def _kernel(self, op: str) -> type | None:
         from onnx.reference.ops import load_op  # 90 ms to import: only for models that fold
@@ -195,7 +194,16 @@ def _array(t: TensorProto) -> np.ndarray | None:
         value = onnx.numpy_helper.to_array(t)
     except Exception:  # a malformed tensor: not a constant of the arithmetic
         return None
-    return value if value.size == math.prod(t.dims) else None
+    return _held(value) if value.size == math.prod(t.dims) else None
+
+
+def _held(value: object) -> np.ndarray | None:
+    """`value` if it is one the arithmetic computes with: a small array of numbers or booleans
+    (not a sequence, text, or a missing optional output)."""
+    if not isinstance(value, np.ndarray | np.generic):
+        return None
+    array = np.asarray(value)
+    return array if array.dtype.kind in "biuf" and array.size <= _SMALL_VALUE else None
 
 
 def _measured(node: NodeProto, source: Info | None) -> np.ndarray | None:
