@@ -166,3 +166,42 @@ def test_quantized_ops_count_the_macs_of_their_float_equivalents():
     mm = only_layer(model([helper.make_node("MatMul", ["a", "b"], ["y"], name="mm")],
                           [vi("a", [4, 32])], [vi("y", [4, 8])], [weight("b", 32, 8)]))
     assert qmatmul.macs == mm.macs == 4 * 32 * 8 and qmatmul.params == 0
+
+
+def test_attention_costs_the_macs_and_flops_of_its_own_expansion():
+    """ONNX ships every Attention node test also expanded into the primitive ops that define
+    it (`*_expanded`): an independent count. MACs (the two products) are equal in every
+    variant (grouped heads, 3-D, caches, masks, soft caps, windows); FLOPs are at least
+    those of the expansion's products and softmax and at most the whole expansion's (which
+    also builds its masks elementwise)."""
+    from tests.test_corpus import node_test_cases
+
+    cases = {case.name: case.model for case in node_test_cases()}
+    pairs = [(name, cases[name + "_expanded"]) for name in cases
+             if name.startswith("test_attention") and name + "_expanded" in cases]
+    assert len(pairs) > 50
+    for name, expanded in pairs:
+        whole, parts = (read_model(m, name, dims={"batch": 1}) for m in (cases[name], expanded))
+        op = [layer for layer in whole if layer.op == "Attention"]
+        assert len(op) == 1 and op[0].supported, name
+        assert op[0].macs == sum(layer.macs for layer in parts) > 0, name
+        core = sum(layer.flops for layer in parts if layer.op in ("MatMul", "Softmax"))
+        assert core < op[0].flops <= sum(layer.flops for layer in parts), name
+
+
+@pytest.mark.parametrize(("mode", "taps"), [("linear", 4), ("cubic", 16), ("nearest", 0)])
+def test_grid_sample_interpolates_its_taps_per_output(mode, taps):
+    node = helper.make_node("GridSample", ["x", "g"], ["y"], name="s", mode=mode)
+    layer = only_layer(model([node], [vi("x", [1, 3, 8, 8]), vi("g", [1, 5, 6, 2])],
+                             [vi("y", [1, 3, 5, 6])], opset=20))
+    assert layer.supported and layer.flops == 2 * taps * 3 * 5 * 6
+
+
+def test_deform_conv_is_a_convolution_over_interpolated_samples():
+    node = helper.make_node("DeformConv", ["x", "w", "offset"], ["y"], name="d",
+                            kernel_shape=[3, 3], pads=[1, 1, 1, 1])
+    layer = only_layer(model([node], [vi("x", [1, 4, 8, 8]), vi("offset", [1, 18, 8, 8])],
+                             [vi("y", [1, 6, 8, 8])], [weight("w", 6, 4, 3, 3)], opset=19))
+    assert layer.supported and layer.params == 6 * 4 * 9
+    assert layer.macs == 6 * 64 * 4 * 9  # the convolution's
+    assert layer.flops == 2 * layer.macs + 8 * 64 * 4 * 9  # 4 taps per sample

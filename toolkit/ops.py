@@ -172,6 +172,72 @@ def recurrent(gates: int) -> Handle:
     return handle
 
 
+def attention(f: OpFacts) -> OpCost:
+    """ONNX's Attention (opset 23; torch.onnx exports `scaled_dot_product_attention` as it
+    from opset 23), counted as the graph it stands for, which older opsets spell out: Q and K
+    each scaled (one multiply per element), Q x K^T and P x V (per score, head_size +
+    v_head_size MACs), the mask or causal bias added (1 FLOP per score), the softmax (5, as
+    `Softmax`) and a soft cap's divide, tanh and multiply (6) where one is set. Keys of a
+    `past_key` cache count with the new ones. Q, K and V 4-D (batch, heads, sequence, head
+    size) or 3-D (batch, sequence, heads x head size, with `q_num_heads`/`kv_num_heads`)."""
+    q, k, v, past = _shape(f, 0), _shape(f, 1), _shape(f, 2), _shape(f, 4)
+    if q is None or k is None or v is None or not len(q) == len(k) == len(v) \
+            or len(q) not in (3, 4) or (past is not None and len(past) != 4):
+        return unknown(f)
+    cached = past[2] if past is not None else 0
+    if len(q) == 4:
+        batch, heads, queries, head = q
+        keys, v_head = k[2] + cached, v[3]
+    else:
+        heads, kv_heads = (int(_number_attr(f, name)) for name in ("q_num_heads",
+                                                                   "kv_num_heads"))
+        if heads <= 0 or kv_heads <= 0:
+            return unknown(f)
+        batch, queries, hidden = q
+        head, keys, v_head = hidden // heads, k[1] + cached, v[2] // kv_heads
+    scores = batch * heads * queries * keys
+    macs = scores * (head + v_head)
+    bias = scores if _shape(f, 3) is not None or _number_attr(f, "is_causal") else 0
+    cap = 6 * scores if _number_attr(f, "softcap") > 0 else 0
+    scaled = numel(q) + numel(k) + numel(past)
+    return OpCost(2.0 * macs + 5.0 * scores + bias + cap + scaled, float(macs))
+
+
+def _number_attr(f: OpFacts, name: str) -> float:
+    """A numeric attribute, 0 when absent or not a number."""
+    value = f.attrs.get(name, 0)
+    return float(value) if isinstance(value, int | float) else 0.0
+
+
+def grid_sample(f: OpFacts) -> OpCost:
+    """GridSample: each output element interpolates 2^d (linear) or 4^d (cubic) input values
+    of a d-dimensional input (one MAC each); nearest reads one and computes nothing."""
+    out = f.outputs[0] if f.outputs else None
+    if out is None or len(out) < 3:
+        return unknown(f)
+    mode = str(f.attrs.get("mode", "linear"))
+    taps = {"nearest": 0, "cubic": 4, "bicubic": 4}.get(mode, 2) ** (len(out) - 2)
+    return OpCost(2.0 * taps * numel(out))
+
+
+def deform_conv(f: OpFacts) -> OpCost:
+    """DeformConv: a convolution (weight input 1, bias input 3) over input values sampled at
+    learnt offsets: each of the N x H_out x W_out x C_in x kernel samples interpolates 4 values
+    (8 FLOPs), and is scaled by the modulation mask (input 4) where there is one."""
+    x, w, out = _shape(f, 0), _shape(f, 1), f.outputs[0] if f.outputs else None
+    if x is None or w is None or out is None or len(x) < 3 or len(out) < 3 or not out[1]:
+        return unknown(f)
+    conv_cost = conv_with(1, 3)(f)
+    samples = numel(out) // out[1] * x[1] * math.prod(w[2:])
+    sampling = (8.0 + (_shape(f, 4) is not None)) * samples
+    return OpCost(conv_cost.flops + sampling, conv_cost.macs)
+
+
+def nll_loss(f: OpFacts) -> OpCost:
+    """NegativeLogLikelihoodLoss: one weighted pick per target element (gather, weight, sum)."""
+    return OpCost(2.0 * numel(_shape(f, 1)))
+
+
 def resize(f: OpFacts) -> OpCost:
     mode = str(f.attrs.get("mode", "nearest"))
     factor = {"nearest": 1.0, "linear": 4.0, "cubic": 16.0}.get(mode, 4.0)
@@ -188,7 +254,8 @@ _ZERO = (
     "GatherND Identity Cast CastLike Expand Tile Pad Shape Size Constant ConstantOfShape Range "
     "DepthToSpace SpaceToDepth NonZero OneHot Trilu EyeLike ScatterND ScatterElements "
     "SplitToSequence SequenceAt SequenceConstruct ConcatFromSequence Optional OptionalGetElement "
-    "ReverseSequence Compress"
+    "ReverseSequence Compress BitCast TensorScatter CenterCropPad MaxUnpool Scatter "
+    "SequenceEmpty SequenceErase SequenceInsert SequenceLength OptionalHasElement"
 )
 _CHEAP_ELEMENTWISE = (
     "Add Sub Mul Div Equal Less LessOrEqual Greater GreaterOrEqual Where And Or "
@@ -198,12 +265,13 @@ _CHEAP_ELEMENTWISE = (
 )
 _TRANSCENDENTAL = (
     "Sigmoid Tanh Exp Log Sqrt Erf Pow Elu Selu Celu Softplus Softsign HardSigmoid HardSwish "
-    "Sin Cos Tan Asin Acos Atan Sinh Cosh Asinh Acosh Atanh Shrink"
+    "Sin Cos Tan Asin Acos Atan Sinh Cosh Asinh Acosh Atanh Shrink "
+    "HannWindow HammingWindow BlackmanWindow"
 )
 _REDUCTIONS = (
     "ReduceSum ReduceMean ReduceMax ReduceMin ReduceProd ReduceL1 ReduceL2 ReduceLogSum "
     "ReduceLogSumExp ReduceSumSquare ArgMax ArgMin CumSum GlobalAveragePool GlobalMaxPool "
-    "GlobalLpPool TopK"
+    "GlobalLpPool TopK CumProd Col2Im"
 )
 
 DATA_MOVEMENT = frozenset(_ZERO.split())
@@ -217,6 +285,14 @@ REGISTRY: dict[str, Handle] = {
     **dict.fromkeys(("Max", "Min", "Mean", "Sum"), variadic),
     "Gelu": per_output(8.0),
     "Mish": per_output(8.0),
+    "Swish": per_output(5.0),  # x * sigmoid(alpha x): a sigmoid (4) and a product (1)
+    "SwiGLU": per_output(6.0),  # swish(a) * b
+    "RotaryEmbedding": per_output(3.0),  # x cos + rotated(x) sin
+    **dict.fromkeys(("Bernoulli", "RandomNormal", "RandomNormalLike", "RandomUniform",
+                     "RandomUniformLike", "Multinomial"), per_output(1.0)),  # a draw each
+    "DynamicQuantizeLinear": per_input(3.0),  # its minimum, its maximum, then quantize
+    "SoftmaxCrossEntropyLoss": per_input(5.0),  # a log-softmax over the scores
+    "NegativeLogLikelihoodLoss": nll_loss,
     "FastGelu": per_output(8.0),
     "Softmax": per_output(5.0),
     "LogSoftmax": per_output(5.0),
@@ -234,6 +310,9 @@ REGISTRY: dict[str, Handle] = {
     "ConvInteger": conv,
     "QLinearConv": conv_with(3, 8),
     "ConvTranspose": conv_transpose,
+    "DeformConv": deform_conv,
+    "Attention": attention,
+    "GridSample": grid_sample,
     "Gemm": gemm,
     "MatMul": matmul,
     "MatMulInteger": matmul,
