@@ -185,10 +185,21 @@ factor fitted to a model.
 - **Tied weights**: GPT-2's LM head shares the embedding's 154 MB table; autograd holds the
   head's partial gradient until the embedding's backward adds its own into a new tensor,
   three copies at once at the end of the backward (GPT-2 from -42% to +0%).
+- **Views and copies around fused attention** (found on small models exported both ways,
+  `tests/test_memory.py`, now exact against autograd): the fused kernel lays its output out
+  like its queries, so where the heads were split with `transpose(1, 2)` (the batch-first
+  attention of timm, transformers and hand-written modules) merging them back is a view, not
+  a second tensor; and torch.matmul copies a batched operand whose heads a transpose moved
+  ahead of the sequence, so a query or value kept by both a fused and a hand-written
+  attention is two storages. The layer norm's mean and reciprocal standard deviation (two
+  fp32 numbers per row) are counted too. ONNX's own `Attention` op (torch.onnx from opset 23)
+  keeps what the decomposed export does.
 - Left: ViT-B/16 +8% is the attention's output, which PyTorch's kernel lays out so that the
   next reshape is a view while ONNX shows a new tensor (12 x B x 197 x 768 floats: exactly
-  the excess); an ONNX graph cannot say which transposes PyTorch copies, so the model counts
-  each kept tensor on its own (over, never under). ConvNeXt-T -5%: a 38.5 MB scratch buffer
+  the excess): torchvision's `MultiheadAttention` splits heads sequence-first through
+  reshapes and transposes, a layout the views rule above does not follow; an ONNX graph
+  cannot say in general which transposes PyTorch copies, so elsewhere the model counts each
+  kept tensor on its own (over, never under). ConvNeXt-T -5%: a 38.5 MB scratch buffer
   a CPU kernel allocates during the backward of its last stage (no tensor: the profiler sees
   an anonymous block, three times), which no graph shows.
 - No GPU was lent to this project's sessions yet: `--cuda` measures

@@ -94,9 +94,10 @@ def test_the_kept_activations_are_what_autograd_keeps(tmp_path: Path) -> None:
     params = {p.untyped_storage().data_ptr() for p in module.parameters()}
     measured = _autograd_saved_bytes(module(ids), params)
     # the dropout mask and the attention matrix are each ~23% of the total: without either
-    # term, or with the fused attention's matrix counted, this fails (ONNX cannot say which
-    # reshapes PyTorch does as views, so the two differ by a few copies: 2.9% here)
-    assert predicted == pytest.approx(measured, rel=0.05)
+    # term, or with the fused attention's matrix counted, this fails; so does missing the
+    # copies torch.matmul makes of the transposed q and v (their views are kept by the fused
+    # attention too: 6%), or counting the fused output and its merged heads twice (3%)
+    assert predicted == pytest.approx(measured, rel=0.01)
     scale = next(i for i, layer in enumerate(layers) if layer.op == "Mul" and layer.trainable)
     assert any(scale in x.keepers for x in costs.memory.saved)
 
@@ -118,3 +119,63 @@ def test_held_and_tied_spans_and_a_learned_scale() -> None:
     spans = [x.span(4) for x in memory.saved]
     assert spans == [(0, 3), (0, 2), (0, 0), (3, 3)]
     assert np.isclose(peak_bytes(memory, [2], 4), 20)
+
+
+def _causal_blocks() -> Any:
+    """Two pre-norm causal self-attention blocks through scaled_dot_product_attention."""
+    nn, functional = torch.nn, torch.nn.functional
+
+    class Block(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.norm, self.qkv, self.out = nn.LayerNorm(32), nn.Linear(32, 96), nn.Linear(32, 32)
+
+        def forward(self, x: Any) -> Any:
+            b, s, _ = x.shape
+            q, k, v = self.qkv(self.norm(x)).view(b, s, 3, 4, 8).permute(2, 0, 3, 1, 4)
+            y = functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+            return x + self.out(y.transpose(1, 2).reshape(b, s, 32))
+
+    torch.manual_seed(0)
+    blocks = nn.Sequential(Block(), Block(), nn.Linear(32, 10)).train()
+    with torch.no_grad():  # as after training: no two LayerNorms alike, which torch.onnx's
+        for p in blocks.parameters():  # optimizer would store once (a weight tied by value)
+            p.add_(0.01 * torch.randn_like(p))
+    return blocks
+
+
+def test_attention_exported_as_one_op_costs_and_keeps_what_its_decomposition_does(
+        tmp_path: Path) -> None:
+    """torch.onnx exports scaled_dot_product_attention as ONNX's Attention op from opset 23
+    and spelt out in MatMuls and a Softmax before: the same FLOPs, MACs and kept activations
+    either way, and those are what autograd keeps. Exported as `torch.onnx.export(dynamo=True)`
+    does by default (its optimizer folds the scale and the causal mask into initializers):
+    the parameters are PyTorch's, not those constants too."""
+    module = _causal_blocks()
+    x = torch.randn(BATCH, SEQ, 32)
+    graphs, saved = [], []
+    for opset in (18, 23):
+        path = tmp_path / f"blocks{opset}.onnx"
+        with torch.no_grad():
+            torch.onnx.export(module, (x,), str(path), dynamo=True, opset_version=opset,
+                              verbose=False)
+        graph = api.load_graph(str(path), name=f"blocks{opset}")
+        assert sum(layer.params for layer in graph) == sum(p.numel()
+                                                           for p in module.parameters())
+        costs = build_cost_graph(graph, api.make_scenario(batch=BATCH, optimizer="sgd"))
+        assert costs.memory is not None
+        saved.append(sum(t.nbytes for t in costs.memory.saved if t.start < 0 and not t.readers))
+        graphs.append(graph)
+    spelt, fused = graphs
+    assert [layer.op for layer in fused].count("Attention") == 2
+    assert "Attention" not in [layer.op for layer in spelt]
+    assert sum(layer.macs for layer in fused) == sum(layer.macs for layer in spelt)
+    assert sum(layer.flops for layer in fused) == pytest.approx(
+        sum(layer.flops for layer in spelt), rel=1e-9)
+    params = {p.untyped_storage().data_ptr() for p in module.parameters()}
+    measured = _autograd_saved_bytes(module(x), params)
+    # the two attention matrices (4 heads x 64 x 64 floats per sample each) would be 2/3 of
+    # the total: counting them fails, and so does missing the fused output and log-sum-exp,
+    # counting the output merged back from heads apart from it (15%), or missing the layer
+    # norms' statistics (1%)
+    assert saved[0] == saved[1] == pytest.approx(measured, rel=0.005)

@@ -52,7 +52,7 @@ import numpy as np
 from toolkit.collector import collector_paused
 from toolkit.costgraph import CostGraph, CostTensor
 from toolkit.errors import ScenarioError
-from toolkit.graph import Layer, LayerGraph, Tensor
+from toolkit.graph import ELEMENT_BYTES, Layer, LayerGraph, Tensor
 from toolkit.measured import MeasuredProfile
 from toolkit.memory import WORD, model_memory
 from toolkit.profiles import Processor
@@ -64,14 +64,6 @@ OPTIMIZER_STATES = {"sgd": 0, "momentum": 1, "adam": 2}
 LABEL_BYTES = 8
 """Default label size per sample: one int64 class index."""
 _WORD = WORD  # bytes of an fp32 master weight, gradient or state element
-
-ELEMENT_BYTES: dict[str, float] = {
-    "float": 4, "double": 8, "float16": 2, "bfloat16": 2, "int8": 1, "uint8": 1, "int16": 2,
-    "uint16": 2, "int32": 4, "uint32": 4, "int64": 8, "uint64": 8, "bool": 1, "complex64": 8,
-    "complex128": 16, "string": 8, "float8e4m3fn": 1, "float8e4m3fnuz": 1, "float8e5m2": 1,
-    "float8e5m2fnuz": 1, "float8e8m0": 1, "int4": 0.5, "uint4": 0.5, "float4e2m1": 0.5,
-    "int2": 0.25, "uint2": 0.25,
-}
 
 BUILTIN_SCENARIOS: dict[str, dict[str, str]] = {
     "nano-3090-wifi5": {"device": "jetson-nano", "server": "rtx-3090", "link": "wifi5"},

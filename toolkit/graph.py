@@ -18,6 +18,13 @@ and the database's 64-bit integers could not hold them."""
 
 
 FLOAT_DTYPES = frozenset({"float", "double", "float16", "bfloat16"})
+ELEMENT_BYTES: dict[str, float] = {  # bytes of one element of each dtype
+    "float": 4, "double": 8, "float16": 2, "bfloat16": 2, "int8": 1, "uint8": 1, "int16": 2,
+    "uint16": 2, "int32": 4, "uint32": 4, "int64": 8, "uint64": 8, "bool": 1, "complex64": 8,
+    "complex128": 16, "string": 8, "float8e4m3fn": 1, "float8e4m3fnuz": 1, "float8e5m2": 1,
+    "float8e5m2fnuz": 1, "float8e8m0": 1, "int4": 0.5, "uint4": 0.5, "float4e2m1": 0.5,
+    "int2": 0.25, "uint2": 0.25,
+}
 
 
 @dataclass(frozen=True)

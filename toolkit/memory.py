@@ -7,20 +7,25 @@ For the tier that trains the layers S (in topological order), at batch b, in ste
   bytes x (1 + s) (SGD s = 0, momentum 1, Adam 2: torch.optim's `momentum_buffer`, or
   `exp_avg` and `exp_avg_sq`);
 - **saved activations**: autograd keeps, from the forward pass to the backward, the tensors
-  each op's backward needs: a convolution, matmul or normalisation its input, ReLU, sigmoid,
-  tanh, softmax or exp its output, a product of two activations both factors, a product with
-  a weight (ConvNeXt's layer scale) its activation, max pooling its input and the argmax
-  indices (int64), an addition, a product with a constant or an op that moves or views data
-  nothing; an activation an exporter decomposed (GELU into Erf and products, SiLU into a
-  sigmoid and a product) what PyTorch's fused op keeps, its input (`fused_activations`);
-  attention exported from `scaled_dot_product_attention` (queries and keys both scaled before
-  their product: torch.onnx's decomposition) what the fused kernel keeps, queries, keys,
-  values, its output and one log-sum-exp per query row, not the attention matrix
+  each op's backward needs: a convolution, matmul or normalisation its input (layer
+  normalisation also a mean and a reciprocal standard deviation per row, fp32), ReLU,
+  sigmoid, tanh, softmax or exp its output, a product of two activations both factors, a
+  product with a weight (ConvNeXt's layer scale) its activation, max pooling its input and
+  the argmax indices (int64), an addition, a product with a constant or an op that moves or
+  views data nothing; an activation an exporter decomposed (GELU into Erf and products, SiLU
+  into a sigmoid and a product) what PyTorch's fused op keeps, its input
+  (`fused_activations`); attention exported from `scaled_dot_product_attention` (ONNX's
+  Attention op from opset 23, before that queries and keys both scaled before their
+  product: torch.onnx's decomposition) what the fused kernel keeps, queries, keys, values,
+  its output and one log-sum-exp per query row, not the attention matrix
   (`fused_attention`); a dropout exported in training mode its mask, at the activation's
   precision (PyTorch's CPU path multiplies by a float mask; CUDA's kernel keeps 1 byte per
   element, so there this over-counts). A tensor kept by several ops (ReLU's output is the
-  next convolution's input) is kept once: b x its bytes at the training precision. It is
-  freed when the backward reaches the first op that keeps it;
+  next convolution's input) is kept once: b x its bytes at the training precision, and so
+  is a view of it: the fused attention's output with its heads merged back
+  (`merged_heads`). A batched matmul operand whose heads a transpose moved ahead of the
+  sequence is copied by torch.matmul, and the copy kept apart (`copied_operands`). A kept
+  tensor is freed when the backward reaches the first op that keeps it;
 - **held tensors**: the model's outputs, which the loss and the training loop hold until the
   backward is done, and every tensor the tier sends to another (it holds it, with its graph,
   until the gradient comes back and its backward is done): alive at every position;
@@ -50,13 +55,15 @@ gradient, nothing saved) are its two extremes.
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
 
-from toolkit.graph import Layer, LayerGraph
+from toolkit.graph import ELEMENT_BYTES, Layer, LayerGraph
 from toolkit.ops import DATA_MOVEMENT
 
 WORD = 4  # bytes of an fp32 weight, gradient or optimizer state element
@@ -177,6 +184,60 @@ def aliases(layers: Sequence[Layer]) -> dict[str, str]:
     return alias
 
 
+def merged_heads(layers: Sequence[Layer], attention: Collection[int]) -> dict[str, str]:
+    """Views of fused attention's output: PyTorch's fused kernels (flash, memory-efficient,
+    flash on the CPU) write it as (batch, sequence, heads, head size) and return a (batch,
+    heads, sequence, head size) view, so merging the heads back, transpose(1, 2) and then a
+    reshape, reads the same memory rather than copying it. Tensor -> the output it views, for
+    the attention layers `attention`."""
+    _, readers = _wiring(layers)
+    views: dict[str, str] = {}
+    for i in attention:
+        out = layers[i].outputs[0]
+        for t in readers.get(out, []):
+            if layers[t].op != "Transpose" or layers[t].attrs != "perm=[0, 2, 1, 3]" \
+                    or not layers[t].outputs:
+                continue
+            views[layers[t].outputs[0]] = out
+            views.update({layers[r].outputs[0]: out for r in readers.get(layers[t].outputs[0], [])
+                          if layers[r].op == "Reshape" and layers[r].outputs})
+    return views
+
+
+def copied_operands(graph: LayerGraph) -> dict[int, set[str]]:
+    """MatMul operands PyTorch copies before multiplying: torch.matmul folds a batched
+    operand's leading dimensions into one, which a transposed view whose leading dimensions
+    are out of order (heads split off and moved ahead of the sequence) cannot do in place; its
+    backward keeps the copy, a storage of its own even where another op keeps the view. Layer
+    index -> such inputs (followed back through Transposes; what they start from is taken as
+    laid out in order)."""
+    layers = list(graph)
+    producer, _ = _wiring(layers)
+    copies: dict[int, set[str]] = {}
+    for i, layer in enumerate(layers):
+        if layer.op != "MatMul":
+            continue
+        for t in layer.inputs:
+            info = graph.tensors.get(t)
+            rank = len(info.shape) if info is not None and info.shape else 0
+            order, j = list(range(rank)), producer.get(t)
+            while j is not None and layers[j].op == "Transpose" and layers[j].inputs:
+                perm = _ints_attr(layers[j].attrs, "perm")
+                if sorted(perm) != list(range(rank)):
+                    break
+                order = [perm[o] for o in order]
+                j = producer.get(layers[j].inputs[0])
+            if rank >= 3 and order[:-2] != list(range(rank - 2)):
+                copies.setdefault(i, set()).add(t)
+    return copies
+
+
+def _ints_attr(attrs: str, name: str) -> list[int]:
+    """A list-of-ints attribute from a layer's canonical attribute text ([] if absent)."""
+    found = re.search(rf"(?:^|;){name}=\[([-0-9, ]*)\]", attrs)
+    return [int(v) for v in found.group(1).split(",") if v.strip()] if found else []
+
+
 def _wiring(layers: Sequence[Layer]) -> tuple[dict[str, int], dict[str, list[int]]]:
     """Each tensor's producing layer, and the layers that read it (by index)."""
     producer = {t: i for i, layer in enumerate(layers) for t in layer.outputs}
@@ -220,12 +281,12 @@ def fused_activations(layers: Sequence[Layer]) -> dict[int, tuple[str, ...]]:
 
 
 def fused_attention(graph: LayerGraph) -> tuple[dict[int, tuple[str, ...]], dict[int, float]]:
-    """Attention that torch.onnx exported from `scaled_dot_product_attention`: MatMul(q x s,
-    k^T x s) with both operands scaled by constants, an optional additive mask, Softmax, and
-    MatMul(., v) (a dropout between that drops nothing allowed). Its fused kernel keeps q,
-    k, v and its output, and a log-sum-exp per query row: layer index -> the tensors it
-    keeps for the pattern's layers, and the final MatMul's index -> the log-sum-exp's bytes
-    per sample."""
+    """Attention that torch.onnx exported from `scaled_dot_product_attention`: up to opset 22
+    MatMul(q x s, k^T x s) with both operands scaled by constants, an optional additive mask,
+    Softmax, and MatMul(., v) (a dropout between that drops nothing allowed); from opset 23
+    ONNX's Attention op. Its fused kernel keeps q, k, v and its output, and a log-sum-exp per
+    query row: layer index -> the tensors it keeps for the pattern's layers, and the final
+    MatMul's (or the Attention op's) index -> the log-sum-exp's bytes per sample."""
     layers = list(graph)
     producer, readers = _wiring(layers)
 
@@ -240,6 +301,13 @@ def fused_attention(graph: LayerGraph) -> tuple[dict[int, tuple[str, ...]], dict
     kept: dict[int, tuple[str, ...]] = {}
     lse: dict[int, float] = {}
     for i, layer in enumerate(layers):
+        if layer.op == "Attention" and layer.outputs:  # ONNX's own op (opset 23)
+            out = graph.tensors.get(layer.outputs[0])
+            kept[i] = (*layer.inputs[:3], layer.outputs[0])
+            v_head = _v_head_size(graph, layer)
+            if out is not None and v_head > 0:
+                lse[i] = out.bytes / v_head
+            continue
         if layer.op != "Softmax" or len(layer.inputs) != 1 or not layer.outputs:
             continue
         pattern, t = [i], layer.inputs[0]
@@ -272,6 +340,18 @@ def fused_attention(graph: LayerGraph) -> tuple[dict[int, tuple[str, ...]], dict
     return kept, lse
 
 
+def _v_head_size(graph: LayerGraph, layer: Layer) -> int:
+    """The size of one head of V in an Attention op: V's last extent, over `kv_num_heads`
+    where V is 3-D (batch, sequence, heads x head size); 0 when unknown."""
+    v = graph.tensors.get(layer.inputs[2]) if len(layer.inputs) > 2 else None
+    if v is None or not v.shape:
+        return 0
+    if len(v.shape) == 4:
+        return v.shape[-1]
+    heads = re.search(r"(?:^|;)kv_num_heads=(\d+)", layer.attrs)
+    return v.shape[-1] // int(heads.group(1)) if heads and int(heads.group(1)) else 0
+
+
 def model_memory(graph: LayerGraph, batch: int, state_buffers: int,
                  bytes_of: Mapping[str, float]) -> ModelMemory:
     """The terms of every layer in topological order; `state_buffers` per parameter (the
@@ -281,18 +361,22 @@ def model_memory(graph: LayerGraph, batch: int, state_buffers: int,
     attention, lse = fused_attention(graph)
     fused = {**fused_activations(layers), **attention}
     grad = carrying_grad(graph)
-    alias = aliases(layers)
-    keepers: dict[str, list[int]] = {}
+    alias = {**aliases(layers), **merged_heads(layers, lse)}
+    copies = copied_operands(graph)
+    keepers: dict[tuple[str, int], list[int]] = {}  # (tensor, the layer with a copy, or -1)
     for i, layer in enumerate(layers):
         for name in fused.get(i, kept_by(layer, grad)):
-            keepers.setdefault(alias.get(name, name), []).append(i)
+            own = i if name in copies.get(i, ()) else -1
+            keepers.setdefault((alias.get(name, name), own), []).append(i)
     saved = [SavedTensor(batch * bytes_of.get(name, 0.0), tuple(sorted(set(who))))
-             for name, who in keepers.items()]
+             for (name, _), who in keepers.items()]
     saved += [SavedTensor(batch * nbytes, (i,)) for i, nbytes in lse.items()]
     for i, layer in enumerate(layers):
         if layer.op == "MaxPool" and layer.outputs and layer.outputs[0] in graph.tensors:
             elements = graph.tensors[layer.outputs[0]].bytes / WORD  # (pooled floats, fp32)
             saved.append(SavedTensor(batch * elements * _INDEX_BYTES, (i,)))
+        if layer.op == "LayerNormalization" and layer.inputs and layer.inputs[0] in graph.tensors:
+            saved.append(SavedTensor(batch * _row_statistics(graph, layer), (i,)))
         if layer.op == "Dropout" and "training_mode=1" in layer.attrs and layer.outputs:
             saved.append(SavedTensor(batch * bytes_of.get(layer.outputs[0], 0.0), (i,)))
     saved += _tied_partials(layers, index)
@@ -304,6 +388,19 @@ def model_memory(graph: LayerGraph, batch: int, state_buffers: int,
         workspace=[batch * sum(bytes_of.get(t, 0.0) for t in (*x.inputs, *x.outputs))
                    for x in layers],
         saved=saved)
+
+
+def _row_statistics(graph: LayerGraph, layer: Layer) -> float:
+    """Bytes per sample of the mean and reciprocal standard deviation a LayerNormalization
+    keeps for its backward: one each per normalised row (the dimensions from `axis` on are
+    normalised together), in fp32 at either precision (PyTorch's native_layer_norm)."""
+    x = graph.tensors[layer.inputs[0]]
+    found = re.search(r"(?:^|;)axis=(-?[0-9]+)", layer.attrs)
+    axis = int(found.group(1)) if found else -1
+    if not x.shape or not -len(x.shape) <= axis < len(x.shape):
+        return 0.0
+    row = math.prod(x.shape[axis % len(x.shape):]) * ELEMENT_BYTES.get(x.dtype, WORD)
+    return 2.0 * WORD * x.bytes / row if row else 0.0
 
 
 def _tied_partials(layers: Sequence[Layer], index: Mapping[str, int]) -> list[SavedTensor]:

@@ -3,9 +3,11 @@ model's folder, and the names of its nodes and buffers."""
 
 from __future__ import annotations
 
+import ast
 import logging
 import math
 import os
+import re
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,6 +22,8 @@ log = logging.getLogger(__name__)
 
 _BIG_WEIGHT_BYTES = 4096
 _INPUT_KIND = "pkg.torch.export.graph_signature.InputSpec.kind"
+_FOLDED_FROM = "pkg.onnxscript.optimizer.folded_from"
+_EXPORTER_VALUE = re.compile(r"val_[0-9]+")  # onnxscript's name for a value an op makes
 
 def load_model(path: str | Path) -> ModelProto:
     """Read an ONNX file's structure (external weights are not loaded) or raise ModelError."""
@@ -195,12 +199,40 @@ def first_line(exc: BaseException) -> str:
 
 
 def buffer_names(graph: GraphProto) -> set[str]:
-    """Initializers that torch.export says are not parameters (buffers, lifted constants)."""
-    return {
+    """Initializers that carry no gradient by what the exporter wrote: those torch.export says
+    are not parameters (buffers, lifted constants), and those onnxscript's optimizer (on by
+    default in `torch.onnx.export(dynamo=True)`) folded from nothing a gradient reaches: the
+    exporter's own constants (`val_N`, gone once folded), the shapes of activations (values
+    the graph still computes) and such buffers. A folded initializer with any other source (a
+    parameter transposed or scaled, or a source it cannot tell from one) stays trainable."""
+    marked = {
         vi.name for vi in [*graph.value_info, *graph.input]
         if any(e.key == _INPUT_KIND and e.value in ("BUFFER", "CONSTANT_TENSOR")
                for e in vi.metadata_props)
     }
+    initializers = {t.name for t in graph.initializer}
+    computed = {o for n in graph.node for o in n.output} | (
+        {i.name for i in graph.input} - initializers)
+
+    def no_gradient(source: object) -> bool:
+        if not isinstance(source, str):
+            return False
+        if source in initializers:
+            return source in marked
+        return source in computed or _EXPORTER_VALUE.fullmatch(source) is not None
+
+    folded = set()
+    for vi in graph.value_info:
+        for e in vi.metadata_props:
+            if e.key != _FOLDED_FROM or vi.name not in initializers:
+                continue
+            try:
+                sources = ast.literal_eval(e.value)
+            except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+                continue  # not a list the optimizer wrote: trainable, as any initializer
+            if isinstance(sources, list) and sources and all(map(no_gradient, sources)):
+                folded.add(vi.name)
+    return marked | folded
 
 
 ELEM_BYTES: dict[int, float] = {
