@@ -357,6 +357,29 @@ def test_buffers_marked_by_the_dynamo_exporter_are_not_trainable():
     assert marked.layers["add"].params == 0 and marked.layers["mm"].params == 16
 
 
+@pytest.mark.parametrize(("sources", "trainable"), [
+    ("['h', 'val_3', 'val_4']", False),  # the exporter's constants and an activation's shape
+    ("['0.attn.weight']", True),  # a parameter folded (transposed): still trained
+    ("['val_3', 'logit_scale']", True),  # a source it cannot tell from a parameter
+    ("[[[[", True), ("{'a': 1}", True), ("[]", True),  # not what the optimizer writes
+])
+def test_initializers_the_dynamo_optimizer_folded_from_constants_are_not_trainable(
+        sources, trainable):
+    """torch.onnx's optimizer folds an attention scale or a causal mask into an initializer
+    and records what it folded it from (`pkg.onnxscript.optimizer.folded_from`)."""
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"], name="mm"),
+             helper.make_node("Add", ["h", "folded"], ["y"], name="add")]
+    m = model(nodes, [vi("x", [1, 4])], [vi("y", [1, 4])],
+              [weight("w", 4, 4), weight("folded", 1, 4, seed=2)])
+    info = helper.make_tensor_value_info("folded", TensorProto.FLOAT, None)
+    entry = info.metadata_props.add()
+    entry.key, entry.value = "pkg.onnxscript.optimizer.folded_from", sources
+    m.graph.value_info.append(info)
+    graph = read_model(m, "folded")
+    assert graph.layers["add"].params == (4 if trainable else 0)
+    assert graph.layers["mm"].params == 16
+
+
 def test_a_tied_weight_is_counted_once_and_both_readers_train_it():
     """An embedding table read by a Gather and, transposed, by the output MatMul (GPT-2's tied
     head): one parameter tensor, owned by its first reader; an Identity alias (how TorchScript
