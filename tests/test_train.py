@@ -114,6 +114,49 @@ def test_one_sgd_step_on_the_halves_equals_one_on_the_whole(name, exporter, tmp_
     assert any(float(m.abs().max()) > 0 for m in moved.values())
 
 
+def test_the_attention_op_trains_as_pytorch_does(tmp_path):
+    """scaled_dot_product_attention exported at opset 23 becomes ONNX's Attention op (here
+    with grouped heads, a padding mask and a causal one): the executor's forward and every
+    parameter's gradient equal PyTorch's own."""
+    functional = torch.nn.functional
+
+    class Grouped(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.q, self.kv, self.o = (torch.nn.Linear(32, 32), torch.nn.Linear(32, 32),
+                                       torch.nn.Linear(32, 32))
+
+        def forward(self, x, keep):
+            b, s, _ = x.shape
+            q = self.q(x).view(b, s, 4, 8).transpose(1, 2)
+            k, v = self.kv(x).view(b, s, 2, 2, 8).permute(2, 0, 3, 1, 4)
+            padded = functional.scaled_dot_product_attention(
+                q, k, v, attn_mask=keep[:, None, None, :], enable_gqa=True)
+            causal = functional.scaled_dot_product_attention(q, k, v, is_causal=True,
+                                                             enable_gqa=True)
+            return self.o((padded + causal).transpose(1, 2).reshape(b, s, 32))
+
+    torch.manual_seed(0)
+    module = Grouped()
+    x, keep = torch.randn(2, 6, 32), torch.ones(2, 6, dtype=torch.bool)
+    keep[1, 4:] = False
+    path = tmp_path / "grouped.onnx"
+    torch.onnx.export(module, (x, keep), str(path), opset_version=23, dynamo=True,
+                      optimize=False, verbose=False, input_names=["x", "keep"])
+    m = onnx.load(str(path))
+    assert [n.op_type for n in m.graph.node].count("Attention") == 2
+    executor = OnnxModule(m, trainable_initializers(m.graph))
+    got = executor({"x": x, "keep": keep})[executor.output_names[0]]
+    expected = module(x, keep)
+    assert torch.allclose(got, expected, atol=1e-6)
+    got.square().sum().backward()
+    expected.square().sum().backward()
+    weights = executor.named_weights()
+    assert sorted(weights) == sorted(name for name, _ in module.named_parameters())
+    for name, param in module.named_parameters():
+        assert torch.allclose(weights[name].grad, param.grad, atol=1e-6), name
+
+
 # the wire ------------------------------------------------------------------------------------
 
 def _pair():

@@ -520,6 +520,120 @@ def einsum(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
     return (torch.einsum(equation.decode() if isinstance(equation, bytes) else equation, *x),)
 
 
+@op("Swish")
+def swish(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
+    return (x[0] * torch.sigmoid(float(a.get("alpha", 1.0)) * x[0]),)
+
+
+@op("RotaryEmbedding")
+def rotary_embedding(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
+    """Rotate the first `rotary_embedding_dim` features of each head (all by default) by the
+    cos/sin caches, looked up by `position_ids` where given; halves or interleaved pairs."""
+    data, cos, sin = x[0], x[1], x[2]
+    positions = x[3] if len(x) > 3 else None
+    heads = data.unflatten(-1, (int(a["num_heads"]), -1)) if data.dim() == 3 \
+        else data.transpose(1, 2)  # (batch, sequence, heads, head size)
+    dim = int(a.get("rotary_embedding_dim", 0)) or heads.shape[-1]
+    if positions is not None:
+        cos, sin = cos[positions], sin[positions]
+    if cos.shape[-1] != dim // 2 or sin.shape[-1] != dim // 2:
+        raise ValueError(f"cos/sin caches of {cos.shape[-1]} features for a rotation of {dim}")
+    cos, sin = cos.unsqueeze(2), sin.unsqueeze(2)
+    rotate, keep = heads[..., :dim], heads[..., dim:]
+    interleaved = bool(a.get("interleaved", 0))
+    x1, x2 = (rotate[..., 0::2], rotate[..., 1::2]) if interleaved else rotate.chunk(2, -1)
+    real, imag = cos * x1 - sin * x2, sin * x1 + cos * x2
+    rotated = torch.stack((real, imag), -1).flatten(-2) if interleaved \
+        else torch.cat((real, imag), -1)
+    out = torch.cat((rotated, keep), -1)
+    return (out.flatten(-2) if data.dim() == 3 else out.transpose(1, 2),)
+
+
+def attention(a: Attrs, x: list[Value], outputs: int) -> tuple[Value, ...]:
+    """ONNX's Attention (opsets 23-24): multi-, grouped- or multi-query heads, 3-D or 4-D;
+    a boolean or additive mask; causal masking and sliding windows aligned to the cache
+    offset; a KV cache (past in, present out); a soft cap; the QK output (modes 0-3); a
+    query row with no key to attend gives zeros. Without a soft cap, a QK output or a
+    softmax precision it runs on torch's fused kernel, as PyTorch trains attention."""
+    q, k, v, mask, past_k, past_v, nonpad = (*x, *[None] * 7)[:7]
+    if q.dim() == 3:
+        q = q.unflatten(-1, (int(a["q_num_heads"]), -1)).transpose(1, 2)
+        k, v = (t.unflatten(-1, (int(a["kv_num_heads"]), -1)).transpose(1, 2) for t in (k, v))
+    if past_k is not None:
+        k, v = torch.cat((past_k, k), 2), torch.cat((past_v, v), 2)
+    present = (k, v)
+    groups = q.shape[1] // k.shape[1]
+    scale = float(a["scale"]) if "scale" in a else 1 / math.sqrt(q.shape[-1])
+    cap, mode = float(a.get("softcap", 0.0)), int(a.get("qk_matmul_output_mode", 0))
+    fused = cap <= 0 and outputs < 4 and "softmax_precision" not in a
+    qk = None
+    if fused and mask is None and past_k is None and nonpad is None \
+            and int(a.get("left_window_size", -1)) < 0 and int(a.get("right_window_size", -1)) < 0:
+        # causal or not, offset 0: torch's own mask (top-left aligned), its fastest kernel
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=bool(a.get("is_causal", 0)),
+                                           scale=scale, enable_gqa=groups > 1)
+    else:
+        bias = _attention_bias(a, q, k, mask, past_k, nonpad)
+        masked_rows = torch.isneginf(bias.amax(-1, keepdim=True))
+        if fused:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype), scale=scale,
+                                               enable_gqa=groups > 1).masked_fill(masked_rows, 0.0)
+        else:
+            k, v = (t.repeat_interleave(groups, 1) for t in (k, v))
+            root = q.new_tensor(math.sqrt(scale))
+            qk = (q * root) @ (k * root).transpose(-1, -2)
+            if cap > 0:
+                qk = cap * torch.tanh(qk / cap)
+            scores = qk + bias
+            if mode == 2:
+                qk = scores
+            if "softmax_precision" in a:
+                scores = scores.to(torch_dtype(int(a["softmax_precision"])))
+            p = torch.softmax(scores, -1).masked_fill(masked_rows, 0.0)
+            qk = p.to(q.dtype) if mode == 3 else qk.to(q.dtype)
+            y = p.to(q.dtype) @ v
+    if x[0].dim() == 3:
+        y = y.transpose(1, 2).flatten(-2)
+    return (y, *present, qk)
+
+
+def _attention_bias(a: Attrs, q: torch.Tensor, k: torch.Tensor, mask: Value, past: Value,
+                    nonpad: Value) -> torch.Tensor:
+    """The additive bias of Attention's scores: 0 where a query may attend a key, -inf where
+    the mask (a shorter one padded as masked), causality or a window forbids it. A query at
+    i attends key j up to i + offset: the past's length, else each sample's keys that are not
+    padding less the queries, else 0."""
+    queries, keys = q.shape[-2], k.shape[-2]
+    inf = torch.tensor(-math.inf)
+    bias = torch.zeros(queries, keys)
+    if mask is not None:
+        if mask.shape[-1] < keys:
+            mask = F.pad(mask, (0, keys - mask.shape[-1]),
+                         value=False if mask.dtype == torch.bool else -math.inf)
+        bias = bias + (torch.where(mask, 0.0, inf) if mask.dtype == torch.bool
+                       else mask.float())
+    offset: Any = past.shape[2] if past is not None else 0
+    if past is None and nonpad is not None:
+        offset = (nonpad.reshape(-1) - queries).reshape(-1, 1, 1, 1)
+    reach = torch.arange(queries).reshape(-1, 1) + offset - torch.arange(keys)  # i + offset - j
+    allowed = torch.ones_like(reach, dtype=torch.bool)
+    if int(a.get("is_causal", 0)):
+        allowed &= reach >= 0
+    left, right = int(a.get("left_window_size", -1)), int(a.get("right_window_size", -1))
+    if left >= 0:
+        allowed &= reach <= left
+    if right >= 0:
+        allowed &= -reach <= right
+    bias = bias + torch.where(allowed, 0.0, inf)
+    if nonpad is not None:
+        bias = bias + torch.where(torch.arange(keys) < nonpad.reshape(-1, 1), 0.0,
+                                  inf).reshape(-1, 1, 1, keys)
+    return bias
+
+
+OPS["Attention"] = lambda a, x: attention(a, x, 3)  # run_op passes the real output count
+
+
 def known(op_type: str) -> bool:
     return op_type in OPS
 
@@ -531,6 +645,8 @@ def run_op(op_type: str, attrs: Attrs, inputs: Sequence[Value], outputs: int) ->
         raise NotImplementedError("unsigned 16-, 32- or 64-bit tensors (torch has no kernels)")
     if op_type == "Split":
         return split(attrs, list(inputs), outputs)
+    if op_type == "Attention":
+        return attention(attrs, list(inputs), outputs)
     return OPS[op_type](attrs, list(inputs))
 
 
