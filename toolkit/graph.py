@@ -7,6 +7,7 @@ dataclasses only, so none of it needs `onnx` to run or to be tested.
 from __future__ import annotations
 
 import heapq
+import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
@@ -83,6 +84,12 @@ class Layer:
     def trainable(self) -> bool:
         """It computes gradients for weights (its own or shared ones)."""
         return self.reads_weights > 0
+
+    def ints(self, name: str) -> list[int]:
+        """An integer or list-of-integers attribute, read back from `attrs` ([] when absent
+        or not integers)."""
+        found = re.search(rf"(?:^|;){re.escape(name)}=\[?([-0-9, ]*)\]?(?:;|$)", self.attrs)
+        return [int(v) for v in found.group(1).split(",") if v.strip()] if found else []
 
 
 @dataclass

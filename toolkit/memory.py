@@ -56,7 +56,6 @@ gradient, nothing saved) are its two extremes.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -185,17 +184,18 @@ def aliases(layers: Sequence[Layer]) -> dict[str, str]:
 
 
 def merged_heads(layers: Sequence[Layer], attention: Collection[int]) -> dict[str, str]:
-    """Views of fused attention's output: PyTorch's fused kernels (flash, memory-efficient,
-    flash on the CPU) write it as (batch, sequence, heads, head size) and return a (batch,
-    heads, sequence, head size) view, so merging the heads back, transpose(1, 2) and then a
-    reshape, reads the same memory rather than copying it. Tensor -> the output it views, for
-    the attention layers `attention`."""
+    """Views of fused attention's output: PyTorch's fused kernels write it as (batch,
+    sequence, heads, head size) and return a (batch, heads, sequence, head size) view (CUDA's
+    flash and memory-efficient kernels always; the CPU's when the queries are laid out so,
+    as splitting heads with view and transpose(1, 2) leaves them), so merging the heads back,
+    transpose(1, 2) and then a reshape, reads the same memory rather than copying it.
+    Tensor -> the output it views, for the attention layers `attention`."""
     _, readers = _wiring(layers)
     views: dict[str, str] = {}
     for i in attention:
         out = layers[i].outputs[0]
         for t in readers.get(out, []):
-            if layers[t].op != "Transpose" or layers[t].attrs != "perm=[0, 2, 1, 3]" \
+            if layers[t].op != "Transpose" or layers[t].ints("perm") != [0, 2, 1, 3] \
                     or not layers[t].outputs:
                 continue
             views[layers[t].outputs[0]] = out
@@ -222,7 +222,7 @@ def copied_operands(graph: LayerGraph) -> dict[int, set[str]]:
             rank = len(info.shape) if info is not None and info.shape else 0
             order, j = list(range(rank)), producer.get(t)
             while j is not None and layers[j].op == "Transpose" and layers[j].inputs:
-                perm = _ints_attr(layers[j].attrs, "perm")
+                perm = layers[j].ints("perm") or list(range(rank))[::-1]  # (ONNX's default)
                 if sorted(perm) != list(range(rank)):
                     break
                 order = [perm[o] for o in order]
@@ -230,12 +230,6 @@ def copied_operands(graph: LayerGraph) -> dict[int, set[str]]:
             if rank >= 3 and order[:-2] != list(range(rank - 2)):
                 copies.setdefault(i, set()).add(t)
     return copies
-
-
-def _ints_attr(attrs: str, name: str) -> list[int]:
-    """A list-of-ints attribute from a layer's canonical attribute text ([] if absent)."""
-    found = re.search(rf"(?:^|;){name}=\[([-0-9, ]*)\]", attrs)
-    return [int(v) for v in found.group(1).split(",") if v.strip()] if found else []
 
 
 def _wiring(layers: Sequence[Layer]) -> tuple[dict[str, int], dict[str, list[int]]]:
@@ -348,8 +342,8 @@ def _v_head_size(graph: LayerGraph, layer: Layer) -> int:
         return 0
     if len(v.shape) == 4:
         return v.shape[-1]
-    heads = re.search(r"(?:^|;)kv_num_heads=(\d+)", layer.attrs)
-    return v.shape[-1] // int(heads.group(1)) if heads and int(heads.group(1)) else 0
+    heads = layer.ints("kv_num_heads")
+    return v.shape[-1] // heads[0] if heads and heads[0] > 0 else 0
 
 
 def model_memory(graph: LayerGraph, batch: int, state_buffers: int,
@@ -395,8 +389,7 @@ def _row_statistics(graph: LayerGraph, layer: Layer) -> float:
     keeps for its backward: one each per normalised row (the dimensions from `axis` on are
     normalised together), in fp32 at either precision (PyTorch's native_layer_norm)."""
     x = graph.tensors[layer.inputs[0]]
-    found = re.search(r"(?:^|;)axis=(-?[0-9]+)", layer.attrs)
-    axis = int(found.group(1)) if found else -1
+    axis = (layer.ints("axis") or [-1])[0]
     if not x.shape or not -len(x.shape) <= axis < len(x.shape):
         return 0.0
     row = math.prod(x.shape[axis % len(x.shape):]) * ELEMENT_BYTES.get(x.dtype, WORD)
