@@ -157,6 +157,24 @@ def test_the_attention_op_trains_as_pytorch_does(tmp_path):
         assert torch.allclose(weights[name].grad, param.grad, atol=1e-6), name
 
 
+@pytest.mark.parametrize(("op", "attrs", "message"), [
+    ("Attention", {}, "need q_num_heads and kv_num_heads"),
+    ("Attention", {"q_num_heads": 3, "kv_num_heads": 3}, "cannot run a Attention node"),
+    ("RotaryEmbedding", {}, "needs num_heads"),
+])
+def test_a_malformed_attention_node_is_a_one_line_error(op, attrs, message):
+    from toolkit.errors import ModelError
+
+    names = ["q", "k", "v"]  # (RotaryEmbedding: input, cos and sin caches)
+    node = helper.make_node(op, names, ["y"], **attrs)
+    graph = helper.make_graph([node], "g", [vi(n, [1, 4, 8]) for n in names],
+                              [vi("y", [1, 4, 8])])
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 23)])
+    with pytest.raises(ModelError, match=message) as caught:
+        OnnxModule(m, ())({n: torch.randn(1, 4, 8) for n in names})
+    assert "\n" not in str(caught.value)
+
+
 # the wire ------------------------------------------------------------------------------------
 
 def _pair():

@@ -531,6 +531,8 @@ def rotary_embedding(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
     cos/sin caches, looked up by `position_ids` where given; halves or interleaved pairs."""
     data, cos, sin = x[0], x[1], x[2]
     positions = x[3] if len(x) > 3 else None
+    if data.dim() == 3 and "num_heads" not in a:
+        raise ValueError("a 3-D input needs num_heads")
     heads = data.unflatten(-1, (int(a["num_heads"]), -1)) if data.dim() == 3 \
         else data.transpose(1, 2)  # (batch, sequence, heads, head size)
     dim = int(a.get("rotary_embedding_dim", 0)) or heads.shape[-1]
@@ -557,6 +559,8 @@ def attention(a: Attrs, x: list[Value], outputs: int) -> tuple[Value, ...]:
     softmax precision it runs on torch's fused kernel, as PyTorch trains attention."""
     q, k, v, mask, past_k, past_v, nonpad = (*x, *[None] * 7)[:7]
     if q.dim() == 3:
+        if "q_num_heads" not in a or "kv_num_heads" not in a:
+            raise ValueError("3-D queries, keys and values need q_num_heads and kv_num_heads")
         q = q.unflatten(-1, (int(a["q_num_heads"]), -1)).transpose(1, 2)
         k, v = (t.unflatten(-1, (int(a["kv_num_heads"]), -1)).transpose(1, 2) for t in (k, v))
     if past_k is not None:
