@@ -77,6 +77,7 @@ NOT_DIFFERENTIABLE = frozenset({
     "Multinomial", "Less", "Greater", "LessOrEqual", "GreaterOrEqual", "Equal", "Not", "And",
     "Or", "Xor", "Shape", "Size", "ArgMax", "ArgMin", "NonZero", "IsNaN", "IsInf"})
 _INDEX_BYTES = 8  # MaxPool's argmax, int64 per output element
+Wiring = tuple[dict[str, int], dict[str, list[int]]]  # each tensor's producer, its readers
 
 
 @dataclass(frozen=True)
@@ -183,14 +184,15 @@ def aliases(layers: Sequence[Layer]) -> dict[str, str]:
     return alias
 
 
-def merged_heads(layers: Sequence[Layer], attention: Collection[int]) -> dict[str, str]:
+def merged_heads(layers: Sequence[Layer], attention: Collection[int],
+                 wiring: Wiring | None = None) -> dict[str, str]:
     """Views of fused attention's output: PyTorch's fused kernels write it as (batch,
     sequence, heads, head size) and return a (batch, heads, sequence, head size) view (CUDA's
     flash and memory-efficient kernels always; the CPU's when the queries are laid out so,
     as splitting heads with view and transpose(1, 2) leaves them), so merging the heads back,
     transpose(1, 2) and then a reshape, reads the same memory rather than copying it.
     Tensor -> the output it views, for the attention layers `attention`."""
-    _, readers = _wiring(layers)
+    _, readers = wiring or _wiring(layers)
     views: dict[str, str] = {}
     for i in attention:
         out = layers[i].outputs[0]
@@ -204,7 +206,7 @@ def merged_heads(layers: Sequence[Layer], attention: Collection[int]) -> dict[st
     return views
 
 
-def copied_operands(graph: LayerGraph) -> dict[int, set[str]]:
+def copied_operands(graph: LayerGraph, wiring: Wiring | None = None) -> dict[int, set[str]]:
     """MatMul operands PyTorch copies before multiplying: torch.matmul folds a batched
     operand's leading dimensions into one, which a transposed view whose leading dimensions
     are out of order (heads split off and moved ahead of the sequence) cannot do in place; its
@@ -212,7 +214,7 @@ def copied_operands(graph: LayerGraph) -> dict[int, set[str]]:
     index -> such inputs (followed back through Transposes; what they start from is taken as
     laid out in order)."""
     layers = list(graph)
-    producer, _ = _wiring(layers)
+    producer, _ = wiring or _wiring(layers)
     copies: dict[int, set[str]] = {}
     for i, layer in enumerate(layers):
         if layer.op != "MatMul":
@@ -220,6 +222,8 @@ def copied_operands(graph: LayerGraph) -> dict[int, set[str]]:
         for t in layer.inputs:
             info = graph.tensors.get(t)
             rank = len(info.shape) if info is not None and info.shape else 0
+            if rank < 3:
+                continue
             order, j = list(range(rank)), producer.get(t)
             while j is not None and layers[j].op == "Transpose" and layers[j].inputs:
                 perm = layers[j].ints("perm") or list(range(rank))[::-1]  # (ONNX's default)
@@ -227,12 +231,12 @@ def copied_operands(graph: LayerGraph) -> dict[int, set[str]]:
                     break
                 order = [perm[o] for o in order]
                 j = producer.get(layers[j].inputs[0])
-            if rank >= 3 and order[:-2] != list(range(rank - 2)):
+            if order[:-2] != list(range(rank - 2)):
                 copies.setdefault(i, set()).add(t)
     return copies
 
 
-def _wiring(layers: Sequence[Layer]) -> tuple[dict[str, int], dict[str, list[int]]]:
+def _wiring(layers: Sequence[Layer]) -> Wiring:
     """Each tensor's producing layer, and the layers that read it (by index)."""
     producer = {t: i for i, layer in enumerate(layers) for t in layer.outputs}
     readers: dict[str, list[int]] = {}
@@ -242,12 +246,13 @@ def _wiring(layers: Sequence[Layer]) -> tuple[dict[str, int], dict[str, list[int
     return producer, readers
 
 
-def fused_activations(layers: Sequence[Layer]) -> dict[int, tuple[str, ...]]:
+def fused_activations(layers: Sequence[Layer], wiring: Wiring | None = None
+                      ) -> dict[int, tuple[str, ...]]:
     """What the ops of an exporter's decomposed activation keep when PyTorch trains the fused
     op it came from, which keeps only its input x: SiLU exported as Sigmoid(x) and
     Mul(x, Sigmoid(x)); GELU as Div(x, sqrt 2) -> Erf -> Add 1 -> Mul(x, .). Layer index ->
     the tensors it keeps, for the layers of each such pattern."""
-    producer, readers = _wiring(layers)
+    producer, readers = wiring or _wiring(layers)
 
     def product_with(t: str, x: str) -> int | None:
         """A reader of t that multiplies it by x (and nothing else)."""
@@ -274,7 +279,8 @@ def fused_activations(layers: Sequence[Layer]) -> dict[int, tuple[str, ...]]:
     return out
 
 
-def fused_attention(graph: LayerGraph) -> tuple[dict[int, tuple[str, ...]], dict[int, float]]:
+def fused_attention(graph: LayerGraph, wiring: Wiring | None = None
+                    ) -> tuple[dict[int, tuple[str, ...]], dict[int, float]]:
     """Attention that torch.onnx exported from `scaled_dot_product_attention`: up to opset 22
     MatMul(q x s, k^T x s) with both operands scaled by constants, an optional additive mask,
     Softmax, and MatMul(., v) (a dropout between that drops nothing allowed); from opset 23
@@ -282,7 +288,7 @@ def fused_attention(graph: LayerGraph) -> tuple[dict[int, tuple[str, ...]], dict
     query row: layer index -> the tensors it keeps for the pattern's layers, and the final
     MatMul's (or the Attention op's) index -> the log-sum-exp's bytes per sample."""
     layers = list(graph)
-    producer, readers = _wiring(layers)
+    producer, readers = wiring or _wiring(layers)
 
     def scaled(t: str) -> int | None:
         """The layer that scales t by a constant, if one does."""
@@ -352,11 +358,12 @@ def model_memory(graph: LayerGraph, batch: int, state_buffers: int,
     optimizer's), `bytes_of` each activation's bytes per sample at the training precision."""
     layers = list(graph)
     index = {layer.name: i for i, layer in enumerate(layers)}
-    attention, lse = fused_attention(graph)
-    fused = {**fused_activations(layers), **attention}
+    wiring = _wiring(layers)
+    attention, lse = fused_attention(graph, wiring)
+    fused = {**fused_activations(layers, wiring), **attention}
     grad = carrying_grad(graph)
-    alias = {**aliases(layers), **merged_heads(layers, lse)}
-    copies = copied_operands(graph)
+    alias = {**aliases(layers), **merged_heads(layers, lse, wiring)}
+    copies = copied_operands(graph, wiring)
     keepers: dict[tuple[str, int], list[int]] = {}  # (tensor, the layer with a copy, or -1)
     for i, layer in enumerate(layers):
         for name in fused.get(i, kept_by(layer, grad)):
