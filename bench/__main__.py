@@ -397,9 +397,12 @@ def read_floor(doc: Doc, names: list[str], chain_sizes: list[int], repeats: int)
             "while the reader builds the layers too.")
     doc.add()
     doc.add("Where that leaves the goal of `partition` within 2x the floor: met by the zoo's "
-            "CNNs, ViT, BERT and GPT-2 (0.8-1.9x in this run; BERT's and GPT-2's floors vary "
-            "with the page cache), not by Swin (4.7x, 7.4x before: folding evaluates some 6,900 "
-            "small arithmetic nodes one by one in Python, 0.4 s) nor by deep chains (9-11x): "
+            "CNNs, ViT, BERT and GPT-2 (0.9-1.6x in this run, 0.8-1.9x in the one before; "
+            "BERT's and GPT-2's floors vary with the page cache), not by Swin (4.5x, 4.7x in the "
+            "run before, 7.4x before the one-pass folding: it evaluates some 6,900 small "
+            "arithmetic nodes one by one in Python, 0.4 s) nor by deep chains (6-13x in this "
+            "run, whose 10,000- and 50,000-node floors came out at 0.07 and 0.62 s; 9-11x in the "
+            "run before): "
             "there every node still becomes Python objects (a layer, its tensors, its cost "
             "inputs) in the reader and is walked again by the memory model, block detection and "
             "the solve: about 90 microseconds per node where the floor spends about ten, most "
