@@ -607,9 +607,9 @@ def _attention_bias(a: Attrs, q: torch.Tensor, k: torch.Tensor, mask: Value, pas
     the mask (a shorter one padded as masked), causality or a window forbids it. A query at
     i attends key j up to i + offset: the past's length, else each sample's keys that are not
     padding less the queries, else 0."""
-    queries, keys = q.shape[-2], k.shape[-2]
-    inf = torch.tensor(-math.inf)
-    bias = torch.zeros(queries, keys)
+    queries, keys, at = q.shape[-2], k.shape[-2], q.device
+    inf = torch.tensor(-math.inf, device=at)
+    bias = torch.zeros(queries, keys, device=at)
     if mask is not None:
         if mask.shape[-1] < keys:
             mask = F.pad(mask, (0, keys - mask.shape[-1]),
@@ -619,7 +619,8 @@ def _attention_bias(a: Attrs, q: torch.Tensor, k: torch.Tensor, mask: Value, pas
     offset: Any = past.shape[2] if past is not None else 0
     if past is None and nonpad is not None:
         offset = (nonpad.reshape(-1) - queries).reshape(-1, 1, 1, 1)
-    reach = torch.arange(queries).reshape(-1, 1) + offset - torch.arange(keys)  # i + offset - j
+    reach = (torch.arange(queries, device=at).reshape(-1, 1) + offset
+             - torch.arange(keys, device=at))  # i + offset - j
     allowed = torch.ones_like(reach, dtype=torch.bool)
     if int(a.get("is_causal", 0)):
         allowed &= reach >= 0
@@ -630,7 +631,7 @@ def _attention_bias(a: Attrs, q: torch.Tensor, k: torch.Tensor, mask: Value, pas
         allowed &= -reach <= right
     bias = bias + torch.where(allowed, 0.0, inf)
     if nonpad is not None:
-        bias = bias + torch.where(torch.arange(keys) < nonpad.reshape(-1, 1), 0.0,
+        bias = bias + torch.where(torch.arange(keys, device=at) < nonpad.reshape(-1, 1), 0.0,
                                   inf).reshape(-1, 1, 1, keys)
     return bias
 
