@@ -205,11 +205,16 @@ def buffer_names(graph: GraphProto) -> set[str]:
     exporter's own constants (`val_N`, gone once folded), the shapes of activations (values
     the graph still computes) and such buffers. A folded initializer with any other source (a
     parameter transposed or scaled, or a source it cannot tell from one) stays trainable."""
-    marked = {
-        vi.name for vi in [*graph.value_info, *graph.input]
-        if any(e.key == _INPUT_KIND and e.value in ("BUFFER", "CONSTANT_TENSOR")
-               for e in vi.metadata_props)
-    }
+    marked: set[str] = set()
+    recorded: list[tuple[str, str]] = []  # (initializer, what the optimizer folded it from)
+    for vi in [*graph.value_info, *graph.input]:
+        for e in vi.metadata_props:
+            if e.key == _INPUT_KIND and e.value in ("BUFFER", "CONSTANT_TENSOR"):
+                marked.add(vi.name)
+            elif e.key == _FOLDED_FROM:
+                recorded.append((vi.name, e.value))
+    if not recorded:  # (no optimizer ran: nothing more to look at)
+        return marked
     initializers = {t.name for t in graph.initializer}
     computed = {o for n in graph.node for o in n.output} | (
         {i.name for i in graph.input} - initializers)
@@ -222,16 +227,15 @@ def buffer_names(graph: GraphProto) -> set[str]:
         return source in computed or _EXPORTER_VALUE.fullmatch(source) is not None
 
     folded = set()
-    for vi in graph.value_info:
-        for e in vi.metadata_props:
-            if e.key != _FOLDED_FROM or vi.name not in initializers:
-                continue
-            try:
-                sources = ast.literal_eval(e.value)
-            except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
-                continue  # not a list the optimizer wrote: trainable, as any initializer
-            if isinstance(sources, list) and sources and all(map(no_gradient, sources)):
-                folded.add(vi.name)
+    for name, value in recorded:
+        if name not in initializers:
+            continue
+        try:
+            sources = ast.literal_eval(value)
+        except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+            continue  # not a list the optimizer wrote: trainable, as any initializer
+        if isinstance(sources, list) and sources and all(map(no_gradient, sources)):
+            folded.add(name)
     return marked | folded
 
 
