@@ -55,42 +55,50 @@ def batched(rows: Iterable[Row], size: int) -> Iterator[list[Row]]:
         yield chunk
 
 
-Batch = tuple[Callable[[], list[dict[str, Any]]], list[dict[str, Any]]]
+Rows = list[dict[str, Any]]
+Batch = Callable[[], tuple[Rows, Rows, Rows]]
 
 
-def ingest_rows(graph: LayerGraph, costs: CostGraph, version: str, batch: int
-                ) -> tuple[list[Batch], list[dict[str, Any]]]:
+def ingest_rows(graph: LayerGraph, costs: CostGraph, version: str, batch: int) -> list[Batch]:
     """A version of a layer graph and its delays as plain rows for UNWIND, in batches of
-    `batch` layers: ([(layer rows, feeds inside the batch)], feeds between batches). A batch's
-    layer rows are built when its writer calls for them, while the server writes the batch
-    before. An edge inside a batch names its ends by position in the batch (p, c), one
-    between batches by topological position (producer, consumer)."""
+    `batch` layers. Each batch is built when its writer calls for it, while the server writes
+    the batch before: (layer rows, edges inside the batch, edges into it from earlier
+    batches). An edge inside a batch names its ends by position in the batch (p, c), one
+    from an earlier batch by topological position (producer, consumer). A layer reading one
+    tensor at several inputs gets one edge, at the first."""
     layers = list(graph)
+    produced = {t.name: t for t in costs.tensors}
 
-    def layer_rows(start: int) -> Callable[[], list[dict[str, Any]]]:
-        def build() -> list[dict[str, Any]]:
+    def rows(start: int) -> Batch:
+        def build() -> tuple[Rows, Rows, Rows]:
             span = layers[start:start + batch]
             uids = node_uids(graph.name, version, [layer.name for layer in span])
-            return [
+            nodes = [
                 {"uid": uid, "name": layer.name, "op": layer.op, "topo": i,
                  "flops": layer.flops, "macs": layer.macs, "params": layer.params,
                  "out_bytes": layer.out_bytes, "device_ms": float(costs.device_ms[i]),
                  "server_ms": float(costs.server_ms[i]), "pinned": bool(costs.pinned[i]),
                  "module": layer.module, "key": layer_key(graph, layer)}
                 for i, (layer, uid) in enumerate(zip(span, uids, strict=True), start)]
+            inside: Rows = []
+            earlier: Rows = []
+            for c, layer in enumerate(span, start):
+                seen = set()
+                for position, name in enumerate(layer.inputs):
+                    t = produced.get(name)
+                    if t is None or name in seen:
+                        continue
+                    seen.add(name)
+                    edge = {"tensor": name, "bytes": t.bytes, "crossing_ms": t.crossing_ms,
+                            "position": position,
+                            "tensor_key": tensor_key(graph, layers[t.producer], name)}
+                    if t.producer >= start:
+                        edge["p"], edge["c"] = t.producer - start, c - start
+                        inside.append(edge)
+                    else:
+                        edge["producer"], edge["consumer"] = t.producer, c
+                        earlier.append(edge)
+            return nodes, inside, earlier
         return build
 
-    batches: list[Batch] = [(layer_rows(start), [])
-                            for start in range(0, len(layers), batch)]
-    across = []
-    for t in costs.tensors:
-        key = tensor_key(graph, layers[t.producer], t.name)
-        for c in sorted(t.consumers):
-            edge = {"tensor": t.name, "bytes": t.bytes, "crossing_ms": t.crossing_ms,
-                    "position": layers[c].inputs.index(t.name), "tensor_key": key}
-            if t.producer // batch == c // batch:
-                batches[c // batch][1].append(
-                    {"p": t.producer % batch, "c": c % batch, **edge})
-            else:
-                across.append({"producer": t.producer, "consumer": c, **edge})
-    return batches, across
+    return [rows(start) for start in range(0, len(layers), batch)]

@@ -46,7 +46,7 @@ from toolkit.store.connection import (
     StoreError,
     TransactionTooLargeError,
 )
-from toolkit.store.rows import batched, by_layers, ingest_rows, node_uids
+from toolkit.store.rows import Batch, batched, by_layers, ingest_rows, node_uids
 
 log = logging.getLogger(__name__)
 Read = TypeVar("Read")
@@ -210,10 +210,15 @@ class Store:
                names: dict[str, str]) -> None:
         """A new version's layers, edges and blocks, each batch its own transaction, `writers`
         of them at a time."""
-        batches, across = ingest_rows(graph, costs, version, self.batch_rows)
         where = {"model": graph.name, "version": version}
-        self._each(lambda batch: self._statement("ingest_layers", **where, rows=batch[0](),
-                                                 feeds=batch[1]), batches)
+        across: list[dict[str, Any]] = []  # edges between batches, once both ends are written
+
+        def write(batch: Batch) -> None:
+            rows, inside, earlier = batch()
+            across.extend(earlier)
+            self._statement("ingest_layers", **where, rows=rows, feeds=inside)
+
+        self._each(write, ingest_rows(graph, costs, version, self.batch_rows))
         for feeds in batched(across, self.batch_rows):
             self._statement("ingest_feeds", **where, feeds=feeds)
         _detect_blocks(self._statement, self._each, graph.name, version, len(graph), names,
