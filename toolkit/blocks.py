@@ -220,7 +220,7 @@ def segment_key(
     graph: LayerGraph, layers: list[Layer], index: dict[str, int], seg: tuple[int, ...],
     entry: int | None, closed: bool,
 ) -> str:
-    """A segment's canonical content, the same string `cypher/detect_blocks_keys.cypher` builds.
+    """A segment's canonical content, the same string `cypher/detect_blocks_chain.cypher` builds.
 
     'C' or 'O' (closed by a cut vertex or open at the end), then per layer in order
     `[layer_key](sources)`, a source per input read from another layer, in input order:

@@ -496,10 +496,8 @@ def _detect_blocks(run: Rows, each: Each, model: str, version: str, layer_count:
                                            strict=True))]
 
     def detect(group: list[dict[str, Any]]) -> None:
-        run("detect_blocks_chain", **where, blocks=group)
         types = []
-        for record in run("detect_blocks_keys", **where, first=group[0]["index"],
-                          last=group[-1]["index"]):
+        for record in run("detect_blocks_chain", **where, blocks=group):
             key = record["key"]
             sig = signature(key)
             types.append({"uid": record["uid"], "signature": sig,
