@@ -15,20 +15,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 from bench.__main__ import Doc, machine
+from bench.server import Server
 from toolkit import api, queries, zoo
 from toolkit.blocks import BlockStructure, find_blocks
 from toolkit.costs import BUILTIN_SCENARIOS, scenario_key
 from toolkit.errors import ToolkitError
-from toolkit.store import Connection, Store, StoreError
+from toolkit.store import Store, StoreError
 
 ROOT = Path(__file__).resolve().parent.parent
 # timm architectures across its families (each a different module), small to mid-sized
@@ -42,8 +41,7 @@ TIMM = [
     "edgenext_small", "fastvit_t8", "repvgg_a0", "nfnet_l0", "twins_pcpvt_small",
     "cait_xxs24_224", "sequencer2d_s",
 ]
-SERVER = {"NEO4J_LOCAL_HOME": str(ROOT / ".neo4j-corpus"), "NEO4J_LOCAL_BOLT_PORT": "7698",
-          "NEO4J_LOCAL_HTTP_PORT": "7485", "NEO4J_PASSWORD": "splitcut-corpus"}
+SERVER = Server(".neo4j-corpus", 7698, 7485, "splitcut-corpus")
 SCENARIOS = ("nano-3090-wifi5", "xavier-a100-wifi6", "phone-h100-5g")
 SWEPT = "nano-3090-wifi5"  # swept over the link rate, 1 Mbit/s to 1 Gbit/s
 LOW, HIGH = 1e6, 1e9
@@ -260,10 +258,7 @@ def main() -> None:
     args = parser.parse_args()
     names = zoo.sample(corpus_names(), args.limit)
     rows, skipped = [], []
-    os.environ.update(SERVER)
-    subprocess.run([str(ROOT / "scripts" / "neo4j-local"), "start"], check=True, timeout=900)
-    store = Store(Connection(f"bolt://127.0.0.1:{SERVER['NEO4J_LOCAL_BOLT_PORT']}", "neo4j",
-                             SERVER["NEO4J_PASSWORD"], None))
+    store = Store(SERVER.start())
     with store:
         store.ensure_schema()
         for i, name in enumerate(names, 1):
