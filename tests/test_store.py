@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import logging
 import os
 import re
 from collections import Counter
@@ -596,17 +597,23 @@ def _graph_edges(graph, costs: CostGraph) -> Counter[tuple[object, ...]]:
 
 
 @pytest.mark.parametrize("writers", [1, 3])
-def test_batches_written_at_once_store_the_graph_exactly(writers):
+def test_batches_written_at_once_store_the_graph_exactly(writers, caplog):
     """Small batches, several in flight: every edge (inside a batch or between two, skips
     included) stored once with what it carries, the blocks one NEXT chain in order, and the
-    cut vertices and block types those of the Python detection."""
+    cut vertices and block types those of the Python detection. The ingest logs how long
+    its two phases took."""
     name = f"batched-{writers}"
     graph, costs = _versioned(name, "residual", 120)
     with Store(Connection.from_env(password=PASSWORD), batch_rows=11,
                writers=writers) as store:
         store.ensure_schema()
         store.delete_model(name)
-        assert store.ingest(graph, costs, "batched", "synthetic", 0) == "created"
+        with caplog.at_level(logging.INFO, logger="toolkit.store.store"):
+            assert store.ingest(graph, costs, "batched", "synthetic", 0) == "created"
+        [logged] = [r for r in caplog.records if hasattr(r, "phases_s")]
+        assert set(logged.phases_s) == {"layers", "blocks"}
+        assert all(s > 0 for s in logged.phases_s.values())
+        assert f"{len(graph)} layers" in logged.getMessage()
         assert _stored_edges(store, name) == _graph_edges(graph, costs)
         chain = [r["i"] for r in store.driver.execute_query(
             "MATCH (m:Model {name: $n}) MATCH p = (a:Block {model: $n, version: m.version})"

@@ -51,7 +51,6 @@ from toolkit.store.rows import Batch, batched, by_layers, ingest_rows, node_uids
 log = logging.getLogger(__name__)
 Read = TypeVar("Read")
 Item = TypeVar("Item")
-Each = Callable[[Callable[[Any], object], Sequence[Any]], None]  # in_turn or Store._each
 Solved = TypeVar("Solved", Partition, TierPartition)
 
 
@@ -209,7 +208,9 @@ class Store:
     def _stage(self, graph: LayerGraph, costs: CostGraph, version: str,
                names: dict[str, str]) -> None:
         """A new version's layers, edges and blocks, each batch its own transaction, `writers`
-        of them at a time."""
+        of them at a time. Logs (INFO) how long each phase took, also as the record's
+        `phases_s` ({"layers": s, "blocks": s})."""
+        start = time.perf_counter()
         where = {"model": graph.name, "version": version}
         across: list[dict[str, Any]] = []  # edges between batches, once both ends are written
 
@@ -221,8 +222,47 @@ class Store:
         self._each(write, ingest_rows(graph, costs, version, self.batch_rows))
         for feeds in batched(across, self.batch_rows):
             self._statement("ingest_feeds", **where, feeds=feeds)
-        _detect_blocks(self._statement, self._each, graph.name, version, len(graph), names,
-                       self.batch_rows)
+        written = time.perf_counter()
+        self._detect_blocks(graph.name, version, len(graph), names)
+        phases = {"layers": written - start, "blocks": time.perf_counter() - written}
+        log.info("%r: %d layers and their edges written in %.2f s, blocks detected in %.2f s",
+                 graph.name, len(graph), phases["layers"], phases["blocks"],
+                 extra={"phases_s": phases})
+
+    def _detect_blocks(self, model: str, version: str, layer_count: int,
+                       names: dict[str, str]) -> None:
+        """Cut vertices, segments, keys and types computed by the Cypher in `cypher/`, written
+        in batches of about `batch_rows` layers, `writers` at once (independent until
+        `detect_blocks_link` joins their chains).
+
+        Python only cuts the work into batches and hashes each segment key to its signature;
+        `names` (signature -> readable name) labels new block types.
+        """
+        where = {"model": model, "version": version}
+        segments = self._statement("detect_blocks_segments", **where,
+                                   layer_count=layer_count)[0]["segments"]
+        blocks: list[dict[str, Any]] = [
+            {"uid": uid, "index": i, "entry": int(seg["entry"]), "exit": int(seg["exit"]),
+             "closed": bool(seg["closed"])}
+            for i, (seg, uid) in enumerate(zip(segments, node_uids(model, version,
+                                                                   range(len(segments))),
+                                               strict=True))]
+
+        def detect(group: list[dict[str, Any]]) -> None:
+            types = []
+            for record in self._statement("detect_blocks_chain", **where, blocks=group):
+                key = record["key"]
+                sig = signature(key)
+                types.append({"uid": record["uid"], "signature": sig,
+                              "name": names.get(sig, f"block {sig[:6]}"),
+                              "size": key.count("](")})
+            self._statement("detect_blocks_types", rows=types)
+
+        groups = list(by_layers(blocks, self.batch_rows))
+        self._each(detect, groups)
+        if len(groups) > 1:
+            self._statement("detect_blocks_link", **where,
+                            firsts=[g[0]["index"] for g in groups[1:]])
 
     def _each(self, work: Callable[[Item], object], items: Sequence[Item]) -> None:
         """`concurrently` with this store's number of writers."""
@@ -257,25 +297,6 @@ class Store:
     def set_costs(self, costs: CostGraph) -> None:
         """Put another scenario's delays on a stored model."""
         self._write(lambda tx: _set_costs(tx, costs))
-
-    # block detection --------------------------------------------------------------------------
-
-    def detect_blocks(self, model: str, names: dict[str, str] | None = None) -> BlockStructure:
-        """Detect a stored model's blocks again (ingest already does it) and read them back:
-        one transaction replaces the current version's blocks."""
-        def work(tx: Transaction) -> None:
-            run = _tx_rows(tx)
-            stored = run("model_lock", name=model)[0]
-            if stored["version"] is None:
-                raise StoreError(f"model {model!r} is not in Neo4j: ingest it first")
-            version = str(stored["version"])
-            layers = run("model_get", name=model)[0]["layer_count"]
-            run("detect_blocks_clear", model=model, version=version)
-            _detect_blocks(run, in_turn, model, version, int(layers), names or {},
-                           self.batch_rows)
-
-        self._write(work)
-        return self.read_blocks(model)
 
     def _reading(self, model: str, rows: Rows | None, read: Callable[[Rows], Read]) -> Read:
         """`read(rows)` as is inside a transaction (`rows`, under the model's lock). Outside,
@@ -452,7 +473,7 @@ def _tx_rows(tx: Transaction) -> Rows:
 
 
 def in_turn(work: Callable[[Item], object], items: Sequence[Item]) -> None:
-    """`work(item)` for every item, one after the other (inside one transaction)."""
+    """`work(item)` for every item, one after the other."""
     for item in items:
         work(item)
 
@@ -475,36 +496,3 @@ def concurrently(work: Callable[[Item], object], items: Sequence[Item], writers:
             running.add(pool.submit(work, item))
         for future in running:
             future.result()
-
-
-def _detect_blocks(run: Rows, each: Each, model: str, version: str, layer_count: int,
-                   names: dict[str, str], batch: int) -> None:
-    """Cut vertices, segments, keys and types computed by the Cypher in `cypher/`, written in
-    batches of about `batch` layers through `run`, the batches through `each` (independent
-    until `detect_blocks_link` joins their chains).
-
-    Python only cuts the work into batches and hashes each segment key to its signature;
-    `names` (signature -> readable name) labels new block types.
-    """
-    where = {"model": model, "version": version}
-    segments = run("detect_blocks_segments", **where, layer_count=layer_count)[0]["segments"]
-    blocks: list[dict[str, Any]] = [
-        {"uid": uid, "index": i, "entry": int(seg["entry"]), "exit": int(seg["exit"]),
-         "closed": bool(seg["closed"])}
-        for i, (seg, uid) in enumerate(zip(segments, node_uids(model, version,
-                                                               range(len(segments))),
-                                           strict=True))]
-
-    def detect(group: list[dict[str, Any]]) -> None:
-        types = []
-        for record in run("detect_blocks_chain", **where, blocks=group):
-            key = record["key"]
-            sig = signature(key)
-            types.append({"uid": record["uid"], "signature": sig,
-                          "name": names.get(sig, f"block {sig[:6]}"), "size": key.count("](")})
-        run("detect_blocks_types", rows=types)
-
-    groups = list(by_layers(blocks, batch))
-    each(detect, groups)
-    if len(groups) > 1:
-        run("detect_blocks_link", **where, firsts=[g[0]["index"] for g in groups[1:]])
