@@ -17,7 +17,6 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -27,6 +26,7 @@ from bench.solvers import SOLVERS, dads_pymaxflow
 from tests.oracles import brute_force
 from toolkit import api, zoo
 from toolkit.blocks import find_blocks
+from toolkit.costgraph import CostGraph
 from toolkit.costs import BUILTIN_SCENARIOS, build_cost_graph
 from toolkit.graph import LayerGraph
 from toolkit.partition import solve
@@ -522,7 +522,7 @@ def ingest_rates(store: Store, sizes: list[int]) -> list[list[str]]:
     logger.addHandler(phases)
     logger.setLevel(logging.INFO)
 
-    def ingest(graph: LayerGraph, costs: Any) -> tuple[float, float, float, float]:
+    def ingest(graph: LayerGraph, costs: CostGraph) -> tuple[float, float, float, float]:
         store.delete_model(graph.name)
         server, client, start = BENCH_SERVER.cpu_seconds(), time.process_time(), \
             time.perf_counter()
