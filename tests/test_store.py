@@ -380,6 +380,25 @@ def _all_layers(store: Store, name: str) -> int:
     return count(store, "MATCH (l:Layer {model: $n}) RETURN count(l)", n=name)
 
 
+def test_an_ingest_creates_the_schema_it_needs():
+    """A store's first ingest creates the constraints and indexes that are missing (here one
+    dropped before it), without anyone calling ensure_schema."""
+    name = "schema-first"
+    graph, costs = _versioned(name, "residual", 12)
+
+    def indexes(store: Store) -> set[str]:
+        return {r["name"] for r in store.driver.execute_query(
+            "SHOW INDEXES YIELD name RETURN name").records}
+
+    with Store(Connection.from_env(password=PASSWORD)) as store:
+        store.driver.execute_query("DROP INDEX model_family IF EXISTS")
+        assert "model_family" not in indexes(store)
+        store.delete_model(name)
+        assert store.ingest(graph, costs, "schema", "synthetic", 0) == "created"
+        assert "model_family" in indexes(store)
+        store.delete_model(name)
+
+
 def test_a_staged_version_is_invisible_and_the_next_ingest_deletes_it():
     """A client that dies after staging (never switching) leaves the old model readable; the
     next ingest of the name deletes what it left. Batches of 7 rows: many transactions."""

@@ -493,7 +493,6 @@ def ingest_model(
     path, _ = zoo.resolve(model, exporter)
     graph = graph if graph is not None else load_graph(model, name, exporter, dims)
     costs = build_cost_graph(graph, scenario)
-    store.ensure_schema()
     names = {t.signature: t.name for t in find_blocks(graph).types}
     status = store.ingest(graph, costs, graph.sha256, str(path), graph.opset, names,
                           family=zoo.family_of(model))

@@ -62,6 +62,7 @@ class Store:
         self.connection = connection
         self.batch_rows = batch_rows  # rows per transaction when a model is written in batches
         self.writers = writers  # batches of an ingest written at once
+        self.schema_ensured = False  # ensure_schema ran through this store
         with self._errors():
             self.driver = GraphDatabase.driver(
                 connection.uri, auth=(connection.user, connection.password),
@@ -156,9 +157,13 @@ class Store:
             return list(session.execute_read(work))
 
     def ensure_schema(self) -> None:
+        """The constraints and indexes of `cypher/schema.cypher`, created where missing. An
+        ingest runs this once per store: without them a write scans whole labels, and two
+        concurrent writers could each create the same block type."""
         for statement in queries.statements("schema"):
             with self._errors(), self._session() as session:
                 session.run(statement).consume()
+        self.schema_ensured = True
 
     # ingest ---------------------------------------------------------------------------------
 
@@ -181,6 +186,8 @@ class Store:
         if len(graph.name) > MAX_MODEL_NAME:
             raise StoreError(f"a model name of {len(graph.name)} characters cannot be stored "
                              f"(at most {MAX_MODEL_NAME}); give a shorter one with --name")
+        if not self.schema_ensured:
+            self.ensure_schema()
         stored = self._read("model_get", name=graph.name)
         if stored and stored[0]["sha256"] == sha256:
             if family is not None and stored[0]["family"] != family:
