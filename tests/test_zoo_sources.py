@@ -4,6 +4,7 @@ types named after what their instances share, and ingests that skip what they ca
 from __future__ import annotations
 
 import json
+import warnings
 
 import onnx
 import pytest
@@ -61,6 +62,53 @@ def test_a_transformers_config_file_builds_and_exports(tmp_path):
     (tmp_path / "bad.json").write_text("{not json")
     with pytest.raises(ModelError, match="not a transformers config"):
         zoo.get(f"hf:{tmp_path / 'bad.json'}")
+
+
+TINY = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+        "num_attention_heads": 4}
+
+
+@pytest.mark.parametrize(("config", "raw_rank", "wanted"), [
+    # an image model reads pixels: (1, channels, height, width) at the config's size
+    ({"model_type": "vit", **TINY, "image_size": 32, "patch_size": 8, "num_channels": 1},
+     4, {"Conv"}),
+    # an encoder-decoder also runs its decoder (on a fixed prompt): both halves' layers
+    ({"model_type": "t5", "vocab_size": 100, "d_model": 32, "d_ff": 64, "num_layers": 1,
+      "num_heads": 4, "d_kv": 8}, 2, {"encoder", "decoder"}),
+    # audio samples; position tables shorter than the default prompt shorten it
+    ({"model_type": "wav2vec2", **TINY, "conv_dim": [16, 16], "conv_stride": [5, 2],
+      "conv_kernel": [10, 3], "num_conv_pos_embeddings": 16,
+      "num_conv_pos_embedding_groups": 4}, 2, {"Conv"}),
+    ({"model_type": "gpt2", "n_embd": 32, "n_layer": 1, "n_head": 4, "n_positions": 40,
+      "vocab_size": 100}, 2, {"MatMul"}),
+])
+def test_a_transformers_config_is_fed_what_its_model_reads(tmp_path, config, raw_rank, wanted):
+    path = tmp_path / config["model_type"] / "config.json"
+    path.parent.mkdir()
+    path.write_text(json.dumps(config))
+    exported = zoo.export(f"hf:{path}", tmp_path / "out")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        graph = read_onnx(exported, "m")
+    assert not caught  # folding T5's log(0) -> -inf (masked out, as at run time) is quiet
+    (raw,) = graph.inputs
+    assert len(graph.tensors[raw].shape) == raw_rank
+    if config["model_type"] == "vit":
+        assert graph.tensors[raw].shape == (1, 1, 32, 32)
+    if config["model_type"] == "gpt2":
+        assert graph.tensors[raw].shape == (1, 40)  # n_positions, not the default 128
+    seen = {layer.op for layer in graph} | {
+        part for layer in graph for part in (layer.module or "").split(".")}
+    assert wanted <= seen
+
+
+def test_a_transformers_model_reading_what_the_zoo_cannot_make_is_one_clear_error(tmp_path):
+    path = tmp_path / "s2t" / "config.json"
+    path.parent.mkdir()
+    path.write_text(json.dumps({"model_type": "speech_to_text", "vocab_size": 100,
+                                "d_model": 32, "encoder_layers": 1, "decoder_layers": 1}))
+    with pytest.raises(ModelError, match=r"reads 'input_features'.*token ids, images"):
+        zoo.export(f"hf:{path}", tmp_path / "out")
 
 
 def test_a_timm_architecture_names_its_block_types_after_its_classes(tmp_path):

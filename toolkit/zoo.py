@@ -232,8 +232,10 @@ def _hf_config(arch: str) -> Any:
 
 
 def _build_hf(arch: str) -> tuple[Any, tuple[Any, ...]]:
-    """A transformers model from its config, taking token ids and returning one tensor:
-    encoders (those with a masked-LM head) without a head, decoders with their LM head."""
+    """A transformers model from its config, taking what its config says it reads (token
+    ids, images or audio) and returning one tensor: encoders (those with a masked-LM head)
+    without a head, decoders with their LM head, encoder-decoders fed a fixed decoder
+    prompt."""
     import transformers
 
     torch = _torch()
@@ -242,29 +244,73 @@ def _build_hf(arch: str) -> tuple[Any, tuple[Any, ...]]:
     if hasattr(config, "use_cache"):
         config.use_cache = False
     mappings = transformers.models.auto.modeling_auto
-    if config.model_type in mappings.MODEL_FOR_MASKED_LM_MAPPING_NAMES:
+    encoder_decoder = bool(getattr(config, "is_encoder_decoder", False))
+    if encoder_decoder or config.model_type in mappings.MODEL_FOR_MASKED_LM_MAPPING_NAMES:
         model = transformers.AutoModel.from_config(config)
     elif config.model_type in mappings.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
         model = transformers.AutoModelForCausalLM.from_config(config)
     else:
         model = transformers.AutoModel.from_config(config)
     accepted = set(inspect.signature(model.forward).parameters)
+    main = str(getattr(model, "main_input_name", "input_ids"))
+    example = _hf_example(arch, config, main)
 
-    class TokenModel(torch.nn.Module):  # type: ignore[misc,name-defined]
+    class InputModel(torch.nn.Module):  # type: ignore[misc,name-defined]
         def __init__(self) -> None:
             super().__init__()
             self.model = model
 
-        def forward(self, input_ids: Any) -> Any:
-            # explicit mask and positions keep transformers' mask helpers (aten::diff) out
-            extra = {"attention_mask": torch.ones_like(input_ids),
-                     "position_ids": torch.arange(input_ids.shape[1]).unsqueeze(0)}
+        def forward(self, x: Any) -> Any:
+            extra = {}
+            if main == "input_ids":
+                # explicit mask and positions keep transformers' mask helpers (aten::diff) out
+                extra = {"attention_mask": torch.ones_like(x),
+                         "position_ids": torch.arange(x.shape[1]).unsqueeze(0)}
+            if encoder_decoder:
+                start = int(getattr(config, "decoder_start_token_id", None) or 0)
+                prompt = min(_DECODER_LENGTH, _positions(config, _DECODER_LENGTH))
+                extra["decoder_input_ids"] = torch.full((1, prompt), start % _vocab(config))
+                extra["decoder_attention_mask"] = torch.ones(1, prompt, dtype=torch.long)
             kwargs = {k: v for k, v in extra.items() if k in accepted}
-            return self.model(input_ids=input_ids, return_dict=False, **kwargs)[0]
+            return self.model(**{main: x}, return_dict=False, **kwargs)[0]
 
-    vocab = int(getattr(config, "vocab_size", 1000))
-    ids = torch.randint(0, min(1000, vocab), (1, SEQUENCE_LENGTH))
-    return TokenModel().eval(), (ids,)
+    return InputModel().eval(), (example,)
+
+
+_DECODER_LENGTH = 16
+"""Tokens of the fixed prompt an encoder-decoder's decoder reads (T5, BART, Whisper)."""
+
+
+def _vocab(config: Any) -> int:
+    return int(getattr(config, "vocab_size", None) or 1000)
+
+
+def _positions(config: Any, wanted: int) -> int:
+    """`wanted` tokens, or fewer where the config's position table is shorter."""
+    limits = [getattr(config, key, None) for key in
+              ("max_position_embeddings", "n_positions", "max_target_positions")]
+    return min([wanted, *(int(x) for x in limits if isinstance(x, int) and x > 0)])
+
+
+def _hf_example(arch: str, config: Any, main: str) -> Any:
+    """One sample of what a transformers model reads first (`main_input_name`): token ids,
+    an image at the config's size, one second of 16 kHz audio, or log-mel frames."""
+    torch = _torch()
+    if main == "input_ids":
+        return torch.randint(0, min(1000, _vocab(config)),
+                             (1, _positions(config, SEQUENCE_LENGTH)))
+    if main == "pixel_values":
+        size = getattr(config, "image_size", 224)
+        height, width = (size, size) if isinstance(size, int) else tuple(size)[:2]
+        return torch.randn(1, int(getattr(config, "num_channels", 3)), height, width)
+    if main == "input_values":
+        return torch.randn(1, 16000)
+    if main == "input_features" and hasattr(config, "num_mel_bins") \
+            and hasattr(config, "max_source_positions"):  # Whisper: 2 frames per position
+        return torch.randn(1, config.num_mel_bins, 2 * config.max_source_positions)
+    raise ModelError(f"hf:{arch}: a {config.model_type} model reads {main!r}; the zoo builds "
+                     "inputs for token ids, images (pixel_values), audio samples "
+                     "(input_values) and Whisper's log-mel frames only")
 
 
 _BUILDERS: dict[str, Callable[[str], tuple[Any, tuple[Any, ...]]]] = {
