@@ -169,6 +169,29 @@ def test_a_type_is_named_after_what_all_its_instances_share(tmp_path, annotated)
     assert block.name == ("ResBlock" if annotated else "*.block")
 
 
+class ShapeChecking(torch.nn.Module):
+    """Branches on a size, as transformers' modules do: the tracer warns it fixes the branch."""
+
+    def forward(self, x):
+        return torch.relu(x) if x.shape[-1] > 2 else x
+
+
+def test_an_export_at_one_fixed_example_does_not_warn_about_others(tmp_path):
+    noted = (torch.jit.TracerWarning, UserWarning)  # (deprecations are hidden by default)
+
+    def warned(work):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            work()
+        return [w.category for w in caught if issubclass(w.category, noted)]
+
+    assert not warned(lambda: zoo.export_module(
+        torch, ShapeChecking(), (torch.randn(1, 4),), tmp_path / "a.onnx", "torchscript"))
+    assert torch.jit.TracerWarning in warned(  # the sentinel: tracing it does warn
+        lambda: torch.jit.trace(ShapeChecking(), (torch.randn(1, 4),)))
+    assert "Relu" in {n.op_type for n in onnx.load(tmp_path / "a.onnx").graph.node}
+
+
 def test_ingest_skips_what_it_cannot_read_and_says_so(tmp_path, capsys, monkeypatch):
     good = save(chain(3), tmp_path / "corpus_good.onnx")
     bad = tmp_path / "corpus_bad.onnx"

@@ -16,6 +16,7 @@ import logging
 import os
 import re
 import tempfile
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -488,9 +489,13 @@ def data_file(path: Path) -> Path:
 def export_module(
     torch: Any, module: Any, args: tuple[Any, ...], path: Path, exporter: str
 ) -> None:
-    """TorchScript: PRESERVE mode keeps BatchNorm unfused. Dynamo: optimize=False for the same."""
+    """TorchScript: PRESERVE mode keeps BatchNorm unfused. Dynamo: optimize=False for the same.
+    The tracer's and exporter's warnings about inputs of other shapes or values are silenced:
+    the export is of one fixed example on purpose."""
     torch.backends.mha.set_fastpath_enabled(False)  # the fused MHA kernel has no ONNX export
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.onnx")
         if exporter == "torchscript":
             torch.onnx.export(
                 module, args, str(path), dynamo=False, opset_version=17,
