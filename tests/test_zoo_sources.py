@@ -29,7 +29,9 @@ def test_sources_resolve_names_families_and_clear_errors():
     assert zoo.get("timm:test_vit").family == "vision_transformer"
     assert zoo.get("hf:llama").family == "llama"
     assert len(zoo.names("torchvision")) >= 80
-    assert {"hf:bert", "hf:gpt2", "hf:llama"} <= set(zoo.names("hf"))
+    assert {"hf:bert", "hf:gpt2", "hf:llama", "hf:t5", "hf:whisper", "hf:vit",
+            "hf:wav2vec2"} <= set(zoo.names("hf"))
+    assert zoo.get("hf:whisper").family == "whisper"
     for bad, says in (("timm:no_such_net", "unknown timm architecture"),
                       ("hf:no_such_preset", "neither a preset"),
                       ("torchvision:no_such_net", "unknown zoo model"),

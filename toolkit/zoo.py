@@ -143,6 +143,14 @@ HF_PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
     "llama": ("llama", _SMALL_DECODER),
     "mistral": ("mistral", _SMALL_DECODER),
     "qwen2": ("qwen2", _SMALL_DECODER),
+    # encoder-decoders (the decoder on a fixed prompt), images and audio
+    "t5": ("t5", {}),  # the default config is T5-small
+    "bart": ("bart", {"d_model": 768, "encoder_layers": 6, "decoder_layers": 6,
+                      "encoder_attention_heads": 12, "decoder_attention_heads": 12,
+                      "encoder_ffn_dim": 3072, "decoder_ffn_dim": 3072}),  # BART-base
+    "whisper": ("whisper", {}),  # Whisper-tiny's sizes, 30 s of log-mel frames
+    "vit": ("vit", {}),  # ViT-B/16 at 224 x 224
+    "wav2vec2": ("wav2vec2", {}),  # wav2vec 2.0 base, one second of 16 kHz audio
 }
 
 
