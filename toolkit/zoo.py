@@ -277,7 +277,7 @@ def _build_hf(arch: str) -> tuple[Any, tuple[Any, ...]]:
                          "position_ids": torch.arange(x.shape[1]).unsqueeze(0)}
             if encoder_decoder:
                 start = int(getattr(config, "decoder_start_token_id", None) or 0)
-                prompt = min(_DECODER_LENGTH, _positions(config, _DECODER_LENGTH))
+                prompt = _positions(config, _DECODER_LENGTH)
                 extra["decoder_input_ids"] = torch.full((1, prompt), start % _vocab(config))
                 extra["decoder_attention_mask"] = torch.ones(1, prompt, dtype=torch.long)
             kwargs = {k: v for k, v in extra.items() if k in accepted}
@@ -291,6 +291,7 @@ _DECODER_LENGTH = 16
 
 
 def _vocab(config: Any) -> int:
+    """The config's vocabulary size (1,000 where it has none)."""
     return int(getattr(config, "vocab_size", None) or 1000)
 
 
