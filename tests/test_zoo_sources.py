@@ -194,6 +194,22 @@ def test_an_export_at_one_fixed_example_does_not_warn_about_others(tmp_path):
     assert "Relu" in {n.op_type for n in onnx.load(tmp_path / "a.onnx").graph.node}
 
 
+@pytest.mark.parametrize(("exporter", "other"), [("torchscript", "dynamo"),
+                                                 ("dynamo", "torchscript")])
+def test_a_failed_export_is_one_line_that_names_the_other_exporter(tmp_path, monkeypatch,
+                                                                   exporter, other):
+    def fails(*_):  # as torch fails on some models (timm's EVA-02 under TorchScript)
+        raise TypeError("argument 'is_causal' must be bool, not Tensor\n  at line 2 of a trace")
+
+    monkeypatch.setattr(zoo, "export_pytorch", fails)
+    with pytest.raises(ModelError) as caught:
+        zoo.export("timm:test_vit", tmp_path, exporter=exporter)
+    message = str(caught.value)
+    assert "\n" not in message and "is_causal" in message
+    assert message.endswith(f"(try --exporter {other})")
+    assert not list(tmp_path.glob("*.onnx"))  # nothing half-written left behind
+
+
 def test_ingest_skips_what_it_cannot_read_and_says_so(tmp_path, capsys, monkeypatch):
     good = save(chain(3), tmp_path / "corpus_good.onnx")
     bad = tmp_path / "corpus_bad.onnx"

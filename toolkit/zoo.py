@@ -438,8 +438,9 @@ def export(
         raise
     except Exception as exc:  # the libraries' own errors, whatever their type: one line
         first = (str(exc).strip().splitlines() or [""])[0][:200]
+        other = next(e for e in EXPORTERS if e != exporter)  # each fails where the other may not
         raise ModelError(f"{name}: the {exporter} export failed: {type(exc).__name__}: "
-                         f"{first}") from exc
+                         f"{first} (try --exporter {other})") from exc
     return path
 
 
