@@ -12,6 +12,7 @@ from toolkit import api, zoo
 from toolkit.costs import build_cost_graph
 from toolkit.graph import Layer
 from toolkit.memory import ModelMemory, SavedTensor, fused_attention, kept_by, peak_bytes
+from toolkit.onnx import read_onnx
 
 torch = pytest.importorskip("torch")
 BATCH, SEQ = 16, 64
@@ -179,3 +180,20 @@ def test_attention_exported_as_one_op_costs_and_keeps_what_its_decomposition_doe
     # counting the output merged back from heads apart from it (15%), or missing the layer
     # norms' statistics (1%)
     assert saved[0] == saved[1] == pytest.approx(measured, rel=0.005)
+
+
+@pytest.mark.parametrize(("activation", "gelus"), [
+    (torch.nn.GELU, 2), (lambda: torch.nn.GELU(approximate="tanh"), 0), (torch.nn.ReLU, 0)])
+def test_a_decomposed_gelu_is_counted_and_said(tmp_path: Path, activation: Any,
+                                               gelus: int) -> None:
+    """TorchScript writes each exact GELU as Div, Erf, Add, Mul, Mul; the note says so."""
+    module = torch.nn.Sequential(torch.nn.Linear(8, 8), activation(), torch.nn.Linear(8, 8),
+                                 activation()).eval()
+    path = tmp_path / "m.onnx"
+    zoo.export_module(torch, module, (torch.randn(1, 8),), path, "torchscript")
+    graph = read_onnx(path)
+    noted = [n for n in graph.notes if "GELU" in n]
+    assert len(noted) == (1 if gelus else 0)
+    if gelus:
+        assert noted[0].startswith(f"{gelus} GELUs exported as five nodes")
+        assert sum(layer.op == "Erf" for layer in graph) == gelus

@@ -279,6 +279,15 @@ def fused_activations(layers: Sequence[Layer], wiring: Wiring | None = None
     return out
 
 
+def decomposed_gelus(layers: Sequence[Layer]) -> int:
+    """How many GELUs an exporter wrote as Div, Erf, Add, Mul, Mul (the TorchScript exporter's
+    form at opset 17): the delay model charges their five kernels, as the graph runs;
+    PyTorch's fused GELU is one."""
+    if not any(layer.op == "Erf" for layer in layers):
+        return 0
+    return sum(layers[i].op == "Erf" for i in fused_activations(layers))
+
+
 def fused_attention(graph: LayerGraph, wiring: Wiring | None = None
                     ) -> tuple[dict[int, tuple[str, ...]], dict[int, float]]:
     """Attention that torch.onnx exported from `scaled_dot_product_attention`: up to opset 22

@@ -26,6 +26,7 @@ from onnx import AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto,
 from toolkit.collector import collector_paused
 from toolkit.errors import ModelError
 from toolkit.graph import Layer, LayerGraph, Tensor
+from toolkit.memory import decomposed_gelus
 from toolkit.onnx.fold import fold_shapes
 from toolkit.onnx.load import (
     ELEM_BYTES,
@@ -409,6 +410,11 @@ class _Reader:
             layers.append(layer)
         outputs = [o.name for o in self.graph.output if o.name in tensors]
         notes = [batch.note] if batch is not None and batch.note else []
+        gelus = decomposed_gelus(layers)
+        if gelus:
+            notes.append(f"{gelus} GELU{'s' if gelus > 1 else ''} exported as five nodes "
+                         "(Div, Erf, Add, Mul, Mul), charged as five kernels as the graph runs; "
+                         "PyTorch's fused GELU is one (the dynamo exporter writes one Gelu node)")
         if batch is not None and batch.exported > 1:
             layers, tensors = _per_sample(layers, tensors, batch.exported)
         return LayerGraph.build(
