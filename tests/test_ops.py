@@ -128,8 +128,22 @@ def test_unknown_op_is_estimated_and_reported_not_fatal():
     graph = read_model(m, "custom")
     layer = next(iter(graph))
     assert not layer.supported
-    assert layer.flops > 0
-    assert graph.unsupported_ops == {"FancyOp": 1}
+    assert layer.flops == 2 * (10 + 10)
+    assert graph.unsupported_ops == {"com.example.FancyOp": 1}
+    assert [n for n in graph.notes if "guess" in n] == [
+        "1 node charged a guess, 2 FLOPs per element read or written, for want of a cost model "
+        "for the operator or of its sizes: com.example.FancyOp x1"]
+
+
+def test_an_operator_of_another_domain_is_not_costed_as_onnx_one_of_its_name():
+    """A custom `Conv` (domain com.example) may compute anything: it is not ONNX's Conv."""
+    node = helper.make_node("Conv", ["x", "w"], ["y"], domain="com.example", name="conv")
+    graph = helper.make_graph([node], "g", [vi("x", [1, 3, 8, 8])], [vi("y", [1, 4, 8, 8])],
+                              [weight("w", 4, 3, 3, 3)])
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                helper.make_opsetid("com.example", 1)])
+    layer = read_model(m, "custom").layers["conv"]
+    assert layer.op == "com.example.Conv" and not layer.supported and layer.macs == 0
 
 
 def _q(name: str, value: float | int, dtype: int) -> TensorProto:

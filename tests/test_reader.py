@@ -526,3 +526,19 @@ def test_shape_arithmetic_through_a_sequence_or_text_is_left_to_the_run():
               vi("words", [1], TensorProto.STRING)], [zero, text])
     graph = read_model(m, "m")
     assert graph.tensors["y"].shape == (1, 6, 4) and not graph.unknown_shapes
+
+
+def test_a_split_into_a_sequence_is_as_large_as_what_it_splits():
+    """The dynamo exporter writes torch.split as SplitToSequence: a sequence has no shape of
+    its own, but its pieces tile the input, float, so it carries a gradient back."""
+    nodes = [helper.make_node("Relu", ["x"], ["r"], name="relu"),
+             helper.make_node("SplitToSequence", ["r", "sizes"], ["seq"], name="split", axis=1),
+             helper.make_node("SequenceAt", ["seq", "zero"], ["first"], name="at"),
+             helper.make_node("Relu", ["first"], ["y"], name="after")]
+    m = model(nodes, [vi("x", [1, 6, 4])], [vi("y", [1, 2, 4])],
+              [helper.make_tensor("sizes", TensorProto.INT64, [2], [2, 4]),
+               helper.make_tensor("zero", TensorProto.INT64, [], [0])])
+    graph = read_model(m, "m")
+    seq = graph.tensors["seq"]
+    assert seq.bytes == 6 * 4 * 4 and seq.floating and not graph.unknown_shapes
+    assert graph.tensors["y"].shape == (1, 2, 4)

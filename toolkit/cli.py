@@ -303,11 +303,6 @@ def inspect(model: str, name: str | None, exporter: str, dims: dict[str, int], r
         f"total: {human(graph.total_flops)}FLOPs, {human(graph.total_macs)}MACs, "
         f"{human(graph.total_params)} parameters per sample"
     )
-    if graph.unsupported_ops:
-        ops = ", ".join(f"{op} x{n}" for op, n in sorted(graph.unsupported_ops.items()))
-        console.print(f"[yellow]unsupported ops (conservative estimate): {ops}[/yellow]")
-    if graph.unknown_shapes:
-        console.print(f"[yellow]{len(graph.unknown_shapes)} tensors of unknown shape[/yellow]")
     for note in graph.notes:
         console.print(f"note: {note}")
 

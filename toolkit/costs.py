@@ -55,6 +55,7 @@ from toolkit.errors import ScenarioError
 from toolkit.graph import ELEMENT_BYTES, Layer, LayerGraph, Tensor
 from toolkit.measured import MeasuredProfile
 from toolkit.memory import WORD, model_memory
+from toolkit.ops import CONVOLUTIONS
 from toolkit.profiles import Processor
 from toolkit.tiergraph import TierGraph
 
@@ -176,7 +177,7 @@ def op_class(layer: Layer) -> str:
     rest, grouped and depthwise convolutions included: they run like per-channel stencils)."""
     if layer.macs <= 0:
         return "vector"
-    if layer.op in ("Conv", "ConvTranspose", "ConvInteger", "QLinearConv"):
+    if layer.op in CONVOLUTIONS:
         return "vector" if layer.groups > 1 else "conv"
     return "matmul"
 

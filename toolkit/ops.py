@@ -244,6 +244,115 @@ def resize(f: OpFacts) -> OpCost:
     return OpCost(factor * _first_out(f))
 
 
+# onnxruntime's contrib operators (domain com.microsoft): what its graph optimizer and its
+# transformer optimizer write into the models they save (fusions of standard operators), each
+# counted as the standard operators it fuses, so an optimized file costs what its source does.
+
+
+def _activation(f: OpFacts) -> float:
+    """FLOPs of the `activation` a fused operator applies to its output (as that operator)."""
+    name = f.attrs.get("activation")
+    if not isinstance(name, str) or not name:
+        return 0.0
+    out = f.outputs[:1]
+    return REGISTRY.get(name, unknown)(OpFacts(name, out, out)).flops
+
+
+def fused(base: Handle) -> Handle:
+    """A standard operator followed by its `activation` (FusedConv, FusedGemm)."""
+
+    def handle(f: OpFacts) -> OpCost:
+        cost = base(f)
+        if not cost.supported:
+            return cost
+        summed = _first_out(f) if _shape(f, 3) is not None and f.op.endswith("Conv") else 0
+        return OpCost(cost.flops + summed + _activation(f), cost.macs)
+
+    return handle
+
+
+def fused_matmul(f: OpFacts) -> OpCost:
+    """FusedMatMul: a MatMul of optionally transposed operands, scaled by `alpha`."""
+    a = _shape(f, 0)
+    if a is None or len(a) < 2 or not f.outputs or f.outputs[0] is None:
+        return unknown(f)
+    k = a[-2] if _number_attr(f, "transA") else a[-1]
+    macs = _first_out(f) * k
+    scaled = _first_out(f) if f.attrs.get("alpha", 1.0) != 1.0 else 0
+    return OpCost(2.0 * macs + scaled, macs)
+
+
+def with_bias(factor: float, bias: int) -> Handle:
+    """An elementwise fusion of `factor` FLOPs per output element, one more per optional input
+    (`bias` onwards) that is present: FastGelu's bias, SkipLayerNormalization's."""
+
+    def handle(f: OpFacts) -> OpCost:
+        extra = sum(1 for s in f.inputs[bias:] if s is not None)
+        return OpCost((factor + extra) * _first_out(f))
+
+    return handle
+
+
+def _attention(batch: int, queries: int, keys: int, heads: int, head: int, v_head: int,
+               masked: bool, projected: float = 0.0) -> OpCost:
+    """Scaled dot-product attention counted as `attention` counts it, after `projected` MACs
+    (an input projection fused in)."""
+    scores = batch * heads * queries * keys
+    macs = scores * (head + v_head) + projected
+    scaled = batch * heads * (queries + keys) * head
+    return OpCost(2.0 * macs + (5.0 + masked) * scores + scaled, float(macs))
+
+
+def contrib_attention(f: OpFacts) -> OpCost:
+    """com.microsoft Attention: input (batch, sequence, in) projected by weights (in, q + k +
+    v widths, `qkv_hidden_sizes` or three equal) plus bias, then attention over `num_heads`
+    heads, keys from `past` (2, batch, heads, past, head) added."""
+    x, w, past = _shape(f, 0), _shape(f, 1), _shape(f, 4)
+    heads = int(_number_attr(f, "num_heads"))
+    if x is None or w is None or len(x) != 3 or len(w) != 2 or heads <= 0:
+        return unknown(f)
+    sizes = f.attrs.get("qkv_hidden_sizes")
+    q, _, v = (sizes if isinstance(sizes, list) and len(sizes) == 3 else [w[1] // 3] * 3)
+    batch, sequence = x[0], x[1]
+    cached = past[3] if past is not None and len(past) == 5 else 0
+    projection = batch * sequence * x[2] * w[1]
+    cost = _attention(batch, sequence, sequence + cached, heads, q // heads, v // heads,
+                      _shape(f, 3) is not None or _shape(f, 5) is not None, projection)
+    return OpCost(cost.flops + batch * sequence * w[1], cost.macs)
+
+
+def multi_head_attention(f: OpFacts) -> OpCost:
+    """com.microsoft MultiHeadAttention (and GroupQueryAttention): query (batch, sequence,
+    heads x head); key and value (batch, keys, width) or already split (batch, kv heads, keys,
+    head), past keys (batch, kv heads, past, head) added; `num_heads` query heads."""
+    q, k, v = _shape(f, 0), _shape(f, 1), _shape(f, 2)
+    heads = int(_number_attr(f, "num_heads"))
+    if q is None or len(q) != 3 or heads <= 0:
+        return unknown(f)
+    batch, queries, head = q[0], q[1], q[2] // heads
+    grouped = f.op.endswith("GroupQueryAttention")  # causal, so always masked
+    past = _shape(f, 3) if grouped else _shape(f, 6)
+    masked = grouped or _shape(f, 4) is not None or _shape(f, 5) is not None
+    cached = past[2] if past is not None and len(past) == 4 else 0
+    if k is None:  # query, key and value packed into one input
+        return _attention(batch, queries, queries + cached, heads, head, head, masked)
+    keys = k[2] if len(k) == 4 else k[1]
+    v_head = (v[3] if len(v) == 4 else v[2] // heads) if v is not None else head
+    if grouped:
+        v_head = head
+    return _attention(batch, queries, keys + cached, heads, head, v_head, masked)
+
+
+def matmul_n_bits(f: OpFacts) -> OpCost:
+    """MatMulNBits: A (..., K) times a block-quantized (K, N) weight, `K` and `N` attributes;
+    dequantizing a weight element costs one multiply-add (per output row block, counted once)."""
+    a, n = _shape(f, 0), int(_number_attr(f, "N"))
+    if a is None or not a or n <= 0:
+        return unknown(f)
+    macs = numel(a) * n
+    return OpCost(2.0 * macs + 2.0 * a[-1] * n, float(macs))
+
+
 def unknown(f: OpFacts) -> OpCost:
     """Conservative guess for an op nobody taught us: two FLOPs per element read or written."""
     return OpCost(2.0 * (_in(f) + _out(f)), 0.0, supported=False)
@@ -328,6 +437,51 @@ REGISTRY: dict[str, Handle] = {
     "Resize": resize,
     "Upsample": resize,
 }
+REGISTRY.update({f"com.microsoft.{op}": handle for op, handle in {
+    "FusedConv": fused(conv),
+    "NhwcConv": conv,
+    "FusedGemm": fused(gemm),
+    "FusedMatMul": fused_matmul,
+    "TransposeMatMul": fused_matmul,
+    "GemmFastGelu": fused(gemm),
+    "Gelu": per_output(8.0),
+    "FastGelu": with_bias(8.0, 1),
+    "BiasGelu": per_output(9.0),
+    "QuickGelu": per_output(6.0),  # x * sigmoid(alpha x)
+    "BiasAdd": per_output(2.0),  # x + bias + skip
+    "BiasSoftmax": per_output(6.0),
+    "BiasDropout": per_output(3.0),
+    "SkipLayerNormalization": with_bias(6.0, 4),  # x + skip (+ bias), then LayerNormalization
+    "SkipSimplifiedLayerNormalization": with_bias(5.0, 3),
+    "EmbedLayerNormalization": per_output(7.0),  # three embeddings summed, then normalised
+    "SkipGroupNorm": with_bias(6.0, 4),
+    "GroupNorm": per_output(5.0),
+    "Attention": contrib_attention,
+    "MultiHeadAttention": multi_head_attention,
+    "GroupQueryAttention": multi_head_attention,
+    "RotaryEmbedding": per_output(3.0),
+    "MatMulNBits": matmul_n_bits,
+    "MatMulIntegerToFloat": matmul,
+    "DynamicQuantizeMatMul": matmul,
+    "QGemm": gemm,
+    "QLinearConv": conv_with(3, 8),
+    "QLinearAdd": per_output(3.0),  # dequantize both, add, quantize
+    "QLinearMul": per_output(3.0),
+    "QLinearSigmoid": per_output(6.0),
+    "QLinearLeakyRelu": per_output(3.0),
+    "QLinearAveragePool": pool,
+    "QLinearGlobalAveragePool": per_input(1.0),
+    "QLinearConcat": zero_cost,
+    "QuantizeLinear": per_output(1.0),
+    "DequantizeLinear": per_output(1.0),
+    "Trilu": zero_cost,
+    "Range": zero_cost,
+    "ExpandDims": zero_cost,
+}.items()})
+CONVOLUTIONS = frozenset({"Conv", "ConvTranspose", "ConvInteger", "QLinearConv",
+                          "com.microsoft.FusedConv", "com.microsoft.NhwcConv",
+                          "com.microsoft.QLinearConv"})
+"""Dense convolutions (grouped ones run like per-channel stencils; see costs.op_class)."""
 
 
 def cost_of(facts: OpFacts) -> OpCost:

@@ -268,6 +268,12 @@ def _attr_value(attr: AttributeProto) -> object:
     return value
 
 
+def _qualified(op: str, domain: str) -> str:
+    """An operator's name as costs and layers know it: ONNX's own bare, any other domain's
+    prefixed (`com.microsoft.FusedConv`), so a custom `Conv` is never costed as ONNX's."""
+    return op if domain in ("", "ai.onnx") else f"{domain}.{op}"
+
+
 def _groups(value: object) -> int:
     """A convolution's `group` attribute as a count (1 when absent or unreadable)."""
     return value if isinstance(value, int) and value > 0 else 1
@@ -367,7 +373,9 @@ class _Reader:
         self.raw_inputs = [i.name for i in g.input if i.name not in self.initializers]
         self.buffers = buffer_names(g)
         self.names = unique_names(nodes.names, nodes.ops)
-        self.ops, self.domains, self.attributes = nodes.ops, nodes.domains, nodes.attributes
+        self.ops = [_qualified(op, domain) for op, domain in zip(nodes.ops, nodes.domains,
+                                                                 strict=True)]
+        self.attributes = nodes.attributes
         self.node_inputs, self.node_outputs = nodes.inputs, nodes.outputs
         self.module_classes: dict[str, str] = {}
         self.opset = max(
@@ -375,19 +383,22 @@ class _Reader:
         )
 
     def unresolved(self) -> dict[str, int]:
-        """Node outputs (with element type) whose size static inference left unknown or symbolic."""
+        """Node outputs (with element type, 0 where unknown) whose size static inference left
+        unknown or symbolic: also those it says nothing of, as the outputs of an operator ONNX
+        does not know (onnxruntime's fused `com.microsoft` ones) and everything after them."""
         found: dict[str, int] = {}
         for outputs in self.node_outputs:
-            for out in outputs:
+            for out in filter(None, outputs):  # (a missing optional output has no name)
                 info = self.info.get(out)
-                if info is not None and info.elem_type and (info.shape is None or info.symbolic):
+                if info is None:
+                    found[out] = 0
+                elif info.elem_type and (info.shape is None or info.symbolic):
                     found[out] = info.elem_type
         return found
 
-    def refine(self, shapes: dict[str, Shape]) -> None:
-        for name, shape in shapes.items():
-            old = self.info.get(name)
-            self.info[name] = Info(shape, old.elem_type if old else TensorProto.FLOAT)
+    def refine(self, seen: dict[str, Info]) -> None:
+        """Sizes (and element types) seen in the probe run replace what inference left."""
+        self.info.update(seen)
 
     def build(self, batch: _Batch | None = None) -> LayerGraph:
         order = self._node_order()  # also fills self.deps
@@ -410,6 +421,16 @@ class _Reader:
             layers.append(layer)
         outputs = [o.name for o in self.graph.output if o.name in tensors]
         notes = [batch.note] if batch is not None and batch.note else []
+        if unsupported:
+            ops = ", ".join(f"{op} x{n}" for op, n in sorted(unsupported.items()))
+            count = sum(unsupported.values())
+            notes.append(f"{count} node{'s' if count > 1 else ''} charged a guess, 2 FLOPs "
+                         "per element read or written, for want of a cost model for the "
+                         f"operator or of its sizes: {ops}")
+        if unknown:
+            notes.append(f"{len(unknown)} tensor{'s' if len(unknown) > 1 else ''} of unknown "
+                         "size (neither ONNX's inference nor a run of the model gave one), each "
+                         "taken as large as its producer's largest input")
         gelus = decomposed_gelus(layers)
         if gelus:
             notes.append(f"{gelus} GELU{'s' if gelus > 1 else ''} exported as five nodes "
@@ -556,6 +577,10 @@ class _Reader:
         fallback = max((tensors[n].bytes for n in acts if n in tensors), default=0)
         for out in outs:
             tensors[out] = self._tensor(out, name, fallback)
+        whole = tensors.get(inputs[0]) if inputs and op == "SplitToSequence" else None
+        if whole is not None and whole.shape_known and outs:
+            # a sequence (no shape of its own): its pieces tile the input, in its element type
+            tensors[outs[0]] = dataclasses.replace(whole, name=outs[0], producer=name)
         attributes = self.attributes[i]
         attrs = {a.name: _attr_value(a) for a in attributes} if attributes else {}
         if op == "Dropout" and self._constant(inputs[2:3], 0.0) \
@@ -570,10 +595,9 @@ class _Reader:
         module, classes = module_of(self.nodes[i])
         if classes:
             self.module_classes.update(classes)
-        domain = self.domains[i]
         return Layer(
             name=name,
-            op=op if not domain or domain == "ai.onnx" else f"{domain}.{op}",
+            op=op,
             inputs=tuple(acts),
             outputs=tuple(outs),
             flops=flops,
@@ -625,7 +649,8 @@ class _Reader:
                     shapes_in = [self._local_shape(x, local) for x in n.input]
                     shapes_out = [self._local_shape(x, local) for x in n.output]
                     attrs = {a.name: _attr_value(a) for a in n.attribute}
-                    facts = OpFacts(n.op_type, shapes_in, shapes_out, attrs)
+                    facts = OpFacts(_qualified(n.op_type, n.domain), shapes_in, shapes_out,
+                                    attrs)
                     total += self._cost(f"{node.name} / {n.name}", facts).flops
         return total
 

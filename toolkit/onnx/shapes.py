@@ -33,8 +33,9 @@ def infer_shapes(model: ModelProto) -> ModelProto:
 
 def runtime_shapes(
     model: ModelProto, names: dict[str, int], inputs: Sequence[ValueInfoProto] | None = None,
-) -> dict[str, Shape]:
-    """Shapes of `names` (name -> element type) seen running the model once in onnxruntime.
+) -> dict[str, Info]:
+    """Shapes and element types of `names` (name -> element type, 0 where inference gave
+    none) seen running the model once in onnxruntime.
 
     Used where static inference and folding leave sizes symbolic (sizes that depend on data,
     as NonZero's, or operators ONNX does not know). `inputs` replace the model's declared
@@ -51,7 +52,8 @@ def runtime_shapes(
     probe, feeds = _probe_model(model, inputs)
     del probe.graph.output[:]
     for name, elem_type in names.items():
-        probe.graph.output.append(onnx.helper.make_tensor_value_info(name, elem_type, None))
+        probe.graph.output.append(onnx.helper.make_tensor_value_info(name, elem_type, None)
+                                  if elem_type else onnx.helper.make_empty_tensor_value_info(name))
     initializers = {t.name for t in model.graph.initializer}
     for vi in list(probe.graph.input):
         if vi.name in initializers or vi.name in feeds:
@@ -76,10 +78,16 @@ def runtime_shapes(
     except Exception as exc:
         log.info("onnxruntime could not refine shapes (%s)", first_line(exc))
         return {}
-    return {
-        o.name: tuple(int(d) for d in np.shape(v))
-        for o, v in zip(probe.graph.output, values, strict=True)
-    }
+    return {o.name: Info(tuple(int(d) for d in np.shape(v)), _elem_type(v))
+            for o, v in zip(probe.graph.output, values, strict=True)}
+
+
+def _elem_type(value: object) -> int:
+    """The ONNX element type of a value onnxruntime returned; 0 where it is not a tensor."""
+    try:
+        return int(onnx.helper.np_dtype_to_tensor_dtype(np.asarray(value).dtype))
+    except (KeyError, ValueError, TypeError):
+        return 0
 
 
 _PROBE_WEIGHT_TYPES = {TensorProto.FLOAT: np.float32, TensorProto.DOUBLE: np.float64,

@@ -1,0 +1,186 @@
+"""ONNX as onnxruntime's optimizers save it: fused `com.microsoft` operators that ONNX's shape
+inference does not know. Each fused operator must cost what the standard operators it fuses
+cost (checked on graphs onnxruntime runs to the same outputs), and the sizes after it must be
+measured, not guessed."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from tests.helpers import vi, weight
+from toolkit.onnx import read_model, read_onnx
+
+
+def _model(nodes: Sequence[onnx.NodeProto], inputs: Sequence[onnx.ValueInfoProto],
+           outputs: Sequence[onnx.ValueInfoProto],
+           initializers: Sequence[TensorProto] = ()) -> onnx.ModelProto:
+    graph = helper.make_graph(list(nodes), "g", list(inputs), list(outputs), list(initializers))
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                helper.make_opsetid("com.microsoft", 1)])
+    m.ir_version = 8
+    return m
+
+
+def _ints(name: str, values: Sequence[int]) -> TensorProto:
+    return numpy_helper.from_array(np.array(values, dtype=np.int64), name)
+
+
+def _scalar(name: str, value: float) -> TensorProto:
+    return numpy_helper.from_array(np.array(value, dtype=np.float32), name)
+
+
+def _run(m: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    session = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    return [np.asarray(v) for v in session.run(None, feeds)]
+
+
+def _same_flops(fused: onnx.ModelProto, plain: onnx.ModelProto,
+                feeds: dict[str, np.ndarray]) -> None:
+    """onnxruntime computes the same outputs from both graphs, and both cost the same FLOPs
+    and MACs, with every operator known and every size resolved."""
+    for got, want in zip(_run(fused, feeds), _run(plain, feeds), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    a, b = read_model(fused, "fused"), read_model(plain, "plain")
+    assert any(layer.op.startswith("com.microsoft.") for layer in a)
+    assert not a.unsupported_ops and not a.unknown_shapes
+    assert not any("guess" in note or "unknown size" in note for note in a.notes)
+    assert a.total_flops == pytest.approx(b.total_flops, rel=1e-9)
+    assert a.total_macs == pytest.approx(b.total_macs, rel=1e-9)
+
+
+def _heads(x: str, out: str, batch: int, length: int, heads: int, head: int,
+           perm: Sequence[int]) -> list[onnx.NodeProto]:
+    """(batch, length, heads x head) -> per-head layout `perm` of (batch, length, heads, head)."""
+    shape = f"{out}_shape"
+    return [helper.make_node("Constant", [], [shape],
+                             value=numpy_helper.from_array(
+                                 np.array([batch, length, heads, head], np.int64))),
+            helper.make_node("Reshape", [x, shape], [f"{out}_split"]),
+            helper.make_node("Transpose", [f"{out}_split"], [out], perm=list(perm))]
+
+
+def _attend(q: str, k: str, v: str, out: str, batch: int, queries: int, keys: int,
+            heads: int, head: int) -> list[onnx.NodeProto]:
+    """Scaled dot-product attention spelled out as PyTorch exports it: Q and K^T each scaled
+    by head^-1/4, their product softmaxed, times V, heads merged back."""
+    root = head ** -0.25
+    return [*_heads(q, "qh", batch, queries, heads, head, (0, 2, 1, 3)),
+            *_heads(k, "kh", batch, keys, heads, head, (0, 2, 3, 1)),
+            *_heads(v, "vh", batch, keys, heads, head, (0, 2, 1, 3)),
+            helper.make_node("Constant", [], ["root"], value=_scalar("r", root)),
+            helper.make_node("Mul", ["qh", "root"], ["qs"]),
+            helper.make_node("Mul", ["kh", "root"], ["ks"]),
+            helper.make_node("MatMul", ["qs", "ks"], ["scores"]),
+            helper.make_node("Softmax", ["scores"], ["p"], axis=-1),
+            helper.make_node("MatMul", ["p", "vh"], ["ctx"]),
+            helper.make_node("Transpose", ["ctx"], ["ctx_t"], perm=[0, 2, 1, 3]),
+            helper.make_node("Constant", [], ["merged"],
+                             value=numpy_helper.from_array(
+                                 np.array([batch, queries, heads * head], np.int64))),
+            helper.make_node("Reshape", ["ctx_t", "merged"], [out])]
+
+
+def test_contrib_attention_costs_the_projection_and_attention_it_fuses():
+    batch, seq, width, heads, head = 2, 7, 12, 3, 4
+    hidden = heads * head
+    inits = [weight("w", width, 3 * hidden), weight("b", 3 * hidden, seed=1)]
+    x = vi("x", [batch, seq, width])
+    y = vi("y", [batch, seq, hidden])
+    fused = _model([helper.make_node("Attention", ["x", "w", "b"], ["y"], domain="com.microsoft",
+                                     num_heads=heads)], [x], [y], inits)
+    plain = _model([helper.make_node("MatMul", ["x", "w"], ["xw"]),
+                    helper.make_node("Add", ["xw", "b"], ["qkv"]),
+                    helper.make_node("Split", ["qkv", "sizes"], ["q", "k", "v"], axis=2),
+                    *_attend("q", "k", "v", "y", batch, seq, seq, heads, head)],
+                   [x], [y], [*inits, _ints("sizes", [hidden] * 3)])
+    feeds = {"x": np.random.default_rng(2).standard_normal((batch, seq, width), np.float32)}
+    _same_flops(fused, plain, feeds)
+
+
+def test_multi_head_attention_counts_the_keys_it_attends_to():
+    """Cross-attention: 5 queries over 9 keys (a cost that confused them would differ)."""
+    batch, queries, keys, heads, head = 2, 5, 9, 2, 8
+    hidden = heads * head
+    ins = [vi("q", [batch, queries, hidden]), vi("k", [batch, keys, hidden]),
+           vi("v", [batch, keys, hidden])]
+    y = vi("y", [batch, queries, hidden])
+    fused = _model([helper.make_node("MultiHeadAttention", ["q", "k", "v"], ["y"],
+                                     domain="com.microsoft", num_heads=heads)], ins, [y])
+    plain = _model(_attend("q", "k", "v", "y", batch, queries, keys, heads, head), ins, [y])
+    rng = np.random.default_rng(3)
+    feeds = {vi_.name: rng.standard_normal([d.dim_value for d in
+                                            vi_.type.tensor_type.shape.dim], np.float32)
+             for vi_ in ins}
+    _same_flops(fused, plain, feeds)
+
+
+def test_fused_matmul_and_fused_gemm_cost_their_parts():
+    a, b = vi("a", [2, 3, 5]), vi("b", [2, 4, 5])  # b transposed in the product
+    y = vi("y", [2, 3, 4])
+    fused = _model([helper.make_node("FusedMatMul", ["a", "b"], ["y"], domain="com.microsoft",
+                                     transB=1, alpha=0.5)], [a, b], [y])
+    plain = _model([helper.make_node("Transpose", ["b"], ["bt"], perm=[0, 2, 1]),
+                    helper.make_node("MatMul", ["a", "bt"], ["ab"]),
+                    helper.make_node("Mul", ["ab", "half"], ["y"])],
+                   [a, b], [y], [_scalar("half", 0.5)])
+    rng = np.random.default_rng(4)
+    _same_flops(fused, plain, {"a": rng.standard_normal((2, 3, 5), np.float32),
+                               "b": rng.standard_normal((2, 4, 5), np.float32)})
+
+    x, out = vi("x", [3, 6]), vi("z", [3, 4])
+    inits = [weight("w", 6, 4), weight("c", 4, seed=1)]
+    fused = _model([helper.make_node("FusedGemm", ["x", "w", "c"], ["z"], domain="com.microsoft",
+                                     activation="Sigmoid")], [x], [out], inits)
+    plain = _model([helper.make_node("Gemm", ["x", "w", "c"], ["g"]),
+                    helper.make_node("Sigmoid", ["g"], ["z"])], [x], [out], inits)
+    _same_flops(fused, plain, {"x": rng.standard_normal((3, 6), np.float32)})
+
+
+def test_skip_layer_normalization_costs_the_sum_and_the_normalization():
+    x, s, y = vi("x", [2, 3, 8]), vi("s", [2, 3, 8]), vi("y", [2, 3, 8])
+    inits = [weight("g", 8), weight("beta", 8, seed=1)]
+    fused = _model([helper.make_node("SkipLayerNormalization", ["x", "s", "g", "beta"], ["y"],
+                                     domain="com.microsoft", epsilon=1e-5)], [x, s], [y], inits)
+    plain = _model([helper.make_node("Add", ["x", "s"], ["xs"]),
+                    helper.make_node("LayerNormalization", ["xs", "g", "beta"], ["y"],
+                                     axis=-1, epsilon=1e-5)], [x, s], [y], inits)
+    rng = np.random.default_rng(5)
+    _same_flops(fused, plain, {"x": rng.standard_normal((2, 3, 8), np.float32),
+                               "s": rng.standard_normal((2, 3, 8), np.float32)})
+
+
+def test_sizes_after_an_operator_onnx_does_not_know_are_measured_by_one_run():
+    """ONNX's inference stops at com.microsoft.FusedConv: it says nothing of its output nor of
+    anything after it. The run gives their sizes and types, so the Conv after it costs what it
+    does (it cost nothing before: its input size was a guess that did not fit its weight)."""
+    nodes = [helper.make_node("FusedConv", ["x", "w1"], ["a"], domain="com.microsoft",
+                              activation="Relu", pads=[1, 1, 1, 1]),
+             helper.make_node("Conv", ["a", "w2"], ["y"], pads=[1, 1, 1, 1])]
+    m = _model(nodes, [vi("x", [1, 3, 16, 16])], [vi("y", None)],
+               [weight("w1", 8, 3, 3, 3), weight("w2", 4, 8, 3, 3, seed=1)])
+    graph = read_model(m, "m")
+    assert graph.tensors["a"].shape == (1, 8, 16, 16) and graph.tensors["a"].dtype == "float"
+    assert graph.layers[graph.tensors["y"].producer].macs == 4 * 16 * 16 * 8 * 9
+    assert not graph.unknown_shapes and not graph.notes
+
+
+def test_an_onnxruntime_optimized_export_costs_what_its_source_does(zoo_path, tmp_path):
+    """ResNet-18 saved by onnxruntime's graph optimizer: convolutions fused with their ReLU
+    (com.microsoft.FusedConv), batch norms folded into them. The same arithmetic, less the
+    folded batch norms (0.14% of the FLOPs)."""
+    source = zoo_path("resnet18")
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(source), options, providers=["CPUExecutionProvider"])
+    optimized, plain = read_onnx(tmp_path / "optimized.onnx"), read_onnx(source)
+    assert sum(layer.op == "com.microsoft.FusedConv" for layer in optimized) >= 8
+    assert not optimized.unsupported_ops and not optimized.unknown_shapes
+    assert optimized.total_flops == pytest.approx(plain.total_flops, rel=0.005)
+    assert optimized.total_macs == pytest.approx(plain.total_macs, rel=1e-9)
