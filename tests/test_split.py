@@ -128,3 +128,29 @@ def test_dynamic_batch_and_sequence_stay_dynamic_in_the_halves(tmp_path, capsys,
                                   providers=["CPUExecutionProvider"])
     got = server.run(None, {i.name: sent[i.name] for i in server.get_inputs()})
     assert np.allclose(got[0], whole[0], atol=1e-5)
+
+
+def test_a_shape_of_a_tensor_nobody_could_size_is_kept_as_a_node(tmp_path):
+    """tf2onnx wrote a GELU with `Erfc`, which no ONNX runtime knows: sizes after it stay
+    unknown, so a Shape of one is a layer, not a constant. The half that holds it runs it on
+    the tensor it receives (splitting crashed with a KeyError looking for its static shape)."""
+    from onnx import TensorProto, helper
+
+    nodes = [helper.make_node("Relu", ["x"], ["a"], name="relu"),
+             helper.make_node("Erfc", ["a"], ["m"], name="erfc"),
+             helper.make_node("Shape", ["m"], ["s"], name="shape"),
+             helper.make_node("Cast", ["s"], ["y"], name="cast", to=TensorProto.FLOAT),
+             helper.make_node("Relu", ["m"], ["z"], name="after")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", 1, [1, 8])],
+                              [helper.make_tensor_value_info("y", 1, None),
+                               helper.make_tensor_value_info("z", 1, None)])
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 15)])
+    path = tmp_path / "m.onnx"
+    onnx.save(m, str(path))
+    assert "shape" in read_onnx(path).layers  # not folded: its input's size is unknown
+    split = split_tiers(path, {"relu": 0, "erfc": 0, "shape": 1, "cast": 1, "after": 1},
+                        ["device", "server"], tmp_path / "out")
+    server = onnx.load(str(tmp_path / "out" / "server.onnx"))
+    assert [n.op_type for n in server.graph.node] == ["Shape", "Cast", "Relu"]
+    assert [i.name for i in server.graph.input] == ["m"]
+    assert split.not_verified  # nothing runs Erfc

@@ -234,8 +234,8 @@ def _materialise(node: NodeProto, roles: NodeRoles) -> NodeProto:
     if node.op_type == "CastLike":
         return helper.make_node("Cast", [node.input[0]], list(node.output), name=node.name,
                                 to=roles.elem_types.get(node.input[1], TensorProto.FLOAT))
-    if node.op_type not in ("Shape", "Size"):
-        return node
+    if node.op_type not in ("Shape", "Size") or node.input[0] not in roles.shapes:
+        return node  # (a Shape of a tensor nobody could size is a layer: it runs)
     shape = roles.shapes[node.input[0]]
     if node.op_type == "Size":
         value = np.array(int(np.prod(shape)), dtype=np.int64)
