@@ -154,3 +154,41 @@ def test_a_shape_of_a_tensor_nobody_could_size_is_kept_as_a_node(tmp_path):
     assert [n.op_type for n in server.graph.node] == ["Shape", "Cast", "Relu"]
     assert [i.name for i in server.graph.input] == ["m"]
     assert split.not_verified  # nothing runs Erfc
+
+
+def _zipmap_model(labels: list[int]) -> onnx.ModelProto:
+    """Scores -> ReLU -> ZipMap: an output that is a sequence of maps (scikit-learn's
+    classifiers as skl2onnx writes them), not a tensor."""
+    from onnx import helper
+
+    nodes = [helper.make_node("Relu", ["x"], ["r"], name="relu"),
+             helper.make_node("ZipMap", ["r"], ["p"], name="zipmap", domain="ai.onnx.ml",
+                              classlabels_int64s=labels)]
+    out = helper.make_value_info("p", helper.make_sequence_type_proto(
+        helper.make_map_type_proto(onnx.TensorProto.INT64,
+                                   helper.make_tensor_type_proto(onnx.TensorProto.FLOAT, []))))
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", 1, [2, 3])],
+                              [out])
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                helper.make_opsetid("ai.onnx.ml", 3)])
+    m.ir_version = 8
+    return m
+
+
+def test_parts_are_checked_on_outputs_that_are_not_tensors(tmp_path):
+    """A sequence of maps is compared for equality (it was 'written, not verified: float()
+    argument must be ... not dict'); a part that maps to other labels is caught."""
+    from toolkit.errors import ToolkitError
+    from toolkit.onnx.split import verify
+
+    path = tmp_path / "m.onnx"
+    onnx.save(_zipmap_model([0, 1, 2]), str(path))
+    split = split_tiers(path, {"relu": 0, "zipmap": 1}, ["device", "server"], tmp_path / "out")
+    assert split.not_verified is None and split.max_abs_error == 0.0
+    device = onnx.load(str(tmp_path / "out" / "device.onnx"))
+    server = onnx.load(str(tmp_path / "out" / "server.onnx"))
+    for a in server.graph.node[0].attribute:
+        if a.name == "classlabels_int64s":
+            a.ints[:] = [5, 6, 7]
+    with pytest.raises(ToolkitError, match="'p' of the parts differs"):
+        verify(_zipmap_model([0, 1, 2]), [device, server])

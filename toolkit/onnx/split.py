@@ -367,8 +367,15 @@ def _compare(whole: Any, runs: Sequence[Any], feeds: dict[str, np.ndarray]
     for key, want in expected.items():
         if not np.size(want):
             continue
-        want64 = np.asarray(want, dtype=np.float64)
-        got64 = np.asarray(got[key], dtype=np.float64)
+        try:
+            want64 = np.asarray(want, dtype=np.float64)
+            got64 = np.asarray(got[key], dtype=np.float64)
+        except (TypeError, ValueError):  # strings, or a sequence of maps (ZipMap): equal or not
+            if not np.array_equal(np.asarray(got[key], dtype=object),
+                                  np.asarray(want, dtype=object)):
+                raise ToolkitError(f"output {key!r} of the parts differs from the whole "
+                                   "model's") from None
+            continue
         same = (got64 == want64) | (np.isnan(got64) & np.isnan(want64))  # inf, nan alike
         with np.errstate(invalid="ignore"):
             diff = float(np.max(np.where(same, 0.0, np.abs(got64 - want64))))
