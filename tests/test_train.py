@@ -24,7 +24,7 @@ from toolkit import api, zoo
 from toolkit.onnx.split import split_model
 from toolkit.train import wire
 from toolkit.train.executor import OnnxModule, trainable_initializers
-from toolkit.train.peer import loss_of, synthetic_inputs, synthetic_labels
+from toolkit.train.peer import label_kind, loss_of, synthetic_inputs, synthetic_labels
 from toolkit.train.session import TrainError, input_specs
 
 ZOO = [(name, exporter) for name in zoo.MODELS for exporter in ("torchscript", "dynamo")]
@@ -443,3 +443,35 @@ def test_executor_profile_times_every_layer_forward_and_backward(tmp_path):
     fc1 = costs.names.index("fc1")
     passes = profile.forward_ms["fc1"] + profile.backward_ms["fc1"]
     assert passes <= costs.device_ms[fc1] < passes + 1.0  # (+ the SGD step's few µs)
+
+
+def test_one_score_per_sample_trains_as_regression():
+    """A regressor's (N, 1) output is not a one-class classifier: its cross-entropy is 0
+    whatever it says, so the loss never moved (scikit-learn's MLPRegressor: '0 -> 0')."""
+    out = torch.randn(4, 1, requires_grad=True)
+    classes, shape = label_kind(out)
+    assert (classes, shape) == (0, [4, 1])
+    loss = loss_of(out, synthetic_labels(shape, classes, 0), classes)
+    loss.backward()
+    assert loss.item() > 0 and out.grad is not None and out.grad.abs().sum() > 0
+    assert label_kind(torch.zeros(4, 10)) == (10, [4])
+    assert label_kind(torch.zeros(2, 7, 50)) == (50, [2, 7])  # a language model head
+    assert label_kind(torch.zeros(4, 3, dtype=torch.int64)) == (0, [4, 3])
+
+
+def test_an_operator_with_no_torch_function_is_named_in_one_line():
+    """tf2onnx's LSTM and Loop, onnxruntime's fused ops: the model partitions, but training
+    runs each node in torch, so it is refused naming the operators (not the graph's name,
+    which tf2onnx sets to 'tf2onnx')."""
+    from toolkit.errors import ModelError
+
+    nodes = [helper.make_node("Relu", ["x"], ["r"]),
+             helper.make_node("FusedConv", ["r", "w"], ["y"], domain="com.microsoft",
+                              activation="Relu")]
+    graph = helper.make_graph(nodes, "tf2onnx", [vi("x", [1, 3, 8, 8])], [vi("y", None)],
+                              [weight("w", 4, 3, 3, 3)])
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                helper.make_opsetid("com.microsoft", 1)])
+    with pytest.raises(ModelError, match=r"^cannot train this model: no torch function for op "
+                                         r"com\.microsoft\.FusedConv$"):
+        OnnxModule(m, ["w"])

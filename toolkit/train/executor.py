@@ -70,8 +70,8 @@ class OnnxModule(torch.nn.Module):  # type: ignore[misc]  # torch is untyped her
             if n.domain not in ("", "ai.onnx") or not known(n.op_type)
         })
         if unknown:
-            raise ModelError(f"cannot train {graph.name or 'this model'}: no torch function for "
-                             f"op {', '.join(unknown)}")
+            raise ModelError("cannot train this model: no torch function for op "
+                             f"{', '.join(unknown)}")  # (the graph's name is often 'tf2onnx')
         self.weight_names: list[str] = []
         self.weights = torch.nn.ParameterList()
         self.constants: dict[str, torch.Tensor] = {}

@@ -127,6 +127,16 @@ def synthetic_inputs(inputs: dict[str, dict[str, Any]], seed: int) -> dict[str, 
     return feeds
 
 
+def label_kind(output: torch.Tensor) -> tuple[int, list[int]]:
+    """(classes, label shape) for training against `output`: class labels over its last axis
+    where it holds scores of two or more classes (a classifier, a language model head), else
+    (0, its shape) for regression (one score per sample has no classes to tell apart: its
+    cross-entropy is 0 whatever it says, so nothing would learn)."""
+    if output.is_floating_point() and output.dim() >= 2 and output.shape[-1] > 1:
+        return int(output.shape[-1]), list(output.shape[:-1])
+    return 0, list(output.shape)
+
+
 def synthetic_labels(shape: list[int], classes: int, seed: int) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed + 1)
     if classes:

@@ -34,7 +34,15 @@ from toolkit.onnx import load_external_data, load_model
 from toolkit.partition.tiers import file_stems
 from toolkit.tiergraph import TierGraph, check_tiers, crossed
 from toolkit.train.executor import OnnxModule, trainable_initializers
-from toolkit.train.peer import LABELS, CpuShare, Link, PeerConfig, TierPeer, synthetic_inputs
+from toolkit.train.peer import (
+    LABELS,
+    CpuShare,
+    Link,
+    PeerConfig,
+    TierPeer,
+    label_kind,
+    synthetic_inputs,
+)
 
 
 class TrainError(ToolkitError):
@@ -208,8 +216,7 @@ def train(
     with torch.no_grad():
         output = probe(synthetic_inputs(inputs, 0))[loss_output]
     del probe
-    classes = int(output.shape[-1]) if output.is_floating_point() and output.dim() >= 2 else 0
-    label_shape = list(output.shape[:-1] if classes else output.shape)
+    classes, label_shape = label_kind(output)
     stems = file_stems(graph.tiers)
     last = max(tier, default=0)
     why_not = None if paced else kernel_shaping_available()

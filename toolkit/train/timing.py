@@ -22,7 +22,7 @@ from toolkit.graph import LayerGraph
 from toolkit.measured import MeasuredProfile, layers_sha
 from toolkit.onnx import layer_names, load_external_data, load_model
 from toolkit.train.executor import OnnxModule, trainable_initializers
-from toolkit.train.peer import loss_of, synthetic_inputs, synthetic_labels
+from toolkit.train.peer import label_kind, loss_of, synthetic_inputs, synthetic_labels
 from toolkit.train.session import input_specs
 
 
@@ -42,8 +42,8 @@ def executor_profile(path: Path, graph: LayerGraph, processor: str, batch: int =
     output = whole.graph.output[0].name
     with torch.no_grad():
         probe = module(feeds)[output]
-    classes = int(probe.shape[-1]) if probe.is_floating_point() and probe.dim() >= 2 else 0
-    labels = synthetic_labels(list(probe.shape[:-1] if classes else probe.shape), classes, 0)
+    classes, shape = label_kind(probe)
+    labels = synthetic_labels(shape, classes, 0)
     layers = {layer.name for layer in graph}
     forward: dict[str, list[float]] = {}
     backward: dict[str, list[float]] = {}
