@@ -98,3 +98,21 @@ def assert_shaped(rows: Sequence[dict], key: str, expected_ms: float) -> None:
     times = [row[key] for row in rows]
     assert min(times) >= 0.9 * expected_ms, (key, times, expected_ms)
     assert statistics.median(times) == pytest.approx(expected_ms, rel=0.2), (key, times)
+
+
+def with_local_function() -> onnx.ModelProto:
+    """A block (MatMul, Relu) written once as a model-local function and called twice, as
+    onnxscript and torch.onnx's `export_modules_as_functions` write modules."""
+    body = [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Relu", ["h"], ["y"])]
+    block = helper.make_function("local", "Block", ["x", "w"], ["y"], body,
+                                 opset_imports=[helper.make_opsetid("", 17)])
+    nodes = [helper.make_node("Block", ["x", "w"], ["a"], domain="local", name="b1"),
+             helper.make_node("Block", ["a", "w"], ["y"], domain="local", name="b2")]
+    graph = helper.make_graph(nodes, "g", [vi("x", [1, 16])], [vi("y", [1, 16])],
+                              [weight("w", 16, 16)])
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                helper.make_opsetid("local", 1)],
+                          functions=[block])
+    m.ir_version = 8
+    onnx.checker.check_model(m)
+    return m

@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 from onnx import TensorProto, helper
 
-from tests.helpers import chain, model, save, single_op, vi, weight
+from tests.helpers import chain, model, save, single_op, vi, weight, with_local_function
 from toolkit.cli import cli
 from toolkit.errors import ModelError
 from toolkit.onnx import load_external_data, read_model, read_onnx
@@ -542,3 +542,18 @@ def test_a_split_into_a_sequence_is_as_large_as_what_it_splits():
     seq = graph.tensors["seq"]
     assert seq.bytes == 6 * 4 * 4 and seq.floating and not graph.unknown_shapes
     assert graph.tensors["y"].shape == (1, 2, 4)
+
+
+def test_a_models_own_functions_are_read_as_their_bodies(tmp_path):
+    """Each call was one unknown layer charged a guess (`local.Block`, 64 FLOPs); it is the
+    operators inside, costed as themselves, and the halves of a cut between them run."""
+    from toolkit.onnx.split import split_tiers
+
+    graph = read_model(with_local_function(), "m")
+    assert [layer.op for layer in graph] == ["MatMul", "Relu", "MatMul", "Relu"]
+    assert graph.total_macs == 2 * 16 * 16 and not graph.unsupported_ops
+    path = save(with_local_function(), tmp_path / "m.onnx")
+    names = [layer.name for layer in read_onnx(path)]
+    split = split_tiers(path, {name: int(k >= 1) for k, name in enumerate(names)},
+                        ["device", "server"], tmp_path / "out")
+    assert split.not_verified is None and split.max_abs_error == 0.0

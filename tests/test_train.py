@@ -19,7 +19,16 @@ import pytest
 import torch
 from onnx import helper
 
-from tests.helpers import assert_shaped, model, run_main, save, schema, vi, weight
+from tests.helpers import (
+    assert_shaped,
+    model,
+    run_main,
+    save,
+    schema,
+    vi,
+    weight,
+    with_local_function,
+)
 from toolkit import api, zoo
 from toolkit.onnx.split import split_model
 from toolkit.train import wire
@@ -475,3 +484,15 @@ def test_an_operator_with_no_torch_function_is_named_in_one_line():
     with pytest.raises(ModelError, match=r"^cannot train this model: no torch function for op "
                                          r"com\.microsoft\.FusedConv$"):
         OnnxModule(m, ["w"])
+
+
+def test_a_models_own_functions_train_as_their_bodies():
+    """The executor runs a call of a model-local function as the function's body (it refused
+    it: 'no torch function for op local.Block'), and its forward equals onnxruntime's."""
+    m = with_local_function()
+    module = OnnxModule(m, trainable_initializers(m.graph))
+    x = np.random.default_rng(0).standard_normal((1, 16)).astype(np.float32)
+    got = module({"x": torch.from_numpy(x)})["y"].detach().numpy()
+    want = ort.InferenceSession(m.SerializeToString(),
+                                providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    assert np.allclose(got, want, atol=1e-5)

@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import onnx
+import onnx.inliner
 from google.protobuf.message import DecodeError
 from onnx import AttributeProto, GraphProto, ModelProto, TensorProto
 
@@ -40,7 +41,21 @@ def load_model(path: str | Path) -> ModelProto:
         raise ModelError(f"{p} is not a valid ONNX file ({type(exc).__name__})") from exc
     if not model.graph.node:
         raise ModelError(f"{p} holds no ONNX graph nodes: not an ONNX model, or an empty one")
-    return model
+    return inline_functions(model)
+
+
+def inline_functions(model: ModelProto) -> ModelProto:
+    """`model` with every call of one of its own functions (a FunctionProto: onnxscript's, or
+    torch.onnx's `export_modules_as_functions`) replaced by the function's body, so each
+    operator inside is a layer costed as itself; `model` as it is where it has none, or where
+    ONNX cannot inline them (each call is then charged a guess, and a note says so)."""
+    if not model.functions:
+        return model
+    try:
+        return onnx.inliner.inline_local_functions(model)
+    except Exception as exc:  # ONNX raises its own errors on functions it cannot inline
+        log.info("local functions not inlined (%s)", first_line(exc))
+        return model
 
 
 def check_text(graph: GraphProto, name: str) -> None:

@@ -36,6 +36,7 @@ from toolkit.onnx.load import (
     check_value_names,
     drop_big_weights,
     has_external_data,
+    inline_functions,
     load_model,
     unique_names,
     weightless,
@@ -106,7 +107,8 @@ def read_model(
     inference leaves sizes symbolic and the model must be run once to learn them. `dims`
     gives the symbolic input dimensions other than the batch (`_input_dims`).
     """
-    return _read(weightless(model), name, base_dir, dims or {}, lambda: model)
+    whole = inline_functions(model)
+    return _read(weightless(whole), name, base_dir, dims or {}, lambda: whole)
 
 
 @collector_paused
