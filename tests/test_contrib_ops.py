@@ -184,3 +184,55 @@ def test_an_onnxruntime_optimized_export_costs_what_its_source_does(zoo_path, tm
     assert not optimized.unsupported_ops and not optimized.unknown_shapes
     assert optimized.total_flops == pytest.approx(plain.total_flops, rel=0.005)
     assert optimized.total_macs == pytest.approx(plain.total_macs, rel=1e-9)
+
+
+def test_group_query_attention_scales_and_repeats_the_key_value_heads():
+    """4 query heads over 2 key/value heads, causal: K and V repeated per group (free), K
+    scaled once per key/value head, the causal mask added (a cost that took the key/value
+    heads for query heads, or forgot the mask, would differ)."""
+    batch, seq, heads, kv_heads, head = 2, 6, 4, 2, 8
+    group = heads // kv_heads
+    ins = [vi("q", [batch, seq, heads * head]), vi("k", [batch, seq, kv_heads * head]),
+           vi("v", [batch, seq, kv_heads * head])]
+    y = vi("y", [batch, seq, heads * head])
+    lengths = [numpy_helper.from_array(np.full([batch], seq - 1, np.int32), "seqlens"),
+               numpy_helper.from_array(np.array(seq, np.int32), "total")]
+    fused = _model([helper.make_node("GroupQueryAttention",
+                                     ["q", "k", "v", "", "", "seqlens", "total"],
+                                     ["y", "present_k", "present_v"], domain="com.microsoft",
+                                     num_heads=heads, kv_num_heads=kv_heads)],
+                   ins, [y], lengths)
+
+    def repeated(x: str, perm: Sequence[int], scaled: bool) -> list[onnx.NodeProto]:
+        """`x` per key/value head (`perm` of (batch, seq, kv heads, head)), scaled where
+        asked, then repeated for each query head of its group."""
+        nodes = _heads(x, f"{x}h", batch, seq, kv_heads, head, perm)
+        last = f"{x}h"
+        if scaled:
+            nodes.append(helper.make_node("Mul", [last, "root"], [f"{x}s"]))
+            last = f"{x}s"
+        return [*nodes, helper.make_node("Unsqueeze", [last, "two"], [f"{x}u"]),
+                helper.make_node("Expand", [f"{x}u", f"{x}5"], [f"{x}e"]),
+                helper.make_node("Reshape", [f"{x}e", f"{x}4"], [f"{x}r"])]
+
+    causal = np.triu(np.full((seq, seq), -np.inf, np.float32), 1)
+    plain = _model(
+        [*_heads("q", "qh", batch, seq, heads, head, (0, 2, 1, 3)),
+         helper.make_node("Mul", ["qh", "root"], ["qs"]),
+         *repeated("k", (0, 2, 3, 1), True), *repeated("v", (0, 2, 1, 3), False),
+         helper.make_node("MatMul", ["qs", "kr"], ["scores"]),
+         helper.make_node("Add", ["scores", "causal"], ["masked"]),
+         helper.make_node("Softmax", ["masked"], ["p"], axis=-1),
+         helper.make_node("MatMul", ["p", "vr"], ["ctx"]),
+         helper.make_node("Transpose", ["ctx"], ["ctx_t"], perm=[0, 2, 1, 3]),
+         helper.make_node("Reshape", ["ctx_t", "merged"], ["y"])],
+        ins, [y],
+        [_scalar("root", head ** -0.25), numpy_helper.from_array(causal, "causal"),
+         _ints("two", [2]), _ints("k5", [batch, kv_heads, group, head, seq]),
+         _ints("k4", [batch, heads, head, seq]), _ints("v5", [batch, kv_heads, group, seq, head]),
+         _ints("v4", [batch, heads, seq, head]), _ints("merged", [batch, seq, heads * head])])
+    rng = np.random.default_rng(6)
+    _same_flops(fused, plain, {
+        "q": rng.standard_normal((batch, seq, heads * head), np.float32),
+        "k": rng.standard_normal((batch, seq, kv_heads * head), np.float32),
+        "v": rng.standard_normal((batch, seq, kv_heads * head), np.float32)})

@@ -174,12 +174,11 @@ def recurrent(gates: int) -> Handle:
 
 def attention(f: OpFacts) -> OpCost:
     """ONNX's Attention (opset 23; torch.onnx exports `scaled_dot_product_attention` as it
-    from opset 23), counted as the graph it stands for, which older opsets spell out: Q and K
-    each scaled (one multiply per element), Q x K^T and P x V (per score, head_size +
-    v_head_size MACs), the mask or causal bias added (1 FLOP per score), the softmax (5, as
-    `Softmax`) and a soft cap's divide, tanh and multiply (6) where one is set. Keys of a
-    `past_key` cache count with the new ones. Q, K and V 4-D (batch, heads, sequence, head
-    size) or 3-D (batch, sequence, heads x head size, with `q_num_heads`/`kv_num_heads`)."""
+    from opset 23), counted as the graph it stands for, which older opsets spell out
+    (`scaled_dot_product`), and a soft cap's divide, tanh and multiply (6 per score) where one
+    is set. Keys of a `past_key` cache count with the new ones. Q, K and V 4-D (batch, heads,
+    sequence, head size) or 3-D (batch, sequence, heads x head size, with
+    `q_num_heads`/`kv_num_heads`)."""
     q, k, v, past = _shape(f, 0), _shape(f, 1), _shape(f, 2), _shape(f, 4)
     if q is None or k is None or v is None or not len(q) == len(k) == len(v) \
             or len(q) not in (3, 4) or (past is not None and len(past) != 4):
@@ -196,11 +195,20 @@ def attention(f: OpFacts) -> OpCost:
         batch, queries, hidden = q
         head, keys, v_head = hidden // heads, k[1] + cached, v[2] // kv_heads
     scores = batch * heads * queries * keys
-    macs = scores * (head + v_head)
-    bias = scores if _shape(f, 3) is not None or _number_attr(f, "is_causal") else 0
+    masked = _shape(f, 3) is not None or bool(_number_attr(f, "is_causal"))
+    cost = scaled_dot_product(scores, head, v_head, masked, numel(q) + numel(k) + numel(past))
     cap = 6 * scores if _number_attr(f, "softcap") > 0 else 0
-    scaled = numel(q) + numel(k) + numel(past)
-    return OpCost(2.0 * macs + 5.0 * scores + bias + cap + scaled, float(macs))
+    return OpCost(cost.flops + cap, cost.macs)
+
+
+def scaled_dot_product(scores: int, head: int, v_head: int, masked: bool,
+                       scaled: int) -> OpCost:
+    """Attention over `scores` query-key pairs as exporters spell it out: the `scaled`
+    elements of Q and K each multiplied by a root of the scale, Q x K^T and P x V (per score,
+    head + v_head MACs), the mask or causal bias added (1 per score), the softmax (5, as
+    `Softmax`)."""
+    macs = scores * (head + v_head)
+    return OpCost(2.0 * macs + (5.0 + masked) * scores + scaled, float(macs))
 
 
 def _number_attr(f: OpFacts, name: str) -> float:
@@ -258,14 +266,15 @@ def _activation(f: OpFacts) -> float:
     return REGISTRY.get(name, unknown)(OpFacts(name, out, out)).flops
 
 
-def fused(base: Handle) -> Handle:
-    """A standard operator followed by its `activation` (FusedConv, FusedGemm)."""
+def fused(base: Handle, summand: int | None = None) -> Handle:
+    """A standard operator followed by its `activation` (FusedConv, FusedGemm), after adding
+    input `summand` where one is given (FusedConv's Z)."""
 
     def handle(f: OpFacts) -> OpCost:
         cost = base(f)
         if not cost.supported:
             return cost
-        summed = _first_out(f) if _shape(f, 3) is not None and f.op.endswith("Conv") else 0
+        summed = _first_out(f) if summand is not None and _shape(f, summand) is not None else 0
         return OpCost(cost.flops + summed + _activation(f), cost.macs)
 
     return handle
@@ -293,16 +302,6 @@ def with_bias(factor: float, bias: int) -> Handle:
     return handle
 
 
-def _attention(batch: int, queries: int, keys: int, heads: int, head: int, v_head: int,
-               masked: bool, projected: float = 0.0) -> OpCost:
-    """Scaled dot-product attention counted as `attention` counts it, after `projected` MACs
-    (an input projection fused in)."""
-    scores = batch * heads * queries * keys
-    macs = scores * (head + v_head) + projected
-    scaled = batch * heads * (queries + keys) * head
-    return OpCost(2.0 * macs + (5.0 + masked) * scores + scaled, float(macs))
-
-
 def contrib_attention(f: OpFacts) -> OpCost:
     """com.microsoft Attention: input (batch, sequence, in) projected by weights (in, q + k +
     v widths, `qkv_hidden_sizes` or three equal) plus bias, then attention over `num_heads`
@@ -315,37 +314,45 @@ def contrib_attention(f: OpFacts) -> OpCost:
     q, _, v = (sizes if isinstance(sizes, list) and len(sizes) == 3 else [w[1] // 3] * 3)
     batch, sequence = x[0], x[1]
     cached = past[3] if past is not None and len(past) == 5 else 0
-    projection = batch * sequence * x[2] * w[1]
-    cost = _attention(batch, sequence, sequence + cached, heads, q // heads, v // heads,
-                      _shape(f, 3) is not None or _shape(f, 5) is not None, projection)
-    return OpCost(cost.flops + batch * sequence * w[1], cost.macs)
+    keys = sequence + cached
+    cost = scaled_dot_product(batch * heads * sequence * keys, q // heads, v // heads,
+                              _shape(f, 3) is not None or _shape(f, 5) is not None,
+                              batch * (sequence + keys) * q)
+    projection = batch * sequence * x[2] * w[1]  # and its bias added
+    return OpCost(cost.flops + 2.0 * projection + batch * sequence * w[1],
+                  cost.macs + projection)
 
 
 def multi_head_attention(f: OpFacts) -> OpCost:
-    """com.microsoft MultiHeadAttention (and GroupQueryAttention): query (batch, sequence,
-    heads x head); key and value (batch, keys, width) or already split (batch, kv heads, keys,
-    head), past keys (batch, kv heads, past, head) added; `num_heads` query heads."""
+    """com.microsoft MultiHeadAttention (and GroupQueryAttention, `kv_num_heads` key and value
+    heads): query (batch, sequence, heads x head); key and value (batch, keys, width) or
+    already split (batch, kv heads, keys, head), or packed into the query; past keys (batch,
+    kv heads, past, head) added; `num_heads` query heads."""
     q, k, v = _shape(f, 0), _shape(f, 1), _shape(f, 2)
     heads = int(_number_attr(f, "num_heads"))
     if q is None or len(q) != 3 or heads <= 0:
         return unknown(f)
-    batch, queries, head = q[0], q[1], q[2] // heads
     grouped = f.op.endswith("GroupQueryAttention")  # causal, so always masked
+    kv_heads = int(_number_attr(f, "kv_num_heads")) if grouped else heads
     past = _shape(f, 3) if grouped else _shape(f, 6)
     masked = grouped or _shape(f, 4) is not None or _shape(f, 5) is not None
     cached = past[2] if past is not None and len(past) == 4 else 0
+    batch, queries = q[0], q[1]
     if k is None:  # query, key and value packed into one input
-        return _attention(batch, queries, queries + cached, heads, head, head, masked)
-    keys = k[2] if len(k) == 4 else k[1]
-    v_head = (v[3] if len(v) == 4 else v[2] // heads) if v is not None else head
-    if grouped:
-        v_head = head
-    return _attention(batch, queries, keys + cached, heads, head, v_head, masked)
+        head = q[2] // (heads + 2 * kv_heads) if grouped else q[2] // (3 * heads)
+        keys, v_head = queries, head
+    else:
+        head = q[2] // heads
+        keys = k[2] if len(k) == 4 else k[1]
+        v_head = (v[3] if len(v) == 4 else v[2] // kv_heads) if v is not None else head
+    keys += cached
+    return scaled_dot_product(batch * heads * queries * keys, head, v_head, masked,
+                              batch * (heads * queries + kv_heads * keys) * head)
 
 
 def matmul_n_bits(f: OpFacts) -> OpCost:
-    """MatMulNBits: A (..., K) times a block-quantized (K, N) weight, `K` and `N` attributes;
-    dequantizing a weight element costs one multiply-add (per output row block, counted once)."""
+    """MatMulNBits: A (..., K) times a block-quantized (K, N) weight (`K` and `N` attributes),
+    each weight element dequantized once per call (a multiply and an add)."""
     a, n = _shape(f, 0), int(_number_attr(f, "N"))
     if a is None or not a or n <= 0:
         return unknown(f)
@@ -438,13 +445,12 @@ REGISTRY: dict[str, Handle] = {
     "Upsample": resize,
 }
 REGISTRY.update({f"com.microsoft.{op}": handle for op, handle in {
-    "FusedConv": fused(conv),
+    "FusedConv": fused(conv, summand=3),
     "NhwcConv": conv,
     "FusedGemm": fused(gemm),
     "FusedMatMul": fused_matmul,
     "TransposeMatMul": fused_matmul,
     "GemmFastGelu": fused(gemm),
-    "Gelu": per_output(8.0),
     "FastGelu": with_bias(8.0, 1),
     "BiasGelu": per_output(9.0),
     "QuickGelu": per_output(6.0),  # x * sigmoid(alpha x)
@@ -459,12 +465,10 @@ REGISTRY.update({f"com.microsoft.{op}": handle for op, handle in {
     "Attention": contrib_attention,
     "MultiHeadAttention": multi_head_attention,
     "GroupQueryAttention": multi_head_attention,
-    "RotaryEmbedding": per_output(3.0),
     "MatMulNBits": matmul_n_bits,
     "MatMulIntegerToFloat": matmul,
     "DynamicQuantizeMatMul": matmul,
     "QGemm": gemm,
-    "QLinearConv": conv_with(3, 8),
     "QLinearAdd": per_output(3.0),  # dequantize both, add, quantize
     "QLinearMul": per_output(3.0),
     "QLinearSigmoid": per_output(6.0),
@@ -472,11 +476,9 @@ REGISTRY.update({f"com.microsoft.{op}": handle for op, handle in {
     "QLinearAveragePool": pool,
     "QLinearGlobalAveragePool": per_input(1.0),
     "QLinearConcat": zero_cost,
-    "QuantizeLinear": per_output(1.0),
-    "DequantizeLinear": per_output(1.0),
-    "Trilu": zero_cost,
-    "Range": zero_cost,
     "ExpandDims": zero_cost,
+    **{op: REGISTRY[op] for op in ("Gelu", "RotaryEmbedding", "QLinearConv", "QuantizeLinear",
+                                   "DequantizeLinear", "Trilu", "Range")},  # ONNX's, again
 }.items()})
 CONVOLUTIONS = frozenset({"Conv", "ConvTranspose", "ConvInteger", "QLinearConv",
                           "com.microsoft.FusedConv", "com.microsoft.NhwcConv",
