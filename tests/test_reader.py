@@ -557,3 +557,19 @@ def test_a_models_own_functions_are_read_as_their_bodies(tmp_path):
     split = split_tiers(path, {name: int(k >= 1) for k, name in enumerate(names)},
                         ["device", "server"], tmp_path / "out")
     assert split.not_verified is None and split.max_abs_error == 0.0
+
+
+def test_profiling_a_model_onnxruntime_refuses_is_one_line(tmp_path):
+    """tf2onnx's `Erfc` (no ONNX runtime knows it): `profile` said so in one line, after a red
+    line of onnxruntime's own ('Could not write a profile because no model was loaded')."""
+    nodes = [helper.make_node("Relu", ["x"], ["r"], name="relu"),
+             helper.make_node("Erfc", ["r"], ["y"], name="erfc")]
+    graph = helper.make_graph(nodes, "g", [vi("x", [1, 8])], [vi("y", [1, 8])])
+    path = tmp_path / "erfc.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 15)]), str(path))
+    proc = subprocess.run([sys.executable, "-c", "from toolkit.cli import main; main()",
+                           "profile", str(path), "-o", str(tmp_path / "p.json")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error: onnxruntime cannot run erfc.onnx")
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
