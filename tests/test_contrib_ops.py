@@ -65,24 +65,51 @@ def _heads(x: str, out: str, batch: int, length: int, heads: int, head: int,
             helper.make_node("Transpose", [f"{out}_split"], [out], perm=list(perm))]
 
 
+def _const(name: str, value: np.ndarray) -> onnx.NodeProto:
+    return helper.make_node("Constant", [], [name], value=numpy_helper.from_array(value))
+
+
 def _attend(q: str, k: str, v: str, out: str, batch: int, queries: int, keys: int,
-            heads: int, head: int) -> list[onnx.NodeProto]:
+            heads: int, head: int, kv_heads: int | None = None,
+            causal: bool = False) -> list[onnx.NodeProto]:
     """Scaled dot-product attention spelled out as PyTorch exports it: Q and K^T each scaled
-    by head^-1/4, their product softmaxed, times V, heads merged back."""
-    root = head ** -0.25
+    by head^-1/4 (K once per key/value head, then repeated for each query head of its group),
+    their product softmaxed (after a causal mask where asked), times V, heads merged back."""
+    kv = kv_heads or heads
+    group = heads // kv
+
+    def per_query_head(x: str, shape: Sequence[int]) -> list[onnx.NodeProto]:
+        """`x` (batch, kv heads, ...) repeated for the `group` query heads of each."""
+        if group == 1:
+            return [helper.make_node("Identity", [x], [f"{x}r"])]
+        return [_const(f"{x}_two", np.array([2], np.int64)),
+                helper.make_node("Unsqueeze", [x, f"{x}_two"], [f"{x}u"]),
+                _const(f"{x}_5", np.array([batch, kv, group, *shape], np.int64)),
+                helper.make_node("Expand", [f"{x}u", f"{x}_5"], [f"{x}e"]),
+                _const(f"{x}_4", np.array([batch, heads, *shape], np.int64)),
+                helper.make_node("Reshape", [f"{x}e", f"{x}_4"], [f"{x}r"])]
+
+    scores = "scores"
+    masking = []
+    if causal:
+        mask = np.triu(np.full((queries, keys), -np.inf, np.float32), 1)
+        masking = [_const("causal", mask),
+                   helper.make_node("Add", ["scores", "causal"], ["masked"])]
+        scores = "masked"
     return [*_heads(q, "qh", batch, queries, heads, head, (0, 2, 1, 3)),
-            *_heads(k, "kh", batch, keys, heads, head, (0, 2, 3, 1)),
-            *_heads(v, "vh", batch, keys, heads, head, (0, 2, 1, 3)),
-            helper.make_node("Constant", [], ["root"], value=_scalar("r", root)),
+            *_heads(k, "kh", batch, keys, kv, head, (0, 2, 3, 1)),
+            *_heads(v, "vh", batch, keys, kv, head, (0, 2, 1, 3)),
+            _const("root", np.array(head ** -0.25, np.float32)),
             helper.make_node("Mul", ["qh", "root"], ["qs"]),
             helper.make_node("Mul", ["kh", "root"], ["ks"]),
-            helper.make_node("MatMul", ["qs", "ks"], ["scores"]),
-            helper.make_node("Softmax", ["scores"], ["p"], axis=-1),
-            helper.make_node("MatMul", ["p", "vh"], ["ctx"]),
+            *per_query_head("ks", (head, keys)),
+            *per_query_head("vh", (keys, head)),
+            helper.make_node("MatMul", ["qs", "ksr"], ["scores"]),
+            *masking,
+            helper.make_node("Softmax", [scores], ["p"], axis=-1),
+            helper.make_node("MatMul", ["p", "vhr"], ["ctx"]),
             helper.make_node("Transpose", ["ctx"], ["ctx_t"], perm=[0, 2, 1, 3]),
-            helper.make_node("Constant", [], ["merged"],
-                             value=numpy_helper.from_array(
-                                 np.array([batch, queries, heads * head], np.int64))),
+            _const("merged", np.array([batch, queries, heads * head], np.int64)),
             helper.make_node("Reshape", ["ctx_t", "merged"], [out])]
 
 
@@ -191,7 +218,6 @@ def test_group_query_attention_scales_and_repeats_the_key_value_heads():
     scaled once per key/value head, the causal mask added (a cost that took the key/value
     heads for query heads, or forgot the mask, would differ)."""
     batch, seq, heads, kv_heads, head = 2, 6, 4, 2, 8
-    group = heads // kv_heads
     ins = [vi("q", [batch, seq, heads * head]), vi("k", [batch, seq, kv_heads * head]),
            vi("v", [batch, seq, kv_heads * head])]
     y = vi("y", [batch, seq, heads * head])
@@ -202,35 +228,8 @@ def test_group_query_attention_scales_and_repeats_the_key_value_heads():
                                      ["y", "present_k", "present_v"], domain="com.microsoft",
                                      num_heads=heads, kv_num_heads=kv_heads)],
                    ins, [y], lengths)
-
-    def repeated(x: str, perm: Sequence[int], scaled: bool) -> list[onnx.NodeProto]:
-        """`x` per key/value head (`perm` of (batch, seq, kv heads, head)), scaled where
-        asked, then repeated for each query head of its group."""
-        nodes = _heads(x, f"{x}h", batch, seq, kv_heads, head, perm)
-        last = f"{x}h"
-        if scaled:
-            nodes.append(helper.make_node("Mul", [last, "root"], [f"{x}s"]))
-            last = f"{x}s"
-        return [*nodes, helper.make_node("Unsqueeze", [last, "two"], [f"{x}u"]),
-                helper.make_node("Expand", [f"{x}u", f"{x}5"], [f"{x}e"]),
-                helper.make_node("Reshape", [f"{x}e", f"{x}4"], [f"{x}r"])]
-
-    causal = np.triu(np.full((seq, seq), -np.inf, np.float32), 1)
-    plain = _model(
-        [*_heads("q", "qh", batch, seq, heads, head, (0, 2, 1, 3)),
-         helper.make_node("Mul", ["qh", "root"], ["qs"]),
-         *repeated("k", (0, 2, 3, 1), True), *repeated("v", (0, 2, 1, 3), False),
-         helper.make_node("MatMul", ["qs", "kr"], ["scores"]),
-         helper.make_node("Add", ["scores", "causal"], ["masked"]),
-         helper.make_node("Softmax", ["masked"], ["p"], axis=-1),
-         helper.make_node("MatMul", ["p", "vr"], ["ctx"]),
-         helper.make_node("Transpose", ["ctx"], ["ctx_t"], perm=[0, 2, 1, 3]),
-         helper.make_node("Reshape", ["ctx_t", "merged"], ["y"])],
-        ins, [y],
-        [_scalar("root", head ** -0.25), numpy_helper.from_array(causal, "causal"),
-         _ints("two", [2]), _ints("k5", [batch, kv_heads, group, head, seq]),
-         _ints("k4", [batch, heads, head, seq]), _ints("v5", [batch, kv_heads, group, seq, head]),
-         _ints("v4", [batch, heads, seq, head]), _ints("merged", [batch, seq, heads * head])])
+    plain = _model(_attend("q", "k", "v", "y", batch, seq, seq, heads, head, kv_heads,
+                           causal=True), ins, [y])
     rng = np.random.default_rng(6)
     _same_flops(fused, plain, {
         "q": rng.standard_normal((batch, seq, heads * head), np.float32),
