@@ -235,3 +235,17 @@ def test_group_query_attention_scales_and_repeats_the_key_value_heads():
         "q": rng.standard_normal((batch, seq, heads * head), np.float32),
         "k": rng.standard_normal((batch, seq, kv_heads * head), np.float32),
         "v": rng.standard_normal((batch, seq, kv_heads * head), np.float32)})
+
+
+def test_a_fused_activation_nobody_taught_us_is_said_to_be_a_guess():
+    """FusedConv's convolution is known, its `activation` may not be: the layer is then not
+    fully costed, and the guess note names it (it passed as fully known)."""
+    node = helper.make_node("FusedConv", ["x", "w"], ["y"], domain="com.microsoft",
+                            name="fused", activation="Mystery")
+    m = _model([node], [vi("x", [1, 3, 8, 8])], [vi("y", [1, 4, 6, 6])],
+               [weight("w", 4, 3, 3, 3)])
+    graph = read_model(m, "m")
+    layer = graph.layers["fused"]
+    assert layer.macs == 4 * 6 * 6 * 3 * 9 and not layer.supported
+    assert graph.unsupported_ops == {"com.microsoft.FusedConv": 1}
+    assert any("guess" in note and "com.microsoft.FusedConv x1" in note for note in graph.notes)

@@ -257,13 +257,14 @@ def resize(f: OpFacts) -> OpCost:
 # counted as the standard operators it fuses, so an optimized file costs what its source does.
 
 
-def _activation(f: OpFacts) -> float:
-    """FLOPs of the `activation` a fused operator applies to its output (as that operator)."""
+def _activation(f: OpFacts) -> OpCost:
+    """The `activation` a fused operator applies to its output, costed as that operator (an
+    activation nobody taught us is the unknown-operator guess, and says so)."""
     name = f.attrs.get("activation")
     if not isinstance(name, str) or not name:
-        return 0.0
+        return OpCost(0.0)
     out = f.outputs[:1]
-    return REGISTRY.get(name, unknown)(OpFacts(name, out, out)).flops
+    return REGISTRY.get(name, unknown)(OpFacts(name, out, out))
 
 
 def fused(base: Handle, summand: int | None = None) -> Handle:
@@ -275,7 +276,8 @@ def fused(base: Handle, summand: int | None = None) -> Handle:
         if not cost.supported:
             return cost
         summed = _first_out(f) if summand is not None and _shape(f, summand) is not None else 0
-        return OpCost(cost.flops + summed + _activation(f), cost.macs)
+        activation = _activation(f)
+        return OpCost(cost.flops + summed + activation.flops, cost.macs, activation.supported)
 
     return handle
 
