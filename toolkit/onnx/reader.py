@@ -14,7 +14,8 @@ import itertools
 import json
 import logging
 import math
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections import ChainMap
+from collections.abc import Callable, Iterator, Mapping, MutableMapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,7 +76,7 @@ _WEIGHT_VIEWS = frozenset(
      "Flatten"}
 )
 _SUBGRAPH_OPS = frozenset({"If", "Loop", "Scan"})
-READER_VERSION = 3
+READER_VERSION = 4
 """Bumped whenever the reader turns the same file into another layer graph: stored models and
 cached block structures keyed by `LayerGraph.sha256` are then read again."""
 def read_onnx(
@@ -306,6 +307,29 @@ def _subgraph_outer_names(node: NodeProto) -> list[str]:
     return found
 
 
+@dataclass(frozen=True)
+class _Flow:
+    """The cost of a control-flow node or of one run of a body: FLOPs and MACs, whether every
+    node in it has a cost model, and how many Loops in it have no fixed trip count and how many
+    Ifs have branches of different cost (each makes a note)."""
+
+    flops: float
+    macs: float = 0.0
+    supported: bool = True
+    untripped: int = 0
+    branches: int = 0
+
+    def __add__(self, other: _Flow) -> _Flow:
+        return _Flow(self.flops + other.flops, self.macs + other.macs,
+                     self.supported and other.supported, self.untripped + other.untripped,
+                     self.branches + other.branches)
+
+
+def _shape_in(name: str, scope: Mapping[str, Info]) -> Shape | None:
+    info = scope.get(name) if name else None
+    return info.shape if info is not None else None
+
+
 def _per_sample(
     layers: list[Layer], tensors: dict[str, Tensor], exported: int
 ) -> tuple[list[Layer], dict[str, Tensor]]:
@@ -380,6 +404,7 @@ class _Reader:
         self.attributes = nodes.attributes
         self.node_inputs, self.node_outputs = nodes.inputs, nodes.outputs
         self.module_classes: dict[str, str] = {}
+        self.untripped = self.branches = 0  # control flow costed with a caveat (notes)
         self.opset = max(
             (o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0
         )
@@ -433,6 +458,13 @@ class _Reader:
             notes.append(f"{len(unknown)} tensor{'s' if len(unknown) > 1 else ''} of unknown "
                          "size (neither ONNX's inference nor a run of the model gave one), each "
                          "taken as large as its producer's largest input")
+        if self.untripped:
+            notes.append(f"{self.untripped} Loop{'s' if self.untripped > 1 else ''} costed as "
+                         "one run of the body: the file does not fix the trip count (no "
+                         "constant maximum, or a condition the body computes)")
+        if self.branches:
+            notes.append(f"{self.branches} If node{'s' if self.branches > 1 else ''} costed as "
+                         "the costlier branch: the data decides which one runs")
         gelus = decomposed_gelus(layers)
         if gelus:
             notes.append(f"{gelus} GELU{'s' if gelus > 1 else ''} exported as five nodes "
@@ -559,7 +591,9 @@ class _Reader:
         params = param_bytes = elements = 0
         tied: dict[str, int] = {}
         skip = NOT_TRAINABLE_INPUTS.get(op, frozenset())
-        for k, inp in enumerate(inputs):
+        # a control-flow node's bodies read weights of the enclosing graph by name (deps)
+        read = [*enumerate(inputs), *((-1, n) for n in self.deps[i] if n not in inputs)]
+        for k, inp in read:
             info = self.info.get(inp)
             if inp not in self.weights or k in skip or info is None:
                 continue
@@ -588,12 +622,17 @@ class _Reader:
         if op == "Dropout" and self._constant(inputs[2:3], 0.0) \
                 and self._constant(inputs[1:2], 0.5):
             attrs["training_mode"] = 1  # drops at training time: keeps a mask (toolkit.memory)
-        cost = self._cost(name, OpFacts(
-            op, [self._shape(n) for n in inputs], [self._shape(n) for n in outputs], attrs,
-        ))
-        flops, macs, supported = cost.flops, cost.macs, cost.supported
+        cost: OpCost | _Flow
         if op in _SUBGRAPH_OPS:
-            flops, supported = self._subgraph_flops(self.nodes[i]), True
+            cost = self._control_flow(self.graph.node[i], self.info)
+            self.untripped += cost.untripped
+            self.branches += cost.branches
+        else:
+            cost = self._cost(name, OpFacts(
+                op, [_shape_in(n, self.info) for n in inputs],
+                [_shape_in(n, self.info) for n in outputs], attrs,
+            ))
+        flops, macs, supported = cost.flops, cost.macs, cost.supported
         module, classes = module_of(self.nodes[i])
         if classes:
             self.module_classes.update(classes)
@@ -622,46 +661,111 @@ class _Reader:
         where none is named, 0 where it is not a constant."""
         if not names or not names[0]:
             return absent
+        value = self._scalar(names[0])
+        return 0.0 if value is None else value
+
+    def _scalar(self, name: str) -> float | None:
+        """The value of the scalar constant (initializer or Constant node) `name`, if it is one."""
         if self.constant_values is None:
             self.constant_values = {n.output[0]: a.t for n in self.nodes
                                     if n.op_type == "Constant" and n.output
                                     for a in n.attribute if a.name == "value"}
-        tensor = self.initializers.get(names[0])
+        tensor = self.initializers.get(name)
         if tensor is None:
-            tensor = self.constant_values.get(names[0])
+            tensor = self.constant_values.get(name)
         if tensor is None:
-            return 0.0
+            return None
         try:
             value = onnx.numpy_helper.to_array(tensor)
-            return float(value.reshape(-1)[0]) if value.size == 1 else 0.0
+            return float(value.reshape(-1)[0]) if value.size == 1 else None
         except (ValueError, TypeError):
-            return 0.0
+            return None
 
-    def _shape(self, name: str) -> Shape | None:
-        info = self.info.get(name) if name else None
-        return info.shape if info is not None else None
+    def _control_flow(self, node: NodeProto, scope: MutableMapping[str, Info]) -> _Flow:
+        """An If, Loop or Scan as one layer (the cut cannot fall inside it): an If costs its
+        costlier branch (which one runs is decided by the data), a Loop its body times the
+        trip count, a Scan its body once per slice of the scanned axis. A Loop whose count
+        the file does not fix (no constant maximum, or a condition computed in the body) is
+        costed as one iteration and says so."""
+        bodies = {a.name: a.g for a in node.attribute if a.type == AttributeProto.GRAPH}
+        label = node.name or node.op_type
+        if node.op_type == "If":
+            branches = [self._body(bodies[b], scope, label) for b in ("then_branch", "else_branch")
+                        if b in bodies]
+            if not branches:
+                return _Flow(0.0)
+            costly = max(branches, key=lambda b: b.flops)
+            differ = len({b.flops for b in branches}) > 1
+            return dataclasses.replace(
+                costly, supported=all(b.supported for b in branches),
+                untripped=sum(b.untripped for b in branches),
+                branches=sum(b.branches for b in branches) + differ)
+        body = self._body(bodies["body"], scope, label) if "body" in bodies else _Flow(0.0)
+        trips = self._trips(node, scope)
+        if trips is None:
+            return dataclasses.replace(body, untripped=body.untripped + 1)
+        return dataclasses.replace(body, flops=body.flops * trips, macs=body.macs * trips)
 
-    def _subgraph_flops(self, node: NodeProto) -> float:
-        """Control flow counts as one layer costing the sum of its bodies (one iteration each)."""
-        total = 0.0
-        for attr in node.attribute:
-            for g in [attr.g] if attr.type == AttributeProto.GRAPH else list(attr.graphs):
-                local = {vi.name: value_info(vi) for vi in [*g.input, *g.value_info, *g.output]}
-                for n in g.node:
-                    shapes_in = [self._local_shape(x, local) for x in n.input]
-                    shapes_out = [self._local_shape(x, local) for x in n.output]
-                    attrs = {a.name: _attr_value(a) for a in n.attribute}
-                    facts = OpFacts(_qualified(n.op_type, n.domain), shapes_in, shapes_out,
-                                    attrs)
-                    total += self._cost(f"{node.name} / {n.name}", facts).flops
+    def _body(self, g: GraphProto, scope: MutableMapping[str, Info], label: str) -> _Flow:
+        """The summed cost of one run of a control-flow body, nested bodies included."""
+        local = ChainMap({vi.name: value_info(vi) for vi in [*g.input, *g.value_info, *g.output]
+                          if vi.name}, scope)
+        for t in g.initializer:
+            local[t.name] = Info(tuple(t.dims), t.data_type)
+        total = _Flow(0.0)
+        for n in g.node:
+            op = _qualified(n.op_type, n.domain)
+            if op in _SUBGRAPH_OPS:
+                part = self._control_flow(n, local)
+            else:
+                facts = OpFacts(op, [_shape_in(x, local) for x in n.input],
+                                [_shape_in(x, local) for x in n.output],
+                                {a.name: _attr_value(a) for a in n.attribute})
+                cost = self._cost(f"{label} / {n.name or n.op_type}", facts)
+                part = _Flow(cost.flops, cost.macs, cost.supported)
+            total = total + part
         return total
+
+    def _trips(self, node: NodeProto, scope: Mapping[str, Info]) -> int | None:
+        """How often a Loop or Scan runs its body; None where the file does not fix it."""
+        ins = list(node.input)
+        if node.op_type == "Loop":
+            count = self._scalar(ins[0]) if ins and ins[0] else None
+            condition = ins[1] if len(ins) > 1 else ""
+            body = next((a.g for a in node.attribute if a.name == "body"), None)
+            if count is None or not math.isfinite(count) \
+                    or (condition and self._scalar(condition) is None) \
+                    or (body is not None and not self._counted(body)):
+                return None  # a while loop: its condition decides
+            return max(int(count), 0)
+        ints = {a.name: list(a.ints) if a.type == AttributeProto.INTS else [a.i]
+                for a in node.attribute if a.type in (AttributeProto.INT, AttributeProto.INTS)}
+        scans = (ints.get("num_scan_inputs") or [0])[0]
+        # Scan-8 slices batch-major (axis 1); from opset 9 the axis is an attribute
+        axis = 1 if self.opset < 9 else (ints.get("scan_input_axes") or [0])[0]
+        first = len(ins) - scans
+        if scans <= 0 or first < 0:
+            return None
+        shape = _shape_in(ins[first], scope)
+        if shape is None or not shape:
+            return None
+        return shape[axis % len(shape)]
+
+    def _counted(self, body: GraphProto) -> bool:
+        """A Loop body whose condition out is its condition in or a constant (a `for` loop, as
+        exporters write one): it runs the full trip count."""
+        if len(body.output) < 1 or len(body.input) < 2:
+            return True
+        name = body.output[0].name
+        made = {o: n for n in body.node for o in n.output if o}
+        while name in made and made[name].op_type == "Identity" and made[name].input:
+            name = made[name].input[0]
+        node = made.get(name)
+        return name == body.input[1].name or self._scalar(name) is not None \
+            or (node is not None and node.op_type == "Constant")
 
     def _cost(self, layer: str, facts: OpFacts) -> OpCost:
         try:
             return cost_of(facts)
         except ValueError as exc:
             raise ModelError(f"model {self.name!r}: layer {layer!r}: {exc}") from exc
-
-    def _local_shape(self, name: str, local: dict[str, Info]) -> Shape | None:
-        info = local.get(name) or self.info.get(name)
-        return info.shape if info is not None else None
