@@ -573,3 +573,38 @@ def test_profiling_a_model_onnxruntime_refuses_is_one_line(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: onnxruntime cannot run erfc.onnx")
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def _quantized_matmul(weights: list[TensorProto], first: onnx.NodeProto) -> onnx.ModelProto:
+    scale = helper.make_tensor("scale", TensorProto.FLOAT, [], [0.05])
+    zero = helper.make_tensor("zero", TensorProto.INT8, [], [0])
+    nodes = [first, helper.make_node("DequantizeLinear", ["q", "scale", "zero"], ["wd"],
+                                     name="dequantize"),
+             helper.make_node("MatMul", ["x", "wd"], ["y"], name="mm")]
+    return model(nodes, [vi("x", [1, 4])], [vi("y", [1, 4])], [*weights, scale, zero])
+
+
+def test_a_dequantized_integer_weight_is_a_constant_and_its_scale_trains_nothing():
+    w8 = helper.make_tensor("w8", TensorProto.INT8, [4, 4], list(range(16)))
+    m = _quantized_matmul([w8], helper.make_node("Identity", ["w8"], ["q"], name="alias"))
+    graph = read_model(m, "qdq")
+    assert list(graph.layers) == ["mm"]  # the dequantization is folded, not a layer
+    assert graph.total_params == 0
+    assert any(n.startswith("no trainable parameters") for n in graph.notes)
+    assert graph.raw_data_readers() == {"mm": "reads raw input"}
+
+
+def test_a_fake_quantized_float_weight_trains_in_the_node_that_quantizes_it():
+    m = _quantized_matmul([weight("w", 4, 4)], helper.make_node(
+        "QuantizeLinear", ["w", "scale", "zero"], ["q"], name="quantize"))
+    graph = read_model(m, "qat")
+    assert graph.layers["quantize"].params == 16 and graph.total_params == 16
+    assert not any(n.startswith("no trainable parameters") for n in graph.notes)
+
+
+def test_a_weight_read_twice_by_one_node_is_counted_once():
+    nodes = [helper.make_node("Add", ["w", "w"], ["w2"], name="double"),
+             helper.make_node("MatMul", ["x", "w2"], ["y"], name="mm")]
+    graph = read_model(model(nodes, [vi("x", [1, 4])], [vi("y", [1, 4])], [weight("w", 4, 4)]),
+                       "m")
+    assert graph.layers["double"].params == 16 and graph.total_params == 16

@@ -458,6 +458,10 @@ class _Reader:
             notes.append(f"{len(unknown)} tensor{'s' if len(unknown) > 1 else ''} of unknown "
                          "size (neither ONNX's inference nor a run of the model gave one), each "
                          "taken as large as its producer's largest input")
+        if layers and not any(layer.trainable for layer in layers):
+            notes.append("no trainable parameters (no layer reads a float weight: a quantized "
+                         "file, or one whose weights are inputs): nothing trains, so every "
+                         "layer computes on raw data and stays on the device")
         if self.untripped:
             notes.append(f"{self.untripped} Loop{'s' if self.untripped > 1 else ''} costed as "
                          "one run of the body: the file does not fix the trip count (no "
@@ -558,7 +562,7 @@ class _Reader:
             static_shape = op in ("Shape", "Size") and self._static(inputs[0])
             if op in _TYPE_ONLY_INPUTS:  # CastLike reads only its target's dtype
                 names = [n for n in inputs[:1] if n]
-            trains = op not in _WEIGHT_VIEWS and any(n in self.weights for n in names)
+            trains = op not in _WEIGHT_VIEWS and bool(self._weight_reads(i))
             if static_shape or (not trains and all(n in consts for n in names)):
                 constant.add(i)
                 consts.update(out for out in outputs if out)
@@ -571,6 +575,16 @@ class _Reader:
                         else self.weight_base.get(inputs[0], inputs[0])
                     self.weight_base.update((out, base) for out in outputs if out)
         return constant, consts
+
+    def _weight_reads(self, i: int) -> list[str]:
+        """The trainable weights node `i` reads, each once: its inputs but those its operator
+        never trains (`NOT_TRAINABLE_INPUTS`: a quantization scale, a running mean) and, for
+        control flow, what its bodies read from the enclosing graph (`deps`)."""
+        inputs = self.node_inputs[i]
+        skip = NOT_TRAINABLE_INPUTS.get(self.ops[i], frozenset())
+        read = [n for k, n in enumerate(inputs) if k not in skip]
+        read += [n for n in self.deps[i] if n not in inputs]
+        return [n for n in dict.fromkeys(read) if n in self.weights]
 
     def _static(self, name: str) -> bool:
         info = self.info.get(name)
@@ -590,12 +604,9 @@ class _Reader:
         acts = [n for n in dict.fromkeys(self.deps[i]) if n not in consts]
         params = param_bytes = elements = 0
         tied: dict[str, int] = {}
-        skip = NOT_TRAINABLE_INPUTS.get(op, frozenset())
-        # a control-flow node's bodies read weights of the enclosing graph by name (deps)
-        read = [*enumerate(inputs), *((-1, n) for n in self.deps[i] if n not in inputs)]
-        for k, inp in read:
+        for inp in self._weight_reads(i):
             info = self.info.get(inp)
-            if inp not in self.weights or k in skip or info is None:
+            if info is None:
                 continue
             if info.shape is not None:
                 count = numel(info.shape)
