@@ -7,15 +7,27 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 from click.testing import CliRunner
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
-from tests.helpers import chain, model, save, single_op, vi, weight, with_local_function
+from tests.helpers import (
+    chain,
+    model,
+    run_main,
+    save,
+    single_op,
+    vi,
+    weight,
+    with_local_function,
+)
 from toolkit.cli import cli
 from toolkit.errors import ModelError
 from toolkit.onnx import load_external_data, read_model, read_onnx
+from toolkit.onnx.load import load_model
 
 
 def test_identity_and_constant_chains_on_weights_are_folded_into_parameters():
@@ -608,3 +620,42 @@ def test_a_weight_read_twice_by_one_node_is_counted_once():
     graph = read_model(model(nodes, [vi("x", [1, 4])], [vi("y", [1, 4])], [weight("w", 4, 4)]),
                        "m")
     assert graph.layers["double"].params == 16 and graph.total_params == 16
+
+
+def _sparse_matmul(dims: list[int], values: list[float], indices: np.ndarray) -> onnx.ModelProto:
+    """y = x @ w with `w` stored as a sparse initializer (valid ONNX: onnxruntime runs it)."""
+    sparse = helper.make_sparse_tensor(
+        numpy_helper.from_array(np.array(values, np.float32), "w"),
+        numpy_helper.from_array(indices.astype(np.int64), "w_indices"), dims)
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")], "g",
+                              [vi("x", [1, 4])], [vi("y", [1, 4])], sparse_initializer=[sparse])
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    return m
+
+
+@pytest.mark.parametrize("indices", [np.array([1, 14]), np.array([[0, 1], [3, 2]])],
+                         ids=["linear", "coordinates"])
+def test_a_sparse_initializer_is_a_weight_like_any_other(tmp_path, indices):
+    m = _sparse_matmul([4, 4], [2.0, 5.0], indices)
+    x = np.arange(4, dtype=np.float32).reshape(1, 4)
+    expected = ort.InferenceSession(m.SerializeToString()).run(None, {"x": x})[0]
+    path = save(m, tmp_path / "sparse.onnx")
+    graph = read_onnx(path)
+    assert graph.layers["mm"].params == 16 and graph.layers["mm"].macs == 16
+    dense = {t.name: numpy_helper.to_array(t) for t in load_model(path).graph.initializer}["w"]
+    np.testing.assert_array_equal(x @ dense, expected)
+    assert dense[0, 1] == 2.0 and dense[3, 2] == 5.0 and np.count_nonzero(dense) == 2
+
+
+@pytest.mark.parametrize(("dims", "indices", "message"), [
+    ([1 << 20, 1 << 20], np.array([7, 9]), "would take 4,398,046,511,104 bytes dense"),
+    ([4, 4], np.array([1, 16]), "indices do not fit"),
+])
+def test_a_sparse_initializer_that_cannot_be_expanded_is_one_line(
+        tmp_path, capsys, monkeypatch, dims, indices, message):
+    path = save(_sparse_matmul(dims, [2.0, 5.0], indices), tmp_path / "bad.onnx")
+    code, out, err = run_main(["inspect", str(path)], capsys, monkeypatch)
+    lines = err.strip().splitlines()
+    assert code == 2 and not out
+    assert len(lines) == 1 and message in lines[0] and "'w'" in lines[0]

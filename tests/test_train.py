@@ -17,7 +17,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from onnx import helper
+from onnx import TensorProto, helper, numpy_helper
 
 from tests.helpers import (
     assert_shaped,
@@ -496,3 +496,23 @@ def test_a_models_own_functions_train_as_their_bodies():
     want = ort.InferenceSession(m.SerializeToString(),
                                 providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     assert np.allclose(got, want, atol=1e-5)
+
+
+def test_a_sparse_weight_trains_as_a_dense_one():
+    """A pruned weight stored as a sparse initializer is a parameter (it was a dangling name),
+    and the forward equals onnxruntime's."""
+    sparse = helper.make_sparse_tensor(
+        numpy_helper.from_array(np.array([2.0, -1.0, 0.5], np.float32), "w"),
+        numpy_helper.from_array(np.array([0, 5, 15], np.int64), "w_indices"), [4, 4])
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+                              sparse_initializer=[sparse])
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    want = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    x = np.arange(4, dtype=np.float32).reshape(1, 4)
+    module = OnnxModule(m, ["w"])
+    assert [tuple(p.shape) for p in module.parameters()] == [(4, 4)]
+    got = module({"x": torch.from_numpy(x)})["y"].detach().numpy()
+    assert np.allclose(got, want.run(None, {"x": x})[0])

@@ -12,8 +12,10 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import onnx
 import onnx.inliner
+import onnx.numpy_helper
 from google.protobuf.message import DecodeError
 from onnx import AttributeProto, GraphProto, ModelProto, TensorProto
 
@@ -25,6 +27,8 @@ _BIG_WEIGHT_BYTES = 4096
 _INPUT_KIND = "pkg.torch.export.graph_signature.InputSpec.kind"
 _FOLDED_FROM = "pkg.onnxscript.optimizer.folded_from"
 _EXPORTER_VALUE = re.compile(r"val_[0-9]+")  # onnxscript's name for a value an op makes
+_SPARSE_GROWTH = 1000  # a weight pruned to 0.1% of its values is still read
+_SPARSE_SLACK_BYTES = 1 << 28
 
 def load_model(path: str | Path) -> ModelProto:
     """Read an ONNX file's structure (external weights are not loaded) or raise ModelError."""
@@ -41,7 +45,60 @@ def load_model(path: str | Path) -> ModelProto:
         raise ModelError(f"{p} is not a valid ONNX file ({type(exc).__name__})") from exc
     if not model.graph.node:
         raise ModelError(f"{p} holds no ONNX graph nodes: not an ONNX model, or an empty one")
-    return inline_functions(model)
+    return standard_form(model)
+
+
+def standard_form(model: ModelProto) -> ModelProto:
+    """`model` as the reader, split and the executor take it: its sparse initializers dense
+    (`dense_initializers`) and its own functions inlined (`inline_functions`)."""
+    return inline_functions(dense_initializers(model))
+
+
+def dense_initializers(model: ModelProto) -> ModelProto:
+    """`model` with each sparse initializer (SparseTensorProto: a pruned weight stored as its
+    non-zero values and their indices) made an ordinary one, zeros filled in, so that it is a
+    weight like any other (`model` itself changed; returned as is when it has none). One whose
+    dense form would be over `_SPARSE_GROWTH` times its stored size (and over
+    `_SPARSE_SLACK_BYTES`) is a ModelError: a few bytes must not ask for gigabytes."""
+    graph = model.graph
+    if not graph.sparse_initializer:
+        return model
+    taken = {t.name for t in graph.initializer}
+    dense = []
+    for sparse in graph.sparse_initializer:
+        name = sparse.values.name
+        if name in taken:
+            raise ModelError(f"sparse initializer {name!r} has the name of another initializer")
+        dense.append(_dense(sparse, name))
+        taken.add(name)
+    graph.initializer.extend(dense)
+    del graph.sparse_initializer[:]
+    return model
+
+
+def _dense(sparse: onnx.SparseTensorProto, name: str) -> TensorProto:
+    dims = tuple(sparse.dims)
+    try:
+        values = onnx.numpy_helper.to_array(sparse.values).reshape(-1)
+        indices = onnx.numpy_helper.to_array(sparse.indices).astype(np.int64)
+    except Exception as exc:  # external or malformed data: ONNX raises assorted errors
+        raise ModelError(f"sparse initializer {name!r} cannot be read ({first_line(exc)})") from exc
+    size = math.prod(dims)
+    stored = values.nbytes + indices.nbytes
+    if min(dims, default=0) < 0 or size * values.itemsize > max(
+            _SPARSE_GROWTH * stored, _SPARSE_SLACK_BYTES):
+        raise ModelError(f"sparse initializer {name!r} would take {size * values.itemsize:,} "
+                         f"bytes dense (dims {list(dims)}, {values.size:,} values stored)")
+    if indices.ndim == 2 and len(dims) > 0 and indices.shape[1] == len(dims):
+        flat = np.ravel_multi_index(tuple(indices.T), dims) if indices.size else indices[:, 0]
+    else:
+        flat = indices.reshape(-1)
+    if flat.shape != values.shape or (flat.size and (flat.min() < 0 or flat.max() >= size)):
+        raise ModelError(f"sparse initializer {name!r}: its indices do not fit its values and "
+                         f"dims {list(dims)}")
+    out = np.zeros(size, values.dtype)
+    out[flat] = values
+    return onnx.numpy_helper.from_array(out.reshape(dims), name)
 
 
 def inline_functions(model: ModelProto) -> ModelProto:

@@ -37,8 +37,8 @@ from toolkit.onnx.load import (
     check_value_names,
     drop_big_weights,
     has_external_data,
-    inline_functions,
     load_model,
+    standard_form,
     unique_names,
     weightless,
     with_external_data,
@@ -108,7 +108,7 @@ def read_model(
     inference leaves sizes symbolic and the model must be run once to learn them. `dims`
     gives the symbolic input dimensions other than the batch (`_input_dims`).
     """
-    whole = inline_functions(model)
+    whole = standard_form(model)
     return _read(weightless(whole), name, base_dir, dims or {}, lambda: whole)
 
 

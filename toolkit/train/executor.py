@@ -18,7 +18,7 @@ from onnx import AttributeProto, GraphProto, ModelProto, helper
 
 from toolkit.errors import ModelError
 from toolkit.onnx import NOT_TRAINABLE_INPUTS, buffer_names
-from toolkit.onnx.load import inline_functions
+from toolkit.onnx.load import standard_form
 from toolkit.train.ops import known, run_op, to_tensor
 
 _FLOAT = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -64,7 +64,7 @@ class OnnxModule(torch.nn.Module):  # type: ignore[misc]  # torch is untyped her
 
     def __init__(self, model: ModelProto, trainable: Collection[str]) -> None:
         super().__init__()
-        graph = inline_functions(model).graph  # the model's own functions run as their bodies
+        graph = standard_form(model).graph  # functions run as their bodies; sparse weights dense
         unknown = sorted({
             n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}.{n.op_type}"
             for n in graph.node
