@@ -142,3 +142,15 @@ def test_a_scan_costs_its_body_once_per_slice_of_the_scanned_axis():
                     [weight("v", WIDTH)])
     assert graph.layers["scan"].flops == steps * once
     assert graph.layers["scan"].params == WIDTH
+
+
+def test_a_trip_count_written_as_a_constant_node_attribute_is_read():
+    m = _loop_model(None, [helper.make_node("Identity", ["cond_in"], ["cond_out"])])
+    m.graph.node.insert(0, helper.make_node("Constant", [], ["trips"], value_int=3))
+    m.graph.node[1].input[0] = "trips"
+    _runs(m, x=np.ones((1, WIDTH), np.float32))
+    graph = read_model(m, "loop")
+    once, _ = _flat(_mlp_body(""), [vi("h", [1, WIDTH])], [vi("r", [1, WIDTH])],
+                    [weight("w", WIDTH, WIDTH)])
+    assert graph.layers["loop"].flops == 3 * once
+    assert not any("Loop" in n for n in graph.notes)

@@ -20,9 +20,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import onnx
 import onnx.numpy_helper
-from onnx import AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto, ValueInfoProto
+from onnx import AttributeProto, GraphProto, ModelProto, NodeProto, ValueInfoProto
 
 from toolkit.collector import collector_paused
 from toolkit.errors import ModelError
@@ -76,6 +77,8 @@ _WEIGHT_VIEWS = frozenset(
      "Flatten"}
 )
 _SUBGRAPH_OPS = frozenset({"If", "Loop", "Scan"})
+_SCALAR_ATTRIBUTES = frozenset({"value", "value_int", "value_float", "value_ints", "value_floats"})
+"""How a Constant node can hold a number (its other forms hold strings or sparse tensors)."""
 READER_VERSION = 4
 """Bumped whenever the reader turns the same file into another layer graph: stored models and
 cached block structures keyed by `LayerGraph.sha256` are then read again."""
@@ -385,7 +388,7 @@ class _Reader:
         self.graph = g
         self.nodes = nodes.protos
         self.initializers = {t.name: t for t in g.initializer}
-        self.constant_values: dict[str, TensorProto] | None = None  # Constant nodes' values
+        self.constant_values: dict[str, AttributeProto] | None = None  # Constant nodes'
         self.info: dict[str, Info] = {}
         for vi in [*g.input, *g.value_info, *g.output]:
             if vi.name:
@@ -678,16 +681,20 @@ class _Reader:
     def _scalar(self, name: str) -> float | None:
         """The value of the scalar constant (initializer or Constant node) `name`, if it is one."""
         if self.constant_values is None:
-            self.constant_values = {n.output[0]: a.t for n in self.nodes
+            self.constant_values = {n.output[0]: a for n in self.nodes
                                     if n.op_type == "Constant" and n.output
-                                    for a in n.attribute if a.name == "value"}
+                                    for a in n.attribute if a.name in _SCALAR_ATTRIBUTES}
         tensor = self.initializers.get(name)
-        if tensor is None:
-            tensor = self.constant_values.get(name)
-        if tensor is None:
-            return None
+        attr = self.constant_values.get(name)
+        if tensor is None and attr is not None and attr.name == "value":
+            tensor = attr.t
         try:
-            value = onnx.numpy_helper.to_array(tensor)
+            if tensor is not None:
+                value = onnx.numpy_helper.to_array(tensor)
+            elif attr is not None:
+                value = np.asarray(onnx.helper.get_attribute_value(attr))
+            else:
+                return None
             return float(value.reshape(-1)[0]) if value.size == 1 else None
         except (ValueError, TypeError):
             return None
