@@ -14,6 +14,7 @@ from pathlib import Path
 import jsonschema
 import numpy as np
 import onnx
+import onnx.reference
 import onnxruntime as ort
 import pytest
 import torch
@@ -516,3 +517,44 @@ def test_a_sparse_weight_trains_as_a_dense_one():
     assert [tuple(p.shape) for p in module.parameters()] == [(4, 4)]
     got = module({"x": torch.from_numpy(x)})["y"].detach().numpy()
     assert np.allclose(got, want.run(None, {"x": x})[0])
+
+
+def _training_mode_model(nodes, outputs, inits):
+    graph = helper.make_graph(nodes, "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 3, 5])],
+                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, None)
+                               for n in outputs], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 15)])
+
+
+def test_batch_norm_in_training_mode_runs_as_onnx_says():
+    """A model exported with TrainingMode.TRAINING normalises by the batch's statistics and
+    updates the running ones (it was refused): outputs equal onnxruntime's and ONNX's reference
+    evaluator's, and the scale and bias get gradients."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.random(3).astype(np.float32) + c, n)
+             for n, c in (("scale", 0.5), ("bias", 0.0), ("mean", 0.0), ("var", 1.0))]
+    m = _training_mode_model([helper.make_node(
+        "BatchNormalization", ["x", "scale", "bias", "mean", "var"], ["y", "rm", "rv"],
+        training_mode=1, momentum=0.8)], ["y", "rm", "rv"], inits)
+    x = rng.standard_normal((4, 3, 5)).astype(np.float32)
+    module = OnnxModule(m, ["scale", "bias"])
+    got = module({"x": torch.from_numpy(x)})
+    for oracle in (ort.InferenceSession(m.SerializeToString(),
+                                        providers=["CPUExecutionProvider"]),
+                   onnx.reference.ReferenceEvaluator(m)):
+        for name, want in zip(("y", "rm", "rv"), oracle.run(None, {"x": x}), strict=True):
+            assert np.allclose(got[name].detach().numpy(), want, atol=1e-5), name
+    got["y"].square().sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in module.parameters())
+
+
+def test_dropout_drops_only_in_training_mode():
+    ratio = numpy_helper.from_array(np.array(0.5, np.float32), "ratio")
+    x = np.ones((4, 3, 5), np.float32)
+    for training, dropped in ((True, True), (False, False)):
+        flag = numpy_helper.from_array(np.array(training), "training")
+        m = _training_mode_model([helper.make_node("Dropout", ["x", "ratio", "training"],
+                                                   ["y", "mask"])], ["y"], [ratio, flag])
+        y = OnnxModule(m, [])({"x": torch.from_numpy(x)})["y"].numpy()
+        assert set(np.unique(y)) == ({0.0, 2.0} if dropped else {1.0})

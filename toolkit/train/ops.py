@@ -238,11 +238,32 @@ def global_max_pool(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
 
 @op("BatchNormalization")
 def batch_norm(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
-    """Inference form (running statistics), as PyTorch exports a model in eval mode."""
-    if a.get("training_mode", 0):
-        raise NotImplementedError("BatchNormalization with training_mode=1")
-    return (F.batch_norm(x[0], x[3].detach(), x[4].detach(), x[1], x[2], False, 0.0,
-                         a.get("epsilon", 1e-5)),)
+    """Inference form (running statistics), as PyTorch exports a model in eval mode; training
+    form (`training_mode=1`, a model exported with `TrainingMode.TRAINING`): normalised by the
+    batch's statistics, with the running ones updated as the ONNX specification says (the
+    momentum weighs the old value; the batch's variance is the population variance)."""
+    eps = a.get("epsilon", 1e-5)
+    if not a.get("training_mode", 0):
+        return (F.batch_norm(x[0], x[3].detach(), x[4].detach(), x[1], x[2], False, 0.0, eps),)
+    momentum = float(a.get("momentum", 0.9))
+    axes = [0, *range(2, x[0].dim())]
+    data = x[0].detach()
+    mean = x[3].detach() * momentum + data.mean(dim=axes) * (1 - momentum)
+    var = x[4].detach() * momentum + data.var(dim=axes, unbiased=False) * (1 - momentum)
+    return (F.batch_norm(x[0], None, None, x[1], x[2], True, 0.0, eps), mean, var)
+
+
+@op("Dropout")
+def dropout(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
+    """Drops at training time only (`training_mode`, opset 12 on: a model exported with
+    `TrainingMode.TRAINING`), scaling what it keeps by 1 / (1 - ratio); the mask is the second
+    output. Otherwise (and in older opsets) it passes its input through."""
+    ratio = float(x[1]) if len(x) > 1 and x[1] is not None else float(a.get("ratio", 0.5))
+    training = len(x) > 2 and x[2] is not None and bool(x[2])
+    if not training or ratio == 0.0:
+        return (x[0], torch.ones_like(x[0], dtype=torch.bool))
+    mask = torch.rand_like(x[0], dtype=torch.float32) >= ratio
+    return (x[0] * mask / (1.0 - ratio), mask)
 
 
 @op("LayerNormalization")
