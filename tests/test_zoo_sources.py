@@ -59,6 +59,11 @@ def test_a_transformers_config_file_builds_and_exports(tmp_path):
     stem = model.file_stem
     graph = read_onnx(path, model.short_name)
     assert sum(layer.op == "MatMul" for layer in graph) >= 2 * 7  # q k v o gate up down
+    # TorchScript's metadata says 'model' for every node here; the scoped names say where
+    assert "model.model.layers.1.mlp.down_proj" in {layer.module for layer in graph}
+    repeated = [t for t in find_blocks(graph).types if t.count == 2 and t.size > 1]
+    assert repeated and all("model.model.layers.N" in t.name and "ForCausalLM" not in t.name
+                            for t in repeated), [t.name for t in repeated]
     config.write_text(json.dumps({**TINY_LLAMA, "num_hidden_layers": 3}))
     assert zoo.get(f"hf:{config}").file_stem != stem  # an edited config re-exports
     (tmp_path / "bad.json").write_text("{not json")
@@ -169,6 +174,29 @@ def test_a_type_is_named_after_what_all_its_instances_share(tmp_path, annotated)
     structure = find_blocks(read_onnx(path, "unetish"))
     [block] = [t for t in structure.types if t.count == 3 and t.size > 1]
     assert block.name == ("ResBlock" if annotated else "*.block")
+
+
+class Nested(torch.nn.Module):
+    """A wrapper whose `model` holds a model whose `model` holds the blocks (as transformers'
+    ...ForCausalLM in a wrapper), and a ModuleList inside a ModuleList element (crossvit)."""
+
+    def __init__(self, depth: int = 2) -> None:
+        super().__init__()
+        self.model = Nested(depth - 1) if depth > 1 else None
+        self.blocks = torch.nn.ModuleList(
+            [torch.nn.ModuleList([torch.nn.Sequential(ResBlock())])] if depth == 1 else [])
+
+    def forward(self, x):
+        if self.model is not None:
+            return self.model(x)
+        return self.blocks[0][0](x)
+
+
+def test_module_paths_keep_a_name_nested_in_itself(tmp_path):
+    path = tmp_path / "nested.onnx"
+    zoo.export_module(torch, Nested(3).eval(), (torch.randn(1, 4, 8, 8),), path, "torchscript")
+    modules = {layer.module for layer in read_onnx(path, "nested")}
+    assert "model.model.blocks.0.0.0.conv1" in modules, modules
 
 
 class ShapeChecking(torch.nn.Module):

@@ -316,10 +316,11 @@ _CONTAINERS = "torch.nn.modules.container."  # Sequential, ModuleList: they hold
 
 def _enclosing_class(graph: LayerGraph, prefix: list[str]) -> str | None:
     """The class of the innermost module around `prefix` whose class the export names; None
-    when that is a container (a `Sequential` names no kind of block: its path does better)."""
+    when that is a container (a `Sequential` names no kind of block: its path does better) or
+    of unknown class ("": an outer module's class would name it wrongly)."""
     known = (".".join(prefix[:k]) for k in range(len(prefix), 0, -1))
     cls = next((graph.module_classes[p] for p in known if p in graph.module_classes), None)
-    return None if cls is None or cls.startswith(_CONTAINERS) else cls
+    return None if not cls or cls.startswith(_CONTAINERS) else cls
 
 
 def _shared_path(paths: list[list[str]], numbers: bool = False) -> str:

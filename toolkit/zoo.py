@@ -500,12 +500,13 @@ def export_module(
     torch: Any, module: Any, args: tuple[Any, ...], path: Path, exporter: str
 ) -> None:
     """TorchScript: PRESERVE mode keeps BatchNorm unfused. Dynamo: optimize=False for the same.
-    The tracer's and exporter's warnings about inputs of other shapes or values are silenced:
-    the export is of one fixed example on purpose."""
+    The tracer's, the exporter's and the model code's warnings (inputs of other shapes or
+    values; transformers' "To copy construct from a tensor" under the tracer) are silenced:
+    the export is of one fixed example on purpose, and the command's output stays its own."""
     torch.backends.mha.set_fastpath_enabled(False)  # the fused MHA kernel has no ONNX export
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.onnx")
+        warnings.simplefilter("ignore", UserWarning)
         if exporter == "torchscript":
             torch.onnx.export(
                 module, args, str(path), dynamo=False, opset_version=17,

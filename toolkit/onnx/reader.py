@@ -44,7 +44,7 @@ from toolkit.onnx.load import (
     weightless,
     with_external_data,
 )
-from toolkit.onnx.scopes import module_of
+from toolkit.onnx.scopes import modules_of
 from toolkit.onnx.shapes import (
     FLOAT_TYPES,
     Info,
@@ -408,6 +408,7 @@ class _Reader:
         self.node_inputs, self.node_outputs = nodes.inputs, nodes.outputs
         self.module_classes: dict[str, str] = {}
         self.untripped = self.branches = 0  # control flow costed with a caveat (notes)
+        self.modules: list[tuple[str | None, dict[str, str]]] | None = None  # (modules_of)
         self.opset = max(
             (o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0
         )
@@ -647,9 +648,12 @@ class _Reader:
                 [_shape_in(n, self.info) for n in outputs], attrs,
             ))
         flops, macs, supported = cost.flops, cost.macs, cost.supported
-        module, classes = module_of(self.nodes[i])
-        if classes:
-            self.module_classes.update(classes)
+        if self.modules is None:
+            self.modules = modules_of(self.nodes)
+        module, classes = self.modules[i]
+        for path, cls in classes.items():  # ("" is an unknown class: never over a known one)
+            if cls or path not in self.module_classes:
+                self.module_classes[path] = cls
         return Layer(
             name=name,
             op=op,

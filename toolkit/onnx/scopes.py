@@ -33,6 +33,36 @@ def module_of(node: NodeProto) -> tuple[str | None, dict[str, str]]:
     return module_path(node.name), {}
 
 
+def modules_of(nodes: Sequence[NodeProto]) -> list[tuple[str | None, dict[str, str]]]:
+    """`module_of` each node of a graph, judging the metadata once for the whole graph: where
+    it stops short of the path the node's scoped name spells out for most of the nodes that
+    have both (TorchScript under transformers' forward wrappers: every Llama node's says
+    'model', its name '/model/model/layers.0/self_attn/q_proj/MatMul'), the names' paths are
+    taken, the metadata's classes kept where it reaches and the modules below of unknown
+    class ("", so that no outer class names them). A few short ones are kept as they are: a
+    module called twice (TorchScript names the second call `relu_1`) or shared."""
+    found = [module_of(n) for n in nodes]
+    scoped = [i for i, n in enumerate(nodes) if n.metadata_props and n.name.startswith("/")]
+    named = {i: module_path(nodes[i].name) for i in scoped}
+    short = [i for i in scoped if _extends(named[i], found[i][0])]
+    if len(short) * 2 <= len(scoped):
+        return found
+    for i in short:
+        path, classes = found[i]
+        deeper = str(named[i])
+        parts = deeper.split(".")
+        depth = len(path.split(".")) if path else 0
+        found[i] = deeper, {**classes, **{".".join(parts[:k]): ""
+                                         for k in range(depth + 1, len(parts) + 1)}}
+    return found
+
+
+def _extends(named: str | None, path: str | None) -> bool:
+    """`named` is a module path strictly inside `path` (or any, where `path` is None)."""
+    return named is not None and named != path and (path is None
+                                                    or named.startswith(path + "."))
+
+
 def module_path(node_name: str) -> str | None:
     """'/layer1/layer1.0/conv1/Conv' -> 'layer1.0.conv1'; None for an unscoped name."""
     if not node_name.startswith("/"):
@@ -62,13 +92,19 @@ def _parse_list(text: str | None) -> list[str]:
 
 
 def _join_scopes(parts: Sequence[str]) -> str:
-    """['layer1', 'layer1.0', 'conv1'] -> 'layer1.0.conv1' (parts may be qualified or not)."""
+    """A module path from its scopes, each named relative to the module before it: a part that
+    extends the one before it by '.' is a child of that container (TorchScript's
+    ['layer1', 'layer1.0', 'conv1'] -> 'layer1.0.conv1'; dynamo's fully qualified
+    ['model', 'model.layers'] -> 'model.layers'), any other part an attribute path inside the
+    module so far (['model', 'model'] -> 'model.model', a wrapper's `model` holding a
+    transformers `model`; crossvit's ['blocks.0', 'blocks.0', 'blocks.0.0'] ->
+    'blocks.0.blocks.0.0')."""
     comps: list[str] = []
+    previous = ""
     for part in parts:
-        for k in range(len(comps)):  # a part may repeat a tail of the path: 'downsample.0'
-            tail = ".".join(comps[k:])
-            if part == tail or part.startswith(tail + "."):
-                comps = comps[:k]
-                break
-        comps.extend(part.split("."))
+        if previous and part.startswith(previous + "."):
+            comps.extend(part[len(previous) + 1:].split("."))
+        else:
+            comps.extend(part.split("."))
+        previous = part
     return ".".join(comps)
