@@ -10,11 +10,13 @@ as they are.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Collection, Mapping
+from collections import ChainMap
+from collections.abc import Callable, Collection, Iterator, Mapping, MutableMapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
-from onnx import AttributeProto, GraphProto, ModelProto, helper
+from onnx import AttributeProto, GraphProto, ModelProto, NodeProto, helper
 
 from toolkit.errors import ModelError
 from toolkit.onnx import NOT_TRAINABLE_INPUTS, buffer_names
@@ -34,22 +36,160 @@ def trainable_initializers(graph: GraphProto) -> set[str]:
 
 
 def _read_trainably(graph: GraphProto) -> set[str]:
-    """Names some node reads at an input that trains (not running statistics, scales)."""
+    """Names some node reads at an input that trains (not running statistics, scales), in
+    the graph or in a control-flow body inside it (a body reads the enclosing graph's weights
+    by name)."""
     return {
-        name for node in graph.node for k, name in enumerate(node.input)
+        name for node in _all_nodes(graph) for k, name in enumerate(node.input)
         if k not in NOT_TRAINABLE_INPUTS.get(node.op_type, frozenset())
     }
 
 
+def _all_nodes(graph: GraphProto) -> Iterator[NodeProto]:
+    """The graph's nodes and those of every body nested in them."""
+    for node in graph.node:
+        yield node
+        for attr in node.attribute:
+            for sub in [attr.g] if attr.type == AttributeProto.GRAPH else list(attr.graphs):
+                yield from _all_nodes(sub)
+
+
+Node = tuple[str, dict[str, Any], list[str], list[str]]
+_CONTROL_FLOW = frozenset({"If", "Loop", "Scan"})
+
+
+@dataclass(frozen=True)
+class _Body:
+    """A control-flow node's subgraph, run in the scope of the graph around it."""
+
+    nodes: list[Node]
+    inputs: list[str]
+    outputs: list[str]
+    constants: dict[str, torch.Tensor]
+
+
+def _node(node: NodeProto) -> Node:
+    return (node.op_type, {a.name: _attribute(a) for a in node.attribute}, list(node.input),
+            list(node.output))
+
+
 def _attribute(attr: AttributeProto) -> Any:
+    if attr.type == AttributeProto.GRAPH:
+        g = attr.g
+        return _Body([_node(n) for n in g.node], [i.name for i in g.input],
+                     [o.name for o in g.output], {t.name: to_tensor(t) for t in g.initializer})
+    if attr.type == AttributeProto.GRAPHS:
+        raise ModelError(f"op with a list of subgraphs {attr.name!r} cannot be trained here")
     value = helper.get_attribute_value(attr)
     if attr.type == AttributeProto.TENSOR:
         return to_tensor(value)
     if isinstance(value, bytes):
         return value.decode()
-    if attr.type in (AttributeProto.GRAPH, AttributeProto.GRAPHS):
-        raise ModelError(f"op with a subgraph attribute {attr.name!r} cannot be trained here")
     return value
+
+
+def _run_nodes(nodes: Sequence[Node], env: MutableMapping[str, Any],
+              timer: Callable[[int, float, list[Any]], None] | None = None) -> None:
+    """Run `nodes` in order, each reading its inputs from `env` and writing its outputs there;
+    `timer(k, ms, outputs)` is told each node's time."""
+    for k, (op_type, attrs, inputs, outputs) in enumerate(nodes):
+        args = [env[name] if name else None for name in inputs]
+        start = time.perf_counter()
+        try:
+            if op_type in _CONTROL_FLOW:
+                results = _control_flow(op_type, attrs, args, env)
+            else:
+                results = run_op(op_type, attrs, args, len(outputs))
+        except (NotImplementedError, RuntimeError, IndexError, ValueError,
+                TypeError) as exc:
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            raise ModelError(f"cannot run a {op_type} node in torch: {reason}") from exc
+        wanted = [k for k, name in enumerate(outputs) if name]
+        if wanted and wanted[-1] >= len(results):
+            raise ModelError(f"cannot run a {op_type} node in torch: its output "
+                             f"{wanted[-1] + 1} ({outputs[wanted[-1]]!r}) is not computed")
+        for name, value in zip(outputs, results, strict=False):
+            if name:
+                env[name] = value
+        if timer is not None:
+            timer(k, (time.perf_counter() - start) * 1e3, list(results))
+
+
+def _run_body(body: _Body, env: MutableMapping[str, Any], bound: Sequence[Any]) -> list[Any]:
+    """One run of `body` with its inputs bound to `bound`, reading the rest from `env`."""
+    scope: ChainMap[str, Any] = ChainMap(dict(zip(body.inputs, bound, strict=False)),
+                                         body.constants, env)
+    _run_nodes(body.nodes, scope)
+    return [scope[name] for name in body.outputs]
+
+
+def _control_flow(op_type: str, attrs: dict[str, Any], args: list[Any],
+                  env: MutableMapping[str, Any]) -> tuple[Any, ...]:
+    """If, Loop and Scan as the ONNX specification runs them (Scan from opset 9: axes and
+    directions as attributes), autograd through every run of a body."""
+    if op_type == "If":
+        return tuple(_run_body(attrs["then_branch" if bool(args[0]) else "else_branch"],
+                               env, []))
+    if op_type == "Loop":
+        return _loop(attrs["body"], args, env)
+    return _scan(attrs, args, env)
+
+
+def _loop(body: _Body, args: list[Any], env: MutableMapping[str, Any]) -> tuple[Any, ...]:
+    trips = int(args[0]) if args and args[0] is not None else None
+    cond = bool(args[1]) if len(args) > 1 and args[1] is not None else True
+    if trips is None and (len(args) < 2 or args[1] is None):
+        raise ValueError("a Loop with neither a trip count nor a condition never ends")
+    carried = list(args[2:])
+    stacked: list[list[Any]] = []
+    i = 0
+    while cond and (trips is None or i < trips):
+        out = _run_body(body, env, [torch.tensor(i, dtype=torch.int64), torch.tensor(cond),
+                                    *carried])
+        cond, carried = bool(out[0]), out[1:1 + len(carried)]
+        per_step = out[1 + len(carried):]
+        stacked = stacked or [[] for _ in per_step]
+        for pile, value in zip(stacked, per_step, strict=True):
+            pile.append(value)
+        i += 1
+    if len(body.outputs) > 1 + len(carried) and not stacked:
+        raise ValueError("a Loop that ran no iteration has no scan outputs to stack")
+    return (*carried, *(torch.stack(pile) for pile in stacked))
+
+
+def _scan(attrs: dict[str, Any], args: list[Any], env: MutableMapping[str, Any]
+          ) -> tuple[Any, ...]:
+    body: _Body = attrs["body"]
+    if len(body.inputs) != len(args):  # Scan-8 reads sequence lengths first, batch-major
+        raise NotImplementedError("Scan before opset 9")
+    count = int(attrs["num_scan_inputs"])
+    states, xs = list(args[:len(args) - count]), args[len(args) - count:]
+    in_axes = list(attrs.get("scan_input_axes") or [0] * count)
+    in_back = list(attrs.get("scan_input_directions") or [0] * count)
+    outs = len(body.outputs) - len(states)
+    out_axes = list(attrs.get("scan_output_axes") or [0] * outs)
+    out_back = list(attrs.get("scan_output_directions") or [0] * outs)
+    length = xs[0].shape[in_axes[0]]
+    piles: list[list[Any]] = [[] for _ in range(outs)]
+    for t in range(length):
+        slices = [x.select(axis, length - 1 - t if back else t)
+                  for x, axis, back in zip(xs, in_axes, in_back, strict=True)]
+        out = _run_body(body, env, [*states, *slices])
+        states = out[:len(states)]
+        for pile, value in zip(piles, out[len(states):], strict=True):
+            pile.append(value)
+    stacked = [torch.stack(pile[::-1] if back else pile, dim=axis % (pile[0].dim() + 1))
+               for pile, axis, back in zip(piles, out_axes, out_back, strict=True)]
+    return (*states, *stacked)
+
+
+def _unknown_ops(graph: GraphProto) -> set[str]:
+    """Operators in the graph (bodies included) with no torch function here."""
+    return {
+        n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}.{n.op_type}"
+        for n in _all_nodes(graph)
+        if n.domain not in ("", "ai.onnx") or not (known(n.op_type) or n.op_type in _CONTROL_FLOW)
+    }
 
 
 class OnnxModule(torch.nn.Module):  # type: ignore[misc]  # torch is untyped here
@@ -65,11 +205,7 @@ class OnnxModule(torch.nn.Module):  # type: ignore[misc]  # torch is untyped her
     def __init__(self, model: ModelProto, trainable: Collection[str]) -> None:
         super().__init__()
         graph = standard_form(model).graph  # functions run as their bodies; sparse weights dense
-        unknown = sorted({
-            n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}.{n.op_type}"
-            for n in graph.node
-            if n.domain not in ("", "ai.onnx") or not known(n.op_type)
-        })
+        unknown = sorted(_unknown_ops(graph))
         if unknown:
             raise ModelError("cannot train this model: no torch function for op "
                              f"{', '.join(unknown)}")  # (the graph's name is often 'tf2onnx')
@@ -86,7 +222,7 @@ class OnnxModule(torch.nn.Module):  # type: ignore[misc]  # torch is untyped her
                 self._parameter(t.name, value)
             else:
                 self.constants[t.name] = value
-        self.nodes: list[tuple[str, dict[str, Any], list[str], list[str]]] = []
+        self.nodes: list[Node] = []
         params = set(self.weight_names)
         read = _read_trainably(graph)
         for node in graph.node:
@@ -98,8 +234,7 @@ class OnnxModule(torch.nn.Module):  # type: ignore[misc]  # torch is untyped her
                 else:
                     self.constants[node.output[0]] = value
                 continue
-            attrs = {a.name: _attribute(a) for a in node.attribute}
-            self.nodes.append((node.op_type, attrs, list(node.input), list(node.output)))
+            self.nodes.append(_node(node))
         initializers = set(self.weight_names) | set(self.constants)
         self.input_names = [i.name for i in graph.input if i.name not in initializers]
         self.output_names = [o.name for o in graph.output]
@@ -121,22 +256,5 @@ class OnnxModule(torch.nn.Module):  # type: ignore[misc]  # torch is untyped her
         if missing:
             raise ModelError(f"no value for input {missing[0]!r}")
         env: dict[str, Any] = {**self.constants, **self.named_weights(), **feeds}
-        for k, (op_type, attrs, inputs, outputs) in enumerate(self.nodes):
-            args = [env[name] if name else None for name in inputs]
-            start = time.perf_counter()
-            try:
-                results = run_op(op_type, attrs, args, len(outputs))
-            except (NotImplementedError, RuntimeError, IndexError, ValueError,
-                    TypeError) as exc:
-                reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-                raise ModelError(f"cannot run a {op_type} node in torch: {reason}") from exc
-            wanted = [k for k, name in enumerate(outputs) if name]
-            if wanted and wanted[-1] >= len(results):
-                raise ModelError(f"cannot run a {op_type} node in torch: its output "
-                                 f"{wanted[-1] + 1} ({outputs[wanted[-1]]!r}) is not computed")
-            for name, value in zip(outputs, results, strict=False):
-                if name:
-                    env[name] = value
-            if timer is not None:
-                timer(k, (time.perf_counter() - start) * 1e3, list(results))
+        _run_nodes(self.nodes, env, timer)
         return {name: env[name] for name in self.output_names}
