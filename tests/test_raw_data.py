@@ -1,16 +1,21 @@
 """Raw data never leaves the device, in any disguise, on every zoo model and exporter.
 
 The oracle here is written independently of `LayerGraph.raw_data_readers`: a tensor is raw
-when it is a model input or every input of its parameter-free producer is raw. No such tensor
-may be a cut tensor, at any link rate of a sweep from 1 to 1000 Mbit/s.
+when it is a model input or every input of its producer is raw and that producer mixes no
+weights into it (reads none, or only scales and shifts each element: no MACs, no lookup). No
+such tensor may be a cut tensor, at any link rate of a sweep from 1 to 1000 Mbit/s.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
+from onnx import helper, numpy_helper
 
+from tests.helpers import model, vi, weight
 from toolkit import api, zoo
 from toolkit.graph import LayerGraph
+from toolkit.onnx import read_model
 
 RATES_MBPS = (1, 3, 10, 30, 100, 300, 1000)
 
@@ -21,7 +26,8 @@ def raw_tensors(graph: LayerGraph) -> set[str]:
     while changed:  # a fixed point, not a topological sweep: independent of the solver's order
         changed = False
         for layer in graph:
-            if layer.params == 0 and layer.inputs and set(layer.inputs) <= raw \
+            mixes = layer.reads_weights > 0 and (layer.macs > 0 or layer.op.startswith("Gather"))
+            if not mixes and layer.inputs and set(layer.inputs) <= raw \
                     and not set(layer.outputs) <= raw:
                 raw |= set(layer.outputs)
                 changed = True
@@ -51,10 +57,44 @@ def test_reshaped_token_ids_stay_on_the_device(zoo_path):
                                                          downlink="1000Mbps")).graph
     reasons = {costs.names[i]: costs.pin_reasons[i] for i in range(len(costs))
                if costs.pinned[i]}
-    assert "reads raw data (no trainable layer on its path)" in reasons.values()
+    assert "reads raw data (no layer on its path mixes it with weights)" in reasons.values()
     assert "reads raw input" in reasons.values()
     derived = raw_tensors(graph) - set(graph.inputs)
     assert derived, "GPT-2's export forwards raw ids through parameter-free layers"
     for t in derived:
         for consumer in graph.tensors[t].consumers:
             assert consumer in reasons
+
+
+def test_rescaled_and_normalised_pixels_are_still_raw():
+    """Keras' EfficientNet as tf2onnx writes it: the pixels times 1/255, minus a per-channel
+    mean, over a per-channel deviation, all three float initializers, then the stem
+    convolution. It was cut after the rescaling (one layer on the device, the scaled image
+    sent); an elementwise scale and shift hides nothing, so the convolution stays too."""
+    scalar = numpy_helper.from_array(np.array(1 / 255, np.float32), "scale")
+    mean = numpy_helper.from_array(np.full((1, 3, 1, 1), 0.45, np.float32), "mean")
+    std = numpy_helper.from_array(np.full((1, 3, 1, 1), 0.22, np.float32), "std")
+    nodes = [helper.make_node("Mul", ["x", "scale"], ["scaled"], name="rescaling"),
+             helper.make_node("Sub", ["scaled", "mean"], ["centred"], name="normalise_mean"),
+             helper.make_node("Div", ["centred", "std"], ["normal"], name="normalise_std"),
+             helper.make_node("Conv", ["normal", "w"], ["stem"], name="stem", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["stem"], ["act"], name="act")]
+    for k in range(4):
+        nodes += [helper.make_node("Conv", [nodes[-1].output[0], f"w{k}"], [f"c{k}"],
+                                   name=f"conv{k}", pads=[1, 1, 1, 1]),
+                  helper.make_node("Relu", [f"c{k}"], [f"r{k}"], name=f"relu{k}")]
+    inits = [scalar, mean, std, weight("w", 16, 3, 3, 3),
+             *(weight(f"w{k}", 16, 16, 3, 3, seed=k + 1) for k in range(4))]
+    graph = read_model(model(nodes, [vi("x", [1, 3, 64, 64])], [vi("r3", [1, 16, 64, 64])],
+                             inits), "keras_front")
+    raw = raw_tensors(graph)
+    assert {"scaled", "centred", "normal"} <= raw and "stem" not in raw
+    reasons = graph.raw_data_readers()
+    assert {"normalise_mean", "normalise_std", "stem"} <= set(reasons)
+    for rate in RATES_MBPS:
+        scenario = api.make_scenario(device="jetson-nano", server="h100", link=None,
+                                     uplink=f"{rate}Mbps", downlink=f"{rate}Mbps",
+                                     latency="0.1ms", batch=8)
+        crossing = set(api.partition_model(graph, scenario).to_dict()["partition"]
+                       ["cut_tensors"])
+        assert not crossing & raw, (rate, sorted(crossing & raw))

@@ -28,6 +28,9 @@ ELEMENT_BYTES: dict[str, float] = {  # bytes of one element of each dtype
 }
 
 
+_LOOKUPS = frozenset({"Gather", "GatherElements", "GatherND"})
+"""Operators that look their indices up in a table: with a trainable table, an embedding."""
+
 @dataclass(frozen=True)
 class Tensor:
     """An activation tensor. `bytes` is per sample; `producer` is None for a raw graph input."""
@@ -84,6 +87,15 @@ class Layer:
     def trainable(self) -> bool:
         """It computes gradients for weights (its own or shared ones)."""
         return self.reads_weights > 0
+
+    @property
+    def hides_raw_data(self) -> bool:
+        """It turns raw data into activations: it combines its input's elements with trainable
+        weights (a convolution, a matmul, attention, a recurrence: it has MACs) or looks them
+        up in its weights (an embedding). A layer that only scales and shifts each element,
+        weights or not (a rescaling by 1/255, a per-channel normalisation), hides nothing:
+        its input comes back by undoing the scale and the shift."""
+        return self.trainable and (self.macs > 0 or self.op in _LOOKUPS)
 
     def ints(self, name: str) -> list[int]:
         """An integer or list-of-integers attribute, read back from `attrs` ([] when absent
@@ -192,10 +204,12 @@ class LayerGraph:
         """Layers that must stay on the device because they read raw data, with the reason.
 
         Raw data never leaves the device in any disguise: a tensor computed from raw inputs by
-        parameter-free layers only (a Reshape, Cast or Unsqueeze of the token ids, a mask built
-        from the attention mask) is still raw data, so it may not cross, and every layer that
-        reads it stays on the device. A layer with trainable parameters (an embedding lookup,
-        a convolution) turns raw data into activations; so does mixing in any non-raw input.
+        parameter-free or elementwise layers only (a Reshape, Cast or Unsqueeze of the token
+        ids, a mask built from the attention mask, Keras' rescaling and normalisation of the
+        pixels) is still raw data, so it may not cross, and every layer that reads it stays on
+        the device. A layer that mixes it with trainable weights (`Layer.hides_raw_data`: an
+        embedding lookup, a convolution) turns raw data into activations; so does mixing in
+        any non-raw input.
         """
         raw = set(self.inputs)
         reasons: dict[str, str] = {}
@@ -204,8 +218,9 @@ class LayerGraph:
             if layer.reads_input or any(t in self.inputs for t in read):
                 reasons[layer.name] = "reads raw input"
             elif read:
-                reasons[layer.name] = "reads raw data (no trainable layer on its path)"
-            if read and not layer.trainable and len(read) == len(layer.inputs):
+                reasons[layer.name] = "reads raw data (no layer on its path mixes it with " \
+                                      "weights)"
+            if read and not layer.hides_raw_data and len(read) == len(layer.inputs):
                 raw.update(layer.outputs)
         return reasons
 
