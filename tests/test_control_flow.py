@@ -90,7 +90,8 @@ def test_a_while_loop_is_costed_once_and_says_so():
     once, _ = _flat(_mlp_body(""), [vi("h", [1, WIDTH])], [vi("r", [1, WIDTH])],
                     [weight("w", WIDTH, WIDTH)])
     assert once < loop.flops < 2 * once  # one run of the body (with its condition), not 100
-    assert any("1 Loop costed as one run of the body" in n for n in graph.notes)
+    assert any("1 loop (Loop or Scan) costed as one run of the body" in n
+               for n in graph.notes)
 
 
 def _if_model() -> onnx.ModelProto:

@@ -31,6 +31,7 @@ ELEMENT_BYTES: dict[str, float] = {  # bytes of one element of each dtype
 _LOOKUPS = frozenset({"Gather", "GatherElements", "GatherND"})
 """Operators that look their indices up in a table: with a trainable table, an embedding."""
 
+
 @dataclass(frozen=True)
 class Tensor:
     """An activation tensor. `bytes` is per sample; `producer` is None for a raw graph input."""

@@ -467,9 +467,10 @@ class _Reader:
                          "file, or one whose weights are inputs): nothing trains, so every "
                          "layer computes on raw data and stays on the device")
         if self.untripped:
-            notes.append(f"{self.untripped} Loop{'s' if self.untripped > 1 else ''} costed as "
-                         "one run of the body: the file does not fix the trip count (no "
-                         "constant maximum, or a condition the body computes)")
+            notes.append(f"{self.untripped} loop{'s' if self.untripped > 1 else ''} (Loop or "
+                         "Scan) costed as one run of the body: the file does not fix the trip "
+                         "count (no constant maximum, a condition the body computes, or a scanned "
+                         "axis of unknown length)")
         if self.branches:
             notes.append(f"{self.branches} If node{'s' if self.branches > 1 else ''} costed as "
                          "the costlier branch: the data decides which one runs")
@@ -707,8 +708,8 @@ class _Reader:
         """An If, Loop or Scan as one layer (the cut cannot fall inside it): an If costs its
         costlier branch (which one runs is decided by the data), a Loop its body times the
         trip count, a Scan its body once per slice of the scanned axis. A Loop whose count
-        the file does not fix (no constant maximum, or a condition computed in the body) is
-        costed as one iteration and says so."""
+        the file does not fix (no constant maximum, or a condition computed in the body), or
+        a Scan over an axis of unknown length, is costed as one iteration and says so."""
         bodies = {a.name: a.g for a in node.attribute if a.type == AttributeProto.GRAPH}
         label = node.name or node.op_type
         if node.op_type == "If":
