@@ -408,7 +408,7 @@ class _Reader:
         self.node_inputs, self.node_outputs = nodes.inputs, nodes.outputs
         self.module_classes: dict[str, str] = {}
         self.untripped = self.branches = 0  # control flow costed with a caveat (notes)
-        self.modules: list[tuple[str | None, dict[str, str]]] | None = None  # (modules_of)
+        self.modules: dict[int, tuple[str | None, dict[str, str]]] = {}  # layers' (build)
         self.opset = max(
             (o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0
         )
@@ -440,9 +440,9 @@ class _Reader:
         for name in self.raw_inputs:
             tensors[name] = self._tensor(name, None, fallback=0)
         layers: list[Layer] = []
-        for i in order:
-            if i in constant:
-                continue
+        kept = [i for i in order if i not in constant]
+        self.modules = dict(zip(kept, modules_of([self.nodes[i] for i in kept]), strict=True))
+        for i in kept:
             layer = self._layer(i, consts, tensors)
             for out in layer.outputs:
                 if not tensors[out].shape_known:
@@ -649,8 +649,6 @@ class _Reader:
                 [_shape_in(n, self.info) for n in outputs], attrs,
             ))
         flops, macs, supported = cost.flops, cost.macs, cost.supported
-        if self.modules is None:
-            self.modules = modules_of(self.nodes)
         module, classes = self.modules[i]
         for path, cls in classes.items():  # ("" is an unknown class: never over a known one)
             if cls or path not in self.module_classes:
