@@ -34,9 +34,9 @@ def module_of(node: NodeProto) -> tuple[str | None, dict[str, str]]:
 
 
 def modules_of(nodes: Sequence[NodeProto]) -> list[tuple[str | None, dict[str, str]]]:
-    """`module_of` each node of a graph, judging the metadata once for the whole graph: where
-    it stops short of the path the node's scoped name spells out for most of the nodes that
-    have both (TorchScript under transformers' forward wrappers: every Llama node's says
+    """`module_of` each of a graph's layer nodes, judging the metadata once over all of them:
+    where it stops short of the path the node's scoped name spells out for most of the nodes
+    that have both (TorchScript under transformers' forward wrappers: every Llama node's says
     'model', its name '/model/model/layers.0/self_attn/q_proj/MatMul'), the names' paths are
     taken, the metadata's classes kept where it reaches and the modules below of unknown
     class ("", so that no outer class names them). A few short ones are kept as they are: a
