@@ -31,7 +31,9 @@ def _cost(rng: np.random.Generator) -> float:
 
 def _layer_graph(name: str, spec: list[tuple[list[str], int, bool, list[str]]],
                  raw: dict[str, str]) -> LayerGraph:
-    """spec: per layer (inputs, params, -, output dtypes); outputs are `l{i}.{k}`."""
+    """spec: per layer (inputs, params, -, output dtypes); outputs are `l{i}.{k}`. A layer
+    with parameters multiplies them into its inputs (MACs), so it turns raw data into
+    activations."""
     tensors = {t: Tensor(t, (4,), dtype, 16, None) for t, dtype in raw.items()}
     layers = []
     for i, (inputs, params, _, dtypes) in enumerate(spec):
@@ -39,7 +41,7 @@ def _layer_graph(name: str, spec: list[tuple[list[str], int, bool, list[str]]],
         for t, dtype in zip(outs, dtypes, strict=True):
             tensors[t] = Tensor(t, (4,), dtype, 16, f"l{i}")
         layers.append(Layer(f"l{i}", "Op" if params else "Shape", tuple(inputs), outs,
-                            params=params, param_bytes=4 * params))
+                            macs=float(params), params=params, param_bytes=4 * params))
     consumed = {t for inputs, *_ in spec for t in inputs}
     outputs = [t for t in tensors if t not in consumed and tensors[t].producer is not None]
     return LayerGraph.build(name, layers, tensors, list(raw), outputs)

@@ -646,6 +646,8 @@ def test_a_sparse_initializer_is_a_weight_like_any_other(tmp_path, indices):
     dense = {t.name: numpy_helper.to_array(t) for t in load_model(path).graph.initializer}["w"]
     np.testing.assert_array_equal(x @ dense, expected)
     assert dense[0, 1] == 2.0 and dense[3, 2] == 5.0 and np.count_nonzero(dense) == 2
+    assert read_model(m, "m").total_params == 16
+    assert len(m.graph.sparse_initializer) == 1 and not m.graph.initializer  # the caller's
 
 
 @pytest.mark.parametrize(("dims", "indices", "message"), [

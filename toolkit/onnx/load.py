@@ -57,12 +57,14 @@ def standard_form(model: ModelProto) -> ModelProto:
 def dense_initializers(model: ModelProto) -> ModelProto:
     """`model` with each sparse initializer (SparseTensorProto: a pruned weight stored as its
     non-zero values and their indices) made an ordinary one, zeros filled in, so that it is a
-    weight like any other (`model` itself changed; returned as is when it has none). One whose
-    dense form would be over `_SPARSE_GROWTH` times its stored size (and over
-    `_SPARSE_SLACK_BYTES`) is a ModelError: a few bytes must not ask for gigabytes."""
-    graph = model.graph
-    if not graph.sparse_initializer:
+    weight like any other (a copy: `model` as it is when it has none). One whose dense form
+    would be over `_SPARSE_GROWTH` times its stored size (and over `_SPARSE_SLACK_BYTES`) is a
+    ModelError: a few bytes must not ask for gigabytes."""
+    if not model.graph.sparse_initializer:
         return model
+    copy = ModelProto()
+    copy.CopyFrom(model)
+    graph = copy.graph
     taken = {t.name for t in graph.initializer}
     dense = []
     for sparse in graph.sparse_initializer:
@@ -73,7 +75,7 @@ def dense_initializers(model: ModelProto) -> ModelProto:
         taken.add(name)
     graph.initializer.extend(dense)
     del graph.sparse_initializer[:]
-    return model
+    return copy
 
 
 def _dense(sparse: onnx.SparseTensorProto, name: str) -> TensorProto:

@@ -76,8 +76,12 @@ def _node(node: NodeProto) -> Node:
 def _attribute(attr: AttributeProto) -> Any:
     if attr.type == AttributeProto.GRAPH:
         g = attr.g
+        try:
+            constants = {t.name: to_tensor(t) for t in g.initializer}
+        except NotImplementedError as exc:
+            raise ModelError(f"cannot train on a constant of body {attr.name!r}: {exc}") from exc
         return _Body([_node(n) for n in g.node], [i.name for i in g.input],
-                     [o.name for o in g.output], {t.name: to_tensor(t) for t in g.initializer})
+                     [o.name for o in g.output], constants)
     if attr.type == AttributeProto.GRAPHS:
         raise ModelError(f"op with a list of subgraphs {attr.name!r} cannot be trained here")
     value = helper.get_attribute_value(attr)
