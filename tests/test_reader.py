@@ -661,3 +661,22 @@ def test_a_sparse_initializer_that_cannot_be_expanded_is_one_line(
     lines = err.strip().splitlines()
     assert code == 2 and not out
     assert len(lines) == 1 and message in lines[0] and "'w'" in lines[0]
+
+
+def test_clip_bounds_and_comparison_thresholds_are_not_weights():
+    """tf2onnx freezes Keras' ReLU6 bounds and a comparison's threshold into float
+    initializers; no framework trains them, so neither layer trains (a trainable layer's
+    backward is charged twice a parameter-free one's) and the executor agrees."""
+    from toolkit.train.executor import trainable_initializers
+
+    bounds = [helper.make_tensor(n, TensorProto.FLOAT, [], [v])
+              for n, v in (("low", 0.0), ("high", 6.0), ("limit", 0.5))]
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"], name="mm"),
+             helper.make_node("Clip", ["h", "low", "high"], ["r6"], name="relu6"),
+             helper.make_node("Greater", ["r6", "limit"], ["big"], name="threshold"),
+             helper.make_node("Where", ["big", "r6", "h"], ["y"], name="pick")]
+    m = model(nodes, [vi("x", [1, 4])], [vi("y", [1, 4])], [weight("w", 4, 4), *bounds])
+    graph = read_model(m, "keras_relu6")
+    assert graph.total_params == 16
+    assert not graph.layers["relu6"].trainable and not graph.layers["threshold"].trainable
+    assert trainable_initializers(m.graph) == {"w"}

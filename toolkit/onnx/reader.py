@@ -70,6 +70,11 @@ NOT_TRAINABLE_INPUTS: dict[str, frozenset[int]] = {
     "DequantizeLinear": frozenset({1, 2}),
     "ConvInteger": frozenset({2, 3}),
     "MatMulInteger": frozenset({2, 3}),
+    # bounds and thresholds: no framework trains them (a comparison passes no gradient at
+    # all), though tf2onnx freezes them into float initializers (Keras' ReLU6 is a Clip)
+    "Clip": frozenset({1, 2}),
+    **{op: frozenset({0, 1})
+       for op in ("Greater", "Less", "Equal", "GreaterOrEqual", "LessOrEqual")},
 }
 _TYPE_ONLY_INPUTS = frozenset({"CastLike"})
 _WEIGHT_VIEWS = frozenset(
