@@ -159,3 +159,25 @@ def test_block_structure_is_cached_per_model_file_and_a_bad_cache_is_ignored(
     recomputed, ms = model_blocks(api.load_graph(str(path)))
     assert ms > 0 and recomputed.cut_vertices == first.cut_vertices
     assert json.loads(files[0].read_text())["layer_count"] == len(graph)
+
+
+def test_a_types_main_child_is_what_its_instances_share():
+    """ALBERT's one layer called eleven times: TorchScript names the calls' children
+    `attention_1` ... `attention_11`; the type's main child is `attention_N`, not the first
+    instance's `attention_1`. Children that share nothing fall back to the first instance's."""
+    from toolkit.blocks import Segment, _main_child
+    from toolkit.graph import Layer
+
+    def instances(children: list[str]) -> tuple[list[Layer], list[Segment]]:
+        """One instance per child: two layers in it, one in a sibling (`out`)."""
+        layers: list[Layer] = []
+        for c in children:
+            layers += [Layer(f"l{len(layers) + j}", "MatMul", (), (), module=path)
+                       for j, path in enumerate((f"enc.layer.{c}.q", f"enc.layer.{c}.k",
+                                                 "enc.layer.out"))]
+        return layers, [Segment(k, (3 * k, 3 * k + 1, 3 * k + 2), None, None, 0)
+                        for k in range(len(children))]
+
+    assert _main_child(*instances([f"attention_{k}" for k in range(1, 12)])) == "attention_N"
+    assert _main_child(*instances(["mlp", "mlp"])) == "mlp"
+    assert _main_child(*instances(["mlp", "attn"])) == "mlp"

@@ -259,8 +259,8 @@ def _names(graph: LayerGraph, layers: list[Layer], instances: list[list[Segment]
     paths (`layerN.N` for `layer1.0` ... `layer4.1`, `*.conv` for `inc.conv` and `u4.conv`).
 
     Types that would share a name are told apart by that path pattern, then by the numbers
-    it stands for (`features.{3,4}`), then by the child module holding most of their first
-    instance's layers (`[mlp]`), then by id.
+    it stands for (`features.{3,4}`), then by the child module holding most of their
+    layers (`[mlp]`, `_main_child`), then by id.
     """
     names, paths, where = [], [], []
     for group in instances:
@@ -278,7 +278,7 @@ def _names(graph: LayerGraph, layers: list[Layer], instances: list[list[Segment]
             names.append(paths[-1])
         else:
             names.append("-".join(ops) if len(ops) <= 3 else f"{ops[0]}…{ops[-1]} ({len(ops)})")
-    options = [_name_options(name, paths[i], where[i], _main_child(layers, instances[i][0]), i)
+    options = [_name_options(name, paths[i], where[i], _main_child(layers, instances[i]), i)
                for i, name in enumerate(names)]
     level = [0] * len(names)
     while True:
@@ -370,7 +370,18 @@ def _module_paths(layers: list[Layer], seg: Segment) -> list[list[str]]:
     return [m.split(".") for m in (layers[p].module for p in seg.layers) if m]
 
 
-def _main_child(layers: list[Layer], seg: Segment) -> str:
+def _main_child(layers: list[Layer], group: list[Segment]) -> str:
+    """The child module holding most of a type's layers, as its instances share it: one name,
+    else the pattern their digits make (ALBERT's one layer called twelve times is TorchScript's
+    `attention_1` ... `attention_11`: `attention_N`), else the first instance's."""
+    children = [_instance_child(layers, seg) for seg in group]
+    if len(set(children)) == 1:
+        return children[0]
+    pattern = {re.sub(r"\d+", "N", c) for c in children}
+    return pattern.pop() if len(pattern) == 1 else children[0]
+
+
+def _instance_child(layers: list[Layer], seg: Segment) -> str:
     modules = _module_paths(layers, seg)
     depth = len(_common_prefix(modules))
     children = Counter(m[depth] for m in modules if len(m) > depth)
