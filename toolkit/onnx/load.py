@@ -143,8 +143,14 @@ def check_node_text(
     for attr in attributes:
         if isinstance(attr.name, bytes):
             raise ModelError(f"model {name!r}: an attribute name is not valid UTF-8 text")
-        for sub in (attr.g, *attr.graphs) if attr.HasField("g") else attr.graphs:
+        for sub in attr_graphs(attr):
             check_text(sub, name)
+
+
+def attr_graphs(attr: AttributeProto) -> list[GraphProto]:
+    """The graphs an attribute holds (a control-flow body, or a list of them): every one
+    present, whatever its type field says."""
+    return [attr.g, *attr.graphs] if attr.HasField("g") else list(attr.graphs)
 
 
 def _bad(texts: Iterable[str | bytes]) -> bool:

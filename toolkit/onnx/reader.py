@@ -33,6 +33,7 @@ from toolkit.onnx.fold import fold_shapes
 from toolkit.onnx.load import (
     ELEM_BYTES,
     UNKNOWN_ELEM_BYTES,
+    attr_graphs,
     buffer_names,
     check_node_text,
     check_value_names,
@@ -269,8 +270,8 @@ def _attr_value(attr: AttributeProto) -> object:
     if attr.type == AttributeProto.TENSOR:
         return f"tensor{tuple(attr.t.dims)}:{dtype_name(attr.t.data_type)}"
     if attr.type in (AttributeProto.GRAPH, AttributeProto.GRAPHS):
-        graphs = [attr.g] if attr.type == AttributeProto.GRAPH else list(attr.graphs)
-        return "graph:" + "|".join(",".join(n.op_type for n in g.node) for g in graphs)
+        return "graph:" + "|".join(",".join(n.op_type for n in g.node)
+                                   for g in attr_graphs(attr))
     value = onnx.helper.get_attribute_value(attr)
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
@@ -305,12 +306,12 @@ def _subgraph_outer_names(node: NodeProto) -> list[str]:
                 if name and name not in local and name not in found:
                     found.append(name)
             for attr in n.attribute:
-                for sub in [attr.g] if attr.type == AttributeProto.GRAPH else list(attr.graphs):
+                for sub in attr_graphs(attr):
                     visit(sub, local)
             local |= {o for o in n.output if o}
 
     for attr in node.attribute:
-        for sub in [attr.g] if attr.type == AttributeProto.GRAPH else list(attr.graphs):
+        for sub in attr_graphs(attr):
             visit(sub, set())
     return found
 

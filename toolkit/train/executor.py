@@ -20,7 +20,7 @@ from onnx import AttributeProto, GraphProto, ModelProto, NodeProto, helper
 
 from toolkit.errors import ModelError
 from toolkit.onnx import NOT_TRAINABLE_INPUTS, buffer_names
-from toolkit.onnx.load import standard_form
+from toolkit.onnx.load import attr_graphs, standard_form
 from toolkit.train.ops import known, run_op, to_tensor
 
 _FLOAT = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -50,7 +50,7 @@ def _all_nodes(graph: GraphProto) -> Iterator[NodeProto]:
     for node in graph.node:
         yield node
         for attr in node.attribute:
-            for sub in [attr.g] if attr.type == AttributeProto.GRAPH else list(attr.graphs):
+            for sub in attr_graphs(attr):
                 yield from _all_nodes(sub)
 
 
