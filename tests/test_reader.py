@@ -104,6 +104,52 @@ def test_symbolic_batch_counts_as_one_and_is_noted():
     assert any("symbolic" in n for n in graph.notes)
 
 
+def _leading(case: str) -> onnx.ModelProto:
+    """A model whose inputs lead with a concrete 4 that is the batch or is not."""
+    ints = TensorProto.INT64
+    if case == "batch":  # a batch runs through to the output
+        nodes = [helper.make_node("MatMul", ["x", "w"], ["h"]),
+                 helper.make_node("Relu", ["h"], ["y"])]
+        return model(nodes, [vi("x", [4, 6, 5])], [vi("y", [4, 6, 5])], [weight("w", 5, 5)])
+    if case == "batch-first-recurrent":  # time first inside: the batch on axis 1, then 2
+        hidden = 3
+        nodes = [helper.make_node("Transpose", ["x"], ["t"], perm=[1, 0, 2]),
+                 helper.make_node("LSTM", ["t", "w", "r"], ["yy"], hidden_size=hidden),
+                 helper.make_node("Squeeze", ["yy", "one"], ["s"]),
+                 helper.make_node("Transpose", ["s"], ["y"], perm=[1, 0, 2])]
+        return model(nodes, [vi("x", [4, 6, 5])], [vi("y", [4, 6, hidden])],
+                     [weight("w", 1, 4 * hidden, 5), weight("r", 1, 4 * hidden, hidden),
+                      helper.make_tensor("one", ints, [1], [1])])
+    if case == "channels":  # a CHW image made a batch of one (torchvision's detection)
+        nodes = [helper.make_node("Unsqueeze", ["x", "zero"], ["b"]),
+                 helper.make_node("Conv", ["b", "w"], ["c"]),
+                 helper.make_node("Relu", ["c"], ["y"])]
+        return model(nodes, [vi("x", [4, 6, 5])], [vi("y", [1, 2, 4, 3])],
+                     [weight("w", 2, 4, 3, 3), helper.make_tensor("zero", ints, [1], [0])])
+    # time first, reduced away (nn.TransformerEncoder without batch_first)
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"]),
+             helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("ReduceSum", ["r", "zero"], ["y"], keepdims=0)]
+    return model(nodes, [vi("x", [4, 6, 5])], [vi("y", [6, 5])],
+                 [weight("w", 5, 5), helper.make_tensor("zero", ints, [1], [0])])
+
+
+@pytest.mark.parametrize(("case", "batch"), [("batch", 4), ("batch-first-recurrent", 4),
+                                             ("channels", 1), ("sequence", 1)])
+def test_a_concrete_leading_dimension_is_the_batch_only_where_the_model_carries_it(
+        case, batch):
+    m = _leading(case)
+    whole = read_model(m, case, dims={"batch": 1})  # the file's figures, nothing divided
+    graph = read_model(m, case)
+    assert graph.file_batch == batch
+    assert graph.total_flops == pytest.approx(whole.total_flops / batch)
+    assert graph.total_macs > 0
+    wanted = "exported with batch 4: divided out" if batch > 1 else "read as part of one sample"
+    assert wanted in graph.notes[0]
+    assert read_model(m, case, dims={"batch": 4}).total_flops == \
+        pytest.approx(whole.total_flops / 4)  # stated, it is divided out whatever the model
+
+
 def test_nodes_out_of_order_are_sorted():
     m = chain(3)
     nodes = list(m.graph.node)

@@ -650,14 +650,14 @@ def train_model(
     else:
         raise PartitionError(f"unknown --cut {cut!r}; choose one of {', '.join(CUTS)}")
     return train(Path(path), graph.name, costs, tier.tolist(), label, boundaries, iterations,
-                 warmup, lr, paced, dims, progress=progress,
+                 warmup, lr, paced, dims, graph.file_batch, progress=progress,
                  cpu={names[0]: device_cpu, **(tier_cpu or {})})
 
 
-def file_batch(model: str, exporter: str = "torchscript") -> int | None:
-    """The batch MODEL's file fixes, if it fixes one (training must use it)."""
-    from toolkit.onnx import load_model
-    from toolkit.train.session import file_batch as fixed
-
-    path, _ = zoo.resolve(model, exporter)
-    return fixed(load_model(path))
+def file_batch(
+    model: str, exporter: str = "torchscript", dims: dict[str, int] | None = None
+) -> int | None:
+    """The batch MODEL's file fixes, if it fixes one (training must use it): its inputs'
+    leading dimension where the reader takes it for the batch, 1 where their concrete shapes
+    are one sample (`LayerGraph.file_batch`)."""
+    return load_graph(model, None, exporter, dims).file_batch

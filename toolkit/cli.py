@@ -878,7 +878,7 @@ def train(model: str, name: str | None, exporter: str, dims: dict[str, int], cut
     ctx = click.get_current_context()
     if ctx.get_parameter_source("batch") == click.core.ParameterSource.DEFAULT:
         settings = dataclasses.replace(
-            settings, batch=api.file_batch(model, exporter) or settings.batch)
+            settings, batch=api.file_batch(model, exporter, dims) or settings.batch)
     chain = settings.chain(tiers_file, u_shape) if tiers_file or u_shape else None
     scenario = chain[1][0] if chain else settings.scenario()
     layers = api.device_layers_from(device_layers_file) if device_layers_file else []

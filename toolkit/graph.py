@@ -119,6 +119,7 @@ class LayerGraph:
     notes: tuple[str, ...] = ()
     module_classes: dict[str, str] = field(default_factory=dict)  # module path -> class
     opset: int = 0  # the default-domain opset of the source file (0: unknown)
+    file_batch: int | None = None  # the batch the file's inputs fix (None: open); 1 if per sample
     sha256: str = ""  # digest of the file without its large weights, reader version, options
 
     @classmethod

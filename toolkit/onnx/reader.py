@@ -139,6 +139,13 @@ class _Batch:
 
     exported: int  # the concrete batch the file was exported with (1: per sample already)
     note: str
+    guessed: bool = False  # taken from the inputs' shapes, not given by --dim batch
+    symbolic: bool = False  # the file leaves the batch open
+
+    @property
+    def fixed(self) -> int | None:
+        """The batch the file fixes (None: any), so that training uses it."""
+        return None if self.symbolic else self.exported
 
 
 @contextmanager
@@ -191,13 +198,14 @@ def _batch(leading: set[int | str], raw: list[ValueInfoProto], dims: Mapping[str
                                           "(--dim batch)" if dims["batch"] > 1 else "")
     if any(isinstance(x, str) for x in leading):
         names = ", ".join(sorted(str(x) for x in leading if isinstance(x, str)))
-        return _Batch(1, f"symbolic batch dimension ({names}) read as 1: figures per sample")
+        return _Batch(1, f"symbolic batch dimension ({names}) read as 1: figures per sample",
+                      symbolic=True)
     ranks = [len(vi.type.tensor_type.shape.dim) for vi in raw]
     if len(leading) == 1 and min(ranks, default=0) >= 2:
         exported = int(next(iter(leading)))
         if exported > 1:
             return _Batch(exported, f"exported with batch {exported}: divided out, figures "
-                                    "per sample (--dim batch=1 keeps them as they are)")
+                                    "per sample (--dim batch=1 keeps them as they are)", True)
     return _Batch(1, "")
 
 
@@ -339,6 +347,32 @@ def _shape_in(name: str, scope: Mapping[str, Info]) -> Shape | None:
     return info.shape if info is not None else None
 
 
+def _carried(batch: _Batch, layers: list[Layer], tensors: dict[str, Tensor],
+             inputs: list[str], outputs: list[str]) -> _Batch:
+    """`batch`, unless its leading dimension was guessed to be the batch and the model does
+    not carry it: a batch runs through the whole model, so most outputs of the layers that
+    compute on the inputs have it (on some axis: a recurrent layer puts time first) and a
+    graph output leads with it. A leading dimension that the first layers consume is
+    something else (torchvision's detection models take a list of images in CHW: the leading
+    3 is the channels), and one that a reduction removes before the outputs is a sequence
+    (`nn.TransformerEncoder` without `batch_first`: sequence, batch, features)."""
+    if not batch.guessed:
+        return batch
+    size, reached, held = batch.exported, set(inputs), []
+    for x in layers:  # (in topological order)
+        if x.outputs and reached.intersection(x.inputs):
+            reached.update(x.outputs)
+            if tensors[x.outputs[0]].shape:
+                held.append(size in tensors[x.outputs[0]].shape)
+    leading = [tensors[o].shape[:1] == (size,) for o in outputs]
+    if 2 * sum(held) > len(held) and any(leading):
+        return batch
+    return _Batch(1, f"the inputs' leading dimension ({size}) is read as part of one sample, "
+                     f"not as the batch: {sum(held)} of the {len(held)} layers computing on the "
+                     f"inputs have it in their output and {sum(leading)} of {len(leading)} "
+                     f"graph outputs lead with it (--dim batch={size} divides it out)")
+
+
 def _per_sample(
     layers: list[Layer], tensors: dict[str, Tensor], exported: int
 ) -> tuple[list[Layer], dict[str, Tensor]]:
@@ -457,6 +491,8 @@ class _Reader:
                 unsupported[self.ops[i]] = unsupported.get(self.ops[i], 0) + 1
             layers.append(layer)
         outputs = [o.name for o in self.graph.output if o.name in tensors]
+        if batch is not None:
+            batch = _carried(batch, layers, tensors, self.raw_inputs, outputs)
         notes = [batch.note] if batch is not None and batch.note else []
         if unsupported:
             ops = ", ".join(f"{op} x{n}" for op, n in sorted(unsupported.items()))
@@ -491,6 +527,7 @@ class _Reader:
             self.name, layers, tensors, self.raw_inputs, outputs,
             unsupported_ops=unsupported, unknown_shapes=tuple(unknown), notes=tuple(notes),
             module_classes=self.module_classes, opset=self.opset,
+            file_batch=batch.fixed if batch is not None else None,
         )
 
     def _node_order(self) -> list[int]:

@@ -177,35 +177,26 @@ def input_specs(model: onnx.ModelProto, batch: int, dims: dict[str, int]
     return specs
 
 
-def file_batch(model: onnx.ModelProto) -> int | None:
-    """The batch the file fixes (the leading dimension of its first input), if concrete."""
-    initializers = {t.name for t in model.graph.initializer}
-    for vi in model.graph.input:
-        if vi.name not in initializers:
-            dims = vi.type.tensor_type.shape.dim
-            return int(dims[0].dim_value) if dims and dims[0].HasField("dim_value") else None
-    return None
-
-
 def train(
     model_path: Path, name: str, graph: TierGraph, tier: Sequence[int], cut_label: str,
     boundaries: Sequence[Scenario], iterations: int = 20, warmup: int = 3, lr: float = 0.001,
-    paced: bool = False, dims: dict[str, int] | None = None, timeout_s: float = 1800,
+    paced: bool = False, dims: dict[str, int] | None = None, fixed: int | None = None,
+    timeout_s: float = 1800,
     progress: Callable[[int, int], None] | None = None, cpu: Mapping[str, float] | None = None,
 ) -> TrainResult:
     """Split MODEL along the chain at `tier` (each layer's tier in `graph`), train it for
     `iterations` over each boundary's link at the scenario's batch, and compare with the
-    prediction. A file that fixes its batch trains at that batch, so the scenario must use it
-    (`file_batch`). `progress` is called with (iterations done, iterations in all, warm-up
-    included) while it runs. `cpu` gives tiers (by name) a share of one CPU: a slower
-    processor, emulated by a cgroup quota that a name's tiers share (a U-shape's device)."""
+    prediction. A file that fixes its batch (`fixed`: `LayerGraph.file_batch`) trains at that
+    batch, so the scenario must use it. `progress` is called with (iterations done, iterations
+    in all, warm-up included) while it runs. `cpu` gives tiers (by name) a share of one CPU: a
+    slower processor, emulated by a cgroup quota that a name's tiers share (a U-shape's
+    device)."""
     from toolkit.onnx.split import split_tiers
 
     predicted = predicted_terms(graph, tier, boundaries, file_stems(graph.tiers))
     batch = boundaries[0].batch
     whole = load_model(model_path)
     load_external_data(whole, model_path.parent)
-    fixed = file_batch(whole)
     if fixed is not None and fixed != batch:
         raise TrainError(f"{model_path.name} fixes its batch at {fixed}; train it at --batch "
                          f"{fixed} (or export it with a dynamic batch dimension)")
