@@ -346,6 +346,8 @@ def _torch_value(value: object) -> object:
 
     if isinstance(value, list):
         return [_torch_value(v) for v in value]
+    if isinstance(value, np.generic):  # a 0-d input (CumSum's axis) comes as a numpy scalar
+        value = np.asarray(value)
     if not isinstance(value, np.ndarray) or value.dtype.kind not in "biuf":
         raise ModelError("a test input torch cannot hold")
     return torch.from_numpy(value.copy())
@@ -360,6 +362,8 @@ def test_executor_equals_the_onnx_backend_node_tests():
 
     passed, refused, wrong = 0, 0, []
     for case in node_test_cases():
+        if case.name.startswith("test_training_dropout") and "zero_ratio" not in case.name:
+            continue  # its expected mask is one draw of numpy's generator (tested on its own)
         nodes = case.model.graph.node
         if any(n.domain not in ("", "ai.onnx")
                or not (known(n.op_type) or n.op_type in ("If", "Loop", "Scan")) for n in nodes):

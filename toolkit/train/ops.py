@@ -199,6 +199,41 @@ def conv(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
                padding, list(a.get("dilations", [1] * spatial)), int(a.get("group", 1))),)
 
 
+@op("ConvTranspose")
+def conv_transpose(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
+    """Computed unpadded (every position an input reaches), then `output_padding` zeros added
+    at the end and the pads cut off each side (zeros added where a pad is negative), the bias
+    last: ONNX's asymmetric pads, its `output_shape` and `auto_pad` SAME_* all come down to
+    that crop."""
+    data, w = x[0], x[1]
+    spatial = w.dim() - 2
+    strides = list(a.get("strides", [1] * spatial))
+    dilations = list(a.get("dilations", [1] * spatial))
+    extra = list(a.get("output_padding", [0] * spatial))
+    group = int(a.get("group", 1))
+    fn = (F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d)[spatial - 1]
+    out = fn(data, w, None, strides, 0, 0, group, dilations)
+    full = [n + e for n, e in zip(out.shape[2:], extra, strict=True)]  # ONNX's unpadded size
+    auto = a.get("auto_pad", "NOTSET")
+    if "output_shape" in a or auto in ("SAME_UPPER", "SAME_LOWER"):
+        wanted = list(a["output_shape"])[-spatial:] if "output_shape" in a else \
+            [n * s for n, s in zip(data.shape[2:], strides, strict=True)]
+        total = [f - o for f, o in zip(full, wanted, strict=True)]
+        upper = auto == "SAME_UPPER"
+        begin = [t // 2 if upper else t - t // 2 for t in total]
+        pads = begin + [t - b for t, b in zip(total, begin, strict=True)]
+    else:
+        pads = [0] * 2 * spatial if auto == "VALID" else list(a.get("pads", [0] * 2 * spatial))
+    torch_pads: list[int] = []  # (F.pad crops where a pad is negative)
+    for b, e, more in zip(reversed(pads[:spatial]), reversed(pads[spatial:]), reversed(extra),
+                          strict=True):
+        torch_pads += [-b, more - e]
+    out = F.pad(out, torch_pads)
+    if len(x) > 2 and x[2] is not None:
+        out = out + x[2].reshape(1, -1, *[1] * spatial)
+    return (out,)
+
+
 @op("MaxPool")
 def max_pool(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
     kernel = list(a["kernel_shape"])
@@ -519,14 +554,61 @@ def _reduce(fn: Callable[..., torch.Tensor], axes_input: int = 1) -> OpFunction:
     return run
 
 
+def _product(t: torch.Tensor, dim: tuple[int, ...], keepdim: bool) -> torch.Tensor:
+    """torch.prod over several axes (it takes one)."""
+    for d in sorted(dim, reverse=True):
+        t = t.prod(d, keepdim=keepdim)
+    return t
+
+
 OPS.update(ReduceMean=_reduce(torch.mean), ReduceSum=_reduce(torch.sum),
-           ReduceMax=_reduce(torch.amax), ReduceMin=_reduce(torch.amin))
+           ReduceMax=_reduce(torch.amax), ReduceMin=_reduce(torch.amin),
+           ReduceProd=_reduce(_product))
 
 
 @op("ReduceL2")
 def reduce_l2(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
     squares = _reduce(torch.sum)(a, [x[0] * x[0], *x[1:]])[0]
     return (torch.sqrt(squares),)
+
+
+@op("CumSum")
+def cumsum(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
+    axis = int(x[1])
+    data = x[0].flip(axis) if a.get("reverse", 0) else x[0]
+    out = data.cumsum(axis)
+    if a.get("exclusive", 0):
+        out = out - data
+    return (out.flip(axis) if a.get("reverse", 0) else out,)
+
+
+@op("TopK")
+def top_k(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
+    """The k largest (or smallest) along `axis`; equal values in index order, as ONNX asks."""
+    axis = int(a.get("axis", -1))
+    largest = bool(a.get("largest", 1))
+    order = torch.sort(x[0], dim=axis, descending=largest, stable=True)
+    k = int(x[1].reshape(-1)[0])
+    return (order.values.narrow(axis, 0, k), order.indices.narrow(axis, 0, k))
+
+
+@op("NonZero")
+def non_zero(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
+    return (torch.nonzero(x[0]).T.contiguous(),)
+
+
+@op("ScatterElements")
+def scatter_elements(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
+    data, index, updates = x
+    axis = int(a.get("axis", 0)) % data.dim()
+    index = index.long() % data.shape[axis]  # ONNX allows negative indices
+    reduction = a.get("reduction", "none")
+    if reduction == "none":
+        return (data.scatter(axis, index, updates),)
+    how = {"add": "sum", "mul": "prod", "max": "amax", "min": "amin"}.get(reduction)
+    if how is None:
+        raise NotImplementedError(f"ScatterElements reduction {reduction}")
+    return (data.scatter_reduce(axis, index, updates, how, include_self=True),)
 
 
 @op("Trilu")
@@ -677,3 +759,5 @@ def run_op(op_type: str, attrs: Attrs, inputs: Sequence[Value], outputs: int) ->
 
 
 _NO_ARITHMETIC = (torch.uint16, torch.uint32, torch.uint64)
+
+from toolkit.train import recurrent, resize  # noqa: E402,F401  (they register their operators)

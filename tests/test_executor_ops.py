@@ -1,0 +1,120 @@
+"""The executor's recurrent, transposed-convolution and resampling operators against PyTorch:
+a module exported to ONNX and run by the executor gives the module's own outputs, and the same
+gradients for its input and every weight. (The onnx package's node tests check each operator's
+outputs too: `test_train.py::test_executor_equals_the_onnx_backend_node_tests`.)"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+import torch.nn.functional as F
+from onnx import TensorProto, helper
+from torch import nn
+
+from tests.helpers import vi, weight
+from toolkit.train.executor import OnnxModule, trainable_initializers
+from toolkit.zoo import export_pytorch
+
+
+class _Recurrent(nn.Module):
+    def __init__(self, rnn: nn.Module) -> None:
+        super().__init__()
+        self.rnn = rnn
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        out, state = self.rnn(x)
+        return (out, *state) if isinstance(state, tuple) else (out, state)
+
+
+class _Resample(nn.Module):
+    def __init__(self, **how: object) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.how = how
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(self.conv(x), **self.how)  # type: ignore[arg-type]
+
+
+CASES: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
+    "lstm-bidirectional-batch-first": (lambda: _Recurrent(nn.LSTM(
+        5, 6, num_layers=2, bidirectional=True, batch_first=True)), (3, 7, 5)),
+    "lstm-time-first": (lambda: _Recurrent(nn.LSTM(5, 6)), (7, 3, 5)),
+    "gru-bidirectional": (lambda: _Recurrent(nn.GRU(5, 6, bidirectional=True)), (7, 3, 5)),
+    "rnn-relu-2-layers": (lambda: _Recurrent(nn.RNN(5, 6, num_layers=2, nonlinearity="relu",
+                                                    batch_first=True)), (3, 7, 5)),
+    "conv-transpose": (lambda: nn.ConvTranspose2d(4, 6, 3, stride=2, padding=1,
+                                                  output_padding=1, groups=2, dilation=2),
+                       (2, 4, 5, 6)),
+    "conv-transpose-3d": (lambda: nn.ConvTranspose3d(2, 3, 2, stride=2), (1, 2, 3, 4, 4)),
+    "bilinear": (lambda: _Resample(scale_factor=2, mode="bilinear"), (2, 3, 5, 7)),
+    "bilinear-align-corners": (lambda: _Resample(size=(9, 4), mode="bilinear",
+                                                 align_corners=True), (2, 3, 5, 7)),
+    "nearest": (lambda: _Resample(scale_factor=3, mode="nearest"), (2, 3, 5, 7)),
+    "nearest-downsample": (lambda: _Resample(size=(3, 4), mode="nearest"), (2, 3, 5, 7)),
+    "bicubic": (lambda: _Resample(size=(8, 11), mode="bicubic"), (2, 3, 5, 7)),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_executor_gives_pytorchs_outputs_and_gradients(case, tmp_path):
+    make, shape = CASES[case]
+    torch.manual_seed(0)
+    module = make().eval()
+    x = torch.randn(*shape)
+    path = export_pytorch(module, (x,), tmp_path / "m.onnx")
+    m = onnx.load(str(path))
+    executor = OnnxModule(m, trainable_initializers(m.graph))
+    fed = x.clone().requires_grad_(True)
+    got = executor({m.graph.input[0].name: fed})
+    wanted_x = x.clone().requires_grad_(True)
+    wanted = module(wanted_x)
+    wanted = wanted if isinstance(wanted, tuple) else (wanted,)
+    outputs = [got[name] for name in executor.output_names]
+    assert len(outputs) == len(wanted)
+    probes = [torch.randn_like(w) for w in wanted]
+    for out, want in zip(outputs, wanted, strict=True):
+        assert out.shape == want.shape
+        assert torch.allclose(out, want, rtol=1e-4, atol=1e-5)
+    sum((o * p).sum() for o, p in zip(outputs, probes, strict=True)).backward()
+    sum((w * p).sum() for w, p in zip(wanted, probes, strict=True)).backward()
+    assert fed.grad is not None and wanted_x.grad is not None
+    assert torch.allclose(fed.grad, wanted_x.grad, rtol=1e-4, atol=1e-5)
+    params = dict(module.named_parameters())
+    trained = executor.named_weights()
+    assert set(trained) == set(params)  # every weight trains, none else
+    for name, param in trained.items():
+        assert param.grad is not None and params[name].grad is not None, name
+        assert torch.allclose(param.grad, params[name].grad, rtol=1e-4, atol=1e-5), name
+
+
+def test_variable_sequence_lengths_equal_onnxruntime():
+    """Per-sample `sequence_lens`, which PyTorch's export never writes: a sample's steps past
+    its length output zeros and leave its state alone, in both directions."""
+    hidden, steps, batch, features = 4, 6, 3, 5
+    torch.manual_seed(1)
+    for op, gates, extra in (("LSTM", 4, ["y_c"]), ("GRU", 3, []), ("RNN", 1, [])):
+        w = weight("w", 2, gates * hidden, features)
+        r = weight("r", 2, gates * hidden, hidden)
+        b = weight("b", 2, 2 * gates * hidden)
+        lens = helper.make_tensor("lens", TensorProto.INT32, [batch], [6, 2, 4])
+        node = helper.make_node(op, ["x", "w", "r", "b", "lens"], ["y", "y_h", *extra],
+                                hidden_size=hidden, direction="bidirectional")
+        graph = helper.make_graph([node], op, [vi("x", [steps, batch, features])],
+                                  [vi(o, None) for o in ["y", "y_h", *extra]],
+                                  [w, r, b, lens])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        x = torch.randn(steps, batch, features)
+        expected = ort.InferenceSession(model.SerializeToString(),
+                                        providers=["CPUExecutionProvider"]).run(
+            None, {"x": x.numpy()})
+        with torch.no_grad():
+            got = OnnxModule(model, ["w", "r", "b"])({"x": x})
+        for name, want in zip(["y", "y_h", *extra], expected, strict=True):
+            assert torch.allclose(got[name], torch.from_numpy(want), rtol=1e-4,
+                                  atol=1e-5), (op, name)
+        assert float(got["y"][2:, :, 1].abs().max()) == 0  # sample 1 stops after 2 steps
