@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from onnx import helper
 
-from tests.helpers import chain, model, run_main, save, schema, vi
+from tests.helpers import chain, model, run_main, save, schema, vi, weight
 from toolkit import api
 from toolkit.costgraph import CostGraph, delay
 from toolkit.costs import build_cost_graph, crossing_ms, layer_ms, step_ms, tensor_bytes
@@ -136,6 +136,36 @@ def three_consumers() -> CostGraph:
     ]
     m = model(nodes, [vi("x", [1, 256])], [vi("a", [1, 256]), vi("b", [1, 256]), vi("c", [1, 256])])
     return build_cost_graph(read_model(m, "fan"), scenario())
+
+
+def _weight_made(batch: int | None = None):
+    """A matmul with a weight centred at every step (ReduceMean, Sub: from the weight alone),
+    read at batch `batch` (None: symbolic)."""
+    nodes = [helper.make_node("ReduceMean", ["w"], ["m"], name="mean", keepdims=1),
+             helper.make_node("Sub", ["w", "m"], ["c"], name="centre"),
+             helper.make_node("MatMul", ["x", "c"], ["h"], name="mm"),
+             helper.make_node("Relu", ["h"], ["y"], name="relu")]
+    return model(nodes, [vi("x", [batch or "batch", 64])], [vi("y", [batch or "batch", 64])],
+                 [weight("w", 64, 64)])
+
+
+def test_what_weights_alone_make_costs_once_per_step_whatever_the_batch():
+    """Compute on the weight and its crossing run once per step (b = 1); the rest per sample.
+    An exported batch is divided out of the per-sample layers only."""
+    graph = read_model(_weight_made(), "w")
+    assert [graph.per_sample(x) for x in graph] == [False, False, True, True]
+    assert not graph.tensors["c"].per_sample and graph.tensors["h"].per_sample
+    one, many = (build_cost_graph(graph, scenario(batch=b)) for b in (1, 64))
+    assert one.device_ms[:2] == many.device_ms[:2]
+    assert many.device_ms[2] > one.device_ms[2]
+    crossing = {a.name: (a.crossing_ms, b.crossing_ms)
+                for a, b in zip(one.tensors, many.tensors, strict=True)}
+    assert crossing["c"][0] == crossing["c"][1] > 0
+    assert crossing["h"][1] == pytest.approx(64 * crossing["h"][0])
+    exported = read_model(_weight_made(4), "w4")
+    assert exported.layers["centre"].flops == graph.layers["centre"].flops > 0
+    assert exported.layers["mm"].flops == graph.layers["mm"].flops
+    assert exported.tensors["c"].bytes == graph.tensors["c"].bytes
 
 
 def test_a_tensor_with_three_consumers_is_charged_once():

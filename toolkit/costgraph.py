@@ -32,6 +32,7 @@ class CostTensor:
     bytes: float
     crossing_ms: float  # activations up (+ gradients down for float tensors); no latency
     is_float: bool = True  # float tensors carry a gradient back
+    per_sample: bool = True  # sent once per sample of a batch (else once per step: weights')
 
 
 @dataclass

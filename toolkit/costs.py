@@ -12,7 +12,10 @@ conv_efficiency for dense convolutions, vector_efficiency for everything else (g
 depthwise convolutions included). Forward FLOPs are b·F; backward FLOPs are 2·b·F for layers with
 trainable weights (gradients for inputs and weights) and b·F without (Kaplan et al. 2020, the
 2x/4x forward rule). Bytes moved are the activations in and out (b per sample) plus the
-parameters (read once per pass; the backward pass also writes their gradients).
+parameters (read once per pass; the backward pass also writes their gradients). A layer that
+computes on weights alone (an LSTM's weights reordered into ONNX's gate order, Swin's
+relative-position bias looked up in its table) runs once per step: b = 1 for it and for what
+it makes (`graph.computed_from`), sent or kept.
 
 The optimizer step is a memory-bound term on the layers that own parameters: a fused update
 reads the parameters and gradients and writes the parameters (3 words per parameter), and each
@@ -229,7 +232,7 @@ def layer_ms(layer: Layer, proc: Processor, scenario: Scenario,
 
 
 def _train_ms(flops: Any, activations: Any, weights: Any, trainable: Any, flop_rate: Any,
-              byte_rate: float, proc: Processor, batch: int) -> Any:
+              byte_rate: float, proc: Processor, batch: Any) -> Any:
     """`layer_ms` of one layer (floats) or of every layer at once (numpy arrays): the forward
     reads weights and activations; the backward reads and writes both, and costs twice the
     forward's FLOPs where there are weight gradients to compute, once otherwise."""
@@ -265,6 +268,7 @@ def _side_ms(graph: LayerGraph, proc: Processor, scenario: Scenario) -> list[flo
     layers = list(graph)
     steps = _step_ms(np.array([x.params for x in layers], dtype=float), proc,
                      scenario.optimizer)
+    samples = [scenario.batch if graph.per_sample(x) else 1 for x in layers]  # (per step: 1)
     profile = next((p for p in scenario.measured if p.processor == proc.name), None)
     if profile is None:
         classes = {name: efficiency(proc, name) for name in ("matmul", "conv", "vector")}
@@ -274,25 +278,28 @@ def _side_ms(graph: LayerGraph, proc: Processor, scenario: Scenario) -> list[flo
             np.array([param_bytes(x, scenario.precision) for x in layers]),
             np.array([x.trainable for x in layers]),
             _peak(proc, scenario.precision) * np.array([classes[op_class(x)] for x in layers]),
-            _byte_rate(proc), proc, scenario.batch)
+            _byte_rate(proc), proc, np.array(samples))
     else:
         profile.check_model(graph)
-        passes = np.array([measured_ms(x, profile, scenario.batch) for x in layers])
+        passes = np.array([measured_ms(x, profile, n) for x, n in zip(layers, samples,
+                                                                      strict=True)])
     return (passes + steps).tolist()  # type: ignore[no-any-return]
 
 
-def transfer_ms(nbytes: float, scenario: Scenario, up: bool) -> float:
-    """One batch of a tensor one way (`nbytes` per sample as it travels, `tensor_bytes`) over
-    the uplink or the downlink; no latency (that is per message)."""
-    return nbytes * scenario.batch * 8 / (scenario.uplink_bps if up else
-                                          scenario.downlink_bps) * 1e3
+def transfer_ms(nbytes: float, scenario: Scenario, up: bool, per_sample: bool = True) -> float:
+    """One batch of a tensor one way (`nbytes` per sample as it travels, `tensor_bytes`; once
+    per step for one that weights alone make: `Tensor.per_sample`) over the uplink or the
+    downlink; no latency (that is per message)."""
+    return nbytes * (scenario.batch if per_sample else 1) * 8 / (
+        scenario.uplink_bps if up else scenario.downlink_bps) * 1e3
 
 
-def crossing_ms(nbytes: float, scenario: Scenario, is_float_tensor: bool = True) -> float:
+def crossing_ms(nbytes: float, scenario: Scenario, is_float_tensor: bool = True,
+                per_sample: bool = True) -> float:
     """Activations up and, for a float tensor, its gradient down. Latency is per message:
     `per_iteration_latency_ms`."""
-    down = transfer_ms(nbytes, scenario, up=False) if is_float_tensor else 0.0
-    return transfer_ms(nbytes, scenario, up=True) + down
+    down = transfer_ms(nbytes, scenario, False, per_sample) if is_float_tensor else 0.0
+    return transfer_ms(nbytes, scenario, True, per_sample) + down
 
 
 def per_iteration_latency_ms(scenario: Scenario) -> float:
@@ -325,7 +332,8 @@ def build_cost_graph(graph: LayerGraph, scenario: Scenario) -> CostGraph:
         floating = t.floating
         tensors.append(CostTensor(
             t.name, index[t.producer], tuple(index[c] for c in t.consumers), float(t.bytes),
-            crossing_ms(tensor_bytes(t, scenario.precision), scenario, floating), floating,
+            crossing_ms(tensor_bytes(t, scenario.precision), scenario, floating, t.per_sample),
+            floating, t.per_sample,
         ))
     raw = sum(tensor_bytes(graph.tensors[name], scenario.precision) for name in graph.inputs)
     reasons = graph.raw_data_readers()

@@ -43,6 +43,7 @@ class Tensor:
     producer: str | None
     consumers: tuple[str, ...] = ()
     shape_known: bool = True
+    per_sample: bool = True  # made from the raw inputs (LayerGraph.build sets it: `computed_from`)
 
     @property
     def floating(self) -> bool:
@@ -166,25 +167,32 @@ class LayerGraph:
                     raise ModelError(
                         f"model {name!r}: tensor {t!r} of layer {layer.name!r} has no record"
                     )
+        ordered = _topological(name, layer_list, tensors)
+        inputs = tuple(inputs)
+        sampled = computed_from(ordered, inputs)
         full = {
             t.name: Tensor(
                 t.name, t.shape, t.dtype, t.bytes, t.producer, tuple(consumers[t.name]),
-                t.shape_known,
+                t.shape_known, t.name in sampled,
             )
             for t in tensors.values()
         }
-        ordered = _topological(name, layer_list, full)
         return cls(
             name=name,
             layers={layer.name: layer for layer in ordered},
             tensors=full,
-            inputs=tuple(inputs),
+            inputs=inputs,
             outputs=tuple(outputs),
             **extra,  # type: ignore[arg-type]
         )
 
     def __len__(self) -> int:
         return len(self.layers)
+
+    def per_sample(self, layer: Layer) -> bool:
+        """`layer` computes on the raw inputs, once per sample of a batch (see `computed_from`
+        for the layers that run once per step)."""
+        return any(self.tensors[t].per_sample for t in layer.inputs)
 
     def __iter__(self) -> Iterator[Layer]:
         return iter(self.layers.values())
@@ -241,6 +249,21 @@ class LayerGraph:
     @property
     def total_params(self) -> int:
         return sum(layer.params for layer in self)
+
+
+def computed_from(layers: Iterable[Layer], sources: Iterable[str]) -> set[str]:
+    """The tensors `layers` (in topological order) compute from `sources`, and `sources`.
+
+    What depends on the raw inputs is computed, kept and sent once per sample of a batch; what
+    weights and constants alone make (an LSTM's weights reordered into ONNX's gate order,
+    Swin's relative-position bias looked up in its table, a weight norm) is made once per
+    training step, whatever the batch: its work and its bytes do not scale with it.
+    """
+    reached = set(sources)
+    for layer in layers:
+        if reached.intersection(layer.inputs):
+            reached.update(layer.outputs)
+    return reached
 
 
 def _topological(name: str, layers: list[Layer], tensors: Mapping[str, Tensor]) -> list[Layer]:

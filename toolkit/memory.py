@@ -21,7 +21,8 @@ For the tier that trains the layers S (in topological order), at batch b, in ste
   (`fused_attention`); a dropout exported in training mode its mask, at the activation's
   precision (PyTorch's CPU path multiplies by a float mask; CUDA's kernel keeps 1 byte per
   element, so there this over-counts). A tensor kept by several ops (ReLU's output is the
-  next convolution's input) is kept once: b x its bytes at the training precision, and so
+  next convolution's input) is kept once: b x its bytes at the training precision (once per
+  step, not b times, for what weights alone make: `graph.computed_from`), and so
   is a view of it: the fused attention's output with its heads merged back
   (`merged_heads`). A batched matmul operand whose heads a transpose moved ahead of the
   sequence is copied by torch.matmul, and the copy kept apart (`copied_operands`). A kept
@@ -364,7 +365,8 @@ def _v_head_size(graph: LayerGraph, layer: Layer) -> int:
 def model_memory(graph: LayerGraph, batch: int, state_buffers: int,
                  bytes_of: Mapping[str, float]) -> ModelMemory:
     """The terms of every layer in topological order; `state_buffers` per parameter (the
-    optimizer's), `bytes_of` each activation's bytes per sample at the training precision."""
+    optimizer's), `bytes_of` each activation's bytes per sample at the training precision
+    (`batch` of them in a step; one of a tensor that weights alone make: `computed_from`)."""
     layers = list(graph)
     index = {layer.name: i for i, layer in enumerate(layers)}
     wiring = _wiring(layers)
@@ -373,30 +375,39 @@ def model_memory(graph: LayerGraph, batch: int, state_buffers: int,
     grad = carrying_grad(graph)
     alias = {**aliases(layers), **merged_heads(layers, lse, wiring)}
     copies = copied_operands(graph, wiring)
+
+    def times(name: str) -> int:
+        """How many of `name` a step makes: one per sample, or one (weights alone make it)."""
+        tensor = graph.tensors.get(name)
+        return batch if tensor is None or tensor.per_sample else 1
+
+    def per_step(name: str) -> float:
+        return times(name) * bytes_of.get(name, 0.0)
+
     keepers: dict[tuple[str, int], list[int]] = {}  # (tensor, the layer with a copy, or -1)
     for i, layer in enumerate(layers):
         for name in fused.get(i, kept_by(layer, grad)):
             own = i if name in copies.get(i, ()) else -1
             keepers.setdefault((alias.get(name, name), own), []).append(i)
-    saved = [SavedTensor(batch * bytes_of.get(name, 0.0), tuple(sorted(set(who))))
+    saved = [SavedTensor(per_step(name), tuple(sorted(set(who))))
              for (name, _), who in keepers.items()]
-    saved += [SavedTensor(batch * nbytes, (i,)) for i, nbytes in lse.items()]
+    saved += [SavedTensor(times(layers[i].outputs[0]) * nbytes, (i,))
+              for i, nbytes in lse.items()]
     for i, layer in enumerate(layers):
         if layer.op == "MaxPool" and layer.outputs and layer.outputs[0] in graph.tensors:
             elements = graph.tensors[layer.outputs[0]].bytes / WORD  # (pooled floats, fp32)
-            saved.append(SavedTensor(batch * elements * _INDEX_BYTES, (i,)))
+            saved.append(SavedTensor(times(layer.outputs[0]) * elements * _INDEX_BYTES, (i,)))
         if layer.op == "LayerNormalization" and layer.inputs and layer.inputs[0] in graph.tensors:
-            saved.append(SavedTensor(batch * _row_statistics(graph, layer), (i,)))
+            saved.append(SavedTensor(times(layer.inputs[0]) * _row_statistics(graph, layer),
+                                     (i,)))
         if layer.op == "Dropout" and "training_mode=1" in layer.attrs and layer.outputs:
-            saved.append(SavedTensor(batch * bytes_of.get(layer.outputs[0], 0.0), (i,)))
+            saved.append(SavedTensor(per_step(layer.outputs[0]), (i,)))
     saved += _tied_partials(layers, index)
-    saved += _in_flight_and_held(graph, index, grad, [batch * bytes_of.get(name, 0.0)
-                                                      for name in graph.tensors])
+    saved += _in_flight_and_held(graph, index, grad, [per_step(name) for name in graph.tensors])
     return ModelMemory(
         state=[float(x.params * WORD * (1 + state_buffers)) for x in layers],
         grads=[float(x.params * WORD) for x in layers],
-        workspace=[batch * sum(bytes_of.get(t, 0.0) for t in (*x.inputs, *x.outputs))
-                   for x in layers],
+        workspace=[sum(per_step(t) for t in (*x.inputs, *x.outputs)) for x in layers],
         saved=saved)
 
 

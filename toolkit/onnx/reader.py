@@ -27,7 +27,7 @@ from onnx import AttributeProto, GraphProto, ModelProto, NodeProto, ValueInfoPro
 
 from toolkit.collector import collector_paused
 from toolkit.errors import ModelError
-from toolkit.graph import Layer, LayerGraph, Tensor
+from toolkit.graph import Layer, LayerGraph, Tensor, computed_from
 from toolkit.memory import decomposed_gelus
 from toolkit.onnx.fold import fold_shapes
 from toolkit.onnx.load import (
@@ -358,12 +358,9 @@ def _carried(batch: _Batch, layers: list[Layer], tensors: dict[str, Tensor],
     (`nn.TransformerEncoder` without `batch_first`: sequence, batch, features)."""
     if not batch.guessed:
         return batch
-    size, reached, held = batch.exported, set(inputs), []
-    for x in layers:  # (in topological order)
-        if x.outputs and reached.intersection(x.inputs):
-            reached.update(x.outputs)
-            if tensors[x.outputs[0]].shape:
-                held.append(size in tensors[x.outputs[0]].shape)
+    size, reached = batch.exported, computed_from(layers, inputs)
+    held = [size in tensors[x.outputs[0]].shape for x in layers
+            if x.outputs and x.outputs[0] in reached and tensors[x.outputs[0]].shape]
     leading = [tensors[o].shape[:1] == (size,) for o in outputs]
     if 2 * sum(held) > len(held) and any(leading):
         return batch
@@ -373,20 +370,26 @@ def _carried(batch: _Batch, layers: list[Layer], tensors: dict[str, Tensor],
                      f"graph outputs lead with it (--dim batch={size} divides it out)")
 
 
-def _per_sample(
-    layers: list[Layer], tensors: dict[str, Tensor], exported: int
-) -> tuple[list[Layer], dict[str, Tensor]]:
-    """Divide a concrete exported batch out: tensors led by it and every layer's work."""
+def _per_sample(layers: list[Layer], tensors: dict[str, Tensor], inputs: list[str],
+                exported: int) -> tuple[list[Layer], dict[str, Tensor]]:
+    """Divide a concrete exported batch out of what the inputs make: each such tensor's first
+    axis of the batch's size (the leading one, or the second where time comes first) and
+    every such layer's work. What weights alone make (`computed_from`) is per step, as is."""
+    reached = computed_from(layers, inputs)
+
     def per(t: Tensor) -> Tensor:
-        if not t.shape or t.shape[0] != exported:
+        if t.name not in reached or exported not in t.shape:
             return t
-        return dataclasses.replace(t, shape=(1, *t.shape[1:]), bytes=t.bytes // exported)
+        axis = t.shape.index(exported)
+        return dataclasses.replace(t, shape=(*t.shape[:axis], 1, *t.shape[axis + 1:]),
+                                   bytes=t.bytes // exported)
 
     tensors = {n: per(t) for n, t in tensors.items()}
     layers = [dataclasses.replace(
         x, flops=x.flops / exported, macs=x.macs / exported,
         in_bytes=sum(tensors[t].bytes for t in x.inputs if t in tensors),
-        out_bytes=sum(tensors[t].bytes for t in x.outputs)) for x in layers]
+        out_bytes=sum(tensors[t].bytes for t in x.outputs))
+        if reached.intersection(x.inputs) else x for x in layers]
     return layers, tensors
 
 
@@ -522,7 +525,7 @@ class _Reader:
                          "(Div, Erf, Add, Mul, Mul), charged as five kernels as the graph runs; "
                          "PyTorch's fused GELU is one (the dynamo exporter writes one Gelu node)")
         if batch is not None and batch.exported > 1:
-            layers, tensors = _per_sample(layers, tensors, batch.exported)
+            layers, tensors = _per_sample(layers, tensors, self.raw_inputs, batch.exported)
         return LayerGraph.build(
             self.name, layers, tensors, self.raw_inputs, outputs,
             unsupported_ops=unsupported, unknown_shapes=tuple(unknown), notes=tuple(notes),

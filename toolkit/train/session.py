@@ -126,9 +126,9 @@ def predicted_terms(graph: TierGraph, tier: Sequence[int], boundaries: Sequence[
                                                               strict=True)):
         across = [graph.base.tensors[x] for x in np.flatnonzero(flags[:, b])]
         one_way = scenario.latency_ms if across else 0.0
-        terms[up_key] = sum(transfer_ms(x.bytes, scenario, up=True) for x in across) \
-            + one_way + delay.labels[b]
-        terms[down_key] = sum(transfer_ms(x.bytes, scenario, up=False)
+        terms[up_key] = sum(transfer_ms(x.bytes, scenario, True, x.per_sample)
+                            for x in across) + one_way + delay.labels[b]
+        terms[down_key] = sum(transfer_ms(x.bytes, scenario, False, x.per_sample)
                               for x in across if x.is_float) + one_way
     terms["total_ms"] = sum(terms.values())
     return terms
