@@ -69,6 +69,16 @@ def _autograd_saved_bytes(output: Any, params: set[int]) -> int:
     return sum(seen.values())
 
 
+def _kept(graph: Any, module: Any, inputs: Any) -> tuple[Any, float, int]:
+    """The cost graph at BATCH, what its memory model keeps from the forward pass to the
+    backward, and what autograd keeps running `module` on `inputs`."""
+    costs = build_cost_graph(graph, api.make_scenario(batch=BATCH, optimizer="sgd"))
+    assert costs.memory is not None
+    predicted = sum(x.nbytes for x in costs.memory.saved if x.start < 0 and not x.readers)
+    params = {p.untyped_storage().data_ptr() for p in module.parameters()}
+    return costs, predicted, _autograd_saved_bytes(module(inputs), params)
+
+
 def test_the_kept_activations_are_what_autograd_keeps(tmp_path: Path) -> None:
     module = _tiny()
     ids = torch.randint(0, 100, (BATCH, SEQ))
@@ -89,11 +99,7 @@ def test_the_kept_activations_are_what_autograd_keeps(tmp_path: Path) -> None:
     assert elements == 100 * 32 and graph.layers[owner].op == "Gather"
     assert head.params == 0 and graph.layers[owner].params == 100 * 32
 
-    costs = build_cost_graph(graph, api.make_scenario(batch=BATCH, optimizer="sgd"))
-    assert costs.memory is not None
-    predicted = sum(x.nbytes for x in costs.memory.saved if x.start < 0 and not x.readers)
-    params = {p.untyped_storage().data_ptr() for p in module.parameters()}
-    measured = _autograd_saved_bytes(module(ids), params)
+    costs, predicted, measured = _kept(graph, module, ids)
     # the dropout mask and the attention matrix are each ~23% of the total: without either
     # term, or with the fused attention's matrix counted, this fails; so does missing the
     # copies torch.matmul makes of the transposed q and v (their views are kept by the fused
@@ -134,11 +140,7 @@ def test_what_weights_alone_make_is_kept_once_per_step_not_per_sample(tmp_path: 
     weight_made = [layer for layer in graph if not graph.per_sample(layer)]
     assert {layer.op for layer in weight_made} >= {"ReduceMean", "Sub", "Sqrt", "Div"}
     assert all(graph.per_sample(layer) for layer in graph if layer.op == "Conv")
-    costs = build_cost_graph(graph, api.make_scenario(batch=BATCH, optimizer="sgd"))
-    assert costs.memory is not None
-    predicted = sum(x.nbytes for x in costs.memory.saved if x.start < 0 and not x.readers)
-    params = {p.untyped_storage().data_ptr() for p in module.parameters()}
-    measured = _autograd_saved_bytes(module(x), params)
+    costs, predicted, measured = _kept(graph, module, x)
     assert predicted == pytest.approx(measured, rel=0.01)
     # what the weight's layers keep is the same at batch 1 and at BATCH
     one = build_cost_graph(graph, api.make_scenario(batch=1, optimizer="sgd")).memory

@@ -34,7 +34,8 @@ _LOOKUPS = frozenset({"Gather", "GatherElements", "GatherND"})
 
 @dataclass(frozen=True)
 class Tensor:
-    """An activation tensor. `bytes` is per sample; `producer` is None for a raw graph input."""
+    """An activation tensor. `bytes` is per sample (per step where weights alone make it:
+    not `per_sample`); `producer` is None for a raw graph input."""
 
     name: str
     shape: tuple[int, ...]
