@@ -219,7 +219,7 @@ def neo4j_options(func: F) -> F:
                      help="Default: $NEO4J_PASSWORD. Never printed."),
         click.option("--database", envvar="NEO4J_DATABASE", default=None,
                      help="Default: the server's default database."),
-        click.option("--batch-rows", type=click.IntRange(min=100), default=5_000,
+        click.option("--batch-rows", type=click.IntRange(min=100), default=2_500,
                      show_default=True, envvar="SPLITCUT_BATCH_ROWS",
                      help="Rows per write transaction of a large model (smaller for a server "
                           "with a small transaction memory limit)."),
