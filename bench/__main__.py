@@ -404,12 +404,12 @@ def read_floor(doc: Doc, names: list[str], chain_sizes: list[int], repeats: int)
             "while the reader builds the layers too.")
     doc.add()
     doc.add("Where that leaves the goal of `partition` within 2x the floor: met by the zoo's "
-            "CNNs, ViT, BERT and GPT-2 (0.9-1.3x in this run and in the one before; "
-            "BERT's and GPT-2's floors vary with the page cache), not by Swin (3.9x, 4.4x in the "
-            "run before, 7.4x before the one-pass folding: it evaluates some 6,900 small "
-            "arithmetic nodes one by one in Python, most of its read) nor by deep chains "
-            "(8-13x in this run, 8-12x in the one before; an Intel Xeon ran the 1M-node chain "
-            "in 124 s where this run's AMD EPYC took 63 s): "
+            "CNNs, ViT, BERT and GPT-2 (1.0-1.9x in this run, 0.9-1.3x in the one before; "
+            "the small floors of ResNet-50 and BERT and GPT-2's vary with the page cache), not "
+            "by Swin (3.5x, 3.9x in the run before, 7.4x before the one-pass folding: it "
+            "evaluates some 6,900 small arithmetic nodes one by one in Python, most of its "
+            "read) nor by deep chains (9-13x in this run, 8-13x in the one before; an Intel "
+            "Xeon ran the 1M-node chain in 124 s where this run's AMD EPYC took 64 s): "
             "there every node still becomes Python objects (a layer, its tensors, its cost "
             "inputs) in the reader and is walked again by the memory model, block detection and "
             "the solve: about 90 microseconds per node where the floor spends about ten, most "
