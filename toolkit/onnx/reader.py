@@ -348,7 +348,7 @@ def _shape_in(name: str, scope: Mapping[str, Info]) -> Shape | None:
 
 
 def _carried(batch: _Batch, layers: list[Layer], tensors: dict[str, Tensor],
-             inputs: list[str], outputs: list[str]) -> _Batch:
+             reached: set[str], outputs: list[str]) -> _Batch:
     """`batch`, unless its leading dimension was guessed to be the batch and the model does
     not carry it: a batch runs through the whole model, so most outputs of the layers that
     compute on the inputs have it (on some axis: a recurrent layer puts time first) and a
@@ -358,7 +358,7 @@ def _carried(batch: _Batch, layers: list[Layer], tensors: dict[str, Tensor],
     (`nn.TransformerEncoder` without `batch_first`: sequence, batch, features)."""
     if not batch.guessed:
         return batch
-    size, reached = batch.exported, computed_from(layers, inputs)
+    size = batch.exported
     held = [size in tensors[x.outputs[0]].shape for x in layers
             if x.outputs and x.outputs[0] in reached and tensors[x.outputs[0]].shape]
     leading = [tensors[o].shape[:1] == (size,) for o in outputs]
@@ -370,13 +370,11 @@ def _carried(batch: _Batch, layers: list[Layer], tensors: dict[str, Tensor],
                      f"graph outputs lead with it (--dim batch={size} divides it out)")
 
 
-def _per_sample(layers: list[Layer], tensors: dict[str, Tensor], inputs: list[str],
+def _per_sample(layers: list[Layer], tensors: dict[str, Tensor], reached: set[str],
                 exported: int) -> tuple[list[Layer], dict[str, Tensor]]:
-    """Divide a concrete exported batch out of what the inputs make: each such tensor's first
-    axis of the batch's size (the leading one, or the second where time comes first) and
-    every such layer's work. What weights alone make (`computed_from`) is per step, as is."""
-    reached = computed_from(layers, inputs)
-
+    """Divide a concrete exported batch out of what the inputs make (`reached`): each such
+    tensor's first axis of the batch's size (the leading one, or the second where time comes
+    first) and every such layer's work. What weights alone make is per step, as is."""
     def per(t: Tensor) -> Tensor:
         if t.name not in reached or exported not in t.shape:
             return t
@@ -494,8 +492,10 @@ class _Reader:
                 unsupported[self.ops[i]] = unsupported.get(self.ops[i], 0) + 1
             layers.append(layer)
         outputs = [o.name for o in self.graph.output if o.name in tensors]
-        if batch is not None:
-            batch = _carried(batch, layers, tensors, self.raw_inputs, outputs)
+        reached: set[str] = set()  # what the inputs make, where an exported batch matters
+        if batch is not None and batch.exported > 1:
+            reached = computed_from(layers, self.raw_inputs)  # (layers in topological order)
+            batch = _carried(batch, layers, tensors, reached, outputs)
         notes = [batch.note] if batch is not None and batch.note else []
         if unsupported:
             ops = ", ".join(f"{op} x{n}" for op, n in sorted(unsupported.items()))
@@ -525,7 +525,7 @@ class _Reader:
                          "(Div, Erf, Add, Mul, Mul), charged as five kernels as the graph runs; "
                          "PyTorch's fused GELU is one (the dynamo exporter writes one Gelu node)")
         if batch is not None and batch.exported > 1:
-            layers, tensors = _per_sample(layers, tensors, self.raw_inputs, batch.exported)
+            layers, tensors = _per_sample(layers, tensors, reached, batch.exported)
         return LayerGraph.build(
             self.name, layers, tensors, self.raw_inputs, outputs,
             unsupported_ops=unsupported, unknown_shapes=tuple(unknown), notes=tuple(notes),
