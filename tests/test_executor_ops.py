@@ -1,4 +1,5 @@
-"""The executor's recurrent, transposed-convolution and resampling operators against PyTorch:
+"""The executor's recurrent, transposed-convolution, resampling and detection operators against
+PyTorch and torchvision:
 a module exported to ONNX and run by the executor gives the module's own outputs, and the same
 gradients for its input and every weight. (The onnx package's node tests check each operator's
 outputs too: `test_train.py::test_executor_equals_the_onnx_backend_node_tests`.)"""
@@ -118,3 +119,38 @@ def test_variable_sequence_lengths_equal_onnxruntime():
             assert torch.allclose(got[name], torch.from_numpy(want), rtol=1e-4,
                                   atol=1e-5), (op, name)
         assert float(got["y"][2:, :, 1].abs().max()) == 0  # sample 1 stops after 2 steps
+
+
+@pytest.mark.parametrize("aligned", [True, False])
+def test_roi_align_gives_torchvisions_values_and_gradients(aligned):
+    """RoiAlign (average, adaptive and fixed sampling) against torchvision.ops.roi_align,
+    the kernel PyTorch's detectors train with: the pooled values and the feature map's
+    gradient."""
+    ops = pytest.importorskip("torchvision.ops")
+    torch.manual_seed(2)
+    data = torch.randn(2, 3, 12, 10)
+    boxes = torch.tensor([[0.5, 1.0, 7.5, 9.0], [2.0, 0.0, 9.5, 5.5], [-1.0, 3.0, 4.0, 13.0]])
+    batch = torch.tensor([0, 1, 1])
+    for ratio in (0, 2):
+        node = helper.make_node(
+            "RoiAlign", ["x", "rois", "batch"], ["y"], output_height=3, output_width=4,
+            sampling_ratio=ratio, spatial_scale=0.5,
+            coordinate_transformation_mode="half_pixel" if aligned else "output_half_pixel")
+        graph = helper.make_graph([node], "roi", [vi("x", [2, 3, 12, 10])], [vi("y", None)],
+                                  [helper.make_tensor("rois", TensorProto.FLOAT, [3, 4],
+                                                      boxes.flatten().tolist()),
+                                   helper.make_tensor("batch", TensorProto.INT64, [3],
+                                                      batch.tolist())])
+        executor = OnnxModule(helper.make_model(graph), [])
+        fed, wanted_x = data.clone().requires_grad_(True), data.clone().requires_grad_(True)
+        got = executor({"x": fed})["y"]
+        wanted = ops.roi_align(wanted_x, torch.cat([batch[:, None].float(), boxes], 1),
+                               (3, 4), spatial_scale=0.5, sampling_ratio=ratio,
+                               aligned=aligned)
+        assert torch.allclose(got, wanted, atol=1e-5)
+        probe = torch.randn_like(wanted)
+        (got * probe).sum().backward()
+        (wanted * probe).sum().backward()
+        assert fed.grad is not None and wanted_x.grad is not None
+        assert torch.allclose(fed.grad, wanted_x.grad, atol=1e-5)
+        assert float(fed.grad.abs().max()) > 0

@@ -290,6 +290,31 @@ def test_train_command_json(tmp_path, capsys, monkeypatch):
     assert data["predicted_ms"]["download_ms"] >= 5
 
 
+def test_a_loss_that_is_not_a_number_is_reported_not_a_crash(tmp_path, capsys, monkeypatch):
+    """A detector with random weights detects nothing (an empty output) and training can
+    diverge: the loss is then NaN, which the wire's JSON cannot carry. The server used to die
+    on it ("the server closed the connection"); now the run ends and says so."""
+    m = model(
+        [helper.make_node("MatMul", ["x", "w1"], ["h"], name="fc1"),
+         helper.make_node("Exp", ["h"], ["e"], name="exp"),
+         helper.make_node("Neg", ["e"], ["n"], name="neg"),
+         helper.make_node("Log", ["n"], ["y"], name="log")],  # log of a negative: NaN
+        [vi("x", [4, 8])], [vi("y", [4, 8])], [weight("w1", 8, 8)])
+    path = save(m, tmp_path / "nan.onnx")
+    layers = tmp_path / "device.json"
+    layers.write_text(json.dumps(["fc1"]))
+    args = ["train", str(path), "--device-layers", str(layers), "--uplink", "20Mbps",
+            "--downlink", "20Mbps", "--device", "cpu-server", "--server", "cpu-server",
+            "--iterations", "2", "--warmup", "0"]
+    code, out, err = run_main([*args, "--json"], capsys, monkeypatch)
+    assert code == 0, err
+    data = json.loads(out)
+    jsonschema.validate(data, schema("train"))
+    assert data["losses"] == [None, None] and len(data["cut_tensors"]) == 1
+    code, out, _ = run_main(args, capsys, monkeypatch)
+    assert code == 0 and "not a number -> not a number" in out
+
+
 def test_an_invalid_cut_is_refused_before_anything_runs(tmp_path):
     from toolkit.errors import PartitionError
 

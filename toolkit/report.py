@@ -434,9 +434,13 @@ def train_report(result: TrainResult) -> Group:
         f"predicted for {escape(result.predicted_for)} (profiles); measured on this machine, "
         "one CPU thread per tier",
         grid,
-        f"loss on the fixed synthetic batch: {losses[0]:.4g} -> {losses[-1]:.4g}"
+        f"loss on the fixed synthetic batch: {_loss(losses[0])} -> {_loss(losses[-1])}"
         if losses else "no iterations measured",
     )
+
+
+def _loss(value: float | None) -> str:
+    return "not a number" if value is None else f"{value:.4g}"
 
 
 def _amount(value: float, unit: str) -> str:

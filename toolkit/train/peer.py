@@ -22,6 +22,7 @@ A peer that dies or sends garbage ends the others with a one-line error (exit 2)
 from __future__ import annotations
 
 import json
+import math
 import socket
 import sys
 import time
@@ -256,7 +257,8 @@ class _Tier:
         if loss is not None:
             roots.append(loss)
             gradients.append(None)
-            meta["loss"] = loss.item()
+            value = loss.item()  # (not a number: an empty output, or training that diverged)
+            meta["loss"] = value if math.isfinite(value) else None
         if self.optimizer is not None:
             self.optimizer.zero_grad(set_to_none=True)
         if roots:
@@ -274,7 +276,7 @@ class _Tier:
             end = time.monotonic()
             row[f"{name}_backward_ms"] = (end - backward_from) * 1e3
             row["wall_ms"] = (end - start) * 1e3
-            row["loss"] = float(meta["loss"])
+            row["loss"] = meta["loss"]
         return row
 
 

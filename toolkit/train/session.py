@@ -76,7 +76,7 @@ class TrainResult:
     iterations: list[dict[str, float]]
     measured_ms: dict[str, float]
     predicted_ms: dict[str, float]
-    losses: list[float] = field(default_factory=list)
+    losses: list[float | None] = field(default_factory=list)  # None: not a number
     predicted_for: str = ""  # the profiles the prediction is for
 
     @property
