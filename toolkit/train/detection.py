@@ -23,12 +23,14 @@ def roi_align(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
                                   "default changed at opset 16)")
     half_pixel = a["coordinate_transformation_mode"] == "half_pixel"
     mode = a.get("mode", "avg")
+    if mode not in ("avg", "max"):
+        raise NotImplementedError(f"RoiAlign mode {mode}")
+    offset = 0.5 if half_pixel else 0.0
     out_h, out_w = int(a.get("output_height", 1)), int(a.get("output_width", 1))
     ratio, scale = int(a.get("sampling_ratio", 0)), float(a.get("spatial_scale", 1.0))
     height, width = data.shape[2], data.shape[3]
     pooled = []
     for box, n in zip(rois.tolist(), batch_indices.tolist(), strict=True):
-        offset = 0.5 if half_pixel else 0.0
         x1, y1, x2, y2 = (v * scale - offset for v in box)
         roi_w, roi_h = x2 - x1, y2 - y1
         if not half_pixel:  # malformed regions are taken as 1 x 1
@@ -46,14 +48,12 @@ def roi_align(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
         weights = [[ys[2 + i].reshape(-1, 1) * xs[2 + j].reshape(1, -1) for j in (0, 1)]
                    for i in (0, 1)]
         terms = torch.stack([corners[i][j] * weights[i][j] for i in (0, 1) for j in (0, 1)])
-        samples = (terms.sum(0) if mode == "avg" else terms.amax(0)) \
-            .reshape(-1, out_h, grid_h, out_w, grid_w)
-        if mode == "avg":
-            pooled.append(samples.mean(dim=(2, 4)))
-        elif mode == "max":
-            pooled.append(samples.amax(dim=(2, 4)))
-        else:
-            raise NotImplementedError(f"RoiAlign mode {mode}")
+        if mode == "avg":  # each sample the weighted sum of its corners, averaged per cell
+            pooled.append(terms.sum(0).reshape(-1, out_h, grid_h, out_w, grid_w)
+                          .mean(dim=(2, 4)))
+        else:  # ONNX's max: the largest weighted corner, the largest sample per cell
+            pooled.append(terms.amax(0).reshape(-1, out_h, grid_h, out_w, grid_w)
+                          .amax(dim=(2, 4)))
     if not pooled:
         return (data.new_zeros(0, data.shape[1], out_h, out_w),)
     return (torch.stack(pooled),)
