@@ -11,8 +11,9 @@ autograd keeps, the gradients and the backward's buffers. The model predicts the
 (`toolkit.memory`: the whole model's peak less its state) from the ONNX export alone.
 
 On a CPU this is what a device without a GPU allocates; with a GPU lent, the same script's
-`--cuda` measures `torch.cuda.max_memory_allocated` instead. Raw results:
-bench/results/memory.json; the budget table of docs/memory.md comes from `--budgets`.
+`--cuda` measures `torch.cuda.max_memory_allocated` instead (`--measure-only JSON` there, then
+`--cuda-from JSON` here, where the exports are). Raw results: bench/results/memory.json and
+memory-cuda.json; `--doc-only` rewrites docs/memory.md from them.
 """
 
 from __future__ import annotations
@@ -41,6 +42,10 @@ MODELS = {"resnet18": 8, "resnet50": 8, "mobilenet_v2": 8, "googlenet": 8,
 # glibc keeps freed heap memory resident: with every block of 64 KiB and more from its own
 # mapping, returned when freed, the resident size follows what is allocated
 MALLOC = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
+# on a GPU, a larger batch of some too: where convolution and attention kernels' workspaces
+# and the caching allocator's rounding would show
+CUDA_MODELS = [("resnet50", 32), ("vit_b_16", 32), ("bert_base", 32)]
+CUDA_RESULTS = ROOT / "bench" / "results" / "memory-cuda.json"
 BUDGET_MODELS = ["resnet18", "resnet50", "mobilenet_v2", "googlenet", "densenet121",
                  "vit_b_16", "gpt2"]
 BUDGETS_GB = [1, 2, 4, 8]
@@ -110,20 +115,38 @@ def predicted(name: str, batch: int) -> dict[str, float]:
             "params": float(sum(layer.params for layer in graph))}
 
 
-def run(cuda: bool) -> list[dict[str, Any]]:
-    rows = []
-    for name, batch in MODELS.items():
+def measure(cuda: bool, models: list[tuple[str, int]], parallel: int = 1
+            ) -> list[dict[str, Any]]:
+    """Each model's training step measured in a fresh process, `parallel` at a time (on a GPU
+    each process's peak is its own)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(item: tuple[str, int]) -> dict[str, Any] | None:
+        name, batch = item
         done = subprocess.run(
             [sys.executable, "-m", "bench.memory", "--one", name, str(batch),
              *(["--cuda"] if cuda else [])],
             capture_output=True, text=True, check=False, cwd=ROOT, env={**os.environ, **MALLOC})
         if done.returncode:
             print(f"{name}: failed: {done.stderr.strip().splitlines()[-1:]}", flush=True)
-            continue
-        row = {**json.loads(done.stdout.strip().splitlines()[-1]), **predicted(name, batch)}
+            return None
+        row: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+        print(f"{name} b{batch}: measured {row['measured_bytes'] / 1e9:.3f} GB", flush=True)
+        return row
+
+    with ThreadPoolExecutor(parallel) as pool:
+        return [row for row in pool.map(one, models) if row is not None]
+
+
+def with_predictions(measured: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The measured rows beside the model's prediction of each."""
+    rows = []
+    for row in measured:
+        row = {**row, **predicted(row["model"], row["batch"])}
         row["error"] = row["predicted_bytes"] / row["measured_bytes"] - 1
         rows.append(row)
-        print(f"{name} b{batch}: measured {row['measured_bytes'] / 1e9:.3f} GB, predicted "
+        print(f"{row['model']} b{row['batch']} on {row['device']}: measured "
+              f"{row['measured_bytes'] / 1e9:.3f} GB, predicted "
               f"{row['predicted_bytes'] / 1e9:.3f} GB ({row['error']:+.1%})", flush=True)
     return rows
 
@@ -167,6 +190,8 @@ whose backward runs. The peak is the largest sum over the positions of the backw
 `splitcut partition` reports the device half's peak; `--device-memory SIZE` finds the best
 partition that fits (below).
 """
+
+GPU_FINDINGS = """"""
 
 FINDINGS = """**What it took, and what is left.** Each step below is a term the measurement
 asked for, found by comparing the model with what autograd saves (`grad_fn._saved_*`,
@@ -214,13 +239,31 @@ factor fitted to a model.
   kept tensor on its own (over, never under). ConvNeXt-T -5%: a 38.5 MB scratch buffer
   a CPU kernel allocates during the backward of its last stage (no tensor: the profiler sees
   an anonymous block, three times), which no graph shows.
-- No GPU was lent to this project's sessions yet: `--cuda` measures
-  `torch.cuda.max_memory_allocated` the same way; CUDA's dropout keeps a 1-byte mask, so there
-  the model over-counts masks by 3 bytes per element.
+- No GPU has measured this yet: `--cuda` measures `torch.cuda.max_memory_allocated` the same
+  way (`bench/gpu_split.py` runs it with `--measure-only` on a lent GPU machine, adding
+  ResNet-50, ViT-B/16 and BERT at batch 32; `--cuda-from` predicts its rows here and adds
+  them below); CUDA's dropout keeps a 1-byte mask, so there the model over-counts masks by 3
+  bytes per element.
 """
 
 
-def write_doc(measured: list[dict[str, Any]], budgets: list[dict[str, Any]], doc: Path) -> None:
+def _table(measured: list[dict[str, Any]]) -> list[str]:
+    lines = ["| model | batch | parameters | measured GB | predicted GB | error |",
+             "|---|---|---|---|---|---|"]
+    for r in measured:
+        lines.append(f"| {r['model']} | {r['batch']} | {r['params'] / 1e6:.1f} M | "
+                     f"{r['measured_bytes'] / 1e9:.3f} | {r['predicted_bytes'] / 1e9:.3f} | "
+                     f"{r['error']:+.0%} |")
+    if measured:
+        errors = [abs(r["error"]) for r in measured]
+        lines += ["", f"Median absolute error {statistics.median(errors):.0%}, worst "
+                      f"{max(errors):.0%} ({len(measured)} models, "
+                      f"{measured[0]['device']}).", ""]
+    return lines
+
+
+def write_doc(measured: list[dict[str, Any]], budgets: list[dict[str, Any]], doc: Path,
+              gpu: dict[str, Any] | None = None) -> None:
     lines = ["# Training memory: the model against PyTorch, and budgets", "",
              "Regenerate with `python -m bench.memory` (about 5 minutes on 2 cores; `--cuda` "
              "on a GPU). Raw results: `bench/results/memory.json`.", "",
@@ -232,18 +275,16 @@ def write_doc(measured: list[dict[str, Any]], budgets: list[dict[str, Any]], doc
              "(VmHWM, reset just before the step) beyond the loaded weights, against the "
              "model's prediction of the same (its peak less the weights) from the ONNX export "
              "alone.", "",
-             "| model | batch | parameters | measured GB | predicted GB | error |",
-             "|---|---|---|---|---|---|"]
-    for r in measured:
-        lines.append(f"| {r['model']} | {r['batch']} | {r['params'] / 1e6:.1f} M | "
-                     f"{r['measured_bytes'] / 1e9:.3f} | {r['predicted_bytes'] / 1e9:.3f} | "
-                     f"{r['error']:+.0%} |")
-    if measured:
-        errors = [abs(r["error"]) for r in measured]
-        lines += ["", f"Median absolute error {statistics.median(errors):.0%}, worst "
-                      f"{max(errors):.0%} ({len(measured)} models, "
-                      f"{measured[0]['device']}).", ""]
+             *_table(measured)]
     lines += [*FINDINGS.splitlines(), ""]
+    if gpu is not None:
+        lines += ["## On a GPU", "",
+                  f"The same step on {gpu['gpu']} (PyTorch {gpu['torch']}, CUDA {gpu['cuda']}, "
+                  f"{gpu['date']}; `python -m bench.memory --cuda --measure-only` on a lent GPU "
+                  "machine, run by `bench/gpu_split.py`): `torch.cuda.max_memory_allocated` "
+                  "during the step less `torch.cuda.memory_allocated` before it, against the "
+                  "same prediction. Raw results: `bench/results/memory-cuda.json`.", "",
+                  *_table(gpu["measured"]), *GPU_FINDINGS.splitlines(), ""]
     lines += ["## The best partition under a budget", "",
               "Jetson Nano + RTX 3090, 10 Mbit/s each way, batch 32 (a slow link pushes "
               "layers onto the device, so budgets bind). Per model and device budget: the "
@@ -273,16 +314,40 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--one", nargs=2, metavar=("MODEL", "BATCH"), help=argparse.SUPPRESS)
     parser.add_argument("--cuda", action="store_true", help="measure on the GPU")
+    parser.add_argument("--measure-only", type=Path, metavar="JSON",
+                        help="measure (on a GPU machine: 4 models at a time) and write the raw "
+                             "rows there, without exporting or predicting")
+    parser.add_argument("--cuda-from", type=Path, metavar="JSON",
+                        help="a GPU run's raw rows: predict each here, write "
+                             "bench/results/memory-cuda.json and docs/memory.md")
+    parser.add_argument("--doc-only", action="store_true",
+                        help="rewrite docs/memory.md from bench/results/")
     args = parser.parse_args()
     if args.one:
         print(json.dumps(measure_one(args.one[0], int(args.one[1]), args.cuda)))
         return
-    measured = run(args.cuda)
-    budgets = budget_rows()
-    out = ROOT / "bench" / "results" / ("memory-cuda.json" if args.cuda else "memory.json")
-    out.write_text(json.dumps({"measured": measured, "budgets": budgets}, indent=1))
-    if not args.cuda:
-        write_doc(measured, budgets, ROOT / "docs" / "memory.md")
+    models = [*MODELS.items(), *(CUDA_MODELS if args.cuda else [])]
+    if args.measure_only:
+        from bench.gpu_split import machine
+
+        rows = measure(args.cuda, models, parallel=4 if args.cuda else 1)
+        args.measure_only.write_text(json.dumps({**machine(), "measured": rows}, indent=1))
+        return
+    results, gpu_results = ROOT / "bench" / "results" / "memory.json", CUDA_RESULTS
+    if args.cuda_from or args.cuda:
+        from bench.gpu_split import machine
+
+        raw = json.loads(args.cuda_from.read_text()) if args.cuda_from else \
+            {**machine(), "measured": measure(True, models, parallel=4)}
+        gpu_results.write_text(json.dumps(
+            {**raw, "measured": with_predictions(raw["measured"])}, indent=1))
+    elif not args.doc_only:
+        measured = with_predictions(measure(False, models))
+        results.write_text(json.dumps({"measured": measured, "budgets": budget_rows()},
+                                      indent=1))
+    data = json.loads(results.read_text())
+    gpu = json.loads(gpu_results.read_text()) if gpu_results.exists() else None
+    write_doc(data["measured"], data["budgets"], ROOT / "docs" / "memory.md", gpu)
 
 
 if __name__ == "__main__":

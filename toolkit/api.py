@@ -597,11 +597,13 @@ def train_model(
     progress: Callable[[int, int], None] | None = None,
     chain: tuple[Sequence[str], Sequence[Scenario]] | None = None,
     tier_cpu: Mapping[str, float] | None = None,
+    tier_device: Mapping[str, str] | None = None,
 ) -> TrainResult:
     """Real split training of MODEL at a cut (`CUTS`, or the given layers: device layer names,
     or each layer's tier) over the scenario's link, or along a tier `chain` (`make_chain`:
     one process per tier), measured beside the delay model's prediction. `device_cpu` and
-    `tier_cpu` (by tier name) emulate slower processors with a share of one CPU."""
+    `tier_cpu` (by tier name) emulate slower processors with a share of one CPU;
+    `tier_device` runs tiers on a torch device (`{"server": "cuda"}`)."""
     from toolkit.partition.baselines import best_chain_split, best_ranges
     from toolkit.train.session import train
 
@@ -651,7 +653,7 @@ def train_model(
         raise PartitionError(f"unknown --cut {cut!r}; choose one of {', '.join(CUTS)}")
     return train(Path(path), graph.name, costs, tier.tolist(), label, boundaries, iterations,
                  warmup, lr, paced, dims, graph.file_batch, progress=progress,
-                 cpu={names[0]: device_cpu, **(tier_cpu or {})})
+                 cpu={names[0]: device_cpu, **(tier_cpu or {})}, devices=tier_device)
 
 
 def file_batch(

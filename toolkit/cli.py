@@ -51,6 +51,7 @@ if TYPE_CHECKING:
     from toolkit.store import Store
 
 F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
 console = Console()
 
 
@@ -508,7 +509,7 @@ def _partition(model: str, name: str | None, exporter: str, dims: dict[str, int]
 
 
 def _per_tier(values: tuple[str, ...], option: str, what: str,
-              parse: Callable[[str], float]) -> dict[str, float]:
+              parse: Callable[[str], T]) -> dict[str, T]:
     """`--tier-cpu edge=0.5`, `--tier-memory edge=8GB` -> {"edge": value}; `parse` turns the
     value's text into a number or raises ValueError/ScenarioError saying why."""
     out = {}
@@ -861,11 +862,16 @@ def split(model: str, name: str | None, exporter: str, dims: dict[str, int],
 @click.option("--tier-cpu", "tier_cpu", multiple=True, metavar="TIER=SHARE",
               callback=lambda _c, _p, v: _per_tier(v, "--tier-cpu", "SHARE", _share),
               help="A chain tier's share of one CPU, as --device-cpu (repeatable).")
+@click.option("--tier-device", "tier_device", multiple=True, metavar="TIER=DEVICE",
+              callback=lambda _c, _p, v: _per_tier(v, "--tier-device", "DEVICE", str),
+              help="Run a tier on a torch device, e.g. server=cuda: the server's part "
+                   "trains on this machine's GPU (repeatable).")
 @json_option
 def train(model: str, name: str | None, exporter: str, dims: dict[str, int], cut: str,
           device_layers_file: str | None, tiers_file: str | None, u_shape: bool,
           iterations: int, warmup: int, lr: float, paced: bool, device_cpu: float,
-          tier_cpu: dict[str, float], as_json: bool, settings: ScenarioOptions) -> None:
+          tier_cpu: dict[str, float], tier_device: dict[str, str], as_json: bool,
+          settings: ScenarioOptions) -> None:
     """Train MODEL split across processes over shaped links; measured vs predicted.
 
     Each tier (device and server; with --u-shape or --tiers, every tier of the chain) runs
@@ -888,7 +894,7 @@ def train(model: str, name: str | None, exporter: str, dims: dict[str, int], cut
 
         result = api.train_model(model, scenario, name, exporter, dims, cut, layers,
                                  iterations, warmup, lr, paced, device_cpu, progress, chain,
-                                 tier_cpu)
+                                 tier_cpu, tier_device)
     if as_json:
         emit_json(result.to_dict())
         return

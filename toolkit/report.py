@@ -432,7 +432,8 @@ def train_report(result: TrainResult) -> Group:
         *(crossing or ["nothing crosses: every layer on the device"]),
         f"link: {result.shaping}",
         f"predicted for {escape(result.predicted_for)} (profiles); measured on this machine, "
-        "one CPU thread per tier",
+        "one CPU thread per tier" + "".join(f"; {t['name']} on {t['runs_on']}" for t in tiers
+                                            if t["runs_on"] != "cpu"),
         grid,
         f"loss on the fixed synthetic batch: {_loss(losses[0])} -> {_loss(losses[-1])}"
         if losses else "no iterations measured",

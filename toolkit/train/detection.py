@@ -65,7 +65,7 @@ def _axis(start: float, bin_size: float, cells: int, grid: int, size: int,
     for a sample more than one pixel off the map)."""
     at = [start + c * bin_size + (g + 0.5) * bin_size / grid
           for c in range(cells) for g in range(grid)]
-    where = torch.tensor(at, dtype=torch.float64)
+    where = torch.tensor(at, dtype=torch.float64, device=like.device)
     inside = (where >= -1.0) & (where <= size)
     where = where.clamp(min=0)
     low = where.floor().long()
@@ -104,7 +104,7 @@ def non_max_suppression(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
             ranked = ranked[scores[b, c, ranked] > score_limit]
             kept = _greedy(corners[b, ranked], iou_limit, most)
             picked += [[b, c, int(ranked[k])] for k in kept]
-    return (torch.tensor(picked, dtype=torch.int64).reshape(-1, 3),)
+    return (torch.tensor(picked, dtype=torch.int64, device=boxes.device).reshape(-1, 3),)
 
 
 def _greedy(corners: torch.Tensor, iou_limit: float, most: int) -> list[int]:
@@ -112,7 +112,7 @@ def _greedy(corners: torch.Tensor, iou_limit: float, most: int) -> list[int]:
     it that overlap it by more than `iou_limit` (one row of IoUs at a time: memory linear in
     the boxes, as a detector's thousands of anchors need)."""
     area = (corners[:, 2] - corners[:, 0]) * (corners[:, 3] - corners[:, 1])
-    alive = torch.ones(len(corners), dtype=torch.bool)
+    alive = torch.ones(len(corners), dtype=torch.bool, device=corners.device)
     kept: list[int] = []
     for i in range(len(corners)):
         if len(kept) >= most:

@@ -100,10 +100,13 @@ def _run_nodes(nodes: Sequence[Node], env: MutableMapping[str, Any],
         args = [env[name] if name else None for name in inputs]
         start = time.perf_counter()
         try:
-            if op_type in _CONTROL_FLOW:
-                results = _control_flow(op_type, attrs, args, env)
-            else:
-                results = run_op(op_type, attrs, args, len(outputs))
+            try:
+                results = _run_node(op_type, attrs, args, len(outputs), env)
+            except RuntimeError:
+                together = _on_one_device(args)
+                if together is None:
+                    raise
+                results = _run_node(op_type, attrs, together, len(outputs), env)
         except (NotImplementedError, RuntimeError, IndexError, ValueError,
                 TypeError) as exc:
             reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
@@ -116,7 +119,34 @@ def _run_nodes(nodes: Sequence[Node], env: MutableMapping[str, Any],
             if name:
                 env[name] = value
         if timer is not None:
+            synchronize(results)
             timer(k, (time.perf_counter() - start) * 1e3, list(results))
+
+
+def _run_node(op_type: str, attrs: dict[str, Any], args: list[Any], outputs: int,
+              env: MutableMapping[str, Any]) -> tuple[Any, ...]:
+    if op_type in _CONTROL_FLOW:
+        return _control_flow(op_type, attrs, args, env)
+    return run_op(op_type, attrs, args, outputs)
+
+
+def _on_one_device(args: list[Any]) -> list[Any] | None:
+    """`args` with the CPU tensors among them moved to the accelerator another one is on, or
+    None when they do not mix devices. A module placed on a GPU computes its shapes on the
+    CPU (`Shape` makes a CPU tensor, as PyTorch's sizes live on the host); where such a tensor
+    meets the GPU's, in an op that does not read it as numbers, it moves there."""
+    tensors = [x for x in args if isinstance(x, torch.Tensor)]
+    device = next((x.device for x in tensors if x.device.type != "cpu"), None)
+    if device is None or all(x.device == device for x in tensors):
+        return None
+    return [x.to(device) if isinstance(x, torch.Tensor) else x for x in args]
+
+
+def synchronize(values: Sequence[Any]) -> None:
+    """Wait for the GPU work making `values`, where any is on a GPU: a timer reading the host's
+    clock then reads when the work is done, not when it was queued."""
+    if any(isinstance(x, torch.Tensor) and x.is_cuda for x in values):
+        torch.cuda.synchronize()
 
 
 def _run_body(body: _Body, env: MutableMapping[str, Any], bound: Sequence[Any]) -> list[Any]:
@@ -187,6 +217,33 @@ def _scan(attrs: dict[str, Any], args: list[Any], env: MutableMapping[str, Any]
     return (*states, *stacked)
 
 
+def _moved(node: Node, fn: Callable[[torch.Tensor], torch.Tensor]) -> Node:
+    """`node` with `fn` applied to what it makes from its attributes: a `Constant`'s value, a
+    body's constants and nodes (other ops read their tensor attributes as numbers, such as
+    `ConstantOfShape`'s fill value)."""
+    op_type, attrs, inputs, outputs = node
+
+    def moved(value: Any) -> Any:
+        if isinstance(value, torch.Tensor) and op_type == "Constant":
+            return _host_or(fn, value)
+        if isinstance(value, _Body):
+            return _Body([_moved(n, fn) for n in value.nodes], value.inputs, value.outputs,
+                         {name: _host_or(fn, t) for name, t in value.constants.items()})
+        return value
+
+    return op_type, {name: moved(value) for name, value in attrs.items()}, inputs, outputs
+
+
+SHAPE_LIKE = 64  # integer constants of at most this many elements stay on the host
+
+
+def _host_or(fn: Callable[[torch.Tensor], torch.Tensor], value: torch.Tensor) -> torch.Tensor:
+    """`fn(value)`, unless `value` is a short integer vector that ops read as numbers."""
+    shape_like = not (value.is_floating_point() or value.is_complex()) \
+        and value.numel() <= SHAPE_LIKE
+    return value if shape_like else fn(value)
+
+
 def _unknown_ops(graph: GraphProto) -> set[str]:
     """Operators in the graph (bodies included) with no torch function here."""
     return {
@@ -242,6 +299,17 @@ class OnnxModule(torch.nn.Module):  # type: ignore[misc]  # torch is untyped her
         initializers = set(self.weight_names) | set(self.constants)
         self.input_names = [i.name for i in graph.input if i.name not in initializers]
         self.output_names = [o.name for o in graph.output]
+
+    def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True
+               ) -> OnnxModule:
+        """`module.to(device)` and its kin move the constants too: the initializers that do
+        not train and the values of `Constant` nodes, in bodies as well. Short integer
+        vectors (shapes, axes, indices) stay on the host, where ops read them as numbers
+        (from a GPU, each such read would wait for the GPU)."""
+        super()._apply(fn, recurse)
+        self.constants = {name: _host_or(fn, value) for name, value in self.constants.items()}
+        self.nodes = [_moved(node, fn) for node in self.nodes]
+        return self
 
     def _parameter(self, name: str, value: torch.Tensor) -> None:
         self.weight_names.append(name)

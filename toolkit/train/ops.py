@@ -511,7 +511,7 @@ def slice_(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
         else:
             lo = min(max(start + dim if start < 0 else start, -1), dim - 1)
             hi = min(max(end + dim if end < 0 else end, -1), dim - 1)
-            index = torch.arange(lo, hi, step, dtype=torch.int64)
+            index = torch.arange(lo, hi, step, dtype=torch.int64, device=data.device)
             data = torch.index_select(data, axis, index)
     return (data,)
 

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 
 from toolkit.errors import ToolkitError
 from toolkit.train import wire
-from toolkit.train.executor import OnnxModule
+from toolkit.train.executor import OnnxModule, synchronize
 
 LABELS = "__labels__"
 
@@ -50,6 +50,7 @@ class TierPeer:
     sends: list[str]  # the tensors that cross the boundary after it, its own and relayed
     up_key: str = ""  # the measured term of the message it receives from below
     down_key: str = ""  # ... and of the gradients it receives from above
+    device: str = "cpu"  # where its part runs (a torch device: "cuda" for a GPU server)
 
 
 @dataclass(frozen=True)
@@ -184,16 +185,18 @@ class _Tier:
         self.above: socket.socket | None = None
         self.received: list[str] = []  # what the last forward message carried
         self.other = ""  # the neighbour talked to last (for errors)
+        self.device = torch.device(self.me.device)
 
     def run(self) -> list[dict[str, Any]]:
         """Train until tier 0 has done warm-up + iterations; this tier's measured rows."""
         config, t = self.config, self.t
         if self.me.onnx:
-            self.module = OnnxModule(onnx.load(self.me.onnx), config.trainable)
+            self.module = OnnxModule(onnx.load(self.me.onnx), config.trainable).to(self.device)
             weights = list(self.module.parameters())
             self.optimizer = torch.optim.SGD(weights, lr=config.lr) if weights else None
         if t == config.labels_at:
-            self.labels = synthetic_labels(config.label_shape, config.classes, config.seed)
+            self.labels = synthetic_labels(config.label_shape, config.classes,
+                                           config.seed).to(self.device)
         if t > 0:
             self.other = config.tiers[t - 1].name
             with socket.create_server(("127.0.0.1", config.ports[t - 1])) as listener:
@@ -203,7 +206,8 @@ class _Tier:
         if t + 1 < len(config.tiers):
             self.other = config.tiers[t + 1].name
             self.above = _connect(config.ports[t])
-        feeds = synthetic_inputs(config.inputs, config.seed) if t == 0 else {}
+        feeds = {n: x.to(self.device) for n, x in
+                 synthetic_inputs(config.inputs, config.seed).items()} if t == 0 else {}
         rows = []
         step = 0
         while t > 0 or step < config.warmup + config.iterations:
@@ -231,8 +235,8 @@ class _Tier:
             if kind == "stop":
                 return None
             start = time.monotonic()
-            for x in received.values():
-                x.requires_grad_(x.is_floating_point())
+            received = {n: x.to(self.device).requires_grad_(x.is_floating_point() and n != LABELS)
+                        for n, x in received.items()}
             self.received = sorted(received)
         labels = received.pop(LABELS, self.labels)
         here = {**received, **(self.module(received) if self.module is not None else {})}
@@ -240,19 +244,20 @@ class _Tier:
             if self.t == config.loss_tier else None
         grads: dict[str, torch.Tensor] = {}
         meta: dict[str, Any] = {}
+        synchronize(list(here.values()))
         backward_from = time.monotonic()
         row[f"{name}_forward_ms"] = (backward_from - start) * 1e3
         if self.above is not None:
-            up = {n: here[n].detach() for n in me.sends}
+            up = {n: here[n].detach().cpu() for n in me.sends}
             if labels is not None and self.t < config.loss_tier:
-                up[LABELS] = labels
+                up[LABELS] = labels.cpu()
             self.other = config.tiers[self.t + 1].name
             _send(self.above, config, self.t, True, "forward", up)
             _, meta, grads, row[me.down_key] = _receive(
                 self.above, config, "gradients")
             backward_from = time.monotonic()
         roots = [here[n] for n in me.sends if n in grads and here[n].requires_grad]
-        gradients: list[torch.Tensor | None] = [grads[n] for n in me.sends
+        gradients: list[torch.Tensor | None] = [grads[n].to(self.device) for n in me.sends
                                                 if n in grads and here[n].requires_grad]
         if loss is not None:
             roots.append(loss)
@@ -267,12 +272,13 @@ class _Tier:
             self.optimizer.step()
         if self.below is not None:
             self.other = config.tiers[self.t - 1].name
-            down = {n: x.grad if x.grad is not None else torch.zeros_like(x)
+            down = {n: (x.grad if x.grad is not None else torch.zeros_like(x)).cpu()
                     for n, x in received.items() if x.is_floating_point()}
             row[f"{name}_backward_ms"] = (time.monotonic() - backward_from) * 1e3
             _send(self.below, config, self.t - 1, False, "gradients", down,
                   loss=meta.get("loss"))
         else:
+            synchronize(list(here.values()))
             end = time.monotonic()
             row[f"{name}_backward_ms"] = (end - backward_from) * 1e3
             row["wall_ms"] = (end - start) * 1e3

@@ -76,12 +76,13 @@ def _sample(data: torch.Tensor, axis: int, where: np.ndarray, size: int, mode: s
             a: Attrs) -> torch.Tensor:
     """`data` read along `axis` at input coordinates `where`."""
     def take(index: np.ndarray) -> torch.Tensor:
-        return data.index_select(axis, torch.from_numpy(np.clip(index, 0, size - 1)))
+        return data.index_select(axis, torch.from_numpy(np.clip(index, 0, size - 1))
+                                 .to(data.device))
 
     def weighted(weights: np.ndarray) -> torch.Tensor:
         shape = [1] * data.dim()
         shape[axis] = -1
-        return torch.from_numpy(weights).to(data.dtype).reshape(shape)
+        return torch.from_numpy(weights).to(data.device, data.dtype).reshape(shape)
 
     if mode == "nearest":
         rule = a.get("nearest_mode", "round_prefer_floor")
@@ -103,7 +104,7 @@ def _sample(data: torch.Tensor, axis: int, where: np.ndarray, size: int, mode: s
         total = sum(weights)
         weights = [w / total for w in weights]
     return sum((take(t) * weighted(w) for t, w in zip(taps, weights, strict=True)),
-               start=torch.zeros((), dtype=data.dtype))
+               start=torch.zeros((), dtype=data.dtype, device=data.device))
 
 
 _ROUNDING: dict[str, Callable[[np.ndarray], np.ndarray]] = {

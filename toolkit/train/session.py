@@ -78,6 +78,7 @@ class TrainResult:
     predicted_ms: dict[str, float]
     losses: list[float | None] = field(default_factory=list)  # None: not a number
     predicted_for: str = ""  # the profiles the prediction is for
+    runs_on: list[str] = field(default_factory=list)  # each tier's torch device ("cpu")
 
     @property
     def device(self) -> list[int]:
@@ -99,7 +100,8 @@ class TrainResult:
         tier_keys, boundary_keys = term_keys(self.tiers)
         return {"model": self.model, "cut": self.cut, "device_layers": self.device_layers,
                 "cut_tensors": self.cut_tensors, "batch": self.batch, "shaping": self.shaping,
-                "tiers": [{"name": stem, "layers": self.tier.count(t), "term": key}
+                "tiers": [{"name": stem, "layers": self.tier.count(t), "term": key,
+                           "runs_on": self.runs_on[t] if t < len(self.runs_on) else "cpu"}
                           for t, (stem, key) in enumerate(zip(self.tiers, tier_keys, strict=True))],
                 "boundaries": [{"from": self.tiers[b], "to": self.tiers[b + 1],
                                 "tensors": [x for x in names if x != LABELS],
@@ -183,6 +185,7 @@ def train(
     paced: bool = False, dims: dict[str, int] | None = None, fixed: int | None = None,
     timeout_s: float = 1800,
     progress: Callable[[int, int], None] | None = None, cpu: Mapping[str, float] | None = None,
+    devices: Mapping[str, str] | None = None,
 ) -> TrainResult:
     """Split MODEL along the chain at `tier` (each layer's tier in `graph`), train it for
     `iterations` over each boundary's link at the scenario's batch, and compare with the
@@ -190,9 +193,19 @@ def train(
     batch, so the scenario must use it. `progress` is called with (iterations done, iterations
     in all, warm-up included) while it runs. `cpu` gives tiers (by name) a share of one CPU: a
     slower processor, emulated by a cgroup quota that a name's tiers share (a U-shape's
-    device)."""
+    device). `devices` runs tiers (by name) on a torch device: `{"server": "cuda"}` trains the
+    server's part on this machine's GPU."""
     from toolkit.onnx.split import split_tiers
 
+    last = max(tier, default=0)
+    shares = {name: share for name, share in (cpu or {}).items() if share < 1}
+    devices = devices or {}
+    for asked, what in ((shares, "to slow down"), (devices, "to run on a device")):
+        unknown = [name for name in asked if name not in graph.tiers]
+        if unknown:
+            raise TrainError(f"no tier named {unknown[0]!r} {what}; the chain has "
+                             + ", ".join(dict.fromkeys(graph.tiers)))
+    runs_on = [_torch_device(name, devices.get(name, "cpu")) for name in graph.tiers]
     predicted = predicted_terms(graph, tier, boundaries, file_stems(graph.tiers))
     batch = boundaries[0].batch
     whole = load_model(model_path)
@@ -209,15 +222,9 @@ def train(
     del probe
     classes, label_shape = label_kind(output)
     stems = file_stems(graph.tiers)
-    last = max(tier, default=0)
     why_not = None if paced else kernel_shaping_available()
     shaping = "kernel (tc htb in a private network namespace)" if not (paced or why_not) \
         else f"paced in the sender ({why_not or 'asked for'}; not kernel-shaped)"
-    shares = {name: share for name, share in (cpu or {}).items() if share < 1}
-    unknown = [name for name in shares if name not in graph.tiers]
-    if unknown:
-        raise TrainError(f"no tier named {unknown[0]!r} to slow down; the chain has "
-                         + ", ".join(dict.fromkeys(graph.tiers)))
     if shares:
         shaping += "; " + ", ".join(f"{name} limited to {share:.0%}" for name, share in
                                     shares.items()) + " of a CPU (cgroup cpu quota)"
@@ -237,7 +244,7 @@ def train(
         config = PeerConfig(
             tiers=[TierPeer(_key(stems[t]), files[t], sends[t],
                             boundary_keys[t - 1][0] if t else "",
-                            boundary_keys[t][1] if t < last else "")
+                            boundary_keys[t][1] if t < last else "", runs_on[t])
                    for t in range(last + 1)],
             ports=[_free_port() for _ in range(last)], trainable=trainable,
             loss_output=loss_output, loss_tier=loss_tier,
@@ -279,7 +286,24 @@ def train(
         name, cut_label, list(stems), [int(t) for t in tier],
         [list(runs[b + 1]["received"]) for b in range(last)], batch, shaping, rows, measured,
         predicted, [r["loss"] for r in rows],
-        ", ".join(f"{stem} {p}" for stem, p in zip(stems, processors, strict=False)))
+        ", ".join(f"{stem} {p}" for stem, p in zip(stems, processors, strict=False)), runs_on)
+
+
+def _torch_device(name: str, device: str) -> str:
+    """Tier `name`'s torch device, checked: one this machine has."""
+    try:
+        where = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise TrainError(f"{name}: {device!r} is not a torch device (cpu, cuda, "
+                         "cuda:1, ...)") from None
+    if where.type == "cuda" and not torch.cuda.is_available():
+        raise TrainError(f"{name}: cannot run on {device}: torch sees no CUDA GPU here")
+    if where.type == "cuda" and (where.index or 0) >= torch.cuda.device_count():
+        raise TrainError(f"{name}: cannot run on {device}: this machine has "
+                         f"{torch.cuda.device_count()} CUDA GPU(s)")
+    if where.type not in ("cpu", "cuda"):
+        raise TrainError(f"{name}: cannot run on {device}: a tier runs on the cpu or cuda")
+    return str(where)
 
 
 def _run(command: list[str], timeout_s: float, progress_file: Path, steps: int,

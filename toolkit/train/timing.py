@@ -21,29 +21,34 @@ import torch
 from toolkit.graph import LayerGraph
 from toolkit.measured import MeasuredProfile, layers_sha
 from toolkit.onnx import layer_names, load_external_data, load_model
-from toolkit.train.executor import OnnxModule, trainable_initializers
+from toolkit.train.executor import OnnxModule, synchronize, trainable_initializers
 from toolkit.train.peer import label_kind, loss_of, synthetic_inputs, synthetic_labels
 from toolkit.train.session import input_specs
 
 
 def executor_profile(path: Path, graph: LayerGraph, processor: str, batch: int = 1,
-                     repeats: int = 5, warmup: int = 2, threads: int = 1) -> MeasuredProfile:
+                     repeats: int = 5, warmup: int = 2, threads: int = 1,
+                     device: str = "cpu") -> MeasuredProfile:
     """Mean per-layer forward and backward times of one training step in the executor (means,
     not medians: under a CPU quota the throttling stalls land on different layers each run,
-    and only means add up to the step's time)."""
+    and only means add up to the step's time). On a GPU (`device="cuda"`) each layer is timed
+    to the end of its GPU work: the step is synchronised after every layer, so the times add
+    up to a step that overlaps nothing (what a small batch, bound by launching kernels,
+    nearly is)."""
     torch.set_num_threads(threads)
     whole = load_model(path)
     load_external_data(whole, path.parent)
-    module = OnnxModule(whole, trainable_initializers(whole.graph))
+    module = OnnxModule(whole, trainable_initializers(whole.graph)).to(device)
     names = layer_names(whole.graph)
     layer_of = [names[i] for i, n in enumerate(whole.graph.node)
                 if not (n.op_type == "Identity" and n.input[0] in module.weight_names)]
-    feeds = synthetic_inputs(input_specs(whole, batch, {}), seed=0)
+    feeds = {n: x.to(device) for n, x in synthetic_inputs(input_specs(whole, batch, {}),
+                                                          seed=0).items()}
     output = whole.graph.output[0].name
     with torch.no_grad():
         probe = module(feeds)[output]
     classes, shape = label_kind(probe)
-    labels = synthetic_labels(shape, classes, 0)
+    labels = synthetic_labels(shape, classes, 0).to(device)
     layers = {layer.name for layer in graph}
     forward: dict[str, list[float]] = {}
     backward: dict[str, list[float]] = {}
@@ -56,7 +61,8 @@ def executor_profile(path: Path, graph: LayerGraph, processor: str, batch: int =
                 backward.setdefault(name, []).append(bwd.get(name, 0.0))
     return MeasuredProfile(
         model=graph.name, processor=processor, batch=batch,
-        source=f"splitcut training executor, {threads} thread(s), mean of {repeats}",
+        source=f"splitcut training executor, {threads} thread(s)"
+               + (f", on {device}" if device != "cpu" else "") + f", mean of {repeats}",
         layers_sha=layers_sha(graph),
         forward_ms={n: statistics.fmean(v) for n, v in forward.items() if n in layers},
         backward_ms={n: statistics.fmean(v) for n, v in backward.items() if n in layers},
@@ -77,11 +83,11 @@ def _one_step(module: OnnxModule, feeds: dict[str, torch.Tensor],
         fwd[name] = fwd.get(name, 0.0) + ms
         for out in outputs:
             if isinstance(out, torch.Tensor) and out.requires_grad:
-                out.register_hook(lambda _g, n=name: events.append((time.perf_counter(), n)))
+                out.register_hook(lambda g, n=name: events.append((_now([g]), n)))
 
     value = loss(module(feeds, timer=timed))
     value.backward()
-    end = time.perf_counter()
+    end = _now([value])
     module.zero_grad(set_to_none=True)
     bwd: dict[str, float] = {}
     events.sort()  # the span before the first event is the loss's own backward
@@ -89,3 +95,9 @@ def _one_step(module: OnnxModule, feeds: dict[str, torch.Tensor],
         following = events[i + 1][0] if i + 1 < len(events) else end
         bwd[name] = bwd.get(name, 0.0) + (following - t) * 1e3
     return fwd, bwd
+
+
+def _now(values: list[Any]) -> float:
+    """The host's clock once the GPU work making `values` is done."""
+    synchronize(values)
+    return time.perf_counter()

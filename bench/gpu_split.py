@@ -1,0 +1,269 @@
+"""Split training with the server on a GPU, against the delay model: one prepared run for a
+lent GPU machine, then its document here.
+
+    python -m bench.gpu_split --out DIR        # on the GPU machine (about 5 minutes)
+    python -m bench.gpu_split --doc DIR        # here: DIR's results -> docs/gpu-split.md
+
+On the GPU machine it runs, each phase writing its results into DIR at once:
+1. `tests/test_train_devices.py` (the executor on CUDA equals the CPU; a split run with the
+   server on the GPU learns), its log;
+2. `bench.memory --cuda --measure-only`: each memory model's training step on the GPU
+   (`torch.cuda.max_memory_allocated`), for `python -m bench.memory --cuda-from` to set
+   beside the model's prediction here;
+3. per model, per-layer times measured in the training executor on both sides (the device
+   half on one CPU thread, the server half on the GPU, synchronised after each layer), then
+   real split training (`train_model(..., tier_device={"server": "cuda"})`) at the optimal
+   cut, the best single split and device-only, over a kernel-shaped link where the machine
+   allows it (paced in the sender where not), beside two predictions: (a) from the per-layer
+   times, (b) from the profiles: a CPU profile calibrated to the device's times and
+   `h200-measured` (fitted to PyTorch's own training steps on H200s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.fidelity import relative
+from toolkit import api, zoo
+from toolkit.calibrate import to_toml
+from toolkit.costs import build_tier_graph
+from toolkit.train.session import TrainError, predicted_terms
+from toolkit.train.timing import executor_profile
+
+ROOT = Path(__file__).resolve().parent.parent
+MODELS = ["resnet18", "googlenet", "vit_b_16"]
+RATES_MBPS = [20, 200]
+CUTS = ["optimal", "best-single", "device-only"]
+LATENCY = "2ms"
+TIERS = ["device", "server"]
+DEVICE, SERVER = "gpu-host-cpu", "h200-measured"  # the profiles' names
+DOC = ROOT / "docs" / "gpu-split.md"
+
+
+def _write(out: Path, name: str, data: Any) -> None:
+    (out / name).write_text(json.dumps(data, indent=1))
+
+
+def machine() -> dict[str, Any]:
+    import torch
+
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU (a dry run)"
+    return {"gpu": gpu, "torch": torch.__version__,
+            "cuda": torch.version.cuda, "cpu": platform.processor() or platform.machine(),
+            "date": time.strftime("%Y-%m-%d")}
+
+
+def run_tests(out: Path) -> int:
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "--noconftest", "-p", "no:cacheprovider", "-q", "-rs",
+         "tests/test_train_devices.py"], cwd=ROOT, capture_output=True, text=True, check=False)
+    (out / "gpu-tests.log").write_text(done.stdout + done.stderr)
+    print(done.stdout.strip().splitlines()[-1] if done.stdout.strip() else done.stderr[-500:],
+          flush=True)
+    return done.returncode
+
+
+def profiles(model: str, work: Path, server_on: str) -> tuple[Path, Path]:
+    """The model's per-layer executor times: the device's on one CPU thread, the server's on
+    the GPU."""
+    path, _ = zoo.resolve(model)
+    graph = api.load_graph(model)
+    device = work / f"{model}.device.json"
+    server = work / f"{model}.server.json"
+    device.write_text(json.dumps(executor_profile(path, graph, DEVICE).to_dict()))
+    server.write_text(json.dumps(executor_profile(path, graph, SERVER, repeats=10, warmup=5,
+                                                  device=server_on).to_dict()))
+    return device, server
+
+
+def run_split(models: list[str], rates: list[float], iterations: int, warmup: int, out: Path,
+              deadline: float, server_on: str = "cuda") -> dict[str, Any]:
+    work = Path(tempfile.mkdtemp(prefix="splitcut-gpu-split-"))
+    models, paced = list(models), False
+    results: dict[str, Any] = {**machine(), "rates_mbps": rates, "latency": LATENCY,
+                               "iterations": iterations, "warmup": warmup, "runs": [],
+                               "profiles": {}}
+    measured = {}
+    for model in list(models):
+        start = time.perf_counter()
+        try:
+            measured[model] = profiles(model, work, server_on)
+        except Exception as exc:  # recorded; the other models go on
+            print(f"{model}: cannot time its layers: {exc}", flush=True)
+            results["runs"].append({"model": model, "rate_mbps": 0, "cut": "-",
+                                    "error": f"per-layer times: {exc}"})
+            models.remove(model)
+            continue
+        results["profiles"][model] = {side: json.loads(p.read_text())
+                                      for side, p in zip(TIERS, measured[model], strict=True)}
+        print(f"{model}: executor profiles in {time.perf_counter() - start:.0f} s", flush=True)
+    fitted = api.calibrate_profile([str(d) for d, _ in measured.values()], "cpu-server", DEVICE)
+    (work / f"{DEVICE}.toml").write_text(to_toml(fitted))
+    results["device_profile"] = {k: v for k, v in vars(fitted).items()
+                                 if isinstance(v, (int, float, str))}
+    for model in models:
+        graph = api.load_graph(model)
+        device_only: dict[str, Any] | None = None
+        for rate in rates:
+            if time.monotonic() > deadline:
+                print(f"{model} {rate} Mbit/s: skipped, out of time", flush=True)
+                continue
+            link = {"uplink": f"{rate}Mbps", "downlink": f"{rate}Mbps", "latency": LATENCY,
+                    "batch": 1}
+            per_layer = api.make_scenario(device=DEVICE, server=SERVER, profile_dir=str(work),
+                                          measured=[str(p) for p in measured[model]], **link)
+            roofline = api.make_scenario(device=DEVICE, server=SERVER, profile_dir=str(work),
+                                         **link)
+            costs_b = build_tier_graph(graph, TIERS, [roofline])
+            for cut in CUTS:
+                if cut == "device-only" and device_only is not None:
+                    results["runs"].append({**device_only, "rate_mbps": rate})
+                    continue
+                try:
+                    try:
+                        result = api.train_model(model, per_layer, cut=cut,
+                                                 iterations=iterations, warmup=warmup,
+                                                 paced=paced, tier_device={"server": server_on})
+                    except TrainError as exc:
+                        if paced:
+                            raise
+                        print(f"kernel shaping failed ({exc}): pacing in the senders from now",
+                              flush=True)
+                        paced = True
+                        result = api.train_model(model, per_layer, cut=cut,
+                                                 iterations=iterations, warmup=warmup,
+                                                 paced=paced, tier_device={"server": server_on})
+                except Exception as exc:  # a failed run is a result: recorded, the rest go on
+                    print(f"{model} {rate} {cut}: failed: {exc}", flush=True)
+                    results["runs"].append({"model": model, "rate_mbps": rate, "cut": cut,
+                                            "error": str(exc)})
+                    continue
+                row = {"model": model, "rate_mbps": rate, "cut": cut,
+                       "device_layers": result.device_layers, "cut_tensors": result.cut_tensors,
+                       "measured_ms": result.measured_ms, "predicted_a_ms": result.predicted_ms,
+                       "predicted_b_ms": predicted_terms(costs_b, result.tier, [roofline], TIERS),
+                       "shaping": result.shaping, "losses": result.losses,
+                       "runs_on": result.runs_on, "iterations": result.iterations}
+                if cut == "device-only":
+                    device_only = row
+                results["runs"].append(row)
+                print(f"{model} {rate} Mbit/s {cut}: {row['device_layers']} device layers, "
+                      f"measured {row['measured_ms']['total_ms']:.1f} ms, (a) "
+                      f"{row['predicted_a_ms']['total_ms']:.1f}, (b) "
+                      f"{row['predicted_b_ms']['total_ms']:.1f}", flush=True)
+                _write(out, "gpu-split.json", results)
+    _write(out, "gpu-split.json", results)
+    return results
+
+
+def run_memory(out: Path) -> int:
+    done = subprocess.run([sys.executable, "-m", "bench.memory", "--cuda", "--measure-only",
+                           str(out / "memory-cuda-raw.json")], cwd=ROOT, check=False)
+    return done.returncode
+
+
+def write_doc(results: dict[str, Any], tests_log: str, doc: Path) -> None:
+    runs = [r for r in results["runs"] if "error" not in r]
+    failed = [r for r in results["runs"] if "error" in r]
+    shaping = sorted({r["shaping"] for r in runs})
+    lines = [
+        "# Split training with the server on a GPU",
+        "",
+        "Generated by `python -m bench.gpu_split --doc DIR` from the results of one run of "
+        "`python -m bench.gpu_split --out DIR` on a lent GPU machine "
+        f"({results['gpu']}, PyTorch {results['torch']}, CUDA {results['cuda']}, "
+        f"{results['date']}). Raw results: `bench/results/gpu-split.json`, "
+        "`bench/results/gpu-tests.log`.",
+        "",
+        "Each model is trained for real by `splitcut train --tier-device server=cuda`: the "
+        "device half on one CPU thread of the GPU machine's host, the server half on its GPU, "
+        "two processes exchanging one message each way per iteration "
+        f"({'; '.join(shaping)}), {results['latency']} one-way latency, batch 1, medians of "
+        f"{results['iterations']} iterations after {results['warmup']} warm-up. Two "
+        "predictions for the same cut: **(a)** from per-layer times measured in the training "
+        "executor on each side (the server's synchronised with the GPU after every layer); "
+        "**(b)** from the profiles, a CPU profile calibrated to the device's per-layer times "
+        f"(`{DEVICE}`) and `{SERVER}` (fitted to PyTorch's own training steps on H200s, "
+        "docs/gpu-profile.md). Cuts are chosen with (a). Errors are (predicted - measured) / "
+        "measured.",
+        "",
+        "## The executor on the GPU",
+        "",
+        "`tests/test_train_devices.py` on that machine: "
+        + (tests_log.strip().splitlines()[-1] if tests_log.strip() else "not run") + ".",
+        "",
+    ]
+    for column, label in (("predicted_a_ms", "(a) measured per layer"),
+                          ("predicted_b_ms", "(b) profiles")):
+        lines += [f"## {label}", "", "| term | median error | worst error | terms |",
+                  "|---|---|---|---|"]
+        for term in ("device_ms", "upload_ms", "server_ms", "download_ms", "total_ms"):
+            errors = [relative(r["measured_ms"][term], r[column][term]) for r in runs
+                      if r["measured_ms"][term] > 0.5]
+            if errors:
+                worst = max(errors, key=abs)
+                lines.append(f"| {term.removesuffix('_ms')} | "
+                             f"{statistics.median(abs(e) for e in errors) * 100:.1f}% | "
+                             f"{worst * 100:+.1f}% | {len(errors)} |")
+        lines.append("")
+    lines += ["## Every run", "",
+              "| model | Mbit/s | cut | device layers | measured ms | (a) ms | (a) err | (b) ms "
+              "| (b) err | server measured / (a) / (b) ms | upload measured / (a) ms |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in runs:
+        m, a, b = r["measured_ms"], r["predicted_a_ms"], r["predicted_b_ms"]
+        lines.append(
+            f"| {r['model']} | {r['rate_mbps']:g} | {r['cut']} | {r['device_layers']} | "
+            f"{m['total_ms']:.1f} | {a['total_ms']:.1f} | "
+            f"{relative(m['total_ms'], a['total_ms']) * 100:+.0f}% | {b['total_ms']:.1f} | "
+            f"{relative(m['total_ms'], b['total_ms']) * 100:+.0f}% | "
+            f"{m['server_ms']:.1f} / {a['server_ms']:.1f} / {b['server_ms']:.1f} | "
+            f"{m['upload_ms']:.1f} / {a['upload_ms']:.1f} |")
+    for r in failed:
+        lines.append(f"| {r['model']} | {r['rate_mbps']:g} | {r['cut']} | failed: "
+                     f"{r['error']} | | | | | | | |")
+    doc.write_text("\n".join(lines) + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, help="run on this (GPU) machine; results here")
+    parser.add_argument("--doc", type=Path, help="write docs/gpu-split.md from these results")
+    parser.add_argument("--models", nargs="*", default=MODELS)
+    parser.add_argument("--rates", nargs="*", type=float, default=RATES_MBPS)
+    parser.add_argument("--iterations", type=int, default=8)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--budget-s", type=float, default=420,
+                        help="start no training run after this long (from the start)")
+    parser.add_argument("--phases", nargs="*", default=["tests", "split", "memory"])
+    parser.add_argument("--server-on", default="cuda", help="cpu: a dry run without a GPU")
+    args = parser.parse_args()
+    if args.doc:
+        results = json.loads((args.doc / "gpu-split.json").read_text())
+        log = args.doc / "gpu-tests.log"
+        write_doc(results, log.read_text() if log.exists() else "", DOC)
+        return
+    if args.out is None:
+        parser.error("give --out DIR (on a GPU machine) or --doc DIR")
+    args.out.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + args.budget_s
+    if "tests" in args.phases:
+        run_tests(args.out)
+    if "memory" in args.phases:  # before the training runs, which it would disturb
+        run_memory(args.out)
+    if "split" in args.phases:
+        run_split(args.models, args.rates, args.iterations, args.warmup, args.out, deadline,
+                  args.server_on)
+
+
+if __name__ == "__main__":
+    main()
