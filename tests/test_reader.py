@@ -120,6 +120,14 @@ def _leading(case: str) -> onnx.ModelProto:
         return model(nodes, [vi("x", [4, 6, 5])], [vi("y", [4, 6, hidden])],
                      [weight("w", 1, 4 * hidden, 5), weight("r", 1, 4 * hidden, hidden),
                       helper.make_tensor("one", ints, [1], [1])])
+    if case.startswith("time-first-tagger"):  # nn.LSTM without batch_first, a tag per step
+        hidden, batch = 3, int(case[-1])  # [steps, batch, features] in and out
+        nodes = [helper.make_node("LSTM", ["x", "w", "r"], ["yy"], hidden_size=hidden),
+                 helper.make_node("Squeeze", ["yy", "one"], ["s"]),
+                 helper.make_node("MatMul", ["s", "head"], ["y"])]
+        return model(nodes, [vi("x", [4, batch, 5])], [vi("y", [4, batch, 2])],
+                     [weight("w", 1, 4 * hidden, 5), weight("r", 1, 4 * hidden, hidden),
+                      weight("head", hidden, 2), helper.make_tensor("one", ints, [1], [1])])
     if case == "channels":  # a CHW image made a batch of one (torchvision's detection)
         nodes = [helper.make_node("Unsqueeze", ["x", "zero"], ["b"]),
                  helper.make_node("Conv", ["b", "w"], ["c"]),
@@ -134,17 +142,21 @@ def _leading(case: str) -> onnx.ModelProto:
                  [weight("w", 5, 5), helper.make_tensor("zero", ints, [1], [0])])
 
 
-@pytest.mark.parametrize(("case", "batch"), [("batch", 4), ("batch-first-recurrent", 4),
-                                             ("channels", 1), ("sequence", 1)])
+@pytest.mark.parametrize(("case", "batch", "wanted"), [
+    ("batch", 4, "exported with batch 4: divided out"),
+    ("batch-first-recurrent", 4, "exported with batch 4: divided out"),
+    ("channels", 1, "read as part of one sample"),
+    ("sequence", 1, "read as part of one sample"),
+    ("time-first-tagger-1", 1, "(4) is the sequence: LSTM"),  # its output leads with time
+    ("time-first-tagger-2", 2, "the batch second; exported with batch 2: divided out")])
 def test_a_concrete_leading_dimension_is_the_batch_only_where_the_model_carries_it(
-        case, batch):
+        case, batch, wanted):
     m = _leading(case)
     whole = read_model(m, case, dims={"batch": 1})  # the file's figures, nothing divided
     graph = read_model(m, case)
     assert graph.file_batch == batch
     assert graph.total_flops == pytest.approx(whole.total_flops / batch)
     assert graph.total_macs > 0
-    wanted = "exported with batch 4: divided out" if batch > 1 else "read as part of one sample"
     assert wanted in graph.notes[0]
     assert read_model(m, case, dims={"batch": 4}).total_flops == \
         pytest.approx(whole.total_flops / 4)  # stated, it is divided out whatever the model

@@ -355,10 +355,22 @@ def _carried(batch: _Batch, layers: list[Layer], tensors: dict[str, Tensor],
     graph output leads with it. A leading dimension that the first layers consume is
     something else (torchvision's detection models take a list of images in CHW: the leading
     3 is the channels), and one that a reduction removes before the outputs is a sequence
-    (`nn.TransformerEncoder` without `batch_first`: sequence, batch, features)."""
+    (`nn.TransformerEncoder` without `batch_first`: sequence, batch, features). Where a
+    recurrent layer reads the inputs time first, it says which axis is the batch, whatever
+    the outputs look like (a sequence tagger's keep time first: `_time_first`)."""
     if not batch.guessed:
         return batch
     size = batch.exported
+    recurrent = _time_first(layers, tensors, reached, size)
+    if recurrent is not None:
+        layer, exported = recurrent
+        return _Batch(exported, f"the inputs' leading dimension ({size}) is the sequence: "
+                                f"{layer.op} {layer.name!r} reads its input time first (ONNX "
+                                "layout 0), the batch second; "
+                      + (f"exported with batch {exported}: divided out, figures per sample"
+                         if exported > 1 else "one sample")
+                      + f" (--dim batch={size} divides the leading dimension out instead)",
+                      guessed=True)
     held = [size in tensors[x.outputs[0]].shape for x in layers
             if x.outputs and x.outputs[0] in reached and tensors[x.outputs[0]].shape]
     leading = [tensors[o].shape[:1] == (size,) for o in outputs]
@@ -368,6 +380,21 @@ def _carried(batch: _Batch, layers: list[Layer], tensors: dict[str, Tensor],
                      f"not as the batch: {sum(held)} of the {len(held)} layers computing on the "
                      f"inputs have it in their output and {sum(leading)} of {len(leading)} "
                      f"graph outputs lead with it (--dim batch={size} divides it out)")
+
+
+def _time_first(layers: list[Layer], tensors: dict[str, Tensor], reached: set[str],
+                size: int) -> tuple[Layer, int] | None:
+    """A recurrent layer (LSTM, GRU, RNN in ONNX's default layout: sequence, batch, features)
+    whose input, made from the raw inputs, leads with `size` and has another size second:
+    then `size` is the sequence's length and the second the batch (`nn.LSTM` without
+    `batch_first`). That layer and the batch."""
+    for x in layers:
+        if x.op in ("LSTM", "GRU", "RNN") and "layout=1" not in x.attrs.split(";") \
+                and x.inputs and x.inputs[0] in reached:
+            shape = tensors[x.inputs[0]].shape
+            if len(shape) == 3 and shape[0] == size and shape[1] != size:
+                return x, shape[1]
+    return None
 
 
 def _per_sample(layers: list[Layer], tensors: dict[str, Tensor], reached: set[str],
