@@ -77,8 +77,8 @@ def profiles(model: str, work: Path, server_on: str) -> tuple[Path, Path]:
     the GPU."""
     path, _ = zoo.resolve(model)
     graph = api.load_graph(model)
-    device = work / f"{model}.device.json"
-    server = work / f"{model}.server.json"
+    device = work / f"{graph.name}.device.json"
+    server = work / f"{graph.name}.server.json"
     device.write_text(json.dumps(executor_profile(path, graph, DEVICE).to_dict()))
     server.write_text(json.dumps(executor_profile(path, graph, SERVER, repeats=10, warmup=5,
                                                   device=server_on).to_dict()))
@@ -112,10 +112,11 @@ def run_split(models: list[str], rates: list[float], iterations: int, warmup: in
                                  if isinstance(v, (int, float, str))}
     for model in models:
         graph = api.load_graph(model)
+        name = graph.name
         device_only: dict[str, Any] | None = None
         for rate in rates:
             if time.monotonic() > deadline:
-                print(f"{model} {rate} Mbit/s: skipped, out of time", flush=True)
+                print(f"{name} {rate} Mbit/s: skipped, out of time", flush=True)
                 continue
             link = {"uplink": f"{rate}Mbps", "downlink": f"{rate}Mbps", "latency": LATENCY,
                     "batch": 1}
@@ -143,11 +144,11 @@ def run_split(models: list[str], rates: list[float], iterations: int, warmup: in
                                                  iterations=iterations, warmup=warmup,
                                                  paced=paced, tier_device={"server": server_on})
                 except Exception as exc:  # a failed run is a result: recorded, the rest go on
-                    print(f"{model} {rate} {cut}: failed: {exc}", flush=True)
-                    results["runs"].append({"model": model, "rate_mbps": rate, "cut": cut,
+                    print(f"{name} {rate} {cut}: failed: {exc}", flush=True)
+                    results["runs"].append({"model": name, "rate_mbps": rate, "cut": cut,
                                             "error": str(exc)})
                     continue
-                row = {"model": model, "rate_mbps": rate, "cut": cut,
+                row = {"model": name, "rate_mbps": rate, "cut": cut,
                        "device_layers": result.device_layers, "cut_tensors": result.cut_tensors,
                        "measured_ms": result.measured_ms, "predicted_a_ms": result.predicted_ms,
                        "predicted_b_ms": predicted_terms(costs_b, result.tier, [roofline], TIERS),
@@ -156,7 +157,7 @@ def run_split(models: list[str], rates: list[float], iterations: int, warmup: in
                 if cut == "device-only":
                     device_only = row
                 results["runs"].append(row)
-                print(f"{model} {rate} Mbit/s {cut}: {row['device_layers']} device layers, "
+                print(f"{name} {rate:g} Mbit/s {cut}: {row['device_layers']} device layers, "
                       f"measured {row['measured_ms']['total_ms']:.1f} ms, (a) "
                       f"{row['predicted_a_ms']['total_ms']:.1f}, (b) "
                       f"{row['predicted_b_ms']['total_ms']:.1f}", flush=True)
