@@ -28,9 +28,10 @@ from typing import Any
 
 from toolkit import api, zoo
 from toolkit.calibrate import to_toml
-from toolkit.costs import build_tier_graph
+from toolkit.costs import Scenario, build_tier_graph
+from toolkit.tiergraph import TierGraph
 from toolkit.train.link import cpu_limit
-from toolkit.train.session import predicted_terms
+from toolkit.train.session import TrainResult, predicted_terms
 from toolkit.train.timing import executor_profile
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -100,6 +101,25 @@ def _fit(measured: dict[str, dict[str, Path]], work: Path, shares: dict[str, flo
     return fitted
 
 
+def run_record(name: str, rate: float, cut: str, result: TrainResult, costs_b: TierGraph,
+               roofline: Scenario) -> dict[str, Any]:
+    """One training run as the results keep it: what was trained, measured, and predicted by
+    (a) (the run's own prediction) and by (b) (`roofline` on the same tiering)."""
+    return {"model": name, "rate_mbps": rate, "cut": cut, "device_layers": result.device_layers,
+            "cut_tensors": result.cut_tensors, "measured_ms": result.measured_ms,
+            "predicted_a_ms": result.predicted_ms,
+            "predicted_b_ms": predicted_terms(costs_b, result.tier, [roofline], TIERS),
+            "shaping": result.shaping, "losses": result.losses}
+
+
+def said(row: dict[str, Any]) -> str:
+    """A run's record in one line of progress."""
+    return (f"{row['model']} {row['rate_mbps']:g} Mbit/s {row['cut']}: {row['device_layers']} "
+            f"device layers, measured {row['measured_ms']['total_ms']:.1f} ms, (a) "
+            f"{row['predicted_a_ms']['total_ms']:.1f}, (b) "
+            f"{row['predicted_b_ms']['total_ms']:.1f}")
+
+
 def run(models: list[str], rates: list[float], iterations: int, warmup: int,
         out: Path) -> dict[str, Any]:
     results: dict[str, Any] = {"rates_mbps": rates, "iterations": iterations,
@@ -134,21 +154,11 @@ def run(models: list[str], rates: list[float], iterations: int, warmup: int,
                     result = api.train_model(str(path), measured, name, cut=cut,
                                              iterations=iterations, warmup=warmup,
                                              device_cpu=DEVICE_CPU)
-                    row = {"model": name, "rate_mbps": rate, "cut": cut,
-                           "device_layers": result.device_layers,
-                           "cut_tensors": result.cut_tensors,
-                           "measured_ms": result.measured_ms,
-                           "predicted_a_ms": result.predicted_ms,
-                           "predicted_b_ms": predicted_terms(costs_b, result.tier, [roofline],
-                                                             TIERS),
-                           "shaping": result.shaping, "losses": result.losses}
+                    row = run_record(name, rate, cut, result, costs_b, roofline)
                     if cut == "device-only":
                         device_only = row
                 results["runs"].append(row)
-                print(f"{name} {rate} Mbit/s {cut}: measured "
-                      f"{row['measured_ms']['total_ms']:.0f} ms, (a) "
-                      f"{row['predicted_a_ms']['total_ms']:.0f}, (b) "
-                      f"{row['predicted_b_ms']['total_ms']:.0f}", flush=True)
+                print(said(row), flush=True)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=1))
     return results
@@ -274,6 +284,31 @@ def _groups(runs: list[dict[str, Any]], dedupe: bool = True) -> list[list[dict[s
     return list(groups.values())
 
 
+def error_table(runs: list[dict[str, Any]], column: str) -> list[str]:
+    """Per term, the median and worst error of prediction `column` over the runs (terms of
+    under half a millisecond measured left out: their relative error is noise)."""
+    lines = ["| term | median error | worst error | terms |", "|---|---|---|---|"]
+    for term in TERMS:
+        errors = [relative(r["measured_ms"][term], r[column][term]) for r in runs
+                  if r["measured_ms"][term] > 0.5]
+        if errors:
+            worst = max(errors, key=abs)
+            lines.append(f"| {term.removesuffix('_ms')} | "
+                         f"{statistics.median(abs(e) for e in errors) * 100:.1f}% | "
+                         f"{worst * 100:+.1f}% | {len(errors)} |")
+    return lines
+
+
+def run_row(r: dict[str, Any], digits: int) -> str:
+    """One run's row up to its (b) error: model, rate, cut, device layers, the measured and
+    predicted whole iteration, `digits` after the point; the caller adds its own columns."""
+    m, a, b = r["measured_ms"], r["predicted_a_ms"], r["predicted_b_ms"]
+    return (f"| {r['model']} | {r['rate_mbps']:g} | {r['cut']} | {r['device_layers']} | "
+            f"{m['total_ms']:.{digits}f} | {a['total_ms']:.{digits}f} | "
+            f"{relative(m['total_ms'], a['total_ms']) * 100:+.0f}% | {b['total_ms']:.{digits}f} "
+            f"| {relative(m['total_ms'], b['total_ms']) * 100:+.0f}% |")
+
+
 def write_doc(results: dict[str, Any], doc: Path, plot: Path) -> None:
     runs = results["runs"]
     lines = [
@@ -300,15 +335,7 @@ def write_doc(results: dict[str, Any], doc: Path, plot: Path) -> None:
     ]
     for column, label in (("predicted_a_ms", "(a) measured per layer"),
                           ("predicted_b_ms", "(b) calibrated roofline")):
-        lines += [f"## {label}", "", "| term | median error | worst error |", "|---|---|---|"]
-        for term in TERMS:
-            errors = [relative(r["measured_ms"][term], r[column][term]) for r in runs
-                      if r["measured_ms"][term] > 0.5]
-            if errors:
-                worst = max(errors, key=abs)
-                lines.append(f"| {term.removesuffix('_ms')} | "
-                             f"{statistics.median(abs(e) for e in errors) * 100:.1f}% | "
-                             f"{worst * 100:+.1f}% |")
+        lines += [f"## {label}", "", *error_table(runs, column)]
         choices = [g for g in _groups(runs) if len(g) > 1]
         agree = sum(_fastest(g, column) == _fastest(g, "measured_ms") for g in choices)
         lines += ["", f"Predicted-fastest cut measured fastest: {agree} of {len(choices)} "
@@ -356,14 +383,8 @@ def write_doc(results: dict[str, Any], doc: Path, plot: Path) -> None:
               "| model | Mbit/s | cut | device layers | measured ms | (a) ms | (a) err | "
               "(b) ms | (b) err | upload measured / (a) ms |",
               "|---|---|---|---|---|---|---|---|---|---|"]
-    for r in runs:
-        m, a, b = r["measured_ms"], r["predicted_a_ms"], r["predicted_b_ms"]
-        lines.append(
-            f"| {r['model']} | {r['rate_mbps']:g} | {r['cut']} | {r['device_layers']} | "
-            f"{m['total_ms']:.0f} | {a['total_ms']:.0f} | "
-            f"{relative(m['total_ms'], a['total_ms']) * 100:+.0f}% | {b['total_ms']:.0f} | "
-            f"{relative(m['total_ms'], b['total_ms']) * 100:+.0f}% | "
-            f"{m['upload_ms']:.1f} / {a['upload_ms']:.1f} |")
+    lines += [f"{run_row(r, 0)} {r['measured_ms']['upload_ms']:.1f} / "
+              f"{r['predicted_a_ms']['upload_ms']:.1f} |" for r in runs]
     lines += ["", f"![predicted vs measured]({plot.name})", ""]
     lines += _chain_lines(results.get("chains", []))
     doc.write_text("\n".join(lines) + "\n")

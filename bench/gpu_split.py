@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -32,11 +31,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.fidelity import relative
+from bench.fidelity import error_table, run_record, run_row, said
 from toolkit import api, zoo
 from toolkit.calibrate import to_toml
 from toolkit.costs import build_tier_graph
-from toolkit.train.session import TrainError, predicted_terms
+from toolkit.train.session import TrainError
 from toolkit.train.timing import executor_profile
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -148,19 +147,12 @@ def run_split(models: list[str], rates: list[float], iterations: int, warmup: in
                     results["runs"].append({"model": name, "rate_mbps": rate, "cut": cut,
                                             "error": str(exc)})
                     continue
-                row = {"model": name, "rate_mbps": rate, "cut": cut,
-                       "device_layers": result.device_layers, "cut_tensors": result.cut_tensors,
-                       "measured_ms": result.measured_ms, "predicted_a_ms": result.predicted_ms,
-                       "predicted_b_ms": predicted_terms(costs_b, result.tier, [roofline], TIERS),
-                       "shaping": result.shaping, "losses": result.losses,
+                row = {**run_record(name, rate, cut, result, costs_b, roofline),
                        "runs_on": result.runs_on, "iterations": result.iterations}
                 if cut == "device-only":
                     device_only = row
                 results["runs"].append(row)
-                print(f"{name} {rate:g} Mbit/s {cut}: {row['device_layers']} device layers, "
-                      f"measured {row['measured_ms']['total_ms']:.1f} ms, (a) "
-                      f"{row['predicted_a_ms']['total_ms']:.1f}, (b) "
-                      f"{row['predicted_b_ms']['total_ms']:.1f}", flush=True)
+                print(said(row), flush=True)
                 _write(out, "gpu-split.json", results)
     _write(out, "gpu-split.json", results)
     return results
@@ -205,30 +197,15 @@ def write_doc(results: dict[str, Any], tests_log: str, doc: Path) -> None:
     ]
     for column, label in (("predicted_a_ms", "(a) measured per layer"),
                           ("predicted_b_ms", "(b) profiles")):
-        lines += [f"## {label}", "", "| term | median error | worst error | terms |",
-                  "|---|---|---|---|"]
-        for term in ("device_ms", "upload_ms", "server_ms", "download_ms", "total_ms"):
-            errors = [relative(r["measured_ms"][term], r[column][term]) for r in runs
-                      if r["measured_ms"][term] > 0.5]
-            if errors:
-                worst = max(errors, key=abs)
-                lines.append(f"| {term.removesuffix('_ms')} | "
-                             f"{statistics.median(abs(e) for e in errors) * 100:.1f}% | "
-                             f"{worst * 100:+.1f}% | {len(errors)} |")
-        lines.append("")
+        lines += [f"## {label}", "", *error_table(runs, column), ""]
     lines += ["## Every run", "",
               "| model | Mbit/s | cut | device layers | measured ms | (a) ms | (a) err | (b) ms "
               "| (b) err | server measured / (a) / (b) ms | upload measured / (a) ms |",
               "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in runs:
-        m, a, b = r["measured_ms"], r["predicted_a_ms"], r["predicted_b_ms"]
-        lines.append(
-            f"| {r['model']} | {r['rate_mbps']:g} | {r['cut']} | {r['device_layers']} | "
-            f"{m['total_ms']:.1f} | {a['total_ms']:.1f} | "
-            f"{relative(m['total_ms'], a['total_ms']) * 100:+.0f}% | {b['total_ms']:.1f} | "
-            f"{relative(m['total_ms'], b['total_ms']) * 100:+.0f}% | "
-            f"{m['server_ms']:.1f} / {a['server_ms']:.1f} / {b['server_ms']:.1f} | "
-            f"{m['upload_ms']:.1f} / {a['upload_ms']:.1f} |")
+    lines += [f"{run_row(r, 1)} {r['measured_ms']['server_ms']:.1f} / "
+              f"{r['predicted_a_ms']['server_ms']:.1f} / {r['predicted_b_ms']['server_ms']:.1f} | "
+              f"{r['measured_ms']['upload_ms']:.1f} / {r['predicted_a_ms']['upload_ms']:.1f} |"
+              for r in runs]
     for r in failed:
         lines.append(f"| {r['model']} | {r['rate_mbps']:g} | {r['cut']} | failed: "
                      f"{r['error']} | | | | | | | |")
