@@ -12,7 +12,7 @@ WITH m, p ORDER BY p.written_at DESC
 WITH m, collect(p)[0] AS p
 OPTIONAL MATCH (b:Block {model: m.name, version: m.version, index: p.cut_block})-[:OF_TYPE]->(t:BlockType)
 RETURN m.name AS model, p.scenario_key AS scenario_key, p.cut_block AS cut_block,
-       t.name AS block_type, p.blocks AS blocks,
+       coalesce(b.name, t.name) AS block_type, p.blocks AS blocks,
        p.depth AS depth,
        p.cut_tensors AS cut_tensors, p.total_ms AS total_ms,
        1.0 - p.total_ms / p.device_only_ms AS gain_vs_device_only,

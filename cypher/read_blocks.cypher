@@ -5,5 +5,5 @@ MATCH (m:Model {name: $model}) WHERE m.version IS NOT NULL
 MATCH (b:Block {model: $model, version: m.version})-[:OF_TYPE]->(t:BlockType)
 WHERE b.index >= 0  // (the (model, version, index) index needs all three)
 RETURN b.index AS index, b.entry AS entry, b.exit AS exit, b.closed AS closed,
-       b.signature AS signature, t.name AS name, t.size AS size
+       b.signature AS signature, coalesce(b.name, t.name) AS name, t.size AS size
 ORDER BY b.index

@@ -36,7 +36,7 @@ CALL (m, old) {
   WHERE b.index >= 0
   WITH b, collect(DISTINCT l.tier) AS tiers
   OPTIONAL MATCH (b)-[:OF_TYPE]->(t:BlockType)
-  SET b.name = t.name  // the Browser's caption (blocks detected before it was stored)
+  SET b.name = coalesce(b.name, t.name)  // the Browser's caption (blocks stored before it)
   REMOVE b:$(old)
   SET b.tier = CASE WHEN size(tiers) = 1 THEN tiers[0] END
   WITH b, tiers WHERE size(tiers) = 1

@@ -62,6 +62,42 @@ def test_shared_block_types_agree_with_per_model_blocks(store, python_blocks):
     assert {sig: models for sig, models in found.items() if len(models) >= 2} == shared
 
 
+def _shared_name(names: set[str]) -> str:
+    """What a type's names share: their common leading words, else their first words."""
+    words = [n.split(" ") for n in sorted(names)]
+    common = []
+    for parts in zip(*words, strict=False):
+        if len(set(parts)) > 1:
+            break
+        common.append(parts[0])
+    return " ".join(common) if common else " | ".join(sorted({w[0] for w in words}))
+
+
+def test_a_shared_type_is_named_after_what_its_models_call_it(store, python_blocks):
+    """Not after the model ingested first: a type's name is what every model's name for it
+    shares, and each model's blocks keep the model's own name."""
+    names: dict[str, dict[str, str]] = {}  # signature -> {model: its name for the type}
+    for model, blocks in python_blocks.items():
+        for t in blocks.types:
+            names.setdefault(t.signature, {})[model] = t.name
+    shared = [sig for sig, per_model in names.items() if len(per_model) > 1]
+    records = store.driver.execute_query(
+        "MATCH (t:BlockType) WHERE t.signature IN $sigs "
+        "RETURN t.signature AS sig, t.name AS name, t.names AS names", sigs=shared).records
+    assert len(records) == len(shared)
+    differing = 0
+    for r in records:
+        per_model = set(names[r["sig"]].values())
+        assert per_model <= set(r["names"]), r["sig"]  # every model's name is kept
+        assert r["name"] == _shared_name(set(r["names"])), r["sig"]
+        differing += len(per_model) > 1
+    assert differing  # some type shared by the zoo is called differently by its models
+    for model, blocks in python_blocks.items():
+        stored = store.read_blocks(model)
+        assert {t.signature: t.name for t in stored.types} == \
+            {t.signature: t.name for t in blocks.types}, model
+
+
 def test_costliest_block_types_on_a_device(store, python_blocks):
     scenario = api.make_scenario(**BUILTIN_SCENARIOS[SCENARIO_A])
     expected = []
