@@ -258,6 +258,8 @@ class Store:
                                                                    range(len(segments))),
                                                strict=True))]
 
+        named: dict[str, str] = {}  # the model's types: signature -> its name for them
+
         def detect(group: list[dict[str, Any]]) -> None:
             types = []
             for record in self._statement("detect_blocks_chain", **where, blocks=group):
@@ -266,6 +268,7 @@ class Store:
                 types.append({"uid": record["uid"], "signature": sig,
                               "name": names.get(sig, f"block {sig[:6]}"),
                               "size": key.count("](")})
+            named.update((t["signature"], t["name"]) for t in types)
             self._statement("detect_blocks_types", rows=types)
 
         groups = list(by_layers(blocks, self.batch_rows))
@@ -273,6 +276,8 @@ class Store:
         if len(groups) > 1:
             self._statement("detect_blocks_link", **where,
                             firsts=[g[0]["index"] for g in groups[1:]])
+        self._statement("name_block_types", types=[{"signature": sig, "name": name}
+                                                   for sig, name in named.items()])
 
     def _each(self, work: Callable[[Item], object], items: Sequence[Item]) -> None:
         """`concurrently` with this store's number of writers."""
