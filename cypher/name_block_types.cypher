@@ -1,7 +1,7 @@
 // Block detection, last step: name the block types a model shares with others after what every
 // model's name for them shares (not after the model ingested first): their common leading
 // words (`SiLU` for `SiLU features.8.2` and `SiLU stages.N.act`), else their first words,
-// sorted, joined by ` | ` (`BertLayer | RobertaLayer`). A type keeps every model's name in
+// sorted, joined by ` / ` (`BertLayer / RobertaLayer`). A type keeps every model's name in
 // `names`; it is written only when a model brings a name it lacks, under its write lock, so
 // two models ingested at once both add theirs.
 // $types: [{signature, name}], one per type of the model. Returns nothing.
@@ -23,4 +23,4 @@ SET t.names = names,
                   ELSE reduce(s = '', first IN COLLECT { UNWIND words AS w
                                                          RETURN DISTINCT w[0] AS first
                                                          ORDER BY first } |
-                              s + CASE s WHEN '' THEN '' ELSE ' | ' END + first) END
+                              s + CASE s WHEN '' THEN '' ELSE ' / ' END + first) END

@@ -70,7 +70,7 @@ def _shared_name(names: set[str]) -> str:
         if len(set(parts)) > 1:
             break
         common.append(parts[0])
-    return " ".join(common) if common else " | ".join(sorted({w[0] for w in words}))
+    return " ".join(common) if common else " / ".join(sorted({w[0] for w in words}))
 
 
 def test_a_shared_type_is_named_after_what_its_models_call_it(store, python_blocks):

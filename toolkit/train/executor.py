@@ -234,13 +234,13 @@ def _moved(node: Node, fn: Callable[[torch.Tensor], torch.Tensor]) -> Node:
     return op_type, {name: moved(value) for name, value in attrs.items()}, inputs, outputs
 
 
-SHAPE_LIKE = 64  # integer constants of at most this many elements stay on the host
+_SHAPE_LIKE = 64  # integer constants of at most this many elements stay on the host
 
 
 def _host_or(fn: Callable[[torch.Tensor], torch.Tensor], value: torch.Tensor) -> torch.Tensor:
     """`fn(value)`, unless `value` is a short integer vector that ops read as numbers."""
     shape_like = not (value.is_floating_point() or value.is_complex()) \
-        and value.numel() <= SHAPE_LIKE
+        and value.numel() <= _SHAPE_LIKE
     return value if shape_like else fn(value)
 
 
