@@ -11,7 +11,8 @@ MATCH (t:BlockType {signature: type.signature})
 WHERE NOT type.name IN coalesce(t.names, [t.name])
 SET t.locked = true  // the lock first, then the names: none added at once is lost
 REMOVE t.locked
-WITH t, coalesce(t.names, [t.name]) + type.name AS names
+WITH t, type, coalesce(t.names, [t.name]) AS known  // read under the lock: current
+WITH t, CASE WHEN type.name IN known THEN known ELSE known + type.name END AS names
 WITH t, names, [n IN names | split(n, ' ')] AS words
 WITH t, names, words, reduce(common = head(words), other IN tail(words) |
        common[0..reduce(same = 0, i IN range(0, size(common) - 1) |
