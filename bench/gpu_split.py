@@ -61,14 +61,13 @@ def machine() -> dict[str, Any]:
             "date": time.strftime("%Y-%m-%d")}
 
 
-def run_tests(out: Path) -> int:
+def run_tests(out: Path) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "pytest", "--noconftest", "-p", "no:cacheprovider", "-q", "-rs",
          "tests/test_train_devices.py"], cwd=ROOT, capture_output=True, text=True, check=False)
     (out / "gpu-tests.log").write_text(done.stdout + done.stderr)
     print(done.stdout.strip().splitlines()[-1] if done.stdout.strip() else done.stderr[-500:],
           flush=True)
-    return done.returncode
 
 
 def profiles(model: str, work: Path, server_on: str) -> tuple[Path, Path]:
@@ -158,10 +157,9 @@ def run_split(models: list[str], rates: list[float], iterations: int, warmup: in
     return results
 
 
-def run_memory(out: Path) -> int:
-    done = subprocess.run([sys.executable, "-m", "bench.memory", "--cuda", "--measure-only",
-                           str(out / "memory-cuda-raw.json")], cwd=ROOT, check=False)
-    return done.returncode
+def run_memory(out: Path) -> None:
+    subprocess.run([sys.executable, "-m", "bench.memory", "--cuda", "--measure-only",
+                    str(out / "memory-cuda-raw.json")], cwd=ROOT, check=False)
 
 
 def write_doc(results: dict[str, Any], tests_log: str, doc: Path) -> None:

@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.gpu_split import machine
 from toolkit import api, zoo
 from toolkit.costgraph import peak_memory
 from toolkit.costs import build_cost_graph
@@ -191,8 +192,6 @@ whose backward runs. The peak is the largest sum over the positions of the backw
 partition that fits (below).
 """
 
-GPU_FINDINGS = """"""
-
 FINDINGS = """**What it took, and what is left.** Each step below is a term the measurement
 asked for, found by comparing the model with what autograd saves (`grad_fn._saved_*`,
 distinct storages) and with PyTorch's memory profiler at the peak, model by model: never a
@@ -284,7 +283,7 @@ def write_doc(measured: list[dict[str, Any]], budgets: list[dict[str, Any]], doc
                   "machine, run by `bench/gpu_split.py`): `torch.cuda.max_memory_allocated` "
                   "during the step less `torch.cuda.memory_allocated` before it, against the "
                   "same prediction. Raw results: `bench/results/memory-cuda.json`.", "",
-                  *_table(gpu["measured"]), *GPU_FINDINGS.splitlines(), ""]
+                  *_table(gpu["measured"])]
     lines += ["## The best partition under a budget", "",
               "Jetson Nano + RTX 3090, 10 Mbit/s each way, batch 32 (a slow link pushes "
               "layers onto the device, so budgets bind). Per model and device budget: the "
@@ -328,15 +327,11 @@ def main() -> None:
         return
     models = [*MODELS.items(), *(CUDA_MODELS if args.cuda else [])]
     if args.measure_only:
-        from bench.gpu_split import machine
-
         rows = measure(args.cuda, models, parallel=4 if args.cuda else 1)
         args.measure_only.write_text(json.dumps({**machine(), "measured": rows}, indent=1))
         return
     results, gpu_results = ROOT / "bench" / "results" / "memory.json", CUDA_RESULTS
     if args.cuda_from or args.cuda:
-        from bench.gpu_split import machine
-
         raw = json.loads(args.cuda_from.read_text()) if args.cuda_from else \
             {**machine(), "measured": measure(True, models, parallel=4)}
         gpu_results.write_text(json.dumps(
