@@ -504,18 +504,10 @@ def test_shape_arithmetic_is_folded_without_running_the_model(monkeypatch):
     assert not graph.unknown_shapes
 
 
-def test_shape_arithmetic_any_number_of_stages_deep_is_folded_in_one_pass(monkeypatch):
-    """Each stage measures the last one's output, whose size only the folding knows (Swin's
-    windows: 16 blocks deep); ONNX's reference runs each arithmetic node, never a big one
-    (what needs one is left to the run)."""
+def _evaluated(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
+    """(operator, elements out) of each node the folding runs with ONNX's reference."""
     import onnx.reference.ops as kernels
 
-    import toolkit.onnx.reader as reader
-
-    asked: list[str] = []
-    probe = reader.runtime_shapes
-    monkeypatch.setattr(reader, "runtime_shapes",
-                        lambda m, names, inputs: asked.extend(names) or probe(m, names, inputs))
     ran: list[tuple[str, int]] = []
     load = kernels.load_op
 
@@ -530,6 +522,20 @@ def test_shape_arithmetic_any_number_of_stages_deep_is_folded_in_one_pass(monkey
         return Spy
 
     monkeypatch.setattr(kernels, "load_op", spying)
+    return ran
+
+
+def test_shape_arithmetic_any_number_of_stages_deep_is_folded_in_one_pass(monkeypatch):
+    """Each stage measures the last one's output, whose size only the folding knows (Swin's
+    windows: 16 blocks deep); ONNX's reference runs each arithmetic node, never a big one
+    (what needs one is left to the run)."""
+    import toolkit.onnx.reader as reader
+
+    asked: list[str] = []
+    probe = reader.runtime_shapes
+    monkeypatch.setattr(reader, "runtime_shapes",
+                        lambda m, names, inputs: asked.extend(names) or probe(m, names, inputs))
+    ran = _evaluated(monkeypatch)
     m = _where_shaped(deep=20)
     big = helper.make_tensor("big", TensorProto.INT64, [2], [400, 400])  # 160,000 elements
     m.graph.initializer.append(big)
@@ -550,6 +556,28 @@ def test_shape_arithmetic_any_number_of_stages_deep_is_folded_in_one_pass(monkey
     assert "ConstantOfShape" not in {op for op, _ in ran}
     assert asked == ["flat"] and graph.tensors["flat"].shape == (1 * 6 * 4,)  # by the run
     assert m.SerializeToString() == kept  # the caller's model is left as it was
+
+
+def test_a_mask_sized_by_shape_arithmetic_is_sized_but_never_evaluated(monkeypatch):
+    """Swin's attention masks: a ConstantOfShape sized by arithmetic ONNX leaves open (Mod),
+    then Equal and Where, added to an activation. The Add's size needs the mask's size, not
+    its value: only the size arithmetic runs."""
+    ran = _evaluated(monkeypatch)
+    big = helper.make_tensor("big", TensorProto.INT64, [], [100])
+    zero = helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0])
+    nodes = [helper.make_node("Shape", ["x"], ["s"], name="shape"),
+             helper.make_node("Mod", ["s", "big"], ["size"], name="mod"),
+             helper.make_node("ConstantOfShape", ["size"], ["zeros"], name="fill"),
+             helper.make_node("Equal", ["zeros", "zero"], ["open"], name="equal"),
+             helper.make_node("Where", ["open", "zero", "zeros"], ["mask"], name="where"),
+             helper.make_node("Add", ["x", "mask"], ["y"], name="add")]
+    m = model(nodes, [vi("x", [1, 6, 4])], [vi("y", [1, 6, 4])], [big, zero])
+    inferred = onnx.shape_inference.infer_shapes(m, data_prop=True).graph
+    mask = next(v for v in inferred.value_info if v.name == "mask").type.tensor_type.shape
+    assert not all(d.HasField("dim_value") for d in mask.dim)  # ONNX alone leaves it open
+    graph = read_model(m, "m")
+    assert graph.tensors["y"].shape == (1, 6, 4) and not graph.unknown_shapes
+    assert ("Mod", 3) in ran and not {"Equal", "Where"} & {op for op, _ in ran}
 
 
 def test_sizes_that_depend_on_data_are_learnt_from_one_run(monkeypatch):

@@ -9,7 +9,9 @@ So one pass in topological order evaluates that arithmetic (integers, a few elem
 ONNX's reference implementation of each operator) and gives each node whose output size is
 still unknown to ONNX's inference of that one node, with the values of its inputs: a Reshape
 then learns its target, and the Shape of its output is static for the nodes after it, however
-deep the chain (Swin: 1,422 sizes, 16 blocks deep). What still stays symbolic (sizes that
+deep the chain (Swin: 1,422 sizes, 16 blocks deep). Only values that can decide a size are
+computed (scalars, short vectors): a mask the arithmetic sizes gets its size, never its value
+(Swin's 100 attention masks). What still stays symbolic (sizes that
 depend on data, operators ONNX does not know) is left to the probe run (`runtime_shapes`).
 """
 
@@ -37,6 +39,9 @@ _SMALL_INITIALIZER = 512
 never dropped by `drop_big_weights`)."""
 _SMALL_VALUE = 1 << 16
 """Values (elements) evaluated and kept: shapes and indices; larger ones are masks."""
+_SHAPE_ARGUMENT = 1 << 10
+"""Elements of the longest input whose value can decide an output's size: ONNX's operators
+read sizes from scalars and vectors (a target shape, starts, pads, repeats, scales, a split)."""
 _NEVER_FOLDED = frozenset(
     {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial",
      "Bernoulli"}
@@ -129,7 +134,7 @@ class _Folding:
                 got.elem_type, got.shape if _static(got) else None)
         if schema is None:
             return
-        known = {x: self._value(x) for x in ins}
+        known = {x: self._value(x) for x in ins if _may_shape(self.info.get(x))}
         try:
             data = {x: onnx.numpy_helper.from_array(v, x) for x, v in known.items()
                     if v is not None}
@@ -184,6 +189,15 @@ def _inferable(node: NodeProto) -> bool:
     """A standard operator without subgraphs: ONNX infers it, its reference runs it."""
     return node.domain in _DEFAULT_DOMAINS and not any(
         a.type in (AttributeProto.GRAPH, AttributeProto.GRAPHS) for a in node.attribute)
+
+
+def _may_shape(info: Info | None) -> bool:
+    """The tensor can be a size argument: a scalar or a short vector, or of unknown size.
+    A mask's or an activation's value decides no size, so it is never evaluated for one."""
+    if not _static(info):
+        return True
+    assert info is not None and info.shape is not None
+    return len(info.shape) <= 1 and math.prod(info.shape) <= _SHAPE_ARGUMENT
 
 
 def _static(info: Info | None) -> bool:
