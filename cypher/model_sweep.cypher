@@ -7,7 +7,7 @@
 // blocks stored before versions existed (no version) go last, found from the model's
 // HAS_LAYER edges.
 // $model, $before (a version; null: none), $version (null: none), $batch (nodes per call).
-// Returns deleted (count).
+// Returns deleted (count) and signatures (the types of the blocks deleted: name_block_types).
 // Internal: a step splitcut runs itself; `splitcut query` does not offer it.
 CALL () {
   CALL () {
@@ -31,8 +31,9 @@ CALL (layers) {
     RETURN b
   }
   WITH b LIMIT $batch
-  DETACH DELETE b
-  RETURN count(*) AS blocks
+  WITH collect(b) AS doomed, collect(DISTINCT b.signature) AS signatures
+  FOREACH (b IN doomed | DETACH DELETE b)
+  RETURN size(doomed) AS blocks, signatures
 }
 CALL (layers, blocks) {
   WITH layers, blocks WHERE layers + blocks = 0
@@ -42,4 +43,4 @@ CALL (layers, blocks) {
   DETACH DELETE b, l
   RETURN count(DISTINCT l) AS unversioned
 }
-RETURN layers + blocks + unversioned AS deleted
+RETURN layers + blocks + unversioned AS deleted, signatures

@@ -1,18 +1,20 @@
-// Block detection, last step: name the block types a model shares with others after what every
-// model's name for them shares (not after the model ingested first): their common leading
-// words (`SiLU` for `SiLU features.8.2` and `SiLU stages.N.act`), else their first words,
-// sorted, joined by ` / ` (`BertLayer / RobertaLayer`). A type keeps every model's name in
-// `names`; it is written only when a model brings a name it lacks, under its write lock, so
-// two models ingested at once both add theirs.
-// $types: [{signature, name}], one per type of the model. Returns nothing.
+// Name block types after what every stored block of theirs is called (not after the model
+// ingested first): each model's blocks keep their model's name for their type; the type keeps
+// those names in `names` and is named after their common leading words (`SiLU` for
+// `SiLU features.8.2` and `SiLU stages.N.act`), else their first words, sorted, joined by
+// ` / ` (`BertLayer / RobertaLayer`). Run after a model's blocks are detected (its types) and
+// after a sweep deleted blocks (the types they had): a deleted or replaced model's names go.
+// Each type is read under its write lock, which also orders it against blocks being joined to
+// it or deleted, so two writers at once leave the names of what is stored.
+// $signatures: the types' signatures, sorted (locks taken in one order). Returns nothing.
 // Internal: a step splitcut runs itself; `splitcut query` does not offer it.
-UNWIND $types AS type
-MATCH (t:BlockType {signature: type.signature})
-WHERE NOT type.name IN coalesce(t.names, [t.name])
+UNWIND $signatures AS signature
+MATCH (t:BlockType {signature: signature})
 SET t.locked = true  // the lock first, then the names: none added at once is lost
 REMOVE t.locked
-WITH t, type, coalesce(t.names, [t.name]) AS known  // read under the lock: current
-WITH t, CASE WHEN type.name IN known THEN known ELSE known + type.name END AS names
+WITH t, COLLECT { MATCH (b:Block)-[:OF_TYPE]->(t) WHERE b.name IS NOT NULL
+                  RETURN DISTINCT b.name AS name ORDER BY name } AS names
+WHERE size(names) > 0  // (a type no stored block has keeps its last names)
 WITH t, names, [n IN names | split(n, ' ')] AS words
 WITH t, names, words, reduce(common = head(words), other IN tail(words) |
        common[0..reduce(same = 0, i IN range(0, size(common) - 1) |

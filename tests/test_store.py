@@ -457,6 +457,39 @@ def test_layers_and_blocks_stored_before_versions_existed_are_swept():
         assert store.delete_model(name)
 
 
+def test_a_deleted_or_replaced_model_takes_its_names_of_shared_types_with_it():
+    """A type shared by two models is named after both models' names for it; once one is
+    deleted, or re-ingested under other names, the type is named after what is stored."""
+    a, costs = _versioned("names-a", "residual", 30)
+    b, _ = _versioned("names-b", "residual", 30)
+    sigs = sorted({t.signature for t in find_blocks(a).types})
+
+    def called(word: str, model: str) -> dict[str, str]:
+        return {sig: f"{word}{k} {model}.{k}" for k, sig in enumerate(sigs)}
+
+    def types(store: Store) -> dict[str, tuple[str, list[str]]]:
+        return {r["sig"]: (r["name"], r["names"]) for r in store.driver.execute_query(
+            "MATCH (t:BlockType) WHERE t.signature IN $sigs "
+            "RETURN t.signature AS sig, t.name AS name, t.names AS names", sigs=sigs).records}
+
+    with _fresh("names-a", batch_rows=7) as store:
+        store.delete_model("names-b")
+        store.ingest(a, costs, "a", "synthetic", 0, names=called("Unit", "a"))
+        store.ingest(b, costs, "b", "synthetic", 0, names=called("Unit", "b"))
+        holders = store.driver.execute_query(
+            "MATCH (b:Block)-[:OF_TYPE]->(t:BlockType) WHERE t.signature IN $sigs "
+            "RETURN collect(DISTINCT b.model) AS models", sigs=sigs).records[0]["models"]
+        assert sorted(holders) == ["names-a", "names-b"]  # no other model has these types
+        assert types(store) == {sig: (f"Unit{k}", [f"Unit{k} a.{k}", f"Unit{k} b.{k}"])
+                                for k, sig in enumerate(sigs)}
+        assert store.delete_model("names-b")
+        assert types(store) == {sig: (n, [n]) for sig, n in called("Unit", "a").items()}
+        assert store.ingest(a, costs, "a, again", "synthetic", 0,
+                            names=called("Cell", "a")) == "replaced"
+        assert types(store) == {sig: (n, [n]) for sig, n in called("Cell", "a").items()}
+        store.delete_model("names-a")
+
+
 def test_of_two_overlapping_ingests_the_later_started_stays():
     """Ingests are ordered by when they started: an older one that finishes last reports
     'superseded' and leaves the newer one current, and nothing of it behind."""

@@ -208,7 +208,8 @@ class Store:
         except BaseException:
             self._sweep(graph.name, None, version)  # best effort; else the next write does
             raise
-        self._sweep(graph.name, current, None if current == version else version)
+        self._name_types(self._sweep(graph.name, current,
+                                     None if current == version else version))
         if status == "incomplete":
             raise StoreError(f"model {graph.name!r} was deleted while this ingest wrote it; "
                              "nothing was changed: run it again")
@@ -258,7 +259,7 @@ class Store:
                                                                    range(len(segments))),
                                                strict=True))]
 
-        named: dict[str, str] = {}  # the model's types: signature -> its name for them
+        named: set[str] = set()  # the model's types' signatures
 
         def detect(group: list[dict[str, Any]]) -> None:
             types = []
@@ -268,7 +269,7 @@ class Store:
                 types.append({"uid": record["uid"], "signature": sig,
                               "name": names.get(sig, f"block {sig[:6]}"),
                               "size": key.count("](")})
-            named.update((t["signature"], t["name"]) for t in types)
+            named.update(t["signature"] for t in types)
             self._statement("detect_blocks_types", rows=types)
 
         groups = list(by_layers(blocks, self.batch_rows))
@@ -276,8 +277,7 @@ class Store:
         if len(groups) > 1:
             self._statement("detect_blocks_link", **where,
                             firsts=[g[0]["index"] for g in groups[1:]])
-        self._statement("name_block_types", types=[{"signature": sig, "name": name}
-                                                   for sig, name in named.items()])
+        self._name_types(named)
 
     def _each(self, work: Callable[[Item], object], items: Sequence[Item]) -> None:
         """`concurrently` with this store's number of writers."""
@@ -288,24 +288,35 @@ class Store:
         rows: list[dict[str, Any]] = self._write(lambda tx: _tx_rows(tx)(query, **params))
         return rows
 
-    def _sweep(self, model: str, before: str | None, version: str | None) -> None:
+    def _sweep(self, model: str, before: str | None, version: str | None) -> set[str]:
         """Delete, in batches, the model's layers and blocks of versions before `before` and of
-        `version`. Readers never see them, so a failure here loses nothing: it is logged and
-        the next write of the model sweeps again."""
+        `version`; returns the signatures of the block types deleted blocks had. Readers never
+        see them, so a failure here loses nothing: it is logged and the next write of the
+        model sweeps again."""
+        swept: set[str] = set()
         try:
-            while self._statement("model_sweep", model=model, before=before, version=version,
-                                  batch=self.batch_rows)[0]["deleted"]:
-                pass
+            while True:
+                done = self._statement("model_sweep", model=model, before=before,
+                                       version=version, batch=self.batch_rows)[0]
+                swept.update(done["signatures"])
+                if not done["deleted"]:
+                    return swept
         except StoreError as exc:
             log.warning("old versions of %r are left for the next write to delete: %s",
                         model, exc)
+        return swept
+
+    def _name_types(self, signatures: set[str]) -> None:
+        """Name these block types after the blocks stored of them (`name_block_types`)."""
+        if signatures:
+            self._statement("name_block_types", signatures=sorted(signatures))
 
     def delete_model(self, name: str) -> bool:
         """Remove a model (one small transaction hides it, then its nodes go in batches);
         False when there was none."""
         before = str(self._read("version_new")[0]["version"])
         found = self._statement("model_delete", name=name)
-        self._sweep(name, before, None)
+        self._name_types(self._sweep(name, before, None))
         self._statement("model_drop", name=name)
         return bool(found)
 
