@@ -139,3 +139,121 @@ def test_a_reingest_between_ingest_and_solve_never_mixes_two_files(store, tmp_pa
     monkeypatch.setattr(Store, "solve_and_write", original)
     _, written, _ = api.partition_in_neo4j(store, str(files[0]), scenario, "raced")
     assert written["layers"] == len(graphs[0])
+
+
+# a delete racing an ingest of the same model -----------------------------------------------------
+
+VANISHED = ("Neo4j at bolt://… answered Neo.ClientError.Statement.EntityNotFound: Unable to "
+            "load NODE …")
+"""What the server answers when a node a statement reads is deleted under it (seen when
+deletes and ingests of one model race, in the detection's statements)."""
+
+
+def _left(store: Store, name: str) -> tuple[int, int, int]:
+    """(Model nodes, layers, blocks) stored under `name`."""
+    return (count(store, "MATCH (m:Model {name: $n}) RETURN count(m)", n=name),
+            count(store, "MATCH (l:Layer {model: $n}) RETURN count(l)", n=name),
+            count(store, "MATCH (b:Block {model: $n}) RETURN count(b)", n=name))
+
+
+def _delete_elsewhere(name: str) -> None:
+    with Store(Connection.from_env(password=PASSWORD)) as other:
+        assert other.delete_model(name) in (True, False)
+
+
+@pytest.mark.parametrize("stored_before", [False, True])
+def test_a_delete_while_an_ingest_stages_the_model_is_a_clear_error_and_leaves_nothing(
+        store, tmp_path, monkeypatch, stored_before):
+    """Another process deletes the model after this ingest wrote its layers, before their
+    blocks: the ingest says so in one line, and neither the old version, the staged one nor
+    the model's node is left."""
+    name = "raced-delete"
+    store.delete_model(name)
+    path = str(save(chain(30), tmp_path / "a.onnx"))
+    if stored_before:
+        api.ingest_model(store, str(save(chain(20), tmp_path / "b.onnx")), api.make_scenario(),
+                         name)
+    detect = Store._detect_blocks
+
+    def deleted_first(self, *args):
+        _delete_elsewhere(name)
+        return detect(self, *args)
+
+    monkeypatch.setattr(Store, "_detect_blocks", deleted_first)
+    with pytest.raises(StoreError, match="was deleted while this ingest wrote it"):
+        api.ingest_model(store, path, api.make_scenario(), name)
+    assert _left(store, name) == (0, 0, 0)
+
+
+@pytest.mark.parametrize("meanwhile", ["deleted", "ingested", "nothing"])
+def test_a_statement_that_finds_a_node_deleted_under_it_is_told_apart(
+        store, tmp_path, monkeypatch, meanwhile):
+    """A detection statement fails as the server fails it when another writer sweeps the
+    layers it reads: after a delete, the one-line 'deleted' error and nothing left; after an
+    ingest of another file under the name (started later, current first), 'superseded' and
+    that file whole; the same failure with neither is not explained away, and the staged
+    version is still swept."""
+    name = "raced-vanished"
+    store.delete_model(name)
+    mine, theirs = save(chain(30), tmp_path / "a.onnx"), save(chain(12), tmp_path / "b.onnx")
+    statement = Store._statement
+
+    def failing(self, query, /, **params):
+        if query == "detect_blocks_chain" and self is store:
+            if meanwhile == "deleted":
+                _delete_elsewhere(name)
+            elif meanwhile == "ingested":
+                with Store(Connection.from_env(password=PASSWORD)) as other:
+                    api.ingest_model(other, str(theirs), api.make_scenario(), name)
+            raise StoreError(VANISHED)
+        return statement(self, query, **params)
+
+    monkeypatch.setattr(Store, "_statement", failing)
+    if meanwhile == "ingested":
+        _, _, status = api.ingest_model(store, str(mine), api.make_scenario(), name)
+        assert status == "superseded"
+        assert _left(store, name)[1] == len(api.load_graph(str(theirs), name))
+        assert rows(store, "MATCH (m:Model {name: $n}) RETURN m.sha256", n=name)[0][0] == \
+            api.load_graph(str(theirs), name).sha256
+    else:
+        message = "was deleted while this ingest wrote it" if meanwhile == "deleted" \
+            else "EntityNotFound"
+        with pytest.raises(StoreError, match=message):
+            api.ingest_model(store, str(mine), api.make_scenario(), name)
+        assert _left(store, name)[1:] == (0, 0)
+    monkeypatch.setattr(Store, "_statement", statement)
+    store.delete_model(name)
+
+
+@pytest.mark.parametrize("joined", [True, False])
+def test_a_delete_whose_model_an_ingest_joined_meanwhile_leaves_it_the_ingest(
+        store, tmp_path, monkeypatch, joined):
+    """The delete's last step fails as the server fails it when an ingest of the name joins
+    a layer to the model's node between the check and the commit: the node stays, the
+    ingest's, and the delete succeeds; the same failure with nothing joined is an error."""
+    name = "raced-drop"
+    api.ingest_model(store, str(save(chain(5), tmp_path / "a.onnx")), api.make_scenario(), name)
+    statement = Store._statement
+
+    def joining(self, query, /, **params):
+        if query == "model_drop":
+            if joined:
+                rows(store, "MATCH (m:Model {name: $n}) CREATE (m)-[:HAS_LAYER]->"
+                            "(:Layer {uid: $n + '/staged', model: $n, version: 'z', topo: 0})",
+                     n=name)
+            raise StoreError("Neo4j at bolt://… answered Neo.ClientError.Schema."
+                             "ConstraintValidationFailed: Cannot delete node<7>, because it "
+                             "still has relationships.")
+        return statement(self, query, **params)
+
+    monkeypatch.setattr(Store, "_statement", joining)
+    if joined:
+        assert store.delete_model(name)
+        assert _left(store, name)[:2] == (1, 1)
+    else:
+        with pytest.raises(StoreError, match="still has relationships"):
+            store.delete_model(name)
+    monkeypatch.setattr(Store, "_statement", statement)
+    rows(store, "MATCH (l:Layer {model: $n}) DETACH DELETE l", n=name)
+    store.delete_model(name)
+    assert _left(store, name) == (0, 0, 0)

@@ -205,15 +205,34 @@ class Store:
                                    {"sha256": sha256, "source": source, "opset": opset,
                                     "family": family}))
             status, current = switched
-        except BaseException:
+        except StoreError as exc:
             self._sweep(graph.name, None, version)  # best effort; else the next write does
+            status, current = self._overtaken(graph.name, version, exc)
+        except BaseException:
+            self._sweep(graph.name, None, version)
             raise
         self._name_types(self._sweep(graph.name, current,
                                      None if current == version else version))
         if status == "incomplete":
+            self._statement("model_drop", name=graph.name)  # (the switch's lock made it again)
             raise StoreError(f"model {graph.name!r} was deleted while this ingest wrote it; "
                              "nothing was changed: run it again")
         return status
+
+    def _overtaken(self, model: str, version: str, exc: StoreError) -> tuple[str, str | None]:
+        """After staging `version` failed: ('superseded', current) where an ingest started
+        later made its version current, ('incomplete', None) where the model was deleted
+        meanwhile (either swept what this one was writing: a statement can find a node gone
+        under it); `exc` again where neither happened."""
+        state = self._read("model_state", name=model)
+        if not state:
+            return "incomplete", None  # (its node was made before staging: dropped since)
+        current, retired = state[0]["version"], state[0]["retired"]
+        if current is not None and current > version:
+            return "superseded", str(current)
+        if retired is not None and retired > version:
+            return "incomplete", None
+        raise exc
 
     @collector_paused
     def _stage(self, graph: LayerGraph, costs: CostGraph, version: str,
@@ -315,9 +334,15 @@ class Store:
         """Remove a model (one small transaction hides it, then its nodes go in batches);
         False when there was none."""
         before = str(self._read("version_new")[0]["version"])
-        found = self._statement("model_delete", name=name)
+        found = self._statement("model_delete", name=name, before=before)
         self._name_types(self._sweep(name, before, None))
-        self._statement("model_drop", name=name)
+        try:
+            self._statement("model_drop", name=name)
+        except StoreError:
+            state = self._read("model_state", name=name)
+            if not state or not (state[0]["staged"] or state[0]["version"] is not None):
+                raise
+            # an ingest of the name began writing it meanwhile: the node is that ingest's
         return bool(found)
 
     def set_costs(self, costs: CostGraph) -> None:
