@@ -181,7 +181,8 @@ why): **state** (weights and optimizer buffers: SGD 0, momentum 1, Adam 2 copies
 torch.optim keeps them) all along; **saved activations**, what each op's backward needs (a
 convolution or matmul its input, ReLU or softmax its output, a product with a weight its
 activation, a product of two activations the factor the other's gradient needs, a training-
-mode dropout its mask; an exporter's decomposed GELU/SiLU and attention exported from
+mode dropout its mask, an LSTM its input, outputs and what its forward writes of oneDNN's
+workspace; an exporter's decomposed GELU/SiLU and attention exported from
 `scaled_dot_product_attention` what PyTorch's fused kernels keep), each tensor once, from the
 forward pass to the backward's first keeper; **held tensors** (the model's outputs, and every
 tensor the tier sends to another, until its backward is done); **gradients** of the weights
@@ -225,11 +226,16 @@ factor fitted to a model.
   weight-normed positional convolution, an LSTM's weights reordered into ONNX's gate order)
   are one tensor per step, not one per sample: NFNet-L0 from +87% to +7%, wav2vec2 from +67%
   to +5% at batch 8 (`graph.computed_from`).
-- Left: Sequencer2d -38%: PyTorch's CPU LSTM runs on oneDNN, whose backward keeps a byte
-  workspace of 15.4 floats per sample, step and hidden unit (measured on `nn.LSTM`: 32.3 MB
-  for 16 x 64 x 512) beside its input and output; the model keeps the input only. GRU and
-  RNN run decomposed on the CPU (autograd keeps 7.5 and 1.5 floats per sample, step and
-  unit), which the model does not follow either.
+- **oneDNN's LSTM workspace**: PyTorch trains an fp32 LSTM on the CPU with oneDNN, one call
+  per direction, and keeps for the backward its input, its outputs and oneDNN's workspace. Of
+  the workspace's page-aligned regions the forward writes every step's gates (T x N x 4H
+  floats, the leading dimension padded as oneDNN pads it) and cell states ((T + 1) x N x H);
+  the states' gradients are written only by the backward. Measured as the resident memory a
+  forward adds beyond its outputs (within 1.2% on two sizes, `tests/test_memory.py`; 6 sizes
+  by hand, and the whole workspace's size fits oneDNN's layout on 18). Sequencer2d from -38%
+  to -11% (its 36 bidirectional LSTMs run 32 or 16 sequences per sample).
+- Left: Sequencer2d -11%, not yet traced. GRU and RNN run decomposed on the CPU (autograd
+  keeps 7.5 and 1.5 floats per sample, step and unit), which the model does not follow.
 - Left: ViT-B/16 +8% is the attention's output, which PyTorch's kernel lays out so that the
   next reshape is a view while ONNX shows a new tensor (12 x B x 197 x 768 floats: exactly
   the excess): torchvision's `MultiheadAttention` splits heads sequence-first through

@@ -20,13 +20,15 @@ For the tier that trains the layers S (in topological order), at batch b, in ste
   its output and one log-sum-exp per query row, not the attention matrix
   (`fused_attention`); a dropout exported in training mode its mask, at the activation's
   precision (PyTorch's CPU path multiplies by a float mask; CUDA's kernel keeps 1 byte per
-  element, so there this over-counts). A tensor kept by several ops (ReLU's output is the
-  next convolution's input) is kept once: b x its bytes at the training precision (once per
-  step, not b times, for what weights alone make: `graph.computed_from`), and so
-  is a view of it: the fused attention's output with its heads merged back
-  (`merged_heads`). A batched matmul operand whose heads a transpose moved ahead of the
-  sequence is copied by torch.matmul, and the copy kept apart (`copied_operands`). A kept
-  tensor is freed when the backward reaches the first op that keeps it;
+  element, so there this over-counts); an LSTM its input, its outputs and the part of
+  oneDNN's workspace its forward writes (`lstm_workspace`). A tensor kept by several ops
+  (ReLU's output is the next convolution's input) is kept once: b x its bytes at the
+  training precision (once per step, not b times, for what weights alone make:
+  `graph.computed_from`), and so is a view of it: the fused attention's output with its
+  heads merged back (`merged_heads`). A batched matmul operand whose heads a transpose
+  moved ahead of the sequence is copied by torch.matmul, and the copy kept apart
+  (`copied_operands`). A kept tensor is freed when the backward reaches the first op that
+  keeps it;
 - **held tensors**: the model's outputs, which the loss and the training loop hold until the
   backward is done, and every tensor the tier sends to another (it holds it, with its graph,
   until the gradient comes back and its backward is done): alive at every position;
@@ -154,6 +156,8 @@ def kept_by(layer: Layer, carries_grad: Collection[str] | None = None) -> tuple[
         return ()
     if layer.op in KEEPS_OUTPUT:
         return layer.outputs
+    if layer.op == "LSTM":  # oneDNN's backward reads the sequence in and the states out
+        return (*layer.inputs, *layer.outputs)
     if layer.op == "Mul" and len(layer.inputs) == 2 and carries_grad is not None:
         a, b = layer.inputs
         return (*((a,) if b in carries_grad else ()), *((b,) if a in carries_grad else ()))
@@ -402,6 +406,8 @@ def model_memory(graph: LayerGraph, batch: int, state_buffers: int,
                                      (i,)))
         if layer.op == "Dropout" and "training_mode=1" in layer.attrs and layer.outputs:
             saved.append(SavedTensor(per_step(layer.outputs[0]), (i,)))
+        if layer.op == "LSTM":
+            saved.append(SavedTensor(lstm_workspace(graph, layer, batch), (i,)))
     saved += _tied_partials(layers, index)
     saved += _in_flight_and_held(graph, index, grad, [per_step(name) for name in graph.tensors])
     return ModelMemory(
@@ -409,6 +415,44 @@ def model_memory(graph: LayerGraph, batch: int, state_buffers: int,
         grads=[float(x.params * WORD) for x in layers],
         workspace=[sum(per_step(t) for t in (*x.inputs, *x.outputs)) for x in layers],
         saved=saved)
+
+
+_PAGE = 4096  # oneDNN aligns each region of an RNN workspace to a page
+
+
+def _good_ld(elements: int) -> int:
+    """oneDNN's leading dimension for an fp32 RNN array (`rnn_utils::get_good_ld`): rounded
+    up to 64 bytes, and one more 64 bytes where that is a multiple of 256 elements (4K
+    aliasing)."""
+    ld = -(-elements // 16) * 16
+    return ld + 16 if ld % 256 == 0 else ld
+
+
+def lstm_workspace(graph: LayerGraph, layer: Layer, batch: int) -> float:
+    """Bytes of oneDNN's workspace that an ONNX LSTM's forward writes and its backward reads,
+    at `batch` samples. PyTorch trains an fp32 LSTM on the CPU with oneDNN, one call per
+    direction (`MkldnnRnnLayerBackward0` keeps the workspace); the workspace holds every
+    step's gates (T x N x ld(4H) floats) and cell states ((T + 1) x N x H floats), each
+    region page-aligned, where N is the LSTM's own batch (the sequences it runs at once: a
+    sample may hold many, as Sequencer2d's rows). Its other regions (the states' gradients)
+    are written only by the backward and not resident before: measured with PyTorch 2.15's
+    oneDNN 3.13 on 6 sizes to within the states kept beside it (docs/memory.md)."""
+    x = graph.tensors.get(layer.inputs[0]) if layer.inputs else None
+    hidden = layer.ints("hidden_size")
+    if x is None or len(x.shape) != 3 or not hidden or not x.bytes:
+        return 0.0
+    steps, features = (x.shape[1], x.shape[2]) if layer.ints("layout") == [1] \
+        else (x.shape[0], x.shape[2])
+    elements = x.bytes / ELEMENT_BYTES.get(x.dtype, WORD)  # per sample
+    sequences = math.ceil(elements / max(steps * features, 1) * batch)
+    h = hidden[0]
+
+    def region(floats: int) -> int:
+        return -(-floats * WORD // _PAGE) * _PAGE
+
+    directions = 2 if "direction='bidirectional'" in layer.attrs else 1
+    return float(directions * (region(steps * sequences * _good_ld(4 * h))
+                               + region((steps + 1) * sequences * h)))
 
 
 def _row_statistics(graph: LayerGraph, layer: Layer) -> float:
