@@ -227,15 +227,18 @@ factor fitted to a model.
   are one tensor per step, not one per sample: NFNet-L0 from +87% to +7%, wav2vec2 from +67%
   to +5% at batch 8 (`graph.computed_from`).
 - **oneDNN's LSTM workspace**: PyTorch trains an fp32 LSTM on the CPU with oneDNN, one call
-  per direction, and keeps for the backward its input, its outputs and oneDNN's workspace. Of
-  the workspace's page-aligned regions the forward writes every step's gates (T x N x 4H
-  floats, the leading dimension padded as oneDNN pads it) and cell states ((T + 1) x N x H);
-  the states' gradients are written only by the backward. Measured as the resident memory a
-  forward adds beyond its outputs (within 1.2% on two sizes, `tests/test_memory.py`; 6 sizes
-  by hand, and the whole workspace's size fits oneDNN's layout on 18). Sequencer2d from -38%
-  to -11% (its 36 bidirectional LSTMs run 32 or 16 sequences per sample).
-- Left: Sequencer2d -11%, not yet traced. GRU and RNN run decomposed on the CPU (autograd
-  keeps 7.5 and 1.5 floats per sample, step and unit), which the model does not follow.
+  per direction, and keeps for the backward its input, its outputs and oneDNN's workspace
+  (not ONNX's reordered copies of the weights, which the export shows). Of the workspace's
+  page-aligned regions, the forward writes every step's gates (T x N x 4H floats, the leading
+  dimension padded as oneDNN pads it) and cell states ((T + 1) x N x H), and the reverse
+  direction each step's input and output too (2 x T x N x max(I, H)); the states' gradients
+  are written only by the backward. Measured as the resident memory a forward adds beyond
+  the tensors it makes (within 3% on three sizes, one bidirectional, `tests/test_memory.py`;
+  eight more bidirectional ones by hand; the whole workspace's size fits oneDNN's layout on
+  18). Sequencer2d, whose 36 bidirectional LSTMs run 32 or 16 sequences per sample, from
+  -38% to +1%.
+- Left: GRU and RNN run decomposed on the CPU (autograd keeps 7.5 and 1.5 floats per sample,
+  step and unit), which the model does not follow.
 - Left: ViT-B/16 +8% is the attention's output, which PyTorch's kernel lays out so that the
   next reshape is a view while ONNX shows a new tensor (12 x B x 197 x 768 floats: exactly
   the excess): torchvision's `MultiheadAttention` splits heads sequence-first through

@@ -253,25 +253,32 @@ def test_a_decomposed_gelu_is_counted_and_said(tmp_path: Path, activation: Any,
 _LSTM_FORWARD = """
 import gc, sys, torch
 torch.set_num_threads(1)
-steps, batch, features, hidden = map(int, sys.argv[1:5])
+steps, batch, features, hidden, both, batch_first = map(int, sys.argv[1:7])
 def resident():
     return next(int(l.split()[1]) * 1024 for l in open("/proc/self/status")
                 if l.startswith("VmRSS"))
-lstm, x = torch.nn.LSTM(features, hidden), torch.randn(steps, batch, features)
+lstm = torch.nn.LSTM(features, hidden, bidirectional=bool(both), batch_first=bool(batch_first))
+x = torch.randn(*((batch, steps) if batch_first else (steps, batch)), features)
 y, _ = lstm(x); y.sum().backward(); del y; gc.collect()  # oneDNN's primitives made
 before = resident()
 y, (h, c) = lstm(x)
-print(resident() - before - 4 * (y.numel() + h.numel() + c.numel()))
+tensors = y.numel() + h.numel() + c.numel()  # the output, the last states
+tensors += both * 2 * steps * batch * hidden  # each direction's output, before their concat
+tensors += batch_first * steps * batch * features  # the input's steps-first copy
+print(resident() - before - 4 * tensors)
 """
 
 
-@pytest.mark.parametrize("steps,batch,features,hidden", [(64, 32, 256, 256), (48, 24, 96, 320)])
+@pytest.mark.parametrize("steps,batch,features,hidden,both,batch_first", [
+    (64, 32, 256, 256, 0, 0), (48, 24, 96, 320, 0, 0), (32, 64, 192, 48, 1, 1)])
 def test_an_lstm_keeps_the_part_of_onednns_workspace_its_forward_writes(
-        tmp_path: Path, steps: int, batch: int, features: int, hidden: int) -> None:
+        tmp_path: Path, steps: int, batch: int, features: int, hidden: int, both: int,
+        batch_first: int) -> None:
     """PyTorch's CPU LSTM keeps oneDNN's workspace for its backward; the forward writes its
-    gates and cell states (the rest only the backward touches). Measured here as the resident
-    memory a forward adds beyond its outputs, with large blocks mapped fresh (bench.memory's
-    allocator settings), against the model's figure from the ONNX export."""
+    gates and cell states, and in the reverse direction its inputs and outputs (the rest
+    only the backward touches). Measured here as the resident memory a forward adds beyond
+    the tensors it makes, with large blocks mapped fresh (bench.memory's allocator
+    settings), against the model's figure from the ONNX export."""
     import os
     import subprocess
     import sys
@@ -279,26 +286,25 @@ def test_an_lstm_keeps_the_part_of_onednns_workspace_its_forward_writes(
     from toolkit.memory import lstm_workspace
 
     class Seq(torch.nn.Module):
-        def __init__(self, bidirectional: bool) -> None:
+        def __init__(self) -> None:
             super().__init__()
-            self.lstm = torch.nn.LSTM(features, hidden, bidirectional=bidirectional)
+            self.lstm = torch.nn.LSTM(features, hidden, bidirectional=bool(both),
+                                      batch_first=bool(batch_first))
 
         def forward(self, x: Any) -> Any:
             return self.lstm(x)[0]
 
-    graphs = []
-    for bidirectional in (False, True):
-        path = tmp_path / f"lstm{bidirectional}.onnx"
-        zoo.export_module(torch, Seq(bidirectional).train(), (torch.randn(steps, 2, features),),
-                          path, "torchscript")
-        graphs.append(api.load_graph(str(path), name="lstm"))
-    one, two = (next(layer for layer in g if layer.op == "LSTM") for g in graphs)
-    predicted = lstm_workspace(graphs[0], one, batch)
-    assert lstm_workspace(graphs[1], two, batch) == 2 * predicted  # one call per direction
-    assert {*one.inputs[:1], *one.outputs} <= set(kept_by(one))
+    path = tmp_path / "lstm.onnx"
+    example = torch.randn(*((2, steps) if batch_first else (steps, 2)), features)
+    zoo.export_module(torch, Seq().train(), (example,), path, "torchscript")
+    graph = api.load_graph(str(path), name="lstm")
+    lstm = next(layer for layer in graph if layer.op == "LSTM")
+    assert set(kept_by(lstm)) == {lstm.inputs[0], *lstm.outputs}  # not ONNX's weight copies
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
     measured = int(subprocess.run(
-        [sys.executable, "-c", _LSTM_FORWARD, *map(str, (steps, batch, features, hidden))],
+        [sys.executable, "-c", _LSTM_FORWARD,
+         *map(str, (steps, batch, features, hidden, both, batch_first))],
         capture_output=True, text=True, check=True, env=env).stdout)
-    # without the cell states (a fifth of it) or with the whole workspace, this fails
-    assert predicted == pytest.approx(measured, rel=0.03)
+    # without the cell states (a fifth of it), without the reverse direction's steps
+    # (nearly half of a bidirectional one's) or with the whole workspace, this fails
+    assert lstm_workspace(graph, lstm, batch) == pytest.approx(measured, rel=0.03)

@@ -157,7 +157,7 @@ def kept_by(layer: Layer, carries_grad: Collection[str] | None = None) -> tuple[
     if layer.op in KEEPS_OUTPUT:
         return layer.outputs
     if layer.op == "LSTM":  # oneDNN's backward reads the sequence in and the states out
-        return (*layer.inputs, *layer.outputs)
+        return (*layer.inputs[:1], *layer.outputs)  # (not ONNX's reordered weights: PyTorch's)
     if layer.op == "Mul" and len(layer.inputs) == 2 and carries_grad is not None:
         a, b = layer.inputs
         return (*((a,) if b in carries_grad else ()), *((b,) if a in carries_grad else ()))
@@ -431,12 +431,13 @@ def _good_ld(elements: int) -> int:
 def lstm_workspace(graph: LayerGraph, layer: Layer, batch: int) -> float:
     """Bytes of oneDNN's workspace that an ONNX LSTM's forward writes and its backward reads,
     at `batch` samples. PyTorch trains an fp32 LSTM on the CPU with oneDNN, one call per
-    direction (`MkldnnRnnLayerBackward0` keeps the workspace); the workspace holds every
-    step's gates (T x N x ld(4H) floats) and cell states ((T + 1) x N x H floats), each
-    region page-aligned, where N is the LSTM's own batch (the sequences it runs at once: a
-    sample may hold many, as Sequencer2d's rows). Its other regions (the states' gradients)
-    are written only by the backward and not resident before: measured with PyTorch 2.15's
-    oneDNN 3.13 on 6 sizes to within the states kept beside it (docs/memory.md)."""
+    direction (`MkldnnRnnLayerBackward0` keeps the workspace). Each call's forward writes
+    every step's gates (T x N x ld(4H) floats) and cell states ((T + 1) x N x H), each region
+    page-aligned, where N is the LSTM's own batch (the sequences it runs at once: a sample may
+    hold many, as Sequencer2d's rows) and ld oneDNN's padded leading dimension; the reverse
+    direction also writes each step's input and output there (2 x T x N x ld(max(I, H))).
+    The other regions (the states' gradients) only the backward writes: not resident before.
+    Measured with PyTorch 2.15's oneDNN 3.13 (docs/memory.md, tests/test_memory.py)."""
     x = graph.tensors.get(layer.inputs[0]) if layer.inputs else None
     hidden = layer.ints("hidden_size")
     if x is None or len(x.shape) != 3 or not hidden or not x.bytes:
@@ -450,9 +451,11 @@ def lstm_workspace(graph: LayerGraph, layer: Layer, batch: int) -> float:
     def region(floats: int) -> int:
         return -(-floats * WORD // _PAGE) * _PAGE
 
-    directions = 2 if "direction='bidirectional'" in layer.attrs else 1
-    return float(directions * (region(steps * sequences * _good_ld(4 * h))
-                               + region((steps + 1) * sequences * h)))
+    each = region(steps * sequences * _good_ld(4 * h)) + region((steps + 1) * sequences * h)
+    reversed_states = region(2 * steps * sequences * _good_ld(max(features, h)))
+    if "direction='bidirectional'" in layer.attrs:
+        return float(2 * each + reversed_states)
+    return float(each + (reversed_states if "direction='reverse'" in layer.attrs else 0))
 
 
 def _row_statistics(graph: LayerGraph, layer: Layer) -> float:
