@@ -6,10 +6,14 @@
 // after a sweep deleted blocks (the types they had): a deleted or replaced model's names go.
 // Each type is read under its write lock, which also orders it against blocks being joined to
 // it or deleted, so two writers at once leave the names of what is stored.
-// $signatures: the types' signatures, sorted (locks taken in one order). Returns nothing.
+// $types: [{signature, name}], sorted by signature (locks taken in one order): after a
+// detection each type with the model's name for it, a type that has the name already left as
+// it is; after a sweep the name null, and the type named again from its stored blocks.
+// Returns nothing.
 // Internal: a step splitcut runs itself; `splitcut query` does not offer it.
-UNWIND $signatures AS signature
-MATCH (t:BlockType {signature: signature})
+UNWIND $types AS type
+MATCH (t:BlockType {signature: type.signature})
+WHERE type.name IS NULL OR NOT type.name IN coalesce(t.names, [t.name])
 SET t.locked = true  // the lock first, then the names: none added at once is lost
 REMOVE t.locked
 WITH t, COLLECT { MATCH (b:Block)-[:OF_TYPE]->(t) WHERE b.name IS NOT NULL

@@ -14,7 +14,7 @@ import json
 import logging
 import random
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -211,8 +211,8 @@ class Store:
         except BaseException:
             self._sweep(graph.name, None, version)
             raise
-        self._name_types(self._sweep(graph.name, current,
-                                     None if current == version else version))
+        self._name_types(dict.fromkeys(self._sweep(graph.name, current,
+                                                    None if current == version else version)))
         if status == "incomplete":
             self._statement("model_drop", name=graph.name)  # (the switch's lock made it again)
             raise StoreError(f"model {graph.name!r} was deleted while this ingest wrote it; "
@@ -278,7 +278,7 @@ class Store:
                                                                    range(len(segments))),
                                                strict=True))]
 
-        named: set[str] = set()  # the model's types' signatures
+        named: dict[str, str] = {}  # the model's types: signature -> its name for them
 
         def detect(group: list[dict[str, Any]]) -> None:
             types = []
@@ -288,7 +288,7 @@ class Store:
                 types.append({"uid": record["uid"], "signature": sig,
                               "name": names.get(sig, f"block {sig[:6]}"),
                               "size": key.count("](")})
-            named.update(t["signature"] for t in types)
+            named.update((t["signature"], t["name"]) for t in types)
             self._statement("detect_blocks_types", rows=types)
 
         groups = list(by_layers(blocks, self.batch_rows))
@@ -325,17 +325,20 @@ class Store:
                         model, exc)
         return swept
 
-    def _name_types(self, signatures: set[str]) -> None:
-        """Name these block types after the blocks stored of them (`name_block_types`)."""
-        if signatures:
-            self._statement("name_block_types", signatures=sorted(signatures))
+    def _name_types(self, types: Mapping[str, str | None]) -> None:
+        """Name block types after the blocks stored of them (`name_block_types`), by signature:
+        with a model's name for the type, only where that name is new to it; with None (the
+        types of blocks a sweep deleted), whatever."""
+        if types:
+            self._statement("name_block_types", types=[
+                {"signature": sig, "name": types[sig]} for sig in sorted(types)])
 
     def delete_model(self, name: str) -> bool:
         """Remove a model (one small transaction hides it, then its nodes go in batches);
         False when there was none."""
         before = str(self._read("version_new")[0]["version"])
         found = self._statement("model_delete", name=name, before=before)
-        self._name_types(self._sweep(name, before, None))
+        self._name_types(dict.fromkeys(self._sweep(name, before, None)))
         try:
             self._statement("model_drop", name=name)
         except StoreError:
