@@ -10,6 +10,7 @@ import os
 import re
 from collections import Counter
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 import onnx
@@ -487,7 +488,16 @@ def test_a_deleted_or_replaced_model_takes_its_names_of_shared_types_with_it():
         assert store.ingest(a, costs, "a, again", "synthetic", 0,
                             names=called("Cell", "a")) == "replaced"
         assert types(store) == {sig: (n, [n]) for sig, n in called("Cell", "a").items()}
+        with pytest.MonkeyPatch.context() as patch:  # an ingest that fails at its switch
+            patch.setattr("toolkit.store.store._switch", _refused)
+            with pytest.raises(StoreError, match="refused"):
+                store.ingest(a, costs, "a, failed", "synthetic", 0, names=called("Gone", "a"))
+        assert types(store) == {sig: (n, [n]) for sig, n in called("Cell", "a").items()}
         store.delete_model("names-a")
+
+
+def _refused(*_: object) -> NoReturn:
+    raise StoreError("Neo4j refused the switch")
 
 
 def test_of_two_overlapping_ingests_the_later_started_stays():

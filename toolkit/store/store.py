@@ -211,8 +211,7 @@ class Store:
         except BaseException:
             self._sweep(graph.name, None, version)
             raise
-        self._name_types(dict.fromkeys(self._sweep(graph.name, current,
-                                                    None if current == version else version)))
+        self._sweep(graph.name, current, None if current == version else version)
         if status == "incomplete":
             self._statement("model_drop", name=graph.name)  # (the switch's lock made it again)
             raise StoreError(f"model {graph.name!r} was deleted while this ingest wrote it; "
@@ -307,11 +306,11 @@ class Store:
         rows: list[dict[str, Any]] = self._write(lambda tx: _tx_rows(tx)(query, **params))
         return rows
 
-    def _sweep(self, model: str, before: str | None, version: str | None) -> set[str]:
+    def _sweep(self, model: str, before: str | None, version: str | None) -> None:
         """Delete, in batches, the model's layers and blocks of versions before `before` and of
-        `version`; returns the signatures of the block types deleted blocks had. Readers never
-        see them, so a failure here loses nothing: it is logged and the next write of the
-        model sweeps again."""
+        `version`, then name the types of the deleted blocks again from the blocks left. Readers
+        never see what it deletes, so a failure here loses nothing: it is logged and the next
+        write of the model sweeps again."""
         swept: set[str] = set()
         try:
             while True:
@@ -319,11 +318,11 @@ class Store:
                                        version=version, batch=self.batch_rows)[0]
                 swept.update(done["signatures"])
                 if not done["deleted"]:
-                    return swept
+                    break
+            self._name_types(dict.fromkeys(swept))
         except StoreError as exc:
             log.warning("old versions of %r are left for the next write to delete: %s",
                         model, exc)
-        return swept
 
     def _name_types(self, types: Mapping[str, str | None]) -> None:
         """Name block types after the blocks stored of them (`name_block_types`), by signature:
@@ -338,7 +337,7 @@ class Store:
         False when there was none."""
         before = str(self._read("version_new")[0]["version"])
         found = self._statement("model_delete", name=name, before=before)
-        self._name_types(dict.fromkeys(self._sweep(name, before, None)))
+        self._sweep(name, before, None)
         try:
             self._statement("model_drop", name=name)
         except StoreError:
