@@ -182,9 +182,10 @@ torch.optim keeps them) all along; **saved activations**, what each op's backwar
 convolution or matmul its input, ReLU or softmax its output, a product with a weight its
 activation, a product of two activations the factor the other's gradient needs, a training-
 mode dropout its mask, an LSTM its input, outputs and what its forward writes of oneDNN's
-workspace; an exporter's decomposed GELU/SiLU and attention exported from
-`scaled_dot_product_attention` what PyTorch's fused kernels keep), each tensor once, from the
-forward pass to the backward's first keeper; **held tensors** (the model's outputs, and every
+workspace, a GRU or RNN its input and each step's state and gates; an exporter's
+decomposed GELU/SiLU and attention exported from `scaled_dot_product_attention` what
+PyTorch's fused kernels keep), each tensor once, from the forward pass to the backward's
+first keeper; **held tensors** (the model's outputs, and every
 tensor the tier sends to another, until its backward is done); **gradients** of the weights
 as the backward makes them, a **tied weight**'s partial gradient held until its owner's
 backward, a **gradient in flight** along a skip connection, and the **workspace** of the layer
@@ -237,8 +238,12 @@ factor fitted to a model.
   eight more bidirectional ones by hand; the whole workspace's size fits oneDNN's layout on
   18). Sequencer2d, whose 36 bidirectional LSTMs run 32 or 16 sequences per sample, from
   -38% to +1%.
-- Left: GRU and RNN run decomposed on the CPU (autograd keeps 7.5 and 1.5 floats per sample,
-  step and unit), which the model does not follow.
+- **GRU and RNN** run decomposed on the CPU: autograd keeps, per step and sequence, a GRU's
+  state, its hidden projection (the storage its three gates are chunks of), the new gate's
+  tanh and the update's two factors (7 floats per hidden unit), an RNN's state (each step's
+  output is the next one's input: T + 1 states), and the sequence once, or, read through a
+  transpose (batch-first), once per direction. Equal to what autograd keeps within 1% for
+  both cells, one and two directions, time- and batch-first (`tests/test_memory.py`).
 - Left: ViT-B/16 +8% is the attention's output, which PyTorch's kernel lays out so that the
   next reshape is a view while ONNX shows a new tensor (12 x B x 197 x 768 floats: exactly
   the excess): torchvision's `MultiheadAttention` splits heads sequence-first through

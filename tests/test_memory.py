@@ -308,3 +308,33 @@ def test_an_lstm_keeps_the_part_of_onednns_workspace_its_forward_writes(
     # without the cell states (a fifth of it), without the reverse direction's steps
     # (nearly half of a bidirectional one's) or with the whole workspace, this fails
     assert lstm_workspace(graph, lstm, batch) == pytest.approx(measured, rel=0.03)
+
+
+@pytest.mark.parametrize("cell", ["GRU", "RNN"])
+@pytest.mark.parametrize("both,batch_first", [(0, 0), (1, 1), (1, 0)])
+def test_a_gru_or_rnn_keeps_what_autograd_keeps_for_its_steps(
+        tmp_path: Path, cell: str, both: int, batch_first: int) -> None:
+    """PyTorch runs GRU and RNN decomposed on the CPU: autograd keeps each step's tensors
+    (a GRU's 7 per hidden unit, an RNN's state), the sequence once, and where it is read
+    through a transpose, one copy per direction."""
+
+    class Seq(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rnn = getattr(torch.nn, cell)(16, 12, bidirectional=bool(both),
+                                               batch_first=bool(batch_first))
+
+        def forward(self, x: Any) -> Any:
+            return self.rnn(x)[0]
+
+    torch.manual_seed(0)
+    module = Seq().train()
+    x = torch.randn(*((BATCH, 10) if batch_first else (10, BATCH)), 16)
+    path = tmp_path / "rnn.onnx"
+    zoo.export_module(torch, module, (x,), path, "torchscript")
+    graph = api.load_graph(str(path), name="rnn")
+    assert [layer.op for layer in graph if layer.op in ("GRU", "RNN")] == [cell]
+    _, predicted, measured = _kept(graph, module, x)
+    # without the steps' tensors (most of it), or the second direction's copy of a
+    # batch-first sequence, this fails
+    assert predicted == pytest.approx(measured, rel=0.01)

@@ -21,7 +21,8 @@ For the tier that trains the layers S (in topological order), at batch b, in ste
   (`fused_attention`); a dropout exported in training mode its mask, at the activation's
   precision (PyTorch's CPU path multiplies by a float mask; CUDA's kernel keeps 1 byte per
   element, so there this over-counts); an LSTM its input, its outputs and the part of
-  oneDNN's workspace its forward writes (`lstm_workspace`). A tensor kept by several ops
+  oneDNN's workspace its forward writes (`lstm_workspace`); a GRU or RNN its input and its
+  steps' tensors (`recurrent_steps`). A tensor kept by several ops
   (ReLU's output is the next convolution's input) is kept once: b x its bytes at the
   training precision (once per step, not b times, for what weights alone make:
   `graph.computed_from`), and so is a view of it: the fused attention's output with its
@@ -59,7 +60,7 @@ gradient, nothing saved) are its two extremes.
 from __future__ import annotations
 
 import math
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -158,6 +159,8 @@ def kept_by(layer: Layer, carries_grad: Collection[str] | None = None) -> tuple[
         return layer.outputs
     if layer.op == "LSTM":  # oneDNN's backward reads the sequence in and the states out
         return (*layer.inputs[:1], *layer.outputs)  # (not ONNX's reordered weights: PyTorch's)
+    if layer.op in ("GRU", "RNN"):  # the sequence in; its steps' tensors: `recurrent_steps`
+        return layer.inputs[:1]
     if layer.op == "Mul" and len(layer.inputs) == 2 and carries_grad is not None:
         a, b = layer.inputs
         return (*((a,) if b in carries_grad else ()), *((b,) if a in carries_grad else ()))
@@ -408,6 +411,8 @@ def model_memory(graph: LayerGraph, batch: int, state_buffers: int,
             saved.append(SavedTensor(per_step(layer.outputs[0]), (i,)))
         if layer.op == "LSTM":
             saved.append(SavedTensor(lstm_workspace(graph, layer, batch), (i,)))
+        if layer.op in ("GRU", "RNN"):
+            saved.append(SavedTensor(recurrent_steps(graph, layer, batch, per_step), (i,)))
     saved += _tied_partials(layers, index)
     saved += _in_flight_and_held(graph, index, grad, [per_step(name) for name in graph.tensors])
     return ModelMemory(
@@ -428,34 +433,65 @@ def _good_ld(elements: int) -> int:
     return ld + 16 if ld % 256 == 0 else ld
 
 
+def _sequence(graph: LayerGraph, layer: Layer, batch: int
+              ) -> tuple[int, int, int, int, int] | None:
+    """An ONNX recurrent layer's steps T, sequences N at `batch` samples (a sample may hold
+    many, as Sequencer2d's rows), input features I, hidden units H and directions."""
+    x = graph.tensors.get(layer.inputs[0]) if layer.inputs else None
+    hidden = layer.ints("hidden_size")
+    if x is None or len(x.shape) != 3 or not hidden or not x.bytes:
+        return None
+    steps, features = (x.shape[1], x.shape[2]) if layer.ints("layout") == [1] \
+        else (x.shape[0], x.shape[2])
+    elements = x.bytes / ELEMENT_BYTES.get(x.dtype, WORD)  # per sample
+    sequences = math.ceil(elements / max(steps * features, 1) * batch)
+    directions = 2 if "direction='bidirectional'" in layer.attrs else 1
+    return steps, sequences, features, hidden[0], directions
+
+
 def lstm_workspace(graph: LayerGraph, layer: Layer, batch: int) -> float:
     """Bytes of oneDNN's workspace that an ONNX LSTM's forward writes and its backward reads,
     at `batch` samples. PyTorch trains an fp32 LSTM on the CPU with oneDNN, one call per
     direction (`MkldnnRnnLayerBackward0` keeps the workspace). Each call's forward writes
     every step's gates (T x N x ld(4H) floats) and cell states ((T + 1) x N x H), each region
-    page-aligned, where N is the LSTM's own batch (the sequences it runs at once: a sample may
-    hold many, as Sequencer2d's rows) and ld oneDNN's padded leading dimension; the reverse
-    direction also writes each step's input and output there (2 x T x N x ld(max(I, H))).
-    The other regions (the states' gradients) only the backward writes: not resident before.
-    Measured with PyTorch 2.15's oneDNN 3.13 (docs/memory.md, tests/test_memory.py)."""
-    x = graph.tensors.get(layer.inputs[0]) if layer.inputs else None
-    hidden = layer.ints("hidden_size")
-    if x is None or len(x.shape) != 3 or not hidden or not x.bytes:
+    page-aligned, where ld is oneDNN's padded leading dimension; the reverse direction also
+    writes each step's input and output there (2 x T x N x ld(max(I, H))). The other regions
+    (the states' gradients) only the backward writes: not resident before. Measured with
+    PyTorch 2.15's oneDNN 3.13 (docs/memory.md, tests/test_memory.py)."""
+    found = _sequence(graph, layer, batch)
+    if found is None:
         return 0.0
-    steps, features = (x.shape[1], x.shape[2]) if layer.ints("layout") == [1] \
-        else (x.shape[0], x.shape[2])
-    elements = x.bytes / ELEMENT_BYTES.get(x.dtype, WORD)  # per sample
-    sequences = math.ceil(elements / max(steps * features, 1) * batch)
-    h = hidden[0]
+    steps, sequences, features, h, directions = found
 
     def region(floats: int) -> int:
         return -(-floats * WORD // _PAGE) * _PAGE
 
     each = region(steps * sequences * _good_ld(4 * h)) + region((steps + 1) * sequences * h)
     reversed_states = region(2 * steps * sequences * _good_ld(max(features, h)))
-    if "direction='bidirectional'" in layer.attrs:
+    if directions == 2:
         return float(2 * each + reversed_states)
     return float(each + (reversed_states if "direction='reverse'" in layer.attrs else 0))
+
+
+def recurrent_steps(graph: LayerGraph, layer: Layer, batch: int,
+                    per_step: Callable[[str], float]) -> float:
+    """Bytes autograd keeps for an ONNX GRU's or RNN's steps at `batch` samples, at the
+    training precision. PyTorch runs them decomposed on the CPU: a GRU step keeps the state
+    it reads (H per sequence), its hidden projection (3H: the storage its gates are chunks
+    of), the new gate's tanh (H) and the two factors of its update (2H): 7H; an RNN step its
+    state, which is the step before's output, so T + 1 states of H. A sequence read through a
+    transpose (batch-first) is copied by each direction's input projection, so a second
+    direction keeps a second copy (tests/test_memory.py, against autograd)."""
+    found = _sequence(graph, layer, batch)
+    if found is None:
+        return 0.0
+    steps, sequences, features, h, directions = found
+    x = layer.inputs[0]
+    element = per_step(x) / (steps * sequences * features)  # bytes at the training precision
+    floats = directions * (7 * steps if layer.op == "GRU" else steps + 1) * sequences * h
+    made = graph.tensors[x].producer
+    copies = directions - 1 if made and graph.layers[made].op == "Transpose" else 0
+    return element * (floats + copies * steps * sequences * features)
 
 
 def _row_statistics(graph: LayerGraph, layer: Layer) -> float:
