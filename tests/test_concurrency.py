@@ -257,3 +257,30 @@ def test_a_delete_whose_model_an_ingest_joined_meanwhile_leaves_it_the_ingest(
     rows(store, "MATCH (l:Layer {model: $n}) DETACH DELETE l", n=name)
     store.delete_model(name)
     assert _left(store, name) == (0, 0, 0)
+
+
+@pytest.mark.parametrize("write", ["partition", "sweep"])
+def test_a_delete_before_a_partition_or_sweep_is_written_is_said_and_leaves_nothing(
+        store, tmp_path, monkeypatch, write):
+    """Another process deletes the model after this one ingested and solved it, before its
+    result is written: the write says the model was deleted (not replaced), writes nothing and
+    leaves no (:Model) node behind."""
+    name = "raced-written"
+    store.delete_model(name)
+    path = str(save(chain(8), tmp_path / "a.onnx"))
+    scenario = api.make_scenario()
+    method = "solve_and_write" if write == "partition" else "write_policy"
+    original = getattr(Store, method)
+
+    def deleted_first(self, *args):
+        _delete_elsewhere(name)
+        return original(self, *args)
+
+    monkeypatch.setattr(Store, method, deleted_first)
+    with pytest.raises(StoreError, match=f"was deleted while this {write} ran"):
+        if write == "partition":
+            api.partition_in_neo4j(store, path, scenario, name)
+        else:
+            api.sweep_in_neo4j(store, path, scenario,
+                               lambda g: api.sweep_model(g, scenario, "uplink", 1e6, 1e9), name)
+    assert _left(store, name) == (0, 0, 0)

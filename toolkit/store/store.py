@@ -413,11 +413,7 @@ class Store:
         never see each other's delays, and a re-ingest of another file under the same name
         that commits in between is refused (ModelChangedError) instead of mixing the two."""
         def work(tx: Transaction) -> tuple[Solved, dict[str, int]]:
-            stored = tx.run(queries.load("model_lock"), name=costs.model).single(strict=True)[0]
-            if stored != sha256:
-                raise ModelChangedError(
-                    f"model {costs.model!r} was replaced by another file while this partition "
-                    "ran (another process ingested it); nothing was written: run it again")
+            _still_the_file(tx, costs.model, sha256, "partition")
             _set_costs(tx, costs)
             result = solve(_tx_rows(tx))
             return result, _write_partition(tx, result)
@@ -430,11 +426,7 @@ class Store:
         lock, for the file `sha256` names (else ModelChangedError, nothing written), replacing
         the policy of the same parameter and scenario. Returns the partitions written."""
         def work(tx: Transaction) -> int:
-            stored = tx.run(queries.load("model_lock"), name=result.model).single(strict=True)[0]
-            if stored != sha256:
-                raise ModelChangedError(
-                    f"model {result.model!r} was replaced by another file while this sweep "
-                    "ran (another process ingested it); nothing was written: run it again")
+            _still_the_file(tx, result.model, sha256, "sweep")
             data = result.to_dict()
             pieces = [{"from": p["from"], "to": p["to"], "delay_from_ms": p["delay_ms"]["from"],
                        "delay_to_ms": p["delay_ms"]["to"], "tier_of": list(piece.key),
@@ -455,6 +447,20 @@ class Store:
     def run_saved(self, name: str, params: dict[str, Any]) -> list[dict[str, Any]]:
         """A saved query, read-only: `splitcut query` can change nothing."""
         return self._read(name, **params)
+
+
+def _still_the_file(tx: Transaction, model: str, sha256: str, work: str) -> None:
+    """Take the model's lock for the transaction and check that the model is still the file
+    `sha256` names: ModelChangedError (the transaction rolls back: nothing written) where
+    another process replaced it with another file or deleted it meanwhile."""
+    stored = tx.run(queries.load("model_lock"), name=model).single(strict=True)[0]
+    if stored is None:
+        raise ModelChangedError(f"model {model!r} was deleted while this {work} ran (another "
+                                "process deleted it); nothing was written: run it again")
+    if stored != sha256:
+        raise ModelChangedError(
+            f"model {model!r} was replaced by another file while this {work} ran (another "
+            "process ingested it); nothing was written: run it again")
 
 
 def _switch(tx: Transaction, graph: LayerGraph, costs: CostGraph, version: str,
