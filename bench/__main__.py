@@ -405,7 +405,8 @@ def read_floor(doc: Doc, names: list[str], chain_sizes: list[int], repeats: int)
     doc.add()
     ratio = {row[0]: float(row[7].rstrip("x")) for row in rows}
     chains = [r for name, r in ratio.items() if name.startswith("residual")]
-    others = [r for name, r in ratio.items() if name != "swin_t" and r not in chains]
+    others = [r for name, r in ratio.items()
+              if name != "swin_t" and not name.startswith("residual")]
     doc.add("Since the run before, the folding evaluates only the values that can decide a "
             "size (scalars and short vectors): a mask the arithmetic sizes gets its size, "
             "never its value, so Swin-T's 100 attention masks are no longer computed (6,876 "

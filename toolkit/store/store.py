@@ -221,8 +221,8 @@ class Store:
     def _overtaken(self, model: str, version: str, exc: StoreError) -> tuple[str, str | None]:
         """After staging `version` failed: ('superseded', current) where an ingest started
         later made its version current, ('incomplete', None) where the model was deleted
-        meanwhile (either swept what this one was writing: a statement can find a node gone
-        under it); `exc` again where neither happened."""
+        meanwhile (each sweeps what this one was writing, so a statement of it can find a node
+        gone under it); `exc` again where neither happened."""
         state = self._read("model_state", name=model)
         if not state:
             return "incomplete", None  # (its node was made before staging: dropped since)
