@@ -26,6 +26,7 @@ from tests.helpers import (
 )
 from toolkit.cli import cli
 from toolkit.errors import ModelError
+from toolkit.graph import LayerGraph
 from toolkit.onnx import load_external_data, read_model, read_onnx
 from toolkit.onnx.load import load_model
 
@@ -128,6 +129,21 @@ def _leading(case: str) -> onnx.ModelProto:
         return model(nodes, [vi("x", [4, batch, 5])], [vi("y", [4, batch, 2])],
                      [weight("w", 1, 4 * hidden, 5), weight("r", 1, 4 * hidden, hidden),
                       weight("head", hidden, 2), helper.make_tensor("one", ints, [1], [1])])
+    if case.startswith("attention"):  # self-attention per sample: [4, 6, 5] in and out
+        time_first = case.endswith("time-first")  # the 4 is the sequence, 6 the batch
+        lead = [helper.make_node("Transpose", ["x"], ["t"], perm=[1, 0, 2])] if time_first \
+            else [helper.make_node("Identity", ["x"], ["t"])]
+        nodes = [*lead,
+                 helper.make_node("MatMul", ["t", "wq"], ["q"]),
+                 helper.make_node("MatMul", ["t", "wk"], ["k"]),
+                 helper.make_node("Transpose", ["k"], ["kt"], perm=[0, 2, 1]),
+                 helper.make_node("MatMul", ["q", "kt"], ["s"]),  # scores: each step's row
+                 helper.make_node("Softmax", ["s"], ["p"], axis=-1),
+                 helper.make_node("MatMul", ["p", "t"], ["o"]),
+                 helper.make_node("Transpose", ["o"], ["y"], perm=[1, 0, 2]) if time_first
+                 else helper.make_node("Relu", ["o"], ["y"])]
+        return model(nodes, [vi("x", [4, 6, 5])], [vi("y", [4, 6, 5])],
+                     [weight("wq", 5, 5), weight("wk", 5, 5, seed=1)])
     if case == "channels":  # a CHW image made a batch of one (torchvision's detection)
         nodes = [helper.make_node("Unsqueeze", ["x", "zero"], ["b"]),
                  helper.make_node("Conv", ["b", "w"], ["c"]),
@@ -145,10 +161,12 @@ def _leading(case: str) -> onnx.ModelProto:
 @pytest.mark.parametrize(("case", "batch", "wanted"), [
     ("batch", 4, "exported with batch 4: divided out"),
     ("batch-first-recurrent", 4, "exported with batch 4: divided out"),
-    ("channels", 1, "read as part of one sample"),
-    ("sequence", 1, "read as part of one sample"),
-    ("time-first-tagger-1", 1, "(4) is the sequence: LSTM"),  # its output leads with time
-    ("time-first-tagger-2", 2, "the batch second; exported with batch 2: divided out")])
+    ("attention", 4, "exported with batch 4: divided out"),  # attends along its axis 1
+    ("channels", 1, "(4) is not the batch: Conv"),
+    ("sequence", 1, "(4) is not the batch: ReduceSum"),
+    ("attention-time-first", 1, "(4) is not the batch: MatMul"),  # its output leads with time
+    ("time-first-tagger-1", 1, "(4) is not the batch: LSTM"),  # so does this one's
+    ("time-first-tagger-2", 2, "takes the second (2) as its batch: exported with batch 2")])
 def test_a_concrete_leading_dimension_is_the_batch_only_where_the_model_carries_it(
         case, batch, wanted):
     m = _leading(case)
@@ -160,6 +178,50 @@ def test_a_concrete_leading_dimension_is_the_batch_only_where_the_model_carries_
     assert wanted in graph.notes[0]
     assert read_model(m, case, dims={"batch": 4}).total_flops == \
         pytest.approx(whole.total_flops / 4)  # stated, it is divided out whatever the model
+
+
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_pytorch_transformer_taggers_read_per_sample_whatever_the_layout(tmp_path, batch_first):
+    """nn.TransformerEncoder exported as PyTorch writes it (heads merged into the batch by
+    reshapes, attention as batched products): each file's figures per sample equal one
+    sample's, every tensor's bytes too. Time first, the leading 10 is the sequence, which
+    attention combines."""
+    import torch
+    from torch import nn
+
+    from toolkit.zoo import export_pytorch
+
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=batch_first)
+    tagger = nn.Sequential(nn.TransformerEncoder(layer, 2, enable_nested_tensor=False),
+                           nn.Linear(16, 3)).eval()
+
+    def read(samples: int, **dims: int) -> LayerGraph:
+        x = torch.randn(samples, 10, 16) if batch_first else torch.randn(10, samples, 16)
+        return read_onnx(export_pytorch(tagger, (x,), tmp_path / f"t{samples}.onnx"), dims=dims)
+
+    def tensor_bytes(graph: LayerGraph) -> dict[str, int]:
+        return {name: t.bytes for name, t in graph.tensors.items()}
+
+    one = read(1)
+    assert one.file_batch == 1
+    if batch_first:  # the leading 3 is the batch: divided out, wherever the heads hide it
+        three = read(3)
+        assert three.file_batch == 3
+        assert three.total_flops == pytest.approx(one.total_flops)
+        whole = read(3, batch=1).tensors  # the file's shapes
+        assert any(3 * 2 in t.shape and 3 not in t.shape for t in whole.values())  # merged:
+        # (batch x heads, steps, head size), no axis of the batch's size alone
+        assert tensor_bytes(three) == tensor_bytes(one)
+        return
+    assert "(10) is not the batch: MatMul" in one.notes[0]
+    assert one.total_flops == read(1, batch=1).total_flops  # not divided by the sequence
+    three = read(3)  # no operator names the second axis the batch: three samples as one
+    assert three.file_batch == 1
+    assert three.total_flops == pytest.approx(3 * one.total_flops, rel=0.01)
+    given = read(3, batch=3)  # as its note says
+    assert given.total_flops == pytest.approx(one.total_flops, rel=0.01)
+    assert tensor_bytes(given) == tensor_bytes(one)
 
 
 def test_nodes_out_of_order_are_sorted():

@@ -392,8 +392,16 @@ _REDUCTIONS = (
     "GlobalLpPool TopK CumProd Col2Im"
 )
 
+_WINDOWS = {"HannWindow", "HammingWindow", "BlackmanWindow"}
+
 DATA_MOVEMENT = frozenset(_ZERO.split())
 """Ops that only move, view or index data: no arithmetic, nothing kept for their backward."""
+
+ELEMENTWISE = frozenset(
+    set(f"{_CHEAP_ELEMENTWISE} {_TRANSCENDENTAL} Max Min Mean Sum Gelu Mish Swish FastGelu".split())
+    - _WINDOWS)
+"""Ops whose each output element is computed from the elements at its position in each input
+(numpy broadcasting): they never combine elements along an axis."""
 
 REGISTRY: dict[str, Handle] = {
     **dict.fromkeys(_ZERO.split(), zero_cost),

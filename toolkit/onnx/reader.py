@@ -29,6 +29,7 @@ from toolkit.collector import collector_paused
 from toolkit.errors import ModelError
 from toolkit.graph import Layer, LayerGraph, Tensor, computed_from
 from toolkit.memory import decomposed_gelus
+from toolkit.onnx.axes import Axis, AxisFate, follow_axis
 from toolkit.onnx.fold import fold_shapes
 from toolkit.onnx.load import (
     ELEM_BYTES,
@@ -85,7 +86,7 @@ _WEIGHT_VIEWS = frozenset(
 _SUBGRAPH_OPS = frozenset({"If", "Loop", "Scan"})
 _SCALAR_ATTRIBUTES = frozenset({"value", "value_int", "value_float", "value_ints", "value_floats"})
 """How a Constant node can hold a number (its other forms hold strings or sparse tensors)."""
-READER_VERSION = 5  # 5: a time-first recurrent layer names the batch axis
+READER_VERSION = 6  # 6: a leading dimension some layer combines is not the batch
 """Bumped whenever the reader turns the same file into another layer graph: stored models and
 cached block structures keyed by `LayerGraph.sha256` are then read again."""
 def read_onnx(
@@ -347,67 +348,71 @@ def _shape_in(name: str, scope: Mapping[str, Info]) -> Shape | None:
     return info.shape if info is not None else None
 
 
-def _carried(batch: _Batch, layers: list[Layer], tensors: dict[str, Tensor],
-             reached: set[str], outputs: list[str]) -> _Batch:
+def _carried(batch: _Batch, steps: Sequence[tuple[Layer, Sequence[str]]],
+             tensors: dict[str, Tensor], inputs: Sequence[str], reached: set[str],
+             outputs: list[str], opset: int) -> tuple[_Batch, Mapping[str, Axis]]:
     """`batch`, unless its leading dimension was guessed to be the batch and the model does
-    not carry it: a batch runs through the whole model, so most outputs of the layers that
-    compute on the inputs have it (on some axis: a recurrent layer puts time first) and a
-    graph output leads with it. A leading dimension that the first layers consume is
-    something else (torchvision's detection models take a list of images in CHW: the leading
-    3 is the channels), and one that a reduction removes before the outputs is a sequence
-    (`nn.TransformerEncoder` without `batch_first`: sequence, batch, features). Where a
-    recurrent layer reads the inputs time first, it says which axis is the batch, whatever
-    the outputs look like (a sequence tagger's keep time first: `_time_first`)."""
-    if not batch.guessed:
-        return batch
+    not treat it as one; and where the batch is in each tensor it was followed to.
+
+    Samples never mix, so a leading dimension that some layer combines (a reduction, a
+    contraction, attention, a recurrence, a convolution: `follow_axis`) is something else:
+    the sequence of a time-first `nn.TransformerEncoder` or `nn.LSTM`, the channels of the CHW
+    images torchvision's detection models take. Then the second axis is the batch where an
+    operator's layout names it so (a recurrent layer's in ONNX's default layout: sequence,
+    batch, features), else the inputs are one sample. A leading dimension nothing combines is
+    the batch if the model carries it as one: most outputs of the layers computing on the
+    inputs have it and a graph output leads with it. A batch given (`--dim batch=N`) is the
+    inputs' first axis of that size."""
     size = batch.exported
-    recurrent = _time_first(layers, tensors, reached, size)
-    if recurrent is not None:
-        layer, exported = recurrent
-        return _Batch(exported, f"the inputs' leading dimension ({size}) is the sequence: "
-                                f"{layer.op} {layer.name!r} reads its input time first (ONNX "
-                                "layout 0), the batch second; "
-                      + (f"exported with batch {exported}: divided out, figures per sample"
-                         if exported > 1 else "one sample")
-                      + f" (--dim batch={size} divides the leading dimension out instead)",
-                      guessed=True)
-    held = [size in tensors[x.outputs[0]].shape for x in layers
+    shapes = {n: t.shape if t.shape_known else None for n, t in tensors.items()}
+    if not batch.guessed:
+        given = {n: tensors[n].shape.index(size) for n in inputs if size in tensors[n].shape}
+        return batch, follow_axis(steps, shapes, given, size, opset).where
+    ranked = [n for n in inputs if len(tensors[n].shape) >= 2]
+    first = follow_axis(steps, shapes, {n: 0 for n in ranked}, size, opset)
+    if first.combined_by is not None:
+        said = (f"the inputs' leading dimension ({size}) is not the batch: "
+                f"{first.combined_by.op} {first.combined_by.name!r} combines elements along "
+                "it, and samples never mix; ")
+        second = {tensors[n].shape[1] for n in ranked}
+        exported = second.pop() if len(second) == 1 else 1
+        named = follow_axis(steps, shapes, {n: 1 for n in ranked}, exported, opset) \
+            if exported > 1 else AxisFate()
+        if named.combined_by is None and named.batch_of is not None:
+            return _Batch(exported, said + f"{named.batch_of.op} {named.batch_of.name!r} takes "
+                          f"the second ({exported}) as its batch: exported with batch "
+                          f"{exported}, divided out, figures per sample (--dim batch={size} "
+                          "divides the leading dimension out instead)", guessed=True), \
+                named.where
+        return _Batch(1, said + "the inputs are read as one sample (--dim batch=N divides "
+                                "out the batch they hold)"), {}
+    held = [size in tensors[x.outputs[0]].shape for x, _ in steps
             if x.outputs and x.outputs[0] in reached and tensors[x.outputs[0]].shape]
-    leading = [tensors[o].shape[:1] == (size,) for o in outputs]
-    if 2 * sum(held) > len(held) and any(leading):
-        return batch
+    heads = [tensors[o].shape[:1] == (size,) for o in outputs]
+    if 2 * sum(held) > len(held) and any(heads):
+        return batch, first.where
     return _Batch(1, f"the inputs' leading dimension ({size}) is read as part of one sample, "
                      f"not as the batch: {sum(held)} of the {len(held)} layers computing on the "
-                     f"inputs have it in their output and {sum(leading)} of {len(leading)} "
-                     f"graph outputs lead with it (--dim batch={size} divides it out)")
-
-
-def _time_first(layers: list[Layer], tensors: dict[str, Tensor], reached: set[str],
-                size: int) -> tuple[Layer, int] | None:
-    """A recurrent layer (LSTM, GRU, RNN in ONNX's default layout: sequence, batch, features)
-    whose input, made from the raw inputs, leads with `size` and has another size second:
-    then `size` is the sequence's length and the second the batch (`nn.LSTM` without
-    `batch_first`). That layer and the batch."""
-    for x in layers:
-        if x.op in ("LSTM", "GRU", "RNN") and "layout=1" not in x.attrs.split(";") \
-                and x.inputs and x.inputs[0] in reached:
-            shape = tensors[x.inputs[0]].shape
-            if len(shape) == 3 and shape[0] == size and shape[1] != size:
-                return x, shape[1]
-    return None
+                     f"inputs have it in their output and {sum(heads)} of {len(heads)} "
+                     f"graph outputs lead with it (--dim batch={size} divides it out)"), {}
 
 
 def _per_sample(layers: list[Layer], tensors: dict[str, Tensor], reached: set[str],
-                exported: int) -> tuple[list[Layer], dict[str, Tensor]]:
+                exported: int, where: Mapping[str, Axis]) -> tuple[list[Layer], dict[str, Tensor]]:
     """Divide a concrete exported batch out of what the inputs make (`reached`): each such
-    tensor's first axis of the batch's size (the leading one, or the second where time comes
-    first) and every such layer's work. What weights alone make is per step, as is."""
+    tensor's batch axis (where `follow_axis` found it, merged with the heads or the windows
+    an attention reshaped into it too; else its first axis of the batch's size) and every
+    such layer's work. What weights alone make is per step, as is."""
     def per(t: Tensor) -> Tensor:
-        if t.name not in reached or exported not in t.shape:
+        if t.name not in reached:
             return t
-        axis = t.shape.index(exported)
-        return dataclasses.replace(t, shape=(*t.shape[:axis], 1, *t.shape[axis + 1:]),
-                                   bytes=t.bytes // exported)
+        axis = where[t.name].at if t.name in where else \
+            t.shape.index(exported) if exported in t.shape else None
+        if axis is None:
+            return t
+        return dataclasses.replace(
+            t, shape=(*t.shape[:axis], t.shape[axis] // exported, *t.shape[axis + 1:]),
+            bytes=t.bytes // exported)
 
     tensors = {n: per(t) for n, t in tensors.items()}
     layers = [dataclasses.replace(
@@ -520,9 +525,12 @@ class _Reader:
             layers.append(layer)
         outputs = [o.name for o in self.graph.output if o.name in tensors]
         reached: set[str] = set()  # what the inputs make, where an exported batch matters
+        where: Mapping[str, Axis] = {}  # the batch's axis in each tensor
         if batch is not None and batch.exported > 1:
             reached = computed_from(layers, self.raw_inputs)  # (layers in topological order)
-            batch = _carried(batch, layers, tensors, reached, outputs)
+            steps = [(layer, self.node_inputs[i]) for layer, i in zip(layers, kept, strict=True)]
+            batch, where = _carried(batch, steps, tensors, self.raw_inputs, reached, outputs,
+                                    self.opset)
         notes = [batch.note] if batch is not None and batch.note else []
         if unsupported:
             ops = ", ".join(f"{op} x{n}" for op, n in sorted(unsupported.items()))
@@ -552,7 +560,7 @@ class _Reader:
                          "(Div, Erf, Add, Mul, Mul), charged as five kernels as the graph runs; "
                          "PyTorch's fused GELU is one (the dynamo exporter writes one Gelu node)")
         if batch is not None and batch.exported > 1:
-            layers, tensors = _per_sample(layers, tensors, reached, batch.exported)
+            layers, tensors = _per_sample(layers, tensors, reached, batch.exported, where)
         return LayerGraph.build(
             self.name, layers, tensors, self.raw_inputs, outputs,
             unsupported_ops=unsupported, unknown_shapes=tuple(unknown), notes=tuple(notes),
