@@ -178,6 +178,8 @@ def test_a_concrete_leading_dimension_is_the_batch_only_where_the_model_carries_
     assert wanted in graph.notes[0]
     assert read_model(m, case, dims={"batch": 4}).total_flops == \
         pytest.approx(whole.total_flops / 4)  # stated, it is divided out whatever the model
+    with pytest.raises(ModelError, match=r"--dim batch=7: no input has an axis of 7 \(x \[4, "):
+        read_model(m, case, dims={"batch": 7})  # not the file's: never divided out silently
 
 
 @pytest.mark.parametrize("batch_first", [False, True])

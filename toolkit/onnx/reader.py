@@ -362,11 +362,16 @@ def _carried(batch: _Batch, steps: Sequence[tuple[Layer, Sequence[str]]],
     batch, features), else the inputs are one sample. A leading dimension nothing combines is
     the batch if the model carries it as one: most outputs of the layers computing on the
     inputs have it and a graph output leads with it. A batch given (`--dim batch=N`) is the
-    inputs' first axis of that size."""
+    inputs' first axis of that size (a ModelError where none has one)."""
     size = batch.exported
     shapes = {n: t.shape if t.shape_known else None for n, t in tensors.items()}
     if not batch.guessed:
         given = {n: tensors[n].shape.index(size) for n in inputs if size in tensors[n].shape}
+        if not given:
+            shown = ", ".join(f"{n} {list(tensors[n].shape)}" for n in inputs)
+            raise ModelError(f"--dim batch={size}: no input has an axis of {size} ({shown}); "
+                             "give the batch the file was exported with, or 1 to keep its "
+                             "figures as they are")
         return batch, follow_axis(steps, shapes, given, size, opset).where
     ranked = [n for n in inputs if len(tensors[n].shape) >= 2]
     first = follow_axis(steps, shapes, {n: 0 for n in ranked}, size, opset)
