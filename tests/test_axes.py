@@ -97,6 +97,8 @@ def test_a_recurrent_layer_runs_along_time_and_names_its_batch_by_layout():
     assert follow_axis([(lstm, ("x", "w", "r"))], shapes, {"x": 0}, L, 17).combined_by is lstm
     fate = follow_axis([(lstm, ("x", "w", "r"))], shapes, {"x": 1}, N, 17)
     assert fate.combined_by is None and fate.batch_of is lstm
+    states = Layer("lstm", "LSTM", ("x",), ("h",), attrs="hidden_size=4")  # Y left out
+    assert follow_axis([(states, ("x", "w", "r"))], shapes, {"x": 1}, N, 17).where["h"].at == 1
     first = Layer("lstm", "LSTM", ("x",), ("y",), attrs="hidden_size=4;layout=1")
     assert follow_axis([(first, ("x", "w", "r"))], {"x": (N, L, D), "y": (N, L, 1, 4)},
                        {"x": 0}, N, 17).batch_of is first
@@ -109,3 +111,35 @@ def test_a_class_token_joined_to_the_patches_keeps_the_batch_where_it_was():
     assert fate.where["y"] == fate.where["patches"]
     along = follow_axis([(join, ("token", "patches"))], shapes, {"patches": 1}, L, 17)
     assert "y" not in along.where  # steps joined along it: lost
+
+
+def test_any_layer_with_any_shapes_gives_an_answer_never_an_exception():
+    """Hostile files: attributes and inferred shapes that disagree with the operator."""
+    import random
+
+    from toolkit.onnx import axes
+
+    rng = random.Random(0)
+    ops = sorted(axes._BATCH_FIRST | axes._RESHAPES | axes._SOFTMAX | axes._REDUCTIONS
+                 | axes._RECURRENT | axes._ALONG_OTHERS | axes._SAME_SHAPE
+                 | {"MatMul", "Gemm", "Transpose", "Add", "Expand", "LayerNormalization", "Foo"})
+    attrs = ["", "axis=-1", "axis=7", "axes=[]", "axes=[0, -1]", "perm=[2, 0]", "perm=[]",
+             "layout=1", "transA=1;transB=1", "keepdims=0", "axis=0;keepdims=0"]
+
+    def shape() -> tuple[int, ...]:
+        return tuple(rng.choice([0, 1, 2, 3, 6]) for _ in range(rng.randrange(0, 5)))
+
+    for case in range(3000):
+        names = ["x"]
+        steps, shapes = [], {"x": shape() or (3,)}
+        for k in range(4):
+            slots = tuple(rng.choice([*names, "", "w"]) for _ in range(rng.randrange(1, 4)))
+            outs = tuple(f"t{k}_{j}" for j in range(rng.randrange(1, 3)))
+            layer = Layer(f"l{k}", rng.choice(ops), tuple(s for s in slots if s in names), outs,
+                          attrs=rng.choice(attrs))
+            steps.append((layer, slots))
+            shapes.update({o: shape() if rng.random() > 0.1 else None for o in outs})
+            names += outs
+        fate = follow_axis(steps, shapes, {"x": rng.randrange(len(shapes["x"]))}, 3, 17)
+        for name, axis in fate.where.items():
+            assert shapes[name] is not None and 0 <= axis.at < len(shapes[name]), case

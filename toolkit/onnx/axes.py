@@ -93,7 +93,8 @@ def follow_axis(
         verdict, outs = outcome
         if verdict and batch_of is None:
             batch_of = layer
-        where.update(outs)
+        where.update((name, axis) for name, axis in outs.items()  # (shapes may disagree
+                     if 0 <= axis.at < len(shapes.get(name) or ()))  # with the operator)
     return AxisFate(None, batch_of, where)
 
 
@@ -107,7 +108,7 @@ def _step(layer: Layer, slots: Sequence[str], held: dict[int, Axis],
     outs = [out for out in maybe if out is not None]
     ins = [shapes.get(name) or () for name in slots]
     if not outs or len(outs) < len(maybe) \
-            or any(axis.at >= len(ins[s]) for s, axis in held.items()):
+            or any(not 0 <= axis.at < len(ins[s]) for s, axis in held.items()):
         return False, {}  # sizes unknown (or not as inferred): the axis is lost
     op, first = layer.op, outs[0]
 
@@ -258,9 +259,9 @@ def _recurrent(layer: Layer, axis: Axis | None, outs: list[Shape]) -> _Step:
     layout = _int(layer, "layout", 0)
     if axis.at != 1 - layout:
         return _COMBINED
-    where = {name: replace(axis, at=(2 if i == 0 else 1) if layout == 0 else 0)
-             for i, name in enumerate(layer.outputs) if outs[i]}
-    return True, where
+    # Y has rank 4, the last states rank 3 (an output left out leaves no name: go by rank)
+    return True, {name: replace(axis, at=(2 if len(out) == 4 else 1) if layout == 0 else 0)
+                  for name, out in zip(layer.outputs, outs, strict=True)}
 
 
 def _reduced(layer: Layer, axis: Axis | None, before: Shape, after: Shape) -> _Step:
