@@ -150,12 +150,16 @@ def _leading(case: str) -> onnx.ModelProto:
                  helper.make_node("Relu", ["c"], ["y"])]
         return model(nodes, [vi("x", [4, 6, 5])], [vi("y", [1, 2, 4, 3])],
                      [weight("w", 2, 4, 3, 3), helper.make_tensor("zero", ints, [1], [0])])
-    # time first, reduced away (nn.TransformerEncoder without batch_first)
+    # time first, reduced away (nn.TransformerEncoder without batch_first); "picked": an
+    # output takes one of the six rows, as no model does with its samples
     nodes = [helper.make_node("MatMul", ["x", "w"], ["h"]),
              helper.make_node("Relu", ["h"], ["r"]),
-             helper.make_node("ReduceSum", ["r", "zero"], ["y"], keepdims=0)]
-    return model(nodes, [vi("x", [4, 6, 5])], [vi("y", [6, 5])],
-                 [weight("w", 5, 5), helper.make_tensor("zero", ints, [1], [0])])
+             helper.make_node("ReduceSum", ["r", "zero"], ["y"], keepdims=0),
+             helper.make_node("Gather", ["y", "first"], ["g"], axis=0)]
+    picked = [vi("g", [5])] if case == "picked" else []
+    return model(nodes, [vi("x", [4, 6, 5])], [vi("y", [6, 5]), *picked],
+                 [weight("w", 5, 5), helper.make_tensor("zero", ints, [1], [0]),
+                  helper.make_tensor("first", ints, [], [0])])
 
 
 @pytest.mark.parametrize(("case", "batch", "wanted"), [
@@ -163,8 +167,9 @@ def _leading(case: str) -> onnx.ModelProto:
     ("batch-first-recurrent", 4, "exported with batch 4: divided out"),
     ("attention", 4, "exported with batch 4: divided out"),  # attends along its axis 1
     ("channels", 1, "(4) is not the batch: Conv"),
-    ("sequence", 1, "(4) is not the batch: ReduceSum"),
-    ("attention-time-first", 1, "(4) is not the batch: MatMul"),  # its output leads with time
+    ("sequence", 6, "(4) is not the batch: ReduceSum"),  # and no layer combines the 6
+    ("picked", 1, "read as one sample"),  # nor here, but an output picks one of the six
+    ("attention-time-first", 6, "the second (6) is the batch"),  # its output leads with time
     ("time-first-tagger-1", 1, "(4) is not the batch: LSTM"),  # so does this one's
     ("time-first-tagger-2", 2, "takes the second (2) as its batch: exported with batch 2")])
 def test_a_concrete_leading_dimension_is_the_batch_only_where_the_model_carries_it(
@@ -218,12 +223,11 @@ def test_pytorch_transformer_taggers_read_per_sample_whatever_the_layout(tmp_pat
         return
     assert "(10) is not the batch: MatMul" in one.notes[0]
     assert one.total_flops == read(1, batch=1).total_flops  # not divided by the sequence
-    three = read(3)  # no operator names the second axis the batch: three samples as one
-    assert three.file_batch == 1
-    assert three.total_flops == pytest.approx(3 * one.total_flops, rel=0.01)
-    given = read(3, batch=3)  # as its note says
-    assert given.total_flops == pytest.approx(one.total_flops, rel=0.01)
-    assert tensor_bytes(given) == tensor_bytes(one)
+    three = read(3)  # the second axis: nothing combines it, every output carries it
+    assert three.file_batch == 3
+    assert "the second (3) is the batch" in three.notes[0]
+    assert three.total_flops == pytest.approx(one.total_flops)
+    assert tensor_bytes(three) == tensor_bytes(one)
 
 
 def test_nodes_out_of_order_are_sorted():

@@ -359,7 +359,8 @@ def _carried(batch: _Batch, steps: Sequence[tuple[Layer, Sequence[str]]],
     the sequence of a time-first `nn.TransformerEncoder` or `nn.LSTM`, the channels of the CHW
     images torchvision's detection models take. Then the second axis is the batch where an
     operator's layout names it so (a recurrent layer's in ONNX's default layout: sequence,
-    batch, features), else the inputs are one sample. A leading dimension nothing combines is
+    batch, features) or where no layer combines it and every output carries it (a time-first
+    transformer's), else the inputs are one sample. A leading dimension nothing combines is
     the batch if the model carries it as one: most outputs of the layers computing on the
     inputs have it and a graph output leads with it. A batch given (`--dim batch=N`) is the
     inputs' first axis of that size (a ModelError where none has one)."""
@@ -383,12 +384,15 @@ def _carried(batch: _Batch, steps: Sequence[tuple[Layer, Sequence[str]]],
         exported = second.pop() if len(second) == 1 else 1
         named = follow_axis(steps, shapes, {n: 1 for n in ranked}, exported, opset) \
             if exported > 1 else AxisFate()
-        if named.combined_by is None and named.batch_of is not None:
-            return _Batch(exported, said + f"{named.batch_of.op} {named.batch_of.name!r} takes "
-                          f"the second ({exported}) as its batch: exported with batch "
-                          f"{exported}, divided out, figures per sample (--dim batch={size} "
-                          "divides the leading dimension out instead)", guessed=True), \
-                named.where
+        ends = [o for o in outputs if o in reached]
+        carried = bool(ends) and all(o in named.where for o in ends)
+        if named.combined_by is None and exported > 1 and (named.batch_of or carried):
+            why = f"{named.batch_of.op} {named.batch_of.name!r} takes the second ({exported}) " \
+                "as its batch" if named.batch_of else f"the second ({exported}) is the batch: " \
+                "no layer combines it, and every output carries it"
+            return _Batch(exported, said + f"{why}: exported with batch {exported}, divided "
+                          f"out, figures per sample (--dim batch={size} divides the leading "
+                          "dimension out instead)", guessed=True), named.where
         return _Batch(1, said + "the inputs are read as one sample (--dim batch=N divides "
                                 "out the batch they hold)"), {}
     held = [size in tensors[x.outputs[0]].shape for x, _ in steps
