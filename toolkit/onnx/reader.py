@@ -202,7 +202,8 @@ def _batch(leading: set[int | str], raw: list[ValueInfoProto], dims: Mapping[str
         return _Batch(1, f"symbolic batch dimension ({names}) read as 1: figures per sample",
                       symbolic=True)
     ranks = [len(vi.type.tensor_type.shape.dim) for vi in raw]
-    if len(leading) == 1 and min(ranks, default=0) >= 2:
+    # a scalar beside (a diffusion model's timestep) says nothing; `_carried` decides
+    if len(leading) == 1 and max(ranks, default=0) >= 2:
         exported = int(next(iter(leading)))
         if exported > 1:
             return _Batch(exported, f"exported with batch {exported}: divided out, figures "
