@@ -187,15 +187,17 @@ def test_a_concrete_leading_dimension_is_the_batch_only_where_the_model_carries_
         read_model(m, case, dims={"batch": 7})  # not the file's: never divided out silently
 
 
-def test_a_batch_beside_a_scalar_input_is_still_divided_out():
-    """A diffusion model's inputs: the latents and a timestep per sample, and one guidance
-    scale for the batch (rank 0: no batch axis to share)."""
+def test_a_batch_beside_a_scalar_or_a_vector_input_is_still_divided_out():
+    """A diffusion model's inputs: the latents and a timestep per sample, one guidance scale
+    for the batch (rank 0: no batch axis to share) and a position table (a vector whose
+    length is not the batch's)."""
     ints = TensorProto.INT64
     nodes = [helper.make_node("Conv", ["x", "w"], ["c"]),
              helper.make_node("Unsqueeze", ["t", "axes"], ["tt"]),
              helper.make_node("Mul", ["c", "tt"], ["m"]),
-             helper.make_node("Mul", ["m", "scale"], ["y"])]
-    m = model(nodes, [vi("x", [2, 3, 8, 8]), vi("t", [2]), vi("scale", [])],
+             helper.make_node("Add", ["m", "pos"], ["p"]),
+             helper.make_node("Mul", ["p", "scale"], ["y"])]
+    m = model(nodes, [vi("x", [2, 3, 8, 8]), vi("t", [2]), vi("pos", [6]), vi("scale", [])],
               [vi("y", [2, 4, 6, 6])],
               [weight("w", 4, 3, 3, 3), helper.make_tensor("axes", ints, [3], [1, 2, 3])])
     graph, whole = read_model(m, "unet"), read_model(m, "unet", dims={"batch": 1})

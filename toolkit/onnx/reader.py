@@ -201,10 +201,12 @@ def _batch(leading: set[int | str], raw: list[ValueInfoProto], dims: Mapping[str
         names = ", ".join(sorted(str(x) for x in leading if isinstance(x, str)))
         return _Batch(1, f"symbolic batch dimension ({names}) read as 1: figures per sample",
                       symbolic=True)
-    ranks = [len(vi.type.tensor_type.shape.dim) for vi in raw]
-    # a scalar beside (a diffusion model's timestep) says nothing; `_carried` decides
-    if len(leading) == 1 and max(ranks, default=0) >= 2:
-        exported = int(next(iter(leading)))
+    # the inputs of rank 2 or more: a scalar or a vector beside them (a diffusion model's
+    # guidance scale, a sequence's position ids) says nothing of the batch; `_carried` decides
+    firsts = {vi.type.tensor_type.shape.dim[0].dim_value for vi in raw
+              if len(vi.type.tensor_type.shape.dim) >= 2}
+    if len(firsts) == 1:
+        exported = int(next(iter(firsts)))
         if exported > 1:
             return _Batch(exported, f"exported with batch {exported}: divided out, figures "
                                     "per sample (--dim batch=1 keeps them as they are)", True)
