@@ -640,9 +640,28 @@ def test_shape_arithmetic_any_number_of_stages_deep_is_folded_in_one_pass(monkey
     graph = reader.read_model(m, "m")
     assert all(graph.tensors[f"e{k}"].shape == (1, 6, 4) for k in range(20))
     assert {op for op, _ in ran} >= {"Equal", "Where"} and max(n for _, n in ran) <= 3
+    assert [op for op, _ in ran].count("Where") == 1  # the 20 stages' arithmetic is one
     assert "ConstantOfShape" not in {op for op, _ in ran}
     assert asked == ["flat"] and graph.tensors["flat"].shape == (1 * 6 * 4,)  # by the run
     assert m.SerializeToString() == kept  # the caller's model is left as it was
+
+
+def test_an_optional_input_left_out_keeps_the_others_in_their_places(monkeypatch):
+    """Slice(shape, starts, ends, '', steps): the steps are steps, not axes (ONNX's own
+    inference leaves the size open behind the Mod)."""
+    import toolkit.onnx.reader as reader
+
+    monkeypatch.setattr(reader, "runtime_shapes", lambda *_, **__: pytest.fail("the model was run"))
+    ints = TensorProto.INT64
+    consts = [helper.make_tensor(n, ints, [len(v)], v) for n, v in (
+        ("big", [100] * 4), ("starts", [0]), ("ends", [4]), ("steps", [2]))]
+    nodes = [helper.make_node("Shape", ["x"], ["s"]),
+             helper.make_node("Mod", ["s", "big"], ["same"]),
+             helper.make_node("Slice", ["same", "starts", "ends", "", "steps"], ["every_other"]),
+             helper.make_node("Reshape", ["x", "every_other"], ["y"])]
+    m = model(nodes, [vi("x", [2, 1, 4, 1])], [vi("y", None)], consts, check=False)
+    graph = read_model(m, "m", dims={"batch": 1})
+    assert graph.tensors["y"].shape == (2, 4)  # axes 0 and 2 of [2, 1, 4, 1]
 
 
 def test_a_mask_sized_by_shape_arithmetic_is_sized_but_never_evaluated(monkeypatch):
