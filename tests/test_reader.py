@@ -112,6 +112,10 @@ def _leading(case: str) -> onnx.ModelProto:
         nodes = [helper.make_node("MatMul", ["x", "w"], ["h"]),
                  helper.make_node("Relu", ["h"], ["y"])]
         return model(nodes, [vi("x", [4, 6, 5])], [vi("y", [4, 6, 5])], [weight("w", 5, 5)])
+    if case == "batch-second-out":  # ... and comes out time first: [6, 4, 5]
+        nodes = [helper.make_node("MatMul", ["x", "w"], ["h"]),
+                 helper.make_node("Transpose", ["h"], ["y"], perm=[1, 0, 2])]
+        return model(nodes, [vi("x", [4, 6, 5])], [vi("y", [6, 4, 5])], [weight("w", 5, 5)])
     if case == "batch-first-recurrent":  # time first inside: the batch on axis 1, then 2
         hidden = 3
         nodes = [helper.make_node("Transpose", ["x"], ["t"], perm=[1, 0, 2]),
@@ -164,6 +168,7 @@ def _leading(case: str) -> onnx.ModelProto:
 
 @pytest.mark.parametrize(("case", "batch", "wanted"), [
     ("batch", 4, "exported with batch 4: divided out"),
+    ("batch-second-out", 4, "exported with batch 4: divided out"),
     ("batch-first-recurrent", 4, "exported with batch 4: divided out"),
     ("attention", 4, "exported with batch 4: divided out"),  # attends along its axis 1
     ("channels", 1, "(4) is not the batch: Conv"),

@@ -364,9 +364,10 @@ def _carried(batch: _Batch, steps: Sequence[tuple[Layer, Sequence[str]]],
     operator's layout names it so (a recurrent layer's in ONNX's default layout: sequence,
     batch, features) or where no layer combines it and every output carries it (a time-first
     transformer's), else the inputs are one sample. A leading dimension nothing combines is
-    the batch if the model carries it as one: most outputs of the layers computing on the
-    inputs have it and a graph output leads with it. A batch given (`--dim batch=N`) is the
-    inputs' first axis of that size (a ModelError where none has one)."""
+    the batch if every output carries it, or else (where it was lost on the way) if most
+    outputs of the layers computing on the inputs have it and a graph output leads with it.
+    A batch given (`--dim batch=N`) is the inputs' first axis of that size (a ModelError
+    where none has one)."""
     size = batch.exported
     shapes = {n: t.shape if t.shape_known else None for n, t in tensors.items()}
     if not batch.guessed:
@@ -387,9 +388,8 @@ def _carried(batch: _Batch, steps: Sequence[tuple[Layer, Sequence[str]]],
         exported = second.pop() if len(second) == 1 else 1
         named = follow_axis(steps, shapes, {n: 1 for n in ranked}, exported, opset) \
             if exported > 1 else AxisFate()
-        ends = [o for o in outputs if o in reached]
-        carried = bool(ends) and all(o in named.where for o in ends)
-        if named.combined_by is None and exported > 1 and (named.batch_of or carried):
+        if named.combined_by is None and exported > 1 and (
+                named.batch_of or _carried_to(outputs, reached, named)):
             why = f"{named.batch_of.op} {named.batch_of.name!r} takes the second ({exported}) " \
                 "as its batch" if named.batch_of else f"the second ({exported}) is the batch: " \
                 "no layer combines it, and every output carries it"
@@ -398,6 +398,8 @@ def _carried(batch: _Batch, steps: Sequence[tuple[Layer, Sequence[str]]],
                           "dimension out instead)", guessed=True), named.where
         return _Batch(1, said + "the inputs are read as one sample (--dim batch=N divides "
                                 "out the batch they hold)"), {}
+    if _carried_to(outputs, reached, first):
+        return batch, first.where
     held = [size in tensors[x.outputs[0]].shape for x, _ in steps
             if x.outputs and x.outputs[0] in reached and tensors[x.outputs[0]].shape]
     heads = [tensors[o].shape[:1] == (size,) for o in outputs]
@@ -407,6 +409,13 @@ def _carried(batch: _Batch, steps: Sequence[tuple[Layer, Sequence[str]]],
                      f"not as the batch: {sum(held)} of the {len(held)} layers computing on the "
                      f"inputs have it in their output and {sum(heads)} of {len(heads)} "
                      f"graph outputs lead with it (--dim batch={size} divides it out)"), {}
+
+
+def _carried_to(outputs: Sequence[str], reached: set[str], fate: AxisFate) -> bool:
+    """The followed axis reaches every graph output computed from the inputs, on some axis,
+    and nothing combined it: as a batch runs through a model."""
+    ends = [o for o in outputs if o in reached]
+    return fate.combined_by is None and bool(ends) and all(o in fate.where for o in ends)
 
 
 def _per_sample(layers: list[Layer], tensors: dict[str, Tensor], reached: set[str],
