@@ -20,7 +20,6 @@ loses it: a lost axis is evidence of nothing, so the answer errs towards "not co
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
@@ -126,7 +125,7 @@ def _step(layer: Layer, slots: Sequence[str], held: dict[int, Axis],
         return False, to_all(_reshaped(held.get(0), ins[0], first, size))
     if op == "Transpose":
         axis = held.get(0)
-        perm = _ints(layer, "perm") or list(reversed(range(len(ins[0]))))
+        perm = layer.ints("perm") or list(reversed(range(len(ins[0]))))
         if axis is None or axis.at not in perm:
             return False, {}
         return False, to_all(replace(axis, at=perm.index(axis.at)))
@@ -270,13 +269,8 @@ def _reduced(layer: Layer, axis: Axis | None, before: Shape, after: Shape) -> _S
     if axis is None:
         return False, {}
     rank = len(before)
-    given = _ints(layer, "axes")
-    if layer.op in ("ArgMax", "ArgMin"):
-        given = [_int(layer, "axis", 0)]
-    if given is not None:
-        reduced = {a % rank for a in given} if given else set(range(rank))
-    else:
-        reduced = _dropped(before, after)
+    given = [_int(layer, "axis", 0)] if layer.op in ("ArgMax", "ArgMin") else layer.ints("axes")
+    reduced = {a % rank for a in given} if given else _dropped(before, after)
     if axis.at in reduced:
         return _COMBINED
     kept = len(after) == rank
@@ -298,16 +292,6 @@ def _dropped(before: Shape, after: Shape) -> set[int]:
     return dropped
 
 
-_INT = r"-?\d+"
-
-
 def _int(layer: Layer, key: str, default: int) -> int:
-    found = re.search(rf"(?:^|;){key}=({_INT})(?=;|$)", layer.attrs)
-    return int(found.group(1)) if found else default
-
-
-def _ints(layer: Layer, key: str) -> list[int] | None:
-    found = re.search(rf"(?:^|;){key}=\[((?:{_INT}(?:, )?)*)\](?=;|$)", layer.attrs)
-    if found is None:
-        return None
-    return [int(v) for v in found.group(1).split(", ") if v]
+    """An integer attribute (`default` where absent)."""
+    return (layer.ints(key) or [default])[0]
