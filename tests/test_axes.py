@@ -143,3 +143,16 @@ def test_any_layer_with_any_shapes_gives_an_answer_never_an_exception():
         fate = follow_axis(steps, shapes, {"x": rng.randrange(len(shapes["x"]))}, 3, 17)
         for name, axis in fate.where.items():
             assert shapes[name] is not None and 0 <= axis.at < len(shapes[name]), case
+
+
+def test_a_split_into_a_sequence_and_one_piece_taken_back_keeps_the_batch():
+    """The dynamo exporter splits a fused QKV projection with SplitToSequence (the reader
+    gives the sequence its whole input's shape) and takes each piece with SequenceAt."""
+    def steps(split_axis: int) -> list[tuple[Layer, tuple[str, ...]]]:
+        return [(Layer("split", "SplitToSequence", ("qkv",), ("seq",),
+                       attrs=f"axis={split_axis};keepdims=1"), ("qkv", "sizes")),
+                (Layer("q", "SequenceAt", ("seq",), ("q",)), ("seq", "zero"))]
+
+    shapes = {"qkv": (N, L, 3 * D), "seq": (N, L, 3 * D), "q": (N, L, D)}
+    assert follow_axis(steps(2), shapes, {"qkv": 0}, N, 18).where["q"].at == 0
+    assert "q" not in follow_axis(steps(0), shapes, {"qkv": 0}, N, 18).where  # split along it

@@ -70,7 +70,7 @@ _REDUCTIONS = frozenset({
     "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare", "ArgMax", "ArgMin"})
 _RECURRENT = frozenset({"LSTM", "GRU", "RNN"})
 _ALONG_OTHERS = frozenset({"Gather", "Slice", "Split", "Concat", "Pad", "Tile", "TopK",
-                           "Resize", "Upsample"})
+                           "Resize", "Upsample", "SplitToSequence", "SequenceAt"})
 
 
 def follow_axis(
@@ -153,9 +153,10 @@ def _step(layer: Layer, slots: Sequence[str], held: dict[int, Axis],
 
 def _moved_along_others(layer: Layer, held: dict[int, Axis], ins: list[Shape],
                         outs: list[Shape]) -> _Step:
-    """Gathering, slicing, concatenating, splitting, padding, tiling and resizing keep the axis
-    where they leave its size alone; where they change it, it is lost (they pick, repeat or
-    sample elements along it; a lost axis is evidence of nothing)."""
+    """Gathering, slicing, concatenating, splitting (into tensors or a sequence, and taking
+    one back), padding, tiling and resizing keep the axis where they leave its size alone;
+    where they change it, it is lost (they pick, repeat or sample elements along it; a lost
+    axis is evidence of nothing)."""
     op, axis = layer.op, held.get(0)
     if op == "Gather" and 1 in held:  # an embedding looked up by (tracked) indices
         rank = len(outs[0]) - len(ins[1]) + 1  # the table's (a weight: its shape not given)
@@ -176,6 +177,8 @@ def _moved_along_others(layer: Layer, held: dict[int, Axis], ins: list[Shape],
                        replace(axis, at=axis.at + shift)}
     if op == "TopK" and axis.at == _int(layer, "axis", -1) % len(ins[0]):
         return _COMBINED  # the k largest along it: a ranking across its elements
+    if op == "SplitToSequence" and axis.at == _int(layer, "axis", 0) % len(ins[0]):
+        return False, {}  # (the sequence has the whole input's shape: split along it, lost)
     if any(len(out) != len(ins[0]) or out[axis.at] != ins[0][axis.at] for out in outs):
         return False, {}
     return False, dict.fromkeys(layer.outputs, axis)
