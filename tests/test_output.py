@@ -79,6 +79,7 @@ def test_partition_report_reads_as_a_verdict(capsys, monkeypatch):
     server = next(line for line in out.splitlines() if "server only" in line)
     assert "reference only: raw data would leave the device" in server and "%" not in server
     assert not re.search(r"\b1 layers", out) and "(blocks" not in out  # detection: -v
+    assert "kept on the device: 1 layer (reads raw input)" in " ".join(out.split())
     code, out, _ = run_main(["-v", "partition", "resnet50"], capsys, monkeypatch)
     assert "finding the repeated blocks took" in " ".join(out.split())
 

@@ -207,7 +207,7 @@ def partition_report(result: Partition, graph: LayerGraph, verbose: bool = False
     pins = Counter(g.pin_reasons[i] for i in range(len(g)) if g.pinned[i])
     if pins:
         lines.append("kept on the device: " + "; ".join(
-            f"{plural(n, 'layer')} {reason}" for reason, n in pins.items()))
+            f"{plural(n, 'layer')} ({reason})" for reason, n in pins.items()))
     for note in graph.notes:
         lines.append(f"note: {escape(note)}")
     lines.append(_baselines(data))
