@@ -67,6 +67,8 @@ def test_readme_tables_fit_100_columns(args, capsys, monkeypatch):
     assert max(len(line) for line in out.splitlines()) <= WIDTH
     assert not cut_numbers(out)
     assert "-0%" not in out and "-0.0" not in out
+    if args[0] == "inspect":  # the parameters are the model's, not per sample
+        assert re.search(r"MACs per sample, [\d.]+M parameters", " ".join(out.split()))
 
 
 def test_partition_report_reads_as_a_verdict(capsys, monkeypatch):

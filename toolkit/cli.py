@@ -301,8 +301,8 @@ def inspect(model: str, name: str | None, exporter: str, dims: dict[str, int], r
         for layer in graph
     ], rows)
     console.print(
-        f"total: {human(graph.total_flops)}FLOPs, {human(graph.total_macs)}MACs, "
-        f"{human(graph.total_params)} parameters per sample"
+        f"total: {human(graph.total_flops)}FLOPs and {human(graph.total_macs)}MACs per "
+        f"sample, {human(graph.total_params)} parameters"
     )
     for note in graph.notes:
         console.print(f"note: {note}")
