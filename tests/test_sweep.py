@@ -6,6 +6,7 @@ import dataclasses
 import itertools
 import json
 import random
+import re
 from fractions import Fraction
 
 import jsonschema
@@ -149,6 +150,9 @@ def test_sweep_cli_json_plot_and_errors(zoo_path, tmp_path, capsys, monkeypatch)
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     code, out, err = run_main(["sweep", model, "--uplink", "1Mbps..1Gbps"], capsys, monkeypatch)
     assert code == 0 and "every optimal partition across the uplink rate" in " ".join(out.split())
+    assert re.search(r"\d+ intervals from \d+ exact solves \(", " ".join(out.split()))
+    code, out, err = run_main(["sweep", model, "--uplink", "1Mbps..1Mbps"], capsys, monkeypatch)
+    assert code == 0 and re.search(r"\b1 interval from \d+ exact solves? \(", " ".join(out.split()))
     for args, message in [
         ([], "give one range"),
         (["--uplink", "1Mbps..1Gbps", "--downlink", "2Mbps..1Gbps"], "give one range"),

@@ -473,7 +473,8 @@ def sweep_report(result: SweepResult, graph: LayerGraph) -> Group:
             ", ".join(escape(modules[i]) if i is not None else "-" for i in ends),
             "; ".join(plural(len(c), "tensor") for c in crossing),
             f"{duration(piece.delay_lo)} .. {duration(piece.delay_hi)}")
-    return Group(grid, f"{len(result.pieces)} intervals from {result.solves} exact solves "
+    return Group(grid, f"{plural(len(result.pieces), 'interval')} from "
+                        f"{plural(result.solves, 'exact solve')} "
                         f"({result.solve_ms:.0f} ms)"
                  + ("" if result.parameter == "batch" else
                     ": breakpoints of the lower envelope of the delay's lines in 1/rate"))
