@@ -292,8 +292,8 @@ def inspect(model: str, name: str | None, exporter: str, dims: dict[str, int], r
     if as_json:
         emit_json(inspect_dict(graph))
         return
-    table = report_table(f"{graph.name}: {len(graph)} layers", "layer", "op", "module", "FLOPs",
-                         "MACs", "params", "activation",
+    table = report_table(f"{graph.name}: {plural(len(graph), 'layer')}", "layer", "op",
+                         "module", "FLOPs", "MACs", "params", "activation",
                          numbers=("FLOPs", "MACs", "params", "activation"))
     print_rows(table, [
         [layer.name, layer.op if layer.supported else f"{layer.op} (?)", layer.module or "",
@@ -433,7 +433,8 @@ def partition(as_json: bool, draw: str | None, **options: Any) -> None:
         console.print(partition_report(result, graph, verbose()))
         if written is not None:
             console.print(f"written to {data['neo4j']['uri']}: {written['device']} of "
-                          f"{written['layers']} layers labelled :Device, the rest :Server")
+                          f"{plural(written['layers'], 'layer')} labelled :Device, the rest "
+                          ":Server")
     if drawn is not None:
         console.print(f"drawn to {drawn}")
 
@@ -694,7 +695,7 @@ def ingest(models: tuple[str, ...], source: str | None, limit: int | None,
     else:
         for row in done:
             if row.status != "skipped":
-                console.print(f"{row.name}: {row.status} ({row.layers} layers)")
+                console.print(f"{row.name}: {row.status} ({plural(row.layers, 'layer')})")
         console.print(ingest_summary([row.status for row in done],
                                             sum(row.layers for row in done)))
     if skipped:
@@ -942,8 +943,8 @@ def profile(inputs: tuple[str, ...], name: str | None, exporter: str, out_path: 
     measured = api.measure_model(model, name, exporter, processor, use_torch=not no_torch)
     Path(out_path).write_text(json.dumps(measured.to_dict(), indent=1))
     total = sum(measured.forward_ms.values())
-    click.echo(f"wrote {out_path}: {len(measured.forward_ms)} layers, forward {total:.2f} ms "
-               f"per sample ({measured.source})")
+    click.echo(f"wrote {out_path}: {plural(len(measured.forward_ms), 'layer')}, forward "
+               f"{total:.2f} ms per sample ({measured.source})")
 
 
 @cli.command()

@@ -28,7 +28,7 @@ from toolkit.files import write_atomically
 from toolkit.graph import Layer, LayerGraph
 from toolkit.partition import Partition
 from toolkit.partition.tiers import TierPartition
-from toolkit.report import TIMES, partition_headline, tiers_headline
+from toolkit.report import TIMES, partition_headline, plural, tiers_headline
 
 PALETTE = ("#4C9BE8", "#F2A541", "#6CC07A", "#B07CD8", "#E86F6F", "#58C4C6")
 CROSSING = "#D62728"
@@ -194,7 +194,7 @@ def _expanded(dot: graphviz.Digraph, item: _Item, picture: Picture,
             for tier in sorted({tier_of[v] for v in item.layers}):
                 on = [v for v in item.layers if tier_of[v] == tier]
                 name = f"{item.name}t{tier}"
-                sub.node(name, f"{len(on):,} layers", fillcolor=fill(tier))
+                sub.node(name, plural(len(on), "layer"), fillcolor=fill(tier))
                 node_of.update((v, name) for v in on)
             return
         for v in item.layers:

@@ -11,6 +11,7 @@ import numpy as np
 from toolkit.errors import ToolkitError
 from toolkit.files import write_atomically
 from toolkit.partition.sweep import SweepResult
+from toolkit.report import plural
 
 
 def sweep_plot(result: SweepResult, path: str | Path) -> Path:
@@ -46,7 +47,7 @@ def sweep_plot(result: SweepResult, path: str | Path) -> Path:
            xlabel=f"{what} ({'Mbit/s' if rates else 'samples'})",
            ylabel="training delay per iteration (ms)",
            title=f"{result.model}: the optimal partition at every {what} "
-                 f"({len(result.pieces)} intervals)")
+                 f"({plural(len(result.pieces), 'interval')})")
     ax.legend(title="layers per tier", fontsize="small")
     ax.grid(True, which="both", linewidth=0.3)
     fig.tight_layout()
