@@ -156,3 +156,29 @@ def test_a_split_into_a_sequence_and_one_piece_taken_back_keeps_the_batch():
     shapes = {"qkv": (N, L, 3 * D), "seq": (N, L, 3 * D), "q": (N, L, D)}
     assert follow_axis(steps(2), shapes, {"qkv": 0}, N, 18).where["q"].at == 0
     assert "q" not in follow_axis(steps(0), shapes, {"qkv": 0}, N, 18).where  # split along it
+
+
+@pytest.mark.parametrize(("equation", "axis", "size", "where"), [
+    ("bqd,bkd->bqk", 0, N, 0),  # attention's scores: the batch stays
+    ("bqd,bkd->bqk", 1, L, "combined"),  # the steps meet the steps
+    ("bld,de->ble", 2, D, "combined"),  # a projection (by a weight) contracts the features
+    ("bld,de", 1, L, 2),  # implicit output: the letters that occur once, sorted: "bel"
+    ("...d,de->...e", 0, N, "lost"),  # an ellipsis: not followed
+])
+def test_einsum_keeps_what_its_output_keeps_and_combines_what_it_drops(equation, axis, size,
+                                                                        where):
+    extent = {"b": N, "q": L, "k": L, "l": L, "d": D, "e": 4, ".": None}
+    first, second = equation.split("->")[0].split(",")
+    weighted = "e" in second  # the second operand is a weight: not followed
+    layer = Layer("e", "Einsum", ("a",) if weighted else ("a", "b"), ("y",),
+                  attrs=f"equation={equation!r}")
+    shapes = {"a": (N, L, D) if "." in first else tuple(extent[c] for c in first),
+              "b": tuple(extent[c] for c in second), "y": (N, L, L)}
+    sources = {"a": axis} if weighted else {"a": axis, "b": axis}
+    fate = follow_axis([(layer, ("a", "w" if weighted else "b"))], shapes, sources, size, 17)
+    if where == "combined":
+        assert fate.combined_by is layer
+    elif where == "lost":
+        assert fate.combined_by is None and "y" not in fate.where
+    else:
+        assert fate.combined_by is None and fate.where["y"].at == where

@@ -20,6 +20,7 @@ loses it: a lost axis is evidence of nothing, so the answer errs towards "not co
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
@@ -131,6 +132,8 @@ def _step(layer: Layer, slots: Sequence[str], held: dict[int, Axis],
         return False, to_all(replace(axis, at=perm.index(axis.at)))
     if op in ("MatMul", "Gemm"):
         return _matmul(layer, held, ins, first)
+    if op == "Einsum":
+        return _einsum(layer, held, ins)
     if op in _BATCH_FIRST:
         return _batch_first(op, held.get(0), layer)
     if op in _RECURRENT:
@@ -233,6 +236,27 @@ def _matmul(layer: Layer, held: dict[int, Axis], ins: list[Shape], out: Shape) -
     if len(moved) > 1:
         return _COMBINED  # e.g. one operand's rows against the other's columns: attention
     return False, {layer.outputs[0]: moved.pop()}
+
+
+def _einsum(layer: Layer, held: dict[int, Axis], ins: list[Shape]) -> _Step:
+    """Einsum combines along the letters its output drops, and where two operands carry the
+    axis under different letters that both stay (an outer product of samples)."""
+    found = re.search(r"(?:^|;)equation='([^']*)'", layer.attrs)
+    terms = found.group(1).replace(" ", "").split("->") if found else []
+    operands = terms[0].split(",") if terms else []
+    if "." in "".join(terms) or len(operands) != len(ins) \
+            or any(len(operands[s]) != len(ins[s]) for s in held):
+        return False, {}  # (an ellipsis or an equation that disagrees: lost)
+    letters = "".join(operands)
+    output = terms[1] if len(terms) > 1 else "".join(
+        sorted(c for c in set(letters) if letters.count(c) == 1))
+    mine = {operands[s][axis.at] for s, axis in held.items()}
+    if len(mine) > 1 or any(c not in output for c in mine):
+        return _COMBINED
+    inner = {axis.inner for axis in held.values()}
+    if len(inner) > 1:
+        return False, {}
+    return False, {layer.outputs[0]: Axis(output.index(mine.pop()), inner.pop())}
 
 
 def _batch_first(op: str, axis: Axis | None, layer: Layer) -> _Step:
