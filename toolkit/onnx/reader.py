@@ -154,7 +154,8 @@ def _input_dims(model: ModelProto, name: str, dims: Mapping[str, int]) -> Iterat
     """Give the raw inputs' symbolic dimensions values for the duration of a read.
 
     The leading dimension of the raw inputs is the batch: symbolic, it is read as 1 (figures
-    per sample); concrete and shared by every raw input, it is divided out afterwards (`dims`
+    per sample); concrete and shared by the inputs of rank 2 or more, it is divided out
+    afterwards where the model treats it as a batch (`_carried`; `dims`
     may name it `batch=N` to say what it is, 1 to keep the file's figures as they are). Every
     other symbolic dimension needs a value, by name (`seq=128`) or as `INPUT.AXIS=128` when
     unnamed; a missing one is a ModelError naming it, never a silent 1.
@@ -164,18 +165,16 @@ def _input_dims(model: ModelProto, name: str, dims: Mapping[str, int]) -> Iterat
            and vi.type.HasField("tensor_type") and vi.type.tensor_type.HasField("shape")]
     saved = [(vi, [_SavedDim(d) for d in vi.type.tensor_type.shape.dim]) for vi in raw]
     missing: list[str] = []
-    leading: set[int | str] = set()
+    open_batch: set[str] = set()  # the names of symbolic leading dimensions
     for vi in raw:
         for axis, d in enumerate(vi.type.tensor_type.shape.dim):
             if d.HasField("dim_value"):
-                if axis == 0:
-                    leading.add(int(d.dim_value))
                 continue
             key = d.dim_param or f"{vi.name}.{axis}"
             if key in dims or f"{vi.name}.{axis}" in dims:
                 d.dim_value = int(dims.get(key, dims.get(f"{vi.name}.{axis}", 1)))
             elif axis == 0:
-                leading.add(key)
+                open_batch.add(key)
                 d.dim_value = 1
             else:
                 missing.append(f"{key!r} (axis {axis} of input {vi.name!r})")
@@ -186,19 +185,19 @@ def _input_dims(model: ModelProto, name: str, dims: Mapping[str, int]) -> Iterat
                 f"model {name!r} has symbolic dimensions other than the batch: "
                 f"{', '.join(dict.fromkeys(missing))}; give each a value, e.g. "
                 f"--dim {example}=128")
-        yield _batch(leading, raw, dims)
+        yield _batch(open_batch, raw, dims)
     finally:
         for vi, old in saved:
             for d, o in zip(vi.type.tensor_type.shape.dim, old, strict=True):
                 o.restore(d)
 
 
-def _batch(leading: set[int | str], raw: list[ValueInfoProto], dims: Mapping[str, int]) -> _Batch:
-    if "batch" in dims and not any(isinstance(x, str) for x in leading):
+def _batch(open_batch: set[str], raw: list[ValueInfoProto], dims: Mapping[str, int]) -> _Batch:
+    if "batch" in dims and not open_batch:
         return _Batch(int(dims["batch"]), f"exported batch {dims['batch']} divided out "
                                           "(--dim batch)" if dims["batch"] > 1 else "")
-    if any(isinstance(x, str) for x in leading):
-        names = ", ".join(sorted(str(x) for x in leading if isinstance(x, str)))
+    if open_batch:
+        names = ", ".join(sorted(open_batch))
         return _Batch(1, f"symbolic batch dimension ({names}) read as 1: figures per sample",
                       symbolic=True)
     # the inputs of rank 2 or more: a scalar or a vector beside them (a diffusion model's
