@@ -26,3 +26,11 @@ def commands() -> list[tuple[str, click.Command]]:
 def test_command_is_in_readme_and_has_an_example(name, command):
     assert f"splitcut {name}" in README
     assert "Example" in (command.help or "")
+
+
+def test_a_passed_tests_files_go_as_readme_says(pytestconfig):
+    """README promises the suite's temporary files peak under 1 GB: pytest must drop a passed
+    test's files (the zoo tests write gigabytes of split models) and keep one run's only."""
+    assert "tmp_path_retention_policy" in README
+    assert pytestconfig.getini("tmp_path_retention_policy") == "failed"
+    assert int(pytestconfig.getini("tmp_path_retention_count")) == 1
