@@ -9,6 +9,7 @@ such tensor may be a cut tensor, at any link rate of a sweep from 1 to 1000 Mbit
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import pytest
 from onnx import helper, numpy_helper
 
@@ -57,7 +58,8 @@ def test_reshaped_token_ids_stay_on_the_device(zoo_path):
                                                          downlink="1000Mbps")).graph
     reasons = {costs.names[i]: costs.pin_reasons[i] for i in range(len(costs))
                if costs.pinned[i]}
-    assert "reads raw data (no layer on its path mixes it with weights)" in reasons.values()
+    assert "reads raw data (no layer on its path mixes it with trainable weights)" \
+        in reasons.values()
     assert "reads raw input" in reasons.values()
     derived = raw_tensors(graph) - set(graph.inputs)
     assert derived, "GPT-2's export forwards raw ids through parameter-free layers"
@@ -98,3 +100,41 @@ def test_rescaled_and_normalised_pixels_are_still_raw():
         crossing = set(api.partition_model(graph, scenario).to_dict()["partition"]
                        ["cut_tensors"])
         assert not crossing & raw, (rate, sorted(crossing & raw))
+
+
+def test_frozen_integer_weights_hide_no_raw_data(tmp_path):
+    """A file quantized by onnxruntime (`quantize_dynamic`: ConvInteger on int8 weights) keeps
+    its float head trainable. An integer weight does not train, and anyone holding the file
+    can undo a frozen convolution, so the pixels stay raw through both convolutions up to the
+    float head (the quantizer writes the Gemm as MatMul and Add); unquantized, the first
+    convolution hides them. The pin says why."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    nodes = [helper.make_node("Conv", ["x", "w0"], ["c0"], name="conv0", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c0"], ["r0"], name="relu0"),
+             helper.make_node("Conv", ["r0", "w1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+             helper.make_node("Flatten", ["r1"], ["flat"], name="flatten"),
+             helper.make_node("Gemm", ["flat", "head"], ["y"], name="head", transB=1)]
+    inits = [weight("w0", 8, 3, 3, 3), weight("w1", 8, 8, 3, 3, seed=1),
+             weight("head", 10, 8 * 16 * 16, seed=2)]
+    plain = model(nodes, [vi("x", [1, 3, 16, 16])], [vi("y", [1, 10])], inits)
+    float_path, quantized_path = tmp_path / "float.onnx", tmp_path / "int8.onnx"
+    onnx.save(plain, str(float_path))
+    quantize_dynamic(str(float_path), str(quantized_path), op_types_to_quantize=["Conv"],
+                     weight_type=QuantType.QInt8)
+
+    float_pins = read_model(onnx.load(str(float_path)), "float").raw_data_readers()
+    assert set(float_pins) == {"conv0"}  # the float convolution hides the pixels
+
+    graph = read_model(onnx.load(str(quantized_path)), "int8")
+    integer_convs = [layer.name for layer in graph if layer.op == "ConvInteger"]
+    assert len(integer_convs) == 2
+    assert not any(graph.layers[name].trainable for name in integer_convs)
+    head = next(layer for layer in graph if layer.op == "MatMul")  # (the Gemm, rewritten)
+    assert head.trainable and head.hides_raw_data
+    reasons = graph.raw_data_readers()
+    for name in [*integer_convs, head.name]:
+        assert reasons[name] == \
+            "reads raw data (no layer on its path mixes it with trainable weights)"
+    assert not any("no trainable parameters" in note for note in graph.notes)

@@ -230,7 +230,7 @@ class LayerGraph:
                 reasons[layer.name] = "reads raw input"
             elif read:
                 reasons[layer.name] = "reads raw data (no layer on its path mixes it with " \
-                                      "weights)"
+                                      "trainable weights)"
             if read and not layer.hides_raw_data and len(read) == len(layer.inputs):
                 raw.update(layer.outputs)
         return reasons
