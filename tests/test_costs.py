@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 
 import jsonschema
+import onnx
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from onnx import helper
+from onnx import helper, numpy_helper
 
 from tests.helpers import chain, model, run_main, save, schema, vi, weight
 from toolkit import api
@@ -70,6 +71,52 @@ def test_fp16_is_never_slower_and_halves_crossing_bytes(device):
     fp32, fp16 = scenario(device=device), scenario(device=device, precision="fp16")
     for layer in LAYERS:
         assert layer_ms(layer, fp16.device, fp16) <= layer_ms(layer, fp32.device, fp32)
+
+
+def conv_net(dtype: int) -> onnx.ModelProto:
+    """Conv, Relu, Gemm with weights and activations of element type `dtype`."""
+    np_type = onnx.helper.tensor_dtype_to_np_dtype(dtype)
+
+    def w(name: str, *shape: int, seed: int) -> onnx.TensorProto:
+        values = numpy_helper.to_array(weight(name, *shape, seed=seed))
+        return numpy_helper.from_array(values.astype(np_type), name)
+
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["r"], name="relu"),
+             helper.make_node("Flatten", ["r"], ["f"], name="flatten"),
+             helper.make_node("Gemm", ["f", "head"], ["y"], name="head", transB=1)]
+    return model(nodes, [vi("x", [1, 3, 32, 32], dtype)], [vi("y", [1, 10], dtype)],
+                 [w("w", 64, 3, 3, 3, seed=0), w("head", 10, 64 * 32 * 32, seed=1)])
+
+
+@pytest.mark.parametrize("device", ["jetson-nano", "jetson-agx-orin", "cpu-server"])
+def test_an_fp16_file_computes_at_the_fp16_rate(device):
+    """A file whose float tensors are all fp16 trains in fp16 whatever `--precision` says: its
+    layers run at the fp16 peak, as the same model in fp32 does under mixed precision (whose
+    activations and weight reads are then 2 bytes too), so the two cost alike."""
+    half = read_model(conv_net(onnx.TensorProto.FLOAT16), "half")
+    full = read_model(conv_net(onnx.TensorProto.FLOAT), "full")
+    assert all(layer.half for layer in half) and not any(layer.half for layer in full)
+    fp32, fp16 = scenario(device=device), scenario(device=device, precision="fp16")
+    reference = build_cost_graph(full, fp16)
+    for s in (fp32, fp16):
+        got = build_cost_graph(half, s)
+        assert got.device_ms == pytest.approx(reference.device_ms, rel=1e-12)
+        assert got.server_ms == pytest.approx(reference.server_ms, rel=1e-12)
+    in_fp32 = build_cost_graph(full, fp32).device_ms
+    conv = [layer.name for layer in full].index("conv")
+    if fp32.device.fp16_tflops > fp32.device.fp32_tflops:
+        assert reference.device_ms[conv] < in_fp32[conv]
+    else:  # (a CPU computes fp16 no faster: only its bytes halve)
+        assert reference.device_ms[conv] <= in_fp32[conv]
+
+
+def test_a_cast_between_float_widths_runs_at_the_scenarios_precision():
+    nodes = [helper.make_node("Cast", ["x"], ["h"], name="to_half", to=onnx.TensorProto.FLOAT16),
+             helper.make_node("Relu", ["h"], ["y"], name="relu")]
+    half = vi("y", [1, 64], onnx.TensorProto.FLOAT16)
+    graph = read_model(model(nodes, [vi("x", [1, 64])], [half]), "cast")
+    assert not graph.layers["to_half"].half and graph.layers["relu"].half
 
 
 def tensor(dtype: str, elements: int = 100) -> Tensor:

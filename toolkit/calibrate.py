@@ -46,6 +46,7 @@ class _Features:
     flops: np.ndarray
     moved: np.ndarray
     classes: list[str]
+    half: np.ndarray  # computes on 16-bit floats: the fp16 peak (`Layer.half`)
 
 
 def _features(graph: LayerGraph) -> _Features:
@@ -54,13 +55,15 @@ def _features(graph: LayerGraph) -> _Features:
         np.array([x.flops for x in layers], dtype=np.float64),
         np.array([x.in_bytes + x.out_bytes + x.param_bytes for x in layers], dtype=np.float64),
         [op_class(x) for x in layers],
+        np.array([x.half for x in layers], dtype=bool),
     )
 
 
 def _estimate(proc: Processor, f: _Features) -> np.ndarray:
     """`costs.forward_ms` for every layer at once (fp32, batch 1)."""
     eff = np.array([efficiency(proc, c) for c in f.classes])
-    estimate: np.ndarray = pass_ms(f.flops, f.moved, proc.fp32_tflops * 1e12 * eff,
+    peak = np.where(f.half, proc.fp16_tflops, proc.fp32_tflops) * 1e12
+    estimate: np.ndarray = pass_ms(f.flops, f.moved, peak * eff,
                                    proc.memory_gbps * 1e9 * proc.memory_efficiency,
                                    proc.layer_overhead_us)
     return estimate

@@ -180,7 +180,9 @@ def scenario_options(func: F) -> F:
         click.option("--latency", help="One-way latency, e.g. 5ms (overrides the preset)."),
         click.option("--batch", type=int, default=32, show_default=True, help="Batch size."),
         click.option("--precision", type=click.Choice(PRECISIONS), default="fp32",
-                     show_default=True),
+                     show_default=True,
+                     help="fp16: mixed precision. A file in fp16 or bf16 computes in it either "
+                          "way."),
         click.option("--optimizer", type=click.Choice(tuple(OPTIMIZER_STATES)), default="sgd",
                      show_default=True, help="Optimizer whose step each side pays per iteration."),
         click.option("--label-bytes", type=float, default=LABEL_BYTES, show_default=True,

@@ -9,13 +9,15 @@ and Patterson, CACM 2009):
 
 with `efficiency` chosen by op class (`op_class`): matmul_efficiency for Gemm/MatMul/Einsum,
 conv_efficiency for dense convolutions, vector_efficiency for everything else (grouped and
-depthwise convolutions included). Forward FLOPs are b·F; backward FLOPs are 2·b·F for layers with
-trainable weights (gradients for inputs and weights) and b·F without (Kaplan et al. 2020, the
-2x/4x forward rule). Bytes moved are the activations in and out (b per sample) plus the
-parameters (read once per pass; the backward pass also writes their gradients). A layer that
-computes on weights alone (an LSTM's weights reordered into ONNX's gate order, Swin's
-relative-position bias looked up in its table) runs once per step: b = 1 for it and for what
-it makes (`graph.computed_from`), sent or kept.
+depthwise convolutions included), and `peak` the processor's fp16 rate under mixed precision or
+where the layer computes on 16-bit floats (`Layer.half`: a file in fp16 or bf16 trains in it
+whatever the scenario says), its fp32 rate otherwise. Forward FLOPs are b·F; backward FLOPs are
+2·b·F for layers with trainable weights (gradients for inputs and weights) and b·F without
+(Kaplan et al. 2020, the 2x/4x forward rule). Bytes moved are the activations in and out (b per
+sample) plus the parameters (read once per pass; the backward pass also writes their gradients).
+A layer that computes on weights alone (an LSTM's weights reordered into ONNX's gate order,
+Swin's relative-position bias looked up in its table) runs once per step: b = 1 for it and for
+what it makes (`graph.computed_from`), sent or kept.
 
 The optimizer step is a memory-bound term on the layers that own parameters: a fused update
 reads the parameters and gradients and writes the parameters (3 words per parameter), and each
@@ -191,8 +193,10 @@ def efficiency(proc: Processor, op_class_name: str) -> float:
 
 
 def _rates(layer: Layer, proc: Processor, precision: str) -> tuple[float, float]:
-    """(FLOP/s, byte/s) this layer sustains on `proc`."""
-    return _peak(proc, precision) * efficiency(proc, op_class(layer)), _byte_rate(proc)
+    """(FLOP/s, byte/s) this layer sustains on `proc`: at the fp16 peak under mixed precision
+    or where the layer computes on 16-bit floats (`Layer.half`: an fp16 file), else fp32's."""
+    peak = _peak(proc, "fp16" if layer.half else precision)
+    return peak * efficiency(proc, op_class(layer)), _byte_rate(proc)
 
 
 def _peak(proc: Processor, precision: str) -> float:
@@ -271,13 +275,12 @@ def _side_ms(graph: LayerGraph, proc: Processor, scenario: Scenario) -> list[flo
     samples = [scenario.batch if graph.per_sample(x) else 1 for x in layers]  # (per step: 1)
     profile = next((p for p in scenario.measured if p.processor == proc.name), None)
     if profile is None:
-        classes = {name: efficiency(proc, name) for name in ("matmul", "conv", "vector")}
         passes = _train_ms(
             np.array([x.flops for x in layers]),
             np.array([activation_bytes(graph, x, scenario.precision) for x in layers]),
             np.array([param_bytes(x, scenario.precision) for x in layers]),
             np.array([x.trainable for x in layers]),
-            _peak(proc, scenario.precision) * np.array([classes[op_class(x)] for x in layers]),
+            np.array([_rates(x, proc, scenario.precision)[0] for x in layers]),
             _byte_rate(proc), proc, np.array(samples))
     else:
         profile.check_model(graph)

@@ -19,6 +19,8 @@ and the database's 64-bit integers could not hold them."""
 
 
 FLOAT_DTYPES = frozenset({"float", "double", "float16", "bfloat16"})
+HALF_DTYPES = frozenset({"float16", "bfloat16"})
+"""16-bit floats: a layer computing on them runs at a processor's fp16 rate."""
 ELEMENT_BYTES: dict[str, float] = {  # bytes of one element of each dtype
     "float": 4, "double": 8, "float16": 2, "bfloat16": 2, "int8": 1, "uint8": 1, "int16": 2,
     "uint16": 2, "int32": 4, "uint32": 4, "int64": 8, "uint64": 8, "bool": 1, "complex64": 8,
@@ -80,6 +82,7 @@ class Layer:
     reads_input: bool = False
     weight_elements: int = -1  # elements of every weight it reads (-1: as many as `params`)
     tied: tuple[tuple[str, int], ...] = ()  # (owner layer, elements) of weights it shares
+    half: bool = False  # computes in 16-bit floats: every float activation it reads or writes
 
     @property
     def reads_weights(self) -> int:

@@ -27,7 +27,7 @@ from onnx import AttributeProto, GraphProto, ModelProto, NodeProto, ValueInfoPro
 
 from toolkit.collector import collector_paused
 from toolkit.errors import ModelError
-from toolkit.graph import Layer, LayerGraph, Tensor, computed_from
+from toolkit.graph import HALF_DTYPES, Layer, LayerGraph, Tensor, computed_from
 from toolkit.memory import decomposed_gelus
 from toolkit.onnx.axes import Axis, AxisFate, follow_axis
 from toolkit.onnx.fold import fold_shapes
@@ -86,7 +86,7 @@ _WEIGHT_VIEWS = frozenset(
 _SUBGRAPH_OPS = frozenset({"If", "Loop", "Scan"})
 _SCALAR_ATTRIBUTES = frozenset({"value", "value_int", "value_float", "value_ints", "value_floats"})
 """How a Constant node can hold a number (its other forms hold strings or sparse tensors)."""
-READER_VERSION = 6  # 6: a leading dimension some layer combines is not the batch
+READER_VERSION = 7  # 7: a layer on 16-bit floats says so (`Layer.half`)
 """Bumped whenever the reader turns the same file into another layer graph: stored models and
 cached block structures keyed by `LayerGraph.sha256` are then read again."""
 def read_onnx(
@@ -300,6 +300,14 @@ def _qualified(op: str, domain: str) -> str:
 def _groups(value: object) -> int:
     """A convolution's `group` attribute as a count (1 when absent or unreadable)."""
     return value if isinstance(value, int) and value > 0 else 1
+
+
+def _computes_in_half(activations: Sequence[Tensor]) -> bool:
+    """Every float activation a layer reads or writes is a 16-bit float (an fp16 or bf16
+    file): its kernels run at the fp16 rate. A Cast between widths, or a layer with no float
+    activation, runs at the scenario's precision."""
+    floats = [t.dtype for t in activations if t.floating]
+    return bool(floats) and all(d in HALF_DTYPES for d in floats)
 
 
 def _canonical_attrs(attrs: dict[str, object]) -> str:
@@ -772,6 +780,7 @@ class _Reader:
             reads_input=any(n in self.raw_inputs for n in acts),
             weight_elements=elements,
             tied=tuple(tied.items()),
+            half=_computes_in_half([tensors[n] for n in (*acts, *outs) if n in tensors]),
         )
 
     def _constant(self, names: Sequence[str], absent: float) -> float:
