@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 
-from toolkit.costs import Scenario, efficiency, layer_ms, op_class, pass_ms
+from toolkit.costs import Scenario, efficiency, layer_ms, op_class, pass_ms, peak_flops
 from toolkit.graph import Layer, LayerGraph
 from toolkit.profiles import Processor
 
@@ -62,8 +62,7 @@ def _features(graph: LayerGraph) -> _Features:
 def _estimate(proc: Processor, f: _Features) -> np.ndarray:
     """`costs.forward_ms` for every layer at once (fp32, batch 1)."""
     eff = np.array([efficiency(proc, c) for c in f.classes])
-    peak = np.where(f.half, proc.fp16_tflops, proc.fp32_tflops) * 1e12
-    estimate: np.ndarray = pass_ms(f.flops, f.moved, peak * eff,
+    estimate: np.ndarray = pass_ms(f.flops, f.moved, peak_flops(proc, "fp32", f.half) * eff,
                                    proc.memory_gbps * 1e9 * proc.memory_efficiency,
                                    proc.layer_overhead_us)
     return estimate

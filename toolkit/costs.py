@@ -193,14 +193,17 @@ def efficiency(proc: Processor, op_class_name: str) -> float:
 
 
 def _rates(layer: Layer, proc: Processor, precision: str) -> tuple[float, float]:
-    """(FLOP/s, byte/s) this layer sustains on `proc`: at the fp16 peak under mixed precision
-    or where the layer computes on 16-bit floats (`Layer.half`: an fp16 file), else fp32's."""
-    peak = _peak(proc, "fp16" if layer.half else precision)
+    """(FLOP/s, byte/s) this layer sustains on `proc`."""
+    peak = float(peak_flops(proc, precision, layer.half))
     return peak * efficiency(proc, op_class(layer)), _byte_rate(proc)
 
 
-def _peak(proc: Processor, precision: str) -> float:
-    return (proc.fp16_tflops if precision == "fp16" else proc.fp32_tflops) * 1e12
+def peak_flops(proc: Processor, precision: str, half: Any) -> Any:
+    """FLOP/s at `proc`'s fp16 peak under mixed precision or for a layer computing on 16-bit
+    floats (`half`, `Layer.half`: an fp16 file), at its fp32 peak otherwise. `half` a bool or
+    an array of them (the calibration's estimate of every layer at once)."""
+    otherwise = proc.fp16_tflops if precision == "fp16" else proc.fp32_tflops
+    return np.where(half, proc.fp16_tflops, otherwise) * 1e12
 
 
 def _byte_rate(proc: Processor) -> float:
