@@ -278,12 +278,14 @@ def _side_ms(graph: LayerGraph, proc: Processor, scenario: Scenario) -> list[flo
     samples = [scenario.batch if graph.per_sample(x) else 1 for x in layers]  # (per step: 1)
     profile = next((p for p in scenario.measured if p.processor == proc.name), None)
     if profile is None:
+        classes = {name: efficiency(proc, name) for name in ("matmul", "conv", "vector")}
         passes = _train_ms(
             np.array([x.flops for x in layers]),
             np.array([activation_bytes(graph, x, scenario.precision) for x in layers]),
             np.array([param_bytes(x, scenario.precision) for x in layers]),
             np.array([x.trainable for x in layers]),
-            np.array([_rates(x, proc, scenario.precision)[0] for x in layers]),
+            peak_flops(proc, scenario.precision, np.array([x.half for x in layers], dtype=bool))
+            * np.array([classes[op_class(x)] for x in layers]),
             _byte_rate(proc), proc, np.array(samples))
     else:
         profile.check_model(graph)
