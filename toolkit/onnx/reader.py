@@ -509,6 +509,7 @@ class _Reader:
         self.node_inputs, self.node_outputs = nodes.inputs, nodes.outputs
         self.module_classes: dict[str, str] = {}
         self.untripped = self.branches = 0  # control flow costed with a caveat (notes)
+        self.any_half = False  # some tensor is a 16-bit float (build)
         self.modules: dict[int, tuple[str | None, dict[str, str]]] = {}  # layers' (build)
         self.opset = max(
             (o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0
@@ -535,6 +536,9 @@ class _Reader:
     def build(self, batch: _Batch | None = None) -> LayerGraph:
         order = self._node_order()  # also fills self.deps
         constant, consts = self._fold_constants(order)
+        # (a file with no 16-bit float anywhere has no layer computing in one: skip the check)
+        self.any_half = any(dtype_name(t) in HALF_DTYPES
+                            for t in {info.elem_type for info in self.info.values()})
         unsupported: dict[str, int] = {}
         unknown: list[str] = []
         tensors: dict[str, Tensor] = {}
@@ -780,7 +784,8 @@ class _Reader:
             reads_input=any(n in self.raw_inputs for n in acts),
             weight_elements=elements,
             tied=tuple(tied.items()),
-            half=_computes_in_half([tensors[n] for n in (*acts, *outs) if n in tensors]),
+            half=self.any_half and _computes_in_half([tensors[n] for n in (*acts, *outs)
+                                                      if n in tensors]),
         )
 
     def _constant(self, names: Sequence[str], absent: float) -> float:
