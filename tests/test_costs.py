@@ -14,7 +14,14 @@ from onnx import helper, numpy_helper
 from tests.helpers import chain, model, run_main, save, schema, vi, weight
 from toolkit import api
 from toolkit.costgraph import CostGraph, delay
-from toolkit.costs import build_cost_graph, crossing_ms, layer_ms, step_ms, tensor_bytes
+from toolkit.costs import (
+    activation_bytes,
+    build_cost_graph,
+    crossing_ms,
+    layer_ms,
+    step_ms,
+    tensor_bytes,
+)
 from toolkit.graph import Tensor
 from toolkit.onnx import read_model
 
@@ -92,23 +99,31 @@ def conv_net(dtype: int) -> onnx.ModelProto:
 @pytest.mark.parametrize("device", ["jetson-nano", "jetson-agx-orin", "cpu-server"])
 def test_an_fp16_file_computes_at_the_fp16_rate(device):
     """A file whose float tensors are all fp16 trains in fp16 whatever `--precision` says: its
-    layers run at the fp16 peak, as the same model in fp32 does under mixed precision (whose
-    activations and weight reads are then 2 bytes too), so the two cost alike."""
+    layers compute at the fp16 peak, as the same model in fp32 does under mixed precision
+    (whose activations and weight reads are then 2 bytes too), so both passes cost alike; its
+    optimizer step moves 2-byte words where mixed precision keeps fp32 master weights."""
     half = read_model(conv_net(onnx.TensorProto.FLOAT16), "half")
     full = read_model(conv_net(onnx.TensorProto.FLOAT), "full")
     assert all(layer.half for layer in half) and not any(layer.half for layer in full)
     fp32, fp16 = scenario(device=device), scenario(device=device, precision="fp16")
-    reference = build_cost_graph(full, fp16)
-    for s in (fp32, fp16):
-        got = build_cost_graph(half, s)
-        assert got.device_ms == pytest.approx(reference.device_ms, rel=1e-12)
-        assert got.server_ms == pytest.approx(reference.server_ms, rel=1e-12)
-    in_fp32 = build_cost_graph(full, fp32).device_ms
-    conv = [layer.name for layer in full].index("conv")
+    for a, b in zip(half, full, strict=True):
+        reference = layer_ms(b, fp16.device, fp16, activation_bytes(full, b, "fp16"))
+        for s in (fp32, fp16):
+            assert layer_ms(a, s.device, s) == pytest.approx(reference, rel=1e-12)
+        if b.params:
+            assert (a.weight_word, b.weight_word) == (2, 4)
+            assert step_ms(a, fp32.device, "adam") == pytest.approx(
+                step_ms(b, fp32.device, "adam") / 2, rel=1e-12)
+    conv = full.layers["conv"]
+    in_fp32, amp = layer_ms(conv, fp32.device, fp32), layer_ms(
+        conv, fp16.device, fp16, activation_bytes(full, conv, "fp16"))
     if fp32.device.fp16_tflops > fp32.device.fp32_tflops:
-        assert reference.device_ms[conv] < in_fp32[conv]
+        assert amp < in_fp32
     else:  # (a CPU computes fp16 no faster: only its bytes halve)
-        assert reference.device_ms[conv] <= in_fp32[conv]
+        assert amp <= in_fp32
+    memory = build_cost_graph(half, fp32).memory, build_cost_graph(full, fp32).memory
+    assert sum(memory[0].grads) == pytest.approx(sum(memory[1].grads) / 2)
+    assert sum(memory[0].state) == pytest.approx(sum(memory[1].state) / 2)
 
 
 def test_a_cast_between_float_widths_runs_at_the_scenarios_precision():

@@ -22,8 +22,9 @@ what it makes (`graph.computed_from`), sent or kept.
 The optimizer step is a memory-bound term on the layers that own parameters: a fused update
 reads the parameters and gradients and writes the parameters (3 words per parameter), and each
 optimizer state buffer is read and written once more (SGD 0 buffers, SGD with momentum 1,
-Adam 2: torch.optim's update rules). Master weights, gradients and state stay fp32 under mixed
-precision (torch.amp keeps parameters fp32), so a word is 4 bytes at either precision.
+Adam 2: torch.optim's update rules), each word a weight's bytes as the file stores it
+(`Layer.weight_word`): 4 in an fp32 file at either precision (torch.amp keeps master weights,
+gradients and state fp32), 2 in an fp16 file (trained in fp16, as its layers compute).
 
 `device_ms` and `server_ms` are forward + backward + optimizer step.
 
@@ -59,7 +60,7 @@ from toolkit.costgraph import CostGraph, CostTensor
 from toolkit.errors import ScenarioError
 from toolkit.graph import ELEMENT_BYTES, Layer, LayerGraph, Tensor
 from toolkit.measured import MeasuredProfile
-from toolkit.memory import WORD, model_memory
+from toolkit.memory import model_memory
 from toolkit.ops import CONVOLUTIONS
 from toolkit.profiles import Processor
 from toolkit.tiergraph import TierGraph
@@ -69,7 +70,6 @@ OPTIMIZER_STATES = {"sgd": 0, "momentum": 1, "adam": 2}
 """Optimizer state buffers per parameter (torch.optim: SGD, SGD with momentum, Adam)."""
 LABEL_BYTES = 8
 """Default label size per sample: one int64 class index."""
-_WORD = WORD  # bytes of an fp32 master weight, gradient or state element
 
 BUILTIN_SCENARIOS: dict[str, dict[str, str]] = {
     "nano-3090-wifi5": {"device": "jetson-nano", "server": "rtx-3090", "link": "wifi5"},
@@ -253,13 +253,13 @@ def _train_ms(flops: Any, activations: Any, weights: Any, trainable: Any, flop_r
 
 def step_ms(layer: Layer, proc: Processor, optimizer: str) -> float:
     """The optimizer step for this layer's parameters: memory-bound (module docstring)."""
-    return float(_step_ms(layer.params, proc, optimizer))
+    return float(_step_ms(layer.params * layer.weight_word, proc, optimizer))
 
 
-def _step_ms(params: Any, proc: Processor, optimizer: str) -> Any:
-    """`step_ms` of a parameter count, or of an array of them."""
+def _step_ms(param_bytes: Any, proc: Processor, optimizer: str) -> Any:
+    """`step_ms` of the bytes of the parameters a layer owns, or of an array of them."""
     words = 3 + 2 * OPTIMIZER_STATES[optimizer]
-    return params * words * _WORD / _byte_rate(proc) * 1e3
+    return param_bytes * words / _byte_rate(proc) * 1e3
 
 
 def measured_ms(layer: Layer, profile: MeasuredProfile, batch: int) -> float:
@@ -273,7 +273,7 @@ def measured_ms(layer: Layer, profile: MeasuredProfile, batch: int) -> float:
 def _side_ms(graph: LayerGraph, proc: Processor, scenario: Scenario) -> list[float]:
     """Per layer: forward + backward (measured or roofline) + optimizer step on `proc`."""
     layers = list(graph)
-    steps = _step_ms(np.array([x.params for x in layers], dtype=float), proc,
+    steps = _step_ms(np.array([x.params * x.weight_word for x in layers], dtype=float), proc,
                      scenario.optimizer)
     samples = [scenario.batch if graph.per_sample(x) else 1 for x in layers]  # (per step: 1)
     profile = next((p for p in scenario.measured if p.processor == proc.name), None)
@@ -324,7 +324,7 @@ def sync_ms(layer: Layer, scenario: Scenario) -> float:
     """Split-federated: this layer's parameters up and down once per round, per iteration."""
     if not scenario.sync_every or not layer.params:
         return 0.0
-    bits = layer.params * (2 if scenario.precision == "fp16" else _WORD) * 8
+    bits = layer.params * (2 if scenario.precision == "fp16" else layer.weight_word) * 8
     return (bits / scenario.uplink_bps + bits / scenario.downlink_bps) * 1e3 / scenario.sync_every
 
 

@@ -90,6 +90,15 @@ class Layer:
         return self.params if self.weight_elements < 0 else self.weight_elements
 
     @property
+    def weight_word(self) -> float:
+        """Bytes of one of its weights as the file stores them: the width its parameters, their
+        gradients and optimizer state train at (4 in an fp32 file, whose parameters mixed
+        precision keeps in fp32; 2 in an fp16 file, trained in fp16; 4 where unknown)."""
+        if self.reads_weights and self.param_bytes:
+            return self.param_bytes / self.reads_weights
+        return ELEMENT_BYTES["float"]
+
+    @property
     def trainable(self) -> bool:
         """It computes gradients for weights (its own or shared ones)."""
         return self.reads_weights > 0

@@ -3,9 +3,11 @@
 For the tier that trains the layers S (in topological order), at batch b, in steady training
 (docs/memory.md has the measurements):
 
-- **state**, resident all along: each layer's weights and its optimizer's buffers, params x 4
-  bytes x (1 + s) (SGD s = 0, momentum 1, Adam 2: torch.optim's `momentum_buffer`, or
-  `exp_avg` and `exp_avg_sq`);
+- **state**, resident all along: each layer's weights and its optimizer's buffers, params x
+  word x (1 + s) (SGD s = 0, momentum 1, Adam 2: torch.optim's `momentum_buffer`, or
+  `exp_avg` and `exp_avg_sq`, kept in the parameters' dtype), the word being a weight's
+  bytes as the file stores it (`Layer.weight_word`: 4 in an fp32 file, whose parameters mixed
+  precision keeps in fp32; 2 in an fp16 file);
 - **saved activations**: autograd keeps, from the forward pass to the backward, the tensors
   each op's backward needs: a convolution, matmul or normalisation its input (layer
   normalisation also a mean and a reciprocal standard deviation per row, fp32), ReLU,
@@ -37,7 +39,7 @@ For the tier that trains the layers S (in topological order), at batch b, in ste
   again by the LM head) gets a partial gradient there, which autograd holds until the owner's
   backward adds its own: that partial alive from the later reader's position to the owner's,
   and at the owner one more copy (its own partial and the sum exist together);
-- **gradients** of the weights, params x 4 bytes, made as the backward reaches each layer
+- **gradients** of the weights, params x word, made as the backward reaches each layer
   (`zero_grad(set_to_none=True)` frees them after each step);
 - **workspace**: while layer v's backward runs, the gradients of its output and its inputs,
   b x (its input and output bytes).
@@ -416,8 +418,8 @@ def model_memory(graph: LayerGraph, batch: int, state_buffers: int,
     saved += _tied_partials(layers, index)
     saved += _in_flight_and_held(graph, index, grad, [per_step(name) for name in graph.tensors])
     return ModelMemory(
-        state=[float(x.params * WORD * (1 + state_buffers)) for x in layers],
-        grads=[float(x.params * WORD) for x in layers],
+        state=[float(x.params * x.weight_word * (1 + state_buffers)) for x in layers],
+        grads=[float(x.params * x.weight_word) for x in layers],
         workspace=[sum(per_step(t) for t in (*x.inputs, *x.outputs)) for x in layers],
         saved=saved)
 
