@@ -81,7 +81,7 @@ def test_fp16_is_never_slower_and_halves_crossing_bytes(device):
 
 
 def conv_net(dtype: int) -> onnx.ModelProto:
-    """Conv, Relu, Gemm with weights and activations of element type `dtype`."""
+    """Conv, Relu, MaxPool, Gemm with weights and activations of element type `dtype`."""
     np_type = onnx.helper.tensor_dtype_to_np_dtype(dtype)
 
     def w(name: str, *shape: int, seed: int) -> onnx.TensorProto:
@@ -90,10 +90,12 @@ def conv_net(dtype: int) -> onnx.ModelProto:
 
     nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
              helper.make_node("Relu", ["c"], ["r"], name="relu"),
-             helper.make_node("Flatten", ["r"], ["f"], name="flatten"),
+             helper.make_node("MaxPool", ["r"], ["p"], name="pool", kernel_shape=[2, 2],
+                              strides=[2, 2]),
+             helper.make_node("Flatten", ["p"], ["f"], name="flatten"),
              helper.make_node("Gemm", ["f", "head"], ["y"], name="head", transB=1)]
     return model(nodes, [vi("x", [1, 3, 32, 32], dtype)], [vi("y", [1, 10], dtype)],
-                 [w("w", 64, 3, 3, 3, seed=0), w("head", 10, 64 * 32 * 32, seed=1)])
+                 [w("w", 64, 3, 3, 3, seed=0), w("head", 10, 64 * 16 * 16, seed=1)])
 
 
 @pytest.mark.parametrize("device", ["jetson-nano", "jetson-agx-orin", "cpu-server"])
@@ -124,6 +126,10 @@ def test_an_fp16_file_computes_at_the_fp16_rate(device):
     memory = build_cost_graph(half, fp32).memory, build_cost_graph(full, fp32).memory
     assert sum(memory[0].grads) == pytest.approx(sum(memory[1].grads) / 2)
     assert sum(memory[0].state) == pytest.approx(sum(memory[1].state) / 2)
+    pool = [layer.name for layer in half].index("pool")
+    argmax = fp32.batch * 64 * 16 * 16 * 8  # one int64 index per pooled element, any dtype
+    for m in memory:
+        assert argmax in [x.nbytes for x in m.saved if x.keepers == (pool,)]
 
 
 def test_a_cast_between_float_widths_runs_at_the_scenarios_precision():

@@ -404,7 +404,8 @@ def model_memory(graph: LayerGraph, batch: int, state_buffers: int,
               for i, nbytes in lse.items()]
     for i, layer in enumerate(layers):
         if layer.op == "MaxPool" and layer.outputs and layer.outputs[0] in graph.tensors:
-            elements = graph.tensors[layer.outputs[0]].bytes / WORD  # (pooled floats, fp32)
+            pooled = graph.tensors[layer.outputs[0]]
+            elements = pooled.bytes / ELEMENT_BYTES.get(pooled.dtype, WORD)
             saved.append(SavedTensor(times(layer.outputs[0]) * elements * _INDEX_BYTES, (i,)))
         if layer.op == "LayerNormalization" and layer.inputs and layer.inputs[0] in graph.tensors:
             saved.append(SavedTensor(times(layer.inputs[0]) * _row_statistics(graph, layer),
