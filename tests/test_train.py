@@ -275,6 +275,9 @@ def test_train_command_json(tmp_path, capsys, monkeypatch):
     path = _two_layer_model(tmp_path)
     layers = tmp_path / "device.json"
     layers.write_text(json.dumps(["fc1"]))
+    reads = []
+    read = api.load_graph
+    monkeypatch.setattr(api, "load_graph", lambda *a, **k: reads.append(a) or read(*a, **k))
     code, out, _ = run_main(
         ["train", str(path), "--device-layers", str(layers), "--uplink", "20Mbps",
          "--downlink", "20Mbps", "--latency", "5ms", "--device", "cpu-server",
@@ -284,6 +287,7 @@ def test_train_command_json(tmp_path, capsys, monkeypatch):
     data = json.loads(out)
     jsonschema.validate(data, schema("train"))
     assert data["batch"] == 4 and data["cut"] == "given" and len(data["iterations"]) == 2
+    assert len(reads) == 1  # the batch the file fixes is read from the graph it trains
     assert set(data["measured_ms"]) == set(data["predicted_ms"])
     # the 5 ms one-way latency is in both directions, measured and predicted
     assert all(row["download_ms"] >= 5 for row in data["iterations"])

@@ -598,17 +598,20 @@ def train_model(
     chain: tuple[Sequence[str], Sequence[Scenario]] | None = None,
     tier_cpu: Mapping[str, float] | None = None,
     tier_device: Mapping[str, str] | None = None,
+    graph: LayerGraph | None = None,
 ) -> TrainResult:
     """Real split training of MODEL at a cut (`CUTS`, or the given layers: device layer names,
     or each layer's tier) over the scenario's link, or along a tier `chain` (`make_chain`:
     one process per tier), measured beside the delay model's prediction. `device_cpu` and
     `tier_cpu` (by tier name) emulate slower processors with a share of one CPU;
-    `tier_device` runs tiers on a torch device (`{"server": "cuda"}`)."""
+    `tier_device` runs tiers on a torch device (`{"server": "cuda"}`). `graph` is MODEL
+    already read (as `load_graph` reads it), for a caller that looked at it first (the
+    CLI reads the batch the file fixes)."""
     from toolkit.partition.baselines import best_chain_split, best_ranges
     from toolkit.train.session import train
 
     path, _ = zoo.resolve(model, exporter)
-    graph = load_graph(model, name, exporter, dims)
+    graph = graph if graph is not None else load_graph(model, name, exporter, dims)
     names, boundaries = chain or (["device", "server"], [scenario])
     costs = build_tier_graph(graph, names, boundaries)
     tier = np.zeros(len(graph), dtype=np.int64)
@@ -655,11 +658,3 @@ def train_model(
                  warmup, lr, paced, dims, graph.file_batch, progress=progress,
                  cpu={names[0]: device_cpu, **(tier_cpu or {})}, devices=tier_device)
 
-
-def file_batch(
-    model: str, exporter: str = "torchscript", dims: dict[str, int] | None = None
-) -> int | None:
-    """The batch MODEL's file fixes, if it fixes one (training must use it): its inputs'
-    leading dimension where the reader takes it for the batch, 1 where their concrete shapes
-    are one sample (`LayerGraph.file_batch`)."""
-    return load_graph(model, None, exporter, dims).file_batch

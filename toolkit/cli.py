@@ -884,10 +884,10 @@ def train(model: str, name: str | None, exporter: str, dims: dict[str, int], cut
 
     Example: splitcut train resnet18 --link wifi5 --iterations 20
     """
+    graph = load_graph(model, name, exporter, dims)
     ctx = click.get_current_context()
     if ctx.get_parameter_source("batch") == click.core.ParameterSource.DEFAULT:
-        settings = dataclasses.replace(
-            settings, batch=api.file_batch(model, exporter, dims) or settings.batch)
+        settings = dataclasses.replace(settings, batch=graph.file_batch or settings.batch)
     chain = settings.chain(tiers_file, u_shape) if tiers_file or u_shape else None
     scenario = chain[1][0] if chain else settings.scenario()
     layers = api.device_layers_from(device_layers_file) if device_layers_file else []
@@ -897,7 +897,7 @@ def train(model: str, name: str | None, exporter: str, dims: dict[str, int], cut
 
         result = api.train_model(model, scenario, name, exporter, dims, cut, layers,
                                  iterations, warmup, lr, paced, device_cpu, progress, chain,
-                                 tier_cpu, tier_device)
+                                 tier_cpu, tier_device, graph)
     if as_json:
         emit_json(result.to_dict())
         return
