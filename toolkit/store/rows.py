@@ -55,17 +55,19 @@ def batched(rows: Iterable[Row], size: int) -> Iterator[list[Row]]:
         yield chunk
 
 
-Rows = list[dict[str, Any]]
+Rows = list[list[Any]]
 Batch = Callable[[], tuple[Rows, Rows, Rows]]
 
 
 def ingest_rows(graph: LayerGraph, costs: CostGraph, version: str, batch: int) -> list[Batch]:
     """A version of a layer graph and its delays as plain rows for UNWIND, in batches of
-    `batch` layers. Each batch is built when its writer calls for it, while the server writes
-    the batch before: (layer rows, edges inside the batch, edges into it from earlier
-    batches). An edge inside a batch names its ends by position in the batch (p, c), one
-    from an earlier batch by topological position (producer, consumer). A layer reading one
-    tensor at several inputs gets one edge, at the first."""
+    `batch` layers: lists in the order `ingest_layers.cypher` and `ingest_feeds.cypher` read
+    their fields (a list costs the server no field names to decode, unlike a map). Each
+    batch is built when its writer calls for it, while the server writes the batch before:
+    (layer rows, edges inside the batch, edges into it from earlier batches). An edge inside
+    a batch names its ends by position in the batch (p, c), one from an earlier batch by
+    topological position (producer, consumer). A layer reading one tensor at several inputs
+    gets one edge, at the first."""
     layers = list(graph)
     produced = {t.name: t for t in costs.tensors}
 
@@ -74,11 +76,9 @@ def ingest_rows(graph: LayerGraph, costs: CostGraph, version: str, batch: int) -
             span = layers[start:start + batch]
             uids = node_uids(graph.name, version, [layer.name for layer in span])
             nodes = [
-                {"uid": uid, "name": layer.name, "op": layer.op, "topo": i,
-                 "flops": layer.flops, "macs": layer.macs, "params": layer.params,
-                 "out_bytes": layer.out_bytes, "device_ms": float(costs.device_ms[i]),
-                 "server_ms": float(costs.server_ms[i]), "pinned": bool(costs.pinned[i]),
-                 "module": layer.module, "key": layer_key(graph, layer)}
+                [uid, layer.name, layer.op, i, layer.flops, layer.macs, layer.params,
+                 layer.out_bytes, float(costs.device_ms[i]), float(costs.server_ms[i]),
+                 bool(costs.pinned[i]), layer.module, layer_key(graph, layer)]
                 for i, (layer, uid) in enumerate(zip(span, uids, strict=True), start)]
             inside: Rows = []
             earlier: Rows = []
@@ -89,15 +89,12 @@ def ingest_rows(graph: LayerGraph, costs: CostGraph, version: str, batch: int) -
                     if t is None or name in seen:
                         continue
                     seen.add(name)
-                    edge = {"tensor": name, "bytes": t.bytes, "crossing_ms": t.crossing_ms,
-                            "position": position,
-                            "tensor_key": tensor_key(graph, layers[t.producer], name)}
+                    edge = [name, t.bytes, t.crossing_ms, position,
+                            tensor_key(graph, layers[t.producer], name)]
                     if t.producer >= start:
-                        edge["p"], edge["c"] = t.producer - start, c - start
-                        inside.append(edge)
+                        inside.append([t.producer - start, c - start, *edge])
                     else:
-                        edge["producer"], edge["consumer"] = t.producer, c
-                        earlier.append(edge)
+                        earlier.append([t.producer, c, *edge])
             return nodes, inside, earlier
         return build
 

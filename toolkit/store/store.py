@@ -241,7 +241,7 @@ class Store:
         `phases_s` ({"layers": s, "blocks": s})."""
         start = time.perf_counter()
         where = {"model": graph.name, "version": version}
-        across: list[dict[str, Any]] = []  # edges between batches, once both ends are written
+        across: list[list[Any]] = []  # edges between batches, once both ends are written
 
         def write(batch: Batch) -> None:
             rows, inside, earlier = batch()
