@@ -651,6 +651,48 @@ def test_shape_arithmetic_any_number_of_stages_deep_is_folded_in_one_pass(monkey
     assert m.SerializeToString() == kept  # the caller's model is left as it was
 
 
+def _size_decided(threshold: int) -> onnx.ModelProto:
+    """Reshape(x, If(x.shape[1] > threshold, [1, 24], [1, 6, 4])): a branch chosen by
+    comparing sizes, as TorchScript writes scripted code that does (timm's Hiera-Det tiles
+    its position embedding so). The branches' targets differ in length, so ONNX's inference
+    of the If leaves the Reshape's rank open."""
+    ints = TensorProto.INT64
+
+    def branch(name: str, target: str, length: int) -> onnx.GraphProto:
+        return helper.make_graph([helper.make_node("Identity", [target], [f"{name}_t"])],
+                                 name, [], [vi(f"{name}_t", [length], ints)])
+
+    consts = [helper.make_tensor("one", ints, [], [1]),
+              helper.make_tensor("threshold", ints, [], [threshold]),
+              helper.make_tensor("flat", ints, [2], [1, 24]),
+              helper.make_tensor("same", ints, [3], [1, 6, 4])]
+    nodes = [helper.make_node("Shape", ["x"], ["s"], name="shape"),
+             helper.make_node("Gather", ["s", "one"], ["d"], name="dim"),
+             helper.make_node("Greater", ["d", "threshold"], ["wide"], name="wide"),
+             helper.make_node("If", ["wide"], ["target"], name="choose",
+                              then_branch=branch("then", "flat", 2),
+                              else_branch=branch("else", "same", 3)),
+             helper.make_node("Reshape", ["x", "target"], ["r"], name="reshape"),
+             helper.make_node("Relu", ["r"], ["y"], name="relu")]
+    return model(nodes, [vi("x", [1, 6, 4])], [vi("y", None)], consts, check=False)
+
+
+@pytest.mark.parametrize(("threshold", "shape"), [(5, (1, 24)), (6, (1, 6, 4))])
+def test_an_if_that_sizes_decide_is_folded_through_the_branch_taken(monkeypatch, threshold,
+                                                                    shape):
+    """The If's condition is shape arithmetic, so the branch it takes is known: its sizes come
+    out of the folding, not out of a run that loads every weight (as they did)."""
+    import toolkit.onnx.reader as reader
+
+    m = _size_decided(threshold)
+    inferred = onnx.shape_inference.infer_shapes(m, data_prop=True).graph
+    r = next(v for v in inferred.value_info if v.name == "r").type.tensor_type
+    assert not r.HasField("shape") or not all(d.HasField("dim_value") for d in r.shape.dim)
+    monkeypatch.setattr(reader, "runtime_shapes", lambda *_, **__: pytest.fail("the model ran"))
+    graph = reader.read_model(m, "m")
+    assert graph.tensors["y"].shape == shape and not graph.unknown_shapes
+
+
 def test_an_optional_input_left_out_keeps_the_others_in_their_places(monkeypatch):
     """Slice(shape, starts, ends, '', steps): the steps are steps, not axes (ONNX's own
     inference leaves the size open behind the Mod)."""

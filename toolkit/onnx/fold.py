@@ -79,11 +79,48 @@ class _Folding:
         self.inferred: dict[tuple[object, ...], list[Info | None]] = {}
 
     def run(self) -> dict[str, Info]:
-        for node in self.model.graph.node:
+        self._fold(self.model.graph.node)
+        return self.info
+
+    def _fold(self, nodes: Sequence[NodeProto]) -> None:
+        for node in nodes:
+            if node.op_type == "If" and node.domain in _DEFAULT_DOMAINS:
+                self._branch(node)
+                continue
             outs = [o for o in node.output if o]
             if outs and _inferable(node) and not all(_static(self.info.get(o)) for o in outs):
                 self._infer(node, [x for x in node.input if x])
-        return self.info
+
+    def _branch(self, node: NodeProto) -> None:
+        """An If whose condition the shape arithmetic decides (TorchScript writes one where
+        scripted code compares sizes): the branch it takes is folded as if it stood in the
+        graph, and its outputs' sizes and values are the If's. A branch that makes a name
+        the graph already has is left to the probe run."""
+        condition = self._value(node.input[0]) if node.input and node.input[0] else None
+        if condition is None or condition.size != 1:
+            return
+        taken = "then_branch" if bool(condition.reshape(-1)[0]) else "else_branch"
+        branch = next((a.g for a in node.attribute if a.name == taken), None)
+        if branch is None or len(branch.output) < len([o for o in node.output if o]):
+            return
+        made = {o for n in branch.node for o in n.output if o}
+        made.update(t.name for t in branch.initializer)
+        if any(name in self.info or name in self.values or name in self.producers
+               for name in made):
+            return
+        for t in branch.initializer:
+            self.values[t.name] = _array(t) if math.prod(t.dims) <= _SMALL_INITIALIZER \
+                else None
+            self.info[t.name] = Info(tuple(t.dims), t.data_type)
+        self.producers.update((o, n) for n in branch.node for o in n.output if o)
+        self._fold(branch.node)
+        for out, inner in zip(node.output, branch.output, strict=False):
+            if not out:
+                continue
+            got = self.info.get(inner.name)
+            if got is not None and _static(got):
+                self.info[out] = got
+            self.values[out] = self._value(inner.name)
 
     def _value(self, name: str) -> np.ndarray | None:
         """The value of `name` where it is shape arithmetic (small and computable from small
