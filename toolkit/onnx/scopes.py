@@ -13,24 +13,41 @@ _NAME_SCOPES = "pkg.torch.onnx.name_scopes"
 _CLASS_HIERARCHY = "pkg.torch.onnx.class_hierarchy"
 
 
-def module_of(node: NodeProto) -> tuple[str | None, dict[str, str]]:
+Scoped = tuple[str | None, tuple[tuple[str, str], ...]] | None
+
+
+def module_of(node: NodeProto, seen: dict[tuple[str, str], Scoped]
+              ) -> tuple[str | None, dict[str, str]]:
     """PyTorch module path of a node and the class of each enclosing module, where known.
 
     From the exporters' `pkg.torch.onnx.name_scopes`/`class_hierarchy` metadata, else from a
     scoped node name such as `/layer1/layer1.0/conv1/Conv` (TorchScript), which has no classes.
+    `seen` holds what each distinct metadata text spells: every node of a module repeats it.
     """
     if not node.metadata_props:
         return module_path(node.name), {}
     meta = {p.key: p.value for p in node.metadata_props}
-    scopes = _parse_list(meta.get(_NAME_SCOPES))
-    classes = _parse_list(meta.get(_CLASS_HIERARCHY))
-    if scopes:
-        if classes and classes[-1].startswith(_OP_CLASS_PREFIXES):  # innermost is the op itself
-            scopes, classes = scopes[:-1], classes[:-1]
-        paths = [_join_scopes([s for s in scopes[: k + 1] if s]) for k in range(len(scopes))]
-        known = {p: c for p, c in zip(paths, classes, strict=False) if p}
-        return (paths[-1] or None) if paths else None, known
-    return module_path(node.name), {}
+    texts = (meta.get(_NAME_SCOPES) or "", meta.get(_CLASS_HIERARCHY) or "")
+    if texts not in seen:
+        seen[texts] = _scoped(*texts)
+    scoped = seen[texts]
+    if scoped is None:
+        return module_path(node.name), {}
+    path, known = scoped
+    return path, dict(known)
+
+
+def _scoped(scopes_text: str, classes_text: str) -> Scoped:
+    """The module path and (path, class) pairs that a node's metadata spells; None where it
+    names no scopes."""
+    scopes, classes = _parse_list(scopes_text), _parse_list(classes_text)
+    if not scopes:
+        return None
+    if classes and classes[-1].startswith(_OP_CLASS_PREFIXES):  # innermost is the op itself
+        scopes, classes = scopes[:-1], classes[:-1]
+    paths = [_join_scopes([s for s in scopes[: k + 1] if s]) for k in range(len(scopes))]
+    known = tuple((p, c) for p, c in zip(paths, classes, strict=False) if p)
+    return (paths[-1] or None) if paths else None, known
 
 
 def modules_of(nodes: Sequence[NodeProto]) -> list[tuple[str | None, dict[str, str]]]:
@@ -41,7 +58,8 @@ def modules_of(nodes: Sequence[NodeProto]) -> list[tuple[str | None, dict[str, s
     taken, the metadata's classes kept where it reaches and the modules below of unknown
     class ("", so that no outer class names them). A few short ones are kept as they are: a
     module called twice (TorchScript names the second call `relu_1`) or shared."""
-    found = [module_of(n) for n in nodes]
+    seen: dict[tuple[str, str], Scoped] = {}
+    found = [module_of(n, seen) for n in nodes]
     scoped = [i for i, n in enumerate(nodes) if n.metadata_props and n.name.startswith("/")]
     named = {i: module_path(nodes[i].name) for i in scoped}
     short = [i for i in scoped if _extends(named[i], found[i][0])]
