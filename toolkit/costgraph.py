@@ -77,9 +77,13 @@ class CostGraph:
         return len(self.names)
 
     @functools.cached_property
-    def _by_producer(self) -> tuple[np.ndarray, np.ndarray]:
+    def _by_producer(self) -> tuple[list[int], list[int]]:
+        """Tensor indices sorted by producer, and where each layer's run of them starts
+        (layer v's are `order[starts[v]:starts[v + 1]]`), as lists: a solver asks for a few
+        layers at a time, thousands of times."""
         order = np.argsort(self.tensor_producer, kind="stable")
-        return order, self.tensor_producer[order]
+        starts = np.searchsorted(self.tensor_producer[order], np.arange(len(self) + 1))
+        return order.tolist(), starts.tolist()
 
     @functools.cached_property
     def _pairs(self) -> tuple[np.ndarray, np.ndarray]:
@@ -130,11 +134,10 @@ class CostGraph:
 
     def tensors_of(self, layers: Iterable[int]) -> list[int]:
         """Indices of the tensors produced by `layers`, without scanning every tensor."""
-        order, sorted_producers = self._by_producer
+        order, starts = self._by_producer
         found: list[int] = []
         for v in layers:
-            lo, hi = np.searchsorted(sorted_producers, [v, v + 1])
-            found.extend(order[lo:hi].tolist())
+            found.extend(order[starts[v]:starts[v + 1]])
         return found
 
     def index(self) -> dict[str, int]:
