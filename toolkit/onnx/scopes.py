@@ -45,7 +45,7 @@ def _scoped(scopes_text: str, classes_text: str) -> Scoped:
         return None
     if classes and classes[-1].startswith(_OP_CLASS_PREFIXES):  # innermost is the op itself
         scopes, classes = scopes[:-1], classes[:-1]
-    paths = [_join_scopes([s for s in scopes[: k + 1] if s]) for k in range(len(scopes))]
+    paths = _scope_paths(scopes)
     known = tuple((p, c) for p, c in zip(paths, classes, strict=False) if p)
     return (paths[-1] or None) if paths else None, known
 
@@ -91,7 +91,8 @@ def module_path(node_name: str) -> str | None:
 @functools.lru_cache(maxsize=1 << 16)
 def _scope_path(scope: str) -> str | None:
     """'/layer1/layer1.0/conv1' -> 'layer1.0.conv1': shared by every node of a module."""
-    return _join_scopes([p for p in scope.split("/")[1:] if p]) or None
+    parts = scope.split("/")[1:]
+    return (_scope_paths(parts)[-1] if parts else "") or None
 
 
 _METADATA_CHARS = 65_536  # a scope list longer than this is not read as one
@@ -109,20 +110,23 @@ def _parse_list(text: str | None) -> list[str]:
     return [str(v) for v in value] if isinstance(value, list | tuple) else [str(value)]
 
 
-def _join_scopes(parts: Sequence[str]) -> str:
-    """A module path from its scopes, each named relative to the module before it: a part that
-    extends the one before it by '.' is a child of that container (TorchScript's
-    ['layer1', 'layer1.0', 'conv1'] -> 'layer1.0.conv1'; dynamo's fully qualified
-    ['model', 'model.layers'] -> 'model.layers'), any other part an attribute path inside the
-    module so far (['model', 'model'] -> 'model.model', a wrapper's `model` holding a
-    transformers `model`; crossvit's ['blocks.0', 'blocks.0', 'blocks.0.0'] ->
-    'blocks.0.blocks.0.0')."""
+def _scope_paths(parts: Sequence[str]) -> list[str]:
+    """The module path after each of `parts`, scopes each named relative to the module before
+    it (an empty part adds nothing): a part that extends the one before it by '.' is a child
+    of that container (TorchScript's ['layer1', 'layer1.0', 'conv1'] -> 'layer1.0.conv1';
+    dynamo's fully qualified ['model', 'model.layers'] -> 'model.layers'), any other part an
+    attribute path inside the module so far (['model', 'model'] -> 'model.model', a
+    wrapper's `model` holding a transformers `model`; crossvit's ['blocks.0', 'blocks.0',
+    'blocks.0.0'] -> 'blocks.0.blocks.0.0')."""
     comps: list[str] = []
     previous = ""
+    paths = []
     for part in parts:
-        if previous and part.startswith(previous + "."):
-            comps.extend(part[len(previous) + 1:].split("."))
-        else:
-            comps.extend(part.split("."))
-        previous = part
-    return ".".join(comps)
+        if part:
+            if previous and part.startswith(previous + "."):
+                comps.extend(part[len(previous) + 1:].split("."))
+            else:
+                comps.extend(part.split("."))
+            previous = part
+        paths.append(".".join(comps))
+    return paths
