@@ -5,7 +5,7 @@
 // nodes' worth of relationships. Run until it returns 0. Both are found through the
 // (model, version, ...) indexes, never by scanning every layer of the database; layers and
 // blocks stored before versions existed (no version) go last, found from the model's
-// HAS_LAYER edges.
+// HAS_LAYER edges where it has more of them than its current version's layers.
 // $model, $before (a version; null: none), $version (null: none), $batch (nodes per call).
 // Returns deleted (count) and signatures (the types of the blocks deleted: name_block_types).
 // Internal: a step splitcut runs itself; `splitcut query` does not offer it.
@@ -37,7 +37,11 @@ CALL (layers) {
 }
 CALL (layers, blocks) {
   WITH layers, blocks WHERE layers + blocks = 0
-  MATCH (:Model {name: $model})-[:HAS_LAYER]->(l:Layer) WHERE l.version IS NULL
+  MATCH (m:Model {name: $model})
+  // only where the model has more layers than its current version's: the count is the node's
+  // degree, read without a scan, so a model with none left is not read layer by layer
+  WHERE COUNT { (m)-[:HAS_LAYER]->() } > coalesce(m.layer_count, 0)
+  MATCH (m)-[:HAS_LAYER]->(l:Layer) WHERE l.version IS NULL
   WITH l LIMIT $batch
   OPTIONAL MATCH (b:Block)-[:CONTAINS]->(l) WHERE b.version IS NULL
   DETACH DELETE b, l
