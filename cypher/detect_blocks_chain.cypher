@@ -47,7 +47,7 @@ CALL () {
   }
   RETURN count(*) AS written
 }
-WITH count(*) AS done
-MATCH (b:Block {model: $model, version: $version})
-WHERE $blocks[0].index <= b.index <= $blocks[-1].index
+WITH $blocks[0].index AS first, $blocks[-1].index AS last  // (as variables: the index seek
+MATCH (b:Block {model: $model, version: $version})           // then takes both bounds)
+WHERE first <= b.index <= last
 RETURN b.uid AS uid, b.key AS key ORDER BY b.index
