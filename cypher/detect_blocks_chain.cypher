@@ -47,7 +47,8 @@ CALL () {
   }
   RETURN count(*) AS written
 }
-WITH $blocks[0].index AS first, $blocks[-1].index AS last  // (as variables: the index seek
-MATCH (b:Block {model: $model, version: $version})           // then takes both bounds)
+// (the bounds as variables: the index seek then takes both, where from $blocks it took one)
+WITH $blocks[0].index AS first, $blocks[-1].index AS last
+MATCH (b:Block {model: $model, version: $version})
 WHERE first <= b.index <= last
 RETURN b.uid AS uid, b.key AS key ORDER BY b.index
