@@ -693,6 +693,36 @@ def test_an_if_that_sizes_decide_is_folded_through_the_branch_taken(monkeypatch,
     assert graph.tensors["y"].shape == shape and not graph.unknown_shapes
 
 
+@pytest.mark.parametrize(("threshold", "flops", "noted"), [
+    (5, 2 * 6 * 4 * 4, False), (6, 0, False), (None, 2 * 6 * 4 * 4, True)])
+def test_an_if_is_costed_as_the_branch_its_sizes_take(threshold, flops, noted):
+    """x.shape[1] > threshold ? x @ w : x. Where sizes decide the condition, the If costs the
+    branch taken and no note says the data decides; where the data does (a comparison of
+    values), it costs the costlier branch and says so."""
+    ints = TensorProto.INT64
+    then = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["xw"])], "then", [],
+                             [vi("xw", [1, 6, 4])])
+    other = helper.make_graph([helper.make_node("Identity", ["x"], ["same"])], "else", [],
+                              [vi("same", [1, 6, 4])])
+    if threshold is None:  # the data: the first element of x against zero
+        test = [helper.make_node("ReduceMax", ["x"], ["top"], keepdims=0),
+                helper.make_node("Greater", ["top", "zero"], ["wide"])]
+    else:
+        test = [helper.make_node("Shape", ["x"], ["s"]),
+                helper.make_node("Gather", ["s", "one"], ["d"]),
+                helper.make_node("Greater", ["d", "threshold"], ["wide"])]
+    nodes = [*test,
+             helper.make_node("If", ["wide"], ["chosen"], name="choose", then_branch=then,
+                              else_branch=other),
+             helper.make_node("Relu", ["chosen"], ["y"], name="relu")]
+    consts = [weight("w", 4, 4), helper.make_tensor("one", ints, [], [1]),
+              helper.make_tensor("threshold", ints, [], [threshold or 0]),
+              helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0])]
+    graph = read_model(model(nodes, [vi("x", [1, 6, 4])], [vi("y", [1, 6, 4])], consts), "m")
+    assert graph.layers["choose"].flops == flops
+    assert any("If node" in note for note in graph.notes) == noted
+
+
 def test_an_optional_input_left_out_keeps_the_others_in_their_places(monkeypatch):
     """Slice(shape, starts, ends, '', steps): the steps are steps, not axes (ONNX's own
     inference leaves the size open behind the Mod)."""

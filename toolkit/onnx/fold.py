@@ -53,11 +53,15 @@ _DEFAULT_DOMAINS = ("", "ai.onnx")
 _RUN_PARAMS: dict[str, Any] = {"new_ops": None, "log": lambda *_: None, "verbose": 0}
 
 
-def fold_shapes(model: ModelProto, info: dict[str, Info]) -> dict[str, Info]:
+def fold_shapes(model: ModelProto, info: dict[str, Info]
+                ) -> tuple[dict[str, Info], dict[str, str]]:
     """Sizes of weightless `model`'s tensors after evaluating its shape arithmetic (module
     doc): `info` is what static inference gave; nodes are taken in file order (exporters
-    write them in topological order; a node before its inputs only stays unresolved)."""
-    return _Folding(model, info).run()
+    write them in topological order; a node before its inputs only stays unresolved). Also
+    the branch ('then_branch' or 'else_branch') of each If whose condition the arithmetic
+    computes, by the If's first output."""
+    folding = _Folding(model, info)
+    return folding.run(), folding.taken
 
 
 class _Folding:
@@ -77,6 +81,7 @@ class _Folding:
         # each distinct evaluation and inference, by operator, attributes and inputs
         self.evaluated: dict[tuple[object, ...], list[np.ndarray | None]] = {}
         self.inferred: dict[tuple[object, ...], list[Info | None]] = {}
+        self.taken: dict[str, str] = {}  # an If's first output -> the branch it takes
 
     def run(self) -> dict[str, Info]:
         self._fold(self.model.graph.node)
@@ -100,6 +105,8 @@ class _Folding:
         if condition is None or condition.size != 1:
             return
         taken = "then_branch" if bool(condition.reshape(-1)[0]) else "else_branch"
+        if node.output and node.output[0]:
+            self.taken[node.output[0]] = taken
         branch = next((a.g for a in node.attribute if a.name == taken), None)
         if branch is None or len(branch.output) < len([o for o in node.output if o]):
             return

@@ -266,8 +266,8 @@ def _prepared(
         raise ModelError(f"model {name!r} has no nodes")
     nodes = _nodes(model.graph, name)  # before inference: a name that is not text is an error
     reader = _Reader(infer_shapes(model), name, nodes)
-    if reader.unresolved():
-        reader.info = fold_shapes(model, reader.info)
+    if reader.unresolved() or "If" in nodes.ops:  # (an If's condition may be arithmetic)
+        reader.info, reader.taken = fold_shapes(model, reader.info)
     missing = reader.unresolved()
     if missing:
         full = whole()
@@ -509,6 +509,7 @@ class _Reader:
         self.node_inputs, self.node_outputs = nodes.inputs, nodes.outputs
         self.module_classes: dict[str, str] = {}
         self.untripped = self.branches = 0  # control flow costed with a caveat (notes)
+        self.taken: dict[str, str] = {}  # the branch of an If its shape arithmetic decides
         self.any_half = False  # some tensor is a 16-bit float (build)
         self.modules: dict[int, tuple[str | None, dict[str, str]]] = {}  # layers' (build)
         self.opset = max(
@@ -818,16 +819,18 @@ class _Reader:
             return None
 
     def _control_flow(self, node: NodeProto, scope: MutableMapping[str, Info]) -> _Flow:
-        """An If, Loop or Scan as one layer (the cut cannot fall inside it): an If costs its
-        costlier branch (which one runs is decided by the data), a Loop its body times the
+        """An If, Loop or Scan as one layer (the cut cannot fall inside it): an If costs the
+        branch it takes where its condition is shape arithmetic (`fold_shapes` computed it),
+        else its costlier branch (the data decides which one runs), a Loop its body times the
         trip count, a Scan its body once per slice of the scanned axis. A Loop whose count
         the file does not fix (no constant maximum, or a condition computed in the body), or
         a Scan over an axis of unknown length, is costed as one iteration and says so."""
         bodies = {a.name: a.g for a in node.attribute if a.type == AttributeProto.GRAPH}
         label = node.name or node.op_type
         if node.op_type == "If":
-            branches = [self._body(bodies[b], scope, label) for b in ("then_branch", "else_branch")
-                        if b in bodies]
+            decided = self.taken.get(node.output[0]) if node.output else None
+            names = [decided] if decided in bodies else ["then_branch", "else_branch"]
+            branches = [self._body(bodies[b], scope, label) for b in names if b in bodies]
             if not branches:
                 return _Flow(0.0)
             costly = max(branches, key=lambda b: b.flops)
