@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
 import urllib.request
 from pathlib import Path
 
@@ -44,3 +46,24 @@ def test_the_suite_runs_on_its_own_server_not_the_users():
             "SHOW SETTINGS YIELD name, value WHERE name = 'server.directories.data' "
             "RETURN value", database_="system")
     assert records[0]["value"].startswith(str(ROOT / ".neo4j-tests"))
+
+
+def test_a_port_another_server_holds_is_refused_not_taken_for_its_own(tmp_path):
+    """Two suites on one machine (CI beside a developer's run): the second start's server could
+    not bind the port, and the first's, answering there, passed for it. Now the start stops,
+    in one line, before starting anything."""
+    from tests.conftest import SCRIPT
+
+    home = tmp_path / "home"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        env = {**os.environ, "NEO4J_LOCAL_HOME": str(home), "NEO4J_LOCAL_BOLT_PORT": port,
+               "NEO4J_LOCAL_HTTP_PORT": port}
+        done = subprocess.run([str(SCRIPT), "start"], env=env, capture_output=True, text=True,
+                              timeout=120)
+    assert done.returncode == 1
+    assert f"port {port} is taken by another server" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert not (home / "run" / "neo4j.pid").exists()  # nothing was started
