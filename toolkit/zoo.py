@@ -274,12 +274,14 @@ def _build_hf(arch: str) -> tuple[Any, tuple[Any, ...]]:
             if main == "input_ids":
                 # explicit mask and positions keep transformers' mask helpers (aten::diff) out
                 extra = {"attention_mask": torch.ones_like(x),
-                         "position_ids": torch.arange(x.shape[1]).unsqueeze(0)}
+                         "position_ids": torch.arange(x.shape[1], device=x.device).unsqueeze(0)}
             if encoder_decoder:
                 start = int(getattr(config, "decoder_start_token_id", None) or 0)
                 prompt = _positions(config, _DECODER_LENGTH)
-                extra["decoder_input_ids"] = torch.full((1, prompt), start % _vocab(config))
-                extra["decoder_attention_mask"] = torch.ones(1, prompt, dtype=torch.long)
+                extra["decoder_input_ids"] = torch.full((1, prompt), start % _vocab(config),
+                                                      device=x.device)
+                extra["decoder_attention_mask"] = torch.ones(1, prompt, dtype=torch.long,
+                                                           device=x.device)
             kwargs = {k: v for k, v in extra.items() if k in accepted}
             return self.model(**{main: x}, return_dict=False, **kwargs)[0]
 
