@@ -10,7 +10,7 @@ import time
 import numpy as np
 from onnx import helper, numpy_helper
 
-from bench import gpu_split, memory
+from bench import gpu_peak, gpu_split, memory
 from tests.helpers import model, save, vi
 
 
@@ -36,7 +36,7 @@ def test_the_prepared_gpu_run_trains_predicts_and_documents_on_the_cpu(tmp_path)
     assert json.loads((out / "gpu-split.json").read_text())["runs"] == json.loads(
         json.dumps(runs))  # written as it went
     doc = tmp_path / "gpu-split.md"
-    gpu_split.write_doc(results, "1 passed", doc)
+    gpu_split.write_doc([results], "1 passed", doc)
     text = doc.read_text()
     assert "## (a) measured per layer" in text and text.count("| mlp | 50 |") == 3
 
@@ -49,3 +49,22 @@ def test_the_gpu_memory_rows_are_predicted_here(tmp_path):
     predicted = memory.with_predictions(rows)[0]
     assert predicted["predicted_bytes"] > 0
     assert abs(predicted["error"]) < 0.5  # the CPU table's model, on the CPU: close
+
+
+def test_the_gpu_peak_replay_finds_the_peak_and_what_is_live_then():
+    """`bench.gpu_peak` replays the caching allocator's trace: the peak counts frees of blocks
+    made before the step too, and names each live block by the frame that asked for it."""
+    frames = {"conv": [{"name": "at::native::cudnn_convolution(...)"}],
+              "grad": [{"name": "at::_ops::foo"},
+                       {"name": "torch::autograd::generated::AddmmBackward0::apply(...)"}]}
+    trace = [{"action": "alloc", "addr": 1, "size": 100, "frames": frames["conv"]},
+             {"action": "free_requested", "addr": 7, "size": 30},  # made before the step
+             {"action": "alloc", "addr": 2, "size": 50, "frames": frames["grad"]},
+             {"action": "alloc", "addr": 3, "size": 10, "frames": []},
+             {"action": "free_requested", "addr": 1, "size": 100},
+             {"action": "alloc", "addr": 4, "size": 60, "frames": frames["grad"]}]
+    peak, live = gpu_peak._peak(trace)
+    assert peak == 130  # 100 - 30 + 50 + 10, before the conv's block is freed
+    assert [b["bytes"] for b in live] == [100, 50, 10]
+    assert live[0]["who"].startswith("at::native::cudnn_convolution")
+    assert live[1]["who"].startswith("torch::autograd::generated::AddmmBackward0")
