@@ -30,8 +30,8 @@ from typing import Any
 
 from bench.gpu_split import machine
 from toolkit import api, zoo
-from toolkit.costgraph import peak_memory
 from toolkit.costs import build_cost_graph
+from toolkit.memory import peak_bytes
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = {"resnet18": 8, "resnet50": 8, "mobilenet_v2": 8, "googlenet": 8,
@@ -104,15 +104,17 @@ def measure_one(name: str, batch: int, cuda: bool) -> dict[str, Any]:
             "measured_bytes": peak - before, "step_s": time.perf_counter() - start}
 
 
-def predicted(name: str, batch: int) -> dict[str, float]:
-    """The model's peak for training the whole model, less its state (weights and momentum
-    buffers, resident before the measured step), from the export of the module in train mode:
-    the graph PyTorch trains (dropout and stochastic depth in it)."""
+def predicted(name: str, batch: int, backend: str) -> dict[str, float]:
+    """The model's peak for training the whole model on `backend` ("cpu" or "cuda"), less its
+    state (weights and momentum buffers, resident before the measured step), from the export
+    of the module in train mode: the graph PyTorch trains (dropout and stochastic depth in
+    it)."""
     graph = api.load_graph(str(zoo.export(name, training=True)), name=name)
     costs = build_cost_graph(graph, api.make_scenario(batch=batch, optimizer="momentum"))
     assert costs.memory is not None
-    whole = peak_memory(costs, range(len(costs)))
-    return {"predicted_bytes": whole - sum(costs.memory.state), "predicted_peak_bytes": whole,
+    memory = costs.memory.on(backend)
+    whole = peak_bytes(memory, range(len(costs)), len(costs))
+    return {"predicted_bytes": whole - sum(memory.state), "predicted_peak_bytes": whole,
             "params": float(sum(layer.params for layer in graph))}
 
 
@@ -143,7 +145,7 @@ def with_predictions(measured: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The measured rows beside the model's prediction of each."""
     rows = []
     for row in measured:
-        row = {**row, **predicted(row["model"], row["batch"])}
+        row = {**row, **predicted(row["model"], row["batch"], row["device"])}
         row["error"] = row["predicted_bytes"] / row["measured_bytes"] - 1
         rows.append(row)
         print(f"{row['model']} b{row['batch']} on {row['device']}: measured "
@@ -253,22 +255,20 @@ factor fitted to a model.
   a CPU kernel allocates during the backward of its last stage (no tensor: the profiler sees
   an anonymous block, three times), which no graph shows.
 - **On a GPU** (the table below: an H200, 2026-11-30; raw rows in
-  bench/results/memory-cuda.json) the same model, built for PyTorch's CPU path, is within 7%
-  for 15 of 18 rows, median 2%. What is live at the peak was read from the caching
-  allocator's own trace (`python -m bench.gpu_peak`, bench/results/gpu-peak-*.json), so the
-  three rows beyond 7% each have a named cause, none of them a factor:
-  - **BERT at batch 32, +14%: dropout masks.** CUDA's fused dropout keeps a 1-byte mask per
-    element where the CPU path keeps a float; the masks of the train-mode export at batch 32
-    over-count by 3 bytes per element, 0.462 GB, and the excess is 0.466 GB. At batch 4 the
-    peak is at the end of the backward, with every weight gradient and no mask alive, and the
-    +6% there is not explained yet. The model has one size per tensor for every tier; a
-    mask size that depends on where the tier runs is left open.
+  bench/results/memory-cuda.json) the same model, with the GPU's dropout masks, is within 7%
+  for 16 of 18 rows, median 2%. What is live at the peak was read from the caching
+  allocator's own trace (`python -m bench.gpu_peak`, bench/results/gpu-peak-*.json):
+  - **Dropout masks.** CUDA's fused dropout keeps a 1-byte bool mask per element where the
+    CPU path keeps a float noise tensor. Counted as floats, BERT was +14% at batch 32 (the
+    masks over-counted by 0.462 GB, the excess was 0.466 GB) and +6% at batch 4; with the
+    mask sized by where the tier trains (`backend` in the processor profile,
+    `ModelMemory.on`) it is +0.4% and -3%.
   - **Sequencer2d, +16%: cuDNN's LSTM.** On CUDA the LSTM runs in cuDNN (`_cudnn_rnn`), whose
     reserve space is not the oneDNN workspace the model counts (that one is within 1% on the
-    CPU).
+    CPU). Not modelled.
   - **ResNet-18, -7%:** 16 MB above the CPU's measurement; at the peak the convolution's
     backward holds an 18.9 MB block that is no tensor of the graph (most likely cuDNN's
-    workspace, whose size its heuristics choose).
+    workspace, whose size its heuristics choose). Not modelled.
 """
 
 

@@ -16,6 +16,7 @@ from toolkit.onnx import read_onnx
 
 torch = pytest.importorskip("torch")
 BATCH, SEQ = 16, 64
+CPU = "raspberry-pi-5"  # a device that trains on its CPU, as autograd does here
 
 
 def _tiny() -> Any:
@@ -72,7 +73,7 @@ def _autograd_saved_bytes(output: Any, params: set[int]) -> int:
 def _kept(graph: Any, module: Any, inputs: Any) -> tuple[Any, float, int]:
     """The cost graph at BATCH, what its memory model keeps from the forward pass to the
     backward, and what autograd keeps running `module` on `inputs`."""
-    costs = build_cost_graph(graph, api.make_scenario(batch=BATCH, optimizer="sgd"))
+    costs = build_cost_graph(graph, api.make_scenario(batch=BATCH, optimizer="sgd", device=CPU))
     assert costs.memory is not None
     predicted = sum(x.nbytes for x in costs.memory.saved if x.start < 0 and not x.readers)
     params = {p.untyped_storage().data_ptr() for p in module.parameters()}

@@ -57,7 +57,9 @@ class CostGraph:
     pin_reasons: list[str | None] = field(default_factory=list)  # why each pinned layer is
     notes: list[str] = field(default_factory=list)  # how the model was read (exported batch, ...)
     server_pinned: frozenset[int] = frozenset()  # layers that must run on the server
-    memory: ModelMemory | None = None  # training memory terms (`toolkit.memory`)
+    memory: ModelMemory | None = None  # training memory terms (`toolkit.memory`), the device's
+    server_memory: ModelMemory | None = None  # the server's, where it trains on another
+    # backend (`ModelMemory.on`); None: the same as the device's
 
     def __post_init__(self) -> None:
         """Array views for the vectorised solvers, built once with the graph."""
@@ -245,12 +247,14 @@ def with_ancestors(graph: CostGraph, layers: Iterable[int]) -> set[int]:
     return closed
 
 
-def peak_memory(graph: CostGraph, layers: Collection[int]) -> float:
-    """Peak training memory, in bytes, of the tier that trains `layers` (`toolkit.memory`);
-    0 when the graph carries no memory terms."""
-    if graph.memory is None:
+def peak_memory(graph: CostGraph, layers: Collection[int], side: str = "device") -> float:
+    """Peak training memory, in bytes, of the tier that trains `layers` (`toolkit.memory`) on
+    the device or the server `side`; 0 when the graph carries no memory terms."""
+    memory = graph.server_memory if side == "server" and graph.server_memory is not None \
+        else graph.memory
+    if memory is None:
         return 0.0
-    return peak_bytes(graph.memory, layers, len(graph))
+    return peak_bytes(memory, layers, len(graph))
 
 
 def crossing_tensors(graph: CostGraph, device: Collection[int]) -> list[CostTensor]:

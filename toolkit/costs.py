@@ -349,7 +349,7 @@ def build_cost_graph(graph: LayerGraph, scenario: Scenario) -> CostGraph:
                       if graph.tensors[o].producer is not None})
     memory = model_memory(graph, scenario.batch, OPTIMIZER_STATES[scenario.optimizer],
                           {name: tensor_bytes(t, scenario.precision)
-                           for name, t in graph.tensors.items()})
+                           for name, t in graph.tensors.items()}).on(scenario.device.backend)
     return CostGraph(
         model=graph.name,
         names=[layer.name for layer in layers],
@@ -372,6 +372,7 @@ def build_cost_graph(graph: LayerGraph, scenario: Scenario) -> CostGraph:
         pin_reasons=[reasons.get(layer.name) for layer in layers],
         notes=list(graph.notes),
         memory=memory,
+        server_memory=memory.on(scenario.server.backend),
     )
 
 
@@ -413,4 +414,5 @@ def build_tier_graph(graph: LayerGraph, names: Sequence[str],
         np.column_stack([c.tensor_crossing for c in per_boundary]),
         np.array([c.latency_ms for c in per_boundary]),
         np.array([0.0 if u_shape else c.labels_ms for c in per_boundary]),
-        lowest, np.where(np.asarray(first.pinned, dtype=bool), 0, k - 1), scenario)
+        lowest, np.where(np.asarray(first.pinned, dtype=bool), 0, k - 1), scenario,
+        [first.memory] + [c.server_memory for c in per_boundary])

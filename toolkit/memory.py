@@ -20,9 +20,10 @@ For the tier that trains the layers S (in topological order), at batch b, in ste
   Attention op from opset 23, before that queries and keys both scaled before their
   product: torch.onnx's decomposition) what the fused kernel keeps, queries, keys, values,
   its output and one log-sum-exp per query row, not the attention matrix
-  (`fused_attention`); a dropout exported in training mode its mask, at the activation's
-  precision (PyTorch's CPU path multiplies by a float mask; CUDA's kernel keeps 1 byte per
-  element, so there this over-counts); an LSTM its input, its outputs and the part of
+  (`fused_attention`); a dropout exported in training mode its mask: at the activation's
+  precision on a CPU (PyTorch's CPU path multiplies by a float noise tensor), one byte per
+  element on CUDA (its fused kernel keeps a bool mask: `ModelMemory.on`, by the processor
+  profile's `backend`); an LSTM its input, its outputs and the part of
   oneDNN's workspace its forward writes (`lstm_workspace`); a GRU or RNN its input and its
   steps' tensors (`recurrent_steps`). A tensor kept by several ops
   (ReLU's output is the next convolution's input) is kept once: b x its bytes at the
@@ -63,7 +64,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 
 import numpy as np
@@ -83,6 +84,7 @@ NOT_DIFFERENTIABLE = frozenset({
     "Multinomial", "Less", "Greater", "LessOrEqual", "GreaterOrEqual", "Equal", "Not", "And",
     "Or", "Xor", "Shape", "Size", "ArgMax", "ArgMin", "NonZero", "IsNaN", "IsInf"})
 _INDEX_BYTES = 8  # MaxPool's argmax, int64 per output element
+_MASK_BYTES = 1  # CUDA's dropout mask, a bool per element
 Wiring = tuple[dict[str, int], dict[str, list[int]]]  # each tensor's producer, its readers
 
 
@@ -112,6 +114,23 @@ class ModelMemory:
     grads: list[float]
     workspace: list[float]
     saved: list[SavedTensor]
+    masks: dict[int, tuple[float, float]] = field(default_factory=dict)  # saved[j]: a
+    # dropout's mask, its bytes on the CPU (a float per element) and on CUDA (a byte)
+    backend: str = "cpu"  # where the tier trains (`Processor.backend`): sizes the masks
+
+    def on(self, backend: str) -> ModelMemory:
+        """The same terms for a tier that trains on `backend` ("cpu" or "cuda"). Only a
+        training-mode dropout's mask differs: PyTorch's CPU path multiplies by a float noise
+        tensor the size of the input and keeps it; CUDA's fused `native_dropout` keeps a bool
+        mask, one byte per element (measured on an H200: BERT at batch 32 from +14% to 0%,
+        docs/memory.md)."""
+        if backend == self.backend or not self.masks:
+            return self if backend == self.backend else replace(self, backend=backend)
+        column = 0 if backend == "cpu" else 1
+        saved = list(self.saved)
+        for j, sizes in self.masks.items():
+            saved[j] = replace(saved[j], nbytes=sizes[column])
+        return replace(self, saved=saved, backend=backend)
 
     @cached_property
     def columns(self) -> SavedColumns:
@@ -393,6 +412,12 @@ def model_memory(graph: LayerGraph, batch: int, state_buffers: int,
     def per_step(name: str) -> float:
         return times(name) * bytes_of.get(name, 0.0)
 
+    def elements(name: str) -> float:
+        """How many numbers of `name` a step makes."""
+        tensor = graph.tensors.get(name)
+        return 0.0 if tensor is None else \
+            times(name) * tensor.bytes / ELEMENT_BYTES.get(tensor.dtype, WORD)
+
     keepers: dict[tuple[str, int], list[int]] = {}  # (tensor, the layer with a copy, or -1)
     for i, layer in enumerate(layers):
         for name in fused.get(i, kept_by(layer, grad)):
@@ -402,16 +427,17 @@ def model_memory(graph: LayerGraph, batch: int, state_buffers: int,
              for (name, _), who in keepers.items()]
     saved += [SavedTensor(times(layers[i].outputs[0]) * nbytes, (i,))
               for i, nbytes in lse.items()]
+    masks: dict[int, tuple[float, float]] = {}
     for i, layer in enumerate(layers):
         if layer.op == "MaxPool" and layer.outputs and layer.outputs[0] in graph.tensors:
-            pooled = graph.tensors[layer.outputs[0]]
-            elements = pooled.bytes / ELEMENT_BYTES.get(pooled.dtype, WORD)
-            saved.append(SavedTensor(times(layer.outputs[0]) * elements * _INDEX_BYTES, (i,)))
+            saved.append(SavedTensor(elements(layer.outputs[0]) * _INDEX_BYTES, (i,)))
         if layer.op == "LayerNormalization" and layer.inputs and layer.inputs[0] in graph.tensors:
             saved.append(SavedTensor(times(layer.inputs[0]) * _row_statistics(graph, layer),
                                      (i,)))
         if layer.op == "Dropout" and "training_mode=1" in layer.attrs and layer.outputs:
-            saved.append(SavedTensor(per_step(layer.outputs[0]), (i,)))
+            masks[len(saved)] = (per_step(layer.outputs[0]),
+                                 elements(layer.outputs[0]) * _MASK_BYTES)
+            saved.append(SavedTensor(masks[len(saved)][0], (i,)))
         if layer.op == "LSTM":
             saved.append(SavedTensor(lstm_workspace(graph, layer, batch), (i,)))
         if layer.op in ("GRU", "RNN"):
@@ -422,7 +448,7 @@ def model_memory(graph: LayerGraph, batch: int, state_buffers: int,
         state=[float(x.params * x.weight_word * (1 + state_buffers)) for x in layers],
         grads=[float(x.params * x.weight_word) for x in layers],
         workspace=[sum(per_step(t) for t in (*x.inputs, *x.outputs)) for x in layers],
-        saved=saved)
+        saved=saved, masks=masks)
 
 
 _PAGE = 4096  # oneDNN aligns each region of an RNN workspace to a page

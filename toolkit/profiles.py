@@ -12,6 +12,7 @@ from pathlib import Path
 
 from toolkit.errors import ProfileError, ScenarioError
 
+BACKENDS = ("cpu", "cuda")
 _NUMBERS = (
     "fp32_tflops", "fp16_tflops", "memory_gbps", "matmul_efficiency", "conv_efficiency",
     "vector_efficiency", "memory_efficiency", "layer_overhead_us",
@@ -35,6 +36,7 @@ class Processor:
     layer_overhead_us: float
     sources: dict[str, str]
     memory_gb: float | None = None  # what training may use (a device's whole memory)
+    backend: str = "cpu"  # where PyTorch trains on it: "cpu" or "cuda" (sizes a dropout's mask)
 
 
 @dataclass(frozen=True)
@@ -87,8 +89,11 @@ def parse_processor(data: dict[str, object], origin: str) -> Processor:
     if memory is not None and (not isinstance(memory, int | float) or isinstance(memory, bool)
                                or not 0 < memory < math.inf):
         raise ProfileError(f"profile {origin}: memory_gb must be a finite, positive number")
+    backend = data.get("backend", "cpu")
+    if backend not in BACKENDS:
+        raise ProfileError(f"profile {origin}: backend must be one of {', '.join(BACKENDS)}")
     return Processor(
-        name=str(data["name"]), kind=str(data["kind"]),
+        name=str(data["name"]), kind=str(data["kind"]), backend=str(backend),
         description=str(data.get("description", "")), sources={
             str(k): str(v) for k, v in sources.items()
         }, memory_gb=float(memory) if memory is not None else None, **values,

@@ -17,7 +17,7 @@ however many consumers read it. With two tiers this is `CostGraph`'s D(S) term f
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +25,7 @@ import numpy as np
 
 from toolkit.costgraph import CostGraph
 from toolkit.errors import PartitionError
+from toolkit.memory import ModelMemory, peak_bytes
 
 
 @dataclass
@@ -41,6 +42,8 @@ class TierGraph:
     lowest: np.ndarray  # per layer, the lowest tier it may take
     highest: np.ndarray  # per layer, the highest
     scenario: dict[str, Any] = field(default_factory=dict)  # the chain as the JSON writes it
+    memories: list[ModelMemory | None] = field(default_factory=list)  # per tier (its
+    # processor's backend, `ModelMemory.on`); empty: the base's for every tier
 
     def __post_init__(self) -> None:
         n, k = len(self.base), len(self.tiers)
@@ -59,6 +62,16 @@ class TierGraph:
 
     def __len__(self) -> int:
         return len(self.base)
+
+    def peak_of(self, name: str, layers: Collection[int]) -> float:
+        """Peak training memory, in bytes, of the processor of the tiers named `name` (one
+        memory however many tiers it takes: a U-shape's head and tail) training `layers`."""
+        memory = self.memory_of(name)
+        return 0.0 if memory is None else peak_bytes(memory, layers, len(self))
+
+    def memory_of(self, name: str) -> ModelMemory | None:
+        """The memory terms of the processor of the tiers named `name`."""
+        return self.memories[self.tiers.index(name)] if self.memories else self.base.memory
 
     @property
     def k(self) -> int:

@@ -58,7 +58,7 @@ class Partition:
             "baselines_ms": self.baselines_ms,
             **({"memory": {"device_peak_bytes": peak_memory(g, on_device),
                            "server_peak_bytes": peak_memory(
-                               g, [i for i in range(len(g)) if i not in on_device]),
+                               g, [i for i in range(len(g)) if i not in on_device], "server"),
                            **self.memory}} if g.memory is not None else {}),
             "notes": list(g.notes),
             "solver": {

@@ -154,8 +154,8 @@ def solve_tiers_with_budget(graph: TierGraph, budgets: Mapping[str, float],
     free = solve_tiers(graph, "general")
 
     def peaks(tier: np.ndarray) -> dict[str, float]:
-        return {name: peak_memory(graph.base, [v for v in range(len(graph))
-                                                if graph.tiers[int(tier[v])] == name])
+        return {name: graph.peak_of(name, [v for v in range(len(graph))
+                                           if graph.tiers[int(tier[v])] == name])
                 for name in budgets}
 
     free_peaks = peaks(free.tier)
@@ -237,8 +237,7 @@ def tier_program(graph: TierGraph, budgets: Mapping[str, float],
     U-shape's device head and tail). Tier t of layer v is encoded as z[v][s] = [tier >= s]."""
     from ortools.sat.python import cp_model
 
-    base, memory = graph.base, graph.base.memory
-    assert memory is not None
+    base = graph.base
     n, k = len(graph), graph.k
     model = cp_model.CpModel()
     z = [[model.new_bool_var(f"z{v}_{t}") for t in range(k)] for v in range(n)]  # z[v][0] = 1
@@ -285,6 +284,8 @@ def tier_program(graph: TierGraph, budgets: Mapping[str, float],
     for name, budget in budgets.items():
         mine = [t for t in range(k) if graph.tiers[t] == name]
         member = [sum(at_least(v, t) - at_least(v, t + 1) for t in mine) for v in range(n)]
+        memory = graph.memory_of(name)
+        assert memory is not None
         peaks[name] = _peak_within(model, memory, member, budget, name)
     if least_peak_of is not None:
         model.minimize(peaks[least_peak_of])

@@ -27,7 +27,6 @@ from typing import Any
 import numpy as np
 
 from toolkit.blocks import BlockStructure
-from toolkit.costgraph import peak_memory
 from toolkit.errors import PartitionError
 from toolkit.partition.blockwise import same_rows, tensor_layouts
 from toolkit.partition.layered import TierCut, layered_cut, layered_optimum, quiet_sets
@@ -66,7 +65,7 @@ class TierPartition:
                       "processor", name),
                   "layers": [names[i] for i in self.layers_on(t)],
                   "compute_ms": self.delay.compute[t],
-                  "peak_memory_bytes": peak_memory(g.base, [
+                  "peak_memory_bytes": g.peak_of(name, [
                       i for u, other in enumerate(g.tiers) if other == name
                       for i in self.layers_on(u)])}
                  for t, name in enumerate(g.tiers)]
