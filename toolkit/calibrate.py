@@ -147,13 +147,17 @@ def _with(proc: Processor, field: str, value: float) -> Processor:
 
 
 def to_toml(proc: Processor) -> str:
-    """A processor profile file, every number with its source."""
+    """A processor profile file, every number with its source, and where PyTorch trains on
+    it (`backend`)."""
     lines = [f'name = "{proc.name}"', f'kind = "{proc.kind}"',
              f'description = "{proc.description}"']
     numbers = [f.name for f in dataclasses.fields(proc)
-               if f.name not in ("name", "kind", "description", "sources")
+               if f.name not in ("name", "kind", "description", "sources", "backend")
                and getattr(proc, f.name) is not None]
     lines += [f"{key} = {getattr(proc, key)!r}" for key in numbers]
+    lines.append(f'backend = "{proc.backend}"')
     lines += ["", "[sources]"]
     lines += [f'{key} = "{proc.sources.get(key, "")}"' for key in numbers]
+    if "backend" in proc.sources:
+        lines.append(f'backend = "{proc.sources["backend"]}"')
     return "\n".join(lines) + "\n"
