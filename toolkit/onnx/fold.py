@@ -174,23 +174,20 @@ class _Folding:
     def _infer(self, node: NodeProto, ins: Sequence[str]) -> None:
         """ONNX's inference of this one node, told the values of its inputs where known."""
         schema = self._schema(node.op_type)
-        types = {}
-        for x in ins:
-            got = self.info.get(x)
-            if got is None or not got.elem_type:
-                return
-            types[x] = onnx.helper.make_tensor_type_proto(
-                got.elem_type, got.shape if _static(got) else None)
-        if schema is None:
+        got = [self.info.get(x) for x in ins]
+        if schema is None or any(g is None or not g.elem_type for g in got):
             return
-        known = {x: self._value(x) for x in ins if _may_shape(self.info.get(x))}
+        sizes = [(g.elem_type, g.shape if _static(g) else None) for g in got if g is not None]
+        known = {x: self._value(x) for x, g in zip(ins, got, strict=True) if _may_shape(g)}
         key = (node.op_type, _attributes(node), tuple(bool(x) for x in node.input), tuple(
-            (types[x].SerializeToString(), _fingerprint(known.get(x))) for x in ins))
+            (size, _fingerprint(known.get(x))) for x, size in zip(ins, sizes, strict=True)))
         if key not in self.inferred:
+            types = {x: onnx.helper.make_tensor_type_proto(*size)
+                     for x, size in zip(ins, sizes, strict=True)}
             self.inferred[key] = self._inferred(node, schema, types, known)
-        for name, got in zip(node.output, self.inferred[key], strict=False):
-            if got is not None:
-                self.info[name] = got
+        for name, inferred in zip(node.output, self.inferred[key], strict=False):
+            if inferred is not None:
+                self.info[name] = inferred
 
     def _inferred(self, node: NodeProto, schema: onnx.defs.OpSchema,
                   types: dict[str, onnx.TypeProto], known: dict[str, np.ndarray | None]
