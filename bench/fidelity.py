@@ -377,7 +377,9 @@ def write_doc(results: dict[str, Any], doc: Path, plot: Path) -> None:
         "unattributed), and the SGD step's per-tensor dispatch is about 7 us per parameter "
         "tensor (1.2 ms on ShuffleNet's 170) beyond the memory-bound term.",
         "- So the whole-iteration median of (a) is bounded by that noise: the 5% goal needs "
-        "quieter machines or many more iterations than this run's budget.",
+        "quieter machines or many more iterations than this run's budget. A quieter machine "
+        "reaches it: the same comparison on a lent GPU machine (the device on one thread of a "
+        "16-core host, no quota; the server on the GPU) is in docs/gpu-split.md.",
         "",
         "## Every run", "",
               "| model | Mbit/s | cut | device layers | measured ms | (a) ms | (a) err | "
