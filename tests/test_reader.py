@@ -519,6 +519,43 @@ def test_buffers_marked_by_the_dynamo_exporter_are_not_trainable():
     assert marked.layers["add"].params == 0 and marked.layers["mm"].params == 16
 
 
+def test_an_initializer_marked_frozen_is_not_trainable():
+    """`splitcut.requires_grad = false` on an initializer (as `export_pytorch` marks a
+    module's frozen parameters, or a user by hand): no gradient, no parameters counted."""
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"], name="mm"),
+             helper.make_node("Add", ["h", "table"], ["y"], name="add")]
+    m = model(nodes, [vi("x", [1, 4])], [vi("y", [1, 4])],
+              [weight("w", 4, 4), weight("table", 1, 4, seed=2)])
+    assert read_model(m, "plain").total_params == 20
+    entry = m.graph.initializer[1].metadata_props.add()
+    entry.key, entry.value = "splitcut.requires_grad", "false"
+    marked = read_model(m, "marked")
+    assert marked.total_params == 16 and marked.layers["add"].params == 0
+
+
+@pytest.mark.parametrize("exporter", ["torchscript", "dynamo"])
+def test_a_modules_frozen_parameters_are_not_counted_after_either_export(tmp_path, exporter):
+    """A frozen position table (`requires_grad=False`, as Whisper's and Pegasus's sinusoidal
+    ones) is a parameter to torch and an initializer to both exporters; `export_pytorch` marks
+    it, so the file's trainable parameters are the module's (without the mark: +64)."""
+    torch = pytest.importorskip("torch")
+    from toolkit import zoo
+
+    class Frozen(torch.nn.Module):  # type: ignore[misc]
+        def __init__(self) -> None:
+            super().__init__()
+            self.table = torch.nn.Parameter(torch.randn(4, 16), requires_grad=False)
+            self.fc = torch.nn.Linear(16, 8)
+
+        def forward(self, x: object) -> object:
+            return self.fc(x + self.table)
+
+    module = Frozen().eval()
+    path = zoo.export_pytorch(module, (torch.randn(1, 4, 16),), tmp_path / "f.onnx", exporter)
+    trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
+    assert read_onnx(path, "f").total_params == trainable == 136
+
+
 @pytest.mark.parametrize(("sources", "trainable"), [
     ("['h', 'val_3', 'val_4']", False),  # the exporter's constants and an activation's shape
     ("['0.attn.weight']", True),  # a parameter folded (transposed): still trained

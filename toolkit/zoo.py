@@ -456,24 +456,43 @@ def export_pytorch(module: Any, args: tuple[Any, ...], path: str | Path,
         raise ToolkitError(f"unknown exporter {exporter!r}; choose one of {', '.join(EXPORTERS)}")
     path = Path(path)
     export_module(_torch(), module, args, path, exporter)
-    if exporter == "torchscript":
-        _annotate_modules(path, module)
+    frozen = {name for name, p in module.named_parameters() if not p.requires_grad}
+    if exporter == "torchscript" or frozen:
+        _annotate(path, module, exporter == "torchscript", frozen)
     return path
 
 
-def _annotate_modules(path: Path, module: Any) -> None:
-    """Give TorchScript exports the module-class metadata the dynamo exporter writes.
-
-    TorchScript names nodes by module path only (`/layer1/layer1.0/conv1/Conv`); the classes
-    (`Bottleneck`) name block types. Same keys and format as dynamo's
-    `pkg.torch.onnx.name_scopes` / `pkg.torch.onnx.class_hierarchy`.
-    """
+def _annotate(path: Path, module: Any, with_classes: bool, frozen: set[str]) -> None:
+    """Write into the export what the module knows and the exporter leaves out: its frozen
+    parameters (`requires_grad=False`, as Whisper's and Pegasus's sinusoidal position tables:
+    no gradient, no optimizer step), marked on their initializers (`FROZEN`); and, with
+    `with_classes`, the module-class metadata the dynamo exporter writes and TorchScript
+    does not (`_name_classes`)."""
     import onnx
 
+    from toolkit.onnx.load import FROZEN
+
+    model = onnx.load(str(path))
+    for t in model.graph.initializer:
+        if t.name in frozen:
+            entry = t.metadata_props.add()
+            entry.key, entry.value = FROZEN, "false"
+    if with_classes:
+        _name_classes(model, module)
+    if sum(len(t.raw_data) for t in model.graph.initializer) > INLINE_WEIGHTS:
+        onnx.save_model(model, str(path), save_as_external_data=True,
+                        all_tensors_to_one_file=True, location=data_file(path).name)
+    else:
+        onnx.save(model, str(path))
+
+
+def _name_classes(model: Any, module: Any) -> None:
+    """TorchScript names nodes by module path only (`/layer1/layer1.0/conv1/Conv`); the
+    classes (`Bottleneck`) name block types. Same keys and format as dynamo's
+    `pkg.torch.onnx.name_scopes` / `pkg.torch.onnx.class_hierarchy`."""
     from toolkit.onnx import module_path
 
     modules = {name: type(m) for name, m in module.named_modules()}
-    model = onnx.load(str(path))
     for node in model.graph.node:
         path_ = module_path(node.name)
         if path_ is None:
@@ -486,11 +505,6 @@ def _annotate_modules(path: Path, module: Any) -> None:
                            ("pkg.torch.onnx.class_hierarchy", classes)):
             entry = node.metadata_props.add()
             entry.key, entry.value = key, repr(value)
-    if sum(len(t.raw_data) for t in model.graph.initializer) > INLINE_WEIGHTS:
-        onnx.save_model(model, str(path), save_as_external_data=True,
-                        all_tensors_to_one_file=True, location=data_file(path).name)
-    else:
-        onnx.save(model, str(path))
 
 
 def data_file(path: Path) -> Path:

@@ -26,6 +26,9 @@ log = logging.getLogger(__name__)
 _BIG_WEIGHT_BYTES = 4096
 _INPUT_KIND = "pkg.torch.export.graph_signature.InputSpec.kind"
 _FOLDED_FROM = "pkg.onnxscript.optimizer.folded_from"
+FROZEN = "splitcut.requires_grad"
+"""An initializer's metadata key; "false" marks a parameter the module does not train (a frozen
+sinusoidal position table): `export_pytorch` writes it, a user may too."""
 _EXPORTER_VALUE = re.compile(r"val_[0-9]+")  # onnxscript's name for a value an op makes
 _SPARSE_GROWTH = 1000  # a weight pruned to 0.1% of its values is still read
 _SPARSE_SLACK_BYTES = 1 << 28
@@ -279,13 +282,15 @@ def first_line(exc: BaseException) -> str:
 
 
 def buffer_names(graph: GraphProto) -> set[str]:
-    """Initializers that carry no gradient by what the exporter wrote: those torch.export says
-    are not parameters (buffers, lifted constants), and those onnxscript's optimizer (on by
+    """Initializers that carry no gradient by what the exporter wrote: those marked frozen
+    (`FROZEN`), those torch.export says are not parameters (buffers, lifted constants), and
+    those onnxscript's optimizer (on by
     default in `torch.onnx.export(dynamo=True)`) folded from nothing a gradient reaches: the
     exporter's own constants (`val_N`, gone once folded), the shapes of activations (values
     the graph still computes) and such buffers. A folded initializer with any other source (a
     parameter transposed or scaled, or a source it cannot tell from one) stays trainable."""
-    marked: set[str] = set()
+    marked = {t.name for t in graph.initializer
+              if any(e.key == FROZEN and e.value == "false" for e in t.metadata_props)}
     recorded: list[tuple[str, str]] = []  # (initializer, what the optimizer folded it from)
     for vi in [*graph.value_info, *graph.input]:
         for e in vi.metadata_props:
