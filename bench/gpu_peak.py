@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from toolkit import zoo
+from bench.memory import training_step
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ["resnet18:8", "bert_base:4", "gpt2:2", "vit_b_16:4"]
@@ -64,23 +64,10 @@ def _peak(trace: list[dict[str, Any]]) -> tuple[int, list[dict[str, Any]]]:
 
 
 def trace_one(name: str, batch: int) -> dict[str, Any]:
+    """One measured training step of zoo model `name` at `batch` on the GPU, traced."""
     import torch
 
-    module, (example,) = zoo.get(name).build()
-    module.train()
-    shape = (batch, *example.shape[1:])
-    inputs = torch.randn(shape) if example.is_floating_point() \
-        else torch.randint(0, 1000, shape)
-    module, inputs = module.to("cuda"), inputs.to("cuda")
-    optimizer = torch.optim.SGD(module.parameters(), lr=1e-3, momentum=0.9)
-
-    def step() -> None:
-        optimizer.zero_grad(set_to_none=True)
-        output = module(inputs)
-        output = output[0] if isinstance(output, tuple) else output
-        output.sum().backward()
-        optimizer.step()
-
+    _, optimizer, step = training_step(name, batch, "cuda")
     step()
     optimizer.zero_grad(set_to_none=True)
     torch.cuda.synchronize()

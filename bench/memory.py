@@ -25,6 +25,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -59,22 +60,19 @@ def _status(field: str) -> int:
     raise RuntimeError(f"no {field} in /proc/self/status")
 
 
-def measure_one(name: str, batch: int, cuda: bool) -> dict[str, Any]:
-    """One training step of zoo model `name` at `batch` in this process: what it added."""
-    import gc
-
+def training_step(name: str, batch: int, device: str) -> tuple[Any, Any, Callable[[], None]]:
+    """Zoo model `name` in train mode on `device`, SGD with momentum, and one training step of
+    it at `batch` (loss = the output's sum, whose backward keeps nothing): the module, the
+    optimizer and the step."""
     import torch
 
-    torch.set_num_threads(2)
     module, (example,) = zoo.get(name).build()
     module.train()
     shape = (batch, *example.shape[1:])
     inputs = torch.randn(shape) if example.is_floating_point() \
         else torch.randint(0, 1000, shape)
-    device = "cuda" if cuda else "cpu"
     module, inputs = module.to(device), inputs.to(device)
     optimizer = torch.optim.SGD(module.parameters(), lr=1e-3, momentum=0.9)
-    weights = sum(p.numel() * p.element_size() for p in module.parameters())
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
@@ -83,6 +81,19 @@ def measure_one(name: str, batch: int, cuda: bool) -> dict[str, Any]:
         output.sum().backward()
         optimizer.step()
 
+    return module, optimizer, step
+
+
+def measure_one(name: str, batch: int, cuda: bool) -> dict[str, Any]:
+    """One training step of zoo model `name` at `batch` in this process: what it added."""
+    import gc
+
+    import torch
+
+    torch.set_num_threads(2)
+    device = "cuda" if cuda else "cpu"
+    module, optimizer, step = training_step(name, batch, device)
+    weights = sum(p.numel() * p.element_size() for p in module.parameters())
     step()  # the first step makes the momentum buffers, which stay
     optimizer.zero_grad(set_to_none=True)
     gc.collect()
