@@ -27,11 +27,12 @@ from bench.memory import training_step
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ["resnet18:8", "bert_base:4", "gpt2:2", "vit_b_16:4"]
 # the frames that say who asked for a block, most telling first
-_WHO = [re.compile(p) for p in (r"cudnn|cuDNN", r"cublas|cuBLAS|Lt", r"Backward\d*::apply",
+_WHO = [re.compile(p) for p in (r"cudnn|cuDNN", r"cublas|cuBLAS", r"Backward\d*::apply",
                                 r"at::native::\w+", r"at::_ops::\w+")]
 
 
 def _who(frames: list[dict[str, Any]]) -> str:
+    """Who asked for a block: its most telling frame's name, else its first Python line."""
     names = [str(f.get("name", "")) for f in frames]
     for pattern in _WHO:
         for name in names:

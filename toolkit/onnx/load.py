@@ -284,11 +284,11 @@ def first_line(exc: BaseException) -> str:
 def buffer_names(graph: GraphProto) -> set[str]:
     """Initializers that carry no gradient by what the exporter wrote: those marked frozen
     (`FROZEN`), those torch.export says are not parameters (buffers, lifted constants), and
-    those onnxscript's optimizer (on by
-    default in `torch.onnx.export(dynamo=True)`) folded from nothing a gradient reaches: the
-    exporter's own constants (`val_N`, gone once folded), the shapes of activations (values
-    the graph still computes) and such buffers. A folded initializer with any other source (a
-    parameter transposed or scaled, or a source it cannot tell from one) stays trainable."""
+    those onnxscript's optimizer (on by default in `torch.onnx.export(dynamo=True)`) folded
+    from nothing a gradient reaches: the exporter's own constants (`val_N`, gone once folded),
+    the shapes of activations (values the graph still computes) and such buffers. A folded
+    initializer with any other source (a parameter transposed or scaled, or a source it cannot
+    tell from one) stays trainable."""
     marked = {t.name for t in graph.initializer
               if any(e.key == FROZEN and e.value == "false" for e in t.metadata_props)}
     recorded: list[tuple[str, str]] = []  # (initializer, what the optimizer folded it from)
