@@ -17,6 +17,7 @@ from toolkit.costs import build_cost_graph
 from toolkit.errors import PartitionError
 from toolkit.memory import ModelMemory, SavedTensor, kept_by
 from toolkit.partition.budget import least_device_peak, smallest_device, solve_with_budget
+from toolkit.tiergraph import TierGraph
 
 TIED = (0.0, 1.0, 1.0, 2.0, 5.0)
 
@@ -175,10 +176,24 @@ def test_decomposed_gelu_and_silu_keep_what_the_fused_op_keeps():
     assert kept_by(gate[0]) == ("g",) and kept_by(gate[1]) == ("x", "g")
 
 
+def _per_tier_masks(chain: TierGraph, rng: np.random.Generator) -> TierGraph:
+    """Some kept tensors made dropout masks, smaller on CUDA, and each tier's processor on a
+    random backend: the tiers' memories differ (`ModelMemory.on`), as a CPU device's and a
+    GPU server's do."""
+    memory = chain.base.memory
+    assert memory is not None
+    masks = {j: (x.nbytes, float(rng.integers(0, int(x.nbytes) + 1)))
+             for j, x in enumerate(memory.saved) if not x.readers and rng.random() < 0.4}
+    memory = dataclasses.replace(memory, masks=masks)
+    return dataclasses.replace(chain, memories=[memory.on(str(rng.choice(["cpu", "cuda"])))
+                                                for _ in chain.tiers])
+
+
 @pytest.mark.parametrize("seed", range(2))
 def test_budgeted_tierings_equal_brute_force(seed):
     """Three-tier chains (U-shapes among them: head and tail share the device's memory) with
-    random memory and budgets on some of their processors, against every tiering."""
+    random memory, each processor's own (`_per_tier_masks`), and budgets on some of them,
+    against every tiering."""
     import itertools
 
     from tests.test_tiers import three_tiers
@@ -187,28 +202,30 @@ def test_budgeted_tierings_equal_brute_force(seed):
     from toolkit.tiergraph import check_tiers
 
     rng = np.random.default_rng(40 + seed)
-    checked = binding = infeasible = 0
+    masks = np.random.default_rng(140 + seed)  # (rng's stream stays as it was)
+    checked = binding = infeasible = differing = 0
     while checked < 60:
         graph = random_dag(rng)
         if len(graph) > 7:
             continue
-        chain = three_tiers(_with_memory(_costs(graph, rng), rng), rng)
+        chain = _per_tier_masks(three_tiers(_with_memory(_costs(graph, rng), rng), rng), masks)
+        differing += len({tuple(x.nbytes for x in m.saved) for m in chain.memories if m}) > 1
         try:  # budgets around what the unconstrained optimum needs: often binding
             free = solve_tiers(chain, "general", with_baselines=False).tier
         except PartitionError:
             free = np.zeros(len(graph), dtype=np.int64)
-        needs = {name: peak_memory(chain.base, [v for v in range(len(graph))
-                                                if chain.tiers[free[v]] == name])
+        needs = {name: chain.peak_of(name, [v for v in range(len(graph))
+                                            if chain.tiers[free[v]] == name])
                  for name in chain.tiers}
         floor = {name: 0.0 for name in needs}  # the device must hold its pinned layers
-        floor[chain.tiers[0]] = peak_memory(chain.base, np.flatnonzero(chain.highest == 0))
+        floor[chain.tiers[0]] = chain.peak_of(chain.tiers[0], np.flatnonzero(chain.highest == 0))
         budgets = {name: float(int(floor[name] + (need - floor[name]) * rng.uniform(0, 1.2)))
                    for name, need in needs.items() if rng.random() < 0.6} \
             or {chain.tiers[0]: float(rng.integers(0, 50))}
 
         def fits(tier: tuple[int, ...], budgets=budgets, chain=chain) -> bool:
-            return all(peak_memory(chain.base, [v for v, t in enumerate(tier)
-                                                if chain.tiers[t] == name]) <= budget
+            return all(chain.peak_of(name, [v for v, t in enumerate(tier)
+                                            if chain.tiers[t] == name]) <= budget
                        for name, budget in budgets.items())
 
         best = float("inf")
@@ -232,6 +249,7 @@ def test_budgeted_tierings_equal_brute_force(seed):
         binding += result.memory["unconstrained_ms"] < result.delay.total - 1e-9
         checked += 1
     assert binding >= 5, (binding, infeasible)
+    assert differing >= 10, differing  # tiers whose memories differ were solved
 
 
 def test_chain_budgets_from_the_cli(zoo_path, capsys, monkeypatch):
