@@ -194,8 +194,9 @@ why): **state** (weights and optimizer buffers: SGD 0, momentum 1, Adam 2 copies
 torch.optim keeps them) all along; **saved activations**, what each op's backward needs (a
 convolution or matmul its input, ReLU or softmax its output, a product with a weight its
 activation, a product of two activations the factor the other's gradient needs, a training-
-mode dropout its mask, an LSTM its input, outputs and what its forward writes of oneDNN's
-workspace, a GRU or RNN its input and each step's state and gates; an exporter's
+mode dropout its mask (a float per element on a CPU, a byte on CUDA), an LSTM its input,
+outputs and what its forward writes of oneDNN's workspace, a GRU or RNN its input and each
+step's state and gates; an exporter's
 decomposed GELU/SiLU and attention exported from `scaled_dot_product_attention` what
 PyTorch's fused kernels keep), each tensor once, from the forward pass to the backward's
 first keeper; **held tensors** (the model's outputs, and every
