@@ -284,6 +284,28 @@ def _groups(runs: list[dict[str, Any]], dedupe: bool = True) -> list[list[dict[s
     return list(groups.values())
 
 
+def choice_line(runs: list[dict[str, Any]], column: str) -> str:
+    """Whether the cut prediction `column` calls fastest measured fastest, per (model, rate)."""
+    choices = [g for g in _groups(runs) if len(g) > 1]
+    agree = sum(_fastest(g, column) == _fastest(g, "measured_ms") for g in choices)
+    return (f"Predicted-fastest cut measured fastest: {agree} of {len(choices)} (model, rate) "
+            "pairs that offer two or more different partitions "
+            f"({len(_groups(runs)) - len(choices)} others: the three cuts are one partition).")
+
+
+def noise_lines(runs: list[dict[str, Any]]) -> list[str]:
+    """How much the same partition trained twice differs (a run's noise floor)."""
+    spread = [abs(a["measured_ms"]["total_ms"] - b["measured_ms"]["total_ms"])
+              / min(a["measured_ms"]["total_ms"], b["measured_ms"]["total_ms"])
+              for g in _groups(runs, dedupe=False) for a in g for b in g
+              if a is not b and _partition(a) == _partition(b)]
+    if not spread:
+        return []
+    return ["Run-to-run noise: the same partition trained twice (e.g. when the optimum is "
+            f"device-only) differs by {statistics.median(spread) * 100:.0f}% in median "
+            f"and {max(spread) * 100:.0f}% at worst.", ""]
+
+
 def error_table(runs: list[dict[str, Any]], column: str) -> list[str]:
     """Per term, the median and worst error of prediction `column` over the runs (terms of
     under half a millisecond measured left out: their relative error is noise)."""
@@ -335,21 +357,9 @@ def write_doc(results: dict[str, Any], doc: Path, plot: Path) -> None:
     ]
     for column, label in (("predicted_a_ms", "(a) measured per layer"),
                           ("predicted_b_ms", "(b) calibrated roofline")):
-        lines += [f"## {label}", "", *error_table(runs, column)]
-        choices = [g for g in _groups(runs) if len(g) > 1]
-        agree = sum(_fastest(g, column) == _fastest(g, "measured_ms") for g in choices)
-        lines += ["", f"Predicted-fastest cut measured fastest: {agree} of {len(choices)} "
-                      "(model, rate) pairs that offer two or more different partitions "
-                      f"({len(_groups(runs)) - len(choices)} others: the three cuts are one "
-                      "partition).", ""]
-    spread = [abs(a["measured_ms"]["total_ms"] - b["measured_ms"]["total_ms"])
-              / min(a["measured_ms"]["total_ms"], b["measured_ms"]["total_ms"])
-              for g in _groups(runs, dedupe=False) for a in g for b in g
-              if a is not b and _partition(a) == _partition(b)]
-    if spread:
-        lines += ["Run-to-run noise: the same partition trained twice (e.g. when the optimum is "
-                  f"device-only) differs by {statistics.median(spread) * 100:.0f}% in median "
-                  f"and {max(spread) * 100:.0f}% at worst.", ""]
+        lines += [f"## {label}", "", *error_table(runs, column), "", choice_line(runs, column),
+                  ""]
+    lines += noise_lines(runs)
     lines += [
         "## Reading these numbers", "",
         "- The link terms are the kernel's shaping against bytes x 8 / rate plus the one-way "

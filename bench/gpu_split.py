@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.fidelity import error_table, run_record, run_row, said
+from bench.fidelity import choice_line, error_table, noise_lines, run_record, run_row, said
 from toolkit import api, zoo
 from toolkit.calibrate import to_toml
 from toolkit.costs import build_tier_graph
@@ -201,7 +201,9 @@ def write_doc(sessions: list[dict[str, Any]], tests_log: str, doc: Path) -> None
     ]
     for column, label in (("predicted_a_ms", "(a) measured per layer"),
                           ("predicted_b_ms", "(b) profiles")):
-        lines += [f"## {label}", "", *error_table(runs, column), ""]
+        lines += [f"## {label}", "", *error_table(runs, column), "", choice_line(runs, column),
+                  ""]
+    lines += noise_lines(runs)
     lines += ["## Every run", "",
               "| model | Mbit/s | cut | device layers | measured ms | (a) ms | (a) err | (b) ms "
               "| (b) err | server measured / (a) / (b) ms | upload measured / (a) ms |",
