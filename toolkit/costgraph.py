@@ -17,7 +17,7 @@ import functools
 import itertools
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -247,7 +247,8 @@ def with_ancestors(graph: CostGraph, layers: Iterable[int]) -> set[int]:
     return closed
 
 
-def peak_memory(graph: CostGraph, layers: Collection[int], side: str = "device") -> float:
+def peak_memory(graph: CostGraph, layers: Collection[int],
+                side: Literal["device", "server"] = "device") -> float:
     """Peak training memory, in bytes, of the tier that trains `layers` (`toolkit.memory`) on
     the device or the server `side`; 0 when the graph carries no memory terms."""
     memory = graph.server_memory if side == "server" and graph.server_memory is not None \
