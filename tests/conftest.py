@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import os
+import random
+import socket
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -13,11 +15,12 @@ from toolkit import zoo
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "scripts" / "neo4j-local"
 # The suite's own Neo4j server: its own home folder, ports and password, started here and
-# stopped after the run, so that no test ever writes to a user's database.
+# stopped after the run, so that no test ever writes to a user's database. Its ports are set
+# in pytest_configure (`suite_ports`).
 SUITE_SERVER = {
     "NEO4J_LOCAL_HOME": str(ROOT / ".neo4j-tests"),
-    "NEO4J_LOCAL_BOLT_PORT": os.environ.get("SPLITCUT_TEST_BOLT_PORT", "7697"),
-    "NEO4J_LOCAL_HTTP_PORT": os.environ.get("SPLITCUT_TEST_HTTP_PORT", "7484"),
+    "NEO4J_LOCAL_BOLT_PORT": "7697",
+    "NEO4J_LOCAL_HTTP_PORT": "7484",
     "NEO4J_PASSWORD": "splitcut-test",
 }
 _USER: dict[str, Any] = {}  # the user's server as the environment names it, and its models
@@ -39,6 +42,41 @@ def _user_models(uri: str, password: str) -> list[str] | None:
         return None
 
 
+def port_free(port: int) -> bool:
+    """Nothing on this machine listens on `port` (a bind to it succeeds)."""
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_ports(count: int) -> list[str]:
+    """`count` distinct ports that nothing listens on, below the kernel's ephemeral range (so
+    that no outgoing connection is handed one before a server binds it)."""
+    chosen: list[str] = []
+    while len(chosen) < count:
+        port = random.randrange(20000, 32000)
+        if str(port) not in chosen and port_free(port):
+            chosen.append(str(port))
+    return chosen
+
+
+def suite_ports() -> tuple[str, str]:
+    """The suite server's Bolt and HTTP ports: SPLITCUT_TEST_BOLT_PORT/_HTTP_PORT where set,
+    else 7697 and 7484 where both are free, else two free ports (another suite, in another
+    checkout, holds those)."""
+    bolt, http = (os.environ.get(f"SPLITCUT_TEST_{kind}_PORT") for kind in ("BOLT", "HTTP"))
+    if bolt or http:
+        return bolt or "7697", http or "7484"
+    if port_free(7697) and port_free(7484):
+        return "7697", "7484"
+    bolt, http = free_ports(2)
+    print(f"the suite's Neo4j server takes ports {bolt} and {http}: 7697 or 7484 is taken")
+    return bolt, http
+
+
 def pytest_configure(config: pytest.Config) -> None:
     """Start the suite's server and point every test at it; note the user's models first."""
     if hasattr(config, "workerinput"):
@@ -46,6 +84,11 @@ def pytest_configure(config: pytest.Config) -> None:
     _USER["uri"] = os.environ.get("NEO4J_URI", "bolt://127.0.0.1:7687")
     _USER["password"] = os.environ.get("NEO4J_PASSWORD", "splitcut-dev")
     _USER["models"] = _user_models(_USER["uri"], _USER["password"])
+    # a server this checkout's suite left running (an interrupted run) is stopped, so that the
+    # ports chosen are the ones it listens on
+    subprocess.run([str(SCRIPT), "stop"], env={**os.environ, **SUITE_SERVER}, check=False,
+                   capture_output=True, timeout=300)
+    SUITE_SERVER["NEO4J_LOCAL_BOLT_PORT"], SUITE_SERVER["NEO4J_LOCAL_HTTP_PORT"] = suite_ports()
     os.environ.update(SUITE_SERVER)
     os.environ["NEO4J_URI"] = f"bolt://127.0.0.1:{SUITE_SERVER['NEO4J_LOCAL_BOLT_PORT']}"
     os.environ.pop("NEO4J_DATABASE", None)

@@ -37,7 +37,7 @@ def test_the_suite_runs_on_its_own_server_not_the_users():
     user runs (bolt 7687, .neo4j/) is never the one the tests write to."""
     from tests.conftest import ROOT, SUITE_SERVER
 
-    assert URI == f"bolt://127.0.0.1:{SUITE_SERVER['NEO4J_LOCAL_BOLT_PORT']}" != \
+    assert URI == f"bolt://127.0.0.1:{os.environ['NEO4J_LOCAL_BOLT_PORT']}" != \
         "bolt://127.0.0.1:7687"
     pid = (Path(SUITE_SERVER["NEO4J_LOCAL_HOME"]) / "run" / "neo4j.pid").read_text().strip()
     assert Path(f"/proc/{pid}").exists()  # the server answering is the suite's
@@ -67,3 +67,21 @@ def test_a_port_another_server_holds_is_refused_not_taken_for_its_own(tmp_path):
     assert f"port {port} is taken by another server" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
     assert not (home / "run" / "neo4j.pid").exists()  # nothing was started
+
+
+def test_a_second_suite_takes_free_ports_when_the_default_ones_are_held(monkeypatch):
+    """Two suites at once in two checkouts: the second finds 7697 held (by the first suite's
+    server, or here by a socket) and takes two free ports instead; ports it is told are kept."""
+    from tests.conftest import port_free, suite_ports
+
+    monkeypatch.delenv("SPLITCUT_TEST_BOLT_PORT", raising=False)
+    monkeypatch.delenv("SPLITCUT_TEST_HTTP_PORT", raising=False)
+    with socket.socket() as held:
+        if port_free(7697):  # (the suite's own server holds it when it runs on the defaults)
+            held.bind(("127.0.0.1", 7697))
+            held.listen()
+        bolt, http = suite_ports()
+        assert {bolt, http}.isdisjoint({"7697", "7484"}) and bolt != http
+        assert port_free(int(bolt)) and port_free(int(http))
+    monkeypatch.setenv("SPLITCUT_TEST_BOLT_PORT", "7799")
+    assert suite_ports() == ("7799", "7484")

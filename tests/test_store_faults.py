@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import free_ports
 from toolkit import api
 from toolkit.blocks import find_blocks
 from toolkit.costs import build_cost_graph
@@ -22,11 +23,13 @@ from toolkit.store import Connection, Store, StoreError, TransactionTooLargeErro
 from toolkit.synthetic import deep_model
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "neo4j-local"
+BOLT_PORT, HTTP_PORT = free_ports(2)  # the second server's, the same across its restarts
+URI = f"bolt://127.0.0.1:{BOLT_PORT}"
 
 
 def server(home: Path, action: str, **settings: str) -> None:
-    env = {**os.environ, "NEO4J_LOCAL_HOME": str(home), "NEO4J_LOCAL_BOLT_PORT": "7688",
-           "NEO4J_LOCAL_HTTP_PORT": "7475", "NEO4J_PASSWORD": "splitcut-dev", **settings}
+    env = {**os.environ, "NEO4J_LOCAL_HOME": str(home), "NEO4J_LOCAL_BOLT_PORT": BOLT_PORT,
+           "NEO4J_LOCAL_HTTP_PORT": HTTP_PORT, "NEO4J_PASSWORD": "splitcut-dev", **settings}
     subprocess.run([str(SCRIPT), action], env=env, check=True, capture_output=True, timeout=300)
 
 
@@ -63,7 +66,7 @@ def count_layers(store: Store, model: str) -> int:
 def test_server_killed_mid_ingest_leaves_the_old_version_whole(second_server):
     """A 100,000-layer replacement is killed while its blocks are detected: after the restart
     readers see the old version whole; the next ingest (another file) deletes both."""
-    connection = Connection("bolt://127.0.0.1:7688", "neo4j", "splitcut-dev", None,
+    connection = Connection(URI, "neo4j", "splitcut-dev", None,
                             retry_seconds=5)
     name = "replaced-while-killed"
     scenario = api.make_scenario()
@@ -106,7 +109,7 @@ def test_server_killed_mid_ingest_leaves_the_old_version_whole(second_server):
 
 
 def test_server_killed_mid_ingest_of_a_new_model_shows_no_model(second_server):
-    connection = Connection("bolt://127.0.0.1:7688", "neo4j", "splitcut-dev", None,
+    connection = Connection(URI, "neo4j", "splitcut-dev", None,
                             retry_seconds=5)
     graph = deep_model("transformer", 5_000)
     costs = build_cost_graph(graph, api.make_scenario())
@@ -148,7 +151,7 @@ def _labels(store: Store, model: str) -> tuple[set[int], int, list[float]]:
 
 
 def test_server_killed_during_label_write_back_keeps_the_old_partition(second_server):
-    connection = Connection("bolt://127.0.0.1:7688", "neo4j", "splitcut-dev", None,
+    connection = Connection(URI, "neo4j", "splitcut-dev", None,
                             retry_seconds=5)
     graph = deep_model("transformer", 10_000)
     all_device = api.make_scenario(device="jetson-agx-orin", server="cpu-server", uplink="1Gbps")
@@ -183,7 +186,7 @@ def test_server_killed_during_label_write_back_keeps_the_old_partition(second_se
 
 
 def test_a_write_during_a_restart_is_retried_until_the_server_is_back(second_server):
-    connection = Connection("bolt://127.0.0.1:7688", "neo4j", "splitcut-dev", None,
+    connection = Connection(URI, "neo4j", "splitcut-dev", None,
                             retry_seconds=180)
     graph = deep_model("residual", 500)
     result = api.partition_model(graph, api.make_scenario(uplink="1Gbps"))
@@ -217,7 +220,7 @@ def small_server(tmp_path_factory):
     """A server allowing 8 MiB per transaction (a 5,000-layer model needs more in one)."""
     home = tmp_path_factory.mktemp("small") / "neo4j"
     server(home, "start", NEO4J_LOCAL_TX_MAX="8m")
-    yield Connection("bolt://127.0.0.1:7688", "neo4j", "splitcut-dev", None, retry_seconds=60)
+    yield Connection(URI, "neo4j", "splitcut-dev", None, retry_seconds=60)
     server(home, "stop")
 
 
