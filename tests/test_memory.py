@@ -339,3 +339,30 @@ def test_a_gru_or_rnn_keeps_what_autograd_keeps_for_its_steps(
     # without the steps' tensors (most of it), or the second direction's copy of a
     # batch-first sequence, this fails
     assert predicted == pytest.approx(measured, rel=0.01)
+
+
+def test_a_fourier_transform_keeps_nothing_for_its_backward(tmp_path: Path) -> None:
+    """FNet's token mixing (a 2-D FFT's real part added to its input, between two linear
+    layers; exported by dynamo as DFT nodes): an FFT's gradient is the inverse FFT of the
+    output's gradient, so autograd keeps only what the linear layers read. Counting the DFTs'
+    inputs fails. (The sum is FNet's: a layer reading the real part itself would keep the
+    complex storage that view lies in, which the model does not count.)"""
+    nn = torch.nn
+
+    class Mixer(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Linear(32, 32), nn.Linear(32, 32)
+
+        def forward(self, x: Any) -> Any:
+            h = self.a(x)
+            return self.b(torch.fft.fftn(h, dim=(1, 2)).real + h)
+
+    module, x = Mixer().train(), torch.randn(BATCH, SEQ, 32)
+    path = tmp_path / "mixer.onnx"
+    zoo.export_module(torch, module, (x,), path, "dynamo")
+    graph = api.load_graph(str(path), name="mixer", dims={"batch": BATCH})
+    dfts = [layer for layer in graph if layer.op == "DFT"]
+    assert dfts and all(layer.supported for layer in dfts)
+    _, predicted, measured = _kept(graph, module, x)
+    assert predicted == pytest.approx(measured, rel=0.01)

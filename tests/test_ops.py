@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import pytest
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 from tests.helpers import model, single_op, vi, weight
 from toolkit.onnx import read_model
@@ -219,3 +222,46 @@ def test_deform_conv_is_a_convolution_over_interpolated_samples():
     assert layer.supported and layer.params == 6 * 4 * 9
     assert layer.macs == 6 * 64 * 4 * 9  # the convolution's
     assert layer.flops == 2 * layer.macs + 8 * 64 * 4 * 9  # 4 taps per sample
+
+
+def _fft(n: int, complex_input: bool) -> float:
+    """One FFT of length n as FFTW's benchmarks count it: 5 n log2 n FLOPs, half on reals."""
+    return (5.0 if complex_input else 2.5) * n * math.log2(n)
+
+
+@pytest.mark.parametrize(("opset", "axis"), [(17, 1), (17, 2), (20, 1), (20, None)])
+def test_dft_is_one_fft_along_its_axis_per_position_of_the_others(opset, axis):
+    """DFT's axis is an attribute (default 1) up to opset 19 and an input (default -2, the
+    last signal axis) from opset 20; the transform runs once per position of the others."""
+    inputs, inits, attrs = ["x"], [], {}
+    if opset == 17:
+        attrs["axis"] = axis
+    elif axis is not None:
+        inputs += ["", "axis"]
+        inits.append(numpy_helper.from_array(np.array(axis, dtype=np.int64), "axis"))
+    node = helper.make_node("DFT", inputs, ["y"], name="f", **attrs)
+    layer = only_layer(model([node], [vi("x", [2, 16, 8, 2])], [vi("y", [2, 16, 8, 2])],
+                             inits, opset=opset))
+    n = {1: 16, 2: 8, None: 8}[axis]
+    assert layer.supported and layer.macs == 0
+    assert layer.flops == pytest.approx(2 * 16 * 8 / n * _fft(n, True))
+
+
+def test_a_onesided_dft_of_reals_padded_by_dft_length_counts_the_padded_length():
+    node = helper.make_node("DFT", ["x", "n"], ["y"], name="f", axis=1, onesided=1)
+    n = numpy_helper.from_array(np.array(32, dtype=np.int64), "n")
+    layer = only_layer(model([node], [vi("x", [3, 20, 1])], [vi("y", [3, 17, 2])], [n]))
+    assert layer.supported and layer.flops == pytest.approx(3 * _fft(32, False))
+
+
+@pytest.mark.parametrize("window", [True, False])
+def test_stft_windows_and_transforms_each_frame(window):
+    """A signal of 400 reals in frames of 64 every 16 samples: 22 frames of 33 bins."""
+    step = numpy_helper.from_array(np.array(16, dtype=np.int64), "step")
+    length = numpy_helper.from_array(np.array(64, dtype=np.int64), "length")
+    names = ["x", "step", "w" if window else "", "" if window else "length"]
+    inits = [step, *([weight("w", 64)] if window else [length])]
+    node = helper.make_node("STFT", names, ["y"], name="s", onesided=1)
+    layer = only_layer(model([node], [vi("x", [2, 400, 1])], [vi("y", [2, 22, 33, 2])], inits))
+    assert layer.supported
+    assert layer.flops == pytest.approx(2 * 22 * ((64 if window else 0) + _fft(64, False)))

@@ -77,7 +77,8 @@ KEEPS_OUTPUT = frozenset({"Relu", "Sigmoid", "Tanh", "Softmax", "LogSoftmax", "E
                           "Reciprocal", "HardSigmoid"})
 KEEPS_NOTHING = DATA_MOVEMENT | frozenset({
     "Add", "Sub", "Neg", "Sum", "Identity", "ReduceSum", "ReduceMean", "GlobalAveragePool",
-    "Dropout", "Equal", "Less", "Greater", "Not", "And", "Or", "Where"})
+    "Dropout", "Equal", "Less", "Greater", "Not", "And", "Or", "Where",
+    "DFT", "STFT"})  # a Fourier transform's gradient is the inverse transform: sizes only
 SCALING = frozenset({"Mul", "Div"})  # by a constant: nothing kept; of two activations: both
 NOT_DIFFERENTIABLE = frozenset({
     "RandomUniformLike", "RandomNormalLike", "RandomUniform", "RandomNormal", "Bernoulli",

@@ -241,6 +241,41 @@ def deform_conv(f: OpFacts) -> OpCost:
     return OpCost(conv_cost.flops + sampling, conv_cost.macs)
 
 
+def _fft_flops(n: int, complex_input: bool) -> float:
+    """One fast Fourier transform of length n: 5 n log2 n FLOPs on complex numbers, half that
+    on real ones (the count FFTW's benchmarks charge an FFT, whatever algorithm runs)."""
+    return (5.0 if complex_input else 2.5) * n * math.log2(n) if n > 1 else 0.0
+
+
+def dft(f: OpFacts) -> OpCost:
+    """DFT: one FFT along `axis` (the reader sets it from the attribute, the axis input, or
+    the opset's default) per position of the other axes, of the input's length there, or of
+    the output's where `dft_length` pads it (a one-sided output holds n / 2 + 1 bins); the
+    last axis holds a real (1) or complex (2) number."""
+    x, out = _shape(f, 0), f.outputs[0] if f.outputs else None
+    axis = f.attrs.get("axis")
+    if x is None or out is None or len(x) < 2 or len(out) != len(x) \
+            or not isinstance(axis, int) or not -len(x) <= axis < len(x) - 1:
+        return unknown(f)
+    axis %= len(x)
+    padded = 2 * (out[axis] - 1) if _number_attr(f, "onesided") else out[axis]
+    n = max(x[axis], padded)
+    transforms = numel(x) // max(x[axis] * x[-1], 1)
+    return OpCost(transforms * _fft_flops(n, x[-1] == 2))
+
+
+def stft(f: OpFacts) -> OpCost:
+    """STFT: per frame of each signal (output batch x frames), the window's product (one per
+    sample of the frame, where a window is given) and one FFT of the frame's length (the
+    window's, else `frame_length`, which the reader reads from its constant input)."""
+    x, window, out = _shape(f, 0), _shape(f, 2), f.outputs[0] if f.outputs else None
+    n = window[0] if window else f.attrs.get("frame_length")
+    if x is None or out is None or len(x) != 3 or len(out) != 4 or not isinstance(n, int):
+        return unknown(f)
+    frames = out[0] * out[1]
+    return OpCost(frames * ((n if window else 0) + _fft_flops(n, x[-1] == 2)))
+
+
 def nll_loss(f: OpFacts) -> OpCost:
     """NegativeLogLikelihoodLoss: one weighted pick per target element (gather, weight, sum)."""
     return OpCost(2.0 * numel(_shape(f, 1)))
@@ -453,6 +488,8 @@ REGISTRY: dict[str, Handle] = {
     "LSTM": recurrent(4),
     "Resize": resize,
     "Upsample": resize,
+    "DFT": dft,
+    "STFT": stft,
 }
 REGISTRY.update({f"com.microsoft.{op}": handle for op, handle in {
     "FusedConv": fused(conv, summand=3),

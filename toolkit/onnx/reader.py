@@ -752,6 +752,10 @@ class _Reader:
         if op == "Dropout" and self._constant(inputs[2:3], 0.0) \
                 and self._constant(inputs[1:2], 0.5):
             attrs["training_mode"] = 1  # drops at training time: keeps a mask (toolkit.memory)
+        if op == "DFT" and "axis" not in attrs:  # an attribute (default 1) until opset 20
+            attrs["axis"] = 1 if self.opset < 20 else self._integer(inputs[2:3], -2)
+        if op == "STFT":  # the frame's length, where no window gives it
+            attrs["frame_length"] = self._integer(inputs[3:4], None)
         cost: OpCost | _Flow
         if op in _SUBGRAPH_OPS:
             cost = self._control_flow(self.graph.node[i], self.info)
@@ -796,6 +800,14 @@ class _Reader:
             return absent
         value = self._scalar(names[0])
         return 0.0 if value is None else value
+
+    def _integer(self, names: Sequence[str], absent: int | None) -> int | None:
+        """The value of the one integer scalar constant named: `absent` where none is named,
+        None where it is not a constant."""
+        if not names or not names[0]:
+            return absent
+        value = self._scalar(names[0])
+        return int(value) if value is not None and value.is_integer() else None
 
     def _scalar(self, name: str) -> float | None:
         """The value of the scalar constant (initializer or Constant node) `name`, if it is one."""
