@@ -265,3 +265,17 @@ def test_stft_windows_and_transforms_each_frame(window):
     layer = only_layer(model([node], [vi("x", [2, 400, 1])], [vi("y", [2, 22, 33, 2])], inits))
     assert layer.supported
     assert layer.flops == pytest.approx(2 * 22 * ((64 if window else 0) + _fft(64, False)))
+
+
+def test_a_size_no_run_could_give_says_why_the_run_failed():
+    """Sizes after an operator ONNX does not know are asked of one onnxruntime run; where the
+    run fails too (onnxruntime does not know it either, or the file is inconsistent: a broken
+    export), the note says why, in one line."""
+    nodes = [helper.make_node("FancyOp", ["x"], ["f"], domain="com.example"),
+             helper.make_node("Relu", ["f"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [vi("x", [1, 10])], [vi("y", None)])
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                helper.make_opsetid("com.example", 1)])
+    note = next(n for n in read_model(m, "custom").notes if "unknown size" in n)
+    assert note.startswith("2 tensors of unknown size")
+    assert "the run failed: " in note and "FancyOp" in note and "\n" not in note

@@ -50,6 +50,7 @@ from toolkit.onnx.scopes import modules_of
 from toolkit.onnx.shapes import (
     FLOAT_TYPES,
     Info,
+    Probe,
     dtype_name,
     infer_shapes,
     runtime_shapes,
@@ -510,6 +511,7 @@ class _Reader:
         self.module_classes: dict[str, str] = {}
         self.untripped = self.branches = 0  # control flow costed with a caveat (notes)
         self.taken: dict[str, str] = {}  # the branch of an If its shape arithmetic decides
+        self.probe_failure = ""  # why the probe run (refine) could not run the model
         self.any_half = False  # some tensor is a 16-bit float (build)
         self.modules: dict[int, tuple[str | None, dict[str, str]]] = {}  # layers' (build)
         self.opset = max(
@@ -530,9 +532,10 @@ class _Reader:
                     found[out] = info.elem_type
         return found
 
-    def refine(self, seen: dict[str, Info]) -> None:
+    def refine(self, probe: Probe) -> None:
         """Sizes (and element types) seen in the probe run replace what inference left."""
-        self.info.update(seen)
+        self.info.update(probe.shapes)
+        self.probe_failure = probe.failure
 
     def build(self, batch: _Batch | None = None) -> LayerGraph:
         order = self._node_order()  # also fills self.deps
@@ -572,9 +575,10 @@ class _Reader:
                          "per element read or written, for want of a cost model for the "
                          f"operator or of its sizes: {ops}")
         if unknown:
+            why = f"; the run failed: {self.probe_failure}" if self.probe_failure else ""
             notes.append(f"{len(unknown)} tensor{'s' if len(unknown) > 1 else ''} of unknown "
-                         "size (neither ONNX's inference nor a run of the model gave one), each "
-                         "taken as large as its producer's largest input")
+                         f"size (neither ONNX's inference nor a run of the model gave one{why}), "
+                         "each taken as large as its producer's largest input")
         if layers and not any(layer.trainable for layer in layers):
             notes.append("no trainable parameters (no layer reads a float weight: a quantized "
                          "file, or one whose weights are inputs): nothing trains, so every "

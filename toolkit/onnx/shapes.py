@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import re
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -33,22 +34,22 @@ def infer_shapes(model: ModelProto) -> ModelProto:
 
 def runtime_shapes(
     model: ModelProto, names: dict[str, int], inputs: Sequence[ValueInfoProto] | None = None,
-) -> dict[str, Info]:
+) -> Probe:
     """Shapes and element types of `names` (name -> element type, 0 where inference gave
     none) seen running the model once in onnxruntime.
 
     Used where static inference and folding leave sizes symbolic (sizes that depend on data,
     as NonZero's, or operators ONNX does not know). `inputs` replace the model's declared
     graph inputs (the reader's, with `--dim` values); symbolic input dimensions are taken as
-    1. Returns {} if the model cannot run (custom ops, missing weights): the static shapes
-    then stand.
+    1. Where the model cannot run (custom ops, missing weights, an inconsistent file) no shapes
+    come back, and why: the static shapes then stand.
     """
     try:
         import onnxruntime as ort
     except ImportError:
-        return {}
+        return Probe({}, "onnxruntime is not installed")
     if not names:
-        return {}
+        return Probe({})
     probe, feeds = _probe_model(model, inputs)
     del probe.graph.output[:]
     for name, elem_type in names.items():
@@ -62,8 +63,7 @@ def runtime_shapes(
         shape = info.shape or ()
         if any(d < 0 for d in shape) or math.prod(shape) > _PROBE_ELEMENTS \
                 or info.elem_type not in ELEM_BYTES:
-            log.info("input %s (%s) is not one to run the model on", vi.name, shape)
-            return {}
+            return Probe({}, f"input {vi.name!r} of shape {shape} is not one to run it on")
         dtype = onnx.helper.tensor_dtype_to_np_dtype(info.elem_type or TensorProto.FLOAT)
         feeds[vi.name] = np.zeros(shape, dtype=dtype)
     ort.set_default_logger_severity(4)  # failures are handled here, not printed by onnxruntime
@@ -77,9 +77,10 @@ def runtime_shapes(
         values = session.run(None, feeds)
     except Exception as exc:
         log.info("onnxruntime could not refine shapes (%s)", first_line(exc))
-        return {}
-    return {o.name: Info(tuple(int(d) for d in np.shape(v)), _elem_type(v))
-            for o, v in zip(probe.graph.output, values, strict=True)}
+        reason = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", str(exc).strip())
+        return Probe({}, reason.splitlines()[0][:200] if reason else type(exc).__name__)
+    return Probe({o.name: Info(tuple(int(d) for d in np.shape(v)), _elem_type(v))
+                  for o, v in zip(probe.graph.output, values, strict=True)})
 
 
 def _elem_type(value: object) -> int:
@@ -143,6 +144,14 @@ class Info(NamedTuple):
     shape: Shape | None
     elem_type: int
     symbolic: bool = False
+
+
+class Probe(NamedTuple):
+    """What one onnxruntime run of a model saw: sizes by tensor name, or why it could not run
+    ("" where it ran)."""
+
+    shapes: dict[str, Info]
+    failure: str = ""
 
 
 def value_info(vi: ValueInfoProto) -> Info:
