@@ -366,3 +366,40 @@ def test_a_fourier_transform_keeps_nothing_for_its_backward(tmp_path: Path) -> N
     assert dfts and all(layer.supported for layer in dfts)
     _, predicted, measured = _kept(graph, module, x)
     assert predicted == pytest.approx(measured, rel=0.01)
+
+
+def test_roi_align_keeps_the_boxes_not_the_features(tmp_path: Path) -> None:
+    """torchvision's RoIAlign saves the boxes for its backward (and the features' shape), not
+    the features: as autograd's saved-tensor hooks see it running a Faster R-CNN-like head."""
+    torchvision = pytest.importorskip("torchvision")
+    nn = torch.nn
+
+    class Head(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv, self.fc = nn.Conv2d(3, 8, 3, padding=1), nn.Linear(8 * 7 * 7, 10)
+
+        def forward(self, x: Any, boxes: Any) -> Any:
+            pooled = torchvision.ops.roi_align(self.conv(x), boxes, output_size=7,
+                                               sampling_ratio=2)
+            return self.fc(pooled.flatten(1))
+
+    module = Head()
+    x = torch.randn(2, 3, 32, 32)
+    boxes = torch.tensor([[0, 1.0, 1.0, 20.0, 20.0], [1, 4.0, 2.0, 30.0, 25.0]])
+    saved: dict[int, tuple[int, ...]] = {}
+
+    def pack(t: Any) -> Any:
+        saved[t.untyped_storage().data_ptr()] = tuple(t.shape)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        module(x, boxes)
+    shapes = set(saved.values())
+    assert (2, 8, 32, 32) not in shapes and {(2, 3, 32, 32), (2, 5)} <= shapes
+    path = tmp_path / "head.onnx"
+    zoo.export_module(torch, module, (x, boxes), path, "torchscript")
+    graph = api.load_graph(str(path), name="head")
+    roi = next(layer for layer in graph if layer.op == "RoiAlign")
+    assert roi.supported and kept_by(roi) == roi.inputs[1:2]
+    assert graph.tensors[roi.inputs[1]].shape[-1] == 4  # the boxes' corners

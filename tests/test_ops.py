@@ -279,3 +279,17 @@ def test_a_size_no_run_could_give_says_why_the_run_failed():
     note = next(n for n in read_model(m, "custom").notes if "unknown size" in n)
     assert note.startswith("2 tensors of unknown size")
     assert "the run failed: " in note and "FancyOp" in note and "\n" not in note
+
+
+@pytest.mark.parametrize(("ratio", "supported"), [(2, True), (0, False)])
+def test_roi_align_interpolates_its_sampling_points_per_output(ratio, supported):
+    """Each pooled element averages ratio^2 points of 4 taps each; an adaptive ratio (0)
+    follows each box's size, which the data decides: a guess, said so."""
+    node = helper.make_node("RoiAlign", ["x", "rois", "idx"], ["y"], name="r",
+                            output_height=7, output_width=7, sampling_ratio=ratio)
+    m = model([node], [vi("x", [2, 8, 32, 32]), vi("rois", [3, 4]),
+                       vi("idx", [3], TensorProto.INT64)], [vi("y", [3, 8, 7, 7])], opset=16)
+    layer = only_layer(m)
+    assert layer.supported == supported
+    if supported:
+        assert layer.flops == 9 * ratio * ratio * 3 * 8 * 7 * 7

@@ -183,6 +183,8 @@ def kept_by(layer: Layer, carries_grad: Collection[str] | None = None) -> tuple[
         return (*layer.inputs[:1], *layer.outputs)  # (not ONNX's reordered weights: PyTorch's)
     if layer.op in ("GRU", "RNN"):  # the sequence in; its steps' tensors: `recurrent_steps`
         return layer.inputs[:1]
+    if layer.op == "RoiAlign":  # torchvision's backward reads the boxes, not the features
+        return layer.inputs[1:2]
     if layer.op == "Mul" and len(layer.inputs) == 2 and carries_grad is not None:
         a, b = layer.inputs
         return (*((a,) if b in carries_grad else ()), *((b,) if a in carries_grad else ()))

@@ -228,6 +228,17 @@ def grid_sample(f: OpFacts) -> OpCost:
     return OpCost(2.0 * taps * numel(out))
 
 
+def roi_align(f: OpFacts) -> OpCost:
+    """RoiAlign: each output element (rois x channels x output height x width) pools
+    `sampling_ratio` squared points, each interpolated from 4 values (one MAC each) and summed
+    or compared once. An adaptive ratio (0, the default) depends on each box's size, which
+    the data decides: a guess then."""
+    out, ratio = f.outputs[0] if f.outputs else None, int(_number_attr(f, "sampling_ratio"))
+    if out is None or len(out) != 4 or ratio <= 0:
+        return unknown(f)
+    return OpCost((2.0 * 4 + 1) * ratio * ratio * numel(out))
+
+
 def deform_conv(f: OpFacts) -> OpCost:
     """DeformConv: a convolution (weight input 1, bias input 3) over input values sampled at
     learnt offsets: each of the N x H_out x W_out x C_in x kernel samples interpolates 4 values
@@ -474,6 +485,7 @@ REGISTRY: dict[str, Handle] = {
     "DeformConv": deform_conv,
     "Attention": attention,
     "GridSample": grid_sample,
+    "RoiAlign": roi_align,
     "Gemm": gemm,
     "MatMul": matmul,
     "MatMulInteger": matmul,
