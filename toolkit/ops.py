@@ -280,11 +280,11 @@ def stft(f: OpFacts) -> OpCost:
     sample of the frame, where a window is given) and one FFT of the frame's length (the
     window's, else `frame_length`, which the reader reads from its constant input)."""
     x, window, out = _shape(f, 0), _shape(f, 2), f.outputs[0] if f.outputs else None
-    n = window[0] if window else f.attrs.get("frame_length")
+    n = window[0] if window is not None and len(window) == 1 else f.attrs.get("frame_length")
     if x is None or out is None or len(x) != 3 or len(out) != 4 or not isinstance(n, int):
         return unknown(f)
     frames = out[0] * out[1]
-    return OpCost(frames * ((n if window else 0) + _fft_flops(n, x[-1] == 2)))
+    return OpCost(frames * ((n if window is not None else 0) + _fft_flops(n, x[-1] == 2)))
 
 
 def nll_loss(f: OpFacts) -> OpCost:

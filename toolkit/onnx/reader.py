@@ -758,8 +758,8 @@ class _Reader:
             attrs["training_mode"] = 1  # drops at training time: keeps a mask (toolkit.memory)
         if op == "DFT" and "axis" not in attrs:  # an attribute (default 1) until opset 20
             attrs["axis"] = 1 if self.opset < 20 else self._integer(inputs[2:3], -2)
-        if op == "STFT":  # the frame's length, where no window gives it
-            attrs["frame_length"] = self._integer(inputs[3:4], None)
+        if op == "STFT" and self._integer(inputs[3:4], None) is not None:
+            attrs["frame_length"] = self._integer(inputs[3:4], None)  # where no window gives it
         cost: OpCost | _Flow
         if op in _SUBGRAPH_OPS:
             cost = self._control_flow(self.graph.node[i], self.info)
