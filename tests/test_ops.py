@@ -293,3 +293,10 @@ def test_roi_align_interpolates_its_sampling_points_per_output(ratio, supported)
     assert layer.supported == supported
     if supported:
         assert layer.flops == 9 * ratio * ratio * 3 * 8 * 7 * 7
+
+
+def test_the_inverse_of_one_sided_bins_is_a_real_transform_of_the_output_length():
+    """irfft: 3 one-sided bins of a 5-sample real signal back to the 5 samples."""
+    node = helper.make_node("DFT", ["x"], ["y"], name="f", axis=1, inverse=1, onesided=1)
+    layer = only_layer(model([node], [vi("x", [4, 3, 2])], [vi("y", [4, 5, 1])], opset=19))
+    assert layer.supported and layer.flops == pytest.approx(4 * _fft(5, False))

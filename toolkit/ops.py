@@ -261,18 +261,24 @@ def _fft_flops(n: int, complex_input: bool) -> float:
 def dft(f: OpFacts) -> OpCost:
     """DFT: one FFT along `axis` (the reader sets it from the attribute, the axis input, or
     the opset's default) per position of the other axes, of the input's length there, or of
-    the output's where `dft_length` pads it (a one-sided output holds n / 2 + 1 bins); the
-    last axis holds a real (1) or complex (2) number."""
+    the output's where `dft_length` pads it (a one-sided output holds n / 2 + 1 bins; the
+    inverse of one-sided bins is a real signal of n); the last axis holds a real (1) or
+    complex (2) number, and a transform with real input or output costs half."""
     x, out = _shape(f, 0), f.outputs[0] if f.outputs else None
     axis = f.attrs.get("axis")
     if x is None or out is None or len(x) < 2 or len(out) != len(x) \
             or not isinstance(axis, int) or not -len(x) <= axis < len(x) - 1:
         return unknown(f)
     axis %= len(x)
-    padded = 2 * (out[axis] - 1) if _number_attr(f, "onesided") else out[axis]
-    n = max(x[axis], padded)
+    inverse, onesided = _number_attr(f, "inverse"), _number_attr(f, "onesided")
+    if onesided and inverse:  # one-sided bins in, n real samples out
+        n = out[axis]
+    elif onesided:
+        n = max(x[axis], 2 * (out[axis] - 1))
+    else:
+        n = max(x[axis], out[axis])
     transforms = numel(x) // max(x[axis] * x[-1], 1)
-    return OpCost(transforms * _fft_flops(n, x[-1] == 2))
+    return OpCost(transforms * _fft_flops(n, x[-1] == 2 and out[-1] == 2))
 
 
 def stft(f: OpFacts) -> OpCost:
