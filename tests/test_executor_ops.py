@@ -41,6 +41,24 @@ class _Resample(nn.Module):
         return F.interpolate(self.conv(x), **self.how)  # type: ignore[arg-type]
 
 
+class _Fourier(nn.Module):
+    """FNet's token mixing (a 2-D FFT's real part), or a filter in the frequency domain
+    (a one-sided FFT, scaled, and its inverse)."""
+
+    def __init__(self, filtered: bool) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(6, 6), nn.Linear(6, 6)
+        self.filtered = filtered
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.a(x)
+        if self.filtered:
+            mixed = torch.fft.irfft(torch.fft.rfft(h, dim=1) * 0.5, n=h.shape[1], dim=1)
+        else:
+            mixed = torch.fft.fftn(h, dim=(1, 2)).real
+        return self.b(mixed + h)
+
+
 CASES: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
     "lstm-bidirectional-batch-first": (lambda: _Recurrent(nn.LSTM(
         5, 6, num_layers=2, bidirectional=True, batch_first=True)), (3, 7, 5)),
@@ -58,7 +76,10 @@ CASES: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
     "nearest": (lambda: _Resample(scale_factor=3, mode="nearest"), (2, 3, 5, 7)),
     "nearest-downsample": (lambda: _Resample(size=(3, 4), mode="nearest"), (2, 3, 5, 7)),
     "bicubic": (lambda: _Resample(size=(8, 11), mode="bicubic"), (2, 3, 5, 7)),
+    "fourier-mixing": (lambda: _Fourier(filtered=False), (2, 5, 6)),
+    "fourier-filter": (lambda: _Fourier(filtered=True), (2, 5, 6)),
 }
+EXPORTER = {"fourier-mixing": "dynamo", "fourier-filter": "dynamo"}  # TorchScript: no fft
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -67,7 +88,7 @@ def test_executor_gives_pytorchs_outputs_and_gradients(case, tmp_path):
     torch.manual_seed(0)
     module = make().eval()
     x = torch.randn(*shape)
-    path = export_pytorch(module, (x,), tmp_path / "m.onnx")
+    path = export_pytorch(module, (x,), tmp_path / "m.onnx", EXPORTER.get(case, "torchscript"))
     m = onnx.load(str(path))
     executor = OnnxModule(m, trainable_initializers(m.graph))
     fed = x.clone().requires_grad_(True)

@@ -68,19 +68,21 @@ class _Body:
     constants: dict[str, torch.Tensor]
 
 
-def _node(node: NodeProto) -> Node:
-    return (node.op_type, {a.name: _attribute(a) for a in node.attribute}, list(node.input),
-            list(node.output))
+def _node(node: NodeProto, opset: int) -> Node:
+    attrs = {a.name: _attribute(a, opset) for a in node.attribute}
+    if node.op_type == "DFT" and "axis" not in attrs:  # an attribute until opset 20, an input
+        attrs["axis"] = 1 if opset < 20 else -2     # after (which the op reads where given)
+    return node.op_type, attrs, list(node.input), list(node.output)
 
 
-def _attribute(attr: AttributeProto) -> Any:
+def _attribute(attr: AttributeProto, opset: int) -> Any:
     if attr.type == AttributeProto.GRAPH:
         g = attr.g
         try:
             constants = {t.name: to_tensor(t) for t in g.initializer}
         except NotImplementedError as exc:
             raise ModelError(f"cannot train on a constant of body {attr.name!r}: {exc}") from exc
-        return _Body([_node(n) for n in g.node], [i.name for i in g.input],
+        return _Body([_node(n, opset) for n in g.node], [i.name for i in g.input],
                      [o.name for o in g.output], constants)
     if attr.type == AttributeProto.GRAPHS:
         raise ModelError(f"op with a list of subgraphs {attr.name!r} cannot be trained here")
@@ -266,6 +268,8 @@ class OnnxModule(torch.nn.Module):  # type: ignore[misc]  # torch is untyped her
     def __init__(self, model: ModelProto, trainable: Collection[str]) -> None:
         super().__init__()
         graph = standard_form(model).graph  # functions run as their bodies; sparse weights dense
+        opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")),
+                    default=0)
         unknown = sorted(_unknown_ops(graph))
         if unknown:
             raise ModelError("cannot train this model: no torch function for op "
@@ -295,7 +299,7 @@ class OnnxModule(torch.nn.Module):  # type: ignore[misc]  # torch is untyped her
                 else:
                     self.constants[node.output[0]] = value
                 continue
-            self.nodes.append(_node(node))
+            self.nodes.append(_node(node, opset))
         initializers = set(self.weight_names) | set(self.constants)
         self.input_names = [i.name for i in graph.input if i.name not in initializers]
         self.output_names = [o.name for o in graph.output]

@@ -760,4 +760,4 @@ def run_op(op_type: str, attrs: Attrs, inputs: Sequence[Value], outputs: int) ->
 
 _NO_ARITHMETIC = (torch.uint16, torch.uint32, torch.uint64)
 
-from toolkit.train import detection, recurrent, resize  # noqa: E402,F401  (they register their ops)
+from toolkit.train import detection, recurrent, resize, spectral  # noqa: E402,F401  (they register their ops)
