@@ -599,6 +599,22 @@ def test_a_tied_weight_is_counted_once_and_both_readers_train_it():
     assert graph.total_params == 80
 
 
+def test_a_weight_read_through_expand_counts_its_own_elements_not_the_views():
+    """MViT's positional encoding adds a table expanded over the frames (TorchScript writes
+    repeat_interleave as Unsqueeze, Expand, Reshape): the view repeats the 8 x 4 parameter 6
+    times, and the parameter, its gradient and its optimizer state stay 32 numbers."""
+    shape = helper.make_tensor("shape", TensorProto.INT64, [3], [6, 8, 4])
+    flat = helper.make_tensor("flat", TensorProto.INT64, [2], [48, 4])
+    nodes = [helper.make_node("Expand", ["pos", "shape"], ["spread"], name="expand"),
+             helper.make_node("Reshape", ["spread", "flat"], ["table"], name="reshape"),
+             helper.make_node("Add", ["x", "table"], ["y"], name="add")]
+    m = model(nodes, [vi("x", [1, 48, 4])], [vi("y", [1, 48, 4])],
+              [weight("pos", 8, 4), shape, flat])
+    add = read_model(m, "expanded").layers["add"]
+    assert add.trainable and add.params == add.weight_elements == 32
+    assert add.param_bytes == 32 * 4
+
+
 def _where_shaped(deep: int = 1) -> onnx.ModelProto:
     """x + Expand(mean(x), shape): the target shape goes through Where, which ONNX shape
     inference does not propagate, `deep` times in a row (each stage measures the last one's

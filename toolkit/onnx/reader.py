@@ -87,7 +87,7 @@ _WEIGHT_VIEWS = frozenset(
 _SUBGRAPH_OPS = frozenset({"If", "Loop", "Scan"})
 _SCALAR_ATTRIBUTES = frozenset({"value", "value_int", "value_float", "value_ints", "value_floats"})
 """How a Constant node can hold a number (its other forms hold strings or sparse tensors)."""
-READER_VERSION = 7  # 7: a layer on 16-bit floats says so (`Layer.half`)
+READER_VERSION = 8  # 8: a weight read through Expand counts its own elements; DFT costed
 """Bumped whenever the reader turns the same file into another layer graph: stored models and
 cached block structures keyed by `LayerGraph.sha256` are then read again."""
 def read_onnx(
@@ -732,11 +732,14 @@ class _Reader:
             if info is None:
                 continue
             if info.shape is not None:
-                count = numel(info.shape)
+                base = self.weight_base.get(inp, inp)
+                # the parameter's own elements: an Expand's view of it repeats them
+                source = self.info.get(base)
+                count = numel(source.shape if source is not None and source.shape is not None
+                              else info.shape)
                 elements += count
                 param_bytes += math.ceil(count * ELEM_BYTES.get(info.elem_type,
                                                                  UNKNOWN_ELEM_BYTES))
-                base = self.weight_base.get(inp, inp)
                 owner = self.owner.setdefault(base, name)  # the first reader owns it
                 if owner == name:
                     params += count
