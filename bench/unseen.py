@@ -81,9 +81,9 @@ def candidates(source: str) -> dict[str, str]:
             for name in torchvision.models.list_models(getattr(torchvision.models, task))}
 
 
-def _hf_config(model_type: str, small: bool) -> Path:
-    """A config.json for `model_type`: its defaults, the sizes of `HF_SMALL` it takes as
-    plain numbers shrunk where `small`."""
+def _hf_config(model_type: str, small: bool, folder: Path) -> Path:
+    """A config.json in `folder` for `model_type`: its defaults, the sizes of `HF_SMALL` it
+    takes as plain numbers shrunk where `small`."""
     import transformers
 
     base = transformers.AutoConfig.for_model(model_type).to_dict()
@@ -92,7 +92,7 @@ def _hf_config(model_type: str, small: bool) -> Path:
     if "vocab_size" in values:  # a padding or special token past the shrunk vocabulary
         tokens = [v for k, v in base.items() if k.endswith("token_id") and isinstance(v, int)]
         values["vocab_size"] = max([values["vocab_size"], *(t + 1 for t in tokens)])
-    path = Path(tempfile.mkdtemp()) / "config.json"
+    path = folder / "config.json"
     path.write_text(json.dumps({**values, "model_type": model_type}))
     return path
 
@@ -105,10 +105,11 @@ def build(name: str) -> tuple[Any, tuple[Any, ...]]:
 
     source, arch = name.split(":", 1)
     if source == "hf":
-        try:
-            return zoo.get(f"hf:{_hf_config(arch, small=True)}").build()
-        except Exception:  # sizes this config does not take shrunk: its defaults
-            return zoo.get(f"hf:{_hf_config(arch, small=False)}").build()
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                return zoo.get(f"hf:{_hf_config(arch, True, Path(tmp))}").build()
+            except Exception:  # sizes this config does not take shrunk: its defaults
+                return zoo.get(f"hf:{_hf_config(arch, False, Path(tmp))}").build()
     if source == "torchvision":
         import torchvision
 
