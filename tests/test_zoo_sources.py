@@ -269,3 +269,19 @@ def test_weights_too_large_for_one_file_go_beside_it(tmp_path, monkeypatch):
     assert data.exists() and data.stat().st_size > 4 * 1_000_000 > path.stat().st_size
     module, _ = zoo.get("squeezenet1_1").build()
     assert read_onnx(path, "s").total_params == sum(p.numel() for p in module.parameters())
+
+
+@pytest.mark.parametrize("name", ["hf:gpt_neox", "torchvision:lraspp_mobilenet_v3_large"])
+def test_the_unseen_benchmark_checks_an_architecture_against_torch(name):
+    """`bench.unseen` builds an architecture outside the corpus (a transformers type shrunk
+    from its default config, a torchvision task model), exports it as the zoo does and
+    measures it against torch's own counts: the sizes its page reports are the toolkit's and
+    torch's, each measured."""
+    from bench import unseen
+
+    row = unseen.check(name)
+    assert row["exporter"] == "torchscript" and row["layers"] > 50
+    assert row["macs"] == pytest.approx(row["oracle_macs"], rel=1e-9) and row["macs"] > 1e6
+    assert row["params"] == row["oracle_params"] > 1e5
+    assert row["blockwise_ms"] == pytest.approx(row["general_ms"], rel=1e-9)
+    assert row["floor_s"] > 0 and row["read_s"] > 0
