@@ -11,6 +11,7 @@ from toolkit.onnx.reader import (
     NOT_TRAINABLE_INPUTS,
     READER_VERSION,
     NodeRoles,
+    dft_axis,
     node_roles,
     read_model,
     read_onnx,
@@ -19,7 +20,7 @@ from toolkit.onnx.scopes import module_path
 from toolkit.onnx.shapes import runtime_shapes
 
 __all__ = [
-    "NOT_TRAINABLE_INPUTS", "READER_VERSION", "NodeRoles", "buffer_names",
+    "NOT_TRAINABLE_INPUTS", "READER_VERSION", "NodeRoles", "buffer_names", "dft_axis",
     "layer_names", "load_external_data", "load_model", "module_path", "node_roles",
     "read_model", "read_onnx", "runtime_shapes",
 ]

@@ -64,6 +64,12 @@ _NEVER_CONSTANT = frozenset(
     {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial",
      "Bernoulli"}
 )
+def dft_axis(opset: int) -> int:
+    """The axis a DFT node transforms where it names none: an attribute defaulting to 1 up to
+    opset 19, an input defaulting to -2 (the last signal axis) from opset 20."""
+    return 1 if opset < 20 else -2
+
+
 NOT_TRAINABLE_INPUTS: dict[str, frozenset[int]] = {
     "BatchNormalization": frozenset({3, 4}),  # running mean and variance
     # quantization scales and zero points are calibration constants, not trained
@@ -759,8 +765,8 @@ class _Reader:
         if op == "Dropout" and self._constant(inputs[2:3], 0.0) \
                 and self._constant(inputs[1:2], 0.5):
             attrs["training_mode"] = 1  # drops at training time: keeps a mask (toolkit.memory)
-        if op == "DFT" and "axis" not in attrs:  # an attribute (default 1) until opset 20
-            attrs["axis"] = 1 if self.opset < 20 else self._integer(inputs[2:3], -2)
+        if op == "DFT" and "axis" not in attrs:  # an attribute until opset 20, then an input
+            attrs["axis"] = self._integer(inputs[2:3], dft_axis(self.opset))
         if op == "STFT" and self._integer(inputs[3:4], None) is not None:
             attrs["frame_length"] = self._integer(inputs[3:4], None)  # where no window gives it
         cost: OpCost | _Flow

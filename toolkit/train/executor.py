@@ -19,7 +19,7 @@ import torch
 from onnx import AttributeProto, GraphProto, ModelProto, NodeProto, helper
 
 from toolkit.errors import ModelError
-from toolkit.onnx import NOT_TRAINABLE_INPUTS, buffer_names
+from toolkit.onnx import NOT_TRAINABLE_INPUTS, buffer_names, dft_axis
 from toolkit.onnx.load import attr_graphs, standard_form
 from toolkit.train.ops import known, run_op, to_tensor
 
@@ -70,8 +70,8 @@ class _Body:
 
 def _node(node: NodeProto, opset: int) -> Node:
     attrs = {a.name: _attribute(a, opset) for a in node.attribute}
-    if node.op_type == "DFT" and "axis" not in attrs:  # an attribute until opset 20, an input
-        attrs["axis"] = 1 if opset < 20 else -2     # after (which the op reads where given)
+    if node.op_type == "DFT" and "axis" not in attrs:  # (the op reads an axis input first)
+        attrs["axis"] = dft_axis(opset)
     return node.op_type, attrs, list(node.input), list(node.output)
 
 
