@@ -61,12 +61,15 @@ def test_user_profile_dir_adds_a_processor(tmp_path):
 
 @pytest.mark.parametrize(("text", "bps"), [
     ("20Mbps", 20e6), ("1.5Gbps", 1.5e9), ("800kbps", 800e3), ("2e7bps", 2e7), ("100 Mbit/s", 1e8),
+    ("20mbps", 20e6), ("20 Mb/s", 20e6), ("20MB/s", 160e6), ("20MBps", 160e6),
+    ("2.5 kbyte/s", 20e3), ("1E3bps", 1e3),
 ])
 def test_rates_parse(text, bps):
     assert profiles.parse_rate(text) == pytest.approx(bps)
 
 
-@pytest.mark.parametrize("text", ["0Mbps", "-5Mbps", "fast", "", "20", "1e400Mbps"])
+@pytest.mark.parametrize("text", ["0Mbps", "-5Mbps", "fast", "", "20", "1e400Mbps", "20MBit/s",
+                                  "20 Mbytes", "20MBPS"])
 def test_bad_rates_are_rejected(text):
     with pytest.raises(ScenarioError):
         profiles.parse_rate(text)

@@ -157,7 +157,10 @@ def link(name: str) -> Link:
     return known[name]
 
 
-_RATE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*([kmgt]?)(bps|bit/s|b/s)\s*$", re.I)
+_RATE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([kKmMgGtT]?)"
+                   r"(bps|bit/s|b/s|Bps|B/s|byte/s|bytes/s)\s*$")
+"""A rate: bits with a lowercase b or 'bit', bytes with a capital B or 'byte' (20MB/s is 160
+Mbit/s); the prefix's case does not matter."""
 _SCALE = {"": 1.0, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}
 
 
@@ -180,13 +183,14 @@ def parse_size(text: str) -> float:
 
 
 def parse_rate(text: str) -> float:
-    """'20Mbps', '1.5 Gbit/s', '800kbps', '2e7bps' -> bit/s. A rate needs its unit ('20' could
-    be bit/s or Mbit/s); zero, negative or overflowing rates are errors."""
+    """'20Mbps', '1.5 Gbit/s', '800kbps', '2e7bps', '10MB/s' (bytes) -> bit/s. A rate needs
+    its unit ('20' could be bit/s or Mbit/s); zero, negative or overflowing rates are errors."""
     m = _RATE.match(text)
     if m is None:
         raise ScenarioError(f"cannot read rate {text!r}: write it with a unit, like 20Mbps, "
-                            "1.5Gbps, 800kbps or 2e7bps")
-    value = float(m.group(1)) * _SCALE[m.group(2).lower()]
+                            "1.5Gbps, 800kbps, 2e7bps or 10MB/s (bytes)")
+    bits_per_unit = 8.0 if m.group(3).startswith(("B", "byte")) else 1.0
+    value = float(m.group(1)) * _SCALE[m.group(2).lower()] * bits_per_unit
     if not 0 < value < math.inf:
         raise ScenarioError(f"rate {text!r} must be finite and greater than zero")
     return value
