@@ -1,11 +1,14 @@
 from __future__ import annotations
 
+import fcntl
 import os
 import random
+import shutil
 import socket
 import subprocess
+import tempfile
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import pytest
 from hypothesis import settings
@@ -14,11 +17,12 @@ from toolkit import zoo
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "scripts" / "neo4j-local"
+HOME = ROOT / ".neo4j-tests"
 # The suite's own Neo4j server: its own home folder, ports and password, started here and
-# stopped after the run, so that no test ever writes to a user's database. Its ports are set
-# in pytest_configure (`suite_ports`).
+# stopped after the run, so that no test ever writes to a user's database. Its home and ports
+# are set in pytest_configure (`suite_home`, `suite_ports`).
 SUITE_SERVER = {
-    "NEO4J_LOCAL_HOME": str(ROOT / ".neo4j-tests"),
+    "NEO4J_LOCAL_HOME": str(HOME),
     "NEO4J_LOCAL_BOLT_PORT": "7697",
     "NEO4J_LOCAL_HTTP_PORT": "7484",
     "NEO4J_PASSWORD": "splitcut-test",
@@ -63,6 +67,42 @@ def free_ports(count: int) -> list[str]:
     return chosen
 
 
+def claim(home: Path) -> IO[str] | None:
+    """Hold `home` for this run: a lock on a file in it, which the kernel lets go when the
+    process ends, however it ends. None where another live run holds it."""
+    home.mkdir(parents=True, exist_ok=True)
+    handle = (home / "suite.lock").open("a")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        return None
+    return handle
+
+
+def suite_home() -> tuple[Path, IO[str]]:
+    """The suite server's home, held for the run: .neo4j-tests, or where another run of this
+    checkout's suite holds that one (a file's tests run beside the whole suite), a home of
+    this run's own, .neo4j-tests-XXXX, removed after. Own homes that killed runs left are
+    removed first (their servers stopped)."""
+    for left in sorted(ROOT.glob(f"{HOME.name}-*")):
+        handle = claim(left)
+        if handle is not None:
+            subprocess.run([str(SCRIPT), "stop"], check=False, capture_output=True, timeout=300,
+                           env={**os.environ, "NEO4J_LOCAL_HOME": str(left)})
+            shutil.rmtree(left, ignore_errors=True)
+            handle.close()
+    handle = claim(HOME)
+    if handle is not None:
+        return HOME, handle
+    own = Path(tempfile.mkdtemp(prefix=f"{HOME.name}-", dir=ROOT))
+    handle = claim(own)
+    assert handle is not None  # (made just now: no other run holds it)
+    print(f"another run of this checkout's suite holds {HOME.name}/: this one's server lives "
+          f"in {own.name}/")
+    return own, handle
+
+
 def suite_ports() -> tuple[str, str]:
     """The suite server's Bolt and HTTP ports: SPLITCUT_TEST_BOLT_PORT/_HTTP_PORT where set,
     else 7697 and 7484 where both are free, else two free ports (another suite, in another
@@ -84,7 +124,9 @@ def pytest_configure(config: pytest.Config) -> None:
     _USER["uri"] = os.environ.get("NEO4J_URI", "bolt://127.0.0.1:7687")
     _USER["password"] = os.environ.get("NEO4J_PASSWORD", "splitcut-dev")
     _USER["models"] = _user_models(_USER["uri"], _USER["password"])
-    # a server this checkout's suite left running (an interrupted run) is stopped, so that the
+    home, _USER["home_lock"] = suite_home()
+    SUITE_SERVER["NEO4J_LOCAL_HOME"] = str(home)
+    # a server that an interrupted run left running in this home is stopped, so that the
     # ports chosen are the ones it listens on
     subprocess.run([str(SCRIPT), "stop"], env={**os.environ, **SUITE_SERVER}, check=False,
                    capture_output=True, timeout=300)
@@ -100,6 +142,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if "uri" not in _USER:
         return
     subprocess.run([str(SCRIPT), "stop"], check=False, timeout=300)
+    if Path(SUITE_SERVER["NEO4J_LOCAL_HOME"]) != HOME:
+        shutil.rmtree(SUITE_SERVER["NEO4J_LOCAL_HOME"], ignore_errors=True)
+    _USER["home_lock"].close()
     after = _user_models(_USER["uri"], _USER["password"])
     if _USER["models"] is not None and after != _USER["models"]:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import urllib.request
@@ -85,3 +86,23 @@ def test_a_second_suite_takes_free_ports_when_the_default_ones_are_held(monkeypa
         assert port_free(int(bolt)) and port_free(int(http))
     monkeypatch.setenv("SPLITCUT_TEST_BOLT_PORT", "7799")
     assert suite_ports() == ("7799", "7484")
+
+
+def test_a_second_run_of_this_checkouts_suite_gets_a_home_of_its_own():
+    """One file's tests run beside the whole suite, in one checkout: the second run stopped
+    the first's server as one an interrupted run had left, and the first's tests failed. Now
+    a run holds its home while it lasts: a second gets one of its own, and a home a killed
+    run left behind is removed."""
+    from tests.conftest import HOME, ROOT, SUITE_SERVER, suite_home
+
+    ours = Path(SUITE_SERVER["NEO4J_LOCAL_HOME"])
+    left = ROOT / f"{HOME.name}-left"  # as a killed run leaves its own home
+    (left / "data").mkdir(parents=True)
+    home, handle = suite_home()
+    try:
+        assert not left.exists()
+        assert home != ours and home.name.startswith(f"{HOME.name}-")
+        assert (ours / "run" / "neo4j.pid").exists()  # this run's server was not stopped
+    finally:
+        handle.close()
+        shutil.rmtree(home)
