@@ -56,6 +56,23 @@ def test_profile_for_another_model_is_refused(tmp_path, capsys, monkeypatch):
     assert "made for model 'small'" in err
 
 
+@pytest.mark.parametrize(("text", "fragment"), [
+    ('{"layers": {}, "model": "c"}', "it lacks 'batch'"),
+    ("[1, 2]", "not a measured profile (TypeError"),
+    ("{", "not a measured profile (JSONDecodeError"),
+    ('{"layers": {"a": {"forward_ms": NaN}}, "batch": 1, "model": "c", "processor": "x", '
+     '"layers_sha256": ""}', "not a measured profile (ValueError"),
+])
+def test_a_malformed_measured_profile_is_one_line_that_says_why(tmp_path, capsys, monkeypatch,
+                                                                 text, fragment):
+    path = save(chain(2), tmp_path / "c.onnx")
+    (tmp_path / "p.json").write_text(text)
+    code, _, err = run_main(["partition", str(path), "--measured", str(tmp_path / "p.json")],
+                            capsys, monkeypatch)
+    assert code == 2
+    assert fragment in err and len(err.strip().splitlines()) == 1
+
+
 def test_profile_for_a_processor_outside_the_scenario_is_refused(tmp_path, capsys, monkeypatch):
     small = save(chain(2), tmp_path / "small.onnx")
     run_main(["profile", str(small), "-o", str(tmp_path / "p.json")], capsys, monkeypatch)

@@ -78,7 +78,10 @@ def load_profile(path: str | Path) -> MeasuredProfile:
         )
     except OSError as exc:
         raise ScenarioError(f"cannot read measured profile {p}: {exc.strerror}") from exc
-    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
+    except KeyError as exc:
+        raise ScenarioError(f"{p} is not a measured profile (`splitcut profile` writes one): "
+                            f"it lacks {exc}") from exc
+    except (ValueError, TypeError, AttributeError, RecursionError) as exc:
         reason = str(exc).splitlines()[0][:200] if str(exc) else ""
         raise ScenarioError(
             f"{p} is not a measured profile ({type(exc).__name__}: {reason})") from exc
