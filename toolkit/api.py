@@ -346,7 +346,8 @@ def sweep_model(
         raise ScenarioError(f"cannot sweep {parameter!r}; choose one of "
                             f"{', '.join(sweep.PARAMETERS)}")
     if not 0 < low <= high < math.inf:
-        raise ScenarioError(f"a {parameter} range needs 0 < low <= high, not {low:g}..{high:g}")
+        raise ScenarioError(f"the {parameter} range needs 0 < low <= high, not "
+                            f"{low:g}..{high:g}")
     names, boundaries = chain or (["device", "server"], [scenario])
     if not 0 <= boundary < len(boundaries):
         raise ScenarioError(f"the chain has boundaries 0..{len(boundaries) - 1}, not {boundary}")
@@ -365,6 +366,8 @@ def sweep_model(
                 if u_shape:  # the way back is the first link with its directions swapped
                     links[1 - boundary] = _rated(links[1 - boundary], parameter, 1 / x,
                                                  swapped=True)
+            if parameter == "batch":
+                cache.clear()  # each batch is solved once: keep one cost graph, not thousands
             cache[x] = tier_costs(graph, names, links, pin_device, pin_server)
         return cache[x]
 

@@ -583,8 +583,10 @@ def sweep(model: str, name: str | None, exporter: str, dims: dict[str, int], as_
     scenario = chain[1][0] if chain else settings.scenario()
     written = None
     with console.status(f"sweeping {model}", spinner="dots") as status:
+        of = f" of {int(high - low) + 1:,} (one per batch)" if parameter == "batch" else ""
+
         def progress(done: int) -> None:
-            status.update(f"sweeping {model}: {done} exact solves")
+            status.update(f"sweeping {model}: {done:,}{of} exact solves")
 
         def run(graph: LayerGraph) -> SweepResult:
             return api.sweep_model(graph, scenario, parameter, low, high, method, pin,
