@@ -17,8 +17,10 @@ import pytest
 from tests.conftest import free_ports
 from toolkit import api
 from toolkit.blocks import find_blocks
+from toolkit.costgraph import CostGraph
 from toolkit.costs import build_cost_graph
 from toolkit.errors import NotStoredError
+from toolkit.graph import LayerGraph
 from toolkit.store import Connection, Store, StoreError, TransactionTooLargeError
 from toolkit.synthetic import deep_model
 
@@ -46,6 +48,28 @@ def kill_while_running(home: Path, connection: Connection, marker: str) -> None:
                 return
             time.sleep(0.01)
     raise AssertionError(f"no transaction ran {marker!r} within 120 s")
+
+
+def ingest_killed(home: Path, connection: Connection, graph: LayerGraph, costs: CostGraph,
+                  sha: str, batch_rows: int = 2_500) -> str:
+    """Ingest `graph` in a thread and SIGKILL the server while its blocks are detected; the
+    ingest's error, which must come (the kill landed before the ingest finished)."""
+    outcome: dict[str, object] = {}
+
+    def ingest() -> None:
+        try:
+            with Store(connection, batch_rows=batch_rows) as store:
+                store.ensure_schema()
+                outcome["status"] = store.ingest(graph, costs, sha, "synthetic", 0)
+        except StoreError as exc:
+            outcome["error"] = str(exc)
+
+    worker = threading.Thread(target=ingest)
+    worker.start()
+    kill_while_running(home, connection, "CREATE (b)-[:CONTAINS]->(l)")
+    worker.join(timeout=120)
+    assert "error" in outcome, f"the ingest finished before the kill: {outcome}"
+    return str(outcome["error"])
 
 
 @pytest.fixture
@@ -77,21 +101,7 @@ def test_server_killed_mid_ingest_leaves_the_old_version_whole(second_server):
     with Store(connection) as store:
         store.ensure_schema()
         assert store.ingest(old, old_costs, "old", "synthetic", 0) == "created"
-    outcome: dict[str, object] = {}
-
-    def ingest() -> None:
-        try:
-            with Store(connection) as store:
-                outcome["status"] = store.ingest(new, new_costs, "new", "synthetic", 0)
-        except StoreError as exc:
-            outcome["error"] = str(exc)
-
-    worker = threading.Thread(target=ingest)
-    worker.start()
-    kill_while_running(second_server, connection, "CREATE (b)-[:CONTAINS]->(l)")
-    worker.join(timeout=120)
-    assert "error" in outcome, f"the ingest finished before the kill: {outcome}"
-    assert "Neo4j" in str(outcome["error"])
+    assert "Neo4j" in ingest_killed(second_server, connection, new, new_costs, "new")
     server(second_server, "start")
     with Store(connection) as store:
         assert count_layers(store, name) > len(old)  # batches of the new version were kept...
@@ -113,21 +123,7 @@ def test_server_killed_mid_ingest_of_a_new_model_shows_no_model(second_server):
                             retry_seconds=5)
     graph = deep_model("transformer", 5_000)
     costs = build_cost_graph(graph, api.make_scenario())
-    outcome: dict[str, object] = {}
-
-    def ingest() -> None:
-        try:
-            with Store(connection, batch_rows=500) as store:
-                store.ensure_schema()
-                outcome["status"] = store.ingest(graph, costs, "sha", "synthetic", 0)
-        except StoreError as exc:
-            outcome["error"] = str(exc)
-
-    worker = threading.Thread(target=ingest)
-    worker.start()
-    kill_while_running(second_server, connection, "CREATE (b)-[:CONTAINS]->(l)")
-    worker.join(timeout=120)
-    assert "error" in outcome, f"the ingest finished before the kill: {outcome}"
+    ingest_killed(second_server, connection, graph, costs, "sha", batch_rows=500)
     server(second_server, "start")
     with Store(connection) as store:
         assert count_layers(store, graph.name) == len(graph)  # staged whole, never switched
