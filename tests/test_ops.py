@@ -300,3 +300,89 @@ def test_the_inverse_of_one_sided_bins_is_a_real_transform_of_the_output_length(
     node = helper.make_node("DFT", ["x"], ["y"], name="f", axis=1, inverse=1, onesided=1)
     layer = only_layer(model([node], [vi("x", [4, 3, 2])], [vi("y", [4, 5, 1])], opset=19))
     assert layer.supported and layer.flops == pytest.approx(4 * _fft(5, False))
+
+
+def _torch_macs(fn, *args) -> float:
+    """MACs torch's FlopCounterMode counts running `fn` (its products: half its FLOPs)."""
+    pytest.importorskip("torch")
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn(*args)
+    return counter.get_total_flops() / 2
+
+
+def test_affine_grid_is_a_product_of_the_base_grid_by_theta():
+    """F.affine_grid (TorchScript writes AffineGrid from opset 20): PyTorch multiplies the
+    base grid of homogeneous positions (N, H x W, 3) by theta's transpose (N, 3, 2)."""
+    torch = pytest.importorskip("torch")
+    n, h, w = 2, 5, 6
+    node = helper.make_node("AffineGrid", ["theta", "size"], ["y"], name="a")
+    size = numpy_helper.from_array(np.array([n, 3, h, w], dtype=np.int64), "size")
+    layer = only_layer(model([node], [vi("theta", [n, 2, 3])], [vi("y", [n, h, w, 2])],
+                             [size], opset=20))
+    base = torch.randn(n, h * w, 3)
+    assert layer.supported
+    assert layer.macs == _torch_macs(torch.bmm, base, torch.randn(n, 3, 2)) == n * h * w * 2 * 3
+    assert layer.flops == 2 * layer.macs
+
+
+def test_det_is_an_lu_factorisation_per_matrix():
+    node = helper.make_node("Det", ["x"], ["y"], name="d")
+    layer = only_layer(model([node], [vi("x", [3, 4, 6, 6])], [vi("y", [3, 4])], opset=22))
+    assert layer.supported and layer.flops == pytest.approx(3 * 4 * (2 * 6**3 / 3 + 6))
+
+
+@pytest.mark.parametrize(("activation", "per_output"), [("silu", 2 * 4 + 1 + 5), ("none", 9)])
+def test_causal_conv_with_state_is_a_depthwise_convolution(activation, per_output):
+    """A (batch, channels, length) signal through a (channels, 1, k) kernel: the MACs of the
+    depthwise conv1d it stands for (FlopCounterMode), its bias and its fused SiLU."""
+    torch = pytest.importorskip("torch")
+    b, c, length, k = 2, 8, 10, 4
+    node = helper.make_node("CausalConvWithState", ["x", "w", "bias"], ["y", "state"], name="c",
+                            activation=activation)
+    layer = only_layer(model([node], [vi("x", [b, c, length])], [vi("y", [b, c, length])],
+                             [weight("w", c, 1, k), weight("bias", c)], opset=27))
+    conv = torch.nn.Conv1d(c, c, k, groups=c)  # over the signal padded by k - 1 zeros before
+    assert layer.supported and layer.params == c * k + c
+    padded = torch.nn.functional.pad(torch.randn(b, c, length), (k - 1, 0))
+    assert layer.macs == _torch_macs(conv, padded) == b * c * length * k
+    assert layer.flops == per_output * b * c * length
+
+
+@pytest.mark.parametrize("rule", ["linear", "gated", "delta", "gated_delta"])
+def test_linear_attention_counts_the_products_of_its_recurrence(rule):
+    """Each rule's recurrence, run token by token in torch (the schema's definition): its
+    products, as FlopCounterMode counts them (not the outer products, which einsum
+    multiplies elementwise), are the handle's MACs (grouped query heads)."""
+    torch = pytest.importorskip("torch")
+    b, t, heads, kv_heads, d_k, d_v = 2, 5, 4, 2, 8, 16
+    q, k, v = (torch.randn(b, t, h, d) for h, d in ((heads, d_k), (kv_heads, d_k),
+                                                     (kv_heads, d_v)))
+    decay, beta = torch.randn(b, t, kv_heads), torch.rand(b, t, kv_heads)
+
+    def recurrence() -> None:
+        state = torch.zeros(b, kv_heads, d_k, d_v)
+        for i in range(t):
+            if rule.startswith("gated"):
+                state = state * decay[:, i].exp()[..., None, None]
+            update = v[:, i]
+            if rule.endswith("delta"):
+                update = beta[:, i, :, None] * (v[:, i] - torch.einsum("bhk,bhkv->bhv",
+                                                                       k[:, i], state))
+            state = state + torch.einsum("bhk,bhv->bhkv", k[:, i], update)
+            shared = state.repeat_interleave(heads // kv_heads, dim=1)
+            torch.einsum("bhk,bhkv->bhv", q[:, i], shared)
+
+    gates = ["", "g", ""] if rule.startswith("gated") else ["", "", ""]
+    if rule.endswith("delta"):
+        gates = ["", gates[1], "beta"]
+    node = helper.make_node("LinearAttention", ["q", "k", "v", *gates], ["y", "state"],
+                            name="l", q_num_heads=heads, kv_num_heads=kv_heads,
+                            update_rule=rule)
+    inputs = [vi("q", [b, t, heads * d_k]), vi("k", [b, t, kv_heads * d_k]),
+              vi("v", [b, t, kv_heads * d_v])]
+    inputs += [vi(name, [b, t, kv_heads]) for name in gates if name]
+    layer = only_layer(model([node], inputs, [vi("y", [b, t, heads * d_v])], opset=27))
+    assert layer.supported and layer.macs == _torch_macs(recurrence)
+    assert layer.flops > 2 * layer.macs

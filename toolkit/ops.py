@@ -217,6 +217,65 @@ def _number_attr(f: OpFacts, name: str) -> float:
     return float(value) if isinstance(value, int | float) else 0.0
 
 
+def affine_grid(f: OpFacts) -> OpCost:
+    """AffineGrid: each of the r coordinates of each grid point is a row of theta (N, r,
+    r + 1) times the point's homogeneous position (r + 1 MACs); PyTorch computes it as one
+    batched product of the base grid by theta's transpose."""
+    theta, out = _shape(f, 0), f.outputs[0] if f.outputs else None
+    if theta is None or len(theta) != 3 or out is None:
+        return unknown(f)
+    macs = numel(out) * theta[2]
+    return OpCost(2.0 * macs, float(macs))
+
+
+def det(f: OpFacts) -> OpCost:
+    """Det: an LU factorisation of each n x n matrix (2n^3/3 FLOPs, LAPACK's getrf count in
+    Golub and Van Loan) and the product of its diagonal (n)."""
+    x = _shape(f, 0)
+    if x is None or len(x) < 2 or x[-1] != x[-2]:
+        return unknown(f)
+    n = x[-1]
+    return OpCost(numel(x[:-2]) * (2.0 * n**3 / 3 + n))
+
+
+def causal_conv_with_state(f: OpFacts) -> OpCost:
+    """CausalConvWithState (opset 27): a depthwise 1-D convolution, k MACs per output element
+    for a (channels, 1, k) kernel, then its optional bias (1) and fused SiLU (5, as Swish)."""
+    w, out = _shape(f, 1), _first_out(f)
+    if w is None or len(w) != 3:
+        return unknown(f)
+    macs = out * w[2]
+    bias = out if _shape(f, 2) is not None else 0
+    silu = 5 * out if f.attrs.get("activation") in ("silu", "swish") else 0
+    return OpCost(2.0 * macs + bias + silu, float(macs))
+
+
+_LINEAR_RULES = ("linear", "gated", "delta", "gated_delta")
+
+
+def linear_attention(f: OpFacts) -> OpCost:
+    """LinearAttention (opset 27), counted as its recurrence runs, per token: the output
+    q^T S for each query head and, under the delta rules, S^T k for each key-value head
+    (d_k d_v MACs each: the products FlopCounterMode counts); the state's update k u^T added
+    into it (2 per state element); the gated rules' decay of the state (1 per element) and
+    its exponential (4 per decay element); the delta rules' beta (v - S^T k) (2 d_v); the
+    output's scale (d_v per query head)."""
+    q, v = _shape(f, 0), _shape(f, 2)
+    heads, kv_heads = (int(_number_attr(f, name)) for name in ("q_num_heads", "kv_num_heads"))
+    rule = str(f.attrs.get("update_rule", "gated_delta"))
+    if q is None or v is None or len(q) != 3 or len(v) != 3 or heads <= 0 or kv_heads <= 0 \
+            or rule not in _LINEAR_RULES:
+        return unknown(f)
+    tokens, d_k, d_v = q[0] * q[1], q[2] // heads, v[2] // kv_heads
+    gated, delta = rule.startswith("gated"), rule.endswith("delta")
+    state = kv_heads * d_k * d_v
+    macs = tokens * (heads * d_k * d_v + (state if delta else 0))
+    elementwise = tokens * ((3 if gated else 2) * state + heads * d_v
+                            + (2 * kv_heads * d_v if delta else 0))
+    return OpCost(2.0 * macs + elementwise + (4 * numel(_shape(f, 4)) if gated else 0),
+                  float(macs))
+
+
 def grid_sample(f: OpFacts) -> OpCost:
     """GridSample: each output element interpolates 2^d (linear) or 4^d (cubic) input values
     of a d-dimensional input (one MAC each); nearest reads one and computes nothing."""
@@ -490,6 +549,10 @@ REGISTRY: dict[str, Handle] = {
     "ConvTranspose": conv_transpose,
     "DeformConv": deform_conv,
     "Attention": attention,
+    "LinearAttention": linear_attention,
+    "CausalConvWithState": causal_conv_with_state,
+    "AffineGrid": affine_grid,
+    "Det": det,
     "GridSample": grid_sample,
     "RoiAlign": roi_align,
     "Gemm": gemm,
