@@ -403,3 +403,48 @@ def test_roi_align_keeps_the_boxes_not_the_features(tmp_path: Path) -> None:
     roi = next(layer for layer in graph if layer.op == "RoiAlign")
     assert roi.supported and kept_by(roi) == roi.inputs[1:2]
     assert graph.tensors[roi.inputs[1]].shape[-1] == 4  # the boxes' corners
+
+
+def test_a_spatial_transformer_keeps_what_autograd_keeps(tmp_path: Path) -> None:
+    """A spatial transformer (theta from a linear layer, F.affine_grid, grid sampling) and a
+    determinant, which the TorchScript exporter writes as AffineGrid and Det: affine_grid
+    keeps nothing (its gradient is the output's summed over a base grid it makes again);
+    linalg.det keeps its input, its output, the LU factors and their pivots. Keeping theta
+    for the grid, or leaving out the LU factors, fails."""
+    nn = torch.nn
+    functional = torch.nn.functional
+
+    class Transformer(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.locate, self.conv = nn.Linear(3, 6), nn.Conv2d(3, 8, 3)
+
+        def forward(self, x: Any) -> Any:
+            # (theta from x's mean, not from a view of x: torch would keep x's storage once
+            # for both readers, where the model counts the view's bytes apart)
+            theta = self.locate(x.mean(dim=(2, 3))).view(-1, 2, 3)
+            grid = functional.affine_grid(theta, list(x.shape), align_corners=False)
+            y = self.conv(functional.grid_sample(x, grid, align_corners=False))
+            # (a copy: a view of y would keep y's whole storage, which the model does not count)
+            return y.mean() + torch.linalg.det(y[:, 0].contiguous()).sum() + torch.linalg.det(
+                theta[:, :, :2]).sum()
+
+    module, x = Transformer().train(), torch.randn(BATCH, 3, 16, 16)
+    saved: list[tuple[int, ...]] = []
+
+    def pack(t: Any) -> Any:
+        saved.append(tuple(t.shape))
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        functional.affine_grid(torch.randn(BATCH, 2, 3, requires_grad=True), [BATCH, 3, 16, 16],
+                               align_corners=False)
+    assert saved == []
+    path = tmp_path / "stn.onnx"
+    zoo.export_module(torch, module, (x,), path, "torchscript")
+    graph = api.load_graph(str(path), name="stn", dims={"batch": BATCH})
+    ops = {layer.op: layer for layer in graph}
+    assert ops["AffineGrid"].supported and ops["Det"].supported
+    assert kept_by(ops["AffineGrid"]) == ()
+    _, predicted, measured = _kept(graph, module, x)
+    assert predicted == pytest.approx(measured, rel=0.01)

@@ -78,7 +78,8 @@ KEEPS_OUTPUT = frozenset({"Relu", "Sigmoid", "Tanh", "Softmax", "LogSoftmax", "E
 KEEPS_NOTHING = DATA_MOVEMENT | frozenset({
     "Add", "Sub", "Neg", "Sum", "Identity", "ReduceSum", "ReduceMean", "GlobalAveragePool",
     "Dropout", "Equal", "Less", "Greater", "Not", "And", "Or", "Where",
-    "DFT", "STFT"})  # a Fourier transform's gradient is the inverse transform: sizes only
+    "DFT", "STFT",  # a Fourier transform's gradient is the inverse transform: sizes only
+    "AffineGrid"})  # its gradient sums the output's over the base grid, made again
 SCALING = frozenset({"Mul", "Div"})  # by a constant: nothing kept; of two activations: both
 NOT_DIFFERENTIABLE = frozenset({
     "RandomUniformLike", "RandomNormalLike", "RandomUniform", "RandomNormal", "Bernoulli",
@@ -86,6 +87,7 @@ NOT_DIFFERENTIABLE = frozenset({
     "Or", "Xor", "Shape", "Size", "ArgMax", "ArgMin", "NonZero", "IsNaN", "IsInf"})
 _INDEX_BYTES = 8  # MaxPool's argmax, int64 per output element
 _MASK_BYTES = 1  # CUDA's dropout mask, a bool per element
+_PIVOT_BYTES = 4  # LAPACK's pivots, int32 per row
 Wiring = tuple[dict[str, int], dict[str, list[int]]]  # each tensor's producer, its readers
 
 
@@ -185,6 +187,8 @@ def kept_by(layer: Layer, carries_grad: Collection[str] | None = None) -> tuple[
         return layer.inputs[:1]
     if layer.op == "RoiAlign":  # torchvision's backward reads the boxes, not the features
         return layer.inputs[1:2]
+    if layer.op == "Det":  # and the LU factors (`lu_factors`)
+        return (*layer.inputs, *layer.outputs)
     if layer.op == "Mul" and len(layer.inputs) == 2 and carries_grad is not None:
         a, b = layer.inputs
         return (*((a,) if b in carries_grad else ()), *((b,) if a in carries_grad else ()))
@@ -441,6 +445,8 @@ def model_memory(graph: LayerGraph, batch: int, state_buffers: int,
             masks[len(saved)] = (per_step(layer.outputs[0]),
                                  elements(layer.outputs[0]) * _MASK_BYTES)
             saved.append(SavedTensor(masks[len(saved)][0], (i,)))
+        if layer.op == "Det" and layer.inputs and layer.inputs[0] in graph.tensors:
+            saved.append(SavedTensor(lu_factors(graph, layer, per_step, elements), (i,)))
         if layer.op == "LSTM":
             saved.append(SavedTensor(lstm_workspace(graph, layer, batch), (i,)))
         if layer.op in ("GRU", "RNN"):
@@ -524,6 +530,18 @@ def recurrent_steps(graph: LayerGraph, layer: Layer, batch: int,
     made = graph.tensors[x].producer
     copies = directions - 1 if made and graph.layers[made].op == "Transpose" else 0
     return element * (floats + copies * steps * sequences * features)
+
+
+def lu_factors(graph: LayerGraph, layer: Layer, per_step: Callable[[str], float],
+               elements: Callable[[str], float]) -> float:
+    """Bytes of the LU factors a Det keeps for its backward besides its input and output:
+    PyTorch's `linalg_det` saves the factors (the input's size) and their pivots (an int32
+    per row of each matrix), checked with autograd's saved tensors (tests/test_memory.py)."""
+    x = layer.inputs[0]
+    shape = graph.tensors[x].shape
+    if len(shape) < 2 or not shape[-1]:
+        return 0.0
+    return per_step(x) + elements(x) / shape[-1] * _PIVOT_BYTES
 
 
 def _row_statistics(graph: LayerGraph, layer: Layer) -> float:

@@ -512,6 +512,10 @@ def data_file(path: Path) -> Path:
     return path.with_name(path.name + ".data")
 
 
+_OPSET_NEEDED = re.compile(r"added in version (\d+)")
+"""How the TorchScript exporter says an operator needs a later opset than the one asked."""
+
+
 def export_module(
     torch: Any, module: Any, args: tuple[Any, ...], path: Path, exporter: str
 ) -> None:
@@ -524,11 +528,20 @@ def export_module(
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.simplefilter("ignore", UserWarning)
         if exporter == "torchscript":
-            torch.onnx.export(
-                module, args, str(path), dynamo=False, opset_version=17,
-                training=torch.onnx.TrainingMode.PRESERVE, do_constant_folding=False,
-                input_names=["input"],
-            )
+            opset = 17
+            while True:
+                try:
+                    torch.onnx.export(
+                        module, args, str(path), dynamo=False, opset_version=opset,
+                        training=torch.onnx.TrainingMode.PRESERVE, do_constant_folding=False,
+                        input_names=["input"],
+                    )
+                    break
+                except torch.onnx.errors.UnsupportedOperatorError as exc:
+                    newer = _OPSET_NEEDED.search(str(exc))
+                    if newer is None or int(newer.group(1)) <= opset:
+                        raise
+                    opset = int(newer.group(1))  # an operator ONNX has since (AffineGrid: 20)
         else:
             torch.onnx.export(
                 module, args, str(path), dynamo=True, optimize=False, external_data=False,
