@@ -1,8 +1,8 @@
-"""The executor's recurrent, transposed-convolution, resampling and detection operators against
-PyTorch and torchvision:
-a module exported to ONNX and run by the executor gives the module's own outputs, and the same
-gradients for its input and every weight. (The onnx package's node tests check each operator's
-outputs too: `test_train.py::test_executor_equals_the_onnx_backend_node_tests`.)"""
+"""The executor's recurrent, transposed-convolution, resampling, spatial-sampling and detection
+operators against PyTorch and torchvision: a module exported to ONNX and run by the executor
+gives the module's own outputs, and the same gradients for its input and every weight. (The
+onnx package's node tests check each operator's outputs too:
+`test_train.py::test_executor_equals_the_onnx_backend_node_tests`.)"""
 
 from __future__ import annotations
 
@@ -59,6 +59,21 @@ class _Fourier(nn.Module):
         return self.b(mixed + h)
 
 
+class _SpatialTransformer(nn.Module):
+    """theta from the input (affine_grid and grid_sample: AffineGrid at opset 20, GridSample),
+    a convolution, and a determinant of each sample's first feature map (Det)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.locate, self.conv = nn.Linear(3, 6), nn.Conv2d(3, 4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        theta = self.locate(x.mean(dim=(2, 3))).view(-1, 2, 3)
+        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+        y = self.conv(F.grid_sample(x, grid, align_corners=False))
+        return y.flatten(1) * torch.linalg.det(y[:, 0])[:, None]
+
+
 CASES: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
     "lstm-bidirectional-batch-first": (lambda: _Recurrent(nn.LSTM(
         5, 6, num_layers=2, bidirectional=True, batch_first=True)), (3, 7, 5)),
@@ -78,6 +93,7 @@ CASES: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
     "bicubic": (lambda: _Resample(size=(8, 11), mode="bicubic"), (2, 3, 5, 7)),
     "fourier-mixing": (lambda: _Fourier(filtered=False), (2, 5, 6)),
     "fourier-filter": (lambda: _Fourier(filtered=True), (2, 5, 6)),
+    "spatial-transformer": (_SpatialTransformer, (2, 3, 7, 7)),
 }
 EXPORTER = {"fourier-mixing": "dynamo", "fourier-filter": "dynamo"}  # TorchScript: no fft
 

@@ -623,6 +623,11 @@ def einsum(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
     return (torch.einsum(equation.decode() if isinstance(equation, bytes) else equation, *x),)
 
 
+@op("Det")
+def det(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
+    return (torch.linalg.det(x[0]),)
+
+
 @op("Swish")
 def swish(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
     return (x[0] * torch.sigmoid(float(a.get("alpha", 1.0)) * x[0]),)
@@ -760,4 +765,4 @@ def run_op(op_type: str, attrs: Attrs, inputs: Sequence[Value], outputs: int) ->
 
 _NO_ARITHMETIC = (torch.uint16, torch.uint32, torch.uint64)
 
-from toolkit.train import detection, recurrent, resize, spectral  # noqa: E402,F401  (they register their ops)
+from toolkit.train import detection, recurrent, resize, sampling, spectral  # noqa: E402,F401  (they register their ops)
