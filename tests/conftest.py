@@ -47,8 +47,11 @@ def _user_models(uri: str, password: str) -> list[str] | None:
 
 
 def port_free(port: int) -> bool:
-    """Nothing on this machine listens on `port` (a bind to it succeeds)."""
+    """Nothing on this machine listens on `port` (a bind to it succeeds; connections the last
+    run left in TIME_WAIT there do not count, as they do not for the server, which binds with
+    SO_REUSEADDR)."""
     with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind(("127.0.0.1", port))
         except OSError:

@@ -9,6 +9,7 @@ import subprocess
 import urllib.request
 from pathlib import Path
 
+import pytest
 from neo4j import GraphDatabase
 
 URI = os.environ.get("NEO4J_URI", "bolt://127.0.0.1:7687")
@@ -106,3 +107,24 @@ def test_a_second_run_of_this_checkouts_suite_gets_a_home_of_its_own():
     finally:
         handle.close()
         shutil.rmtree(home)
+
+
+def test_a_port_the_last_run_left_in_time_wait_is_free_and_a_listened_one_is_not():
+    """After a run, the server's side of its closed connections waits (TIME_WAIT) on its
+    port; the server binds there again (SO_REUSEADDR), so the next run should not move to
+    other ports for it, as it did. A port something listens on stays taken."""
+    from tests.conftest import port_free
+
+    with socket.socket() as listener:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        assert not port_free(port)
+        client = socket.create_connection(("127.0.0.1", port))
+        accepted, _ = listener.accept()
+        accepted.close()  # the server's side closes first: it waits in TIME_WAIT
+        client.close()
+    with socket.socket() as plain, pytest.raises(OSError):  # refused without SO_REUSEADDR
+        plain.bind(("127.0.0.1", port))
+    assert port_free(port)
