@@ -1,0 +1,78 @@
+"""The physical order of a tensor's axes through views, against torch's own strides."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from toolkit.layout import reshaped, transposed
+
+torch = pytest.importorskip("torch")
+
+
+def _torch_order(t) -> list[int]:
+    """Axes of more than one element, outermost in memory first (by stride)."""
+    return sorted((a for a in range(t.dim()) if t.shape[a] > 1), key=lambda a: -t.stride(a))
+
+
+def _wide(order, shape) -> list[int]:
+    return [a for a in order if shape[a] > 1]
+
+
+def _random_reshape(rng: random.Random, shape: list[int]) -> list[int]:
+    """Split one axis into two factors, merge two neighbours, or add or drop an axis of one."""
+    shape = list(shape)
+    how = rng.choice(["split", "merge", "one"])
+    if how == "split":
+        k = rng.randrange(len(shape))
+        factors = [f for f in range(1, shape[k] + 1) if shape[k] % f == 0]
+        f = rng.choice(factors)
+        return [*shape[:k], f, shape[k] // f, *shape[k + 1:]]
+    if how == "merge" and len(shape) > 1:
+        k = rng.randrange(len(shape) - 1)
+        return [*shape[:k], shape[k] * shape[k + 1], *shape[k + 2:]]
+    if 1 in shape and rng.random() < 0.5:
+        k = shape.index(1)
+        return shape[:k] + shape[k + 1:]
+    k = rng.randrange(len(shape) + 1)
+    return [*shape[:k], 1, *shape[k:]]
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_transposes_and_reshapes_lay_axes_out_as_torch_does(seed):
+    """Random chains of permutes and reshapes (splits, merges, axes of one element, batches of
+    one among them): after each step the axes of more than one element lie in memory in the
+    order torch's strides say, whether torch viewed or copied."""
+    rng = random.Random(seed)
+    shape = [rng.choice([1, 2, 3, 4, 6]) for _ in range(rng.randint(2, 5))]
+    t = torch.empty(shape)
+    order = tuple(range(len(shape)))
+    for _ in range(8):
+        if rng.random() < 0.5:
+            perm = list(range(t.dim()))
+            rng.shuffle(perm)
+            t, order = t.permute(perm), transposed(order, perm)
+        else:
+            dst = _random_reshape(rng, list(t.shape))
+            order = reshaped(order, list(t.shape), dst)
+            t = t.reshape(dst)
+        assert _wide(order, list(t.shape)) == _torch_order(t), (seed, list(t.shape))
+
+
+def test_heads_split_and_merged_back_as_multi_head_attention_does():
+    """torch's multi-head attention at batch 2: q is (L, B x H, D) transposed and viewed as
+    (B, H, L, D); merging the heads back with permute(2, 0, 1, 3) reads memory in order (a
+    view), with permute(0, 2, 1, 3) it does not. At batch 1 the order still places the batch."""
+    for batch in (2, 1):
+        length, heads, size = 5, 3, 4
+        q = torch.empty(length, batch * heads, size).transpose(0, 1).reshape(
+            batch, heads, length, size)
+        order = reshaped(transposed((0, 1, 2), [1, 0, 2]), [batch * heads, length, size],
+                         [batch, heads, length, size])
+        assert order == (2, 0, 1, 3)
+        if batch > 1:
+            assert _wide(order, list(q.shape)) == _torch_order(q)
+        assert transposed(order, [2, 0, 1, 3]) == (0, 1, 2, 3)
+        assert q.permute(2, 0, 1, 3).is_contiguous()
+        assert transposed(order, [0, 2, 1, 3]) != (0, 1, 2, 3)

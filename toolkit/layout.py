@@ -1,0 +1,105 @@
+"""Where a tensor's elements lie in memory: the physical order of its axes, followed through
+the views PyTorch makes of one storage (transposes, reshapes it can view, selects, slices).
+
+An operator that computes writes its output contiguously, axes in their logical order; a
+transpose relabels the axes without moving data; a reshape that only splits axes, or merges
+axes lying next to each other in memory and in order, is a view (`torch.reshape` copies
+otherwise, and the copy is contiguous again). The order says whether a later view of a kernel's
+output reads the same storage, as `toolkit.memory.merged_heads` asks. Pure: shapes in, axes
+out."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+from toolkit.graph import Layer, Tensor
+
+Order = tuple[int, ...]  # logical axes from the outermost in memory to the innermost
+_VIEWS = frozenset({"Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity",
+                    "Slice", "Gather"})
+
+
+def transposed(order: Order, perm: Sequence[int]) -> Order:
+    """The order after a transpose whose output axis k is input axis perm[k]."""
+    inverse = {axis: k for k, axis in enumerate(perm)}
+    return tuple(inverse[a] for a in order)
+
+
+def reshaped(order: Order, src: Sequence[int], dst: Sequence[int]) -> Order:
+    """The order after reshaping `src` to `dst`: each group of input axes that becomes a group
+    of output axes (equal products) keeps its place in memory where its axes of more than one
+    element lie together and in order there (a view); otherwise torch copies, contiguously."""
+    contiguous = tuple(range(len(dst)))
+    groups = _groups(src, dst)
+    if groups is None:
+        return contiguous
+    wide = [a for a in order if src[a] != 1]
+    place = {a: k for k, a in enumerate(order)}
+    ranks = []
+    for g, (ins, outs) in enumerate(groups):
+        spread = [a for a in ins if src[a] != 1]
+        if spread and wide[wide.index(spread[0]):wide.index(spread[0]) + len(spread)] != spread:
+            return contiguous
+        # where it lies: its first axis of many elements, else its first axis (one element)
+        first = spread[0] if spread else ins[0] if ins else None
+        ranks.append((place[first] if first is not None else len(order), g, outs))
+    return tuple(axis for _, _, outs in sorted(ranks) for axis in outs)
+
+
+def _groups(src: Sequence[int], dst: Sequence[int]
+            ) -> list[tuple[list[int], list[int]]] | None:
+    """Input and output axes paired into groups of equal products, in order; None where the
+    sizes do not match (or are unknown)."""
+    if 0 in src or 0 in dst or math.prod(src) != math.prod(dst):
+        return None
+    groups: list[tuple[list[int], list[int]]] = []
+    i = j = 0
+    while i < len(src) or j < len(dst):
+        ins, outs, a, b = [], [], 1, 1
+        if i < len(src):
+            ins, a, i = [i], src[i], i + 1
+        if j < len(dst):
+            outs, b, j = [j], dst[j], j + 1
+        while a != b:
+            if a < b and i < len(src):
+                ins.append(i)
+                a, i = a * src[i], i + 1
+            elif b < a and j < len(dst):
+                outs.append(j)
+                b, j = b * dst[j], j + 1
+            else:
+                return None
+        groups.append((ins, outs))
+    return groups
+
+
+def physical_order(layers: Sequence[Layer], producer: Mapping[str, int],
+                   tensors: Mapping[str, Tensor], name: str) -> Order:
+    """`name`'s axes in memory order: followed back through the views that made it to the
+    tensor an operator computed (contiguous), then forward again."""
+    chain, t = [], name
+    while (j := producer.get(t)) is not None and layers[j].op in _VIEWS and layers[j].inputs \
+            and layers[j].outputs and t == layers[j].outputs[0] and _viewed(layers[j], tensors):
+        chain.append(layers[j])
+        t = layers[j].inputs[0]
+    order: Order = tuple(range(len(tensors[t].shape)))
+    for layer in reversed(chain):
+        src, dst = tensors[layer.inputs[0]].shape, tensors[layer.outputs[0]].shape
+        if layer.op == "Transpose":
+            order = transposed(order, layer.ints("perm") or range(len(src))[::-1])
+        elif layer.op == "Gather":  # a select: its axis goes
+            axis = (layer.ints("axis") or [0])[0] % len(src)
+            order = tuple(a - (a > axis) for a in order if a != axis)
+        elif layer.op not in ("Slice", "Identity"):
+            order = reshaped(order, src, dst)
+    return order
+
+
+def _viewed(layer: Layer, tensors: Mapping[str, Tensor]) -> bool:
+    """The layer is a view torch makes: known shapes, and a Gather only where it selects one
+    index (its output has one axis fewer)."""
+    src, dst = tensors.get(layer.inputs[0]), tensors.get(layer.outputs[0])
+    if src is None or dst is None or not src.shape_known or not dst.shape_known:
+        return False
+    return layer.op != "Gather" or len(dst.shape) == len(src.shape) - 1
