@@ -232,11 +232,20 @@ factor fitted to a model.
   `tests/test_memory.py`, now exact against autograd): the fused kernel lays its output out
   like its queries, so where the heads were split with `transpose(1, 2)` (the batch-first
   attention of timm, transformers and hand-written modules) merging them back is a view, not
-  a second tensor; and torch.matmul copies a batched operand whose heads a transpose moved
-  ahead of the sequence, so a query or value kept by both a fused and a hand-written
-  attention is two storages. The layer norm's mean and reciprocal standard deviation (two
-  fp32 numbers per row) are counted too. ONNX's own `Attention` op (torch.onnx from opset 23)
-  keeps what the decomposed export does.
+  a second tensor. torchvision's `MultiheadAttention` splits the heads sequence-first (its
+  queries lie (sequence, batch, heads, head size) in memory), and its `permute(2, 0, 1, 3)`
+  before the output projection is a view on the CPU too: autograd keeps one storage for the
+  attention's output and the projection's input in all 12 of ViT-B/16's blocks. The model
+  follows the queries' layout back through the export's transposes and reshapes
+  (`toolkit/layout.py`, against torch's strides on random chains) and counts the merge as a
+  view wherever it reads that memory in order (ViT-B/16 from +8% to +2%: 0.502 GB predicted,
+  0.490 GB measured). CUDA's kernels write the output (batch, sequence, heads, head size)
+  whatever the queries: there the same merge copies, and a GPU tier counts two storages
+  (`ModelMemory.on`; ViT-B/16 on the H200 stays +2%). And torch.matmul copies a batched
+  operand whose heads a transpose moved ahead of the sequence, so a query or value kept by
+  both a fused and a hand-written attention is two storages. The layer norm's mean and
+  reciprocal standard deviation (two fp32 numbers per row) are counted too. ONNX's own
+  `Attention` op (torch.onnx from opset 23) keeps what the decomposed export does.
 - **Weights made at every step** (NFNet's standardised convolution weights, wav2vec2's
   weight-normed positional convolution, an LSTM's weights reordered into ONNX's gate order)
   are one tensor per step, not one per sample: NFNet-L0 from +87% to +7%, wav2vec2 from +67%
@@ -258,14 +267,11 @@ factor fitted to a model.
   output is the next one's input: T + 1 states), and the sequence once, or, read through a
   transpose (batch-first), once per direction. Equal to what autograd keeps within 1% for
   both cells, one and two directions, time- and batch-first (`tests/test_memory.py`).
-- Left: ViT-B/16 +8% is the attention's output, which PyTorch's kernel lays out so that the
-  next reshape is a view while ONNX shows a new tensor (12 x B x 197 x 768 floats: exactly
-  the excess): torchvision's `MultiheadAttention` splits heads sequence-first through
-  reshapes and transposes, a layout the views rule above does not follow; an ONNX graph
-  cannot say in general which transposes PyTorch copies, so elsewhere the model counts each
-  kept tensor on its own (over, never under). ConvNeXt-T -5%: a 38.5 MB scratch buffer
-  a CPU kernel allocates during the backward of its last stage (no tensor: the profiler sees
-  an anonymous block, three times), which no graph shows.
+- Left: elsewhere each kept tensor counts its own bytes, while a view autograd keeps holds
+  its base's whole storage (a determinant of one channel, `y[:, 0]`, keeps all of y), which
+  the graph does not show. ConvNeXt-T (-1% in this run, -5% in the one before): a 38.5 MB
+  scratch buffer a CPU kernel allocates during the backward of its last stage (no tensor:
+  the profiler sees an anonymous block, three times), which no graph shows.
 - **On a GPU** (the table below: an H200, 2026-11-30; raw rows in
   bench/results/memory-cuda.json) the same model, with the GPU's dropout masks, is within 7%
   for 16 of 18 rows, median 2%. What is live at the peak was read from the caching

@@ -182,9 +182,9 @@ def _per_tier_masks(chain: TierGraph, rng: np.random.Generator) -> TierGraph:
     GPU server's do."""
     memory = chain.base.memory
     assert memory is not None
-    masks = {j: (x.nbytes, float(rng.integers(0, int(x.nbytes) + 1)))
-             for j, x in enumerate(memory.saved) if not x.readers and rng.random() < 0.4}
-    memory = dataclasses.replace(memory, masks=masks)
+    variants = {j: (x, dataclasses.replace(x, nbytes=float(rng.integers(0, int(x.nbytes) + 1))))
+                for j, x in enumerate(memory.saved) if not x.readers and rng.random() < 0.4}
+    memory = dataclasses.replace(memory, variants=variants)
     return dataclasses.replace(chain, memories=[memory.on(str(rng.choice(["cpu", "cuda"])))
                                                 for _ in chain.tiers])
 

@@ -334,8 +334,8 @@ def test_a_dropout_mask_is_sized_by_where_its_tier_trains(tmp_path):
     assert api.make_scenario(device="jetson-nano").device.backend == "cuda"
     assert cuda_device.memory is not None and cuda_device.server_memory is not None
     device, server = cuda_device.memory, cuda_device.server_memory
-    assert [device.saved[j].nbytes for j in device.masks] == [elements * batch * 1]
-    assert [server.saved[j].nbytes for j in server.masks] == [elements * batch * 4]
+    assert [device.saved[j].nbytes for j in device.variants] == [elements * batch * 1]
+    assert [server.saved[j].nbytes for j in server.variants] == [elements * batch * 4]
     assert peak_memory(cuda_device, whole, "server") - peak_memory(cuda_device, whole) \
         == pytest.approx(3 * elements * batch)
     cpu_device = build_cost_graph(graph, api.make_scenario(

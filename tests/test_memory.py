@@ -448,3 +448,36 @@ def test_a_spatial_transformer_keeps_what_autograd_keeps(tmp_path: Path) -> None
     assert kept_by(ops["AffineGrid"]) == ()
     _, predicted, measured = _kept(graph, module, x)
     assert predicted == pytest.approx(measured, rel=0.01)
+
+
+def test_heads_merged_in_place_on_the_cpu_are_one_storage_with_the_attention_output(
+        tmp_path: Path) -> None:
+    """torch's `nn.MultiheadAttention` (batch first, as torchvision's ViT and
+    nn.TransformerEncoderLayer use it) lays its queries out (sequence, batch, heads, head
+    size); the CPU's fused kernel gives its output the queries' strides, so the
+    permute(2, 0, 1, 3) that merges the heads before the output projection is a view, and
+    autograd keeps one storage for both. Counting the projection's input apart fails here
+    (ViT-B/16's +8% in docs/memory.md). CUDA's kernels write (batch, sequence, heads, head
+    size): there the merge copies, and the tier keeps both."""
+    nn = torch.nn
+
+    class SelfAttention(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.attention, self.out = nn.MultiheadAttention(32, 4, batch_first=True), \
+                nn.Linear(32, 8)
+
+        def forward(self, x: Any) -> Any:
+            return self.out(self.attention(x, x, x, need_weights=False)[0] + x)
+
+    module, x = SelfAttention().train(), torch.randn(BATCH, SEQ, 32)
+    path = tmp_path / "encoder.onnx"
+    zoo.export_module(torch, module, (x,), path, "torchscript")
+    graph = api.load_graph(str(path), name="encoder", dims={"batch": BATCH})
+    costs, predicted, measured = _kept(graph, module, x)
+    assert predicted == pytest.approx(measured, rel=0.01)
+    assert costs.memory is not None
+    on_cuda = costs.memory.on("cuda")
+    merged = BATCH * SEQ * 32 * 4  # the attention's output, once more
+    assert sum(s.nbytes for s in on_cuda.saved) - sum(s.nbytes for s in costs.memory.saved) \
+        == merged

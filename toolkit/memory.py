@@ -29,8 +29,10 @@ For the tier that trains the layers S (in topological order), at batch b, in ste
   (ReLU's output is the next convolution's input) is kept once: b x its bytes at the
   training precision (once per step, not b times, for what weights alone make:
   `graph.computed_from`), and so is a view of it: the fused attention's output with its
-  heads merged back (`merged_heads`). A batched matmul operand whose heads a transpose
-  moved ahead of the sequence is copied by torch.matmul, and the copy kept apart
+  heads merged back where that reads its memory in order (`merged_heads`: CUDA's kernels
+  write (batch, sequence, heads, head size); the CPU's follow the queries' layout). A
+  batched matmul operand whose heads a transpose moved ahead of the sequence is copied by
+  torch.matmul, and the copy kept apart
   (`copied_operands`). A kept tensor is freed when the backward reaches the first op that
   keeps it;
 - **held tensors**: the model's outputs, which the loss and the training loop hold until the
@@ -70,6 +72,7 @@ from functools import cached_property
 import numpy as np
 
 from toolkit.graph import ELEMENT_BYTES, Layer, LayerGraph
+from toolkit.layout import physical_order, transposed
 from toolkit.ops import DATA_MOVEMENT
 
 WORD = 4  # bytes of an fp32 weight, gradient or optimizer state element
@@ -117,22 +120,24 @@ class ModelMemory:
     grads: list[float]
     workspace: list[float]
     saved: list[SavedTensor]
-    masks: dict[int, tuple[float, float]] = field(default_factory=dict)  # saved[j]: a
-    # dropout's mask, its bytes on the CPU (a float per element) and on CUDA (a byte)
-    backend: str = "cpu"  # where the tier trains (`Processor.backend`): sizes the masks
+    variants: dict[int, tuple[SavedTensor, SavedTensor]] = field(default_factory=dict)
+    # saved[j] as the CPU and as CUDA keep it (`on`)
+    backend: str = "cpu"  # where the tier trains (`Processor.backend`): picks the variants
 
     def on(self, backend: str) -> ModelMemory:
-        """The same terms for a tier that trains on `backend` ("cpu" or "cuda"). Only a
-        training-mode dropout's mask differs: PyTorch's CPU path multiplies by a float noise
-        tensor the size of the input and keeps it; CUDA's fused `native_dropout` keeps a bool
-        mask, one byte per element (measured on an H200: BERT at batch 32 from +14% to +0.4%,
-        docs/memory.md)."""
+        """The same terms for a tier that trains on `backend` ("cpu" or "cuda"). Two kinds of
+        kept tensor differ: a training-mode dropout's mask (PyTorch's CPU path multiplies by
+        a float noise tensor the size of the input and keeps it; CUDA's fused
+        `native_dropout` keeps a bool mask, one byte per element: measured on an H200, BERT
+        at batch 32 from +14% to +0.4%, docs/memory.md), and fused attention's output with
+        its heads merged back, one storage where that is a view there, two where it is a
+        copy (`merged_heads`)."""
         if backend == self.backend:
             return self
         column = 0 if backend == "cpu" else 1
         saved = list(self.saved)
-        for j, sizes in self.masks.items():
-            saved[j] = replace(saved[j], nbytes=sizes[column])
+        for j, pair in self.variants.items():
+            saved[j] = pair[column]
         return replace(self, saved=saved, backend=backend)
 
     @cached_property
@@ -220,25 +225,37 @@ def aliases(layers: Sequence[Layer]) -> dict[str, str]:
     return alias
 
 
-def merged_heads(layers: Sequence[Layer], attention: Collection[int],
-                 wiring: Wiring | None = None) -> dict[str, str]:
-    """Views of fused attention's output: PyTorch's fused kernels write it as (batch,
-    sequence, heads, head size) and return a (batch, heads, sequence, head size) view (CUDA's
-    flash and memory-efficient kernels always; the CPU's when the queries are laid out so,
-    as splitting heads with view and transpose(1, 2) leaves them), so merging the heads back,
-    transpose(1, 2) and then a reshape, reads the same memory rather than copying it.
-    Tensor -> the output it views, for the attention layers `attention`."""
-    _, readers = wiring or _wiring(layers)
-    views: dict[str, str] = {}
-    for i in attention:
+def merged_heads(graph: LayerGraph, attention: Mapping[int, tuple[str, ...]],
+                 wiring: Wiring | None = None) -> tuple[dict[str, str], dict[str, str]]:
+    """Views of fused attention's output, on the CPU and on CUDA: tensor -> the output it
+    views, for the 4-D outputs of `attention` (layer -> what it keeps, queries first). The
+    heads merged back (a transpose, then reshapes) read the output's memory in order, so
+    copy nothing, where the transpose lays its axes out as the output lies in memory.
+    PyTorch's CUDA kernels (flash, memory-efficient) write the output as (batch, sequence,
+    heads, head size) and return a (batch, heads, sequence, head size) view, so
+    transpose(1, 2) merges in place; its CPU kernel gives the output the queries' strides, so
+    torchvision's `nn.MultiheadAttention`, whose queries lie (sequence, batch, heads, head
+    size), merges in place with permute(2, 0, 1, 3) on the CPU and copies on CUDA
+    (autograd's saved tensors on vit_b_16; `toolkit.layout` follows the queries' layout)."""
+    layers = list(graph)
+    producer, readers = wiring or _wiring(layers)
+    views: tuple[dict[str, str], dict[str, str]] = ({}, {})
+    for i, kept in attention.items():
         out = layers[i].outputs[0]
+        tensor = graph.tensors.get(out)
+        if tensor is None or len(tensor.shape) != 4 or not kept:
+            continue
+        queries = physical_order(layers, producer, graph.tensors, kept[0])
+        lies = (queries if len(queries) == 4 else (0, 1, 2, 3), (0, 2, 1, 3))  # CPU, CUDA
         for t in readers.get(out, []):
-            if layers[t].op != "Transpose" or layers[t].ints("perm") != [0, 2, 1, 3] \
-                    or not layers[t].outputs:
+            if layers[t].op != "Transpose" or not layers[t].outputs:
                 continue
-            views[layers[t].outputs[0]] = out
-            views.update({layers[r].outputs[0]: out for r in readers.get(layers[t].outputs[0], [])
-                          if layers[r].op == "Reshape" and layers[r].outputs})
+            merged = [layers[t].outputs[0], *(layers[r].outputs[0]
+                                              for r in readers.get(layers[t].outputs[0], [])
+                                              if layers[r].op == "Reshape" and layers[r].outputs)]
+            for backend, order in zip(views, lies, strict=True):
+                if transposed(order, layers[t].ints("perm")) == (0, 1, 2, 3):
+                    backend.update(dict.fromkeys(merged, out))
     return views
 
 
@@ -408,7 +425,8 @@ def model_memory(graph: LayerGraph, batch: int, state_buffers: int,
     attention, lse = fused_attention(graph, wiring)
     fused = {**fused_activations(layers, wiring), **attention}
     grad = carrying_grad(graph)
-    alias = {**aliases(layers), **merged_heads(layers, lse, wiring)}
+    on_cpu, on_cuda = merged_heads(graph, attention, wiring)
+    alias = {**aliases(layers), **{t: o for t, o in on_cpu.items() if on_cuda.get(t) == o}}
     copies = copied_operands(graph, wiring)
 
     def times(name: str) -> int:
@@ -432,9 +450,10 @@ def model_memory(graph: LayerGraph, batch: int, state_buffers: int,
             keepers.setdefault((alias.get(name, name), own), []).append(i)
     saved = [SavedTensor(per_step(name), tuple(sorted(set(who))))
              for (name, _), who in keepers.items()]
+    variants = _merged_on_one_backend(
+        saved, {name: j for j, (name, own) in enumerate(keepers) if own < 0}, on_cpu, on_cuda)
     saved += [SavedTensor(times(layers[i].outputs[0]) * nbytes, (i,))
               for i, nbytes in lse.items()]
-    masks: dict[int, tuple[float, float]] = {}
     for i, layer in enumerate(layers):
         if layer.op == "MaxPool" and layer.outputs and layer.outputs[0] in graph.tensors:
             saved.append(SavedTensor(elements(layer.outputs[0]) * _INDEX_BYTES, (i,)))
@@ -442,9 +461,9 @@ def model_memory(graph: LayerGraph, batch: int, state_buffers: int,
             saved.append(SavedTensor(times(layer.inputs[0]) * _row_statistics(graph, layer),
                                      (i,)))
         if layer.op == "Dropout" and "training_mode=1" in layer.attrs and layer.outputs:
-            masks[len(saved)] = (per_step(layer.outputs[0]),
-                                 elements(layer.outputs[0]) * _MASK_BYTES)
-            saved.append(SavedTensor(masks[len(saved)][0], (i,)))
+            variants[len(saved)] = (SavedTensor(per_step(layer.outputs[0]), (i,)),
+                                    SavedTensor(elements(layer.outputs[0]) * _MASK_BYTES, (i,)))
+            saved.append(variants[len(saved)][0])
         if layer.op == "Det" and layer.inputs and layer.inputs[0] in graph.tensors:
             saved.append(SavedTensor(lu_factors(graph, layer, per_step, elements), (i,)))
         if layer.op == "LSTM":
@@ -457,7 +476,29 @@ def model_memory(graph: LayerGraph, batch: int, state_buffers: int,
         state=[float(x.params * x.weight_word * (1 + state_buffers)) for x in layers],
         grads=[float(x.params * x.weight_word) for x in layers],
         workspace=[sum(per_step(t) for t in (*x.inputs, *x.outputs)) for x in layers],
-        saved=saved, masks=masks)
+        saved=[variants[j][0] if j in variants else x for j, x in enumerate(saved)],
+        variants=variants)
+
+
+def _merged_on_one_backend(saved: list[SavedTensor], index: Mapping[str, int],
+                           on_cpu: Mapping[str, str], on_cuda: Mapping[str, str]
+                           ) -> dict[int, tuple[SavedTensor, SavedTensor]]:
+    """The saved tensors (by `index`) of the merged heads that are a view of the attention's
+    output on one backend only: there one storage, kept as long as either keeper needs it
+    (the view adds no bytes); on the other, two. saved index -> (CPU's, CUDA's)."""
+    variants: dict[int, tuple[SavedTensor, SavedTensor]] = {}
+    for t, out in {**on_cpu, **on_cuda}.items():
+        a, b = index.get(out), index.get(t)
+        if a is None or b is None or (t in on_cpu) == (t in on_cuda):
+            continue
+        whole, view = list(variants.get(a, (saved[a],) * 2)), list(variants.get(b, (saved[b],) * 2))
+        for k, views in enumerate((t in on_cpu, t in on_cuda)):
+            if views:
+                whole[k] = replace(whole[k], keepers=tuple(sorted({*whole[k].keepers,
+                                                                    *view[k].keepers})))
+                view[k] = replace(view[k], nbytes=0.0)
+        variants[a], variants[b] = (whole[0], whole[1]), (view[0], view[1])
+    return variants
 
 
 _PAGE = 4096  # oneDNN aligns each region of an RNN workspace to a page
