@@ -450,34 +450,61 @@ def test_a_spatial_transformer_keeps_what_autograd_keeps(tmp_path: Path) -> None
     assert predicted == pytest.approx(measured, rel=0.01)
 
 
-def test_heads_merged_in_place_on_the_cpu_are_one_storage_with_the_attention_output(
-        tmp_path: Path) -> None:
-    """torch's `nn.MultiheadAttention` (batch first, as torchvision's ViT and
-    nn.TransformerEncoderLayer use it) lays its queries out (sequence, batch, heads, head
-    size); the CPU's fused kernel gives its output the queries' strides, so the
-    permute(2, 0, 1, 3) that merges the heads before the output projection is a view, and
-    autograd keeps one storage for both. Counting the projection's input apart fails here
-    (ViT-B/16's +8% in docs/memory.md). CUDA's kernels write (batch, sequence, heads, head
-    size): there the merge copies, and the tier keeps both."""
-    nn = torch.nn
+class _UnbindAttention(torch.nn.Module):
+    """timm's attention: q, k and v unbound from one projection (Split and Squeeze in the
+    export), laid out (batch, sequence, heads, head size); heads merged with transpose(1, 2)."""
 
-    class SelfAttention(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.qkv, self.proj = torch.nn.Linear(32, 96), torch.nn.Linear(32, 32)
+
+    def forward(self, x: Any) -> Any:
+        b, n, c = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, 4, c // 4).permute(2, 0, 3, 1, 4).unbind(0)
+        out = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+        return self.proj(out.transpose(1, 2).reshape(b, n, c))
+
+
+class _SequenceFirstAttention(torch.nn.Module):
+    """torch's `nn.MultiheadAttention`, batch first (torchvision's ViT, TransformerEncoder):
+    queries laid out (sequence, batch, heads, head size); heads merged with
+    permute(2, 0, 1, 3)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.attention = torch.nn.MultiheadAttention(32, 4, batch_first=True)
+
+    def forward(self, x: Any) -> Any:
+        return self.attention(x, x, x, need_weights=False)[0]
+
+
+@pytest.mark.parametrize(("make", "copied_on_cuda"), [(_SequenceFirstAttention, True),
+                                                      (_UnbindAttention, False)])
+def test_heads_merged_in_place_are_one_storage_with_the_attention_output(
+        make: Any, copied_on_cuda: bool, tmp_path: Path) -> None:
+    """The CPU's fused kernel gives its output the queries' strides, so merging the heads
+    back reads it in order, a view, where the queries lay (sequence, batch, heads, head size)
+    and the merge is permute(2, 0, 1, 3) as much as where they lay (batch, sequence, heads,
+    head size) and it is transpose(1, 2): autograd keeps one storage for both. Counting the
+    projection's input apart fails here (ViT-B/16's +8% in docs/memory.md). CUDA's kernels
+    write (batch, sequence, heads, head size) whatever the queries: there the first merge
+    copies, and the tier keeps both."""
+    class Block(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.attention, self.out = nn.MultiheadAttention(32, 4, batch_first=True), \
-                nn.Linear(32, 8)
+            self.attention, self.out = make(), torch.nn.Linear(32, 8)
 
         def forward(self, x: Any) -> Any:
-            return self.out(self.attention(x, x, x, need_weights=False)[0] + x)
+            return self.out(self.attention(x) + x)
 
-    module, x = SelfAttention().train(), torch.randn(BATCH, SEQ, 32)
-    path = tmp_path / "encoder.onnx"
+    module, x = Block().train(), torch.randn(BATCH, SEQ, 32)
+    path = tmp_path / "attention.onnx"
     zoo.export_module(torch, module, (x,), path, "torchscript")
-    graph = api.load_graph(str(path), name="encoder", dims={"batch": BATCH})
+    graph = api.load_graph(str(path), name="attention", dims={"batch": BATCH})
     costs, predicted, measured = _kept(graph, module, x)
     assert predicted == pytest.approx(measured, rel=0.01)
     assert costs.memory is not None
     on_cuda = costs.memory.on("cuda")
     merged = BATCH * SEQ * 32 * 4  # the attention's output, once more
     assert sum(s.nbytes for s in on_cuda.saved) - sum(s.nbytes for s in costs.memory.saved) \
-        == merged
+        == (merged if copied_on_cuda else 0)

@@ -1,5 +1,6 @@
 """Where a tensor's elements lie in memory: the physical order of its axes, followed through
-the views PyTorch makes of one storage (transposes, reshapes it can view, selects, slices).
+the views PyTorch makes of one storage (transposes, reshapes it can view, selects, slices and
+the pieces of a split or unbind).
 
 An operator that computes writes its output contiguously, axes in their logical order; a
 transpose relabels the axes without moving data; a reshape that only splits axes, or merges
@@ -17,13 +18,20 @@ from toolkit.graph import Layer, Tensor
 
 Order = tuple[int, ...]  # logical axes from the outermost in memory to the innermost
 _VIEWS = frozenset({"Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity",
-                    "Slice", "Gather"})
+                    "Slice", "Split", "Gather"})
 
 
 def transposed(order: Order, perm: Sequence[int]) -> Order:
     """The order after a transpose whose output axis k is input axis perm[k]."""
     inverse = {axis: k for k, axis in enumerate(perm)}
     return tuple(inverse[a] for a in order)
+
+
+def in_order(order: Order, shape: Sequence[int]) -> bool:
+    """The axes of more than one element lie in memory in their logical order: the tensor
+    reads its storage in order (axes of one element, such as a batch of one, are free)."""
+    wide = [a for a in order if shape[a] != 1]
+    return wide == sorted(wide)
 
 
 def reshaped(order: Order, src: Sequence[int], dst: Sequence[int]) -> Order:
@@ -80,26 +88,26 @@ def physical_order(layers: Sequence[Layer], producer: Mapping[str, int],
     tensor an operator computed (contiguous), then forward again."""
     chain, t = [], name
     while (j := producer.get(t)) is not None and layers[j].op in _VIEWS and layers[j].inputs \
-            and layers[j].outputs and t == layers[j].outputs[0] and _viewed(layers[j], tensors):
-        chain.append(layers[j])
+            and t in layers[j].outputs and _viewed(layers[j], tensors, t):
+        chain.append((layers[j], t))
         t = layers[j].inputs[0]
     order: Order = tuple(range(len(tensors[t].shape)))
-    for layer in reversed(chain):
-        src, dst = tensors[layer.inputs[0]].shape, tensors[layer.outputs[0]].shape
+    for layer, made in reversed(chain):
+        src, dst = tensors[layer.inputs[0]].shape, tensors[made].shape
         if layer.op == "Transpose":
             order = transposed(order, layer.ints("perm") or range(len(src))[::-1])
         elif layer.op == "Gather":  # a select: its axis goes
             axis = (layer.ints("axis") or [0])[0] % len(src)
             order = tuple(a - (a > axis) for a in order if a != axis)
-        elif layer.op not in ("Slice", "Identity"):
+        elif layer.op not in ("Slice", "Split", "Identity"):  # (pieces lie as the whole)
             order = reshaped(order, src, dst)
     return order
 
 
-def _viewed(layer: Layer, tensors: Mapping[str, Tensor]) -> bool:
-    """The layer is a view torch makes: known shapes, and a Gather only where it selects one
-    index (its output has one axis fewer)."""
-    src, dst = tensors.get(layer.inputs[0]), tensors.get(layer.outputs[0])
+def _viewed(layer: Layer, tensors: Mapping[str, Tensor], made: str) -> bool:
+    """The layer is a view torch makes (`made` one of its outputs): known shapes, and a
+    Gather only where it selects one index (its output has one axis fewer)."""
+    src, dst = tensors.get(layer.inputs[0]), tensors.get(made)
     if src is None or dst is None or not src.shape_known or not dst.shape_known:
         return False
     return layer.op != "Gather" or len(dst.shape) == len(src.shape) - 1

@@ -72,7 +72,7 @@ from functools import cached_property
 import numpy as np
 
 from toolkit.graph import ELEMENT_BYTES, Layer, LayerGraph
-from toolkit.layout import physical_order, transposed
+from toolkit.layout import in_order, physical_order, transposed
 from toolkit.ops import DATA_MOVEMENT
 
 WORD = 4  # bytes of an fp32 weight, gradient or optimizer state element
@@ -247,14 +247,21 @@ def merged_heads(graph: LayerGraph, attention: Mapping[int, tuple[str, ...]],
             continue
         queries = physical_order(layers, producer, graph.tensors, kept[0])
         lies = (queries if len(queries) == 4 else (0, 1, 2, 3), (0, 2, 1, 3))  # CPU, CUDA
+        # (the CPU's compared on the axes of more than one element: the graph's tensors are
+        # one sample's, and where the queries' batch lies among them the file does not say;
+        # CUDA's kernels put it outermost)
         for t in readers.get(out, []):
             if layers[t].op != "Transpose" or not layers[t].outputs:
                 continue
             merged = [layers[t].outputs[0], *(layers[r].outputs[0]
                                               for r in readers.get(layers[t].outputs[0], [])
                                               if layers[r].op == "Reshape" and layers[r].outputs)]
-            for backend, order in zip(views, lies, strict=True):
-                if transposed(order, layers[t].ints("perm")) == (0, 1, 2, 3):
+            perm = layers[t].ints("perm") or [3, 2, 1, 0]
+            shape = list(graph.tensors[merged[0]].shape)
+            step = [*shape]  # as a step has it: the batch (the output's first axis) of many
+            step[perm.index(0)] = 2
+            for backend, order, sizes in zip(views, lies, (shape, step), strict=True):
+                if in_order(transposed(order, perm), sizes):
                     backend.update(dict.fromkeys(merged, out))
     return views
 
