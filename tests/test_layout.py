@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 
 import pytest
@@ -76,3 +77,23 @@ def test_heads_split_and_merged_back_as_multi_head_attention_does():
         assert transposed(order, [2, 0, 1, 3]) == (0, 1, 2, 3)
         assert q.permute(2, 0, 1, 3).is_contiguous()
         assert transposed(order, [0, 2, 1, 3]) != (0, 1, 2, 3)
+
+
+def test_a_graphs_views_are_followed_back_and_a_malformed_permutation_is_a_copy():
+    """physical_order walks a graph: x made by a MatMul (contiguous), reshaped to heads and
+    transposed, lies (sequence, heads, head size) with the heads second; a transpose whose
+    permutation is not one (a hostile file) is taken as a copy, never an error."""
+    from toolkit.graph import Layer, Tensor
+    from toolkit.layout import physical_order
+
+    def tensor(name, shape, producer):
+        return Tensor(name, shape, "float32", 4 * math.prod(shape), producer)
+
+    for perm, wanted in (("[1, 0, 2]", (1, 0, 2)), ("[1, 1, 2]", (0, 1, 2))):
+        layers = [Layer("mm", "MatMul", ("in",), ("x",)),
+                  Layer("r", "Reshape", ("x",), ("h",)),
+                  Layer("t", "Transpose", ("h",), ("q",), attrs=f"perm={perm}")]
+        tensors = {"x": tensor("x", (5, 12), "mm"), "h": tensor("h", (5, 3, 4), "r"),
+                   "q": tensor("q", (3, 5, 4), "t")}
+        producer = {"x": 0, "h": 1, "q": 2}
+        assert physical_order(layers, producer, tensors, "q") == wanted

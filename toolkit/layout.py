@@ -95,7 +95,9 @@ def physical_order(layers: Sequence[Layer], producer: Mapping[str, int],
     for layer, made in reversed(chain):
         src, dst = tensors[layer.inputs[0]].shape, tensors[made].shape
         if layer.op == "Transpose":
-            order = transposed(order, layer.ints("perm") or range(len(src))[::-1])
+            perm = layer.ints("perm") or list(range(len(src)))[::-1]
+            order = transposed(order, perm) if sorted(perm) == sorted(order) \
+                else tuple(range(len(dst)))  # (a malformed permutation: taken as a copy)
         elif layer.op == "Gather":  # a select: its axis goes
             axis = (layer.ints("axis") or [0])[0] % len(src)
             order = tuple(a - (a > axis) for a in order if a != axis)

@@ -258,6 +258,8 @@ def merged_heads(graph: LayerGraph, attention: Mapping[int, tuple[str, ...]],
                                               if layers[r].op == "Reshape" and layers[r].outputs)]
             perm = layers[t].ints("perm") or [3, 2, 1, 0]
             shape = list(graph.tensors[merged[0]].shape)
+            if sorted(perm) != [0, 1, 2, 3] or len(shape) != 4:
+                continue
             step = [*shape]  # as a step has it: the batch (the output's first axis) of many
             step[perm.index(0)] = 2
             for backend, order, sizes in zip(views, lies, (shape, step), strict=True):
