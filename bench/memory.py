@@ -68,6 +68,7 @@ def training_step(name: str, batch: int, device: str) -> tuple[Any, Any, Callabl
 
     module, (example,) = zoo.get(name).build()
     module.train()
+    zoo.keep_every_layer(module)  # as the export: the step that skips no layer
     shape = (batch, *example.shape[1:])
     inputs = torch.randn(shape) if example.is_floating_point() \
         else torch.randint(0, 1000, shape)
@@ -250,6 +251,26 @@ factor fitted to a model.
   weight-normed positional convolution, an LSTM's weights reordered into ONNX's gate order)
   are one tensor per step, not one per sample: NFNet-L0 from +87% to +7%, wav2vec2 from +67%
   to +5% at batch 8 (`graph.computed_from`).
+- **Views keep their base** (2026-12-01, found by comparing the kept tensors of every model
+  on this page with autograd's distinct storages at batch 2): a view autograd keeps holds its
+  base's whole storage, once for all the views of it (ViT's head reads `x[:, 0]` and keeps
+  all 197 tokens; `s.expand_as(y)` keeps only s). The model follows selects, slices, the
+  pieces of a split, transposes, expansions and in-order reshapes back to the tensor an
+  operator computed (`toolkit.layout.storages`, checked against torch's storages on random
+  chains); where the graph cannot tell a view from a copy (a reshape of what may not lie in
+  order) each counts its own, and torch.matmul's copy of a batched operand that views part
+  of a storage is kept apart. Kept tensors now equal autograd's within 0.3% on fourteen of
+  the fifteen models (wav2vec2 below; Sequencer2d's oneDNN workspace is kept whole by
+  autograd but only partly written, as measured), ViT-B/16 from -0.5% to 0.0%.
+- **Decomposed group norm and weight norm, and LayerDrop** (the same comparison, wav2vec2 at
+  +18%): the TorchScript exporter writes GroupNorm as InstanceNormalization and a product by
+  its weight, and a weight norm as ReduceL2, Div and a product by g; PyTorch runs both fused,
+  keeping the group norm's input and statistics and the weight norm's norms, never the
+  products' inputs (13 and 19 MB at batch 2), so those products keep nothing
+  (`fused_normalizations`; kept tensors from +18% to 0.0%). And wav2vec2 skips each encoder
+  layer with p = 0.1 while training (LayerDrop): its train-mode export held the 10 layers one
+  draw kept, the measured step those another draw kept. Both now run every layer
+  (`zoo.keep_every_layer`: the step that skips none is the one that must fit).
 - **oneDNN's LSTM workspace**: PyTorch trains an fp32 LSTM on the CPU with oneDNN, one call
   per direction, and keeps for the backward its input, its outputs and oneDNN's workspace
   (not ONNX's reordered copies of the weights, which the export shows). Of the workspace's
@@ -267,11 +288,13 @@ factor fitted to a model.
   output is the next one's input: T + 1 states), and the sequence once, or, read through a
   transpose (batch-first), once per direction. Equal to what autograd keeps within 1% for
   both cells, one and two directions, time- and batch-first (`tests/test_memory.py`).
-- Left: elsewhere each kept tensor counts its own bytes, while a view autograd keeps holds
-  its base's whole storage (a determinant of one channel, `y[:, 0]`, keeps all of y), which
-  the graph does not show. ConvNeXt-T (-1% in this run, -5% in the one before): a 38.5 MB
-  scratch buffer a CPU kernel allocates during the backward of its last stage (no tensor:
-  the profiler sees an anonymous block, three times), which no graph shows.
+- Left: wav2vec2, -7.5% with every layer run (it read +5% before the terms above, whose
+  over-counts and the smaller export hid this): its kept tensors equal autograd's, so the
+  missing 54 MB at batch 8 is live in the backward without being kept (about one of the
+  feature encoder's first-layer tensors, 52 MB), not found yet. ConvNeXt-T (-1%, -5% in
+  an earlier run): a 38.5 MB scratch buffer a CPU kernel allocates during the backward of
+  its last stage (no tensor: the profiler sees an anonymous block, three times), which no
+  graph shows.
 - **On a GPU** (the table below: an H200, 2026-11-30; raw rows in
   bench/results/memory-cuda.json) the same model, with the GPU's dropout masks, is within 7%
   for 16 of 18 rows, median 2%. What is live at the peak was read from the caching

@@ -97,3 +97,54 @@ def test_a_graphs_views_are_followed_back_and_a_malformed_permutation_is_a_copy(
                    "q": tensor("q", (3, 5, 4), "t")}
         producer = {"x": 0, "h": 1, "q": 2}
         assert physical_order(layers, producer, tensors, "q") == wanted
+
+
+def _random_view(rng: random.Random, t):
+    """One op of a chain and what torch makes of it: a permute, a reshape (a view or a copy,
+    as torch decides), a select, a narrowing slice, an unsqueeze or an expansion."""
+    how = rng.choice(["Transpose", "Reshape", "Gather", "Slice", "Unsqueeze", "Expand"])
+    wide = [a for a in range(t.dim()) if t.shape[a] > 1]
+    if how == "Gather" and t.dim() > 1:
+        axis = rng.randrange(t.dim())
+        return how, t.select(axis, rng.randrange(t.shape[axis]))
+    if how == "Slice" and wide:
+        axis = rng.choice(wide)
+        length = rng.randrange(1, t.shape[axis])
+        return how, t.narrow(axis, rng.randrange(t.shape[axis] - length + 1), length)
+    if how == "Unsqueeze":
+        return how, t.unsqueeze(rng.randrange(t.dim() + 1))
+    if how == "Expand" and 1 in t.shape:
+        return how, t.expand(*(3 if n == 1 else n for n in t.shape))
+    if how == "Reshape":
+        return how, t.reshape(_random_reshape(rng, list(t.shape)))
+    perm = list(range(t.dim()))
+    rng.shuffle(perm)
+    return "Transpose", t.permute(perm)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_storages_name_a_view_only_where_torch_shares_the_storage(seed):
+    """Random chains of views and reshapes from one computed tensor: each tensor `storages`
+    calls a view shares its root's storage in torch, and each it says reads that storage in
+    order is contiguous; what it cannot tell it leaves its own (a copy, or an uncounted view).
+    The first op, a permute, is always a view."""
+    from toolkit.graph import Layer, Tensor
+    from toolkit.layout import storages
+
+    rng = random.Random(seed)
+    shape = [rng.choice([1, 2, 3, 4]) for _ in range(rng.randint(2, 4))]
+    made = {"t0": torch.empty(shape)}
+    layers = [Layer("make", "MatMul", ("in",), ("t0",))]
+    tensors = {"t0": Tensor("t0", tuple(shape), "float32", 4 * math.prod(shape), "make")}
+    for k in range(1, 12):
+        how, new = _random_view(rng, made[f"t{k - 1}"]) if k > 1 else (
+            "Transpose", made["t0"].permute(*reversed(range(len(shape)))))
+        layers.append(Layer(f"l{k}", how, (f"t{k - 1}",), (f"t{k}",)))
+        tensors[f"t{k}"] = Tensor(f"t{k}", tuple(new.shape), "float32", 4 * new.numel(), f"l{k}")
+        made[f"t{k}"] = new
+    views = storages(layers, tensors, {})
+    assert "t1" in views.root
+    for name, root in views.root.items():
+        assert made[name].untyped_storage().data_ptr() == made[root].untyped_storage().data_ptr()
+    for name in views.in_order:
+        assert made[name].is_contiguous(), (seed, name)

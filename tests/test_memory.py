@@ -420,13 +420,11 @@ def test_a_spatial_transformer_keeps_what_autograd_keeps(tmp_path: Path) -> None
             self.locate, self.conv = nn.Linear(3, 6), nn.Conv2d(3, 8, 3)
 
         def forward(self, x: Any) -> Any:
-            # (theta from x's mean, not from a view of x: torch would keep x's storage once
-            # for both readers, where the model counts the view's bytes apart)
             theta = self.locate(x.mean(dim=(2, 3))).view(-1, 2, 3)
             grid = functional.affine_grid(theta, list(x.shape), align_corners=False)
             y = self.conv(functional.grid_sample(x, grid, align_corners=False))
-            # (a copy: a view of y would keep y's whole storage, which the model does not count)
-            return y.mean() + torch.linalg.det(y[:, 0].contiguous()).sum() + torch.linalg.det(
+            # (the determinants of views: each keeps its base's whole storage)
+            return y.mean() + torch.linalg.det(y[:, 0]).sum() + torch.linalg.det(
                 theta[:, :, :2]).sum()
 
     module, x = Transformer().train(), torch.randn(BATCH, 3, 16, 16)
@@ -446,6 +444,68 @@ def test_a_spatial_transformer_keeps_what_autograd_keeps(tmp_path: Path) -> None
     ops = {layer.op: layer for layer in graph}
     assert ops["AffineGrid"].supported and ops["Det"].supported
     assert kept_by(ops["AffineGrid"]) == ()
+    _, predicted, measured = _kept(graph, module, x)
+    assert predicted == pytest.approx(measured, rel=0.01)
+
+
+def test_a_kept_view_keeps_its_whole_storage_once(tmp_path: Path) -> None:
+    """Autograd, keeping a view, keeps its base's storage whole and once: a linear layer on
+    `y[:, 0, 0]` keeps all of y, one on `y.flatten(1)` the same storage again, a product with
+    `s.expand_as(y)` only s. A reshape of a transposed view is a copy, a storage of its own.
+    Counting each view's own bytes (one 16th of y for the select, all of y for the expanded s)
+    fails, and so does taking the transposed reshape for a view."""
+    nn = torch.nn
+
+    class Views(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b, self.c = (nn.Conv2d(3, 16, 3, padding=1) for _ in range(3))
+            self.head, self.body = nn.Linear(8, 8), nn.Linear(16 * 64, 8)
+            self.tail = nn.Linear(16 * 64, 8)
+
+        def forward(self, x: Any) -> Any:
+            y, z = self.a(x), torch.relu(self.c(x))  # y is kept only through its views
+            s = self.b(x).mean(dim=(2, 3), keepdim=True)
+            gated = torch.tanh(z * s.expand_as(z)).mean(dim=(1, 2, 3))
+            copied = self.tail(z.transpose(1, 2).reshape(x.shape[0], -1))
+            return self.head(y[:, 0, 0]) + self.body(y.flatten(1)) + copied + gated[:, None]
+
+    module, x = Views().train(), torch.randn(BATCH, 3, 8, 8)
+    path = tmp_path / "views.onnx"
+    zoo.export_module(torch, module, (x,), path, "torchscript")
+    graph = api.load_graph(str(path), name="views", dims={"batch": BATCH})
+    ops = [layer.op for layer in graph]
+    assert {"Gather", "Expand", "Transpose"} <= set(ops)
+    _, predicted, measured = _kept(graph, module, x)
+    assert predicted == pytest.approx(measured, rel=0.01)
+
+
+def test_a_decomposed_group_norm_and_weight_norm_keep_what_the_fused_ops_keep(
+        tmp_path: Path) -> None:
+    """The TorchScript exporter writes GroupNorm as InstanceNormalization between Reshapes,
+    then Mul by the weight, and a weight norm as ReduceL2, Div and Mul by g; PyTorch's fused
+    ops keep the group norm's input and statistics, and v, g and the norms: neither Mul keeps
+    its input (wav2vec2's feature encoder and positional convolution: counting them was
+    +18% there). Counting either Mul's input fails."""
+    nn = torch.nn
+    weight_norm = torch.nn.utils.parametrizations.weight_norm
+
+    class Normed(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv1d(4, 32, 3, padding=1)
+            self.norm = nn.GroupNorm(8, 32)
+            self.mix = weight_norm(nn.Conv1d(32, 32, 5, padding=2, groups=4), dim=2)
+
+        def forward(self, x: Any) -> Any:
+            return self.mix(torch.relu(self.norm(self.conv(x))))
+
+    torch.manual_seed(0)
+    module, x = Normed().train(), torch.randn(BATCH, 4, 256)
+    path = tmp_path / "normed.onnx"
+    zoo.export_module(torch, module, (x,), path, "torchscript")
+    graph = api.load_graph(str(path), name="normed", dims={"batch": BATCH})
+    assert {"InstanceNormalization", "ReduceL2"} <= {layer.op for layer in graph}
     _, predicted, measured = _kept(graph, module, x)
     assert predicted == pytest.approx(measured, rel=0.01)
 

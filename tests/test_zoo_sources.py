@@ -109,6 +109,27 @@ def test_a_transformers_config_is_fed_what_its_model_reads(tmp_path, config, raw
     assert wanted <= seen
 
 
+def test_a_train_mode_export_keeps_every_layer_layerdrop_would_skip(tmp_path):
+    """LayerDrop skips each encoder layer at random in train mode (here always: p = 1), so a
+    trace would hold none of them; a train-mode export holds them all, as the step that skips
+    none runs them (its time and memory are the ones that must fit)."""
+    config = tmp_path / "dropping" / "config.json"
+    config.parent.mkdir()
+    config.write_text(json.dumps({
+        "model_type": "wav2vec2", **TINY, "conv_dim": [16, 16], "conv_stride": [5, 2],
+        "conv_kernel": [10, 3], "num_conv_pos_embeddings": 16,
+        "num_conv_pos_embedding_groups": 4, "layerdrop": 1.0}))
+    module, _ = zoo.get(f"hf:{config}").build()
+    module.train()
+    zoo.keep_every_layer(module)
+    assert all(getattr(part.config, "layerdrop", 0.0) == 0.0
+               for part in module.modules() if hasattr(part, "config"))
+    graph = read_onnx(zoo.export(f"hf:{config}", tmp_path / "out", training=True), "dropping")
+    layers = {m.split("encoder.layers.")[1].split(".")[0] for layer in graph
+              if (m := layer.module or "") and "encoder.layers." in m}
+    assert layers == {"0", "1"}
+
+
 def test_a_transformers_model_reading_what_the_zoo_cannot_make_is_one_clear_error(tmp_path):
     path = tmp_path / "s2t" / "config.json"
     path.parent.mkdir()

@@ -6,13 +6,14 @@ An operator that computes writes its output contiguously, axes in their logical 
 transpose relabels the axes without moving data; a reshape that only splits axes, or merges
 axes lying next to each other in memory and in order, is a view (`torch.reshape` copies
 otherwise, and the copy is contiguous again). The order says whether a later view of a kernel's
-output reads the same storage, as `toolkit.memory.merged_heads` asks. Pure: shapes in, axes
-out."""
+output reads the same storage, as `toolkit.memory.merged_heads` asks; `storages` says which
+tensors are views of which storage, where the graph can tell. Pure: shapes in, axes out."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
 
 from toolkit.graph import Layer, Tensor
 
@@ -104,6 +105,57 @@ def physical_order(layers: Sequence[Layer], producer: Mapping[str, int],
         elif layer.op not in ("Slice", "Split", "Identity"):  # (pieces lie as the whole)
             order = reshaped(order, src, dst)
     return order
+
+
+_PARTIAL_VIEWS = frozenset({"Transpose", "Squeeze", "Unsqueeze", "Identity", "Slice", "Split",
+                            "Gather", "Expand"})
+"""Ops torch computes as views of any input: `transpose`/`permute`, `squeeze`/`unsqueeze`,
+basic slicing and `narrow`, `split`/`chunk`/`unbind`, `select` (a Gather of one index),
+`expand`."""
+_CONTIGUOUS_VIEWS = frozenset({"Reshape", "Flatten"})
+"""Ops torch computes as views of an input that reads its storage in order (`reshape`,
+`view`, `flatten`), of another as a view or a copy by strides the one-sample graph does not
+show at the training batch."""
+_KEEP_ORDER = frozenset({"Squeeze", "Unsqueeze", "Identity", *_CONTIGUOUS_VIEWS})
+_VIEW_OPS = _PARTIAL_VIEWS | _CONTIGUOUS_VIEWS
+
+
+@dataclass(frozen=True)
+class Storages:
+    """Which tensors read another's storage (`storages`)."""
+
+    root: dict[str, str]  # view -> the tensor whose storage it reads
+    in_order: set[str]  # the views among them that read all of it, in order
+
+
+def storages(layers: Sequence[Layer], tensors: Mapping[str, Tensor], same: Mapping[str, str],
+             strided: Collection[str] = ()) -> Storages:
+    """The views of another tensor's storage (autograd, keeping a view, keeps that storage
+    whole: `y[:, 0]` keeps all of y), in one pass in topological order. `same` maps tensors
+    that are another under a new name (`toolkit.memory.aliases`); `strided` names tensors
+    that do not lie in order (fused attention's outputs: `toolkit.memory.merged_heads`).
+    Where the graph cannot tell a view from a copy, each is its own storage: a reshape of what
+    may not read its storage in order, a slice as large as its input (a flip copies). A copy
+    the code makes (`.contiguous()`) does not show in an export: there the view's base is
+    counted for it (as large as the copy or larger), once where the base is kept too."""
+    root: dict[str, str] = {}
+    ordered: set[str] = set()
+    scattered = set(strided)  # what may not lie in order: never reshaped in place
+    for layer in layers:
+        if not layer.inputs or layer.op not in _VIEW_OPS:
+            continue
+        src = same.get(layer.inputs[0], layer.inputs[0])
+        in_order = src in ordered or (src not in root and src not in scattered)
+        for out in filter(None, layer.outputs):
+            if (layer.op in _PARTIAL_VIEWS or in_order) and _viewed(layer, tensors, out) \
+                    and src in tensors and tensors[out].dtype == tensors[src].dtype and not (
+                        layer.op == "Slice" and tensors[out].shape == tensors[src].shape):
+                root[out] = root.get(src, src)
+                if layer.op in _KEEP_ORDER and in_order:
+                    ordered.add(out)
+            elif not in_order:  # a copy, or a view of what does not lie in order
+                scattered.add(out)
+    return Storages(root, ordered)
 
 
 def _viewed(layer: Layer, tensors: Mapping[str, Tensor], made: str) -> bool:

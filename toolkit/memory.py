@@ -16,9 +16,11 @@ For the tier that trains the layers S (in topological order), at batch b, in ste
   the argmax indices (int64), an addition, a product with a constant or an op that moves or
   views data nothing; an activation an exporter decomposed (GELU into Erf and products, SiLU
   into a sigmoid and a product) what PyTorch's fused op keeps, its input
-  (`fused_activations`); attention exported from `scaled_dot_product_attention` (ONNX's
-  Attention op from opset 23, before that queries and keys both scaled before their
-  product: torch.onnx's decomposition) what the fused kernel keeps, queries, keys, values,
+  (`fused_activations`), and so for a decomposed group norm (its input and statistics, not
+  the affine product's input) and weight norm (the norms: `fused_normalizations`);
+  attention exported from `scaled_dot_product_attention` (ONNX's Attention op from opset
+  23, before that queries and keys both scaled before their product: torch.onnx's
+  decomposition) what the fused kernel keeps, queries, keys, values,
   its output and one log-sum-exp per query row, not the attention matrix
   (`fused_attention`); a dropout exported in training mode its mask: at the activation's
   precision on a CPU (PyTorch's CPU path multiplies by a float noise tensor), one byte per
@@ -28,13 +30,14 @@ For the tier that trains the layers S (in topological order), at batch b, in ste
   steps' tensors (`recurrent_steps`). A tensor kept by several ops
   (ReLU's output is the next convolution's input) is kept once: b x its bytes at the
   training precision (once per step, not b times, for what weights alone make:
-  `graph.computed_from`), and so is a view of it: the fused attention's output with its
-  heads merged back where that reads its memory in order (`merged_heads`: CUDA's kernels
-  write (batch, sequence, heads, head size); the CPU's follow the queries' layout). A
-  batched matmul operand whose heads a transpose moved ahead of the sequence is copied by
-  torch.matmul, and the copy kept apart
-  (`copied_operands`). A kept tensor is freed when the backward reaches the first op that
-  keeps it;
+  `graph.computed_from`), and so is a view of it, whose whole storage it keeps
+  (`toolkit.layout.storages`: a linear layer on `y[:, 0]` keeps all of y; `s.expand_as(y)`
+  keeps only s): the fused attention's output with its heads merged back where that reads
+  its memory in order (`merged_heads`: CUDA's kernels write (batch, sequence, heads, head
+  size); the CPU's follow the queries' layout). A batched matmul operand whose heads a
+  transpose moved ahead of the sequence, or that views part of a storage, is copied by
+  torch.matmul, and the copy kept apart (`copied_operands`). A kept tensor is freed when the
+  backward reaches the first op that keeps it;
 - **held tensors**: the model's outputs, which the loss and the training loop hold until the
   backward is done, and every tensor the tier sends to another (it holds it, with its graph,
   until the gradient comes back and its backward is done): alive at every position;
@@ -72,7 +75,7 @@ from functools import cached_property
 import numpy as np
 
 from toolkit.graph import ELEMENT_BYTES, Layer, LayerGraph
-from toolkit.layout import in_order, physical_order, transposed
+from toolkit.layout import Storages, in_order, physical_order, storages, transposed
 from toolkit.ops import DATA_MOVEMENT
 
 WORD = 4  # bytes of an fp32 weight, gradient or optimizer state element
@@ -268,13 +271,16 @@ def merged_heads(graph: LayerGraph, attention: Mapping[int, tuple[str, ...]],
     return views
 
 
-def copied_operands(graph: LayerGraph, wiring: Wiring | None = None) -> dict[int, set[str]]:
+def copied_operands(graph: LayerGraph, views: Storages, wiring: Wiring | None = None
+                    ) -> dict[int, set[str]]:
     """MatMul operands PyTorch copies before multiplying: torch.matmul folds a batched
     operand's leading dimensions into one, which a transposed view whose leading dimensions
     are out of order (heads split off and moved ahead of the sequence) cannot do in place; its
     backward keeps the copy, a storage of its own even where another op keeps the view. Layer
     index -> such inputs (followed back through Transposes; what they start from is taken as
-    laid out in order)."""
+    laid out in order), and the batched operands that view part of a storage (`views`: a
+    select, a slice, a piece of a split, an expansion), whose gaps the fold may not span: a
+    storage of their own, as the graph shows them."""
     layers = list(graph)
     producer, _ = wiring or _wiring(layers)
     copies: dict[int, set[str]] = {}
@@ -293,7 +299,8 @@ def copied_operands(graph: LayerGraph, wiring: Wiring | None = None) -> dict[int
                     break
                 order = [perm[o] for o in order]
                 j = producer.get(layers[j].inputs[0])
-            if order[:-2] != list(range(rank - 2)):
+            if order[:-2] != list(range(rank - 2)) or (
+                    t in views.root and t not in views.in_order):
                 copies.setdefault(i, set()).add(t)
     return copies
 
@@ -341,6 +348,33 @@ def fused_activations(layers: Sequence[Layer], wiring: Wiring | None = None
     return out
 
 
+def fused_normalizations(layers: Sequence[Layer], wiring: Wiring | None = None
+                         ) -> dict[int, tuple[str, ...]]:
+    """What the ops of an exporter's decomposed normalisation keep when PyTorch trains the
+    fused op it came from, whose backward finds the affine step's input again from what the
+    normalisation keeps: a group norm exported as InstanceNormalization between Reshapes,
+    then Mul by its weight (native_group_norm keeps its input and statistics only); a weight
+    norm as ReduceL2(v), Div(v, .) and Mul by g (`_weight_norm` keeps v, g and the norms).
+    Layer index -> the tensors it keeps (none, for each such Mul)."""
+    producer, _ = wiring or _wiring(layers)
+    names = {layer.name: i for i, layer in enumerate(layers)}
+    out: dict[int, tuple[str, ...]] = {}
+    for i, layer in enumerate(layers):
+        if layer.op != "Mul" or not layer.trainable or len(layer.inputs) != 1:
+            continue
+        j = producer.get(layer.inputs[0])
+        if j is not None and layers[j].op == "Reshape" and layers[j].inputs:
+            k = producer.get(layers[j].inputs[0])
+            if k is not None and layers[k].op == "InstanceNormalization":
+                out[i] = ()
+        elif j is not None and layers[j].op == "Div" and len(layers[j].inputs) == 1:
+            k = producer.get(layers[j].inputs[0])
+            if k is not None and layers[k].op == "ReduceL2" and any(
+                    names.get(owner) == k for owner, _ in layers[j].tied):
+                out[i] = ()
+    return out
+
+
 def decomposed_gelus(layers: Sequence[Layer]) -> int:
     """How many GELUs an exporter wrote as Div, Erf, Add, Mul, Mul (the TorchScript exporter's
     form at opset 17): the delay model charges their five kernels, as the graph runs;
@@ -368,6 +402,19 @@ def fused_attention(graph: LayerGraph, wiring: Wiring | None = None
                 or layers[j].trainable:
             return None
         return j
+
+    def untransposed(t: str) -> str:
+        """The keys before the decomposition turned them (up to three Reshapes and Transposes
+        that lead only there: the turn of the last two axes, between Reshapes that flatten
+        and restore the batch axes in torch.onnx's): the tensor the fused kernel reads, whose
+        storage it keeps (the same bytes)."""
+        for _ in range(3):
+            j = producer.get(t)
+            if j is None or layers[j].op not in ("Reshape", "Transpose") \
+                    or len(readers.get(t, [])) != 1 or not layers[j].inputs:
+                break
+            t = layers[j].inputs[0]
+        return t
 
     kept: dict[int, tuple[str, ...]] = {}
     lse: dict[int, float] = {}
@@ -404,7 +451,7 @@ def fused_attention(graph: LayerGraph, wiring: Wiring | None = None
         final = after[0]
         q, k = (layers[j].inputs[0] for j in scales if j is not None)
         kept.update({j: () for j in (*pattern, scores, *scales) if j is not None})
-        kept[final] = (q, k, layers[final].inputs[1], layers[final].outputs[0])
+        kept[final] = (q, untransposed(k), layers[final].inputs[1], layers[final].outputs[0])
         matrix = graph.tensors.get(layer.outputs[0])
         if matrix is not None and matrix.shape and matrix.shape[-1] > 0:
             lse[final] = matrix.bytes / matrix.shape[-1]
@@ -432,11 +479,17 @@ def model_memory(graph: LayerGraph, batch: int, state_buffers: int,
     index = {layer.name: i for i, layer in enumerate(layers)}
     wiring = _wiring(layers)
     attention, lse = fused_attention(graph, wiring)
-    fused = {**fused_activations(layers, wiring), **attention}
+    fused = {**fused_activations(layers, wiring), **fused_normalizations(layers, wiring),
+             **attention}
     grad = carrying_grad(graph)
     on_cpu, on_cuda = merged_heads(graph, attention, wiring)
-    alias = {**aliases(layers), **{t: o for t, o in on_cpu.items() if on_cuda.get(t) == o}}
-    copies = copied_operands(graph, wiring)
+    same = aliases(layers)
+    merged = {t: o for t, o in on_cpu.items() if on_cuda.get(t) == o}
+    views = storages(layers, graph.tensors, same, {layers[i].outputs[0] for i in attention})
+    alias = {t: merged.get(views.root.get(r, r), views.root.get(r, r))
+             for t, r in {**same, **views.root}.items()}
+    alias.update(merged)
+    copies = copied_operands(graph, views, wiring)
 
     def times(name: str) -> int:
         """How many of `name` a step makes: one per sample, or one (weights alone make it)."""
@@ -455,8 +508,9 @@ def model_memory(graph: LayerGraph, batch: int, state_buffers: int,
     keepers: dict[tuple[str, int], list[int]] = {}  # (tensor, the layer with a copy, or -1)
     for i, layer in enumerate(layers):
         for name in fused.get(i, kept_by(layer, grad)):
-            own = i if name in copies.get(i, ()) else -1
-            keepers.setdefault((alias.get(name, name), own), []).append(i)
+            own = i if name in copies.get(i, ()) and i not in attention else -1
+            # (a fused attention kernel reads strided operands in place)
+            keepers.setdefault((name if own >= 0 else alias.get(name, name), own), []).append(i)
     saved = [SavedTensor(per_step(name), tuple(sorted(set(who))))
              for (name, _), who in keepers.items()]
     variants = _merged_on_one_backend(

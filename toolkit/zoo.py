@@ -32,6 +32,8 @@ SEQUENCE_LENGTH = 128
 # of 2 GB or more (RegNetY-128GF and ViT-H/14 hold 2.5 GB)
 INLINE_WEIGHTS = 1 << 30
 EXPORT_VERSION = 2  # bump when export settings change, so cached files are rebuilt
+TRAINING_EXPORT_VERSION = 1  # the same for train-mode exports alone (1: every layer kept)
+_LAYERDROP = ("layerdrop", "encoder_layerdrop", "decoder_layerdrop")
 
 
 SOURCES = ("reference", "torchvision", "timm", "hf")
@@ -414,14 +416,16 @@ def export(
     training: bool = False,
 ) -> Path:
     """Export a zoo model to ONNX and return its path; an existing export is reused.
-    `training` exports the module in train mode: dropout stays in the graph, as it trains."""
+    `training` exports the module in train mode: dropout stays in the graph, as it trains,
+    and every layer (`keep_every_layer`)."""
     if exporter not in EXPORTERS:
         raise ToolkitError(f"unknown exporter {exporter!r}; choose one of {', '.join(EXPORTERS)}")
     model = get(name)
     directory = Path(out_dir) if out_dir is not None else cache_dir()
     directory.mkdir(parents=True, exist_ok=True)
     suffix = ("" if exporter == "torchscript" else f".{exporter}") + (".train" if training else "")
-    tag = "" if out_dir is not None else f".v{EXPORT_VERSION}.torch{_torch_version()}"
+    version = f"{EXPORT_VERSION}.{TRAINING_EXPORT_VERSION}" if training else f"{EXPORT_VERSION}"
+    tag = "" if out_dir is not None else f".v{version}.torch{_torch_version()}"
     path = directory / f"{model.file_stem}{suffix}{tag}.onnx"
     if path.exists() and not force:
         return path
@@ -430,6 +434,8 @@ def export(
     try:
         module, args = model.build()
         module.train(training)
+        if training:
+            keep_every_layer(module)
         with tempfile.TemporaryDirectory(dir=directory) as tmp:
             tmp_path = Path(tmp) / path.name
             export_pytorch(module, args, tmp_path, exporter)
@@ -444,6 +450,18 @@ def export(
         raise ModelError(f"{name}: the {exporter} export failed: {type(exc).__name__}: "
                          f"{first} (try --exporter {other})") from exc
     return path
+
+
+def keep_every_layer(module: Any) -> None:
+    """LayerDrop off (transformers' `layerdrop`, `encoder_layerdrop`, `decoder_layerdrop`, on
+    a module or its config): in train mode it skips each layer at random at every step, so a
+    trace holds a random subset of them (wav2vec2's export once held 10 of its 12), and the
+    step that skips none is the one whose time and memory must fit."""
+    for part in module.modules():
+        for holder in (part, getattr(part, "config", None)):
+            for key in _LAYERDROP:
+                if isinstance(getattr(holder, key, None), float):
+                    setattr(holder, key, 0.0)
 
 
 def export_pytorch(module: Any, args: tuple[Any, ...], path: str | Path,
