@@ -480,6 +480,39 @@ def test_a_kept_view_keeps_its_whole_storage_once(tmp_path: Path) -> None:
     assert predicted == pytest.approx(measured, rel=0.01)
 
 
+def test_a_cast_to_its_own_type_a_reshape_that_only_splits_and_ops_without_gradients(
+        tmp_path: Path) -> None:
+    """A softmax computed in fp32 and cast back (`softmax(..., dtype=torch.float32).to(x.dtype)`,
+    as transformers' attention does: `.to()` of an fp32 tensor returns it) keeps one storage
+    for the softmax and the product that reads the cast (LLaMA +9% before); PVT's spatial
+    reduction reads `h.permute(0, 2, 1).reshape(b, c, h, w)`, a reshape of a transposed view
+    that only splits an axis, so a view whatever the strides (PVT-v2 +3% before); and an op
+    on the raw input alone (`x.pow(2)`) is not recorded by autograd, so keeps nothing."""
+    nn = torch.nn
+
+    class Attending(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.q, self.out = nn.Linear(32, 32), nn.Linear(32, 8)
+            self.reduce = nn.Conv2d(32, 32, 2, stride=2)
+
+        def forward(self, x: Any) -> Any:
+            b, n, c = x.shape
+            h = self.q(x.pow(2))
+            p = torch.softmax(h @ h.transpose(1, 2), -1, dtype=torch.float32).to(x.dtype)
+            h = p @ h
+            reduced = self.reduce(h.permute(0, 2, 1).reshape(b, c, 8, n // 8))
+            return self.out(h).mean() + reduced.mean()
+
+    module, x = Attending().train(), torch.randn(BATCH, 64, 32)
+    path = tmp_path / "attending.onnx"
+    zoo.export_module(torch, module, (x,), path, "torchscript")
+    graph = api.load_graph(str(path), name="attending", dims={"batch": BATCH})
+    assert {"Cast", "Pow", "Transpose", "Reshape"} <= {layer.op for layer in graph}
+    _, predicted, measured = _kept(graph, module, x)
+    assert predicted == pytest.approx(measured, rel=0.01)
+
+
 def test_a_decomposed_group_norm_and_weight_norm_keep_what_the_fused_ops_keep(
         tmp_path: Path) -> None:
     """The TorchScript exporter writes GroupNorm as InstanceNormalization between Reshapes,

@@ -114,10 +114,11 @@ basic slicing and `narrow`, `split`/`chunk`/`unbind`, `select` (a Gather of one 
 `expand`."""
 _CONTIGUOUS_VIEWS = frozenset({"Reshape", "Flatten"})
 """Ops torch computes as views of an input that reads its storage in order (`reshape`,
-`view`, `flatten`), of another as a view or a copy by strides the one-sample graph does not
-show at the training batch."""
+`view`, `flatten`), or that they only split; otherwise as a view or a copy by strides the
+one-sample graph does not show at the training batch."""
 _KEEP_ORDER = frozenset({"Squeeze", "Unsqueeze", "Identity", *_CONTIGUOUS_VIEWS})
 _VIEW_OPS = _PARTIAL_VIEWS | _CONTIGUOUS_VIEWS
+_PARTS = frozenset({"Slice", "Split", "Gather", "Expand"})  # views of part of a storage
 
 
 @dataclass(frozen=True)
@@ -126,6 +127,7 @@ class Storages:
 
     root: dict[str, str]  # view -> the tensor whose storage it reads
     in_order: set[str]  # the views among them that read all of it, in order
+    partial: set[str]  # those that read part of it (a select, slice, split or expansion on the way)
 
 
 def storages(layers: Sequence[Layer], tensors: Mapping[str, Tensor], same: Mapping[str, str],
@@ -134,12 +136,14 @@ def storages(layers: Sequence[Layer], tensors: Mapping[str, Tensor], same: Mappi
     whole: `y[:, 0]` keeps all of y), in one pass in topological order. `same` maps tensors
     that are another under a new name (`toolkit.memory.aliases`); `strided` names tensors
     that do not lie in order (fused attention's outputs: `toolkit.memory.merged_heads`).
-    Where the graph cannot tell a view from a copy, each is its own storage: a reshape of what
-    may not read its storage in order, a slice as large as its input (a flip copies). A copy
+    Where the graph cannot tell a view from a copy, each is its own storage: a reshape that
+    merges axes of what may not read its storage in order, a slice as large as its input (a
+    flip copies). A copy
     the code makes (`.contiguous()`) does not show in an export: there the view's base is
     counted for it (as large as the copy or larger), once where the base is kept too."""
     root: dict[str, str] = {}
     ordered: set[str] = set()
+    partial: set[str] = set()
     scattered = set(strided)  # what may not lie in order: never reshaped in place
     for layer in layers:
         if not layer.inputs or layer.op not in _VIEW_OPS:
@@ -147,15 +151,27 @@ def storages(layers: Sequence[Layer], tensors: Mapping[str, Tensor], same: Mappi
         src = same.get(layer.inputs[0], layer.inputs[0])
         in_order = src in ordered or (src not in root and src not in scattered)
         for out in filter(None, layer.outputs):
-            if (layer.op in _PARTIAL_VIEWS or in_order) and _viewed(layer, tensors, out) \
+            if (layer.op in _PARTIAL_VIEWS or in_order or _splits_only(tensors, src, out)) \
+                    and _viewed(layer, tensors, out) \
                     and src in tensors and tensors[out].dtype == tensors[src].dtype and not (
                         layer.op == "Slice" and tensors[out].shape == tensors[src].shape):
                 root[out] = root.get(src, src)
                 if layer.op in _KEEP_ORDER and in_order:
                     ordered.add(out)
+                if layer.op in _PARTS or src in partial:
+                    partial.add(out)
             elif not in_order:  # a copy, or a view of what does not lie in order
                 scattered.add(out)
-    return Storages(root, ordered)
+    return Storages(root, ordered, partial)
+
+
+def _splits_only(tensors: Mapping[str, Tensor], src: str, dst: str) -> bool:
+    """A reshape from `src` to `dst` only splits axes, or adds axes of one element: a view
+    whatever the strides (`view` can always split an axis). Merging an axis of one element with
+    another is not counted as such: in the one-sample graph that axis may be the batch."""
+    a, b = tensors.get(src), tensors.get(dst)
+    groups = _groups(a.shape, b.shape) if a is not None and b is not None else None
+    return groups is not None and all(len(ins) <= 1 for ins, _ in groups)
 
 
 def _viewed(layer: Layer, tensors: Mapping[str, Tensor], made: str) -> bool:

@@ -13,8 +13,9 @@ For the tier that trains the layers S (in topological order), at batch b, in ste
   normalisation also a mean and a reciprocal standard deviation per row, fp32), ReLU,
   sigmoid, tanh, softmax or exp its output, a product of two activations both factors, a
   product with a weight (ConvNeXt's layer scale) its activation, max pooling its input and
-  the argmax indices (int64), an addition, a product with a constant or an op that moves or
-  views data nothing; an activation an exporter decomposed (GELU into Erf and products, SiLU
+  the argmax indices (int64), an addition, a product with a constant, an op that moves or
+  views data or an op no gradient flows through (on raw data alone: autograd does not record
+  it) nothing; an activation an exporter decomposed (GELU into Erf and products, SiLU
   into a sigmoid and a product) what PyTorch's fused op keeps, its input
   (`fused_activations`), and so for a decomposed group norm (its input and statistics, not
   the affine product's input) and weight norm (the norms: `fused_normalizations`);
@@ -30,7 +31,8 @@ For the tier that trains the layers S (in topological order), at batch b, in ste
   steps' tensors (`recurrent_steps`). A tensor kept by several ops
   (ReLU's output is the next convolution's input) is kept once: b x its bytes at the
   training precision (once per step, not b times, for what weights alone make:
-  `graph.computed_from`), and so is a view of it, whose whole storage it keeps
+  `graph.computed_from`), and so is the same tensor under a new name (an Identity, a cast
+  to its own type) and a view of it, whose whole storage it keeps
   (`toolkit.layout.storages`: a linear layer on `y[:, 0]` keeps all of y; `s.expand_as(y)`
   keeps only s): the fused attention's output with its heads merged back where that reads
   its memory in order (`merged_heads`: CUDA's kernels write (batch, sequence, heads, head
@@ -216,16 +218,23 @@ def carrying_grad(graph: LayerGraph) -> set[str]:
     return out
 
 
-def aliases(layers: Sequence[Layer]) -> dict[str, str]:
-    """Tensors that are another under a new name: the output of an Identity, or of a dropout
-    that drops nothing (p = 0, or not training), which PyTorch returns as its input."""
+def aliases(graph: LayerGraph, layers: Sequence[Layer]) -> dict[str, str]:
+    """Tensors that are another under a new name: the output of an Identity, of a dropout that
+    drops nothing (p = 0, or not training), or of a cast to the type it has (HF's RMSNorm and
+    attention cast to fp32 and back: `.to()` in fp32), which PyTorch returns as its input."""
     alias: dict[str, str] = {}
     for layer in layers:
         if len(layer.inputs) == 1 and layer.outputs and (
                 layer.op == "Identity"
-                or (layer.op == "Dropout" and "training_mode=1" not in layer.attrs)):
+                or (layer.op == "Dropout" and "training_mode=1" not in layer.attrs)
+                or (layer.op == "Cast" and _same_type(graph, layer))):
             alias[layer.outputs[0]] = alias.get(layer.inputs[0], layer.inputs[0])
     return alias
+
+
+def _same_type(graph: LayerGraph, layer: Layer) -> bool:
+    src, dst = graph.tensors.get(layer.inputs[0]), graph.tensors.get(layer.outputs[0])
+    return src is not None and dst is not None and src.dtype == dst.dtype
 
 
 def merged_heads(graph: LayerGraph, attention: Mapping[int, tuple[str, ...]],
@@ -278,9 +287,10 @@ def copied_operands(graph: LayerGraph, views: Storages, wiring: Wiring | None = 
     are out of order (heads split off and moved ahead of the sequence) cannot do in place; its
     backward keeps the copy, a storage of its own even where another op keeps the view. Layer
     index -> such inputs (followed back through Transposes; what they start from is taken as
-    laid out in order), and the batched operands that view part of a storage (`views`: a
-    select, a slice, a piece of a split, an expansion), whose gaps the fold may not span: a
-    storage of their own, as the graph shows them."""
+    laid out in order), and the operands with two batch dimensions or more that view part
+    of a storage (`views`: a select, a slice, a piece of a split, an expansion), whose gaps
+    the fold may not span (Swin's keys and values, selected from one projection): a storage
+    of their own, as the graph shows them."""
     layers = list(graph)
     producer, _ = wiring or _wiring(layers)
     copies: dict[int, set[str]] = {}
@@ -299,8 +309,7 @@ def copied_operands(graph: LayerGraph, views: Storages, wiring: Wiring | None = 
                     break
                 order = [perm[o] for o in order]
                 j = producer.get(layers[j].inputs[0])
-            if order[:-2] != list(range(rank - 2)) or (
-                    t in views.root and t not in views.in_order):
+            if order[:-2] != list(range(rank - 2)) or (rank > 3 and t in views.partial):
                 copies.setdefault(i, set()).add(t)
     return copies
 
@@ -483,7 +492,7 @@ def model_memory(graph: LayerGraph, batch: int, state_buffers: int,
              **attention}
     grad = carrying_grad(graph)
     on_cpu, on_cuda = merged_heads(graph, attention, wiring)
-    same = aliases(layers)
+    same = aliases(graph, layers)
     merged = {t: o for t, o in on_cpu.items() if on_cuda.get(t) == o}
     views = storages(layers, graph.tensors, same, {layers[i].outputs[0] for i in attention})
     alias = {t: merged.get(views.root.get(r, r), views.root.get(r, r))
@@ -507,6 +516,8 @@ def model_memory(graph: LayerGraph, batch: int, state_buffers: int,
 
     keepers: dict[tuple[str, int], list[int]] = {}  # (tensor, the layer with a copy, or -1)
     for i, layer in enumerate(layers):
+        if not layer.trainable and not any(t in grad for t in layer.inputs):
+            continue  # no gradient flows through it: autograd does not record it
         for name in fused.get(i, kept_by(layer, grad)):
             own = i if name in copies.get(i, ()) and i not in attention else -1
             # (a fused attention kernel reads strided operands in place)
