@@ -487,7 +487,8 @@ def test_a_cast_to_its_own_type_a_reshape_that_only_splits_and_ops_without_gradi
     for the softmax and the product that reads the cast (LLaMA +9% before); PVT's spatial
     reduction reads `h.permute(0, 2, 1).reshape(b, c, h, w)`, a reshape of a transposed view
     that only splits an axis, so a view whatever the strides (PVT-v2 +3% before); and an op
-    on the raw input alone (`x.pow(2)`) is not recorded by autograd, so keeps nothing."""
+    on the raw input alone (`x.pow(2)`, max pooling it) is not recorded by autograd, so keeps
+    nothing, not even the pooling's indices."""
     nn = torch.nn
 
     class Attending(nn.Module):
@@ -498,7 +499,7 @@ def test_a_cast_to_its_own_type_a_reshape_that_only_splits_and_ops_without_gradi
 
         def forward(self, x: Any) -> Any:
             b, n, c = x.shape
-            h = self.q(x.pow(2))
+            h = self.q(torch.nn.functional.max_pool1d(x.pow(2), 1))
             p = torch.softmax(h @ h.transpose(1, 2), -1, dtype=torch.float32).to(x.dtype)
             h = p @ h
             reduced = self.reduce(h.permute(0, 2, 1).reshape(b, c, 8, n // 8))
@@ -508,7 +509,7 @@ def test_a_cast_to_its_own_type_a_reshape_that_only_splits_and_ops_without_gradi
     path = tmp_path / "attending.onnx"
     zoo.export_module(torch, module, (x,), path, "torchscript")
     graph = api.load_graph(str(path), name="attending", dims={"batch": BATCH})
-    assert {"Cast", "Pow", "Transpose", "Reshape"} <= {layer.op for layer in graph}
+    assert {"Cast", "Pow", "MaxPool", "Transpose", "Reshape"} <= {layer.op for layer in graph}
     _, predicted, measured = _kept(graph, module, x)
     assert predicted == pytest.approx(measured, rel=0.01)
 

@@ -514,10 +514,12 @@ def model_memory(graph: LayerGraph, batch: int, state_buffers: int,
         return 0.0 if tensor is None else \
             times(name) * tensor.bytes / ELEMENT_BYTES.get(tensor.dtype, WORD)
 
+    # autograd records only the ops a gradient flows through: one on raw data alone keeps nothing
+    recorded = [layer.trainable or any(t in grad for t in layer.inputs) for layer in layers]
     keepers: dict[tuple[str, int], list[int]] = {}  # (tensor, the layer with a copy, or -1)
     for i, layer in enumerate(layers):
-        if not layer.trainable and not any(t in grad for t in layer.inputs):
-            continue  # no gradient flows through it: autograd does not record it
+        if not recorded[i]:
+            continue
         for name in fused.get(i, kept_by(layer, grad)):
             own = i if name in copies.get(i, ()) and i not in attention else -1
             # (a fused attention kernel reads strided operands in place)
@@ -529,6 +531,8 @@ def model_memory(graph: LayerGraph, batch: int, state_buffers: int,
     saved += [SavedTensor(times(layers[i].outputs[0]) * nbytes, (i,))
               for i, nbytes in lse.items()]
     for i, layer in enumerate(layers):
+        if not recorded[i]:
+            continue
         if layer.op == "MaxPool" and layer.outputs and layer.outputs[0] in graph.tensors:
             saved.append(SavedTensor(elements(layer.outputs[0]) * _INDEX_BYTES, (i,)))
         if layer.op == "LayerNormalization" and layer.inputs and layer.inputs[0] in graph.tensors:
