@@ -107,7 +107,7 @@ def physical_order(layers: Sequence[Layer], producer: Mapping[str, int],
     return order
 
 
-_PARTIAL_VIEWS = frozenset({"Transpose", "Squeeze", "Unsqueeze", "Identity", "Slice", "Split",
+_ANY_INPUT_VIEWS = frozenset({"Transpose", "Squeeze", "Unsqueeze", "Identity", "Slice", "Split",
                             "Gather", "Expand"})
 """Ops torch computes as views of any input: `transpose`/`permute`, `squeeze`/`unsqueeze`,
 basic slicing and `narrow`, `split`/`chunk`/`unbind`, `select` (a Gather of one index),
@@ -117,7 +117,7 @@ _CONTIGUOUS_VIEWS = frozenset({"Reshape", "Flatten"})
 `view`, `flatten`), or that they only split; otherwise as a view or a copy by strides the
 one-sample graph does not show at the training batch."""
 _KEEP_ORDER = frozenset({"Squeeze", "Unsqueeze", "Identity", *_CONTIGUOUS_VIEWS})
-_VIEW_OPS = _PARTIAL_VIEWS | _CONTIGUOUS_VIEWS
+_VIEW_OPS = _ANY_INPUT_VIEWS | _CONTIGUOUS_VIEWS
 _PARTS = frozenset({"Slice", "Split", "Gather", "Expand"})  # views of part of a storage
 
 
@@ -138,9 +138,9 @@ def storages(layers: Sequence[Layer], tensors: Mapping[str, Tensor], same: Mappi
     that do not lie in order (fused attention's outputs: `toolkit.memory.merged_heads`).
     Where the graph cannot tell a view from a copy, each is its own storage: a reshape that
     merges axes of what may not read its storage in order, a slice as large as its input (a
-    flip copies). A copy
-    the code makes (`.contiguous()`) does not show in an export: there the view's base is
-    counted for it (as large as the copy or larger), once where the base is kept too."""
+    flip copies). A copy the code makes (`.contiguous()`) does not show in an export: there
+    the view's base is counted for it (as large as the copy or larger), once where the base
+    is kept too."""
     root: dict[str, str] = {}
     ordered: set[str] = set()
     partial: set[str] = set()
@@ -151,7 +151,7 @@ def storages(layers: Sequence[Layer], tensors: Mapping[str, Tensor], same: Mappi
         src = same.get(layer.inputs[0], layer.inputs[0])
         in_order = src in ordered or (src not in root and src not in scattered)
         for out in filter(None, layer.outputs):
-            if (layer.op in _PARTIAL_VIEWS or in_order or _splits_only(tensors, src, out)) \
+            if (layer.op in _ANY_INPUT_VIEWS or in_order or _splits_only(tensors, src, out)) \
                     and _viewed(layer, tensors, out) \
                     and src in tensors and tensors[out].dtype == tensors[src].dtype and not (
                         layer.op == "Slice" and tensors[out].shape == tensors[src].shape):
