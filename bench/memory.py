@@ -296,8 +296,15 @@ factor fitted to a model.
   both cells, one and two directions, time- and batch-first (`tests/test_memory.py`).
 - Left: wav2vec2, -7.5% with every layer run (it read +5% before the terms above, whose
   over-counts and the smaller export hid this): its kept tensors equal autograd's, so the
-  missing 54 MB at batch 8 is live in the backward without being kept (about one of the
-  feature encoder's first-layer tensors, 52 MB), not found yet. ConvNeXt-T (-1%, -5% in
+  missing 54 MB at batch 8 is live in the backward without being kept. Sampling the resident
+  size at each module's gradient puts the peak inside the backward of the feature encoder's
+  second convolution (512 to 512 channels, kernel 3, stride 2, over 3,199 steps); that
+  convolution alone, 1-D or as 2-D, adds 157 MB in its backward on this CPU: its input
+  gradient (52 MB), its weight gradient (3 MB) and about 100 MB more, the size of an im2col
+  matrix (input channels x kernel x output steps x batch floats, 79 MB) and a copy of its
+  output gradient (26 MB). The model's workspace counts the gradients only. The CNN rows stay
+  within 1.5%, so which CPU convolutions take this path (PyTorch's choice of backend) and
+  when their buffer sets the peak is the term left to model. ConvNeXt-T (-1%, -5% in
   an earlier run): a 38.5 MB scratch buffer a CPU kernel allocates during the backward of
   its last stage (no tensor: the profiler sees an anonymous block, three times), which no
   graph shows.
