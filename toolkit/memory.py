@@ -366,7 +366,6 @@ def fused_normalizations(layers: Sequence[Layer], wiring: Wiring | None = None
     norm as ReduceL2(v), Div(v, .) and Mul by g (`_weight_norm` keeps v, g and the norms).
     Layer index -> the tensors it keeps (none, for each such Mul)."""
     producer, _ = wiring or _wiring(layers)
-    names = {layer.name: i for i, layer in enumerate(layers)}
     out: dict[int, tuple[str, ...]] = {}
     for i, layer in enumerate(layers):
         if layer.op != "Mul" or not layer.trainable or len(layer.inputs) != 1:
@@ -379,7 +378,7 @@ def fused_normalizations(layers: Sequence[Layer], wiring: Wiring | None = None
         elif j is not None and layers[j].op == "Div" and len(layers[j].inputs) == 1:
             k = producer.get(layers[j].inputs[0])
             if k is not None and layers[k].op == "ReduceL2" and any(
-                    names.get(owner) == k for owner, _ in layers[j].tied):
+                    owner == layers[k].name for owner, _ in layers[j].tied):
                 out[i] = ()
     return out
 
@@ -495,9 +494,13 @@ def model_memory(graph: LayerGraph, batch: int, state_buffers: int,
     same = aliases(graph, layers)
     merged = {t: o for t, o in on_cpu.items() if on_cuda.get(t) == o}
     views = storages(layers, graph.tensors, same, {layers[i].outputs[0] for i in attention})
-    alias = {t: merged.get(views.root.get(r, r), views.root.get(r, r))
-             for t, r in {**same, **views.root}.items()}
-    alias.update(merged)
+
+    def stored_in(t: str) -> str:
+        """The tensor whose storage `t` is: through views, then merged heads."""
+        base = views.root.get(t, t)
+        return merged.get(base, base)
+
+    alias = {t: stored_in(r) for t, r in {**same, **views.root}.items()} | merged
     copies = copied_operands(graph, views, wiring)
 
     def times(name: str) -> int:
