@@ -7,10 +7,9 @@ from itertools import pairwise
 from pathlib import Path
 
 import pytest
-from rich.console import Console
 from rich.table import Table
 
-from tests.helpers import run_main
+from tests.helpers import chain, run_main, save
 from toolkit import cli
 from toolkit.report import cell, duration, percent, rows_table
 
@@ -38,7 +37,7 @@ def cut_numbers(text: str) -> list[str]:
 def test_the_check_catches_a_number_cut_in_two():
     narrow = Table("value")
     narrow.add_row("123456789.25 ms")
-    console = Console(width=10, record=True, file=open("/dev/null", "w"))  # noqa: SIM115
+    console = cli.plain_console(width=10, record=True, file=open("/dev/null", "w"))  # noqa: SIM115
     console.print(narrow)
     assert cut_numbers(console.export_text())
 
@@ -60,7 +59,7 @@ def test_the_check_catches_a_number_cut_in_two():
     ["query"],
 ], ids=lambda a: " ".join(a[:3]))
 def test_readme_tables_fit_100_columns(args, capsys, monkeypatch):
-    monkeypatch.setattr(cli, "console", Console(width=WIDTH))
+    monkeypatch.setattr(cli, "console", cli.plain_console(width=WIDTH))
     code, out, err = run_main(args, capsys, monkeypatch)
     assert code == 0, err
     assert "│" in out  # a table was printed
@@ -72,7 +71,7 @@ def test_readme_tables_fit_100_columns(args, capsys, monkeypatch):
 
 
 def test_partition_report_reads_as_a_verdict(capsys, monkeypatch):
-    monkeypatch.setattr(cli, "console", Console(width=WIDTH))
+    monkeypatch.setattr(cli, "console", cli.plain_console(width=WIDTH))
     code, out, _ = run_main(["partition", "resnet50"], capsys, monkeypatch)
     assert code == 0
     first = " ".join(out.split(" + ")[0].split())  # up to the scenario's "device + server"
@@ -93,10 +92,30 @@ def test_query_results_read_well():
     assert cell("total_ms", 2005.1124) == duration(2005.1124) == "2.01 s"
     assert cell("gain_vs_device_only", 0.81776) == percent(0.81776) == "82%"
     assert percent(-1e-9) == "0%"
-    console = Console(width=WIDTH, record=True, file=open("/dev/null", "w"))  # noqa: SIM115
+    console = cli.plain_console(width=WIDTH, record=True, file=open("/dev/null", "w"))  # noqa: SIM115
     console.print(rows_table(rows))
     text = console.export_text()
     assert "2.01 s" in text and "82%" in text and "434.9 MiB" in text
     assert "d6b45e37" not in text and "e-16" not in text and "... (8)" in text
     console.print(rows_table(rows, wide=True))
     assert "d6b45e37f0ba6e45" in console.export_text()
+
+
+@pytest.mark.parametrize("command", [["inspect"], ["graph"], ["blocks"], ["partition"],
+                                     ["sweep", "--uplink", "1Mbps..1Gbps"]],
+                         ids=lambda c: c[0])
+def test_names_print_as_written(command, tmp_path, capsys, monkeypatch):
+    """A layer or model name is printed verbatim: `[/bold]` is not read as markup (rich
+    would raise on the unmatched tag) and `:llama:` is not turned into an emoji."""
+    m = chain(6)
+    for i, node in enumerate(m.graph.node):
+        node.name = f"/enc[/bold]/blk[red]/{node.op_type}_{i}"
+    path = save(m, tmp_path / "marked.onnx")
+    monkeypatch.setattr(cli, "console", cli.plain_console(width=WIDTH))
+    args = [command[0], str(path), "--name", "hf:llama:[b]", *command[1:]]
+    code, out, err = run_main(args, capsys, monkeypatch)
+    assert code == 0, err
+    flat = "".join(out.split())
+    assert "hf:llama:[b]" in flat and "\N{LLAMA}" not in out
+    if command[0] != "sweep":  # the sweep names the tiers' last layers only
+        assert "blk[red]" in flat  # (block type names write a module path with dots)

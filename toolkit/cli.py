@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
 from toolkit import __version__, api, drawing, profiles, zoo
@@ -52,7 +51,15 @@ if TYPE_CHECKING:
 
 F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
-console = Console()
+
+
+def plain_console(**options: Any) -> Console:
+    """A console that prints text as written: names from a model may contain `[bold]` or
+    `:llama:`, so neither markup nor emoji codes are read; styles come from `Text`."""
+    return Console(markup=False, emoji=False, **options)
+
+
+console = plain_console()
 
 
 def verbose() -> bool:
@@ -349,13 +356,13 @@ def profiles_cmd(profile_dir: str | None, as_json: bool) -> None:
     for p in sorted(procs.values(), key=lambda p: (p.kind, p.name)):
         table.add_row(p.name, p.kind, f"{p.fp32_tflops:.3g}", f"{p.fp16_tflops:.4g}",
                       f"{p.memory_gbps:.4g}", f"{p.memory_gb:g} GB" if p.memory_gb else "-",
-                      escape(p.description))
+                      p.description)
     console.print(table)
     links_table = report_table("links", "link", "uplink", "downlink", "latency",
                                "description", numbers=("uplink", "downlink", "latency"))
     for link in links.values():
         links_table.add_row(link.name, rate(link.uplink_bps), rate(link.downlink_bps),
-                            duration(link.latency_ms), escape(link.description))
+                            duration(link.latency_ms), link.description)
     console.print(links_table)
 
 
@@ -455,7 +462,7 @@ def show(draw: str, **options: Any) -> None:
     result, graph, _, _, drawn = _partition(draw=draw, **options)
     headline = tiers_headline(result) if isinstance(result, TierPartition) \
         else partition_headline(result, graph)
-    console.print(f"{escape(headline)}\ndrawn to {drawn}")
+    console.print(f"{headline}\ndrawn to {drawn}")
 
 
 def _partition(model: str, name: str | None, exporter: str, dims: dict[str, int],
@@ -678,7 +685,8 @@ def ingest(models: tuple[str, ...], source: str | None, limit: int | None,
         raise click.UsageError("--name names one model; give one MODEL with it")
     scenario = settings.scenario()
     done: list[api.Ingested] = []
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
+    columns = (TextColumn("{task.description}", markup=False), BarColumn(),
+               MofNCompleteColumn())
     with neo4j.store() as store, Progress(*columns, console=console, transient=True,
                                            disable=as_json) as progress:
         task = progress.add_task("ingesting", total=len(models))
@@ -729,7 +737,7 @@ def query(name: str | None, params: tuple[str, ...], as_json: bool, wide: bool,
         table.add_column("parameters (cypher/NAME.cypher says what they mean)",
                          overflow="fold")
         for known in queries.user_names():
-            table.add_row(known, escape(queries.description(known)),
+            table.add_row(known, queries.description(known),
                           ", ".join(queries.parameters(known)) or "-")
         console.print(table)
         return

@@ -9,8 +9,8 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Group, RenderableType
-from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from toolkit.blocks import BlockStructure, periodic
 from toolkit.costgraph import crossing_tensors
@@ -173,11 +173,11 @@ def partition_report(result: Partition, graph: LayerGraph, verbose: bool = False
     crossing = [t for t in g.tensors if t.name in data["partition"]["cut_tensors"]]
     sc = data["scenario"]
     lines: list[RenderableType] = [
-        f"[bold]{escape(partition_headline(result, graph))}[/bold]",
+        Text(partition_headline(result, graph), style="bold"),
         f"on {sc['device']} + {sc['server']}, up {rate(sc['uplink_bps'])}, down "
         f"{rate(sc['downlink_bps'])}, latency {duration(sc['latency_ms'])}, batch {sc['batch']}",
         f"device: {plural(len(on_device), 'layer')} "
-        f"({escape(_span(list(dict.fromkeys(modules[i] for i in sorted(on_device)))))}); "
+        f"({_span(list(dict.fromkeys(modules[i] for i in sorted(on_device))))}); "
         f"server: {plural(len(g) - len(on_device), 'layer')}",
     ]
     if crossing:
@@ -187,15 +187,15 @@ def partition_report(result: Partition, graph: LayerGraph, verbose: bool = False
         for header in ("per sample", "per iteration"):
             cut.add_column(header, justify="right", no_wrap=True)
         for t in crossing:
-            cut.add_row(escape(t.name), escape(modules[t.producer]), human_bytes(t.bytes),
+            cut.add_row(t.name, modules[t.producer], human_bytes(t.bytes),
                         duration(t.crossing_ms))
         lines.append(cut)
     d = data["delay_ms"]
-    lines.append(
-        f"per iteration: [bold]{duration(d['total'])}[/bold] = device "
-        f"{duration(d['device_compute'])} + server {duration(d['server_compute'])} + crossing "
-        f"{duration(d['crossing'])} + latency {duration(d['latency'])} + labels "
-        f"{duration(d['labels'])}")
+    lines.append(Text.assemble(
+        "per iteration: ", (duration(d["total"]), "bold"),
+        f" = device {duration(d['device_compute'])} + server {duration(d['server_compute'])}"
+        f" + crossing {duration(d['crossing'])} + latency {duration(d['latency'])} + labels "
+        f"{duration(d['labels'])}"))
     if verbose:
         lines.append(
             f"(compute includes the {sc.get('optimizer', 'sgd')} optimizer step; latency is "
@@ -209,7 +209,7 @@ def partition_report(result: Partition, graph: LayerGraph, verbose: bool = False
         lines.append("kept on the device: " + "; ".join(
             f"{plural(n, 'layer')} ({reason})" for reason, n in pins.items()))
     for note in graph.notes:
-        lines.append(f"note: {escape(note)}")
+        lines.append(Text(f"note: {note}"))
     lines.append(_baselines(data))
     lines.append(_solver_line(data["solver"], verbose))
     return Group(*lines)
@@ -236,7 +236,7 @@ def tiers_report(result: TierPartition, graph: LayerGraph, verbose: bool = False
     d = data["delay_ms"]
     tiers = data["partition"]["tiers"]
     chain = " -> ".join(f"{t['name']} ({t['processor']})" for t in sc["tiers"])
-    lines: list[RenderableType] = [f"[bold]{escape(tiers_headline(result))}[/bold]",
+    lines: list[RenderableType] = [Text(tiers_headline(result), style="bold"),
                                    f"on {chain}, batch {sc['batch']}"]
     table = Table(title="the tiers", title_justify="left")
     table.add_column("tier")
@@ -245,7 +245,7 @@ def tiers_report(result: TierPartition, graph: LayerGraph, verbose: bool = False
         table.add_column(header, justify="right", no_wrap=True)
     for t, tier in enumerate(tiers):
         span = _span(list(dict.fromkeys(modules[i] for i in result.layers_on(t))))
-        table.add_row(tier["name"], f"{len(tier['layers']):,} ({escape(span)})",
+        table.add_row(tier["name"], f"{len(tier['layers']):,} ({span})",
                       duration(tier["compute_ms"]), _gb(tier["peak_memory_bytes"]))
     lines.append(table)
     links = sc["links"]
@@ -260,10 +260,11 @@ def tiers_report(result: TierPartition, graph: LayerGraph, verbose: bool = False
                       f"{len(boundary['tensors']):,}", duration(boundary["crossing_ms"]),
                       duration(boundary["latency_ms"]), duration(boundary["labels_ms"]))
     lines.append(table)
-    lines.append(f"per iteration: [bold]{duration(d['total'])}[/bold] = compute "
-                 + " + ".join(duration(c) for c in d["compute"])
-                 + f" + crossing {duration(d['crossing'])} + latency {duration(d['latency'])}"
-                 f" + labels {duration(d['labels'])}")
+    lines.append(Text.assemble(
+        "per iteration: ", (duration(d["total"]), "bold"),
+        " = compute " + " + ".join(duration(c) for c in d["compute"])
+        + f" + crossing {duration(d['crossing'])} + latency {duration(d['latency'])}"
+        f" + labels {duration(d['labels'])}"))
     if "memory" in data:
         m = data["memory"]
         lines.append("memory budgets: " + ", ".join(
@@ -315,25 +316,28 @@ def _gb(nbytes: float) -> str:
     return f"{nbytes / 1e9:.3g} GB"
 
 
-def _memory_line(memory: dict[str, Any], device: str) -> str:
+def _memory_line(memory: dict[str, Any], device: str) -> Text:
     """The device half's peak training memory, against the device's memory and any budget."""
     peak = memory["device_peak_bytes"]
-    line = f"device training memory: peak {_gb(peak)} (server {_gb(memory['server_peak_bytes'])})"
+    line = Text(f"device training memory: peak {_gb(peak)} "
+                f"(server {_gb(memory['server_peak_bytes'])})")
     known = memory.get("device_memory_bytes")
     if known:
-        line += (f"; the {device} has {_gb(known)}"
-                 + ("" if peak <= known else ": [bold]it does not fit[/bold], give "
-                    "--device-memory to find the best partition that does"))
+        line.append(f"; the {device} has {_gb(known)}")
+        if peak > known:
+            line.append(": ").append("it does not fit", "bold").append(
+                ", give --device-memory to find the best partition that does")
     if "budget_bytes" in memory:
         gap = memory["gap"]
-        line += (f"\nbudget {_gb(memory['budget_bytes'])}: "
-                 + ("proven optimal" if gap == 0 else f"within {gap:.2%} of optimal")
-                 + f" (Lagrangian bound {memory['lagrangian_bound_ms']:.2f} ms; without the "
-                 f"budget {memory['unconstrained_ms']:.2f} ms at "
-                 f"{_gb(memory['unconstrained_device_peak_bytes'])}"
-                 + (f"; best single split that fits {memory['best_feasible_single_split_ms']:.2f}"
-                    " ms" if memory["best_feasible_single_split_ms"] is not None else "")
-                 + f"; {memory['solve_ms']:.0f} ms)")
+        line.append(f"\nbudget {_gb(memory['budget_bytes'])}: "
+                    + ("proven optimal" if gap == 0 else f"within {gap:.2%} of optimal")
+                    + f" (Lagrangian bound {memory['lagrangian_bound_ms']:.2f} ms; without the "
+                    f"budget {memory['unconstrained_ms']:.2f} ms at "
+                    f"{_gb(memory['unconstrained_device_peak_bytes'])}"
+                    + (f"; best single split that fits "
+                       f"{memory['best_feasible_single_split_ms']:.2f} ms"
+                       if memory["best_feasible_single_split_ms"] is not None else "")
+                    + f"; {memory['solve_ms']:.0f} ms)")
     return line
 
 
@@ -379,7 +383,7 @@ def blocks_report(blocks: BlockStructure, wide: bool = False) -> Group:
     if wide:
         table.add_column("signature", no_wrap=True)
     for t in sorted(blocks.types, key=lambda t: -t.count * t.size):
-        table.add_row(str(t.id), escape(t.name), f"{t.count:,}", f"{t.size:,}",
+        table.add_row(str(t.id), t.name, f"{t.count:,}", f"{t.size:,}",
                       *([t.signature] if wide else []))
     types = {t.id: t for t in blocks.types}
     chain = " → ".join(
@@ -395,7 +399,7 @@ def blocks_report(blocks: BlockStructure, wide: bool = False) -> Group:
         f"{plural(len(blocks.types), 'block type')} ({plural(repeated, 'layer')} repeat an "
         "earlier instance)",
         table,
-        f"chain: {escape(chain)}",
+        Text(f"chain: {chain}"),
     )
 
 
@@ -423,15 +427,15 @@ def train_report(result: TrainResult) -> Group:
             row(b["down_term"], f"{b['to']} -> {b['from']}: gradients")
     row("total_ms", "whole iteration")
     placed = ", ".join(f"{t['name']} {t['layers']}" for t in tiers)
-    crossing = [f"{escape(b['from'])} -> {escape(b['to'])}: "
-                + escape(", ".join(b["tensors"]) or "nothing") for b in boundaries]
+    crossing = [Text(f"{b['from']} -> {b['to']}: " + (", ".join(b["tensors"]) or "nothing"))
+                for b in boundaries]
     losses = result.losses
     return Group(
-        f"[bold]{escape(result.model)}[/bold], {result.cut} cut, batch {result.batch}; layers: "
-        f"{escape(placed)}",
-        *(crossing or ["nothing crosses: every layer on the device"]),
+        Text.assemble((result.model, "bold"),
+                      f", {result.cut} cut, batch {result.batch}; layers: {placed}"),
+        *(crossing or [Text("nothing crosses: every layer on the device")]),
         f"link: {result.shaping}",
-        f"predicted for {escape(result.predicted_for)} (profiles); measured on this machine, "
+        f"predicted for {result.predicted_for} (profiles); measured on this machine, "
         "one CPU thread per tier" + "".join(f"; {t['name']} on {t['runs_on']}" for t in tiers
                                             if t["runs_on"] != "cpu"),
         grid,
@@ -460,7 +464,7 @@ def sweep_report(result: SweepResult, graph: LayerGraph) -> Group:
     modules = [layer.module or layer.name for layer in graph]
     what = {"uplink": "uplink rate", "downlink": "downlink rate",
             "rate": "link rate (both ways)", "batch": "batch"}[result.parameter]
-    grid = table(f"{escape(result.model)}: every optimal "
+    grid = table(f"{result.model}: every optimal "
                  f"{'partition' if len(result.tiers) == 2 else 'tiering'} across the {what}",
                  what, "layers per tier", "last layer of each tier but the last", "crossing",
                  "delay", numbers=(what, "delay"))
@@ -470,7 +474,7 @@ def sweep_report(result: SweepResult, graph: LayerGraph) -> Group:
         grid.add_row(
             f"{_amount(piece.lo, result.unit)} .. {_amount(piece.hi, result.unit)}",
             " / ".join(f"{name} {piece.key.count(t)}" for t, name in enumerate(result.tiers)),
-            ", ".join(escape(modules[i]) if i is not None else "-" for i in ends),
+            ", ".join(modules[i] if i is not None else "-" for i in ends),
             "; ".join(plural(len(c), "tensor") for c in crossing),
             f"{duration(piece.delay_lo)} .. {duration(piece.delay_hi)}")
     return Group(grid, f"{plural(len(result.pieces), 'interval')} from "
@@ -533,5 +537,5 @@ def rows_table(rows: list[dict[str, Any]], wide: bool = False) -> Table:
         else:
             table.add_column(header, overflow="fold", min_width=min(longest, 12))
     for row_cells in cells:
-        table.add_row(*(escape(c) for c in row_cells))
+        table.add_row(*row_cells)
     return table
