@@ -23,11 +23,12 @@ from tests.oracles import make_graph
 from tests.test_exactness import _costs, random_dag, repeated_blocks
 from toolkit import api, zoo
 from toolkit.blocks import find_blocks
-from toolkit.costgraph import CostGraph
+from toolkit.costgraph import CostGraph, CostTensor
 from toolkit.costs import BUILTIN_SCENARIOS, build_cost_graph, build_tier_graph
 from toolkit.errors import PartitionError
 from toolkit.partition import solve
 from toolkit.partition.baselines import best_chain_split, best_ranges
+from toolkit.partition.layered import layered_cut
 from toolkit.partition.tiers import solve_tiers
 from toolkit.tiergraph import TierGraph, check_tiers, tier_delay
 
@@ -204,6 +205,29 @@ def test_two_tiers_equal_the_two_sided_solvers(part):
             assert result.delay.total == pytest.approx(two.delay.total, rel=1e-9, abs=1e-9)
         assert best_ranges(tiers)[0] == pytest.approx(best_chain_split(costs)[0],
                                                       rel=1e-9, abs=1e-9)
+
+
+def test_an_infeasible_quiet_set_is_not_taken_for_a_cut():
+    """Quiet on its first boundary, this chain has no valid tiering (its raw-data reader stays
+    on the device, its output goes to the cloud). The max-flow summed that infeasible cut a
+    rounding below the 'infinite' capacity, and the solver once took it for a tiering that put
+    the raw-data reader in the cloud (found by the brute-force comparison)."""
+    n = 8
+    base = CostGraph("chain", [f"l{i}" for i in range(n)], ["Op"] * n, [0.0] * n, [0.0] * n,
+                     [True] + [False] * (n - 1),
+                     [CostTensor(f"l{i}.0", i, (i + 1,), 16.0, 0.0) for i in range(n - 1)],
+                     outputs=[n - 1])
+    slow = 6.516765662621361
+    compute = [[1.0, 1.0, 0.0], [slow, 1.0, 0.0], [3.0, 2.0, 0.0], [3.0, 1.0, 0.0],
+               [slow, 2.0, 0.0], [3.0, 1.0, 0.0], [slow, 2.0, 0.0], [1.4988714825488558, 0, 0]]
+    crossing = [[0.0, 0.0]] + [[0.6, 0.6], [1.5, 1.5]] * 3
+    graph = TierGraph(base, ["device", "edge", "cloud"], np.array(compute), np.array(crossing),
+                      [5.217303857272755, 1.0], [0.0, 0.0], np.array([0] * (n - 1) + [2]),
+                      np.array([0] + [2] * (n - 1)))
+    assert layered_cut(graph, quiet=(0,)) is None
+    result = solve_tiers(graph, "general", with_baselines=False)
+    assert result.tier.tolist() == [0] + [2] * (n - 1)
+    assert result.delay.total == pytest.approx(brute_force(graph)[0], rel=1e-12)
 
 
 def test_a_tensor_read_two_tiers_later_crosses_both_boundaries_once():

@@ -120,7 +120,8 @@ def layered_cut(
                     np.full(len(outputs), inf), np.zeros(len(outputs)))
         edges += 1 + len(outputs)
     value = float(g.maxflow())
-    if value >= inf:
+    if value > inf / 2:  # every finite cut is below half of `inf`; an infeasible one may
+        # come out a rounding below `inf` (the max-flow sums in its own order)
         return None
     sink_side = g.get_grid_segments(np.arange(m * levels)).reshape(m, levels)
     return TierCut((~sink_side).sum(axis=1).astype(np.int64), value, count + 2, edges)
