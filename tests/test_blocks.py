@@ -50,6 +50,54 @@ def test_cut_vertices_are_exactly_the_layers_every_path_passes(graph):
     assert cut_vertices(n, edges) == expected
 
 
+@given(dags(), st.data())
+def test_layers_off_the_input_path_share_a_segment_with_their_readers(graph, data):
+    """Layers weights alone make (no input reaches them) are fed by no virtual input: the
+    cut vertices are those every input-to-output path passes that no edge jumps over; every
+    such layer sits in one segment with all the layers it feeds; and no cut vertex is lost
+    to treating them as fed by the input."""
+    n, edges = graph
+    producers: dict[int, set[int]] = {w: set() for w in range(n)}
+    for u, w in edges:
+        producers[w].add(u)
+    off: set[int] = set()
+    for v in range(1, n):  # layer 0 reads the input; a layer off the path reads only such
+        if producers[v] <= off and data.draw(st.booleans()):
+            off.add(v)
+    off = {v for v in off if any(u == v for u, _ in edges)}  # and feeds a layer
+    cuts = cut_vertices(n, edges, off)
+    g = nx.DiGraph()
+    g.add_nodes_from(range(n))
+    g.add_edges_from(edges)
+    for v in range(n):
+        if g.in_degree(v) == 0 and v not in off:
+            g.add_edge("in", v)
+        if g.out_degree(v) == 0:
+            g.add_edge(v, "out")
+    for v in cuts:
+        h = g.copy()
+        h.remove_node(v)
+        assert v not in off and not nx.has_path(h, "in", "out")
+        assert not any(u < v < w for u, w in edges)
+    segment = [sum(c < v for c in cuts) for v in range(n)]
+    for u, w in edges:
+        if u in off:
+            assert segment[u] == segment[w]
+    assert set(cut_vertices(n, edges)) - off <= set(cuts)
+
+
+def test_a_lookup_from_weights_in_every_block_keeps_the_blocks_apart(zoo_path):
+    """Each block reads a table lookup made from weights alone (Swin's relative-position
+    bias): fed by the input, the last lookup would leave no cut vertex before it."""
+    edges = [(0, 2), (1, 2), (2, 4), (3, 4), (4, 6), (5, 6)]  # 1, 3, 5: the lookups
+    assert cut_vertices(7, edges) == [6]
+    assert cut_vertices(7, edges, [1, 3, 5]) == [0, 2, 4, 6]
+    swin = find_blocks(api.load_graph(str(zoo_path("swin_t")), "swin_t"))
+    assert len(swin.weight_only) >= 12  # a bias lookup in each of the 12 transformer blocks
+    assert len(swin.cut_vertices) >= 3 * 12  # (7 when the lookups were fed by the input)
+    assert max(t.count for t in swin.types) >= 3  # stage 3's pairs of blocks repeat
+
+
 @st.composite
 def repeated_block_models(draw):
     """A random single-entry template, stacked 1-6 times, with random or repeated costs."""

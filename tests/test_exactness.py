@@ -1,13 +1,16 @@
 """Both solvers against brute force over every monotone partition, on adversarial cost graphs.
 
 Thousands of seeded random models per run: DAGs with multi-output layers, fan-out, several raw
-inputs, integer tensors, parameter-free layers forwarding raw data, zero costs and ties; and
-chains of identical blocks whose instances carry permuted costs (a two-output layer's outputs
-swapping their crossing costs, layers swapping delays), so that instances with equal sums need
-different inner cuts. Latency per message and the labels term are drawn too.
+inputs, integer tensors, parameter-free layers forwarding raw data, layers that weights alone
+make (no input reaches them: Swin's bias tables), zero costs and ties; and chains of identical
+blocks, some holding such a layer, whose instances carry permuted costs (a two-output layer's
+outputs swapping their crossing costs, layers swapping delays), so that instances with equal
+sums need different inner cuts. Latency per message and the labels term are drawn too.
 """
 
 from __future__ import annotations
+
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -19,6 +22,7 @@ from toolkit.errors import PartitionError
 from toolkit.graph import Layer, LayerGraph, Tensor
 from toolkit.partition import solve
 from toolkit.partition.baselines import best_chain_split
+from toolkit.partition.blockwise import follows
 
 CASES = 3000
 TIED = (0.0, 1.0, 1.0, 2.0, 3.0, 5.0)
@@ -52,15 +56,20 @@ def random_dag(rng: np.random.Generator) -> LayerGraph:
     raw = {f"in{k}": ("float" if rng.random() < 0.6 else "int64")
            for k in range(int(rng.integers(1, 3)))}
     available = list(raw)
+    weights_made: list[str] = []  # outputs no input reaches
     spec = []
     for i in range(n):
         pool = available[-6:]
         k = min(len(pool), int(rng.integers(1, 4)))
         inputs = list(rng.choice(pool, size=k, replace=False)) if i else [available[0]]
+        if i and rng.random() < 0.15:  # made from weights (and what weights made) alone
+            inputs = [t for t in weights_made[-2:] if rng.random() < 0.5]
         dtypes = ["float" if rng.random() < 0.8 else "int64"
                   for _ in range(1 if rng.random() < 0.75 else 2)]
         spec.append((inputs, int(rng.random() < 0.5) * 10, False, dtypes))
         available += [f"l{i}.{j}" for j in range(len(dtypes))]
+        if all(t in weights_made for t in inputs):
+            weights_made += [f"l{i}.{j}" for j in range(len(dtypes))]
     return _layer_graph("dag", spec, raw)
 
 
@@ -75,7 +84,9 @@ def repeated_blocks(rng: np.random.Generator) -> tuple[LayerGraph, int, int]:
             (i, k) for i in range(j) for k in range(template[i][1])]
         picks = rng.choice(len(sources), size=min(len(sources), int(rng.integers(1, 3))),
                            replace=False)
-        template.append(([sources[p] for p in picks], 1 if rng.random() < 0.7 else 2))
+        # after the first, a layer may read nothing but its weights (a bias table's lookup)
+        inputs = [] if j and rng.random() < 0.2 else [sources[p] for p in picks]
+        template.append((inputs, 1 if rng.random() < 0.7 else 2))
     # the exit reads every inner output nobody else reads, so it closes the block
     read = {s for inputs, _ in template for s in inputs}
     last = [(i, k) for i in range(m - 1) for k in range(template[i][1]) if (i, k) not in read]
@@ -135,7 +146,10 @@ def _costs(graph: LayerGraph, rng: np.random.Generator, repeats: int = 0, m: int
     )
 
 
-def _check(graph: LayerGraph, costs: CostGraph, rng: np.random.Generator) -> None:
+def _check(graph: LayerGraph, costs: CostGraph, rng: np.random.Generator) -> str:
+    """Both solvers against brute force; how the block-wise one went about layers weights
+    alone make: 'none' beyond a cut vertex, 'chain' (they follow their readers beyond one),
+    'general' (it fell back)."""
     free = [i for i in range(len(costs)) if not costs.pinned[i]]
     server = {int(rng.choice(free))} if free and rng.random() < 0.15 else set()
     expected = brute_force_monotone(costs, server)
@@ -146,6 +160,11 @@ def _check(graph: LayerGraph, costs: CostGraph, rng: np.random.Generator) -> Non
         assert chain_delay == pytest.approx(min(prefixes), rel=1e-9, abs=1e-9)
         assert chain_delay == pytest.approx(total(costs, set(range(k))), rel=1e-9, abs=1e-9)
     blocks = find_blocks(graph)
+    pinned = costs.with_pins(server=server)
+    beyond = [v for v in blocks.weight_only if blocks.cut_vertices and
+              v > blocks.cut_vertices[0]]
+    how = "none" if not beyond else \
+        "chain" if follows(pinned, blocks.weight_only) else "general"
     for method in ("general", "blockwise"):
         try:
             result = solve(costs.with_pins(server=server), method, with_baselines=False,
@@ -156,26 +175,29 @@ def _check(graph: LayerGraph, costs: CostGraph, rng: np.random.Generator) -> Non
         assert result.delay.total == pytest.approx(total(costs, set(result.device)),
                                                    rel=1e-9, abs=1e-9), method
         assert result.delay.total == pytest.approx(expected, rel=1e-9, abs=1e-9), method
+    return how
 
 
 @pytest.mark.parametrize("part", range(3))
 def test_both_solvers_equal_brute_force_on_random_dags(part):
     rng = np.random.default_rng(1000 + part)
-    for _ in range(CASES // 3):
-        graph = random_dag(rng)
-        _check(graph, _costs(graph, rng), rng)
+    ways = Counter(_check(graph, _costs(graph, rng), rng)
+                   for graph in (random_dag(rng) for _ in range(CASES // 3)))
+    assert ways["chain"] > CASES // 60 and ways["general"] > CASES // 60, ways
 
 
 @pytest.mark.parametrize("part", range(3))
 def test_both_solvers_equal_brute_force_on_blocks_with_permuted_costs(part):
     rng = np.random.default_rng(2000 + part)
     shared = 0
+    ways: Counter[str] = Counter()
     for _ in range(CASES // 3):
         graph, repeats, m = repeated_blocks(rng)
         blocks = find_blocks(graph)
         shared += any(t.count > 1 for t in blocks.types)
-        _check(graph, _costs(graph, rng, repeats, m), rng)
+        ways[_check(graph, _costs(graph, rng, repeats, m), rng)] += 1
     assert shared > CASES // 6, "the generator must produce repeated block types"
+    assert ways["chain"] > CASES // 60 and ways["general"] > CASES // 60, ways
 
 
 def test_latency_per_message_prefers_the_multi_tensor_cut():

@@ -22,9 +22,10 @@ from tests.oracles import brute_force_monotone, total
 from toolkit import api, zoo
 from toolkit.blocks import find_blocks
 from toolkit.costgraph import CostGraph, CostTensor
-from toolkit.costs import BUILTIN_SCENARIOS
+from toolkit.costs import BUILTIN_SCENARIOS, build_cost_graph
 from toolkit.measured import MeasuredProfile, layers_sha
 from toolkit.partition import solve, stored
+from toolkit.partition.blockwise import follows
 from toolkit.store import Connection, Store, StoreError
 
 PASSWORD = os.environ.get("NEO4J_PASSWORD", "splitcut-dev")
@@ -63,6 +64,7 @@ def test_cypher_blocks_equal_python_blocks(store, zoo_path, name):
     assert [python.types[s.type_id].signature for s in python.segments] == [
         cypher.types[s.type_id].signature for s in cypher.segments
     ]
+    assert cypher.weight_only == python.weight_only
 
 
 @pytest.mark.parametrize("name", ["resnet50", "densenet121", "gpt2"])
@@ -91,6 +93,27 @@ def test_partition_through_neo4j_equals_embedded_and_labels_match(store, zoo_pat
         assert len(current) == 1
         assert current[0]["total"] == pytest.approx(result.delay.total)
         assert current[0]["d"] == len(device)
+
+
+def test_swin_lookups_follow_their_blocks_or_the_general_cut_is_solved(store, zoo_path):
+    """Swin-T's bias lookups are made from weights alone. With a slow device they follow the
+    blocks that read them and the stored chain is solved; with a slow server (an H100 device
+    beside a Raspberry Pi) the optimum might compute one on the device, which the chain cannot
+    express, so the general cut is solved. Both equal the embedded general min cut."""
+    path = str(zoo_path("swin_t"))
+    graph = api.load_graph(path, "swin_t")
+    blocks = find_blocks(graph)
+    paths = set()
+    for settings in ({}, {"device": "h100", "server": "raspberry-pi-4"}):
+        scenario = api.make_scenario(**settings)
+        costs = build_cost_graph(graph, scenario)
+        paths.add(follows(costs, blocks.weight_only))
+        general = solve(costs, "general", with_baselines=False)
+        blockwise = solve(costs, "blockwise", blocks=blocks, with_baselines=False)
+        stored, _, _ = api.partition_in_neo4j(store, path, scenario, "swin_t")
+        assert blockwise.delay.total == pytest.approx(general.delay.total, rel=1e-9)
+        assert stored.delay.total == pytest.approx(general.delay.total, rel=1e-9)
+    assert paths == {True, False}
 
 
 def test_pins_are_honoured_through_neo4j(store, zoo_path):

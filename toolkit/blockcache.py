@@ -23,7 +23,7 @@ from toolkit.blocks import BlockStructure, BlockType, Segment, find_blocks
 from toolkit.graph import LayerGraph
 
 log = logging.getLogger(__name__)
-_VERSION = 1
+_VERSION = 2  # 2: layers weights alone make are off the input's path
 
 
 def model_blocks(graph: LayerGraph) -> tuple[BlockStructure, float]:
@@ -57,7 +57,8 @@ def _load(path: Path, graph: LayerGraph) -> BlockStructure | None:
                     None if entry < 0 else entry, exit_, type_id)
             for k, (entry, exit_, type_id) in enumerate(data["segments"])
         ]
-        return BlockStructure(graph.name, n, list(data["cut_vertices"]), segments, types)
+        return BlockStructure(graph.name, n, list(data["cut_vertices"]), segments, types,
+                              tuple(data["weight_only"]))
     except (OSError, ValueError, KeyError, TypeError) as exc:
         if not isinstance(exc, FileNotFoundError):
             log.info("block cache %s not used (%s)", path, exc)
@@ -67,7 +68,7 @@ def _load(path: Path, graph: LayerGraph) -> BlockStructure | None:
 def _save(path: Path, blocks: BlockStructure) -> None:
     data: dict[str, Any] = {
         "version": _VERSION, "layer_count": blocks.layer_count,
-        "cut_vertices": blocks.cut_vertices,
+        "cut_vertices": blocks.cut_vertices, "weight_only": list(blocks.weight_only),
         "segments": [[-1 if s.entry is None else s.entry, s.exit, s.type_id]
                      for s in blocks.segments],
         "types": [{"id": t.id, "signature": t.signature, "name": t.name, "size": t.size,

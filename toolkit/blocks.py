@@ -5,6 +5,15 @@ one iff no edge jumps over v's position (with a virtual input feeding every laye
 producer and a virtual output fed by every layer with no consumer) — one sweep, O(V + E), and
 the same set for any topological order.
 
+Layers that weights and constants alone make (`weight_only`: Swin's relative-position bias
+looked up in its table in every block, Gemma's `1 + weight` in every RMSNorm) lie on no path
+from the input: they are not fed by the virtual input and are never cut vertices, so each sits
+in the segment of the layers that read it. Were they fed by the virtual input, the last of them
+would leave no cut vertex before it (Swin-T: 7 cut vertices of 629 layers instead of 44). The
+block-wise solvers are exact on this structure when such layers are no cheaper on an earlier
+tier (`toolkit.partition.blockwise.weights_follow`), and fall back to the general solver when
+they are not.
+
 A segment is the run of layers after one cut vertex up to and including the next, so segments
 partition the layers and a ResNet bottleneck (with the ReLU that closes it) is one segment.
 Layers after the last cut vertex form a final segment with a virtual exit. Segments with equal
@@ -70,6 +79,7 @@ class BlockStructure:
     cut_vertices: list[int]
     segments: list[Segment]
     types: list[BlockType]
+    weight_only: tuple[int, ...] = ()  # layers weights alone make (module doc), positions
     layouts: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
     """The block-wise solver's tensor layouts, kept per tensor structure (solver-owned)."""
 
@@ -139,17 +149,33 @@ def _rows(segments: list[Segment]) -> list[int]:
     return rows
 
 
-def cut_vertices(n: int, edges: Iterable[tuple[int, int]]) -> list[int]:
-    """Positions 0..n-1 (a topological order) that every input-to-output path passes."""
+def weight_only(graph: LayerGraph) -> list[int]:
+    """Positions of the layers no model input reaches (weights and constants alone make what
+    they read) that feed another layer and make no model output: off every input-to-output
+    path (module doc)."""
+    outputs = set(graph.outputs)
+    return [i for i, layer in enumerate(graph)
+            if not layer.reads_input and not graph.per_sample(layer)
+            and not outputs.intersection(layer.outputs)
+            and any(graph.tensors[t].consumers for t in layer.outputs)]
+
+
+def cut_vertices(n: int, edges: Iterable[tuple[int, int]], off_path: Iterable[int] = ()
+                 ) -> list[int]:
+    """Positions 0..n-1 (a topological order) that every input-to-output path passes;
+    `off_path` layers (`weight_only`) are on no such path: neither fed by the virtual input
+    nor cut vertices themselves."""
     furthest = [-1] * n
     has_producer = [False] * n
     for u, w in edges:
         furthest[u] = max(furthest[u], w)
         has_producer[w] = True
-    reach = max((i for i in range(n) if not has_producer[i]), default=0)  # virtual input
+    off = set(off_path)
+    reach = max((i for i in range(n) if not has_producer[i] and i not in off),
+                default=0)  # virtual input
     cuts = []
     for p in range(n):
-        if reach <= p:
+        if reach <= p and p not in off:
             cuts.append(p)
         reach = max(reach, furthest[p] if furthest[p] >= 0 else n)  # sinks feed the output
     return cuts
@@ -161,7 +187,8 @@ def find_blocks(graph: LayerGraph) -> BlockStructure:
     layers = list(graph)
     index = {layer.name: i for i, layer in enumerate(layers)}
     edges = [(index[u], index[w]) for u, w, _ in graph.edges()]
-    cuts = cut_vertices(len(layers), edges)
+    off_path = weight_only(graph)
+    cuts = cut_vertices(len(layers), edges, off_path)
     bounds: list[tuple[int | None, int | None, tuple[int, ...]]] = []
     start, entry = 0, None
     for c in cuts:
@@ -190,7 +217,7 @@ def find_blocks(graph: LayerGraph) -> BlockStructure:
         BlockType(t, sig, names[t], len(first[t].layers), counts[t], first[t].exit is not None)
         for sig, t in type_of.items()
     ]
-    return BlockStructure(graph.name, len(layers), cuts, segments, types)
+    return BlockStructure(graph.name, len(layers), cuts, segments, types, tuple(off_path))
 
 
 def layer_key(graph: LayerGraph, layer: Layer) -> str:

@@ -22,7 +22,7 @@ the Neo4j path (aggregates and inner layers read by Cypher).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -140,12 +140,52 @@ def solve_chain(chain: Chain, solve_inner: Callable[[int, bool], Inner]) -> CutR
     return CutResult(sorted(set(device)), value, vertices, edges)
 
 
+def weights_follow(compute: np.ndarray, lowest: np.ndarray, highest: np.ndarray,
+                   layers: Sequence[int]) -> bool:
+    """Whether the chain of segments is exact for these layers that weights alone make
+    (`toolkit.blocks.weight_only`, off every input-to-output path): each may take the last
+    tier and costs no less on any earlier tier it may take than on a later one (`compute`:
+    layers x tiers, nondecreasing tiers along the chain).
+
+    The chain assumes that a segment beyond its entry's tier runs there whole. A layer off
+    the input's path is not held there by its entry: the optimum could compute it on an
+    earlier tier and send what it makes. Moving every such layer of the segment up to the
+    entry's tier never costs more when they are no cheaper earlier: compute does not grow,
+    and each tensor they make or read then crosses a subset of the boundaries it crossed
+    (they make no model output, so labels do not move). Otherwise the caller solves the
+    general problem."""
+    idx = np.asarray(layers, dtype=np.int64)
+    if idx.size == 0:
+        return True
+    k = compute.shape[1]
+    if (highest[idx] < k - 1).any():
+        return False
+    costs = compute[idx]
+    may = np.arange(k)[None, :] >= lowest[idx, None]  # tiers each may take
+    # costs[v, t] >= costs[v, t'] for every t < t' it may take: >= the largest from t on
+    later = np.maximum.accumulate(np.where(may, costs, -np.inf)[:, ::-1], axis=1)[:, ::-1]
+    return bool(np.all(~may | (costs >= later)))
+
+
+def follows(graph: CostGraph, layers: Sequence[int]) -> bool:
+    """`weights_follow` for a two-tier cost graph (device, server)."""
+    n = len(graph)
+    lowest = np.zeros(n, dtype=np.int64)
+    lowest[list(graph.server_pinned)] = 1
+    highest = np.where(np.asarray(graph.pinned, dtype=bool), 0, 1)
+    return weights_follow(np.column_stack((graph.device_arr, graph.server_arr)), lowest,
+                          highest, layers)
+
+
 def solve_blockwise(
     graph: CostGraph, blocks: BlockStructure
 ) -> CutResult:
-    """The block-wise optimum of a cost graph in memory (exactly the general min cut's value)."""
+    """The block-wise optimum of a cost graph in memory (exactly the general min cut's value;
+    the general min cut itself where the chain does not hold: `weights_follow`)."""
     if blocks.layer_count != len(graph):
         raise PartitionError("block structure and cost graph describe different models")
+    if not follows(graph, blocks.weight_only):
+        return min_cut(graph)
     server_set = set(graph.server_pinned)
     chain = chain_of(graph, blocks, server_set)
     arr = blocks.arrays

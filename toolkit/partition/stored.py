@@ -18,7 +18,7 @@ import numpy as np
 from toolkit.costgraph import CostGraph, CostTensor
 from toolkit.errors import NotStoredError
 from toolkit.partition import Partition, checked_partition
-from toolkit.partition.blockwise import Chain, Inner, solve_chain, solve_segment
+from toolkit.partition.blockwise import Chain, Inner, follows, solve_chain, solve_segment
 from toolkit.partition.messages import with_latency
 from toolkit.partition.stcut import min_cut
 
@@ -29,10 +29,12 @@ Rows = Callable[..., list[dict[str, Any]]]
 def solve_stored(model: str, costs: CostGraph, method: str, read: Rows) -> Partition:
     """The optimum of the stored model: block-wise reads only the compressed chain (per-block
     sums computed in Cypher) and the insides of the segments it must solve; `general` reads
-    the whole cost graph back. Either answer is checked against `costs`, the cost graph the
-    caller computed, before it is returned."""
+    the whole cost graph back, as block-wise does where the chain does not hold for the
+    scenario (`toolkit.partition.blockwise.weights_follow`). Either answer is checked
+    against `costs`, the cost graph the caller computed, before it is returned."""
     start = time.perf_counter()
-    if method == "blockwise":
+    if method == "blockwise" and follows(
+            costs, [int(r["topo"]) for r in read("read_weight_only", model=model)]):
         found = chain(model, read)
         cut = solve_chain(found, lambda k, labels: segment(model, found, k, labels, read))
     else:

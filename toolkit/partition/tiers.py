@@ -28,7 +28,7 @@ import numpy as np
 
 from toolkit.blocks import BlockStructure
 from toolkit.errors import PartitionError
-from toolkit.partition.blockwise import same_rows, tensor_layouts
+from toolkit.partition.blockwise import same_rows, tensor_layouts, weights_follow
 from toolkit.partition.layered import TierCut, layered_cut, layered_optimum, quiet_sets
 from toolkit.partition.stcut import NO_PARTITION
 from toolkit.tiergraph import TierDelay, TierGraph, check_tiers, crossed, tier_delay
@@ -178,9 +178,12 @@ def vanilla_split_ms(graph: TierGraph) -> float | None:
 
 
 def blockwise_optimum(graph: TierGraph, blocks: BlockStructure) -> TierCut:
-    """The layered cut's optimum by a DP over the chain of segments (module docstring)."""
+    """The layered cut's optimum by a DP over the chain of segments (module docstring); the
+    layered cut over the whole graph where the chain does not hold (`weights_follow`)."""
     if blocks.layer_count != len(graph):
         raise PartitionError("block structure and cost graph describe different models")
+    if not weights_follow(graph.compute_ms, graph.lowest, graph.highest, blocks.weight_only):
+        return layered_optimum(graph)
     labels_inside = _labels_inside(graph, blocks)
     groups = _groups(graph, blocks, labels_inside)
     best: TierCut | None = None

@@ -8,7 +8,7 @@ import json
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
-from toolkit.blocks import layer_key, tensor_key
+from toolkit.blocks import layer_key, tensor_key, weight_only
 from toolkit.costgraph import CostGraph
 from toolkit.graph import LayerGraph
 
@@ -70,6 +70,7 @@ def ingest_rows(graph: LayerGraph, costs: CostGraph, version: str, batch: int) -
     gets one edge, at the first."""
     layers = list(graph)
     produced = {t.name: t for t in costs.tensors}
+    off_path = set(weight_only(graph))
 
     def rows(start: int) -> Batch:
         def build() -> tuple[Rows, Rows, Rows]:
@@ -78,7 +79,7 @@ def ingest_rows(graph: LayerGraph, costs: CostGraph, version: str, batch: int) -
             nodes = [
                 [uid, layer.name, layer.op, i, layer.flops, layer.macs, layer.params,
                  layer.out_bytes, float(costs.device_ms[i]), float(costs.server_ms[i]),
-                 bool(costs.pinned[i]), layer.module, layer_key(graph, layer)]
+                 bool(costs.pinned[i]), layer.module, layer_key(graph, layer), i in off_path]
                 for i, (layer, uid) in enumerate(zip(span, uids, strict=True), start)]
             inside: Rows = []
             earlier: Rows = []

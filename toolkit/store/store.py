@@ -368,7 +368,8 @@ class Store:
 
     def read_blocks(self, model: str, rows: Rows | None = None) -> BlockStructure:
         """The block structure Cypher detected (through `rows` inside a transaction)."""
-        found = self._reading(model, rows, lambda read: read("read_blocks", model=model))
+        found, off_path = self._reading(model, rows, lambda read: (
+            read("read_blocks", model=model), read("read_weight_only", model=model)))
         if not found:
             raise StoreError(f"model {model!r} has no blocks in Neo4j: ingest it first")
         type_of: dict[str, int] = {}
@@ -389,7 +390,8 @@ class Store:
         ]
         last = max(s.layers[-1] for s in segments) + 1
         cuts = [s.exit for s in segments if s.exit is not None]
-        return BlockStructure(model, last, cuts, segments, types)
+        return BlockStructure(model, last, cuts, segments, types,
+                              tuple(int(r["topo"]) for r in off_path))
 
     # the cost graph and the cut ---------------------------------------------------------------
 
