@@ -168,13 +168,12 @@ def weights_follow(compute: np.ndarray, lowest: np.ndarray, highest: np.ndarray,
 
 
 def follows(graph: CostGraph, layers: Sequence[int]) -> bool:
-    """`weights_follow` for a two-tier cost graph (device, server)."""
-    n = len(graph)
-    lowest = np.zeros(n, dtype=np.int64)
-    lowest[list(graph.server_pinned)] = 1
-    highest = np.where(np.asarray(graph.pinned, dtype=bool), 0, 1)
-    return weights_follow(np.column_stack((graph.device_arr, graph.server_arr)), lowest,
-                          highest, layers)
+    """`weights_follow` for a two-tier cost graph (device, server), on those layers' rows."""
+    idx = np.asarray(layers, dtype=np.int64)
+    lowest = np.isin(idx, list(graph.server_pinned)).astype(np.int64)
+    highest = np.where(np.asarray(graph.pinned, dtype=bool)[idx], 0, 1)
+    compute = np.column_stack((graph.device_arr[idx], graph.server_arr[idx]))
+    return weights_follow(compute, lowest, highest, range(len(idx)))
 
 
 def solve_blockwise(
