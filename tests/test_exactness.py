@@ -175,6 +175,8 @@ def _check(graph: LayerGraph, costs: CostGraph, rng: np.random.Generator) -> str
         assert result.delay.total == pytest.approx(total(costs, set(result.device)),
                                                    rel=1e-9, abs=1e-9), method
         assert result.delay.total == pytest.approx(expected, rel=1e-9, abs=1e-9), method
+        assert result.method == ("general" if how == "general" or not follows(
+            pinned, blocks.weight_only) else method)  # a fallback says so
     return how
 
 

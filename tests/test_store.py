@@ -107,12 +107,15 @@ def test_swin_lookups_follow_their_blocks_or_the_general_cut_is_solved(store, zo
     for settings in ({}, {"device": "h100", "server": "raspberry-pi-4"}):
         scenario = api.make_scenario(**settings)
         costs = build_cost_graph(graph, scenario)
-        paths.add(follows(costs, blocks.weight_only))
+        follow = follows(costs, blocks.weight_only)
+        paths.add(follow)
         general = solve(costs, "general", with_baselines=False)
         blockwise = solve(costs, "blockwise", blocks=blocks, with_baselines=False)
         stored, _, _ = api.partition_in_neo4j(store, path, scenario, "swin_t")
         assert blockwise.delay.total == pytest.approx(general.delay.total, rel=1e-9)
         assert stored.delay.total == pytest.approx(general.delay.total, rel=1e-9)
+        used = "blockwise" if follow else "general"  # what each solved, and says
+        assert blockwise.method == stored.method == used
     assert paths == {True, False}
 
 

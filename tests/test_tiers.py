@@ -28,6 +28,7 @@ from toolkit.costs import BUILTIN_SCENARIOS, build_cost_graph, build_tier_graph
 from toolkit.errors import PartitionError
 from toolkit.partition import solve
 from toolkit.partition.baselines import best_chain_split, best_ranges
+from toolkit.partition.blockwise import weights_follow
 from toolkit.partition.layered import layered_cut
 from toolkit.partition.tiers import solve_tiers
 from toolkit.tiergraph import TierGraph, check_tiers, tier_delay
@@ -109,6 +110,9 @@ def _check(graph: TierGraph, blocks: object) -> int:
             assert expected == float("inf"), method
             continue
         assert result.delay.total == pytest.approx(expected, rel=1e-9, abs=1e-9), method
+        follow = weights_follow(graph.compute_ms, graph.lowest, graph.highest,
+                                blocks.weight_only)  # type: ignore[attr-defined]
+        assert result.method == (method if follow else "general")  # a fallback says so
     ranges, splits = best_ranges(graph)
     contiguous = []
     for cuts in itertools.combinations_with_replacement(range(len(graph) + 1), graph.k - 1):

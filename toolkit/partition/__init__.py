@@ -11,7 +11,7 @@ from toolkit.collector import collector_paused
 from toolkit.costgraph import CostGraph, Delay, crossing_tensors, peak_memory
 from toolkit.errors import PartitionError
 from toolkit.partition import baselines
-from toolkit.partition.blockwise import solve_blockwise
+from toolkit.partition.blockwise import follows, solve_blockwise
 from toolkit.partition.messages import with_latency
 from toolkit.partition.stcut import CutResult, general_size, min_cut
 from toolkit.partition.validate import validate_partition
@@ -80,13 +80,17 @@ def solve(
     """The minimum-delay valid partition, checked by `validate_partition` before it is returned.
 
     `blockwise` needs the model's block structure (`toolkit.blocks.find_blocks`), computed once
-    per model; `blocks_ms` reports what that took (0 when it was cached).
+    per model; `blocks_ms` reports what that took (0 when it was cached). Where the chain does
+    not hold for this scenario (`toolkit.partition.blockwise.weights_follow`), the general cut
+    is solved and the result says `general`.
     """
     if method not in METHODS:
         raise PartitionError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     if method == "blockwise" and blocks is None:
         raise PartitionError("the blockwise method needs the model's block structure")
     start = time.perf_counter()
+    if method == "blockwise" and blocks is not None and not follows(graph, blocks.weight_only):
+        method = "general"  # the chain does not hold for this scenario: solved whole, said so
     if method == "blockwise":
         assert blocks is not None
         cut = solve_blockwise(graph, blocks)

@@ -29,12 +29,14 @@ Rows = Callable[..., list[dict[str, Any]]]
 def solve_stored(model: str, costs: CostGraph, method: str, read: Rows) -> Partition:
     """The optimum of the stored model: block-wise reads only the compressed chain (per-block
     sums computed in Cypher) and the insides of the segments it must solve; `general` reads
-    the whole cost graph back, as block-wise does where the chain does not hold for the
-    scenario (`toolkit.partition.blockwise.weights_follow`). Either answer is checked
-    against `costs`, the cost graph the caller computed, before it is returned."""
+    the whole cost graph back, as block-wise does (and says `general`) where the chain does
+    not hold for the scenario (`toolkit.partition.blockwise.weights_follow`). Either answer
+    is checked against `costs`, the cost graph the caller computed, before it is returned."""
     start = time.perf_counter()
-    if method == "blockwise" and follows(
+    if method == "blockwise" and not follows(
             costs, [int(r["topo"]) for r in read("read_weight_only", model=model)]):
+        method = "general"
+    if method == "blockwise":
         found = chain(model, read)
         cut = solve_chain(found, lambda k, labels: segment(model, found, k, labels, read))
     else:

@@ -119,6 +119,9 @@ def solve_tiers(graph: TierGraph, method: str = "general", blocks: BlockStructur
     if method not in TIER_METHODS:
         raise PartitionError(f"unknown method {method!r}; choose one of {', '.join(TIER_METHODS)}")
     start = time.perf_counter()
+    if method == "blockwise" and blocks is not None and not weights_follow(
+            graph.compute_ms, graph.lowest, graph.highest, blocks.weight_only):
+        method = "general"  # the chain does not hold for this scenario: solved whole, said so
     if method == "blockwise":
         if blocks is None:
             raise PartitionError("the blockwise method needs the model's block structure")
