@@ -65,6 +65,8 @@ def test_cypher_blocks_equal_python_blocks(store, zoo_path, name):
         cypher.types[s.type_id].signature for s in cypher.segments
     ]
     assert cypher.weight_only == python.weight_only
+    assert count(store, "MATCH (l:Layer {model: $n}) WHERE l.weight_only IS NOT NULL "
+                 "RETURN count(l)", n=name) == len(python.weight_only)  # stored where true only
 
 
 @pytest.mark.parametrize("name", ["resnet50", "densenet121", "gpt2"])

@@ -93,9 +93,10 @@ _WEIGHT_VIEWS = frozenset(
 _SUBGRAPH_OPS = frozenset({"If", "Loop", "Scan"})
 _SCALAR_ATTRIBUTES = frozenset({"value", "value_int", "value_float", "value_ints", "value_floats"})
 """How a Constant node can hold a number (its other forms hold strings or sparse tensors)."""
-READER_VERSION = 8  # 8: a weight read through Expand counts its own elements; DFT costed
-"""Bumped whenever the reader turns the same file into another layer graph: stored models and
-cached block structures keyed by `LayerGraph.sha256` are then read again."""
+READER_VERSION = 9  # 9: layers weights alone make are off the input's path (block detection)
+"""Bumped whenever the reader turns the same file into another layer graph, or what is derived
+from one and kept by `LayerGraph.sha256` changes (block detection, what a stored layer holds):
+stored models and cached block structures are then read again."""
 def read_onnx(
     path: str | Path, name: str | None = None, dims: Mapping[str, int] | None = None
 ) -> LayerGraph:
