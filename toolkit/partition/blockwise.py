@@ -179,12 +179,10 @@ def follows(graph: CostGraph, layers: Sequence[int]) -> bool:
 def solve_blockwise(
     graph: CostGraph, blocks: BlockStructure
 ) -> CutResult:
-    """The block-wise optimum of a cost graph in memory (exactly the general min cut's value;
-    the general min cut itself where the chain does not hold: `weights_follow`)."""
+    """The block-wise optimum of a cost graph in memory: exactly the general min cut's value
+    where the chain holds (`follows`, which `toolkit.partition.solve` checks first)."""
     if blocks.layer_count != len(graph):
         raise PartitionError("block structure and cost graph describe different models")
-    if not follows(graph, blocks.weight_only):
-        return min_cut(graph)
     server_set = set(graph.server_pinned)
     chain = chain_of(graph, blocks, server_set)
     arr = blocks.arrays

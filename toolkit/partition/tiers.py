@@ -181,12 +181,10 @@ def vanilla_split_ms(graph: TierGraph) -> float | None:
 
 
 def blockwise_optimum(graph: TierGraph, blocks: BlockStructure) -> TierCut:
-    """The layered cut's optimum by a DP over the chain of segments (module docstring); the
-    layered cut over the whole graph where the chain does not hold (`weights_follow`)."""
+    """The layered cut's optimum by a DP over the chain of segments (module docstring), where
+    the chain holds (`weights_follow`, which `solve_tiers` checks first)."""
     if blocks.layer_count != len(graph):
         raise PartitionError("block structure and cost graph describe different models")
-    if not weights_follow(graph.compute_ms, graph.lowest, graph.highest, blocks.weight_only):
-        return layered_optimum(graph)
     labels_inside = _labels_inside(graph, blocks)
     groups = _groups(graph, blocks, labels_inside)
     best: TierCut | None = None
