@@ -7,7 +7,7 @@ import functools
 import logging
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
 import numpy as np
@@ -172,3 +172,20 @@ def value_info(vi: ValueInfoProto) -> Info:
             dims.append(1)
             symbolic = True
     return Info(tuple(dims), tt.elem_type, symbolic)
+
+
+def value_infos(vis: Iterable[ValueInfoProto]) -> dict[str, Info]:
+    """`value_info` of each named one, by name. A model's tensors share a few types, so each
+    distinct type (its serialised bytes) is read once: reading a type's dimensions from
+    protobuf costs ten times what serialising it does."""
+    by_type: dict[bytes, Info] = {}
+    found: dict[str, Info] = {}
+    for vi in vis:
+        if not vi.name:
+            continue
+        key = vi.type.SerializeToString()
+        info = by_type.get(key)
+        if info is None:  # (a negative dimension raises here, naming the tensor)
+            info = by_type[key] = value_info(vi)
+        found[vi.name] = info
+    return found
