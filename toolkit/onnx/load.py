@@ -157,7 +157,7 @@ def attr_graphs(attr: AttributeProto) -> list[GraphProto]:
 
 
 def _bad(texts: Iterable[str | bytes]) -> bool:
-    return any(isinstance(t, bytes) for t in texts)
+    return any(issubclass(kind, bytes) for kind in set(map(type, texts)))  # (map: in C)
 
 
 def has_external_data(model: ModelProto) -> bool:

@@ -54,7 +54,7 @@ from toolkit.onnx.shapes import (
     dtype_name,
     infer_shapes,
     runtime_shapes,
-    value_info,
+    value_infos,
 )
 from toolkit.ops import OpCost, OpFacts, Shape, cost_of, numel
 
@@ -498,10 +498,7 @@ class _Reader:
         self.nodes = nodes.protos
         self.initializers = {t.name: t for t in g.initializer}
         self.constant_values: dict[str, AttributeProto] | None = None  # Constant nodes'
-        self.info: dict[str, Info] = {}
-        for vi in [*g.input, *g.value_info, *g.output]:
-            if vi.name:
-                self.info[vi.name] = value_info(vi)
+        self.info = value_infos(itertools.chain(g.input, g.value_info, g.output))
         for t in g.initializer:
             dims = tuple(t.dims)
             if dims and min(dims) < 0:
@@ -521,6 +518,8 @@ class _Reader:
         self.probe_failure = ""  # why the probe run (refine) could not run the model
         self.any_half = False  # some tensor is a 16-bit float (build)
         self.modules: dict[int, tuple[str | None, dict[str, str]]] = {}  # layers' (build)
+        self.typed: dict[Info, tuple[str, int]] = {}  # dtype name and bytes (_tensor)
+        self.costs: dict[tuple[object, ...], OpCost] = {}  # by all a handle reads (_layer)
         self.opset = max(
             (o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0
         )
@@ -683,6 +682,7 @@ class _Reader:
                         if t.data_type in FLOAT_TYPES and n not in self.buffers}
         self.weight_base: dict[str, str] = {}  # a view of a weight -> the initializer itself
         self.owner: dict[str, str] = {}  # a weight -> the layer that reads it first
+        self.reads: dict[int, list[str]] = {}  # node -> its trainable weights (_weight_reads)
         constant: set[int] = set()
         for i in order:
             op, inputs, outputs = self.ops[i], self.node_inputs[i], self.node_outputs[i]
@@ -710,11 +710,14 @@ class _Reader:
         """The trainable weights node `i` reads, each once: its inputs but those its operator
         never trains (`NOT_TRAINABLE_INPUTS`: a quantization scale, a running mean) and, for
         control flow, what its bodies read from the enclosing graph (`deps`)."""
-        inputs = self.node_inputs[i]
-        skip = NOT_TRAINABLE_INPUTS.get(self.ops[i], frozenset())
-        read = [n for k, n in enumerate(inputs) if k not in skip]
-        read += [n for n in self.deps[i] if n not in inputs]
-        return [n for n in dict.fromkeys(read) if n in self.weights]
+        found = self.reads.get(i)
+        if found is None:  # (a node's inputs come before it: its reads are known at its turn)
+            inputs = self.node_inputs[i]
+            skip = NOT_TRAINABLE_INPUTS.get(self.ops[i], frozenset())
+            read = [n for k, n in enumerate(inputs) if k not in skip]
+            read += [n for n in self.deps[i] if n not in inputs]
+            found = self.reads[i] = [n for n in dict.fromkeys(read) if n in self.weights]
+        return found
 
     def _static(self, name: str) -> bool:
         info = self.info.get(name)
@@ -724,9 +727,12 @@ class _Reader:
         info = self.info.get(name)
         if info is None or info.shape is None:
             return Tensor(name, (), "undefined", fallback, producer, shape_known=False)
-        size = ELEM_BYTES.get(info.elem_type, UNKNOWN_ELEM_BYTES)
-        nbytes = math.ceil(numel(info.shape) * size)
-        return Tensor(name, info.shape, dtype_name(info.elem_type), nbytes, producer)
+        typed = self.typed.get(info)  # (a model's tensors share a few types)
+        if typed is None:
+            size = ELEM_BYTES.get(info.elem_type, UNKNOWN_ELEM_BYTES)
+            typed = self.typed[info] = (dtype_name(info.elem_type),
+                                        math.ceil(numel(info.shape) * size))
+        return Tensor(name, info.shape, typed[0], typed[1], producer)
 
     def _layer(self, i: int, consts: set[str], tensors: dict[str, Tensor]) -> Layer:
         name, op = self.names[i], self.ops[i]
@@ -752,15 +758,16 @@ class _Reader:
                     params += count
                 else:
                     tied[owner] = tied.get(owner, 0) + count
-        in_bytes = sum(tensors[n].bytes for n in acts if n in tensors)
+        read = [tensors[n] for n in acts if n in tensors]
+        in_bytes = sum(t.bytes for t in read)
         outs = [o for o in outputs if o]
-        fallback = max((tensors[n].bytes for n in acts if n in tensors), default=0)
-        for out in outs:
-            tensors[out] = self._tensor(out, name, fallback)
+        fallback = max((t.bytes for t in read), default=0)
+        made = [self._tensor(out, name, fallback) for out in outs]
+        tensors.update(zip(outs, made, strict=True))
         whole = tensors.get(inputs[0]) if inputs and op == "SplitToSequence" else None
         if whole is not None and whole.shape_known and outs:
             # a sequence (no shape of its own): its pieces tile the input, in its element type
-            tensors[outs[0]] = dataclasses.replace(whole, name=outs[0], producer=name)
+            tensors[outs[0]] = made[0] = dataclasses.replace(whole, name=outs[0], producer=name)
         attributes = self.attributes[i]
         attrs = {a.name: _attr_value(a) for a in attributes} if attributes else {}
         if op == "Dropout" and self._constant(inputs[2:3], 0.0) \
@@ -770,16 +777,20 @@ class _Reader:
             attrs["axis"] = self._integer(inputs[2:3], dft_axis(self.opset))
         if op == "STFT" and self._integer(inputs[3:4], None) is not None:
             attrs["frame_length"] = self._integer(inputs[3:4], None)  # where no window gives it
+        canonical = _canonical_attrs(attrs)
         cost: OpCost | _Flow
         if op in _SUBGRAPH_OPS:
             cost = self._control_flow(self.graph.node[i], self.info)
             self.untripped += cost.untripped
             self.branches += cost.branches
         else:
-            cost = self._cost(name, OpFacts(
-                op, [_shape_in(n, self.info) for n in inputs],
-                [_shape_in(n, self.info) for n in outputs], attrs,
-            ))
+            ins = tuple(_shape_in(n, self.info) for n in inputs)
+            outs_in = tuple(_shape_in(n, self.info) for n in outputs)
+            key = (op, ins, outs_in, canonical)  # all a handle reads: each distinct one runs once
+            found = self.costs.get(key)
+            if found is None:
+                found = self.costs[key] = self._cost(name, OpFacts(op, ins, outs_in, attrs))
+            cost = found
         flops, macs, supported = cost.flops, cost.macs, cost.supported
         module, classes = self.modules[i]
         for path, cls in classes.items():  # ("" is an unknown class: never over a known one)
@@ -795,16 +806,15 @@ class _Reader:
             params=params,
             param_bytes=param_bytes,
             in_bytes=in_bytes,
-            out_bytes=sum(tensors[o].bytes for o in outs),
+            out_bytes=sum(t.bytes for t in made),
             module=module,
-            attrs=_canonical_attrs(attrs),
+            attrs=canonical,
             groups=_groups(attrs.get("group", 1)),
             supported=supported,
             reads_input=any(n in self.raw_inputs for n in acts),
             weight_elements=elements,
             tied=tuple(tied.items()),
-            half=self.any_half and _computes_in_half([tensors[n] for n in (*acts, *outs)
-                                                      if n in tensors]),
+            half=self.any_half and _computes_in_half([*read, *made]),
         )
 
     def _constant(self, names: Sequence[str], absent: float) -> float:
@@ -873,8 +883,7 @@ class _Reader:
 
     def _body(self, g: GraphProto, scope: MutableMapping[str, Info], label: str) -> _Flow:
         """The summed cost of one run of a control-flow body, nested bodies included."""
-        local = ChainMap({vi.name: value_info(vi) for vi in [*g.input, *g.value_info, *g.output]
-                          if vi.name}, scope)
+        local = ChainMap(value_infos(itertools.chain(g.input, g.value_info, g.output)), scope)
         for t in g.initializer:
             local[t.name] = Info(tuple(t.dims), t.data_type)
         total = _Flow(0.0)
