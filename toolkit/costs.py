@@ -51,7 +51,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -270,27 +270,51 @@ def measured_ms(layer: Layer, profile: MeasuredProfile, batch: int) -> float:
     return (fwd + bwd) * batch / profile.batch
 
 
-def _side_ms(graph: LayerGraph, proc: Processor, scenario: Scenario) -> list[float]:
-    """Per layer: forward + backward (measured or roofline) + optimizer step on `proc`."""
+class _LayerColumns(NamedTuple):
+    """What both sides' delays read of every layer, gathered once per cost graph."""
+
+    layers: list[Layer]
+    owned_bytes: np.ndarray  # the bytes of the parameters each owns (its optimizer step)
+    samples: np.ndarray  # the batch for a layer on the raw inputs' path, else 1 (per step)
+    flops: np.ndarray
+    activations: np.ndarray  # per-sample bytes in and out, at the scenario's precision
+    weights: np.ndarray  # parameter bytes a pass reads
+    trainable: np.ndarray
+    half: np.ndarray
+    classes: list[str]  # op_class
+
+
+def _columns(graph: LayerGraph, scenario: Scenario) -> _LayerColumns:
     layers = list(graph)
-    steps = _step_ms(np.array([x.params * x.weight_word for x in layers], dtype=float), proc,
-                     scenario.optimizer)
-    samples = [scenario.batch if graph.per_sample(x) else 1 for x in layers]  # (per step: 1)
+    return _LayerColumns(
+        layers,
+        np.array([x.params * x.weight_word for x in layers], dtype=float),
+        np.array([scenario.batch if graph.per_sample(x) else 1 for x in layers]),
+        np.array([x.flops for x in layers], dtype=float),
+        np.array([activation_bytes(graph, x, scenario.precision) for x in layers], dtype=float),
+        np.array([param_bytes(x, scenario.precision) for x in layers], dtype=float),
+        np.array([x.trainable for x in layers], dtype=bool),
+        np.array([x.half for x in layers], dtype=bool),
+        [op_class(x) for x in layers],
+    )
+
+
+def _side_ms(graph: LayerGraph, columns: _LayerColumns, proc: Processor,
+             scenario: Scenario) -> list[float]:
+    """Per layer: forward + backward (measured or roofline) + optimizer step on `proc`."""
+    steps = _step_ms(columns.owned_bytes, proc, scenario.optimizer)
     profile = next((p for p in scenario.measured if p.processor == proc.name), None)
     if profile is None:
-        classes = {name: efficiency(proc, name) for name in ("matmul", "conv", "vector")}
+        rate = {name: efficiency(proc, name) for name in ("matmul", "conv", "vector")}
         passes = _train_ms(
-            np.array([x.flops for x in layers]),
-            np.array([activation_bytes(graph, x, scenario.precision) for x in layers]),
-            np.array([param_bytes(x, scenario.precision) for x in layers]),
-            np.array([x.trainable for x in layers]),
-            peak_flops(proc, scenario.precision, np.array([x.half for x in layers], dtype=bool))
-            * np.array([classes[op_class(x)] for x in layers]),
-            _byte_rate(proc), proc, np.array(samples))
+            columns.flops, columns.activations, columns.weights, columns.trainable,
+            peak_flops(proc, scenario.precision, columns.half)
+            * np.array([rate[c] for c in columns.classes]),
+            _byte_rate(proc), proc, columns.samples)
     else:
         profile.check_model(graph)
-        passes = np.array([measured_ms(x, profile, n) for x, n in zip(layers, samples,
-                                                                      strict=True)])
+        passes = np.array([measured_ms(x, profile, int(n)) for x, n in
+                           zip(columns.layers, columns.samples, strict=True)])
     return (passes + steps).tolist()  # type: ignore[no-any-return]
 
 
@@ -350,15 +374,16 @@ def build_cost_graph(graph: LayerGraph, scenario: Scenario) -> CostGraph:
     memory = model_memory(graph, scenario.batch, OPTIMIZER_STATES[scenario.optimizer],
                           {name: tensor_bytes(t, scenario.precision)
                            for name, t in graph.tensors.items()}).on(scenario.device.backend)
+    columns = _columns(graph, scenario)
     return CostGraph(
         model=graph.name,
         names=[layer.name for layer in layers],
         ops=[layer.op for layer in layers],
         device_ms=[
-            t + sync_ms(x, scenario)
-            for t, x in zip(_side_ms(graph, scenario.device, scenario), layers, strict=True)
+            t + sync_ms(x, scenario) for t, x in
+            zip(_side_ms(graph, columns, scenario.device, scenario), layers, strict=True)
         ],
-        server_ms=_side_ms(graph, scenario.server, scenario),
+        server_ms=_side_ms(graph, columns, scenario.server, scenario),
         pinned=[layer.name in reasons for layer in layers],
         tensors=tensors,
         scenario=scenario.to_dict(),
