@@ -305,9 +305,9 @@ def _names(graph: LayerGraph, layers: list[Layer], instances: list[list[Segment]
             names.append(paths[-1])
         else:
             names.append("-".join(ops) if len(ops) <= 3 else f"{ops[0]}…{ops[-1]} ({len(ops)})")
-    options = [_name_options(name, paths[i], where[i], _main_child(layers, instances[i]), i)
-               for i, name in enumerate(names)]
+    options = [_name_options(name, paths[i], where[i]) for i, name in enumerate(names)]
     level = [0] * len(names)
+    surest: set[int] = set()  # types whose options run to the id
     while True:
         chosen = [opts[k] for opts, k in zip(options, level, strict=True)]
         taken = Counter(chosen)
@@ -315,21 +315,31 @@ def _names(graph: LayerGraph, layers: list[Layer], instances: list[list[Segment]
         if not clashing:
             return chosen
         for i in clashing:  # the last option (with the id) is unique
+            if level[i] + 1 == len(options[i]) and i not in surest:
+                # the main child only where the shorter names clash (it reads every instance)
+                options[i] += _child_options(names[i], paths[i], where[i],
+                                             _main_child(layers, instances[i]), i)
+                surest.add(i)
             level[i] = min(level[i] + 1, len(options[i]) - 1)
 
 
-def _name_options(base: str, pattern: str, where: str, child: str, i: int) -> list[str]:
-    """A type's names from the shortest to the surest: op or class, + path pattern, or + the
-    numbers it stands for, + main child, + id."""
+def _name_options(base: str, pattern: str, where: str) -> list[str]:
+    """A type's names from the shortest: op or class, + path pattern, or + the numbers it
+    stands for (`_child_options` follow where all of these clash)."""
     spot = where if where != base else ""
     options = [base]
     if pattern and pattern != base:
         options.append(f"{base} {pattern}")
     if spot and spot != pattern:
         options.append(f"{base} {spot}")
-    options += [" ".join(filter(None, (base, pattern if pattern != base else "", f"[{child}]"))),
-                " ".join(filter(None, (base, spot, f"[{child}]", f"#{i}")))]
     return options
+
+
+def _child_options(base: str, pattern: str, where: str, child: str, i: int) -> list[str]:
+    """A type's surest names: + main child, then + id (unique)."""
+    spot = where if where != base else ""
+    return [" ".join(filter(None, (base, pattern if pattern != base else "", f"[{child}]"))),
+            " ".join(filter(None, (base, spot, f"[{child}]", f"#{i}")))]
 
 
 def _prefix(layers: list[Layer], seg: Segment) -> list[str]:
