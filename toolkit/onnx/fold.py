@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 import onnx
@@ -75,7 +75,9 @@ class _Folding:
         self.values: dict[str, np.ndarray | None] = {}
         for t in model.graph.initializer:
             self.values[t.name] = _array(t) if math.prod(t.dims) <= _SMALL_INITIALIZER else None
-        self.producers = {o: n for n in model.graph.node for o in n.output if o}
+        self.nodes = [_node(n) for n in model.graph.node]
+        self.producers = {o: n for n in self.nodes for o in n.outputs if o}
+        self.constants: dict[bytes, np.ndarray | None] = {}  # Constant nodes' values, by bytes
         self.kernels: dict[str, type | None] = {}
         self.schemas: dict[str, onnx.defs.OpSchema | None] = {}
         # each distinct evaluation and inference, by operator, attributes and inputs
@@ -84,31 +86,31 @@ class _Folding:
         self.taken: dict[str, str] = {}  # an If's first output -> the branch it takes
 
     def run(self) -> dict[str, Info]:
-        self._fold(self.model.graph.node)
+        self._fold(self.nodes)
         return self.info
 
-    def _fold(self, nodes: Sequence[NodeProto]) -> None:
+    def _fold(self, nodes: Sequence[_Node]) -> None:
+        info = self.info
         for node in nodes:
-            if node.op_type == "If" and node.domain in _DEFAULT_DOMAINS:
+            if node.op == "If" and node.domain in _DEFAULT_DOMAINS:
                 self._branch(node)
                 continue
-            outs = [o for o in node.output if o]
-            if outs and _inferable(node) and not all(_static(self.info.get(o)) for o in outs):
-                self._infer(node, [x for x in node.input if x])
+            if node.inferable and not all(_static(info.get(o)) for o in node.outputs if o):
+                self._infer(node, [x for x in node.inputs if x])
 
-    def _branch(self, node: NodeProto) -> None:
+    def _branch(self, node: _Node) -> None:
         """An If whose condition the shape arithmetic decides (TorchScript writes one where
         scripted code compares sizes): the branch it takes is folded as if it stood in the
         graph, and its outputs' sizes and values are the If's. A branch that makes a name
         the graph already has is left to the probe run."""
-        condition = self._value(node.input[0]) if node.input and node.input[0] else None
+        condition = self._value(node.inputs[0]) if node.inputs and node.inputs[0] else None
         if condition is None or condition.size != 1:
             return
         taken = "then_branch" if bool(condition.reshape(-1)[0]) else "else_branch"
-        if node.output and node.output[0]:
-            self.taken[node.output[0]] = taken
-        branch = next((a.g for a in node.attribute if a.name == taken), None)
-        if branch is None or len(branch.output) < len([o for o in node.output if o]):
+        if node.outputs and node.outputs[0]:
+            self.taken[node.outputs[0]] = taken
+        branch = next((a.g for a in node.proto.attribute if a.name == taken), None)
+        if branch is None or len(branch.output) < len([o for o in node.outputs if o]):
             return
         made = {o for n in branch.node for o in n.output if o}
         made.update(t.name for t in branch.initializer)
@@ -119,9 +121,10 @@ class _Folding:
             self.values[t.name] = _array(t) if math.prod(t.dims) <= _SMALL_INITIALIZER \
                 else None
             self.info[t.name] = Info(tuple(t.dims), t.data_type)
-        self.producers.update((o, n) for n in branch.node for o in n.output if o)
-        self._fold(branch.node)
-        for out, inner in zip(node.output, branch.output, strict=False):
+        inner_nodes = [_node(n) for n in branch.node]
+        self.producers.update((o, n) for n in inner_nodes for o in n.outputs if o)
+        self._fold(inner_nodes)
+        for out, inner in zip(node.outputs, branch.output, strict=False):
             if not out:
                 continue
             got = self.info.get(inner.name)
@@ -140,19 +143,19 @@ class _Folding:
                 stack.pop()
                 continue
             node = self.producers.get(top)
-            if node is None or node.op_type in _NEVER_FOLDED or not _inferable(node):
+            if node is None or node.op in _NEVER_FOLDED or not node.inferable:
                 self.values[top] = None
                 stack.pop()
                 continue
-            ins = [x for x in node.input if x]
+            ins = [x for x in node.inputs if x]
             measured = _measured(node, self.info.get(ins[0]) if ins else None) \
-                if node.op_type in ("Shape", "Size") else None
+                if node.op in ("Shape", "Size") else None
             if measured is not None:
                 self.values[top] = measured
                 stack.pop()
                 continue
             pending = [x for x in ins if x not in self.values]
-            if pending and top not in busy and self._small(node.output):
+            if pending and top not in busy and self._small(node.outputs):
                 busy.add(top)  # a cycle leads back here: its names get no value
                 stack.extend(pending)
                 continue
@@ -171,21 +174,21 @@ class _Folding:
             total += math.prod(got.shape)
         return total <= _SMALL_VALUE
 
-    def _infer(self, node: NodeProto, ins: Sequence[str]) -> None:
+    def _infer(self, node: _Node, ins: Sequence[str]) -> None:
         """ONNX's inference of this one node, told the values of its inputs where known."""
-        schema = self._schema(node.op_type)
+        schema = self._schema(node.op)
         got = [self.info.get(x) for x in ins]
         if schema is None or any(g is None or not g.elem_type for g in got):
             return
         sizes = [(g.elem_type, g.shape if _static(g) else None) for g in got if g is not None]
         known = {x: self._value(x) for x, g in zip(ins, got, strict=True) if _may_shape(g)}
-        key = (node.op_type, _attributes(node), tuple(bool(x) for x in node.input), tuple(
+        key = (node.op, _attributes(node.proto), tuple(bool(x) for x in node.inputs), tuple(
             (size, _fingerprint(known.get(x))) for x, size in zip(ins, sizes, strict=True)))
         if key not in self.inferred:
             types = {x: onnx.helper.make_tensor_type_proto(*size)
                      for x, size in zip(ins, sizes, strict=True)}
-            self.inferred[key] = self._inferred(node, schema, types, known)
-        for name, inferred in zip(node.output, self.inferred[key], strict=False):
+            self.inferred[key] = self._inferred(node.proto, schema, types, known)
+        for name, inferred in zip(node.outputs, self.inferred[key], strict=False):
             if inferred is not None:
                 self.info[name] = inferred
 
@@ -205,21 +208,22 @@ class _Folding:
                if name in inferred else None for name in node.output]
         return [g if _static(g) else None for g in got]
 
-    def _evaluate(self, node: NodeProto) -> None:
+    def _evaluate(self, node: _Node) -> None:
         """Run the node on its inputs' values (ONNX's reference implementation; an optional
         input left out is None, in its place); its outputs get no value where it cannot run or
         one is large."""
-        args = [self.values.get(x) if x else None for x in node.input]
+        args = [self.values.get(x) if x else None for x in node.inputs]
         results: Sequence[np.ndarray | None] = ()
-        if node.op_type == "Constant" and [a.name for a in node.attribute] == ["value"]:
-            results = [_array(node.attribute[0].t)]  # the common form, read directly
-        elif self._small(node.output) and all(a is not None for a, x in zip(args, node.input,
-                                                                              strict=True) if x):
-            key = (node.op_type, _attributes(node), tuple(_fingerprint(a) for a in args))
+        attributes = node.proto.attribute
+        if node.op == "Constant" and len(attributes) == 1 and attributes[0].name == "value":
+            results = [self._constant(attributes[0].t)]  # the common form, read directly
+        elif self._small(node.outputs) and all(a is not None for a, x in zip(args, node.inputs,
+                                                                               strict=True) if x):
+            key = (node.op, _attributes(node.proto), tuple(_fingerprint(a) for a in args))
             if key not in self.evaluated:
-                self.evaluated[key] = self._run(node, args)
+                self.evaluated[key] = self._run(node.proto, args)
             results = self.evaluated[key]
-        for k, name in enumerate(node.output):
+        for k, name in enumerate(node.outputs):
             self.values[name] = results[k] if k < len(results) else None
 
     def _run(self, node: NodeProto, args: list[np.ndarray | None]) -> list[np.ndarray | None]:
@@ -236,6 +240,13 @@ class _Folding:
             log.debug("node %s not evaluated (%s)", node.name, first_line(exc))
             return []
         return [_held(r) for r in results]
+
+    def _constant(self, t: TensorProto) -> np.ndarray | None:
+        """A Constant's value, read once per distinct tensor (repeated blocks repeat them)."""
+        key = t.SerializeToString()
+        if key not in self.constants:
+            self.constants[key] = _array(t)
+        return self.constants[key]
 
     def _kernel(self, op: str) -> type | None:
         from onnx.reference.ops import load_op  # 90 ms to import: only for models that fold
@@ -266,10 +277,23 @@ def _fingerprint(value: np.ndarray | None) -> tuple[str, tuple[int, ...], bytes]
     return None if value is None else (value.dtype.str, value.shape, value.tobytes())
 
 
-def _inferable(node: NodeProto) -> bool:
-    """A standard operator without subgraphs: ONNX infers it, its reference runs it."""
-    return node.domain in _DEFAULT_DOMAINS and not any(
-        a.type in (AttributeProto.GRAPH, AttributeProto.GRAPHS) for a in node.attribute)
+class _Node(NamedTuple):
+    """A node's fields, read from protobuf once (upb builds a new object at every access)."""
+
+    proto: NodeProto
+    op: str
+    domain: str
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    inferable: bool  # a standard operator without subgraphs: ONNX infers it, its reference runs it
+
+
+def _node(proto: NodeProto) -> _Node:
+    domain, attributes = proto.domain, proto.attribute
+    return _Node(proto, proto.op_type, domain, tuple(proto.input), tuple(proto.output),
+                 domain in _DEFAULT_DOMAINS and not (attributes and any(
+                     a.type in (AttributeProto.GRAPH, AttributeProto.GRAPHS)
+                     for a in attributes)))
 
 
 def _may_shape(info: Info | None) -> bool:
@@ -303,13 +327,13 @@ def _held(value: object) -> np.ndarray | None:
     return array if array.dtype.kind in "biuf" and array.size <= _SMALL_VALUE else None
 
 
-def _measured(node: NodeProto, source: Info | None) -> np.ndarray | None:
+def _measured(node: _Node, source: Info | None) -> np.ndarray | None:
     """What a Shape or Size node returns for an input of static shape; None if not static."""
     if source is None or source.shape is None or source.symbolic:
         return None
     shape = list(source.shape)
-    if node.op_type == "Size":
+    if node.op == "Size":
         return np.array(math.prod(shape), dtype=np.int64)
-    attrs = {a.name: a.i for a in node.attribute}
+    attrs = {a.name: a.i for a in node.proto.attribute}
     start, end = attrs.get("start", 0), attrs.get("end", len(shape))
     return np.array(shape[start:end], dtype=np.int64)
