@@ -22,15 +22,15 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import onnx
 import onnx.numpy_helper
-from onnx import AttributeProto, ModelProto, NodeProto, TensorProto
+from onnx import ModelProto, NodeProto, TensorProto
 from onnx.shape_inference import infer_node_outputs
 
-from toolkit.onnx.load import first_line
+from toolkit.onnx.load import NodeFields, first_line, node_fields
 from toolkit.onnx.shapes import Info, value_info
 
 log = logging.getLogger(__name__)
@@ -53,21 +53,22 @@ _DEFAULT_DOMAINS = ("", "ai.onnx")
 _RUN_PARAMS: dict[str, Any] = {"new_ops": None, "log": lambda *_: None, "verbose": 0}
 
 
-def fold_shapes(model: ModelProto, info: dict[str, Info]
+def fold_shapes(model: ModelProto, info: dict[str, Info], nodes: Sequence[NodeFields]
                 ) -> tuple[dict[str, Info], dict[str, str]]:
     """Sizes of weightless `model`'s tensors after evaluating its shape arithmetic (module
     doc): `info` is what static inference gave; nodes are taken in file order (exporters
     write them in topological order; a node before its inputs only stays unresolved). Also
     the branch ('then_branch' or 'else_branch') of each If whose condition the arithmetic
     computes, by the If's first output."""
-    folding = _Folding(model, info)
+    folding = _Folding(model, info, nodes)
     return folding.run(), folding.taken
 
 
 class _Folding:
     """One pass over the nodes: values of the shape arithmetic, sizes of what they shape."""
 
-    def __init__(self, model: ModelProto, info: dict[str, Info]) -> None:
+    def __init__(self, model: ModelProto, info: dict[str, Info],
+                 nodes: Sequence[NodeFields]) -> None:
         self.model = model
         self.info = dict(info)
         self.opset = max((o.version for o in model.opset_import if o.domain in _DEFAULT_DOMAINS),
@@ -75,7 +76,7 @@ class _Folding:
         self.values: dict[str, np.ndarray | None] = {}
         for t in model.graph.initializer:
             self.values[t.name] = _array(t) if math.prod(t.dims) <= _SMALL_INITIALIZER else None
-        self.nodes = [_node(n) for n in model.graph.node]
+        self.nodes = nodes  # model.graph's (`node_fields`)
         self.producers = {o: n for n in self.nodes for o in n.outputs if o}
         self.constants: dict[bytes, np.ndarray | None] = {}  # Constant nodes' values, by bytes
         self.kernels: dict[str, type | None] = {}
@@ -89,16 +90,16 @@ class _Folding:
         self._fold(self.nodes)
         return self.info
 
-    def _fold(self, nodes: Sequence[_Node]) -> None:
+    def _fold(self, nodes: Sequence[NodeFields]) -> None:
         info = self.info
         for node in nodes:
             if node.op == "If" and node.domain in _DEFAULT_DOMAINS:
                 self._branch(node)
                 continue
-            if node.inferable and not all(_static(info.get(o)) for o in node.outputs if o):
+            if _inferable(node) and not all(_static(info.get(o)) for o in node.outputs if o):
                 self._infer(node, [x for x in node.inputs if x])
 
-    def _branch(self, node: _Node) -> None:
+    def _branch(self, node: NodeFields) -> None:
         """An If whose condition the shape arithmetic decides (TorchScript writes one where
         scripted code compares sizes): the branch it takes is folded as if it stood in the
         graph, and its outputs' sizes and values are the If's. A branch that makes a name
@@ -109,7 +110,7 @@ class _Folding:
         taken = "then_branch" if bool(condition.reshape(-1)[0]) else "else_branch"
         if node.outputs and node.outputs[0]:
             self.taken[node.outputs[0]] = taken
-        branch = next((a.g for a in node.proto.attribute if a.name == taken), None)
+        branch = next((a.g for a in node.attributes if a.name == taken), None)
         if branch is None or len(branch.output) < len([o for o in node.outputs if o]):
             return
         made = {o for n in branch.node for o in n.output if o}
@@ -121,7 +122,7 @@ class _Folding:
             self.values[t.name] = _array(t) if math.prod(t.dims) <= _SMALL_INITIALIZER \
                 else None
             self.info[t.name] = Info(tuple(t.dims), t.data_type)
-        inner_nodes = [_node(n) for n in branch.node]
+        inner_nodes = [node_fields(n) for n in branch.node]
         self.producers.update((o, n) for n in inner_nodes for o in n.outputs if o)
         self._fold(inner_nodes)
         for out, inner in zip(node.outputs, branch.output, strict=False):
@@ -143,7 +144,7 @@ class _Folding:
                 stack.pop()
                 continue
             node = self.producers.get(top)
-            if node is None or node.op in _NEVER_FOLDED or not node.inferable:
+            if node is None or node.op in _NEVER_FOLDED or not _inferable(node):
                 self.values[top] = None
                 stack.pop()
                 continue
@@ -174,7 +175,7 @@ class _Folding:
             total += math.prod(got.shape)
         return total <= _SMALL_VALUE
 
-    def _infer(self, node: _Node, ins: Sequence[str]) -> None:
+    def _infer(self, node: NodeFields, ins: Sequence[str]) -> None:
         """ONNX's inference of this one node, told the values of its inputs where known."""
         schema = self._schema(node.op)
         got = [self.info.get(x) for x in ins]
@@ -182,7 +183,7 @@ class _Folding:
             return
         sizes = [(g.elem_type, g.shape if _static(g) else None) for g in got if g is not None]
         known = {x: self._value(x) for x, g in zip(ins, got, strict=True) if _may_shape(g)}
-        key = (node.op, _attributes(node.proto), tuple(bool(x) for x in node.inputs), tuple(
+        key = (node.op, _attributes(node), tuple(bool(x) for x in node.inputs), tuple(
             (size, _fingerprint(known.get(x))) for x, size in zip(ins, sizes, strict=True)))
         if key not in self.inferred:
             types = {x: onnx.helper.make_tensor_type_proto(*size)
@@ -208,18 +209,18 @@ class _Folding:
                if name in inferred else None for name in node.output]
         return [g if _static(g) else None for g in got]
 
-    def _evaluate(self, node: _Node) -> None:
+    def _evaluate(self, node: NodeFields) -> None:
         """Run the node on its inputs' values (ONNX's reference implementation; an optional
         input left out is None, in its place); its outputs get no value where it cannot run or
         one is large."""
         args = [self.values.get(x) if x else None for x in node.inputs]
         results: Sequence[np.ndarray | None] = ()
-        attributes = node.proto.attribute
+        attributes = node.attributes
         if node.op == "Constant" and len(attributes) == 1 and attributes[0].name == "value":
             results = [self._constant(attributes[0].t)]  # the common form, read directly
         elif self._small(node.outputs) and all(a is not None for a, x in zip(args, node.inputs,
                                                                                strict=True) if x):
-            key = (node.op, _attributes(node.proto), tuple(_fingerprint(a) for a in args))
+            key = (node.op, _attributes(node), tuple(_fingerprint(a) for a in args))
             if key not in self.evaluated:
                 self.evaluated[key] = self._run(node.proto, args)
             results = self.evaluated[key]
@@ -267,9 +268,9 @@ def _cached(cache: dict[str, T | None], op: str, make: Callable[[], T]) -> T | N
     return cache[op]
 
 
-def _attributes(node: NodeProto) -> tuple[bytes, ...]:
+def _attributes(node: NodeFields) -> tuple[bytes, ...]:
     """A node's attributes as bytes: part of what its evaluation and inference depend on."""
-    return tuple(a.SerializeToString() for a in node.attribute)
+    return tuple(a.SerializeToString() for a in node.attributes)
 
 
 def _fingerprint(value: np.ndarray | None) -> tuple[str, tuple[int, ...], bytes] | None:
@@ -277,23 +278,9 @@ def _fingerprint(value: np.ndarray | None) -> tuple[str, tuple[int, ...], bytes]
     return None if value is None else (value.dtype.str, value.shape, value.tobytes())
 
 
-class _Node(NamedTuple):
-    """A node's fields, read from protobuf once (upb builds a new object at every access)."""
-
-    proto: NodeProto
-    op: str
-    domain: str
-    inputs: tuple[str, ...]
-    outputs: tuple[str, ...]
-    inferable: bool  # a standard operator without subgraphs: ONNX infers it, its reference runs it
-
-
-def _node(proto: NodeProto) -> _Node:
-    domain, attributes = proto.domain, proto.attribute
-    return _Node(proto, proto.op_type, domain, tuple(proto.input), tuple(proto.output),
-                 domain in _DEFAULT_DOMAINS and not (attributes and any(
-                     a.type in (AttributeProto.GRAPH, AttributeProto.GRAPHS)
-                     for a in attributes)))
+def _inferable(node: NodeFields) -> bool:
+    """A standard operator without subgraphs: ONNX infers it, its reference runs it."""
+    return node.domain in _DEFAULT_DOMAINS and not node.subgraphs
 
 
 def _may_shape(info: Info | None) -> bool:
@@ -327,13 +314,13 @@ def _held(value: object) -> np.ndarray | None:
     return array if array.dtype.kind in "biuf" and array.size <= _SMALL_VALUE else None
 
 
-def _measured(node: _Node, source: Info | None) -> np.ndarray | None:
+def _measured(node: NodeFields, source: Info | None) -> np.ndarray | None:
     """What a Shape or Size node returns for an input of static shape; None if not static."""
     if source is None or source.shape is None or source.symbolic:
         return None
     shape = list(source.shape)
     if node.op == "Size":
         return np.array(math.prod(shape), dtype=np.int64)
-    attrs = {a.name: a.i for a in node.proto.attribute}
+    attrs = {a.name: a.i for a in node.attributes}
     start, end = attrs.get("start", 0), attrs.get("end", len(shape))
     return np.array(shape[start:end], dtype=np.int64)

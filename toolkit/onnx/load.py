@@ -11,13 +11,14 @@ import re
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import onnx
 import onnx.inliner
 import onnx.numpy_helper
 from google.protobuf.message import DecodeError
-from onnx import AttributeProto, GraphProto, ModelProto, TensorProto
+from onnx import AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto
 
 from toolkit.errors import ModelError
 
@@ -118,6 +119,34 @@ def inline_functions(model: ModelProto) -> ModelProto:
     except Exception as exc:  # ONNX raises its own errors on functions it cannot inline
         log.info("local functions not inlined (%s)", first_line(exc))
         return model
+
+
+class NodeFields(NamedTuple):
+    """A node's fields, read from protobuf once: upb builds a new object at every access, and
+    the reader and the folding read each field several times."""
+
+    proto: NodeProto
+    op: str  # as in the file (unqualified)
+    name: str
+    domain: str
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    attributes: Sequence[AttributeProto]
+    subgraphs: bool  # an attribute holds a graph (control flow, or one that hides a body)
+
+
+def node_fields(proto: NodeProto) -> NodeFields:
+    attributes = proto.attribute
+    return NodeFields(proto, proto.op_type, proto.name, proto.domain, tuple(proto.input),
+                      tuple(proto.output), attributes, holds_graphs(attributes))
+
+
+def holds_graphs(attributes: Sequence[AttributeProto]) -> bool:
+    """Some attribute holds a graph (a control-flow body, or one that hides one)."""
+    return bool(attributes) and any(a.type in _GRAPH_TYPES for a in attributes)
+
+
+_GRAPH_TYPES = (AttributeProto.GRAPH, AttributeProto.GRAPHS)
 
 
 def check_text(graph: GraphProto, name: str) -> None:

@@ -34,12 +34,14 @@ from toolkit.onnx.fold import fold_shapes
 from toolkit.onnx.load import (
     ELEM_BYTES,
     UNKNOWN_ELEM_BYTES,
+    NodeFields,
     attr_graphs,
     buffer_names,
     check_node_text,
     check_value_names,
     drop_big_weights,
     has_external_data,
+    holds_graphs,
     load_model,
     standard_form,
     unique_names,
@@ -275,7 +277,7 @@ def _prepared(
     nodes = _nodes(model.graph, name)  # before inference: a name that is not text is an error
     reader = _Reader(infer_shapes(model), name, nodes)
     if reader.unresolved() or "If" in nodes.ops:  # (an If's condition may be arithmetic)
-        reader.info, reader.taken = fold_shapes(model, reader.info)
+        reader.info, reader.taken = fold_shapes(model, reader.info, nodes.fields())
     missing = reader.unresolved()
     if missing:
         full = whole()
@@ -470,15 +472,22 @@ class _Nodes:
     inputs: list[tuple[str, ...]]
     outputs: list[tuple[str, ...]]
     attributes: list[Sequence[AttributeProto]]
+    subgraphs: list[bool]  # `holds_graphs`
+
+    def fields(self) -> list[NodeFields]:
+        """The same, node by node (as the folding takes them)."""
+        return list(map(NodeFields, self.protos, self.ops, self.names, self.domains,
+                        self.inputs, self.outputs, self.attributes, self.subgraphs))
 
 
 def _nodes(graph: GraphProto, name: str) -> _Nodes:
     """The fields of `graph`'s nodes, checked to be text (`check_text`)."""
     protos = list(graph.node)
+    attributes = [n.attribute for n in protos]
     nodes = _Nodes(
         protos, [n.op_type for n in protos], [n.name for n in protos],
         [n.domain for n in protos], [tuple(n.input) for n in protos],
-        [tuple(n.output) for n in protos], [n.attribute for n in protos],
+        [tuple(n.output) for n in protos], attributes, [holds_graphs(a) for a in attributes],
     )
     check_value_names(graph, name)
     texts = itertools.chain(nodes.ops, nodes.names, nodes.domains,
@@ -511,6 +520,7 @@ class _Reader:
         self.ops = [_qualified(op, domain) for op, domain in zip(nodes.ops, nodes.domains,
                                                                  strict=True)]
         self.attributes = nodes.attributes
+        self.subgraphs = nodes.subgraphs
         self.node_inputs, self.node_outputs = nodes.inputs, nodes.outputs
         self.module_classes: dict[str, str] = {}
         self.untripped = self.branches = 0  # control flow costed with a caveat (notes)
@@ -626,12 +636,9 @@ class _Reader:
         indegree = [0] * len(nodes)
         succ: list[list[int]] = [[] for _ in nodes]
         in_file_order = True  # as exporters write them: no sort needed
-        graphs = (AttributeProto.GRAPH, AttributeProto.GRAPHS)
         for i, node in enumerate(nodes):
             names = [n for n in self.node_inputs[i] if n]
-            attributes = self.attributes[i]
-            if self.ops[i] in _SUBGRAPH_OPS or (
-                    attributes and any(a.type in graphs for a in attributes)):
+            if self.ops[i] in _SUBGRAPH_OPS or self.subgraphs[i]:
                 names += [n for n in _subgraph_outer_names(node) if n not in names]
             self.deps.append(names)
             for name in dict.fromkeys(names):
