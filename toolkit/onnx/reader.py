@@ -718,6 +718,8 @@ class _Reader:
         never trains (`NOT_TRAINABLE_INPUTS`: a quantization scale, a running mean) and, for
         control flow, what its bodies read from the enclosing graph (`deps`)."""
         found = self.reads.get(i)
+        if found is None and self.weights.isdisjoint(self.deps[i]):  # (most nodes)
+            found = self.reads[i] = []
         if found is None:  # (a node's inputs come before it: its reads are known at its turn)
             inputs = self.node_inputs[i]
             skip = NOT_TRAINABLE_INPUTS.get(self.ops[i], frozenset())
