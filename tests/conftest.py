@@ -6,6 +6,7 @@ import random
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 from typing import IO, Any
@@ -133,11 +134,36 @@ def pytest_configure(config: pytest.Config) -> None:
     # ports chosen are the ones it listens on
     subprocess.run([str(SCRIPT), "stop"], env={**os.environ, **SUITE_SERVER}, check=False,
                    capture_output=True, timeout=300)
-    SUITE_SERVER["NEO4J_LOCAL_BOLT_PORT"], SUITE_SERVER["NEO4J_LOCAL_HTTP_PORT"] = suite_ports()
-    os.environ.update(SUITE_SERVER)
-    os.environ["NEO4J_URI"] = f"bolt://127.0.0.1:{SUITE_SERVER['NEO4J_LOCAL_BOLT_PORT']}"
+    use_ports(*suite_ports())
     os.environ.pop("NEO4J_DATABASE", None)
-    subprocess.run([str(SCRIPT), "start"], check=True, timeout=900)
+    start_suite_server(SCRIPT)
+
+
+def use_ports(bolt: str, http: str) -> None:
+    """Point the suite's server, and every test through the environment, at these ports."""
+    SUITE_SERVER["NEO4J_LOCAL_BOLT_PORT"], SUITE_SERVER["NEO4J_LOCAL_HTTP_PORT"] = bolt, http
+    os.environ.update(SUITE_SERVER)
+    os.environ["NEO4J_URI"] = f"bolt://127.0.0.1:{bolt}"
+
+
+def start_suite_server(script: Path, attempts: int = 3) -> None:
+    """Start the suite's server. Where another program takes one of its ports while it starts
+    (a second suite that found the same ports free at the same moment), start it again on two
+    free ones, unless the environment fixed them (SPLITCUT_TEST_BOLT_PORT/_HTTP_PORT)."""
+    fixed = any(os.environ.get(f"SPLITCUT_TEST_{kind}_PORT") for kind in ("BOLT", "HTTP"))
+    for attempt in range(1, attempts + 1):
+        with subprocess.Popen([str(script), "start"], stderr=subprocess.PIPE, text=True) as run:
+            assert run.stderr is not None
+            said = []
+            for line in run.stderr:  # (shown as it comes: the first start fetches the server)
+                print(line, end="", file=sys.stderr)
+                said.append(line)
+            code = run.wait(timeout=900)
+        if code == 0:
+            return
+        if fixed or attempt == attempts or "taken by another" not in "".join(said):
+            raise subprocess.CalledProcessError(code, run.args, stderr="".join(said))
+        use_ports(*free_ports(2))
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

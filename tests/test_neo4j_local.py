@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
 import subprocess
+import threading
+import time
 import urllib.request
 from pathlib import Path
 
@@ -69,6 +72,99 @@ def test_a_port_another_server_holds_is_refused_not_taken_for_its_own(tmp_path):
     assert f"port {port} is taken by another server" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
     assert not (home / "run" / "neo4j.pid").exists()  # nothing was started
+
+
+def _forward(listener: socket.socket, port: int, opened: list[socket.socket]) -> None:
+    """Relay each connection to `listener` to 127.0.0.1:`port`, both ways, until the test
+    closes `listener` and the sockets in `opened`."""
+
+    def pump(source: socket.socket, sink: socket.socket) -> None:
+        with contextlib.suppress(OSError):  # (either side closed)
+            while data := source.recv(65536):
+                sink.sendall(data)
+
+    with contextlib.suppress(OSError):  # (the listener was closed: the test is over)
+        while True:
+            client, _ = listener.accept()
+            server = socket.create_connection(("127.0.0.1", port))
+            opened += [client, server]
+            threading.Thread(target=pump, args=(client, server), daemon=True).start()
+            threading.Thread(target=pump, args=(server, client), daemon=True).start()
+
+
+def test_a_port_taken_while_the_server_starts_is_not_taken_for_it(tmp_path):
+    """Two suites starting at once both find a port free; the second's server then cannot bind
+    it, and the first's server answering there (same password) passed for the second's. Here
+    the port is taken once the new server is on its way, by a relay to the suite's own server,
+    which answers Bolt as the new one would: the start must not call that its server."""
+    from tests.conftest import SCRIPT, free_ports
+
+    home = tmp_path / "home"
+    bolt, http = free_ports(2)
+    env = {**os.environ, "NEO4J_LOCAL_HOME": str(home), "NEO4J_LOCAL_BOLT_PORT": bolt,
+           "NEO4J_LOCAL_HTTP_PORT": http, "NEO4J_LOCAL_WAIT": "90", "NEO4J_LOCAL_HEAP": "512m"}
+    start = subprocess.Popen([str(SCRIPT), "start"], env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    relay = socket.socket()
+    opened: list[socket.socket] = []
+    try:
+        while not (home / "run" / "neo4j.pid").exists():  # java is on its way: take the port
+            assert start.poll() is None, start.communicate()
+            time.sleep(0.01)
+        relay.bind(("127.0.0.1", int(bolt)))
+        relay.listen()
+        suite_bolt = int(os.environ["NEO4J_LOCAL_BOLT_PORT"])
+        threading.Thread(target=_forward, args=(relay, suite_bolt, opened), daemon=True).start()
+        with GraphDatabase.driver(f"bolt://127.0.0.1:{bolt}", auth=AUTH) as driver:
+            driver.verify_connectivity()  # (the relay answers Bolt as a server of its own would)
+        out, err = start.communicate(timeout=150)
+    finally:
+        for held in [relay, *opened]:
+            held.close()
+        start.kill()
+        subprocess.run([str(SCRIPT), "stop"], env=env, capture_output=True, timeout=120)
+    assert start.returncode == 1, out
+    assert "running" not in out
+    assert f"port {bolt} was taken by another program while the server started" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_the_suite_starts_its_server_again_on_free_ports_when_its_port_was_taken(
+        tmp_path, monkeypatch):
+    """The other half of two suites starting at once: the one whose server lost its port
+    starts it again on two free ports, and points the tests there; ports the environment
+    fixed are never moved."""
+    from tests import conftest
+
+    calls = tmp_path / "calls"
+    fake = tmp_path / "neo4j-local"  # fails once as the script does when a port was taken
+    fake.write_text(f"""#!/usr/bin/env bash
+echo "$NEO4J_LOCAL_BOLT_PORT $NEO4J_LOCAL_HTTP_PORT" >> {calls}
+if [ "$(wc -l < {calls})" -eq 1 ]; then
+  echo "neo4j-local: port $NEO4J_LOCAL_BOLT_PORT was taken by another program while the \\
+server started, and the server exited" >&2
+  exit 1
+fi
+echo "neo4j-local: running"
+""")
+    fake.chmod(0o755)
+    for key in ("NEO4J_LOCAL_BOLT_PORT", "NEO4J_LOCAL_HTTP_PORT", "NEO4J_URI"):
+        monkeypatch.setenv(key, os.environ[key])  # (restored after: the suite's server stays)
+    for key in ("NEO4J_LOCAL_BOLT_PORT", "NEO4J_LOCAL_HTTP_PORT"):
+        monkeypatch.setitem(conftest.SUITE_SERVER, key, conftest.SUITE_SERVER[key])
+    monkeypatch.delenv("SPLITCUT_TEST_BOLT_PORT", raising=False)
+    monkeypatch.delenv("SPLITCUT_TEST_HTTP_PORT", raising=False)
+    conftest.use_ports("7697", "7484")
+    conftest.start_suite_server(fake)
+    first, second = (line.split() for line in calls.read_text().splitlines())
+    assert first == ["7697", "7484"] and second != first and len(set(second)) == 2
+    assert os.environ["NEO4J_URI"] == f"bolt://127.0.0.1:{second[0]}"
+    assert conftest.SUITE_SERVER["NEO4J_LOCAL_HTTP_PORT"] == second[1]
+    calls.unlink()
+    monkeypatch.setenv("SPLITCUT_TEST_BOLT_PORT", "7697")  # fixed ports: the failure stands
+    with pytest.raises(subprocess.CalledProcessError):
+        conftest.start_suite_server(fake)
+    assert len(calls.read_text().splitlines()) == 1
 
 
 def test_a_second_suite_takes_free_ports_when_the_default_ones_are_held(monkeypatch):
