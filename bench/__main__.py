@@ -457,9 +457,9 @@ def read_floor(doc: Doc, names: list[str], chain_sizes: list[int], repeats: int)
             "BERT-base the same within the noise (0.28-0.44 s). Every layer, tensor, note, "
             "cost (fp32, and fp16 with Adam at batch 7) and block type is the same on 298 "
             "files (the 148 cached exports of the corpus and zoo, the onnx package's backend "
-            "test models, the 50,000-node chain). This machine (an AMD EPYC VM, two cores) "
-            "runs slower than the Intel Xeon VM of two runs before: the floors above are up "
-            "to 1.8x that run's; the ratios of this table move by as much from run to run.")
+            "test models, the 50,000-node chain). The run before ran on a slower machine (an "
+            "AMD EPYC VM whose floors were up to 1.8x this run's and the Intel Xeon's of the "
+            "run before it); the ratios of this table move with the floors from run to run.")
     doc.add()
     doc.add("Where that leaves the goal of `partition` within 2x the floor: met by the zoo's "
             f"CNNs, ViT, BERT and GPT-2 ({min(others, default=0):.1f}-"
@@ -477,7 +477,7 @@ def read_floor(doc: Doc, names: list[str], chain_sizes: list[int], repeats: int)
             "run before, 85 s on the Intel Xeon of the run before that, 124 s on another): "
             "there every node still becomes Python objects (a layer, its tensors, its cost "
             "inputs) in the reader and is walked again by the memory model, block detection and "
-            "the solve: 60-95 microseconds per node in this run where the floor spends 9-13, most "
+            "the solve: 50-66 microseconds per node in this run where the floor spends 4-8, most "
             "of them in ONNX's C++ shape inference. Reading each node's fields from protobuf "
             "alone costs a Python reader 3-5 microseconds, so 2x there needs the reader's walk "
             "in compiled code and a columnar core (arrays per field instead of objects per "
@@ -610,9 +610,10 @@ def neo4j(doc: Doc, sizes: list[int]) -> None:
             "1.10 s (18,163/s), 1.13 s (17,729/s), 1.17 s (17,118/s), 1.11 s (17,958/s), "
             "1.21 s (16,531/s) and 1.20 s (16,700/s) in six runs (0.97 s, 20,535/s, in the "
             "one before those), 100k 4.60-5.29 s (18,901-21,718/s); with this run's ingest code, "
-            "0.99 s (20,132/s, median 1.09 s) and 100k 4.50 s (22,230/s, median 4.78 s) three "
-            "runs before, 0.99 s and 4.66 s (21,500/s) on the same AMD EPYC two runs before, "
-            "1.23 s (16,213/s) and 5.15 s (19,420/s) on the Intel Xeon of the run before; on one "
+            "0.99 s (20,132/s, median 1.09 s) and 100k 4.50 s (22,230/s, median 4.78 s) four "
+            "runs before, 0.99 s and 4.66 s (21,500/s) three runs before, 1.23 s (16,213/s) "
+            "and 5.15 s (19,420/s) on the Intel Xeon two runs before, 1.58 s (12,621/s) and "
+            "6.36 s (15,723/s) on the slower AMD EPYC VM of the run before; on one "
             "warm server in one sitting, the same 20k ingest took 0.99 to 1.48 s. "
             + _ingest_verdict(rows))
     doc.add()
