@@ -243,7 +243,11 @@ class _Folding:
         return [_held(r) for r in results]
 
     def _constant(self, t: TensorProto) -> np.ndarray | None:
-        """A Constant's value, read once per distinct tensor (repeated blocks repeat them)."""
+        """A Constant's value, read once per distinct tensor (repeated blocks repeat them);
+        None for one too large to be shape arithmetic (a weight: never read, nor kept as a
+        key)."""
+        if math.prod(t.dims) > _SMALL_VALUE:
+            return None
         key = t.SerializeToString()
         if key not in self.constants:
             self.constants[key] = _array(t)
