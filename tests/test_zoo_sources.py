@@ -255,8 +255,48 @@ def test_a_failed_export_is_one_line_that_names_the_other_exporter(tmp_path, mon
         zoo.export("timm:test_vit", tmp_path, exporter=exporter)
     message = str(caught.value)
     assert "\n" not in message and "is_causal" in message
-    assert message.endswith(f"(try --exporter {other})")
+    assert message.endswith(f"(the {other} exporter may get further: --exporter {other})")
     assert not list(tmp_path.glob("*.onnx"))  # nothing half-written left behind
+
+
+class Histogram(torch.nn.Module):
+    """An operator TorchScript cannot export (Mixtral's router counts tokens so)."""
+
+    def forward(self, x):
+        return torch.histc(x, bins=4) + 1
+
+
+def test_an_operator_without_export_fails_in_one_line_and_prints_nothing(tmp_path, capfd):
+    with pytest.raises(torch.onnx.errors.UnsupportedOperatorError) as caught:
+        zoo.export_module(torch, Histogram(), (torch.randn(8),), tmp_path / "h.onnx",
+                          "torchscript")
+    out, _ = capfd.readouterr()
+    assert out == ""  # torch's C++ prints the graph it was building on fd 1: discarded
+    assert zoo.export_failure(caught.value).startswith(
+        "UnsupportedOperatorError: Exporting the operator 'aten::histc'")
+    print("after")  # standard output works again
+    assert capfd.readouterr().out == "after\n"
+
+
+def test_a_dynamo_failure_is_told_by_its_cause_not_its_step(tmp_path):
+    @torch.library.custom_op("splitcut_test::twice", mutates_args=())
+    def twice(x: torch.Tensor) -> torch.Tensor:
+        return x * 2
+
+    @twice.register_fake
+    def _(x):
+        return torch.empty_like(x)
+
+    class Custom(torch.nn.Module):
+        def forward(self, x):
+            return twice(x) + 1
+
+    with pytest.raises(Exception) as caught:
+        zoo.export_module(torch, Custom(), (torch.randn(3),), tmp_path / "c.onnx", "dynamo")
+    assert "step 3/3" in str(caught.value)  # the sentinel: what the message opens with
+    reason = zoo.export_failure(caught.value)
+    assert reason.startswith("DispatchError: No ONNX function found") and "twice" in reason
+    assert "\n" not in reason and "\x1b" not in reason
 
 
 def test_ingest_skips_what_it_cannot_read_and_says_so(tmp_path, capsys, monkeypatch):

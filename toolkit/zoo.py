@@ -15,9 +15,11 @@ import json
 import logging
 import os
 import re
+import sys
 import tempfile
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
@@ -445,11 +447,30 @@ def export(
     except ToolkitError:
         raise
     except Exception as exc:  # the libraries' own errors, whatever their type: one line
-        first = (str(exc).strip().splitlines() or [""])[0][:200]
         other = next(e for e in EXPORTERS if e != exporter)  # each fails where the other may not
-        raise ModelError(f"{name}: the {exporter} export failed: {type(exc).__name__}: "
-                         f"{first} (try --exporter {other})") from exc
+        raise ModelError(f"{name}: the {exporter} export failed: {export_failure(exc)} "
+                         f"(the {other} exporter may get further: --exporter {other})") from exc
     return path
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_RAISED_CLASS = re.compile(r"^<class '(?:[\w.]*\.)?(\w+)'>:\s*")
+
+
+def export_failure(exc: BaseException) -> str:
+    """Why an export failed, in one line. The dynamo exporter's message opens with its step
+    ("Failed to convert the exported program... This is step 3/3") and names the cause only
+    under "## Exception summary" (`DispatchError: No ONNX function found for ...`): that
+    cause is the line given where there is one."""
+    lines = [line.strip() for line in _ANSI.sub("", str(exc)).splitlines()]
+    cause = next((k for k, line in enumerate(lines) if line == "## Exception summary"), None)
+    if cause is not None:
+        found = next((line for line in lines[cause + 1:] if line), "")
+        named = _RAISED_CLASS.match(found)
+        if named is not None:
+            return f"{named.group(1)}: {found[named.end():]}"[:300]
+    first = next((line for line in lines if line), "")
+    return f"{type(exc).__name__}: {first}"[:300]
 
 
 def keep_every_layer(module: Any) -> None:
@@ -542,7 +563,7 @@ def export_module(
     values; transformers' "To copy construct from a tensor" under the tracer) are silenced:
     the export is of one fixed example on purpose, and the command's output stays its own."""
     torch.backends.mha.set_fastpath_enabled(False)  # the fused MHA kernel has no ONNX export
-    with torch.no_grad(), warnings.catch_warnings():
+    with torch.no_grad(), warnings.catch_warnings(), _native_stdout_discarded():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.simplefilter("ignore", UserWarning)
         if exporter == "torchscript":
@@ -565,6 +586,24 @@ def export_module(
                 module, args, str(path), dynamo=True, optimize=False, external_data=False,
                 verbose=False,
             )
+
+
+@contextmanager
+def _native_stdout_discarded() -> Iterator[None]:
+    """Standard output (the file descriptor, where C++ writes) discarded: the TorchScript
+    exporter prints the whole graph it was building (900 lines for a small Mixtral) on fd 1
+    when an operator has no export, which would bury the one-line error and break `--json`
+    output. Its exception says the same in a line; exports print nothing else there."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 1)
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def resolve(model: str, exporter: str = "torchscript") -> tuple[Path, str]:
