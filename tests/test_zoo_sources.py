@@ -271,11 +271,22 @@ def test_an_operator_without_export_fails_in_one_line_and_prints_nothing(tmp_pat
         zoo.export_module(torch, Histogram(), (torch.randn(8),), tmp_path / "h.onnx",
                           "torchscript")
     out, _ = capfd.readouterr()
-    assert out == ""  # torch's C++ prints the graph it was building on fd 1: discarded
+    assert out == ""  # torch's C++ prints the graph it was building on fd 1: held, dropped
     assert zoo.export_failure(caught.value).startswith(
         "UnsupportedOperatorError: Exporting the operator 'aten::histc'")
     print("after")  # standard output works again
     assert capfd.readouterr().out == "after\n"
+
+
+class Chatty(torch.nn.Module):
+    def forward(self, x):
+        print("traced")  # what a module prints while exported is passed on, not lost
+        return x + 1
+
+
+def test_what_an_export_that_succeeds_prints_is_passed_on(tmp_path, capfd):
+    zoo.export_module(torch, Chatty(), (torch.randn(2),), tmp_path / "c.onnx", "torchscript")
+    assert capfd.readouterr().out == "traced\n"
 
 
 def test_a_dynamo_failure_is_told_by_its_cause_not_its_step(tmp_path):

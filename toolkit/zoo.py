@@ -563,7 +563,7 @@ def export_module(
     values; transformers' "To copy construct from a tensor" under the tracer) are silenced:
     the export is of one fixed example on purpose, and the command's output stays its own."""
     torch.backends.mha.set_fastpath_enabled(False)  # the fused MHA kernel has no ONNX export
-    with torch.no_grad(), warnings.catch_warnings(), _native_stdout_discarded():
+    with torch.no_grad(), warnings.catch_warnings(), _native_stdout_held():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.simplefilter("ignore", UserWarning)
         if exporter == "torchscript":
@@ -589,21 +589,31 @@ def export_module(
 
 
 @contextmanager
-def _native_stdout_discarded() -> Iterator[None]:
-    """Standard output (the file descriptor, where C++ writes) discarded: the TorchScript
-    exporter prints the whole graph it was building (900 lines for a small Mixtral) on fd 1
-    when an operator has no export, which would bury the one-line error and break `--json`
-    output. Its exception says the same in a line; exports print nothing else there."""
+def _native_stdout_held() -> Iterator[None]:
+    """Standard output (the file descriptor, where C++ writes) held aside while exporting:
+    the TorchScript exporter prints the whole graph it was building (900 lines for a small
+    Mixtral) on fd 1 when an operator has no export, which would bury the one-line error and
+    break `--json` output; its exception says the same in a line. What was written is passed
+    on where the export succeeds (nothing is lost) and logged (DEBUG) where it fails."""
     sys.stdout.flush()
     saved = os.dup(1)
-    try:
-        with open(os.devnull, "wb") as null:
-            os.dup2(null.fileno(), 1)
-        yield
-    finally:
-        sys.stdout.flush()
-        os.dup2(saved, 1)
-        os.close(saved)
+    failed = True
+    with tempfile.TemporaryFile() as held:
+        try:
+            os.dup2(held.fileno(), 1)
+            yield
+            failed = False
+        finally:
+            sys.stdout.flush()
+            os.dup2(saved, 1)
+            os.close(saved)
+            held.seek(0)
+            written = held.read()
+            if failed:
+                log.debug("the exporter wrote: %s", written.decode(errors="replace"))
+            else:
+                while written:
+                    written = written[os.write(1, written):]
 
 
 def resolve(model: str, exporter: str = "torchscript") -> tuple[Path, str]:
