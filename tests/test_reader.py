@@ -556,6 +556,48 @@ def test_a_modules_frozen_parameters_are_not_counted_after_either_export(tmp_pat
     assert read_onnx(path, "f").total_params == trainable == 136
 
 
+@pytest.mark.parametrize("exporter", ["torchscript", "dynamo"])
+def test_a_modules_buffers_neither_train_nor_hide_raw_data_after_either_export(tmp_path,
+                                                                               exporter):
+    """A batch norm frozen as buffers (DETR's backbone scales by four of them, as torchvision's
+    `FrozenBatchNorm2d`) after a frozen convolution: TorchScript writes buffers as initializers
+    like any weight, so `export_pytorch` marks them; without the mark the norm's Mul and Add
+    counted 16 trainable parameters and hid the pixels, and the optimum could send the
+    frozen stem's output (raw data in disguise) to the server."""
+    torch = pytest.importorskip("torch")
+    from toolkit import zoo
+
+    class FrozenNorm(torch.nn.Module):  # type: ignore[misc]
+        def __init__(self) -> None:
+            super().__init__()
+            for name, value in (("weight", 1.0), ("bias", 0.0), ("mean", 0.0), ("var", 1.0)):
+                self.register_buffer(name, torch.full((4,), value) + torch.rand(4))
+
+        def forward(self, x: object) -> object:
+            scale = self.weight * (self.var + 1e-5).rsqrt()
+            shift = self.bias - self.mean * scale
+            return x * scale.reshape(1, -1, 1, 1) + shift.reshape(1, -1, 1, 1)
+
+    class Backboned(torch.nn.Module):  # type: ignore[misc]
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem = torch.nn.Conv2d(3, 4, 3, padding=1, bias=False).requires_grad_(False)
+            self.norm = FrozenNorm()
+            self.head = torch.nn.Linear(4 * 8 * 8, 10)
+
+        def forward(self, x: object) -> object:
+            return self.head(torch.relu(self.norm(self.stem(x))).flatten(1))
+
+    module = Backboned().eval()
+    path = zoo.export_pytorch(module, (torch.randn(1, 3, 8, 8),), tmp_path / "b.onnx", exporter)
+    graph = read_onnx(path, "b")
+    trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
+    assert graph.total_params == trainable == 2570
+    head = next(layer for layer in graph if layer.trainable)
+    assert head.op in ("Gemm", "MatMul") and head.hides_raw_data
+    assert set(graph.raw_data_readers()) == set(graph.layers)  # every layer up to the head
+
+
 @pytest.mark.parametrize(("sources", "trainable"), [
     ("['h', 'val_3', 'val_4']", False),  # the exporter's constants and an activation's shape
     ("['0.attn.weight']", True),  # a parameter folded (transposed): still trained

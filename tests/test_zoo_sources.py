@@ -88,6 +88,14 @@ TINY = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
       "num_conv_pos_embedding_groups": 4}, 2, {"Conv"}),
     ({"model_type": "gpt2", "n_embd": 32, "n_layer": 1, "n_head": 4, "n_positions": 40,
       "vocab_size": 100}, 2, {"MatMul"}),
+    # a detector whose decoder reads learned queries (no prompt), on a frozen backbone
+    ({"model_type": "detr", "use_pretrained_backbone": False, "use_timm_backbone": False,
+      "backbone_config": {"model_type": "resnet", "depths": [1, 1, 1, 1], "layer_type": "basic",
+                          "hidden_sizes": [8, 16, 32, 64], "embedding_size": 8,
+                          "out_features": ["stage4"]},
+      "d_model": 32, "encoder_layers": 1, "decoder_layers": 1, "encoder_attention_heads": 4,
+      "decoder_attention_heads": 4, "encoder_ffn_dim": 64, "decoder_ffn_dim": 64,
+      "num_queries": 5}, 4, {"Conv", "decoder"}),
 ])
 def test_a_transformers_config_is_fed_what_its_model_reads(tmp_path, config, raw_rank, wanted):
     path = tmp_path / config["model_type"] / "config.json"
@@ -104,6 +112,9 @@ def test_a_transformers_config_is_fed_what_its_model_reads(tmp_path, config, raw
         assert graph.tensors[raw].shape == (1, 1, 32, 32)
     if config["model_type"] == "gpt2":
         assert graph.tensors[raw].shape == (1, 40)  # n_positions, not the default 128
+    if config["model_type"] == "detr":  # its backbone is frozen (buffers and parameters)
+        assert next(layer for layer in graph if layer.trainable).module == \
+            "model.input_projection"
     seen = {layer.op for layer in graph} | {
         part for layer in graph for part in (layer.module or "").split(".")}
     assert wanted <= seen

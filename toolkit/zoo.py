@@ -33,7 +33,7 @@ SEQUENCE_LENGTH = 128
 # weights above this go to one external file beside the model: protobuf cannot parse a file
 # of 2 GB or more (RegNetY-128GF and ViT-H/14 hold 2.5 GB)
 INLINE_WEIGHTS = 1 << 30
-EXPORT_VERSION = 2  # bump when export settings change, so cached files are rebuilt
+EXPORT_VERSION = 3  # bump when export settings change, so cached files are rebuilt
 TRAINING_EXPORT_VERSION = 1  # the same for train-mode exports alone (1: every layer kept)
 _LAYERDROP = ("layerdrop", "encoder_layerdrop", "decoder_layerdrop")
 
@@ -279,7 +279,9 @@ def _build_hf(arch: str) -> tuple[Any, tuple[Any, ...]]:
                 # explicit mask and positions keep transformers' mask helpers (aten::diff) out
                 extra = {"attention_mask": torch.ones_like(x),
                          "position_ids": torch.arange(x.shape[1], device=x.device).unsqueeze(0)}
-            if encoder_decoder:
+            if encoder_decoder and "decoder_input_ids" in accepted:
+                # (a decoder that reads learned queries, as DETR's, takes no prompt, and a
+                # prompt's mask would not fit its queries)
                 start = int(getattr(config, "decoder_start_token_id", None) or 0)
                 prompt = _positions(config, _DECODER_LENGTH)
                 extra["decoder_input_ids"] = torch.full((1, prompt), start % _vocab(config),
@@ -496,15 +498,19 @@ def export_pytorch(module: Any, args: tuple[Any, ...], path: str | Path,
     path = Path(path)
     export_module(_torch(), module, args, path, exporter)
     frozen = {name for name, p in module.named_parameters() if not p.requires_grad}
+    if exporter == "torchscript":  # (the dynamo exporter marks buffers itself: `buffer_names`)
+        frozen.update(name for name, _ in module.named_buffers())
     if exporter == "torchscript" or frozen:
         _annotate(path, module, exporter == "torchscript", frozen)
     return path
 
 
 def _annotate(path: Path, module: Any, with_classes: bool, frozen: set[str]) -> None:
-    """Write into the export what the module knows and the exporter leaves out: its frozen
-    parameters (`requires_grad=False`, as Whisper's and Pegasus's sinusoidal position tables:
-    no gradient, no optimizer step), marked on their initializers (`FROZEN`); and, with
+    """Write into the export what the module knows and the exporter leaves out: what does not
+    train, marked on its initializers (`FROZEN`: no gradient, no optimizer step): frozen
+    parameters (`requires_grad=False`, as Whisper's and Pegasus's sinusoidal position tables)
+    and, under TorchScript, which writes buffers as initializers like any weight, buffers
+    (DETR's frozen batch norms scale by four of them); and, with
     `with_classes`, the module-class metadata the dynamo exporter writes and TorchScript
     does not (`_name_classes`)."""
     import onnx
