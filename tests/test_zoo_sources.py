@@ -354,6 +354,24 @@ def test_weights_too_large_for_one_file_go_beside_it(tmp_path, monkeypatch):
     assert read_onnx(path, "s").total_params == sum(p.numel() for p in module.parameters())
 
 
+def test_a_new_export_drops_the_caches_older_ones_of_the_model(tmp_path, monkeypatch):
+    """An export made by another export version or torch is never read again: the cache
+    keeps the new one only (each can hold gigabytes), and nothing of another model, exporter
+    or mode."""
+    monkeypatch.setenv("SPLITCUT_CACHE", str(tmp_path))
+    cache = zoo.cache_dir()
+    cache.mkdir(parents=True)
+    stale = ["squeezenet1_1.v1.torch2.0.0.onnx", "squeezenet1_1.v2.torch2.15.0.onnx",
+             "squeezenet1_1.v2.torch2.15.0.onnx.data"]
+    kept = ["squeezenet1_1.dynamo.v2.torch2.15.0.onnx", "squeezenet1_1.train.v2.1.torch2.0.onnx",
+            "squeezenet1_1x.v2.torch2.15.0.onnx", "squeezenet1_1.v2.torch2.15.0.onnx.txt"]
+    for name in stale + kept:
+        (cache / name).write_text("old")
+    path = zoo.export("squeezenet1_1")
+    assert path.parent == cache and path.name not in stale
+    assert sorted(p.name for p in cache.iterdir()) == sorted([path.name, *kept])
+
+
 @pytest.mark.parametrize("name", ["hf:gpt_neox", "torchvision:lraspp_mobilenet_v3_large"])
 def test_the_unseen_benchmark_checks_an_architecture_against_torch(name):
     """`bench.unseen` builds an architecture outside the corpus (a transformers type shrunk

@@ -452,6 +452,8 @@ def export(
         other = next(e for e in EXPORTERS if e != exporter)  # each fails where the other may not
         raise ModelError(f"{name}: the {exporter} export failed: {export_failure(exc)} "
                          f"(the {other} exporter may get further: --exporter {other})") from exc
+    if out_dir is None:
+        _drop_stale(directory, f"{model.file_stem}{suffix}", path)
     return path
 
 
@@ -473,6 +475,16 @@ def export_failure(exc: BaseException) -> str:
             return f"{named.group(1)}: {found[named.end():]}"[:300]
     first = next((line for line in lines if line), "")
     return f"{type(exc).__name__}: {first}"[:300]
+
+
+def _drop_stale(directory: Path, stem: str, current: Path) -> None:
+    """Remove the cache's exports of this model and exporter made by another export version or
+    torch (`current` replaces them): each can hold gigabytes, and none is read again."""
+    stale = re.compile(re.escape(stem) + r"\.v\d+(?:\.\d+)?\.torch[\w.]+\.onnx(?:\.data)?")
+    for found in directory.iterdir():
+        if found.name not in (current.name, data_file(current).name) \
+                and stale.fullmatch(found.name) and found.is_file():
+            found.unlink(missing_ok=True)
 
 
 def keep_every_layer(module: Any) -> None:
