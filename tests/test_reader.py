@@ -598,6 +598,26 @@ def test_a_modules_buffers_neither_train_nor_hide_raw_data_after_either_export(t
     assert set(graph.raw_data_readers()) == set(graph.layers)  # every layer up to the head
 
 
+def test_tensors_equal_at_random_initialisation_stay_apart_in_an_export(tmp_path):
+    """Two batch norms of one width start equal (weights and running variances ones, biases
+    and means zeros): TorchScript in eval mode stores equal tensors once, so a running
+    variance's initializer stood for the other norm's weight too, and marking buffers froze
+    it. Exports merge only tensors that share storage: the counts are torch's."""
+    torch = pytest.importorskip("torch")
+    from toolkit import zoo
+
+    module = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
+        torch.nn.Conv2d(4, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten(),
+        torch.nn.Linear(4 * 4 * 4, 2)).eval()
+    path = zoo.export_pytorch(module, (torch.randn(1, 3, 8, 8),), tmp_path / "n.onnx")
+    assert not any(n.op_type == "Identity" for n in onnx.load(str(path)).graph.node)
+    graph = read_onnx(path, "n")
+    assert graph.total_params == sum(p.numel() for p in module.parameters()) == 406
+    norms = [layer for layer in graph if layer.op == "BatchNormalization"]
+    assert [layer.params for layer in norms] == [8, 8] and all(x.trainable for x in norms)
+
+
 @pytest.mark.parametrize(("sources", "trainable"), [
     ("['h', 'val_3', 'val_4']", False),  # the exporter's constants and an activation's shape
     ("['0.attn.weight']", True),  # a parameter folded (transposed): still trained

@@ -586,13 +586,14 @@ def export_module(
         warnings.simplefilter("ignore", UserWarning)
         if exporter == "torchscript":
             opset = 17
-            while True:
+            while True:  # (each try with tensors shared by storage only: `_shared_by_storage`)
                 try:
-                    torch.onnx.export(
-                        module, args, str(path), dynamo=False, opset_version=opset,
-                        training=torch.onnx.TrainingMode.PRESERVE, do_constant_folding=False,
-                        input_names=["input"],
-                    )
+                    with _shared_by_storage(torch):
+                        torch.onnx.export(
+                            module, args, str(path), dynamo=False, opset_version=opset,
+                            training=torch.onnx.TrainingMode.PRESERVE,
+                            do_constant_folding=False, input_names=["input"],
+                        )
                     break
                 except torch.onnx.errors.UnsupportedOperatorError as exc:
                     newer = _OPSET_NEEDED.search(str(exc))
@@ -604,6 +605,28 @@ def export_module(
                 module, args, str(path), dynamo=True, optimize=False, external_data=False,
                 verbose=False,
             )
+
+
+@contextmanager
+def _shared_by_storage(torch: Any) -> Iterator[None]:
+    """TorchScript exports store tensors of equal value once when the module is in eval mode
+    (`_jit_pass_onnx_deduplicate_initializers`, by value unless the top module is training),
+    the others becoming Identity nodes of it. At random initialisation many are equal (every
+    batch norm's weight and running variance are ones), so a buffer's initializer could stand
+    for trained weights too, and marking it (`_annotate`) would freeze them (timm's ResNet-50d:
+    10,000 parameters lost). The pass is told the export trains, which merges only tensors that
+    share storage (tied weights): each other tensor keeps an initializer of its own. Nothing
+    else of the export reads that flag."""
+    dedupe = torch._C._jit_pass_onnx_deduplicate_initializers
+
+    def by_storage(graph: Any, params: Any, _is_train: bool) -> Any:
+        return dedupe(graph, params, True)
+
+    torch._C._jit_pass_onnx_deduplicate_initializers = by_storage
+    try:
+        yield
+    finally:
+        torch._C._jit_pass_onnx_deduplicate_initializers = dedupe
 
 
 @contextmanager
