@@ -329,6 +329,109 @@ def test_negative_dimensions_are_model_errors(tmp_path, make, message):
         read_onnx(save(make(), tmp_path / "neg.onnx"))
 
 
+def _dynamic_dims(extra: int) -> onnx.ModelProto:
+    """A Reshape that needs the input's third axis to be 4, the batch and that axis written
+    as -1, as paddle2onnx and TensorFlow's converters write an unknown dimension."""
+    shape = helper.make_tensor("shape", TensorProto.INT64, [2], [-1, 3 * 4])
+    nodes = [helper.make_node("Relu", ["x"], ["r"], name="relu"),
+             helper.make_node("Reshape", ["r", "shape"], ["f"], name="flatten"),
+             helper.make_node("MatMul", ["f", "w"], ["y"], name="mm")]
+    m = model(nodes, [vi("x", [-1, 3, extra])], [vi("y", [-1, 2])],
+              [shape, weight("w", 12, 2)], check=False)
+    return m
+
+
+def test_a_dimension_written_as_minus_one_is_symbolic_and_named_by_input_and_axis(tmp_path):
+    m = _dynamic_dims(-1)
+    with pytest.raises(ModelError, match=r"'x\.2' \(axis 2 of input 'x'\).*--dim x\.2=128"):
+        read_model(m, "paddle")
+    graph = read_model(m, "paddle", dims={"x.2": 4})
+    assert graph.tensors["f"].shape == (1, 12)  # the batch read as 1, the axis as given
+    assert any("symbolic batch dimension (x.0)" in n for n in graph.notes)
+    # splitting checks the parts at the given size: at 1 the Reshape to 12 could not run
+    code = subprocess.run(
+        [sys.executable, "-m", "toolkit.cli", "split", str(save(m, tmp_path / "p.onnx")),
+         "--dim", "x.2=4", "-o", str(tmp_path / "parts")], capture_output=True, text=True)
+    assert code.returncode == 0, code.stderr
+    from toolkit.train.session import input_specs
+
+    assert input_specs(m, 5, {"x.2": 4})["x"]["shape"] == [5, 3, 4]
+
+
+def test_one_name_for_several_dimensions_is_given_by_input_and_axis():
+    """PaddleOCR's files call two axes of the image "?": `--dim ?=N` would set both."""
+    m = single_op("Relu", {"x": [1, 3, "?", "?"]}, [1, 3, "?", "?"])
+    with pytest.raises(ModelError, match=r"--dim x\.2=128 \(INPUT\.AXIS: '\?' names several\)"):
+        read_model(m, "ocr")
+    graph = read_model(m, "ocr", dims={"x.2": 48, "x.3": 320})
+    assert graph.tensors["y"].shape == (1, 3, 48, 320)
+
+
+def _as_constant_nodes(m: onnx.ModelProto) -> onnx.ModelProto:
+    """`m` with every initializer written as a Constant node, as paddle2onnx writes them."""
+    out = onnx.ModelProto()
+    out.CopyFrom(m)
+    constants = [helper.make_node("Constant", [], [t.name], name=f"const_{t.name}", value=t)
+                 for t in out.graph.initializer]
+    nodes = [*constants, *out.graph.node]
+    del out.graph.initializer[:]
+    del out.graph.node[:]
+    out.graph.node.extend(nodes)
+    return out
+
+
+def _paddle_like() -> onnx.ModelProto:
+    """A convolution, a hard-swish by scalars (x * clip(x + 3, 0, 6) / 6), a dense layer."""
+    scalars = [helper.make_tensor(n, TensorProto.FLOAT, [], [v])
+               for n, v in (("three", 3.0), ("zero", 0.0), ("six", 6.0))]
+    shape = helper.make_tensor("flat", TensorProto.INT64, [2], [1, 4 * 6 * 6])
+    nodes = [helper.make_node("Conv", ["x", "k", "b"], ["c"], name="conv", kernel_shape=[3, 3]),
+             helper.make_node("Add", ["c", "three"], ["c3"], name="plus3"),
+             helper.make_node("Clip", ["c3", "zero", "six"], ["r6"], name="relu6"),
+             helper.make_node("Mul", ["c", "r6"], ["m"], name="gate"),
+             helper.make_node("Div", ["m", "six"], ["hs"], name="hardswish"),
+             helper.make_node("Reshape", ["hs", "flat"], ["f"], name="flatten"),
+             helper.make_node("MatMul", ["f", "w"], ["y"], name="dense")]
+    return model(nodes, [vi("x", [1, 3, 8, 8])], [vi("y", [1, 5])],
+                 [weight("k", 4, 3, 3, 3), weight("b", 4), *scalars, shape,
+                  weight("w", 4 * 6 * 6, 5)])
+
+
+def test_weights_written_as_constant_nodes_train_as_initializers_do():
+    from toolkit.onnx.load import standard_form
+    from toolkit.train.executor import trainable_initializers
+
+    m = _paddle_like()
+    written = _as_constant_nodes(m)
+    assert not any(t.data_type == TensorProto.FLOAT for t in written.graph.initializer)
+    ref, graph = read_model(m, "initializers"), read_model(written, "constants")
+    assert graph.total_params == ref.total_params == 4 * 27 + 4 + 2 + 144 * 5
+    assert {n: layer.params for n, layer in graph.layers.items()} == \
+        {n: layer.params for n, layer in ref.layers.items()}
+    assert not graph.layers["relu6"].trainable  # a bound trains nothing, however written
+    assert graph.layers["dense"].trainable and not graph.layers["dense"].reads_input
+    assert any("6 float tensors written as Constant nodes" in n for n in graph.notes)
+    assert not any("Constant nodes" in n for n in ref.notes)
+    # the split training's executor trains the same tensors as the reader
+    assert trainable_initializers(standard_form(written).graph) == \
+        trainable_initializers(m.graph) == {"k", "b", "three", "six", "w"}
+
+
+def test_constant_nodes_are_no_weights_where_nothing_reads_one_as_a_weight():
+    """A file whose weights are inputs (exported without its parameters) keeps its scalar
+    Constant nodes constant: nothing trains, and a note says so."""
+    m = _as_constant_nodes(_paddle_like())
+    for node in m.graph.node:
+        if node.output[0] in ("k", "b", "w"):
+            node.op_type, node.input[:] = "Identity", [f"{node.output[0]}_in"]
+            del node.attribute[:]
+    m.graph.input.extend([vi("k_in", [4, 3, 3, 3]), vi("b_in", [4]), vi("w_in", [144, 5])])
+    graph = read_model(m, "weights_as_inputs")
+    assert graph.total_params == 0
+    assert any("no trainable parameters" in n for n in graph.notes)
+    assert not any("Constant nodes" in n for n in graph.notes)
+
+
 def test_names_that_are_not_utf8_are_a_model_error(tmp_path):
     data = save(chain(2), tmp_path / "ok.onnx").read_bytes().replace(b"relu1", b"rel\xff1")
     (tmp_path / "bad.onnx").write_bytes(data)

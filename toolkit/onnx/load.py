@@ -54,8 +54,63 @@ def load_model(path: str | Path) -> ModelProto:
 
 def standard_form(model: ModelProto) -> ModelProto:
     """`model` as the reader, split and the executor take it: its sparse initializers dense
-    (`dense_initializers`) and its own functions inlined (`inline_functions`)."""
-    return inline_functions(dense_initializers(model))
+    (`dense_initializers`), its weights initializers where it wrote them as Constant nodes
+    (`constant_weights`) and its own functions inlined (`inline_functions`)."""
+    return inline_functions(constant_weights(dense_initializers(model)))
+
+
+WRITTEN_AS = "splitcut.written_as"
+"""An initializer's metadata key; "Constant" marks a weight the file wrote as a Constant node
+(`constant_weights`)."""
+_WEIGHT_INPUT = {"Conv": 1, "ConvTranspose": 1, "Gemm": 1, "MatMul": 1, "LSTM": 1, "GRU": 1,
+                 "RNN": 1}
+"""Where an operator reads its weight: a float Constant node there is a weight."""
+_FLOATS = frozenset({TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16,
+                     TensorProto.BFLOAT16})
+
+
+def constant_weights(model: ModelProto) -> ModelProto:
+    """`model` with its float Constant nodes made initializers (each marked `WRITTEN_AS`) where
+    it writes its weights so: no float initializer, and a Constant node's float tensor is some
+    convolution's, Gemm's, MatMul's or recurrent layer's weight (paddle2onnx and OpenVINO's
+    exports; PaddleOCR's models). Nothing in such a file tells a weight from another constant,
+    so every float Constant tensor is one, as every float initializer is in other files; the
+    rules that keep bounds, scales and statistics from training apply to both alike. A copy;
+    `model` as it is otherwise (also a file whose weights are inputs: no Constant reads as
+    one)."""
+    graph = model.graph
+    if any(t.data_type in _FLOATS for t in graph.initializer):
+        return model
+    outputs = {o.name for o in graph.output}
+    found: dict[int, str] = {}  # node index -> the weight it holds
+    for i, node in enumerate(graph.node):
+        if node.op_type != "Constant" or node.domain not in ("", "ai.onnx") \
+                or len(node.output) != 1 or node.output[0] in outputs:
+            continue
+        value = next((a.t for a in node.attribute
+                      if a.name == "value" and a.type == AttributeProto.TENSOR), None)
+        if value is not None and value.data_type in _FLOATS:
+            found[i] = node.output[0]
+    read_as_weight = set()
+    for node in graph.node:
+        k = _WEIGHT_INPUT.get(node.op_type)
+        if k is not None and len(node.input) > k:
+            read_as_weight.add(node.input[k])
+    if read_as_weight.isdisjoint(found.values()):
+        return model
+    copy = ModelProto()
+    copy.CopyFrom(model)
+    graph = copy.graph
+    for i in found:
+        weight = graph.initializer.add()
+        weight.CopyFrom(next(a.t for a in graph.node[i].attribute if a.name == "value"))
+        weight.name = graph.node[i].output[0]
+        mark = weight.metadata_props.add()
+        mark.key, mark.value = WRITTEN_AS, "Constant"
+    kept = [n for i, n in enumerate(graph.node) if i not in found]
+    del graph.node[:]
+    graph.node.extend(kept)
+    return copy
 
 
 def dense_initializers(model: ModelProto) -> ModelProto:

@@ -34,6 +34,7 @@ from toolkit.onnx.fold import fold_shapes
 from toolkit.onnx.load import (
     ELEM_BYTES,
     UNKNOWN_ELEM_BYTES,
+    WRITTEN_AS,
     NodeFields,
     attr_graphs,
     buffer_names,
@@ -50,10 +51,13 @@ from toolkit.onnx.load import (
 )
 from toolkit.onnx.scopes import modules_of
 from toolkit.onnx.shapes import (
+    DYNAMIC,
     FLOAT_TYPES,
     Info,
     Probe,
+    dim_name,
     dtype_name,
+    given_dim,
     infer_shapes,
     runtime_shapes,
     value_infos,
@@ -84,6 +88,12 @@ NOT_TRAINABLE_INPUTS: dict[str, frozenset[int]] = {
     # bounds and thresholds: no framework trains them (a comparison passes no gradient at
     # all), though tf2onnx freezes them into float initializers (Keras' ReLU6 is a Clip)
     "Clip": frozenset({1, 2}),
+    # sizes and settings: a resize's region and scales, a pad's fill value, a dropout's ratio
+    # (float constants where paddle2onnx writes them: `constant_weights`)
+    "Resize": frozenset({1, 2}),
+    "Upsample": frozenset({1}),
+    "Pad": frozenset({2}),
+    "Dropout": frozenset({1}),
     **{op: frozenset({0, 1})
        for op in ("Greater", "Less", "Equal", "GreaterOrEqual", "LessOrEqual")},
 }
@@ -95,7 +105,7 @@ _WEIGHT_VIEWS = frozenset(
 _SUBGRAPH_OPS = frozenset({"If", "Loop", "Scan"})
 _SCALAR_ATTRIBUTES = frozenset({"value", "value_int", "value_float", "value_ints", "value_floats"})
 """How a Constant node can hold a number (its other forms hold strings or sparse tensors)."""
-READER_VERSION = 9  # 9: layers weights alone make are off the input's path (block detection)
+READER_VERSION = 10  # 10: weights written as Constant nodes train (`constant_weights`)
 """Bumped whenever the reader turns the same file into another layer graph, or what is derived
 from one and kept by `LayerGraph.sha256` changes (block detection, what a stored layer holds):
 stored models and cached block structures are then read again."""
@@ -174,27 +184,31 @@ def _input_dims(model: ModelProto, name: str, dims: Mapping[str, int]) -> Iterat
     raw = [vi for vi in model.graph.input if vi.name not in initializers
            and vi.type.HasField("tensor_type") and vi.type.tensor_type.HasField("shape")]
     saved = [(vi, [_SavedDim(d) for d in vi.type.tensor_type.shape.dim]) for vi in raw]
-    missing: list[str] = []
+    missing: list[tuple[str, int, str]] = []  # (name, axis, input)
     open_batch: set[str] = set()  # the names of symbolic leading dimensions
     for vi in raw:
         for axis, d in enumerate(vi.type.tensor_type.shape.dim):
-            if d.HasField("dim_value"):
-                continue
-            key = d.dim_param or f"{vi.name}.{axis}"
-            if key in dims or f"{vi.name}.{axis}" in dims:
-                d.dim_value = int(dims.get(key, dims.get(f"{vi.name}.{axis}", 1)))
+            if d.HasField("dim_value") and d.dim_value != DYNAMIC:
+                continue  # (a negative one is a ModelError, from `value_info`)
+            value = given_dim(d, vi.name, axis, dims)
+            key = dim_name(d, vi.name, axis)
+            if value is not None:
+                d.dim_value = value
             elif axis == 0:
                 open_batch.add(key)
                 d.dim_value = 1
             else:
-                missing.append(f"{key!r} (axis {axis} of input {vi.name!r})")
+                missing.append((key, axis, vi.name))
     try:
         if missing:
-            example = missing[0].split("'")[1]
+            key, axis, tensor = missing[0]
+            shared = sum(m[0] == key for m in missing) > 1  # (PaddleOCR names two axes "?")
+            example = f"{tensor}.{axis}=128 (INPUT.AXIS: {key!r} names several)" if shared \
+                else f"{key}=128"
             raise ModelError(
                 f"model {name!r} has symbolic dimensions other than the batch: "
-                f"{', '.join(dict.fromkeys(missing))}; give each a value, e.g. "
-                f"--dim {example}=128")
+                + ", ".join(f"{k!r} (axis {a} of input {t!r})" for k, a, t in missing)
+                + f"; give each a value, e.g. --dim {example}")
         yield _batch(open_batch, raw, dims)
     finally:
         for vi, old in saved:
@@ -516,6 +530,8 @@ class _Reader:
             self.info[t.name] = Info(dims, t.data_type)
         self.raw_inputs = [i.name for i in g.input if i.name not in self.initializers]
         self.buffers = buffer_names(g)
+        self.constant_weights = sum(any(e.key == WRITTEN_AS for e in t.metadata_props)
+                                    for t in g.initializer)
         self.names = unique_names(nodes.names, nodes.ops)
         self.ops = [_qualified(op, domain) for op, domain in zip(nodes.ops, nodes.domains,
                                                                  strict=True)]
@@ -595,6 +611,10 @@ class _Reader:
             notes.append(f"{len(unknown)} tensor{'s' if len(unknown) > 1 else ''} of unknown "
                          f"size (neither ONNX's inference nor a run of the model gave one{why}), "
                          "each taken as large as its producer's largest input")
+        if self.constant_weights:
+            notes.append(f"{self.constant_weights} float tensors written as Constant nodes, "
+                         "not initializers (as paddle2onnx and OpenVINO write weights), read as "
+                         "trainable parameters, as initializers are")
         if layers and not any(layer.trainable for layer in layers):
             notes.append("no trainable parameters (no layer reads a float weight: a quantized "
                          "file, or one whose weights are inputs): nothing trains, so every "

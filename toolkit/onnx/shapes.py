@@ -7,12 +7,12 @@ import functools
 import logging
 import math
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import NamedTuple
 
 import numpy as np
 import onnx
-from onnx import ModelProto, TensorProto, ValueInfoProto
+from onnx import ModelProto, TensorProto, TensorShapeProto, ValueInfoProto
 
 from toolkit.errors import ModelError
 from toolkit.onnx.load import ELEM_BYTES, big_weights_aside, first_line
@@ -137,6 +137,11 @@ def dtype_name(elem_type: int) -> str:
         return "undefined"
 
 
+DYNAMIC = -1
+"""A dimension's value that means "unknown" where paddle2onnx and TensorFlow's converters write
+one: read as a symbolic dimension, not as an error."""
+
+
 class Info(NamedTuple):
     """What the reader knows of a tensor: its shape (symbolic dimensions read as 1) and element
     type. A tuple, not a dataclass: one is made per tensor of the model."""
@@ -154,6 +159,24 @@ class Probe(NamedTuple):
     failure: str = ""
 
 
+def dim_name(dim: TensorShapeProto.Dimension, tensor: str, axis: int) -> str:
+    """What `--dim` calls a raw input's dimension: its name, or `INPUT.AXIS` where it has none
+    (PaddleOCR's files call two axes of one input "?": `--dim x.2=48 --dim x.3=320`)."""
+    return dim.dim_param or f"{tensor}.{axis}"
+
+
+def given_dim(dim: TensorShapeProto.Dimension, tensor: str, axis: int,
+              dims: Mapping[str, int]) -> int | None:
+    """A raw input's dimension: the file's value, else the one `dims` gives it as `INPUT.AXIS`
+    or by name; None where neither does (a symbolic dimension, or -1: `DYNAMIC`)."""
+    if dim.HasField("dim_value") and dim.dim_value != DYNAMIC:
+        return int(dim.dim_value)
+    for key in (f"{tensor}.{axis}", dim.dim_param):
+        if key in dims:
+            return int(dims[key])
+    return None
+
+
 def value_info(vi: ValueInfoProto) -> Info:
     if vi.type.WhichOneof("value") != "tensor_type":
         return Info(None, 0)
@@ -163,7 +186,7 @@ def value_info(vi: ValueInfoProto) -> Info:
     dims: list[int] = []
     symbolic = False
     for d in tt.shape.dim:
-        if d.WhichOneof("value") == "dim_value":
+        if d.WhichOneof("value") == "dim_value" and d.dim_value != DYNAMIC:
             value = d.dim_value
             if value < 0:
                 raise ModelError(f"tensor {vi.name!r} has a negative dimension ({value})")
@@ -185,7 +208,7 @@ def value_infos(vis: Iterable[ValueInfoProto]) -> dict[str, Info]:
             continue
         key = vi.type.SerializeToString()
         info = by_type.get(key)
-        if info is None:  # (a negative dimension raises here, naming the tensor)
+        if info is None:
             info = by_type[key] = value_info(vi)
         found[vi.name] = info
     return found

@@ -343,7 +343,8 @@ def _feeds(session: Any, batch: int, dims: Mapping[str, int],
            rng: np.random.Generator) -> dict[str, np.ndarray]:
     feeds: dict[str, np.ndarray] = {}
     for inp in session.get_inputs():
-        shape = [d if isinstance(d, int) else (batch if axis == 0 else dims.get(str(d), 1))
+        shape = [d if isinstance(d, int) and d >= 0 else batch if axis == 0
+                 else dims.get(f"{inp.name}.{axis}", dims.get(str(d), 1))
                  for axis, d in enumerate(inp.shape)]
         dtype = _NUMPY_TYPES.get(inp.type, np.float32)
         if np.issubdtype(dtype, np.floating):

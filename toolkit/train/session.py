@@ -31,6 +31,7 @@ import torch
 from toolkit.costs import Scenario, transfer_ms
 from toolkit.errors import ToolkitError
 from toolkit.onnx import load_external_data, load_model
+from toolkit.onnx.shapes import dim_name, given_dim
 from toolkit.partition.tiers import file_stems
 from toolkit.tiergraph import TierGraph, check_tiers, crossed
 from toolkit.train.executor import OnnxModule, trainable_initializers
@@ -165,15 +166,11 @@ def input_specs(model: onnx.ModelProto, batch: int, dims: dict[str, int]
         t = vi.type.tensor_type
         shape = []
         for k, d in enumerate(t.shape.dim):
-            if d.HasField("dim_value"):
-                shape.append(int(d.dim_value))
-            elif k == 0 and d.dim_param not in dims:
-                shape.append(batch)
-            elif d.dim_param in dims:
-                shape.append(dims[d.dim_param])
-            else:
+            value = given_dim(d, vi.name, k, dims)
+            if value is None and k > 0:
                 raise TrainError(f"input {vi.name!r} has a symbolic dimension "
-                                 f"{d.dim_param or '?'!r}: give it with --dim NAME=VALUE")
+                                 f"{dim_name(d, vi.name, k)!r}: give it with --dim NAME=VALUE")
+            shape.append(batch if value is None else value)
         dtype = str(onnx.helper.tensor_dtype_to_np_dtype(t.elem_type))
         specs[vi.name] = {"shape": shape, "dtype": dtype}
     return specs
@@ -236,7 +233,7 @@ def train(
             loss_tier = 0
         else:
             split = split_tiers(model_path, {graph.names[i]: int(t) for i, t in enumerate(tier)},
-                                stems, work, check=False)
+                                stems, work, check=False, dims=dims)
             files = [str(path) if path else None for path in split.paths[:last + 1]]
             sends = [split.crossing(b) for b in range(last)] + [[]]
             loss_tier = next(t for t, made in enumerate(split.made) if loss_output in made)
