@@ -158,6 +158,39 @@ def test_variable_sequence_lengths_equal_onnxruntime():
         assert float(got["y"][2:, :, 1].abs().max()) == 0  # sample 1 stops after 2 steps
 
 
+@pytest.mark.parametrize("op", ["Conv", "MaxPool", "AveragePool", "AveragePool-uneven"])
+def test_same_padding_and_uneven_excluded_pads_equal_onnxruntime(op):
+    """TensorFlow's and JAX's "SAME" padding as tf2onnx and jax2onnx write it (auto_pad
+    SAME_UPPER / SAME_LOWER: the odd pad at the end or the beginning), and an average pool
+    that leaves uneven pads out of its count, which torch's pools cannot do themselves."""
+    torch.manual_seed(3)
+    x = torch.randn(2, 3, 7, 8)
+    for auto in ("SAME_UPPER", "SAME_LOWER"):
+        inputs, weights = ["x"], []
+        attrs: dict[str, object] = {"strides": [2, 2], "auto_pad": auto}
+        if op == "Conv":
+            weights = [weight("w", 4, 3, 3, 3), weight("b", 4, seed=1)]
+            inputs += ["w", "b"]
+        else:
+            attrs["kernel_shape"] = [3, 3]
+        if op == "AveragePool-uneven":
+            attrs.pop("auto_pad")
+            attrs["pads"] = [0, 1, 2, 1] if auto == "SAME_UPPER" else [2, 0, 0, 2]
+        node = helper.make_node(op.split("-")[0], inputs, ["y"], **attrs)  # type: ignore[arg-type]
+        graph = helper.make_graph([node], "same", [vi("x", [2, 3, 7, 8])], [vi("y", None)],
+                                  weights)
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        want = ort.InferenceSession(model.SerializeToString(),
+                                    providers=["CPUExecutionProvider"]).run(
+            None, {"x": x.numpy()})[0]
+        fed = x.clone().requires_grad_(True)
+        got = OnnxModule(model, [w.name for w in weights])({"x": fed})["y"]
+        assert got.shape == want.shape, (op, auto)
+        assert torch.allclose(got, torch.from_numpy(want), rtol=1e-4, atol=1e-5), (op, auto)
+        got.sum().backward()
+        assert fed.grad is not None and float(fed.grad.abs().max()) > 0
+
+
 @pytest.mark.parametrize("aligned", [True, False])
 def test_roi_align_gives_torchvisions_values_and_gradients(aligned):
     """RoiAlign (average, adaptive and fixed sampling) against torchvision.ops.roi_align,

@@ -165,14 +165,26 @@ def log_softmax(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
     return (torch.log_softmax(x[0], int(a.get("axis", -1))),)
 
 
-def _pads(a: Attrs, spatial: int) -> list[int]:
-    """ONNX pads [b1, b2, ..., e1, e2, ...] (auto_pad NOTSET or VALID only)."""
+def _pads(a: Attrs, size: Sequence[int], kernel: Sequence[int]) -> list[int]:
+    """ONNX pads [b1, b2, ..., e1, e2, ...] of an input of spatial `size` under `kernel`: the
+    file's, none for VALID, and for SAME_UPPER and SAME_LOWER (TensorFlow's and JAX's "SAME",
+    as tf2onnx and jax2onnx write it) what makes each output size ceil(size / stride), an odd
+    one at the end (UPPER) or the beginning (LOWER)."""
+    spatial = len(kernel)
     auto = a.get("auto_pad", "NOTSET")
     auto = auto.decode() if isinstance(auto, bytes) else auto
-    if auto not in ("NOTSET", "VALID"):
+    if auto == "VALID":
+        return [0] * 2 * spatial
+    if auto in ("SAME_UPPER", "SAME_LOWER"):
+        strides = list(a.get("strides", [1] * spatial))
+        dilations = list(a.get("dilations", [1] * spatial))
+        total = [max(0, (-(-n // s) - 1) * s + (k - 1) * d + 1 - n)
+                 for n, s, k, d in zip(size, strides, kernel, dilations, strict=True)]
+        begin = [t // 2 if auto == "SAME_UPPER" else t - t // 2 for t in total]
+        return begin + [t - b for t, b in zip(total, begin, strict=True)]
+    if auto != "NOTSET":
         raise NotImplementedError(f"auto_pad={auto}")
-    pads = list(a.get("pads", [0] * 2 * spatial))
-    return [0] * 2 * spatial if auto == "VALID" else pads
+    return list(a.get("pads", [0] * 2 * spatial))
 
 
 def _padded(x: torch.Tensor, pads: list[int], value: float = 0.0,
@@ -193,7 +205,7 @@ def _padded(x: torch.Tensor, pads: list[int], value: float = 0.0,
 def conv(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
     w = x[1]
     spatial = w.dim() - 2
-    data, padding = _padded(x[0], _pads(a, spatial))
+    data, padding = _padded(x[0], _pads(a, x[0].shape[2:], w.shape[2:]))
     fn = (F.conv1d, F.conv2d, F.conv3d)[spatial - 1]
     return (fn(data, w, x[2] if len(x) > 2 else None, list(a.get("strides", [1] * spatial)),
                padding, list(a.get("dilations", [1] * spatial)), int(a.get("group", 1))),)
@@ -238,7 +250,7 @@ def conv_transpose(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
 def max_pool(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
     kernel = list(a["kernel_shape"])
     spatial = len(kernel)
-    data, padding = _padded(x[0], _pads(a, spatial), -math.inf, kernel)
+    data, padding = _padded(x[0], _pads(a, x[0].shape[2:], kernel), -math.inf, kernel)
     fn = (F.max_pool1d, F.max_pool2d, F.max_pool3d)[spatial - 1]
     return (fn(data, kernel, list(a.get("strides", [1] * spatial)), padding,
                list(a.get("dilations", [1] * spatial)), bool(a.get("ceil_mode", 0))),)
@@ -249,16 +261,23 @@ def average_pool(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
     kernel = list(a["kernel_shape"])
     spatial = len(kernel)
     include = bool(a.get("count_include_pad", 0))
-    pads = _pads(a, spatial)
+    pads = _pads(a, x[0].shape[2:], kernel)
     if any(d != 1 for d in a.get("dilations", [])):
         raise NotImplementedError("AveragePool with dilations")
-    data, padding = (_padded(x[0], pads, 0.0, kernel) if include else (x[0], pads[:spatial]))
-    if not include and (pads[:spatial] != pads[spatial:]
-                        or any(2 * p > k for p, k in zip(pads, kernel, strict=False))):
-        raise NotImplementedError("AveragePool pads that torch cannot exclude from the count")
     fn = (F.avg_pool1d, F.avg_pool2d, F.avg_pool3d)[spatial - 1]
-    return (fn(data, kernel, list(a.get("strides", [1] * spatial)), padding,
-               bool(a.get("ceil_mode", 0)), include),)
+    strides, ceil = list(a.get("strides", [1] * spatial)), bool(a.get("ceil_mode", 0))
+    if include or (pads[:spatial] == pads[spatial:]
+                   and all(2 * p <= k for p, k in zip(pads, kernel, strict=False))):
+        data, padding = _padded(x[0], pads, 0.0, kernel) if include else (x[0], pads[:spatial])
+        return (fn(data, kernel, strides, padding, ceil, include),)
+    # pads torch cannot leave out of the count (uneven, as SAME's; or over half the window):
+    # each window's sum over the number of input positions in it, both pooled over the padded
+    # input (torch divides both by the same count, which cancels)
+    unpadded = [0] * spatial
+    data, _ = _padded(x[0], pads, 0.0, unpadded)
+    inside, _ = _padded(torch.ones_like(x[0][:1, :1]), pads, 0.0, unpadded)
+    return (fn(data, kernel, strides, unpadded, ceil, True)
+            / fn(inside, kernel, strides, unpadded, ceil, True),)
 
 
 @op("GlobalAveragePool")
