@@ -8,8 +8,9 @@ import warnings
 
 import onnx
 import pytest
+from onnx import helper
 
-from tests.helpers import chain, run_main, save
+from tests.helpers import chain, model, run_main, save, vi, weight
 from toolkit import api, zoo
 from toolkit.blocks import find_blocks
 from toolkit.errors import ModelError
@@ -340,6 +341,29 @@ def test_ingest_skips_what_it_cannot_read_and_says_so(tmp_path, capsys, monkeypa
     code, out, _ = run_main(["ingest", str(good), str(bad)], capsys, monkeypatch)
     assert code == 1
     assert "skipped" in out and "ingested 1 of 2 models (1 unchanged)" in " ".join(out.split())
+
+
+def test_ingest_gives_every_model_that_has_it_the_dimension_dim_names(
+        tmp_path, capsys, monkeypatch):
+    """`ingest --dim` (the skipped model's reason asks for one) reaches each model that has
+    the dimension; the others ignore it."""
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"], name="mm"),
+             helper.make_node("Relu", ["h"], ["y"], name="relu")]
+    seq = save(model(nodes, [vi("x", [1, "seq", 8])], [vi("y", [1, "seq", 8])],
+                     [weight("w", 8, 8)]), tmp_path / "ingest_dims_seq.onnx")
+    plain = save(chain(2), tmp_path / "ingest_dims_plain.onnx")
+    code, out, _ = run_main(["ingest", str(seq), "--json"], capsys, monkeypatch)
+    row = json.loads(out)[0]
+    assert code == 1 and row["status"] == "skipped" and "--dim seq=128" in row["reason"]
+    code, out, err = run_main(["ingest", str(seq), str(plain), "--dim", "seq=16", "--json"],
+                              capsys, monkeypatch)
+    assert code == 0, err
+    assert {r["status"] for r in json.loads(out)} <= {"created", "replaced", "unchanged"}
+    with Store(Connection.from_env()) as store, store.driver.session() as session:
+        stored = session.run("MATCH (m:Model {name: $name})-[:HAS_LAYER]->(l:Layer {name: 'mm'}) "
+                             "WHERE l.version = m.version RETURN l.out_bytes AS bytes",
+                             name="ingest_dims_seq").single()
+    assert stored is not None and stored["bytes"] == 16 * 8 * 4
 
 
 def test_weights_too_large_for_one_file_go_beside_it(tmp_path, monkeypatch):

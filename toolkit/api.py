@@ -506,17 +506,19 @@ def ingest_model(
 
 def ingest_models(
     store: Store, models: Sequence[str], scenario: Scenario, exporter: str = "torchscript",
-    started: Callable[[str], None] = lambda model: None,
+    dims: dict[str, int] | None = None, started: Callable[[str], None] = lambda model: None,
 ) -> Iterator[Ingested]:
-    """Ingest each model in turn; one that cannot be read or exported is skipped with its
-    reason (a dead or refusing server stops the whole run: StoreError)."""
+    """Ingest each model in turn (`dims` for those with such dimensions); one that cannot be
+    read or exported is skipped with its reason (a dead or refusing server stops the whole
+    run: StoreError)."""
     from toolkit.store import StoreError
 
     for model in models:
         started(model)
         began = time.perf_counter()
         try:
-            graph, _, status = ingest_model(store, model, scenario, exporter=exporter)
+            graph, _, status = ingest_model(store, model, scenario, exporter=exporter,
+                                            dims=dims)
         except StoreError:
             raise
         except ToolkitError as exc:

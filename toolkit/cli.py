@@ -74,11 +74,16 @@ def model_options(func: F) -> F:
         help="Exporter used when MODEL is a zoo name.",
     )(func)
     func = click.option("--name", help="Model name (default: file stem or zoo name).")(func)
-    func = click.option(
+    return click.argument("model")(dims_option(func))
+
+
+def dims_option(func: F) -> F:
+    """--dim NAME=VALUE, repeatable: the values of symbolic input dimensions."""
+    return click.option(
         "--dim", "dims", multiple=True, metavar="NAME=VALUE", callback=_parse_dims,
         help="Value of a symbolic input dimension other than the batch, e.g. --dim seq=128 "
-             "(repeatable); --dim batch=N states a concrete exported batch.")(func)
-    return click.argument("model")(func)
+             "(repeatable; INPUT.AXIS=VALUE names one by input and axis); --dim batch=N "
+             "states a concrete exported batch.")(func)
 
 
 def _parse_dims(_ctx: click.Context, _param: click.Parameter, values: Sequence[str]
@@ -664,17 +669,19 @@ def _sweep_range(settings: ScenarioOptions, batches: str | None
 @click.option("--name", help="Model name (one MODEL only; default: file stem or zoo name).")
 @click.option("--exporter", type=click.Choice(zoo.EXPORTERS), default="torchscript",
               show_default=True)
+@dims_option
 @scenario_options
 @neo4j_options
 @json_option
 def ingest(models: tuple[str, ...], source: str | None, limit: int | None,
-           match: tuple[str, ...], name: str | None, exporter: str, as_json: bool,
-           settings: ScenarioOptions, neo4j: Neo4jOptions) -> None:
+           match: tuple[str, ...], name: str | None, exporter: str, dims: dict[str, int],
+           as_json: bool, settings: ScenarioOptions, neo4j: Neo4jOptions) -> None:
     """Ingest models into Neo4j (one transaction each; unchanged files are skipped).
 
     MODELS are .onnx files, folders of them, or zoo names. A model that cannot be read or
-    exported is skipped with its reason; the exit code is then 1. Examples: splitcut ingest
-    --zoo; splitcut ingest --zoo timm --match 'resnet*' --limit 10
+    exported is skipped with its reason; the exit code is then 1. `--dim` applies to every
+    model that has the dimension. Examples: splitcut ingest --zoo; splitcut ingest --zoo timm
+    --match 'resnet*' --limit 10; splitcut ingest bert.onnx --dim seq=128
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
@@ -691,11 +698,12 @@ def ingest(models: tuple[str, ...], source: str | None, limit: int | None,
                                            disable=as_json) as progress:
         task = progress.add_task("ingesting", total=len(models))
         if name:
-            graph, _, status = api.ingest_model(store, models[0], scenario, name, exporter)
+            graph, _, status = api.ingest_model(store, models[0], scenario, name, exporter,
+                                                dims=dims)
             done.append(api.Ingested(models[0], graph.name, len(graph), status, "", 0.0))
         else:
             for row in api.ingest_models(
-                    store, models, scenario, exporter,
+                    store, models, scenario, exporter, dims,
                     started=lambda m: progress.update(task, description=f"ingesting {m}")):
                 done.append(row)
                 if row.status == "skipped" and not as_json:
