@@ -99,6 +99,33 @@ def test_calibration_recovers_known_efficiencies(zoo_path, tmp_path):
     assert fitted.sources["matmul_efficiency"].startswith("fitted by splitcut")
 
 
+def test_a_model_with_a_symbolic_dimension_is_profiled_and_calibrated_at_its_dim(
+        tmp_path, capsys, monkeypatch):
+    """`profile --dim` times the model at the value it gives (a reshape to 16 x 32 fails at
+    any other), and calibrating reads the model again with the values the profile kept."""
+    from onnx import TensorProto, helper
+
+    from tests.helpers import model, vi, weight
+
+    shape = helper.make_tensor("shape", TensorProto.INT64, [2], [16, 32])
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"], name="mm"),
+             helper.make_node("Reshape", ["h", "shape"], ["r"], name="reshape"),
+             helper.make_node("Relu", ["r"], ["y"], name="relu")]
+    path = save(model(nodes, [vi("x", [1, "seq", 32])], [vi("y", [16, 32])],
+                      [weight("w", 32, 32), shape]), tmp_path / "seq.onnx")
+    out = tmp_path / "p.json"
+    code, _, err = run_main(["profile", str(path), "-o", str(out)], capsys, monkeypatch)
+    assert code == 2 and "--dim seq=128" in err
+    code, _, err = run_main(["profile", str(path), "--dim", "seq=16", "-o", str(out)], capsys,
+                            monkeypatch)
+    assert code == 0, err
+    assert json.loads(out.read_text())["dims"] == {"seq": 16}
+    assert load_profile(out).dims == {"seq": 16}
+    code, _, err = run_main(["profile", "--calibrate", str(out), "--processor", "laptop",
+                             "-o", str(tmp_path / "laptop.toml")], capsys, monkeypatch)
+    assert code == 0, err
+
+
 def test_calibration_writes_the_measured_machine_and_roles_are_checked(tmp_path, capsys,
                                                                         monkeypatch):
     from toolkit.measured import this_machine

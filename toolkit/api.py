@@ -111,15 +111,17 @@ def make_scenario(
 
 
 def measure_model(
-    model: str, name: str | None, exporter: str, processor: str, use_torch: bool = True
+    model: str, name: str | None, exporter: str, processor: str, use_torch: bool = True,
+    dims: dict[str, int] | None = None,
 ) -> MeasuredProfile:
-    """Per-layer times of MODEL on this machine (see `toolkit.measure`)."""
+    """Per-layer times of MODEL on this machine (see `toolkit.measure`), its symbolic
+    dimensions at their `dims` values."""
     from toolkit.measure import measure
 
     path, _ = zoo.resolve(model, exporter)
-    graph = load_graph(model, name, exporter)
+    graph = load_graph(model, name, exporter, dims)
     zoo_name = model if use_torch and model in zoo.MODELS else None
-    return measure(path, graph, processor, zoo_name, source_model=model)
+    return measure(path, graph, processor, zoo_name, source_model=model, dims=dims)
 
 
 def calibrate_profile(profile_paths: Sequence[str], base: str, name: str,
@@ -132,7 +134,7 @@ def calibrate_profile(profile_paths: Sequence[str], base: str, name: str,
     samples, machines = [], []
     for path in profile_paths:
         measured = load_profile(path)
-        graph = load_graph(measured.source_model)
+        graph = load_graph(measured.source_model, dims=measured.dims)
         measured.check_model(graph)
         samples.append((graph, measured.forward_ms))
         machines.append(measured.machine or this_machine())

@@ -938,8 +938,10 @@ def train(model: str, name: str | None, exporter: str, dims: dict[str, int], cut
               help="Profile whose peaks are kept when calibrating.")
 @click.option("--kind", type=click.Choice(["device", "server"]), default="device",
               show_default=True, help="What the calibrated profile is: --device or --server.")
+@dims_option
 def profile(inputs: tuple[str, ...], name: str | None, exporter: str, out_path: str,
-            processor: str, no_torch: bool, calibrate: bool, base: str, kind: str) -> None:
+            processor: str, no_torch: bool, calibrate: bool, base: str, kind: str,
+            dims: dict[str, int]) -> None:
     """Measure per-layer times of a MODEL on this machine, or calibrate a profile to them.
 
     Examples: splitcut profile resnet18 -o r18.json;
@@ -960,7 +962,8 @@ def profile(inputs: tuple[str, ...], name: str | None, exporter: str, out_path: 
     if len(inputs) != 1:
         raise click.UsageError("measure one MODEL at a time (or pass --calibrate PROFILES...)")
     model = inputs[0]
-    measured = api.measure_model(model, name, exporter, processor, use_torch=not no_torch)
+    measured = api.measure_model(model, name, exporter, processor, use_torch=not no_torch,
+                                 dims=dims)
     Path(out_path).write_text(json.dumps(measured.to_dict(), indent=1))
     total = sum(measured.forward_ms.values())
     click.echo(f"wrote {out_path}: {plural(len(measured.forward_ms), 'layer')}, forward "

@@ -12,7 +12,7 @@ import statistics
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +21,15 @@ from toolkit.graph import LayerGraph
 from toolkit.measured import MeasuredProfile, layers_sha, this_machine
 
 
-def onnxruntime_forward(onnx_path: Path, graph: LayerGraph, runs: int = 5) -> dict[str, float]:
+def onnxruntime_forward(onnx_path: Path, graph: LayerGraph, runs: int = 5,
+                        dims: Mapping[str, int] | None = None) -> dict[str, float]:
     """Median per-layer forward time (ms) from onnxruntime's node profiler, optimisations off
-    so that every ONNX node keeps its own timing."""
+    so that every ONNX node keeps its own timing; one sample, other symbolic dimensions at
+    their `dims` values."""
     import numpy as np
     import onnxruntime as ort
+
+    from toolkit.onnx.split import random_feeds
 
     ort.set_default_logger_severity(4)  # failures are one line here, not red text from it
     options = ort.SessionOptions()
@@ -41,11 +45,7 @@ def onnxruntime_forward(onnx_path: Path, graph: LayerGraph, runs: int = 5) -> di
         except Exception as exc:
             reason = str(exc).strip().splitlines()[0][:200]
             raise ToolkitError(f"onnxruntime cannot run {onnx_path.name}: {reason}") from exc
-        feeds = {}
-        for inp in session.get_inputs():
-            shape = [d if isinstance(d, int) else 1 for d in inp.shape]
-            dtype = np.float32 if "float" in inp.type else np.int64
-            feeds[inp.name] = np.zeros(shape, dtype=dtype)
+        feeds = random_feeds(session, 1, dims or {}, np.random.default_rng(0))
         session.run(None, feeds)  # warm-up
         for _ in range(runs):
             session.run(None, feeds)
@@ -164,10 +164,11 @@ def _call_into(outputs: list[Any], fn: Callable[..., Any], args: tuple[Any, ...]
 
 def measure(
     onnx_path: Path, graph: LayerGraph, processor: str, zoo_name: str | None = None,
-    source_model: str = "",
+    source_model: str = "", dims: Mapping[str, int] | None = None,
 ) -> MeasuredProfile:
-    """Forward by onnxruntime for every layer; forward + backward by torch where it can."""
-    forward = onnxruntime_forward(onnx_path, graph)
+    """Forward by onnxruntime for every layer; forward + backward by torch where it can.
+    `dims`: the symbolic dimensions `graph` was read with."""
+    forward = onnxruntime_forward(onnx_path, graph, dims=dims)
     backward: dict[str, float] = {}
     source = "onnxruntime"
     if zoo_name is not None:
@@ -175,4 +176,4 @@ def measure(
         forward.update(torch_fwd)
         source = "onnxruntime+torch"
     return MeasuredProfile(graph.name, processor, 1, source, layers_sha(graph), forward, backward,
-                           source_model or graph.name, this_machine())
+                           source_model or graph.name, this_machine(), dict(dims or {}))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,12 +30,13 @@ class MeasuredProfile:
     backward_ms: dict[str, float]
     source_model: str = ""  # the MODEL argument it was measured from (file or zoo name)
     machine: str = ""  # the CPU it ran on (/proc/cpuinfo's model name, cores)
+    dims: dict[str, int] = field(default_factory=dict)  # the model read with (`--dim`)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "model": self.model, "processor": self.processor, "batch": self.batch,
             "source": self.source, "layers_sha256": self.layers_sha,
-            "source_model": self.source_model, "machine": self.machine,
+            "source_model": self.source_model, "machine": self.machine, "dims": self.dims,
             "layers": {
                 name: {"forward_ms": f, "backward_ms": self.backward_ms.get(name)}
                 for name, f in self.forward_ms.items()
@@ -75,6 +76,7 @@ def load_profile(path: str | Path) -> MeasuredProfile:
                          if v.get("backward_ms") is not None},
             source_model=str(data.get("source_model", "")),
             machine=str(data.get("machine", "")),
+            dims=_dims(data.get("dims", {})),
         )
     except OSError as exc:
         raise ScenarioError(f"cannot read measured profile {p}: {exc.strerror}") from exc
@@ -86,6 +88,16 @@ def load_profile(path: str | Path) -> MeasuredProfile:
         raise ScenarioError(
             f"{p} is not a measured profile ({type(exc).__name__}: {reason})") from exc
     return profile
+
+
+def _dims(value: object) -> dict[str, int]:
+    """The `--dim` values a profile's model was read with: names to positive integers."""
+    if not isinstance(value, dict) or not all(
+            isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and v >= 1
+            for k, v in value.items()):
+        raise ValueError(f"dims must map dimension names to positive integers, not {value!r}"
+                         [:200])
+    return dict(value)
 
 
 def _time(layer: str, value: object) -> float:

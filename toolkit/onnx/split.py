@@ -329,7 +329,7 @@ def verify(
                          for inp in whole.get_inputs())
     worst_abs = worst_rel = 0.0
     for k, batch in enumerate((1, 3) if symbolic_batch else (1,)):
-        feeds = _feeds(whole, batch, dims or {}, np.random.default_rng(seed + k))
+        feeds = random_feeds(whole, batch, dims or {}, np.random.default_rng(seed + k))
         try:
             a, r = _compare(whole, runs, feeds)
         except Exception as exc:
@@ -339,8 +339,11 @@ def verify(
     return worst_abs, worst_rel
 
 
-def _feeds(session: Any, batch: int, dims: Mapping[str, int],
-           rng: np.random.Generator) -> dict[str, np.ndarray]:
+def random_feeds(session: Any, batch: int, dims: Mapping[str, int],
+                 rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Inputs for an onnxruntime `session`: each of its declared type, a symbolic batch at
+    `batch`, other symbolic dimensions at their `dims` value (by `INPUT.AXIS` or name; else 1);
+    floats normal, integers 1 or 2 (ids index, divisors are not zero)."""
     feeds: dict[str, np.ndarray] = {}
     for inp in session.get_inputs():
         shape = [d if isinstance(d, int) and d >= 0 else batch if axis == 0
