@@ -95,8 +95,8 @@ def _dims(value: object) -> dict[str, int]:
     if not isinstance(value, dict) or not all(
             isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and v >= 1
             for k, v in value.items()):
-        raise ValueError(f"dims must map dimension names to positive integers, not {value!r}"
-                         [:200])
+        raise ValueError("dims must map dimension names to positive integers, not "
+                         f"{str(value)[:100]}")
     return dict(value)
 
 
