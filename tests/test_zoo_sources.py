@@ -4,6 +4,7 @@ types named after what their instances share, and ingests that skip what they ca
 from __future__ import annotations
 
 import json
+import uuid
 import warnings
 
 import onnx
@@ -302,7 +303,8 @@ def test_what_an_export_that_succeeds_prints_is_passed_on(tmp_path, capfd):
 
 
 def test_a_dynamo_failure_is_told_by_its_cause_not_its_step(tmp_path):
-    @torch.library.custom_op("splitcut_test::twice", mutates_args=())
+    # (a name of its own each run: torch keeps an operator registered for the process)
+    @torch.library.custom_op(f"splitcut_test::twice_{uuid.uuid4().hex}", mutates_args=())
     def twice(x: torch.Tensor) -> torch.Tensor:
         return x * 2
 
