@@ -81,8 +81,21 @@ def _with_if() -> onnx.ModelProto:
     return model(nodes, [vi("x", [1, 8])], [vi("y", [1, 8])], [weight("w", 8, 8), zero])
 
 
+def _weights_as_constants() -> onnx.ModelProto:
+    """The conv net with every weight a Constant node, as paddle2onnx writes them."""
+    m = _conv_net()
+    constants = [helper.make_node("Constant", [], [t.name], name=f"const_{t.name}", value=t)
+                 for t in m.graph.initializer]
+    nodes = [*constants, *m.graph.node]
+    del m.graph.initializer[:]
+    del m.graph.node[:]
+    m.graph.node.extend(nodes)
+    return m
+
+
 SEEDS: dict[str, Callable[[], onnx.ModelProto]] = {
     "chain": lambda: chain(4), "conv": _conv_net, "residual": _residual, "if": _with_if,
+    "constants": _weights_as_constants,
 }
 
 
@@ -139,9 +152,12 @@ def drop_initializer(m: onnx.ModelProto, rng: random.Random) -> None:
 
 
 def corrupt_initializer(m: onnx.ModelProto, rng: random.Random) -> None:
-    if not m.graph.initializer:
+    """An initializer's, or a Constant node's, tensor made absurd."""
+    tensors = [*m.graph.initializer, *(a.t for n in m.graph.node if n.op_type == "Constant"
+                                       for a in n.attribute if a.name == "value")]
+    if not tensors:
         return
-    t = m.graph.initializer[rng.randrange(len(m.graph.initializer))]
+    t = tensors[rng.randrange(len(tensors))]
     choice = rng.randrange(4)
     if choice == 0:
         t.dims[:] = [rng.choice(_ABSURD_DIMS) for _ in range(rng.randint(0, 4))]
