@@ -29,7 +29,7 @@ from typing import Any
 import onnx
 from onnx import AttributeProto, TensorProto, helper
 
-from tests.helpers import chain, model, vi, weight
+from tests.helpers import as_constant_nodes, chain, model, vi, weight
 
 COMMANDS = (("inspect",), ("graph", "--json"), ("partition", "--json"))
 SECONDS_PER_COMMAND = 120  # a hang detector, far above any honest run
@@ -81,21 +81,9 @@ def _with_if() -> onnx.ModelProto:
     return model(nodes, [vi("x", [1, 8])], [vi("y", [1, 8])], [weight("w", 8, 8), zero])
 
 
-def _weights_as_constants() -> onnx.ModelProto:
-    """The conv net with every weight a Constant node, as paddle2onnx writes them."""
-    m = _conv_net()
-    constants = [helper.make_node("Constant", [], [t.name], name=f"const_{t.name}", value=t)
-                 for t in m.graph.initializer]
-    nodes = [*constants, *m.graph.node]
-    del m.graph.initializer[:]
-    del m.graph.node[:]
-    m.graph.node.extend(nodes)
-    return m
-
-
 SEEDS: dict[str, Callable[[], onnx.ModelProto]] = {
     "chain": lambda: chain(4), "conv": _conv_net, "residual": _residual, "if": _with_if,
-    "constants": _weights_as_constants,
+    "constants": lambda: as_constant_nodes(_conv_net()),  # paddle2onnx's way
 }
 
 

@@ -65,6 +65,19 @@ def chain(n: int, width: int = 8) -> onnx.ModelProto:
     return model(nodes, [vi("x", [1, width])], [vi(prev, [1, width])], inits)
 
 
+def as_constant_nodes(m: onnx.ModelProto) -> onnx.ModelProto:
+    """`m` with every initializer written as a Constant node, as paddle2onnx writes weights."""
+    out = onnx.ModelProto()
+    out.CopyFrom(m)
+    constants = [helper.make_node("Constant", [], [t.name], name=f"const_{t.name}", value=t)
+                 for t in out.graph.initializer]
+    nodes = [*constants, *out.graph.node]
+    del out.graph.initializer[:]
+    del out.graph.node[:]
+    out.graph.node.extend(nodes)
+    return out
+
+
 def run_main(args: Sequence[str], capsys: object, monkeypatch: object) -> tuple[int, str, str]:
     """Run the console entry point in-process: (exit code, stdout, stderr)."""
     import sys

@@ -15,6 +15,7 @@ from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
 
 from tests.helpers import (
+    as_constant_nodes,
     chain,
     model,
     run_main,
@@ -367,19 +368,6 @@ def test_one_name_for_several_dimensions_is_given_by_input_and_axis():
     assert graph.tensors["y"].shape == (1, 3, 48, 320)
 
 
-def _as_constant_nodes(m: onnx.ModelProto) -> onnx.ModelProto:
-    """`m` with every initializer written as a Constant node, as paddle2onnx writes them."""
-    out = onnx.ModelProto()
-    out.CopyFrom(m)
-    constants = [helper.make_node("Constant", [], [t.name], name=f"const_{t.name}", value=t)
-                 for t in out.graph.initializer]
-    nodes = [*constants, *out.graph.node]
-    del out.graph.initializer[:]
-    del out.graph.node[:]
-    out.graph.node.extend(nodes)
-    return out
-
-
 def _paddle_like() -> onnx.ModelProto:
     """A convolution, a hard-swish by scalars (x * clip(x + 3, 0, 6) / 6), a dense layer."""
     scalars = [helper.make_tensor(n, TensorProto.FLOAT, [], [v])
@@ -402,7 +390,7 @@ def test_weights_written_as_constant_nodes_train_as_initializers_do():
     from toolkit.train.executor import trainable_initializers
 
     m = _paddle_like()
-    written = _as_constant_nodes(m)
+    written = as_constant_nodes(m)
     assert not any(t.data_type == TensorProto.FLOAT for t in written.graph.initializer)
     ref, graph = read_model(m, "initializers"), read_model(written, "constants")
     assert graph.total_params == ref.total_params == 4 * 27 + 4 + 2 + 144 * 5
@@ -420,7 +408,7 @@ def test_weights_written_as_constant_nodes_train_as_initializers_do():
 def test_constant_nodes_are_no_weights_where_nothing_reads_one_as_a_weight():
     """A file whose weights are inputs (exported without its parameters) keeps its scalar
     Constant nodes constant: nothing trains, and a note says so."""
-    m = _as_constant_nodes(_paddle_like())
+    m = as_constant_nodes(_paddle_like())
     for node in m.graph.node:
         if node.output[0] in ("k", "b", "w"):
             node.op_type, node.input[:] = "Identity", [f"{node.output[0]}_in"]
