@@ -116,14 +116,27 @@ def test_a_model_with_a_symbolic_dimension_is_profiled_and_calibrated_at_its_dim
     out = tmp_path / "p.json"
     code, _, err = run_main(["profile", str(path), "-o", str(out)], capsys, monkeypatch)
     assert code == 2 and "--dim seq=128" in err
-    code, _, err = run_main(["profile", str(path), "--dim", "seq=16", "-o", str(out)], capsys,
-                            monkeypatch)
+    code, _, err = run_main(["profile", str(path), "--dim", "seq=16", "-o", str(out),
+                             "--processor", "jetson-nano"], capsys, monkeypatch)
     assert code == 0, err
     assert json.loads(out.read_text())["dims"] == {"seq": 16}
     assert load_profile(out).dims == {"seq": 16}
     code, _, err = run_main(["profile", "--calibrate", str(out), "--processor", "laptop",
                              "-o", str(tmp_path / "laptop.toml")], capsys, monkeypatch)
     assert code == 0, err
+    # its times are the model's at seq=16, and at no other length
+    code, _, err = run_main(["partition", str(path), "--dim", "seq=16", "--measured", str(out)],
+                            capsys, monkeypatch)
+    assert code == 0, err
+    wider = save(model([nodes[0], helper.make_node("Relu", ["h"], ["y"], name="relu")],
+                       [vi("x", [1, "seq", 32])], [vi("y", [1, "seq", 32])],
+                       [weight("w", 32, 32)]), tmp_path / "wide.onnx")
+    code, _, err = run_main(["profile", str(wider), "--dim", "seq=16", "-o", str(out),
+                             "--processor", "jetson-nano"], capsys, monkeypatch)
+    assert code == 0, err
+    code, _, err = run_main(["partition", str(wider), "--dim", "seq=64", "--measured", str(out)],
+                            capsys, monkeypatch)
+    assert code == 2 and "at other input sizes (--dim seq=16)" in err
 
 
 def test_calibration_writes_the_measured_machine_and_roles_are_checked(tmp_path, capsys,

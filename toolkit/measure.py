@@ -18,7 +18,7 @@ from typing import Any
 
 from toolkit.errors import ToolkitError
 from toolkit.graph import LayerGraph
-from toolkit.measured import MeasuredProfile, layers_sha, this_machine
+from toolkit.measured import MeasuredProfile, layers_sha, sizes_sha, this_machine
 
 
 def onnxruntime_forward(onnx_path: Path, graph: LayerGraph, runs: int = 5,
@@ -176,4 +176,5 @@ def measure(
         forward.update(torch_fwd)
         source = "onnxruntime+torch"
     return MeasuredProfile(graph.name, processor, 1, source, layers_sha(graph), forward, backward,
-                           source_model or graph.name, this_machine(), dict(dims or {}))
+                           source_model or graph.name, this_machine(), dict(dims or {}),
+                           sizes_sha(graph))

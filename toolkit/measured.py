@@ -31,11 +31,13 @@ class MeasuredProfile:
     source_model: str = ""  # the MODEL argument it was measured from (file or zoo name)
     machine: str = ""  # the CPU it ran on (/proc/cpuinfo's model name, cores)
     dims: dict[str, int] = field(default_factory=dict)  # the model read with (`--dim`)
+    sizes_sha: str = ""  # `sizes_sha` of the model measured ("" in profiles made before it)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "model": self.model, "processor": self.processor, "batch": self.batch,
             "source": self.source, "layers_sha256": self.layers_sha,
+            "sizes_sha256": self.sizes_sha,
             "source_model": self.source_model, "machine": self.machine, "dims": self.dims,
             "layers": {
                 name: {"forward_ms": f, "backward_ms": self.backward_ms.get(name)}
@@ -44,17 +46,30 @@ class MeasuredProfile:
         }
 
     def check_model(self, graph: LayerGraph) -> None:
-        """A profile measured on another model (or another export) is refused."""
+        """A profile measured on another model (or another export), or on this one at other
+        input sizes (another `--dim`: its times are not this model's), is refused."""
         if self.layers_sha != layers_sha(graph):
             raise ScenarioError(
                 f"measured profile was made for model {self.model!r} "
                 f"({len(self.forward_ms)} layers), not for {graph.name!r} ({len(graph)} layers)"
             )
+        if self.sizes_sha and self.sizes_sha != sizes_sha(graph):
+            given = " ".join(f"--dim {k}={v}" for k, v in self.dims.items()) or "no --dim"
+            raise ScenarioError(
+                f"measured profile was made for model {self.model!r} at other input sizes "
+                f"({given}): read the model as it was measured, or measure it again")
 
 
 def layers_sha(graph: LayerGraph) -> str:
     """Identifies a model's layer structure: names and ops in order."""
     text = "\n".join(f"{layer.name}\t{layer.op}" for layer in graph)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def sizes_sha(graph: LayerGraph) -> str:
+    """Identifies the sizes a model was read at: each layer's output bytes per sample, which
+    the input sizes (`--dim`) set."""
+    text = "\n".join(str(layer.out_bytes) for layer in graph)
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -77,6 +92,7 @@ def load_profile(path: str | Path) -> MeasuredProfile:
             source_model=str(data.get("source_model", "")),
             machine=str(data.get("machine", "")),
             dims=_dims(data.get("dims", {})),
+            sizes_sha=str(data.get("sizes_sha256", "")),
         )
     except OSError as exc:
         raise ScenarioError(f"cannot read measured profile {p}: {exc.strerror}") from exc

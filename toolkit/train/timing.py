@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from toolkit.graph import LayerGraph
-from toolkit.measured import MeasuredProfile, layers_sha
+from toolkit.measured import MeasuredProfile, layers_sha, sizes_sha
 from toolkit.onnx import layer_names, load_external_data, load_model
 from toolkit.train.executor import OnnxModule, synchronize, trainable_initializers
 from toolkit.train.peer import label_kind, loss_of, synthetic_inputs, synthetic_labels
@@ -63,7 +63,7 @@ def executor_profile(path: Path, graph: LayerGraph, processor: str, batch: int =
         model=graph.name, processor=processor, batch=batch,
         source=f"splitcut training executor, {threads} thread(s)"
                + (f", on {device}" if device != "cpu" else "") + f", mean of {repeats}",
-        layers_sha=layers_sha(graph),
+        layers_sha=layers_sha(graph), sizes_sha=sizes_sha(graph),
         forward_ms={n: statistics.fmean(v) for n, v in forward.items() if n in layers},
         backward_ms={n: statistics.fmean(v) for n, v in backward.items() if n in layers},
         source_model=str(path),
