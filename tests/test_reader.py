@@ -1138,6 +1138,36 @@ def test_a_sparse_initializer_that_cannot_be_expanded_is_one_line(
     assert len(lines) == 1 and message in lines[0] and "'w'" in lines[0]
 
 
+def test_a_powers_exponent_is_not_a_weight():
+    """LayerNorm as tf2onnx and paddle2onnx write it squares the deviations with Pow by a
+    float constant 2. Trained, the exponent's gradient takes the log of a negative base: NaN,
+    and every weight with it after one step (PaddleOCR's recogniser trained on NaN)."""
+    import torch
+
+    from toolkit.train.executor import OnnxModule, trainable_initializers
+
+    eps = helper.make_tensor("eps", TensorProto.FLOAT, [], [1e-5])
+    nodes = [helper.make_node("ReduceMean", ["x"], ["mean"], name="mean", axes=[-1]),
+             helper.make_node("Sub", ["x", "mean"], ["dev"], name="centre"),
+             helper.make_node("Pow", ["dev", "two"], ["sq"], name="square"),
+             helper.make_node("ReduceMean", ["sq"], ["var"], name="variance", axes=[-1]),
+             helper.make_node("Constant", [], ["eps"], name="eps", value=eps),
+             helper.make_node("Add", ["var", "eps"], ["ve"], name="plus_eps"),
+             helper.make_node("Sqrt", ["ve"], ["sd"], name="sd"),
+             helper.make_node("Div", ["dev", "sd"], ["norm"], name="normalise"),
+             helper.make_node("MatMul", ["norm", "w"], ["y"], name="mm")]
+    two = helper.make_tensor("two", TensorProto.FLOAT, [], [2.0])
+    m = model(nodes, [vi("x", [2, 4])], [vi("y", [2, 3])], [two, weight("w", 4, 3)], opset=13)
+    graph = read_model(m, "tf_layer_norm")
+    assert not graph.layers["square"].trainable and graph.total_params == 12
+    trainable = trainable_initializers(m.graph)
+    assert trainable == {"w"}
+    executor = OnnxModule(m, trainable)
+    executor({"x": torch.randn(2, 4)})["y"].square().sum().backward()
+    grads = [p.grad for p in executor.named_weights().values()]
+    assert grads and all(g is not None and bool(torch.isfinite(g).all()) for g in grads)
+
+
 def test_clip_bounds_and_comparison_thresholds_are_not_weights():
     """tf2onnx freezes Keras' ReLU6 bounds and a comparison's threshold into float
     initializers; no framework trains them, so neither layer trains (a trainable layer's

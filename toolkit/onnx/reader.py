@@ -94,6 +94,10 @@ NOT_TRAINABLE_INPUTS: dict[str, frozenset[int]] = {
     "Upsample": frozenset({1}),
     "Pad": frozenset({2}),
     "Dropout": frozenset({1}),
+    # a power's exponent: trained, its gradient takes the log of the base, which is NaN
+    # wherever the base is negative (LayerNorm's squared deviations, as tf2onnx and
+    # paddle2onnx write them: Pow by 2); GeM pooling's learnable p is the exception it freezes
+    "Pow": frozenset({1}),
     **{op: frozenset({0, 1})
        for op in ("Greater", "Less", "Equal", "GreaterOrEqual", "LessOrEqual")},
 }
@@ -105,7 +109,7 @@ _WEIGHT_VIEWS = frozenset(
 _SUBGRAPH_OPS = frozenset({"If", "Loop", "Scan"})
 _SCALAR_ATTRIBUTES = frozenset({"value", "value_int", "value_float", "value_ints", "value_floats"})
 """How a Constant node can hold a number (its other forms hold strings or sparse tensors)."""
-READER_VERSION = 10  # 10: weights written as Constant nodes train (`constant_weights`)
+READER_VERSION = 11  # 11: a power's exponent trains nothing (`NOT_TRAINABLE_INPUTS`)
 """Bumped whenever the reader turns the same file into another layer graph, or what is derived
 from one and kept by `LayerGraph.sha256` changes (block detection, what a stored layer holds):
 stored models and cached block structures are then read again."""
