@@ -330,20 +330,15 @@ def test_negative_dimensions_are_model_errors(tmp_path, make, message):
         read_onnx(save(make(), tmp_path / "neg.onnx"))
 
 
-def _dynamic_dims(extra: int) -> onnx.ModelProto:
+def test_a_dimension_written_as_minus_one_is_symbolic_and_named_by_input_and_axis(tmp_path):
     """A Reshape that needs the input's third axis to be 4, the batch and that axis written
     as -1, as paddle2onnx and TensorFlow's converters write an unknown dimension."""
     shape = helper.make_tensor("shape", TensorProto.INT64, [2], [-1, 3 * 4])
     nodes = [helper.make_node("Relu", ["x"], ["r"], name="relu"),
              helper.make_node("Reshape", ["r", "shape"], ["f"], name="flatten"),
              helper.make_node("MatMul", ["f", "w"], ["y"], name="mm")]
-    m = model(nodes, [vi("x", [-1, 3, extra])], [vi("y", [-1, 2])],
+    m = model(nodes, [vi("x", [-1, 3, -1])], [vi("y", [-1, 2])],
               [shape, weight("w", 12, 2)], check=False)
-    return m
-
-
-def test_a_dimension_written_as_minus_one_is_symbolic_and_named_by_input_and_axis(tmp_path):
-    m = _dynamic_dims(-1)
     with pytest.raises(ModelError, match=r"'x\.2' \(axis 2 of input 'x'\).*--dim x\.2=128"):
         read_model(m, "paddle")
     graph = read_model(m, "paddle", dims={"x.2": 4})

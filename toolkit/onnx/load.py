@@ -82,7 +82,7 @@ def constant_weights(model: ModelProto) -> ModelProto:
     if any(t.data_type in _FLOATS for t in graph.initializer):
         return model
     outputs = {o.name for o in graph.output}
-    found: dict[int, str] = {}  # node index -> the weight it holds
+    found: dict[int, TensorProto] = {}  # node index -> the weight it holds
     for i, node in enumerate(graph.node):
         if node.op_type != "Constant" or node.domain not in ("", "ai.onnx") \
                 or len(node.output) != 1 or node.output[0] in outputs:
@@ -90,26 +90,25 @@ def constant_weights(model: ModelProto) -> ModelProto:
         value = next((a.t for a in node.attribute
                       if a.name == "value" and a.type == AttributeProto.TENSOR), None)
         if value is not None and value.data_type in _FLOATS:
-            found[i] = node.output[0]
+            found[i] = value
     read_as_weight = set()
     for node in graph.node:
         k = _WEIGHT_INPUT.get(node.op_type)
         if k is not None and len(node.input) > k:
             read_as_weight.add(node.input[k])
-    if read_as_weight.isdisjoint(found.values()):
+    if read_as_weight.isdisjoint(graph.node[i].output[0] for i in found):
         return model
     copy = ModelProto()
     copy.CopyFrom(model)
-    graph = copy.graph
-    for i in found:
-        weight = graph.initializer.add()
-        weight.CopyFrom(next(a.t for a in graph.node[i].attribute if a.name == "value"))
+    for i, value in found.items():
+        weight = copy.graph.initializer.add()
+        weight.CopyFrom(value)
         weight.name = graph.node[i].output[0]
         mark = weight.metadata_props.add()
         mark.key, mark.value = WRITTEN_AS, "Constant"
-    kept = [n for i, n in enumerate(graph.node) if i not in found]
-    del graph.node[:]
-    graph.node.extend(kept)
+    kept = [n for i, n in enumerate(copy.graph.node) if i not in found]
+    del copy.graph.node[:]
+    copy.graph.node.extend(kept)
     return copy
 
 

@@ -171,8 +171,14 @@ def given_dim(dim: TensorShapeProto.Dimension, tensor: str, axis: int,
     or by name; None where neither does (a symbolic dimension, or -1: `DYNAMIC`)."""
     if dim.HasField("dim_value") and dim.dim_value != DYNAMIC:
         return int(dim.dim_value)
-    for key in (f"{tensor}.{axis}", dim.dim_param):
-        if key in dims:
+    return dim_given(dims, tensor, axis, dim.dim_param)
+
+
+def dim_given(dims: Mapping[str, int], tensor: str, axis: int, name: str) -> int | None:
+    """The value `dims` gives an input's symbolic dimension: as `INPUT.AXIS`, else by its
+    `name`; None where it gives none."""
+    for key in (f"{tensor}.{axis}", name):
+        if key and key in dims:
             return int(dims[key])
     return None
 

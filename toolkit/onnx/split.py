@@ -32,6 +32,7 @@ from onnx import ModelProto, NodeProto, TensorProto, helper
 
 from toolkit.errors import ModelError, ToolkitError
 from toolkit.onnx import NodeRoles, load_external_data, load_model, node_roles
+from toolkit.onnx.shapes import dim_given
 
 _SIZE_LIMIT = 1_800_000_000  # protobuf's 2 GiB cap, with room to spare
 
@@ -347,7 +348,7 @@ def random_feeds(session: Any, batch: int, dims: Mapping[str, int],
     feeds: dict[str, np.ndarray] = {}
     for inp in session.get_inputs():
         shape = [d if isinstance(d, int) and d >= 0 else batch if axis == 0
-                 else dims.get(f"{inp.name}.{axis}", dims.get(str(d), 1))
+                 else dim_given(dims, inp.name, axis, d if isinstance(d, str) else "") or 1
                  for axis, d in enumerate(inp.shape)]
         dtype = _NUMPY_TYPES.get(inp.type, np.float32)
         if np.issubdtype(dtype, np.floating):

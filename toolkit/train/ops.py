@@ -172,7 +172,6 @@ def _pads(a: Attrs, size: Sequence[int], kernel: Sequence[int]) -> list[int]:
     one at the end (UPPER) or the beginning (LOWER)."""
     spatial = len(kernel)
     auto = a.get("auto_pad", "NOTSET")
-    auto = auto.decode() if isinstance(auto, bytes) else auto
     if auto == "VALID":
         return [0] * 2 * spatial
     if auto in ("SAME_UPPER", "SAME_LOWER"):
