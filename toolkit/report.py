@@ -439,13 +439,19 @@ def train_report(result: TrainResult) -> Group:
         "one CPU thread per tier" + "".join(f"; {t['name']} on {t['runs_on']}" for t in tiers
                                             if t["runs_on"] != "cpu"),
         grid,
-        f"loss on the fixed synthetic batch: {_loss(losses[0])} -> {_loss(losses[-1])}"
+        f"loss on the fixed synthetic batch: {_losses(losses[0], losses[-1])}"
         if losses else "no iterations measured",
     )
 
 
-def _loss(value: float | None) -> str:
-    return "not a number" if value is None else f"{value:.4g}"
+def _losses(first: float | None, last: float | None) -> str:
+    """'2.3131 -> 2.3127': the first and last loss with as many digits (4 or more) as tell
+    them apart, so a small step (a low learning rate) does not read as no learning."""
+    digits = 4
+    while digits < 10 and first is not None and last is not None and first != last \
+            and f"{first:.{digits}g}" == f"{last:.{digits}g}":
+        digits += 1
+    return " -> ".join("not a number" if v is None else f"{v:.{digits}g}" for v in (first, last))
 
 
 def _amount(value: float, unit: str) -> str:

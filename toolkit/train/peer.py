@@ -84,6 +84,7 @@ class PeerConfig:
     inputs: dict[str, dict[str, Any]]  # raw input -> {"shape", "dtype"} of the batch
     label_shape: list[int]
     classes: int  # 0: regression on a float output
+    scores: str  # what the output holds of its classes (score_kind)
     results: str  # a folder: tier t writes tier-t.json
     iterations: int = 20
     warmup: int = 3
@@ -107,12 +108,39 @@ class PeerConfig:
         path.write_text(json.dumps(asdict(self)))
 
 
-def loss_of(output: torch.Tensor, labels: torch.Tensor, classes: int) -> torch.Tensor:
+def loss_of(output: torch.Tensor, labels: torch.Tensor, classes: int,
+            scores: str = "logits") -> torch.Tensor:
     """Cross-entropy over the output's last axis against class labels (a classifier or a
-    language model head), or mean squared error when there are no classes."""
+    language model head), of the scores as `score_kind` finds them, or mean squared error
+    when there are no classes."""
     if classes:
-        return F.cross_entropy(output.reshape(-1, classes).float(), labels.reshape(-1))
+        flat = output.reshape(-1, classes).float()
+        if scores == "probabilities":
+            flat = torch.log(flat.clamp_min(torch.finfo(flat.dtype).tiny))
+        if scores == "logits":
+            return F.cross_entropy(flat, labels.reshape(-1))
+        return F.nll_loss(flat, labels.reshape(-1))
     return F.mse_loss(output.float(), labels.float())
+
+
+def score_kind(output: torch.Tensor, classes: int) -> str:
+    """How a classifier's output scores its classes: "logits", or "probabilities" where a
+    softmax ends the model (as Keras' applications and scikit-learn's MLPs end) or
+    "log-probabilities" where a log-softmax does. Read from the values, whatever node made
+    them: each row in [0, 1] summing to 1, or its log. A cross-entropy that took
+    probabilities for logits would barely move (2.304 -> 2.304 in 3 steps)."""
+    if not classes or output.numel() == 0:
+        return "logits"
+    rows = output.detach().double().reshape(-1, classes)
+    tolerance = 1e-2 if output.dtype in (torch.float16, torch.bfloat16) else 1e-4
+    if not torch.isfinite(rows).all():
+        return "logits"
+    if (rows >= 0).all() and (rows <= 1).all() \
+            and ((rows.sum(-1) - 1).abs() <= tolerance).all():
+        return "probabilities"
+    if (rows <= 0).all() and (torch.logsumexp(rows, -1).abs() <= tolerance).all():
+        return "log-probabilities"
+    return "logits"
 
 
 def synthetic_inputs(inputs: dict[str, dict[str, Any]], seed: int) -> dict[str, torch.Tensor]:
@@ -240,7 +268,7 @@ class _Tier:
             self.received = sorted(received)
         labels = received.pop(LABELS, self.labels)
         here = {**received, **(self.module(received) if self.module is not None else {})}
-        loss = loss_of(here[config.loss_output], labels, config.classes) \
+        loss = loss_of(here[config.loss_output], labels, config.classes, config.scores) \
             if self.t == config.loss_tier else None
         grads: dict[str, torch.Tensor] = {}
         meta: dict[str, Any] = {}

@@ -42,6 +42,7 @@ from toolkit.train.peer import (
     PeerConfig,
     TierPeer,
     label_kind,
+    score_kind,
     synthetic_inputs,
 )
 
@@ -218,6 +219,7 @@ def train(
         output = probe(synthetic_inputs(inputs, 0))[loss_output]
     del probe
     classes, label_shape = label_kind(output)
+    scores = score_kind(output, classes)
     stems = file_stems(graph.tiers)
     why_not = None if paced else kernel_shaping_available()
     shaping = "kernel (tc htb in a private network namespace)" if not (paced or why_not) \
@@ -246,7 +248,7 @@ def train(
             ports=[_free_port() for _ in range(last)], trainable=trainable,
             loss_output=loss_output, loss_tier=loss_tier,
             labels_at=loss_tier if graph.tiers[loss_tier] == graph.tiers[0] else 0,
-            inputs=inputs, label_shape=label_shape, classes=classes,
+            inputs=inputs, label_shape=label_shape, classes=classes, scores=scores,
             results=str(work), iterations=iterations, warmup=warmup, lr=lr,
             links=[Link(s.uplink_bps, s.downlink_bps, s.latency_ms) for s in boundaries[:last]],
             paced=why_not is not None or paced, progress=str(work / "progress"),

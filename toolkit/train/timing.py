@@ -22,7 +22,13 @@ from toolkit.graph import LayerGraph
 from toolkit.measured import MeasuredProfile, layers_sha, sizes_sha
 from toolkit.onnx import layer_names, load_external_data, load_model
 from toolkit.train.executor import OnnxModule, synchronize, trainable_initializers
-from toolkit.train.peer import label_kind, loss_of, synthetic_inputs, synthetic_labels
+from toolkit.train.peer import (
+    label_kind,
+    loss_of,
+    score_kind,
+    synthetic_inputs,
+    synthetic_labels,
+)
 from toolkit.train.session import input_specs
 
 
@@ -48,13 +54,14 @@ def executor_profile(path: Path, graph: LayerGraph, processor: str, batch: int =
     with torch.no_grad():
         probe = module(feeds)[output]
     classes, shape = label_kind(probe)
+    scores = score_kind(probe, classes)
     labels = synthetic_labels(shape, classes, 0).to(device)
     layers = {layer.name for layer in graph}
     forward: dict[str, list[float]] = {}
     backward: dict[str, list[float]] = {}
     for run in range(warmup + repeats):
-        fwd, bwd = _one_step(module, feeds, lambda out: loss_of(out[output], labels, classes),
-                             layer_of)
+        fwd, bwd = _one_step(module, feeds,
+                             lambda out: loss_of(out[output], labels, classes, scores), layer_of)
         if run >= warmup:
             for name, ms in fwd.items():
                 forward.setdefault(name, []).append(ms)
