@@ -130,6 +130,49 @@ def test_dynamic_batch_and_sequence_stay_dynamic_in_the_halves(tmp_path, capsys,
     assert np.allclose(got[0], whole[0], atol=1e-5)
 
 
+def test_a_class_token_expanded_to_a_dynamic_batch_splits(tmp_path, capsys, monkeypatch):
+    """ViT's class token expanded to the batch (`cls.expand(x.shape[0], -1, -1)`, as Hugging
+    Face's optimum exports it): the expand's size is a Shape of shape arithmetic, which each
+    half redoes from the batch it reads. Both halves borrowed it from the other, so the
+    device half asked for an input nothing made ("no value for input ...Shape_1_output_0")."""
+    import onnxruntime as ort
+    import torch
+    from torch import nn
+
+    class Tokens(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed, self.head = nn.Linear(8, 8), nn.Linear(8, 4)
+            self.cls = nn.Parameter(torch.randn(1, 1, 8))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            cls = self.cls.expand(x.shape[0], -1, -1)
+            return self.head(torch.cat([cls, self.embed(x)], 1))
+
+    path = tmp_path / "tokens.onnx"
+    torch.onnx.export(Tokens().eval(), (torch.randn(2, 5, 8),), str(path), dynamo=False,
+                      input_names=["x"], output_names=["y"],
+                      dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}})
+    code, out, err = run_main(["split", str(path), "--pin", "embed", "--pin-server", "head",
+                               "--latency", "0ms", "-o", str(tmp_path / "out"), "--json"],
+                              capsys, monkeypatch)
+    assert code == 0, err
+    data = json.loads(out)
+    assert data["server"] and data["max_abs_error"] < 1e-5, data
+    device = ort.InferenceSession(str(tmp_path / "out" / "device.onnx"),
+                                  providers=["CPUExecutionProvider"])
+    assert [i.name for i in device.get_inputs()] == ["x"]  # nothing it cannot make itself
+    x = np.random.default_rng(0).standard_normal((3, 5, 8)).astype(np.float32)
+    sent = dict(zip([o.name for o in device.get_outputs()], device.run(None, {"x": x}),
+                    strict=True))
+    server = ort.InferenceSession(str(tmp_path / "out" / "server.onnx"),
+                                  providers=["CPUExecutionProvider"])
+    whole = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = server.run(None, {i.name: sent[i.name] for i in server.get_inputs()})[0]
+    assert got.shape == (3, 6, 4)
+    assert np.allclose(got, whole.run(None, {"x": x})[0], atol=1e-5)
+
+
 def test_a_shape_of_a_tensor_nobody_could_size_is_kept_as_a_node(tmp_path):
     """tf2onnx wrote a GELU with `Erfc`, which no ONNX runtime knows: sizes after it stay
     unknown, so a Shape of one is a layer, not a constant. The half that holds it runs it on

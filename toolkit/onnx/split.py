@@ -196,7 +196,15 @@ def _closure(
         node = g.node[i]
         if node.op_type in ("Shape", "Size") and node.input[0] not in available \
                 and (dynamic or node.input[0] not in roles.shapes):
-            borrowed.append(name)  # a dynamic shape only the other half can read
+            if producer.get(node.input[0]) not in roles.constant:
+                borrowed.append(name)  # a dynamic shape only the other half can read
+                continue
+            # the shape of shape arithmetic (ViT's class token expanded to the batch, by
+            # Hugging Face's optimum): this half redoes the arithmetic, whose own shapes it
+            # reads or borrows in turn
+            wanted.add(i)
+            live.add(i)
+            stack.append(node.input[0])
             continue
         wanted.add(i)
         if node.op_type in ("Shape", "Size") and node.input[0] in available:
@@ -340,6 +348,11 @@ def verify(
     return worst_abs, worst_rel
 
 
+def _or_one(value: int | None) -> int:
+    """A dimension `dims` does not give is 1 (one given 0, an empty cache, stays 0)."""
+    return 1 if value is None else value
+
+
 def random_feeds(session: Any, batch: int, dims: Mapping[str, int],
                  rng: np.random.Generator) -> dict[str, np.ndarray]:
     """Inputs for an onnxruntime `session`: each of its declared type, a symbolic batch at
@@ -348,7 +361,7 @@ def random_feeds(session: Any, batch: int, dims: Mapping[str, int],
     feeds: dict[str, np.ndarray] = {}
     for inp in session.get_inputs():
         shape = [d if isinstance(d, int) and d >= 0 else batch if axis == 0
-                 else dim_given(dims, inp.name, axis, d if isinstance(d, str) else "") or 1
+                 else _or_one(dim_given(dims, inp.name, axis, d if isinstance(d, str) else ""))
                  for axis, d in enumerate(inp.shape)]
         dtype = _NUMPY_TYPES.get(inp.type, np.float32)
         if np.issubdtype(dtype, np.floating):
