@@ -363,6 +363,50 @@ def test_one_name_for_several_dimensions_is_given_by_input_and_axis():
     assert graph.tensors["y"].shape == (1, 3, 48, 320)
 
 
+def _cached_decoder() -> onnx.ModelProto:
+    """A decoder step as Hugging Face's optimum exports one `-with-past`: new keys concatenated
+    to a cache of `past` tokens, and a mask over both, its length written
+    `past + seq`."""
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"], name="fc"),
+             helper.make_node("Concat", ["past", "h"], ["kv"], name="cat", axis=1),
+             helper.make_node("Unsqueeze", ["mask", "last"], ["m3"], name="spread"),
+             helper.make_node("Mul", ["kv", "m3"], ["y"], name="gate")]
+    return model(nodes, [vi("x", ["batch", "seq", 4]), vi("past", ["batch", "past", 4]),
+                         vi("mask", ["batch", "past + seq"])],
+                 [vi("y", ["batch", "past + seq", 4])],
+                 [weight("w", 4, 4), helper.make_tensor("last", TensorProto.INT64, [1], [2])])
+
+
+def test_a_dimension_named_by_arithmetic_on_others_takes_their_values(
+        tmp_path, capsys, monkeypatch):
+    """optimum names a mask's length `past_sequence_length + sequence_length`: it had to be
+    given as a name of its own; it comes from the values of the names in it. An empty
+    cache (`--dim past=0`, refused as not positive) holds no raw data, so the layer that
+    extends it is not pinned to the device on its account; a cache of three tokens is."""
+    from toolkit.onnx.shapes import dim_expression
+
+    m = _cached_decoder()
+    graph = read_model(m, "decoder", dims={"seq": 5, "past": 3})
+    assert graph.tensors["mask"].shape == (1, 8) and graph.tensors["kv"].shape == (1, 8, 4)
+    assert "cat" in graph.raw_data_readers()
+    with pytest.raises(ModelError, match=r"'past \+ seq' \(axis 1 of input 'mask'\)"):
+        read_model(m, "decoder", dims={"seq": 5})
+    path = save(m, tmp_path / "decoder.onnx")
+    code, out, err = run_main(["graph", str(path), "--dim", "seq=5", "--dim", "past=0",
+                               "--json"], capsys, monkeypatch)
+    assert code == 0, err
+    layers = {layer["name"]: layer for layer in json.loads(out)["layers"]}
+    assert layers["cat"]["pinned"] is None and layers["gate"]["pinned"] == "device"
+    code, _, err = run_main(["graph", str(path), "--dim", "batch=0"], capsys, monkeypatch)
+    assert code != 0 and "positive for the batch" in err
+    given = {"a": 6, "b": 2}
+    assert dim_expression("a + b * 2", given) == 10
+    assert dim_expression("(a - 1) // b + a % 4", given) == 4
+    for name in ("a ** 2", "a + c", "a - 7", "a // 0", "?", "__import__('os').getpid() + 1",
+                 "a", "a" + " + a" * 200):
+        assert dim_expression(name, given) is None, name
+
+
 def _paddle_like() -> onnx.ModelProto:
     """A convolution, a hard-swish by scalars (x * clip(x + 3, 0, 6) / 6), a dense layer."""
     scalars = [helper.make_tensor(n, TensorProto.FLOAT, [], [v])

@@ -91,9 +91,11 @@ def _parse_dims(_ctx: click.Context, _param: click.Parameter, values: Sequence[s
     dims = {}
     for text in values:
         key, sep, value = text.partition("=")
-        if not sep or not key or not value.strip().isdigit() or int(value) < 1:
-            raise click.BadParameter(f"{text!r}: write NAME=VALUE with a positive integer, "
-                                     "e.g. seq=128")
+        if not sep or not key or not value.strip().isdigit() \
+                or int(value) < (1 if key.strip() == "batch" else 0):
+            raise click.BadParameter(f"{text!r}: write NAME=VALUE with an integer, positive "
+                                     "for the batch, e.g. seq=128 (0 for an empty cache: "
+                                     "past_sequence_length=0)")
         dims[key.strip()] = int(value)
     return dims
 

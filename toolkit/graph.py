@@ -53,6 +53,12 @@ class Tensor:
         """It holds floating-point numbers: it can carry a gradient."""
         return self.dtype in FLOAT_DTYPES
 
+    @property
+    def empty(self) -> bool:
+        """It holds no element (a decoder's key-value cache before the first token): as a raw
+        input it carries no raw data."""
+        return self.shape_known and 0 in self.shape
+
 
 @dataclass(frozen=True)
 class Layer:
@@ -234,7 +240,7 @@ class LayerGraph:
         embedding lookup, a convolution) turns raw data into activations; so does mixing in
         any non-raw input.
         """
-        raw = set(self.inputs)
+        raw = {t for t in self.inputs if not self.tensors[t].empty}
         reasons: dict[str, str] = {}
         for layer in self:
             read = [t for t in layer.inputs if t in raw]

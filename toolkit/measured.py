@@ -107,11 +107,12 @@ def load_profile(path: str | Path) -> MeasuredProfile:
 
 
 def _dims(value: object) -> dict[str, int]:
-    """The `--dim` values a profile's model was read with: names to positive integers."""
+    """The `--dim` values a profile's model was read with: names to integers, not
+    negative (0: an empty cache)."""
     if not isinstance(value, dict) or not all(
-            isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and v >= 1
+            isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and v >= 0
             for k, v in value.items()):
-        raise ValueError("dims must map dimension names to positive integers, not "
+        raise ValueError("dims must map dimension names to integers, not negative, not "
                          f"{str(value)[:100]}")
     return dict(value)
 

@@ -533,6 +533,7 @@ class _Reader:
                                  f"dimension {dims}")
             self.info[t.name] = Info(dims, t.data_type)
         self.raw_inputs = [i.name for i in g.input if i.name not in self.initializers]
+        self.raw_data: set[str] = set()  # the raw inputs that hold elements (build)
         self.buffers = buffer_names(g)
         self.constant_weights = sum(any(e.key == WRITTEN_AS for e in t.metadata_props)
                                     for t in g.initializer)
@@ -584,6 +585,7 @@ class _Reader:
         tensors: dict[str, Tensor] = {}
         for name in self.raw_inputs:
             tensors[name] = self._tensor(name, None, fallback=0)
+        self.raw_data = {n for n in self.raw_inputs if not tensors[n].empty}
         layers: list[Layer] = []
         kept = [i for i in order if i not in constant]
         self.modules = dict(zip(kept, modules_of([self.nodes[i] for i in kept]), strict=True))
@@ -844,7 +846,7 @@ class _Reader:
             attrs=canonical,
             groups=_groups(attrs.get("group", 1)),
             supported=supported,
-            reads_input=any(n in self.raw_inputs for n in acts),
+            reads_input=any(n in self.raw_data for n in acts),
             weight_elements=elements,
             tied=tuple(tied.items()),
             half=self.any_half and _computes_in_half([*read, *made]),

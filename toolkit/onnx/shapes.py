@@ -3,9 +3,11 @@ probe run in onnxruntime."""
 
 from __future__ import annotations
 
+import ast
 import functools
 import logging
 import math
+import operator
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import NamedTuple
@@ -176,11 +178,45 @@ def given_dim(dim: TensorShapeProto.Dimension, tensor: str, axis: int,
 
 def dim_given(dims: Mapping[str, int], tensor: str, axis: int, name: str) -> int | None:
     """The value `dims` gives an input's symbolic dimension: as `INPUT.AXIS`, else by its
-    `name`; None where it gives none."""
+    `name`, else by the values of the names its name computes from (`dim_expression`);
+    None where it gives none."""
     for key in (f"{tensor}.{axis}", name):
         if key and key in dims:
             return int(dims[key])
-    return None
+    return dim_expression(name, dims)
+
+
+_ARITHMETIC = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
+               ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod}
+
+
+def dim_expression(name: str, dims: Mapping[str, int]) -> int | None:
+    """The value of a dimension named by arithmetic on other dimensions' names, as Hugging
+    Face's optimum names an attention mask's length `past_sequence_length + sequence_length`
+    (integers, names, + - * // %, parentheses), where `dims` gives each name; None where the
+    name is no such expression, a name in it is not given, or it comes out negative."""
+    if not 0 < len(name) <= 200 or not any(c in name for c in "+-*/%"):
+        return None  # (a plain name, or no arithmetic worth parsing)
+    try:
+        tree = ast.parse(name, mode="eval")
+    except (SyntaxError, ValueError):
+        return None
+
+    def value(node: ast.expr) -> int | None:
+        if isinstance(node, ast.Constant) and type(node.value) is int:
+            return node.value
+        if isinstance(node, ast.Name):
+            found = dims.get(node.id)
+            return None if found is None else int(found)
+        if isinstance(node, ast.BinOp) and type(node.op) in _ARITHMETIC:
+            a, b = value(node.left), value(node.right)
+            if a is None or b is None or (b == 0 and type(node.op) in (ast.FloorDiv, ast.Mod)):
+                return None
+            return int(_ARITHMETIC[type(node.op)](a, b))
+        return None
+
+    result = value(tree.body)
+    return result if result is not None and result >= 0 else None
 
 
 def value_info(vi: ValueInfoProto) -> Info:
