@@ -649,3 +649,24 @@ def test_a_model_that_ends_in_a_softmax_learns(end):
     assert score_kind(torch.softmax(logits.detach(), -1).half(), classes) == "probabilities"
     assert score_kind(torch.tensor([[1.5, -0.5]]), 2) == "logits"
     assert score_kind(torch.tensor([[-1.0, -2.0]]), 2) == "logits"
+
+
+def test_synthetic_integer_inputs_mask_nothing():
+    """Random zeros and ones as an attention mask masked a whole row of a sequence (GPT-2 and
+    Llama by optimum): the softmax over nothing made every gradient not a number, and the
+    training reported 'not a number -> not a number'. Integers are 1: a mask that masks
+    nothing, an index into any table of two rows, never a divisor 0."""
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["s"], name="scores"),
+             helper.make_node("Equal", ["mask", "zero"], ["masked"], name="masked"),
+             helper.make_node("Where", ["masked", "minus_inf", "s"], ["ms"], name="where"),
+             helper.make_node("Softmax", ["ms"], ["y"], name="softmax", axis=-1)]
+    m = model(nodes, [vi("x", [4, 8]), vi("mask", [4, 8], TensorProto.INT64)], [vi("y", [4, 8])],
+              [weight("w1", 8, 8), helper.make_tensor("zero", TensorProto.INT64, [], [0]),
+               helper.make_tensor("minus_inf", TensorProto.FLOAT, [], [-np.inf])])
+    feeds = synthetic_inputs(input_specs(m, 4, {}), seed=0)
+    assert feeds["mask"].dtype == torch.int64 and bool((feeds["mask"] == 1).all())
+    module = OnnxModule(m, {"w1"})
+    out = module(feeds)["y"]
+    classes, shape = label_kind(out)
+    loss_of(out, synthetic_labels(shape, classes, 0), classes, score_kind(out, classes)).backward()
+    assert all(bool(torch.isfinite(w.grad).all()) for w in module.weights if w.grad is not None)

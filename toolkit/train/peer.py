@@ -145,7 +145,10 @@ def score_kind(output: torch.Tensor, classes: int) -> str:
 
 def synthetic_inputs(inputs: dict[str, dict[str, Any]], seed: int) -> dict[str, torch.Tensor]:
     """The fixed batch every iteration trains on (so a falling loss shows learning): normal
-    floats, and integers in [0, 2) (valid indices for any embedding table)."""
+    floats, and integers (and booleans) all 1: a valid index into any table of two or more
+    rows, no divisor 0, and an attention mask that masks nothing. Random zeros and ones
+    masked a whole row of some sequences (GPT-2 by Hugging Face's optimum): its softmax over
+    nothing made every gradient not a number."""
     generator = torch.Generator().manual_seed(seed)
     feeds = {}
     for name, spec in inputs.items():
@@ -153,7 +156,7 @@ def synthetic_inputs(inputs: dict[str, dict[str, Any]], seed: int) -> dict[str, 
         if dtype.is_floating_point:
             feeds[name] = torch.randn(spec["shape"], generator=generator).to(dtype)
         else:
-            feeds[name] = torch.randint(0, 2, spec["shape"], generator=generator, dtype=dtype)
+            feeds[name] = torch.ones(spec["shape"], dtype=dtype)
     return feeds
 
 
