@@ -407,6 +407,24 @@ def test_a_dimension_named_by_arithmetic_on_others_takes_their_values(
         assert dim_expression(name, given) is None, name
 
 
+def test_a_classical_model_says_why_nothing_trains():
+    """scikit-learn's logistic regression by skl2onnx: its coefficients are attributes of an
+    `ai.onnx.ml` operator, not weights. The note gave a quantized file or weights as inputs
+    as the cause; it names the operators."""
+    node = helper.make_node("LinearClassifier", ["x"], ["label", "scores"], name="linear",
+                            domain="ai.onnx.ml", classlabels_ints=[0, 1],
+                            coefficients=[0.5] * 8, intercepts=[0.0, 0.1])
+    graph = helper.make_graph([node], "g", [vi("x", [1, 4])],
+                              [helper.make_tensor_value_info("label", TensorProto.INT64, [1]),
+                               vi("scores", [1, 2])])
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                helper.make_opsetid("ai.onnx.ml", 3)])
+    notes = read_model(m, "logreg").notes
+    assert any("classical ML operators (ai.onnx.ml.LinearClassifier) keep any parameters"
+               in n for n in notes), notes
+    assert not any("a quantized file" in n for n in notes)
+
+
 def _paddle_like() -> onnx.ModelProto:
     """A convolution, a hard-swish by scalars (x * clip(x + 3, 0, 6) / 6), a dense layer."""
     scalars = [helper.make_tensor(n, TensorProto.FLOAT, [], [v])

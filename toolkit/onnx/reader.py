@@ -622,9 +622,13 @@ class _Reader:
                          "not initializers (as paddle2onnx and OpenVINO write weights), read as "
                          "trainable parameters, as initializers are")
         if layers and not any(layer.trainable for layer in layers):
-            notes.append("no trainable parameters (no layer reads a float weight: a quantized "
-                         "file, or one whose weights are inputs): nothing trains, so every "
-                         "layer computes on raw data and stays on the device")
+            classic = sorted({layer.op for layer in layers if layer.op.startswith("ai.onnx.ml.")})
+            why = f"classical ML operators ({', '.join(classic)}) keep any parameters in " \
+                  "attributes, which no gradient trains" if classic \
+                else "a quantized file, or one whose weights are inputs"
+            notes.append(f"no trainable parameters (no layer reads a float weight: {why}): "
+                         "nothing trains, so every layer computes on raw data and stays on the "
+                         "device")
         if self.untripped:
             notes.append(f"{self.untripped} loop{'s' if self.untripped > 1 else ''} (Loop or "
                          "Scan) costed as one run of the body: the file does not fix the trip "

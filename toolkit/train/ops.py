@@ -584,6 +584,22 @@ OPS.update(ReduceMean=_reduce(torch.mean), ReduceSum=_reduce(torch.sum),
            ReduceProd=_reduce(_product))
 
 
+def _arg(largest: bool) -> OpFunction:
+    """ArgMax / ArgMin: the first extreme along `axis`, or the last (`select_last_index`)."""
+    def run(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
+        axis = int(a.get("axis", 0)) % x[0].dim()
+        last = bool(a.get("select_last_index", 0))
+        data = x[0].flip(axis) if last else x[0]
+        found = (torch.argmax if largest else torch.argmin)(
+            data, dim=axis, keepdim=bool(a.get("keepdims", 1)))
+        return (x[0].shape[axis] - 1 - found if last else found,)
+
+    return run
+
+
+OPS.update(ArgMax=_arg(True), ArgMin=_arg(False))
+
+
 @op("ReduceL2")
 def reduce_l2(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
     squares = _reduce(torch.sum)(a, [x[0] * x[0], *x[1:]])[0]
