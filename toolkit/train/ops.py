@@ -148,6 +148,13 @@ def leaky_relu(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
     return (F.leaky_relu(x[0], a.get("alpha", 0.01)),)
 
 
+@op("PRelu")
+def p_relu(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
+    """A leaky ReLU whose slope is a trained weight, broadcast to the input (nn.PReLU;
+    MediaPipe's models by tf2onnx, one slope per channel of an NHWC tensor)."""
+    return (torch.where(x[0] < 0, x[0] * x[1], x[0]),)
+
+
 @op("Gelu")
 def gelu(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
     approximate = a.get("approximate", "none")
