@@ -51,7 +51,6 @@ from toolkit.onnx.load import (
 )
 from toolkit.onnx.scopes import modules_of
 from toolkit.onnx.shapes import (
-    DYNAMIC,
     FLOAT_TYPES,
     Info,
     Probe,
@@ -59,6 +58,7 @@ from toolkit.onnx.shapes import (
     dtype_name,
     given_dim,
     infer_shapes,
+    open_dim,
     runtime_shapes,
     value_infos,
 )
@@ -192,7 +192,7 @@ def _input_dims(model: ModelProto, name: str, dims: Mapping[str, int]) -> Iterat
     open_batch: set[str] = set()  # the names of symbolic leading dimensions
     for vi in raw:
         for axis, d in enumerate(vi.type.tensor_type.shape.dim):
-            if d.HasField("dim_value") and d.dim_value != DYNAMIC:
+            if not open_dim(d):
                 continue  # (a negative one is a ModelError, from `value_info`)
             value = given_dim(d, vi.name, axis, dims)
             key = dim_name(d, vi.name, axis)

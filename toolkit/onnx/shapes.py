@@ -144,6 +144,13 @@ DYNAMIC = -1
 one: read as a symbolic dimension, not as an error."""
 
 
+def open_dim(dim: TensorShapeProto.Dimension) -> bool:
+    """A raw input's dimension has no value of its own: symbolic, -1 (`DYNAMIC`), or 0, which
+    early converters wrote for "unknown" (paddle-onnx for the batch) and which no input holds
+    for real: an empty input, a decoder's first empty cache, is given as `--dim NAME=0`."""
+    return not dim.HasField("dim_value") or dim.dim_value in (DYNAMIC, 0)
+
+
 class Info(NamedTuple):
     """What the reader knows of a tensor: its shape (symbolic dimensions read as 1) and element
     type. A tuple, not a dataclass: one is made per tensor of the model."""
@@ -170,8 +177,8 @@ def dim_name(dim: TensorShapeProto.Dimension, tensor: str, axis: int) -> str:
 def given_dim(dim: TensorShapeProto.Dimension, tensor: str, axis: int,
               dims: Mapping[str, int]) -> int | None:
     """A raw input's dimension: the file's value, else the one `dims` gives it as `INPUT.AXIS`
-    or by name; None where neither does (a symbolic dimension, or -1: `DYNAMIC`)."""
-    if dim.HasField("dim_value") and dim.dim_value != DYNAMIC:
+    or by name; None where neither does (an `open_dim`)."""
+    if not open_dim(dim):
         return int(dim.dim_value)
     return dim_given(dims, tensor, axis, dim.dim_param)
 

@@ -356,11 +356,12 @@ def _or_one(value: int | None) -> int:
 def random_feeds(session: Any, batch: int, dims: Mapping[str, int],
                  rng: np.random.Generator) -> dict[str, np.ndarray]:
     """Inputs for an onnxruntime `session`: each of its declared type, a symbolic batch at
-    `batch`, other symbolic dimensions at their `dims` value (by `INPUT.AXIS` or name; else 1);
-    floats normal, integers 1 or 2 (ids index, divisors are not zero)."""
+    `batch` (or one written 0 or -1: `open_dim`), other symbolic dimensions at their `dims`
+    value (by `INPUT.AXIS` or name; else 1); floats normal, integers 1 or 2 (ids index,
+    divisors are not zero)."""
     feeds: dict[str, np.ndarray] = {}
     for inp in session.get_inputs():
-        shape = [d if isinstance(d, int) and d >= 0 else batch if axis == 0
+        shape = [d if isinstance(d, int) and d > 0 else batch if axis == 0
                  else _or_one(dim_given(dims, inp.name, axis, d if isinstance(d, str) else ""))
                  for axis, d in enumerate(inp.shape)]
         dtype = _NUMPY_TYPES.get(inp.type, np.float32)
