@@ -109,7 +109,7 @@ _WEIGHT_VIEWS = frozenset(
 _SUBGRAPH_OPS = frozenset({"If", "Loop", "Scan"})
 _SCALAR_ATTRIBUTES = frozenset({"value", "value_int", "value_float", "value_ints", "value_floats"})
 """How a Constant node can hold a number (its other forms hold strings or sparse tensors)."""
-READER_VERSION = 11  # 11: a power's exponent trains nothing (`NOT_TRAINABLE_INPUTS`)
+READER_VERSION = 12  # 12: an input dimension written 0 is open; an empty input is no raw data
 """Bumped whenever the reader turns the same file into another layer graph, or what is derived
 from one and kept by `LayerGraph.sha256` changes (block detection, what a stored layer holds):
 stored models and cached block structures are then read again."""
