@@ -300,6 +300,16 @@ def test_train_command_json(tmp_path, capsys, monkeypatch):
     assert data["predicted_ms"]["download_ms"] >= 5
 
 
+def _fc1_on_the_device(path: Path, iterations: int) -> list[str]:
+    """`splitcut train` of `path` with its layer fc1 on the device, the rest on the server,
+    over a 20 Mbit/s link, each on this CPU, from the first iteration."""
+    layers = path.with_name("device.json")
+    layers.write_text(json.dumps(["fc1"]))
+    return ["train", str(path), "--device-layers", str(layers), "--uplink", "20Mbps",
+            "--downlink", "20Mbps", "--device", "cpu-server", "--server", "cpu-server",
+            "--iterations", str(iterations), "--warmup", "0"]
+
+
 def test_a_loss_that_is_not_a_number_is_reported_not_a_crash(tmp_path, capsys, monkeypatch):
     """A detector with random weights detects nothing (an empty output) and training can
     diverge: the loss is then NaN, which the wire's JSON cannot carry. The server used to die
@@ -310,12 +320,7 @@ def test_a_loss_that_is_not_a_number_is_reported_not_a_crash(tmp_path, capsys, m
          helper.make_node("Neg", ["e"], ["n"], name="neg"),
          helper.make_node("Log", ["n"], ["y"], name="log")],  # log of a negative: NaN
         [vi("x", [4, 8])], [vi("y", [4, 8])], [weight("w1", 8, 8)])
-    path = save(m, tmp_path / "nan.onnx")
-    layers = tmp_path / "device.json"
-    layers.write_text(json.dumps(["fc1"]))
-    args = ["train", str(path), "--device-layers", str(layers), "--uplink", "20Mbps",
-            "--downlink", "20Mbps", "--device", "cpu-server", "--server", "cpu-server",
-            "--iterations", "2", "--warmup", "0"]
+    args = _fc1_on_the_device(save(m, tmp_path / "nan.onnx"), 2)
     code, out, err = run_main([*args, "--json"], capsys, monkeypatch)
     assert code == 0, err
     data = json.loads(out)
@@ -334,12 +339,7 @@ def test_a_softmax_classifier_learns_and_says_so(tmp_path, capsys, monkeypatch):
          helper.make_node("MatMul", ["h", "w2"], ["s"], name="fc2"),
          helper.make_node("Softmax", ["s"], ["y"], name="softmax", axis=-1)],
         [vi("x", [4, 8])], [vi("y", [4, 8])], [weight("w1", 8, 8), weight("w2", 8, 8)])
-    path = save(m, tmp_path / "softmax.onnx")
-    layers = tmp_path / "device.json"
-    layers.write_text(json.dumps(["fc1"]))
-    args = ["train", str(path), "--device-layers", str(layers), "--uplink", "20Mbps",
-            "--downlink", "20Mbps", "--device", "cpu-server", "--server", "cpu-server",
-            "--iterations", "3", "--warmup", "0"]
+    args = _fc1_on_the_device(save(m, tmp_path / "softmax.onnx"), 3)
     code, out, err = run_main([*args, "--json"], capsys, monkeypatch)
     assert code == 0, err
     losses = json.loads(out)["losses"]
