@@ -127,11 +127,13 @@ def score_kind(output: torch.Tensor, classes: int) -> str:
     """How a classifier's output scores its classes: "logits", or "probabilities" where a
     softmax ends the model (as Keras' applications and scikit-learn's MLPs end) or
     "log-probabilities" where a log-softmax does. Read from the values, whatever node made
-    them: each row in [0, 1] summing to 1, or its log. A cross-entropy that took
-    probabilities for logits would barely move (2.304 -> 2.304 in 3 steps)."""
+    them: each row in [0, 1] summing to 1, or its log (the first 64 rows: a language model's
+    output at a full batch is a gigabyte, and no row of logits sums to 1 by chance). A
+    cross-entropy that took probabilities for logits would barely move (2.304 -> 2.304 in 3
+    steps)."""
     if not classes or output.numel() == 0:
         return "logits"
-    rows = output.detach().double().reshape(-1, classes)
+    rows = output.detach().reshape(-1, classes)[:64].double()
     tolerance = 1e-2 if output.dtype in (torch.float16, torch.bfloat16) else 1e-4
     if not torch.isfinite(rows).all():
         return "logits"
