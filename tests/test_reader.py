@@ -399,6 +399,10 @@ def test_a_dimension_named_by_arithmetic_on_others_takes_their_values(
     assert layers["cat"]["pinned"] is None and layers["gate"]["pinned"] == "device"
     code, _, err = run_main(["graph", str(path), "--dim", "batch=0"], capsys, monkeypatch)
     assert code != 0 and "positive for the batch" in err
+    # nor by the batch axis's own name or position: an input without a sample
+    for given in ({"batch": 0, "seq": 5}, {"x.0": 0, "seq": 5}):
+        with pytest.raises(ModelError, match=r"input 'x' without a sample \(its axis 0"):
+            read_model(m, "decoder", dims=given)
     # a 0 the file writes is "unknown", as early converters wrote it, never an empty input
     # that would let raw data past the device
     written = single_op("Relu", {"x": [0, 4]}, [0, 4])

@@ -196,6 +196,10 @@ def _input_dims(model: ModelProto, name: str, dims: Mapping[str, int]) -> Iterat
                 continue  # (a negative one is a ModelError, from `value_info`)
             value = given_dim(d, vi.name, axis, dims)
             key = dim_name(d, vi.name, axis)
+            if value == 0 and axis == 0:
+                raise ModelError(f"model {name!r}: --dim {key}=0 would leave input {vi.name!r} "
+                                 "without a sample (its axis 0 is the batch); 0 is for an empty "
+                                 "cache's length, e.g. past_sequence_length=0")
             if value is not None:
                 d.dim_value = value
             elif axis == 0:
