@@ -363,6 +363,38 @@ def test_one_name_for_several_dimensions_is_given_by_input_and_axis():
     assert graph.tensors["y"].shape == (1, 3, 48, 320)
 
 
+def test_a_size_baked_at_export_that_the_dims_given_change_is_one_clear_error(
+        tmp_path, capsys, monkeypatch):
+    """TorchScript's tracer bakes sizes it saw into a Reshape's target (nn.MultiheadAttention
+    exported at 16 tokens with a dynamic sequence axis): read at 128 tokens, the file reshapes
+    4,096 elements into 512, onnxruntime refuses to run it, and its costs would be garbage
+    (attention scores of 128 x 16). At the sizes it was exported with it reads; a MatMul whose
+    inner sizes the given size changes is refused alike."""
+    target = helper.make_tensor("target", TensorProto.INT64, [3], [16, 2, 4])
+    nodes = [helper.make_node("Relu", ["x"], ["r"], name="act"),
+             helper.make_node("Reshape", ["r", "target"], ["v"], name="view"),
+             helper.make_node("MatMul", ["x", "w"], ["y"], name="fc")]
+    m = model(nodes, [vi("x", ["batch", "seq", 8])],
+              [vi("v", [16, 2, 4]), vi("y", ["batch", "seq", 3])],
+              [target, weight("w", 8, 3)])
+    graph = read_model(m, "baked", dims={"seq": 16})
+    assert graph.tensors["v"].shape == (16, 2, 4)
+    with pytest.raises(ModelError, match=r"layer 'view': Reshape of \(1, 128, 8\) \(1,024 "
+                                         r"elements\) into \(16, 2, 4\) \(128\): the file "
+                                         r"fixes a size"):
+        read_model(m, "baked", dims={"seq": 128})
+    session = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    with pytest.raises(Exception, match="cannot be reshaped"):  # (the runtime agrees)
+        session.run(None, {"x": np.zeros((1, 128, 8), np.float32)})
+    wide = model([helper.make_node("MatMul", ["x", "w"], ["y"], name="fc")],
+                 [vi("x", ["batch", "seq"])], [vi("y", ["batch", 3])], [weight("w", 16, 3)])
+    assert read_model(wide, "wide", dims={"seq": 16}).layers["fc"].flops == 2 * 16 * 3
+    path = save(wide, tmp_path / "wide.onnx")
+    code, _, err = run_main(["graph", str(path), "--dim", "seq=32"], capsys, monkeypatch)
+    assert code != 0 and "layer 'fc': MatMul of (1, 32) by (16, 3): the inner sizes differ" \
+        in err and "Traceback" not in err
+
+
 def _cached_decoder() -> onnx.ModelProto:
     """A decoder step as Hugging Face's optimum exports one `-with-past`: new keys concatenated
     to a cache of `past` tokens, and a mask over both, its length written

@@ -127,6 +127,23 @@ def matmul(f: OpFacts) -> OpCost:
     return OpCost(2.0 * macs, macs)
 
 
+def size_conflict(f: OpFacts) -> str | None:
+    """Why the sizes around a Reshape or MatMul cannot be (None where they can): a Reshape
+    that changes the element count, a MatMul whose inner sizes differ. Such a node cannot run:
+    its file fixes a size that the input sizes it is read at change (`SIZE_CHECKED`)."""
+    a, b = _shape(f, 0), _shape(f, 1)
+    out = f.outputs[0] if f.outputs else None
+    if f.op == "Reshape" and a is not None and out is not None and numel(a) != numel(out):
+        return f"Reshape of {a} ({numel(a):,} elements) into {out} ({numel(out):,})"
+    if f.op == "MatMul" and a and b and b[-2 if len(b) > 1 else 0] != a[-1]:
+        return f"MatMul of {a} by {b}: the inner sizes differ"
+    return None
+
+
+SIZE_CHECKED = frozenset({"Reshape", "MatMul"})
+"""Operators whose sizes `size_conflict` checks."""
+
+
 def einsum(f: OpFacts) -> OpCost:
     """MACs of a contraction: the product of every index's extent (one MAC per index tuple)."""
     equation = str(f.attrs.get("equation", "")).replace(" ", "")

@@ -62,7 +62,7 @@ from toolkit.onnx.shapes import (
     runtime_shapes,
     value_infos,
 )
-from toolkit.ops import OpCost, OpFacts, Shape, cost_of, numel
+from toolkit.ops import SIZE_CHECKED, OpCost, OpFacts, Shape, cost_of, numel, size_conflict
 
 log = logging.getLogger(__name__)
 
@@ -832,6 +832,8 @@ class _Reader:
             key = (op, ins, outs_in, canonical)  # all a handle reads: each distinct one runs once
             found = self.costs.get(key)
             if found is None:
+                if op in SIZE_CHECKED:
+                    self._check_sizes(name, op, inputs, outputs)
                 found = self.costs[key] = self._cost(name, OpFacts(op, ins, outs_in, attrs))
             cost = found
         flops, macs, supported = cost.flops, cost.macs, cost.supported
@@ -980,6 +982,24 @@ class _Reader:
         node = made.get(name)
         return name == body.input[1].name or self._scalar(name) is not None \
             or (node is not None and node.op_type == "Constant")
+
+    def _check_sizes(self, layer: str, op: str, inputs: Sequence[str],
+                     outputs: Sequence[str]) -> None:
+        """A ModelError where the static sizes around the node cannot be (`size_conflict`):
+        an exporter's tracer baked a size it saw (TorchScript's: a sequence length of 16 in a
+        Reshape's target), and the input sizes read change it. The file fails to run at those
+        sizes (onnxruntime refuses the node), and its costs would be garbage."""
+        def static(names: Sequence[str]) -> list[Shape | None]:
+            # (a size inference left open is read as 1: no evidence either way)
+            return [None if info is None or info.symbolic else info.shape
+                    for info in (self.info.get(n) if n else None for n in names)]
+
+        conflict = size_conflict(OpFacts(op, static(inputs), static(outputs)))
+        if conflict:
+            raise ModelError(f"model {self.name!r}: layer {layer!r}: {conflict}: the file "
+                             "fixes a size that the input sizes it is read at change (as a "
+                             "tracer bakes one it saw): read it at the sizes it was exported "
+                             "with")
 
     def _cost(self, layer: str, facts: OpFacts) -> OpCost:
         try:
