@@ -211,7 +211,8 @@ def _input_dims(model: ModelProto, name: str, dims: Mapping[str, int]) -> Iterat
         if missing:
             key, axis, tensor = missing[0]
             shared = sum(m[0] == key for m in missing) > 1  # (PaddleOCR names two axes "?")
-            example = f"{tensor}.{axis}=128 (INPUT.AXIS: {key!r} names several)" if shared \
+            example = f"{tensor}.{axis}=128 (INPUT.AXIS: one axis; {key}=128 gives every " \
+                f"axis named {key!r} that value)" if shared \
                 else f"{key}=128"
             raise ModelError(
                 f"model {name!r} has symbolic dimensions other than the batch: "
