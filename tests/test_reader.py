@@ -852,6 +852,53 @@ def test_a_tied_weight_is_counted_once_and_both_readers_train_it():
     assert graph.total_params == 80
 
 
+def test_parameters_a_default_dynamo_export_merged_by_value_are_each_their_own(tmp_path):
+    """torch.onnx.export's default (dynamo, optimised) stores initializers of equal value once:
+    at random initialisation every zero bias and unit norm weight of a model is one tensor,
+    read by every layer that had one (Hugging Face's BERT: 15 biases read one initializer),
+    which read as one parameter tied across the model. Each node's FX node names the
+    parameters it reads and the initializer the one it was exported for, so a node that names
+    others reads a parameter of its own: the parameters are PyTorch's. A weight the module
+    ties itself (the head reading the embedding, transposed by the optimiser into an
+    initializer of its own) is one parameter still, and the code's literals, stored as
+    initializers too, are none."""
+    torch = pytest.importorskip("torch")
+
+    class Tied(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = torch.nn.Embedding(50, 16)
+            self.blocks = torch.nn.ModuleList(torch.nn.Linear(16, 16) for _ in range(3))
+            self.norms = torch.nn.ModuleList(torch.nn.LayerNorm(16) for _ in range(3))
+            self.head = torch.nn.Linear(16, 50, bias=False)
+            self.head.weight = self.embed.weight
+            for block in self.blocks:
+                torch.nn.init.zeros_(block.bias)
+
+        def forward(self, ids):
+            h = self.embed(ids)
+            for block, norm in zip(self.blocks, self.norms, strict=True):
+                h = norm(h + block(h)) * 0.5  # (a literal the exporter stores as `val_N`)
+            return self.head(h)
+
+    module = Tied().eval()
+    path = tmp_path / "tied.onnx"
+    torch.onnx.export(module, (torch.ones(1, 8, dtype=torch.long),), str(path), verbose=False)
+    initializers = [t.name for t in onnx.load(str(path)).graph.initializer]
+    assert not any("blocks.1.bias" in n or "norms.2.weight" in n for n in initializers)
+    graph = read_onnx(path)
+    assert graph.total_params == sum(p.numel() for p in module.parameters()) == 50 * 16 + 3 * (
+        16 * 16 + 16 + 2 * 16)
+    heads = [layer for layer in graph if layer.tied]
+    assert [(layer.op, layer.tied[0][1]) for layer in heads] == [("MatMul", 50 * 16)]
+    # a batch norm the optimiser fuses into its convolution leaves the fused weights with
+    # their names and no metadata: still the convolution's parameters
+    fused = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8)).eval()
+    torch.onnx.export(fused, (torch.randn(1, 3, 8, 8),), str(path), verbose=False)
+    assert [layer.op for layer in read_onnx(path)] == ["Conv"]
+    assert read_onnx(path).total_params == 8 * 3 * 3 * 3 + 8
+
+
 def test_a_weight_read_through_expand_counts_its_own_elements_not_the_views():
     """MViT's positional encoding adds a table expanded over the frames (TorchScript writes
     repeat_interleave as Unsqueeze, Expand, Reshape): the view repeats the 8 x 4 parameter 6

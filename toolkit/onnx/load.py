@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 _BIG_WEIGHT_BYTES = 4096
 _INPUT_KIND = "pkg.torch.export.graph_signature.InputSpec.kind"
 _FOLDED_FROM = "pkg.onnxscript.optimizer.folded_from"
+_ORIGINAL_NAME = "pkg.torch.onnx.original_node_name"
 FROZEN = "splitcut.requires_grad"
 """An initializer's metadata key; "false" marks a parameter the module does not train (a frozen
 sinusoidal position table): `export_pytorch` writes it, a user may too."""
@@ -365,46 +366,81 @@ def first_line(exc: BaseException) -> str:
 
 
 def buffer_names(graph: GraphProto) -> set[str]:
-    """Initializers that carry no gradient by what the exporter wrote: those marked frozen
-    (`FROZEN`), those torch.export says are not parameters (buffers, lifted constants), and
-    those onnxscript's optimizer (on by default in `torch.onnx.export(dynamo=True)`) folded
-    from nothing a gradient reaches: the exporter's own constants (`val_N`, gone once folded),
-    the shapes of activations (values the graph still computes) and such buffers. A folded
-    initializer with any other source (a parameter transposed or scaled, or a source it cannot
-    tell from one) stays trainable."""
+    """Initializers that carry no gradient by what the exporter wrote (`ExportedWeights`)."""
+    return exported_weights(graph).buffers
+
+
+class ExportedWeights(NamedTuple):
+    """What torch.onnx wrote of where its initializers come from (`exported_weights`)."""
+
+    buffers: set[str]  # initializers that carry no gradient
+    views: dict[str, str]  # a folded initializer -> the trainable initializer it holds anew
+    originals: dict[str, str]  # an initializer -> the torch.export placeholder it stands for
+
+
+def exported_weights(graph: GraphProto) -> ExportedWeights:
+    """The initializers that carry no gradient: those marked frozen (`FROZEN`), those
+    torch.export says are not parameters (buffers, lifted constants), the values the
+    exporter made of the code's literals (`x * 0.5`, stored as `val_N` with no word of where
+    from, in a file that says it of others), and those onnxscript's
+    optimizer (on by default in `torch.onnx.export(dynamo=True)`) folded from nothing a
+    gradient reaches: the exporter's own constants (`val_N`, gone once folded), the shapes of
+    activations (values the graph still computes) and such buffers. A folded initializer with
+    any other source (a parameter transposed or scaled, or a source it cannot tell from one)
+    stays trainable; one folded from a single parameter that the file still holds, as many
+    elements (a transposed weight that another node reads as it is: a tied head), is that
+    parameter anew. Also the placeholder each initializer was exported for
+    (`pkg.torch.onnx.original_node_name`)."""
     marked = {t.name for t in graph.initializer
               if any(e.key == FROZEN and e.value == "false" for e in t.metadata_props)}
     recorded: list[tuple[str, str]] = []  # (initializer, what the optimizer folded it from)
+    originals: dict[str, str] = {}
+    described: set[str] = set()  # what torch.export lifted: parameters, buffers, constants
     for vi in [*graph.value_info, *graph.input]:
         for e in vi.metadata_props:
-            if e.key == _INPUT_KIND and e.value in ("BUFFER", "CONSTANT_TENSOR"):
-                marked.add(vi.name)
+            if e.key == _INPUT_KIND:
+                described.add(vi.name)
+                if e.value in ("BUFFER", "CONSTANT_TENSOR"):
+                    marked.add(vi.name)
             elif e.key == _FOLDED_FROM:
                 recorded.append((vi.name, e.value))
+            elif e.key == _ORIGINAL_NAME:
+                originals[vi.name] = e.value
+    sizes = {t.name: math.prod(t.dims) for t in graph.initializer}
+    if described:  # a torch.export file: a value the exporter made (`val_N`) that it neither
+        # lifted nor folded is a literal of the code (GPT-2's `* 0.5`, a mask's fill value); a
+        # parameter keeps its name where a rewrite drops its metadata (a batch norm fused)
+        folded_names = {name for name, _ in recorded}
+        marked |= {name for name in sizes.keys() - described - folded_names
+                   if _EXPORTER_VALUE.fullmatch(name)}
     if not recorded:  # (no optimizer ran: nothing more to look at)
-        return marked
-    initializers = {t.name for t in graph.initializer}
+        return ExportedWeights(marked, {}, originals)
     computed = {o for n in graph.node for o in n.output} | (
-        {i.name for i in graph.input} - initializers)
+        {i.name for i in graph.input} - sizes.keys())
 
     def no_gradient(source: object) -> bool:
         if not isinstance(source, str):
             return False
-        if source in initializers:
+        if source in sizes:
             return source in marked
         return source in computed or _EXPORTER_VALUE.fullmatch(source) is not None
 
-    folded = set()
+    folded, views = set(), {}
     for name, value in recorded:
-        if name not in initializers:
+        if name not in sizes:
             continue
         try:
             sources = ast.literal_eval(value)
         except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
             continue  # not a list the optimizer wrote: trainable, as any initializer
-        if isinstance(sources, list) and sources and all(map(no_gradient, sources)):
+        if not isinstance(sources, list) or not sources:
+            continue
+        live = [source for source in sources if not no_gradient(source)]
+        if not live:
             folded.add(name)
-    return marked | folded
+        elif len(live) == 1 and isinstance(live[0], str) and sizes.get(live[0]) == sizes[name]:
+            views[name] = live[0]
+    return ExportedWeights(marked | folded, views, originals)
 
 
 ELEM_BYTES: dict[int, float] = {

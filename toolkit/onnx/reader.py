@@ -14,6 +14,7 @@ import itertools
 import json
 import logging
 import math
+import re
 from collections import ChainMap
 from collections.abc import Callable, Iterator, Mapping, MutableMapping, Sequence
 from contextlib import contextmanager
@@ -35,12 +36,13 @@ from toolkit.onnx.load import (
     ELEM_BYTES,
     UNKNOWN_ELEM_BYTES,
     WRITTEN_AS,
+    ExportedWeights,
     NodeFields,
     attr_graphs,
-    buffer_names,
     check_node_text,
     check_value_names,
     drop_big_weights,
+    exported_weights,
     has_external_data,
     holds_graphs,
     load_model,
@@ -107,9 +109,11 @@ _WEIGHT_VIEWS = frozenset(
      "Flatten"}
 )
 _SUBGRAPH_OPS = frozenset({"If", "Loop", "Scan"})
+_FX_NODE = "pkg.torch.onnx.fx_node"  # the FX node a dynamo export's node comes from, as text
+_PLACEHOLDER = re.compile(r"%([pbc]_\w+)")  # torch.export's parameter, buffer, constant
 _SCALAR_ATTRIBUTES = frozenset({"value", "value_int", "value_float", "value_ints", "value_floats"})
 """How a Constant node can hold a number (its other forms hold strings or sparse tensors)."""
-READER_VERSION = 12  # 12: an input dimension written 0 is open; an empty input is no raw data
+READER_VERSION = 13  # 13: parameters a dynamo export merged by value are each their own
 """Bumped whenever the reader turns the same file into another layer graph, or what is derived
 from one and kept by `LayerGraph.sha256` changes (block detection, what a stored layer holds):
 stored models and cached block structures are then read again."""
@@ -298,7 +302,7 @@ def _prepared(
     if not model.graph.node:
         raise ModelError(f"model {name!r} has no nodes")
     nodes = _nodes(model.graph, name)  # before inference: a name that is not text is an error
-    reader = _Reader(infer_shapes(model), name, nodes)
+    reader = _Reader(infer_shapes(model), name, nodes, exported_weights(model.graph))
     if reader.unresolved() or "If" in nodes.ops:  # (an If's condition may be arithmetic)
         reader.info, reader.taken = fold_shapes(model, reader.info, nodes.fields())
     missing = reader.unresolved()
@@ -523,7 +527,8 @@ def _nodes(graph: GraphProto, name: str) -> _Nodes:
 class _Reader:
     """One pass over a shape-inferred model: order nodes, fold constants, build layers."""
 
-    def __init__(self, model: ModelProto, name: str, nodes: _Nodes) -> None:
+    def __init__(self, model: ModelProto, name: str, nodes: _Nodes,
+                 exported: ExportedWeights) -> None:
         self.name = name
         g = model.graph
         self.graph = g
@@ -539,7 +544,8 @@ class _Reader:
             self.info[t.name] = Info(dims, t.data_type)
         self.raw_inputs = [i.name for i in g.input if i.name not in self.initializers]
         self.raw_data: set[str] = set()  # the raw inputs that hold elements (build)
-        self.buffers = buffer_names(g)
+        self.exported = exported  # (read from the file as written: inference adds nothing)
+        self.placeholders: dict[int, frozenset[str]] = {}  # torch.export's, by node (_parameter)
         self.constant_weights = sum(any(e.key == WRITTEN_AS for e in t.metadata_props)
                                     for t in g.initializer)
         self.names = unique_names(nodes.names, nodes.ops)
@@ -721,8 +727,9 @@ class _Reader:
         """
         consts = set(self.initializers)
         self.weights = {n for n, t in self.initializers.items()
-                        if t.data_type in FLOAT_TYPES and n not in self.buffers}
-        self.weight_base: dict[str, str] = {}  # a view of a weight -> the initializer itself
+                        if t.data_type in FLOAT_TYPES and n not in self.exported.buffers}
+        # a view of a weight -> the initializer itself (the optimizer's folded ones to start)
+        self.weight_base: dict[str, str] = dict(self.exported.views)
         self.owner: dict[str, str] = {}  # a weight -> the layer that reads it first
         self.reads: dict[int, list[str]] = {}  # node -> its trainable weights (_weight_reads)
         constant: set[int] = set()
@@ -763,6 +770,25 @@ class _Reader:
             found = self.reads[i] = [n for n in dict.fromkeys(read) if n in self.weights]
         return found
 
+    def _parameter(self, i: int, weight: str) -> str:
+        """The parameter node `i` reads as the initializer `weight`: `weight`, unless the
+        exporter stored parameters of equal value once (torch.onnx's optimizer merges equal
+        initializers, and at random initialisation every zero bias and unit norm weight is
+        equal) and the node's FX node (`pkg.torch.onnx.fx_node`) names other torch.export
+        placeholders than the one `weight` was exported for: then it reads a parameter of its
+        own, as the module does. A weight the module ties itself (a head reading the
+        embedding) is one placeholder in both nodes: tied still."""
+        original = self.exported.originals.get(weight)
+        if original is None:
+            return weight
+        named = self.placeholders.get(i)
+        if named is None:
+            fx = next((e.value for e in self.nodes[i].metadata_props if e.key == _FX_NODE), "")
+            named = self.placeholders[i] = frozenset(_PLACEHOLDER.findall(fx))
+        if not named or original in named:
+            return weight
+        return f"{weight} read by {' '.join(sorted(named))}"
+
     def _static(self, name: str) -> bool:
         info = self.info.get(name)
         return info is not None and info.shape is not None and not info.symbolic
@@ -797,7 +823,8 @@ class _Reader:
                 elements += count
                 param_bytes += math.ceil(count * ELEM_BYTES.get(info.elem_type,
                                                                  UNKNOWN_ELEM_BYTES))
-                owner = self.owner.setdefault(base, name)  # the first reader owns it
+                # the first reader owns it
+                owner = self.owner.setdefault(self._parameter(i, base), name)
                 if owner == name:
                     params += count
                 else:
