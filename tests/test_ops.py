@@ -61,24 +61,32 @@ def test_gemm(trans_a):
     assert layer.params == 7 * 5 + 5
 
 
-@pytest.mark.parametrize(("op", "inputs", "output", "conflict"), [
-    ("Reshape", [(2, 3, 4), (2,)], (6, 4), None),
-    ("Reshape", [(0, 4), (2,)], (0, 2), None),  # an empty tensor stays empty
-    ("Reshape", [(2, 3, 4), (2,)], (6, 3), "Reshape of (2, 3, 4) (24 elements) into (6, 3) (18)"),
-    ("Reshape", [None, (2,)], (6, 3), None),  # an open size is no evidence
-    ("MatMul", [(5, 2, 8), (8,)], (5, 2), None),  # a vector b: its only axis is the inner one
-    ("MatMul", [(5, 2, 8), (7,)], (5, 2), "MatMul of (5, 2, 8) by (7,): the inner sizes differ"),
-    ("MatMul", [(4, 8), (3, 8, 2)], (3, 4, 2), None),  # broadcast over b's batch
-    ("MatMul", [(4, 8), (3, 2, 8)], None, "MatMul of (4, 8) by (3, 2, 8): the inner sizes "
-                                          "differ"),
-    ("MatMul", [(4, 8), None], None, None),
+@pytest.mark.parametrize(("op", "inputs", "output", "attrs", "conflict"), [
+    ("Reshape", [(2, 3, 4), (2,)], (6, 4), {}, None),
+    ("Reshape", [(0, 4), (2,)], (0, 2), {}, None),  # an empty tensor stays empty
+    ("Reshape", [(2, 3, 4), (2,)], (6, 3), {},
+     "Reshape of (2, 3, 4) (24 elements) into (6, 3) (18)"),
+    ("Reshape", [None, (2,)], (6, 3), {}, None),  # an open size is no evidence
+    ("MatMul", [(5, 2, 8), (8,)], (5, 2), {}, None),  # a vector b: its only axis is inner
+    ("MatMul", [(5, 2, 8), (7,)], (5, 2), {},
+     "MatMul of (5, 2, 8) by (7,): the inner sizes differ"),
+    ("MatMul", [(4, 8), (3, 8, 2)], (3, 4, 2), {}, None),  # broadcast over b's batch
+    ("MatMul", [(4, 8), (3, 2, 8)], None, {},
+     "MatMul of (4, 8) by (3, 2, 8): the inner sizes differ"),
+    ("MatMul", [(4, 8), None], None, {}, None),
+    ("Gemm", [(2, 256), (10, 256)], (2, 10), {"transB": 1}, None),  # torch.nn.Linear's
+    ("Gemm", [(2, 128), (10, 256)], (2, 10), {"transB": 1},
+     "Gemm of (2, 128) by (10, 256): the inner sizes differ"),  # a batch of 2 baked in a view
+    ("Gemm", [(256, 2), (256, 10)], (2, 10), {"transA": 1}, None),
+    ("Gemm", [(2, 256), (10, 256)], (2, 10), {}, "Gemm of (2, 256) by (10, 256): the inner "
+                                                 "sizes differ"),
 ])
-def test_size_conflicts_are_the_sizes_no_runtime_accepts(op, inputs, output, conflict):
+def test_size_conflicts_are_the_sizes_no_runtime_accepts(op, inputs, output, attrs, conflict):
     """`size_conflict`: what the reader refuses as sizes a file fixed and the input sizes
     changed."""
     from toolkit.ops import OpFacts, size_conflict
 
-    assert size_conflict(OpFacts(op, inputs, [output])) == conflict
+    assert size_conflict(OpFacts(op, inputs, [output], attrs)) == conflict
 
 
 def test_batched_matmul_with_broadcast():

@@ -128,19 +128,26 @@ def matmul(f: OpFacts) -> OpCost:
 
 
 def size_conflict(f: OpFacts) -> str | None:
-    """Why the sizes around a Reshape or MatMul cannot be (None where they can): a Reshape
-    that changes the element count, a MatMul whose inner sizes differ. Such a node cannot run:
-    its file fixes a size that the input sizes it is read at change (`SIZE_CHECKED`)."""
+    """Why the sizes around a Reshape, MatMul or Gemm cannot be (None where they can): a
+    Reshape that changes the element count, a product whose inner sizes differ. Such a node
+    cannot run: its file fixes a size that the input sizes it is read at change
+    (`SIZE_CHECKED`)."""
     a, b = _shape(f, 0), _shape(f, 1)
     out = f.outputs[0] if f.outputs else None
     if f.op == "Reshape" and a is not None and out is not None and numel(a) != numel(out):
         return f"Reshape of {a} ({numel(a):,} elements) into {out} ({numel(out):,})"
-    if f.op == "MatMul" and a and b and b[-2 if len(b) > 1 else 0] != a[-1]:
-        return f"MatMul of {a} by {b}: the inner sizes differ"
-    return None
+    if not a or not b:
+        return None
+    if f.op == "MatMul":
+        inner = (a[-1], b[-2 if len(b) > 1 else 0])
+    elif f.op == "Gemm" and len(a) == len(b) == 2:
+        inner = (a[0 if f.attrs.get("transA") else 1], b[1 if f.attrs.get("transB") else 0])
+    else:
+        return None
+    return f"{f.op} of {a} by {b}: the inner sizes differ" if inner[0] != inner[1] else None
 
 
-SIZE_CHECKED = frozenset({"Reshape", "MatMul"})
+SIZE_CHECKED = frozenset({"Reshape", "MatMul", "Gemm"})
 """Operators whose sizes `size_conflict` checks."""
 
 

@@ -861,7 +861,7 @@ class _Reader:
             found = self.costs.get(key)
             if found is None:
                 if op in SIZE_CHECKED:
-                    self._check_sizes(name, op, inputs, outputs)
+                    self._check_sizes(name, op, (inputs, outputs), attrs)
                 found = self.costs[key] = self._cost(name, OpFacts(op, ins, outs_in, attrs))
             cost = found
         flops, macs, supported = cost.flops, cost.macs, cost.supported
@@ -1011,23 +1011,25 @@ class _Reader:
         return name == body.input[1].name or self._scalar(name) is not None \
             or (node is not None and node.op_type == "Constant")
 
-    def _check_sizes(self, layer: str, op: str, inputs: Sequence[str],
-                     outputs: Sequence[str]) -> None:
+    def _check_sizes(self, layer: str, op: str, names: tuple[Sequence[str], Sequence[str]],
+                     attrs: dict[str, object]) -> None:
         """A ModelError where the static sizes around the node cannot be (`size_conflict`):
         an exporter's tracer baked a size it saw (TorchScript's: a sequence length of 16 in a
         Reshape's target), and the input sizes read change it. The file fails to run at those
         sizes (onnxruntime refuses the node), and its costs would be garbage."""
-        def static(names: Sequence[str]) -> list[Shape | None]:
+        def static(tensors: Sequence[str]) -> list[Shape | None]:
             # (a size inference left open is read as 1: no evidence either way)
             return [None if info is None or info.symbolic else info.shape
-                    for info in (self.info.get(n) if n else None for n in names)]
+                    for info in (self.info.get(n) if n else None for n in tensors)]
 
-        conflict = size_conflict(OpFacts(op, static(inputs), static(outputs)))
+        inputs, outputs = names
+        conflict = size_conflict(OpFacts(op, static(inputs), static(outputs), attrs))
         if conflict:
             raise ModelError(f"model {self.name!r}: layer {layer!r}: {conflict}: the file "
                              "fixes a size that the input sizes it is read at change (as a "
                              "tracer bakes one it saw): read it at the sizes it was exported "
-                             "with")
+                             "with (--dim; the batch too, which is read as 1 where the file "
+                             "leaves it open)")
 
     def _cost(self, layer: str, facts: OpFacts) -> OpCost:
         try:
