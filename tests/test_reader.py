@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -1191,6 +1192,52 @@ def test_a_models_own_functions_are_read_as_their_bodies(tmp_path):
     split = split_tiers(path, {name: int(k >= 1) for k, name in enumerate(names)},
                         ["device", "server"], tmp_path / "out")
     assert split.not_verified is None and split.max_abs_error == 0.0
+
+
+def test_a_functions_nodes_are_named_after_their_call_and_module(tmp_path):
+    """ONNX's inliner names a call's nodes after the function's alone (`Conv_0__1`): a
+    TorchScript export with `export_modules_as_functions` lost every module path and class.
+    Each node is named after its call (nested calls too) and sits in the call's module, of
+    the function's class, so block types are named after it; costs are the plain export's."""
+    torch = pytest.importorskip("torch")
+    from toolkit.blocks import find_blocks
+
+    nn = torch.nn
+
+    class Gate(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(8, 8, 1)
+
+        def forward(self, x):
+            return torch.sigmoid(self.conv(x)) * x
+
+    class Unit(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv, self.gate = nn.Conv2d(8, 8, 3, padding=1), Gate()
+
+        def forward(self, x):
+            return self.gate(torch.relu(self.conv(x))) + x
+
+    net = nn.Sequential(nn.Conv2d(3, 8, 1), nn.Sequential(*(Unit() for _ in range(3)))).eval()
+    x = torch.randn(1, 3, 16, 16)
+    functions, plain = tmp_path / "functions.onnx", tmp_path / "plain.onnx"
+    torch.onnx.export(net, (x,), str(functions), dynamo=False,
+                      export_modules_as_functions={Unit, Gate})
+    torch.onnx.export(net, (x,), str(plain), dynamo=False)
+    assert len(onnx.load(str(functions)).functions) == 2
+    graph = read_onnx(functions)
+    inner = [layer for layer in graph if layer.name.startswith("/1/1.1/Unit.")]
+    assert [re.sub(r"_\d+", "", layer.name) for layer in inner] == [
+        "/1/1.1/Unit.Conv", "/1/1.1/Unit.Relu", "/1/1.1/Unit.Gate.Conv",
+        "/1/1.1/Unit.Gate.Sigmoid", "/1/1.1/Unit.Gate.Mul", "/1/1.1/Unit.Add"]
+    assert {layer.module for layer in inner} == {"1.1"}
+    assert len({layer.name for layer in graph}) == len(graph) == 19
+    assert [layer.flops for layer in graph] == [layer.flops for layer in read_onnx(plain)]
+    assert graph.total_params == sum(p.numel() for p in net.parameters())
+    names = [t.name for t in find_blocks(graph).types if t.count == 3]
+    assert names and names[0].startswith("Unit"), names
 
 
 def test_profiling_a_model_onnxruntime_refuses_is_one_line(tmp_path):

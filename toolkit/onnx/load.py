@@ -170,10 +170,78 @@ def inline_functions(model: ModelProto) -> ModelProto:
     if not model.functions:
         return model
     try:
-        return onnx.inliner.inline_local_functions(model)
+        inlined = onnx.inliner.inline_local_functions(model)
     except Exception as exc:  # ONNX raises its own errors on functions it cannot inline
         log.info("local functions not inlined (%s)", first_line(exc))
         return model
+    _name_after_calls(model, inlined)
+    return inlined
+
+
+_MODULE_CLASS = re.compile(r"(?P<op>.+?)(?:_\d+)?")
+_SCOPES = "pkg.torch.onnx.name_scopes"
+_CLASSES = "pkg.torch.onnx.class_hierarchy"
+
+
+def _name_after_calls(model: ModelProto, inlined: ModelProto) -> None:
+    """Each node `inlined` made of a call of one of `model`'s functions named after that call
+    and placed in its module: ONNX's inliner names them after the function's nodes alone
+    (`Conv_0__1`), which says neither which call nor which module. A node of the call
+    `/blocks/blocks.0/Blk` (TorchScript's `export_modules_as_functions`: the call named
+    after its module's scope and the module's class, the function after the class) becomes
+    `/blocks/blocks.0/Blk.Conv_0` in module `blocks.0`, whose class is the function's
+    (`__main__.Blk`); a node of a nested call `/blocks/blocks.0/Blk.Sub_2.Conv_5`. A node
+    without metadata of its own takes the call's (an exporter that scopes its calls). The
+    inliner writes each call's nodes in its place, in order; names stay as it gave them
+    where the nodes do not line up with the calls so, or a name would be taken twice."""
+    functions = {(f.domain, f.name, f.overload): f for f in model.functions}
+
+    def expanded(nodes: Iterable[NodeProto], prefix: str, depth: int
+                 ) -> Iterator[tuple[str, str, NodeProto | None]]:
+        """(name, op, outermost call) of each node the inliner makes of `nodes`."""
+        for node in nodes:
+            name = f"{prefix}.{node.name or node.op_type}" if prefix else node.name
+            function = functions.get((node.domain, node.op_type, node.overload))
+            if function is None:
+                yield name, node.op_type, None
+            elif depth < _MAX_FUNCTION_DEPTH:  # (deeper, the nodes fail to line up)
+                for inner, op, _ in expanded(function.node, name or node.op_type, depth + 1):
+                    yield inner, op, node
+    planned = list(expanded(model.graph.node, "", 0))
+    made = inlined.graph.node
+    if [op for _, op, _ in planned] != [n.op_type for n in made]:
+        log.info("inlined nodes not named after their calls: they do not line up")
+        return
+    taken = {name for name, _, call in planned if call is None}
+    for (name, _, call), node in zip(planned, made, strict=True):
+        if call is None or name in taken:
+            continue
+        taken.add(name)
+        node.name = name
+        if node.metadata_props:
+            continue
+        if call.metadata_props:
+            node.metadata_props.extend(call.metadata_props)
+        elif scope := _module_scope(call):
+            classes = [""] * (len(scope) - 1) + [f"{call.domain}.{call.op_type}"]
+            node.metadata_props.add(key=_SCOPES, value=repr(scope))
+            node.metadata_props.add(key=_CLASSES, value=repr(classes))
+
+
+_MAX_FUNCTION_DEPTH = 64  # deeper nesting is not named after its calls (nor would ONNX inline it)
+
+
+def _module_scope(call: NodeProto) -> list[str]:
+    """The scope of `call` where it is TorchScript's call of a module exported as a function:
+    named `/SCOPE/Class` (or `Class_N`, a second call), the function named after the module's
+    class, in the domain of the Python module that defines it; else none."""
+    name: str = call.name
+    scope, _, last = name.rpartition("/")
+    found = _MODULE_CLASS.fullmatch(last)
+    if (not scope.startswith("/") or found is None or found["op"] != call.op_type
+            or not call.domain or call.domain.startswith(("ai.onnx", "com.", "pkg.", "org."))):
+        return []
+    return scope.split("/")[1:]
 
 
 class NodeFields(NamedTuple):
