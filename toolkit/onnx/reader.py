@@ -113,7 +113,7 @@ _FX_NODE = "pkg.torch.onnx.fx_node"  # the FX node a dynamo export's node comes 
 _PLACEHOLDER = re.compile(r"%([pbc]_\w+)")  # torch.export's parameter, buffer, constant
 _SCALAR_ATTRIBUTES = frozenset({"value", "value_int", "value_float", "value_ints", "value_floats"})
 """How a Constant node can hold a number (its other forms hold strings or sparse tensors)."""
-READER_VERSION = 13  # 13: parameters a dynamo export merged by value are each their own
+READER_VERSION = 14  # 14: a function's inlined nodes named after their call, in its module
 """Bumped whenever the reader turns the same file into another layer graph, or what is derived
 from one and kept by `LayerGraph.sha256` changes (block detection, what a stored layer holds):
 stored models and cached block structures are then read again."""
