@@ -173,6 +173,48 @@ def test_the_attention_op_trains_as_pytorch_does(tmp_path):
         assert torch.allclose(weights[name].grad, param.grad, atol=1e-6), name
 
 
+def test_the_opset_23_normalizations_and_activations_train_as_pytorch_does(tmp_path):
+    """The dynamo exporter at opset 23 writes nn.RMSNorm as RMSNormalization, nn.GroupNorm as
+    GroupNormalization, nn.PixelShuffle as DepthToSpace and ELU, SELU and Mish as themselves:
+    `splitcut train` refused a Llama so exported ('no torch function for op
+    RMSNormalization'). The executor's forward and every parameter's gradient equal
+    PyTorch's."""
+    nn = torch.nn
+
+    class Mixed(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv, self.groups = nn.Conv2d(4, 16, 3, padding=1), nn.GroupNorm(4, 16)
+            self.shuffle, self.unshuffle = nn.PixelShuffle(2), nn.PixelUnshuffle(2)
+            self.norm, self.fc = nn.RMSNorm(16), nn.Linear(16, 3)
+
+        def forward(self, x):
+            h = nn.functional.mish(nn.functional.elu(self.groups(self.conv(x))))
+            h = nn.functional.selu(self.unshuffle(self.shuffle(h)))
+            return self.fc(self.norm(h.mean((2, 3))))
+
+    torch.manual_seed(0)
+    module, x = Mixed().eval(), torch.randn(2, 4, 8, 8)
+    torch.nn.init.normal_(module.norm.weight)
+    torch.nn.init.normal_(module.groups.weight)
+    path = tmp_path / "mixed.onnx"
+    torch.onnx.export(module, (x,), str(path), opset_version=23, dynamo=True, optimize=False,
+                      verbose=False)
+    m = onnx.load(str(path))
+    assert {"RMSNormalization", "GroupNormalization", "DepthToSpace", "Elu", "Selu",
+            "Mish"} <= {n.op_type for n in m.graph.node}
+    executor = OnnxModule(m, trainable_initializers(m.graph))
+    got = executor({"x": x})[executor.output_names[0]]
+    expected = module(x)
+    assert torch.allclose(got, expected, atol=1e-5)
+    got.square().sum().backward()
+    expected.square().sum().backward()
+    weights = executor.named_weights()
+    assert sorted(weights) == sorted(name for name, _ in module.named_parameters())
+    for name, param in module.named_parameters():
+        assert torch.allclose(weights[name].grad, param.grad, atol=1e-5), name
+
+
 @pytest.mark.parametrize(("op", "attrs", "message"), [
     ("Attention", {}, "need q_num_heads and kv_num_heads"),
     ("Attention", {"q_num_heads": 3, "kv_num_heads": 3}, "cannot run a Attention node"),

@@ -66,7 +66,10 @@ for _name, _fn in {
     "Sqrt": torch.sqrt, "Exp": torch.exp, "Log": torch.log, "Neg": torch.neg, "Abs": torch.abs,
     "Reciprocal": torch.reciprocal, "Floor": torch.floor, "Ceil": torch.ceil, "Sin": torch.sin,
     "Cos": torch.cos, "Not": torch.logical_not, "Softplus": F.softplus, "Identity": lambda t: t,
-    "IsNaN": torch.isnan, "Sign": torch.sign, "Round": torch.round,
+    "IsNaN": torch.isnan, "Sign": torch.sign, "Round": torch.round, "Tan": torch.tan,
+    "Asin": torch.asin, "Acos": torch.acos, "Atan": torch.atan, "Sinh": torch.sinh,
+    "Cosh": torch.cosh, "Asinh": torch.asinh, "Acosh": torch.acosh, "Atanh": torch.atanh,
+    "Softsign": F.softsign, "Mish": F.mish, "BitwiseNot": torch.bitwise_not,
 }.items():
     OPS[_name] = unary(_fn)
 
@@ -74,7 +77,8 @@ for _name, _fn2 in {
     "Add": torch.add, "Sub": torch.sub, "Mul": torch.mul, "Pow": torch.pow,
     "Equal": torch.eq, "Less": torch.lt, "LessOrEqual": torch.le, "Greater": torch.gt,
     "GreaterOrEqual": torch.ge, "And": torch.logical_and, "Or": torch.logical_or,
-    "Xor": torch.logical_xor, "MatMul": torch.matmul,
+    "Xor": torch.logical_xor, "MatMul": torch.matmul, "BitwiseAnd": torch.bitwise_and,
+    "BitwiseOr": torch.bitwise_or, "BitwiseXor": torch.bitwise_xor,
 }.items():
     OPS[_name] = binary(_fn2)
 
@@ -148,6 +152,48 @@ def leaky_relu(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
     return (F.leaky_relu(x[0], a.get("alpha", 0.01)),)
 
 
+@op("Elu")
+def elu(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
+    return (F.elu(x[0], a.get("alpha", 1.0)),)
+
+
+@op("Celu")
+def celu(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
+    return (F.celu(x[0], a.get("alpha", 1.0)),)
+
+
+@op("Selu")
+def selu(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
+    """gamma x above 0, gamma alpha (e^x - 1) below (ONNX's defaults are torch's SELU)."""
+    alpha = a.get("alpha", 1.67326319217681884765625)
+    gamma = a.get("gamma", 1.05070102214813232421875)
+    return (gamma * torch.where(x[0] > 0, x[0], alpha * torch.expm1(x[0])),)
+
+
+@op("ThresholdedRelu")
+def thresholded_relu(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
+    return (torch.where(x[0] > a.get("alpha", 1.0), x[0], torch.zeros_like(x[0])),)
+
+
+@op("Shrink")
+def shrink(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
+    """x - bias above lambd, x + bias below -lambd, 0 between (soft and hard shrinkage)."""
+    lambd, bias = a.get("lambd", 0.5), a.get("bias", 0.0)
+    data = x[0]
+    return (torch.where(data > lambd, data - bias,
+                        torch.where(data < -lambd, data + bias, torch.zeros_like(data))),)
+
+
+@op("IsInf")
+def is_inf(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
+    found = torch.isinf(x[0])
+    if not a.get("detect_negative", 1):
+        found = found & (x[0] > 0)
+    if not a.get("detect_positive", 1):
+        found = found & (x[0] < 0)
+    return (found,)
+
+
 @op("PRelu")
 def p_relu(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
     """A leaky ReLU whose slope is a trained weight, broadcast to the input (nn.PReLU;
@@ -165,6 +211,16 @@ def gelu(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
 @op("Softmax")
 def softmax(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
     return (torch.softmax(x[0], int(a.get("axis", -1))),)
+
+
+@op("Hardmax")
+def hardmax(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
+    """1 at the first largest value along `axis`, 0 elsewhere."""
+    axis = int(a.get("axis", -1)) % x[0].dim()
+    if x[0].numel() == 0:
+        return (x[0],)
+    first = x[0].argmax(axis, keepdim=True)
+    return (torch.zeros_like(x[0]).scatter(axis, first, 1),)
 
 
 @op("LogSoftmax")
@@ -336,6 +392,61 @@ def layer_norm(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
                          a.get("epsilon", 1e-5)),)
 
 
+@op("RMSNormalization")
+def rms_norm(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
+    """x over the root mean square of its axes from `axis` on, times the scale; computed in
+    float32 (`stash_type` 1, the only one ONNX defines) and cast back."""
+    data = x[0]
+    axes = tuple(range(int(a.get("axis", -1)) % data.dim(), data.dim()))
+    wide = data.float()
+    normed = wide * torch.rsqrt(wide.square().mean(axes, keepdim=True) + a.get("epsilon", 1e-5))
+    return ((normed * x[1]).to(data.dtype),)
+
+
+@op("GroupNormalization")
+def group_norm(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
+    """Normalized over each group of channels; the scale and bias per channel (opset 21) or,
+    as opset 18 had them, per group."""
+    data, scale, bias = x[0], x[1], x[2]
+    groups, channels = int(a["num_groups"]), data.shape[1]
+    if scale.numel() != channels:  # (opset 18: one per group)
+        scale = scale.repeat_interleave(channels // groups)
+        bias = bias.repeat_interleave(channels // groups)
+    wide = F.group_norm(data.float(), groups, eps=a.get("epsilon", 1e-5)).to(data.dtype)
+    shape = (1, channels) + (1,) * (data.dim() - 2)
+    return (wide * scale.reshape(shape) + bias.reshape(shape),)
+
+
+@op("MeanVarianceNormalization")
+def mean_variance_norm(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
+    """(x - E x) / (sqrt(E x^2 - (E x)^2) + 1e-9) over `axes`, as ONNX's function body."""
+    axes = tuple(d % x[0].dim() for d in a.get("axes", (0, 2, 3)))
+    mean = x[0].mean(axes, keepdim=True)
+    spread = torch.sqrt(x[0].square().mean(axes, keepdim=True) - mean.square())
+    return ((x[0] - mean) / (spread + 1e-9),)
+
+
+@op("LpNormalization")
+def lp_norm(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
+    """x over its p-norm along `axis`; a vector of zeros stays zeros."""
+    norm = x[0].norm(int(a.get("p", 2)), dim=int(a.get("axis", -1)), keepdim=True)
+    return (x[0] / torch.where(norm == 0, torch.ones_like(norm), norm),)
+
+
+@op("LRN")
+def local_response_norm(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
+    """x over (bias + alpha / size * the sum of squares of the `size` channels around it)^beta,
+    the window floor((size - 1) / 2) channels before and ceil((size - 1) / 2) after (torch's
+    own puts an even window's extra channel before)."""
+    size = int(a["size"])
+    before, after = (size - 1) // 2, size // 2
+    squares = x[0].square()
+    pads = [0, 0] * (x[0].dim() - 2) + [before, after]
+    window = F.pad(squares, pads).unfold(1, size, 1).sum(-1)
+    return (x[0] / (a.get("bias", 1.0) + a.get("alpha", 1e-4) / size * window)
+            ** a.get("beta", 0.75),)
+
+
 @op("InstanceNormalization")
 def instance_norm(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
     return (F.instance_norm(x[0], weight=x[1], bias=x[2], eps=a.get("epsilon", 1e-5)),)
@@ -371,6 +482,30 @@ def reshape(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
 def transpose(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
     perm = a.get("perm") or list(reversed(range(x[0].dim())))
     return (x[0].permute(*perm),)
+
+
+@op("DepthToSpace")
+def depth_to_space(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
+    """Channels moved into blocks of `blocksize` x `blocksize` pixels, depth-column-row (DCR,
+    the default) or column-row-depth (CRD: torch's pixel shuffle)."""
+    b = int(a["blocksize"])
+    n, c, h, w = x[0].shape
+    if a.get("mode", "DCR") == "CRD":
+        return (F.pixel_shuffle(x[0], b),)
+    blocks = x[0].reshape(n, b, b, c // (b * b), h, w).permute(0, 3, 4, 1, 5, 2)
+    return (blocks.reshape(n, c // (b * b), h * b, w * b),)
+
+
+@op("SpaceToDepth")
+def space_to_depth(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
+    """Blocks of `blocksize` x `blocksize` pixels moved into channels, as DepthToSpace undoes
+    in either mode."""
+    b = int(a["blocksize"])
+    if a.get("mode", "DCR") == "CRD":
+        return (F.pixel_unshuffle(x[0], b),)
+    n, c, h, w = x[0].shape
+    blocks = x[0].reshape(n, c, h // b, b, w // b, b).permute(0, 3, 5, 1, 2, 4)
+    return (blocks.reshape(n, c * b * b, h // b, w // b),)
 
 
 def _axes(a: Attrs, x: list[Value], at: int) -> list[int] | None:
@@ -494,6 +629,18 @@ def gather(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
     return (out.reshape((*data.shape[:axis], *indices.shape, *data.shape[axis + 1:])),)
 
 
+@op("OneHot")
+def one_hot(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
+    """values[1] where an index (negative ones counted from `depth`) hits, values[0]
+    elsewhere, along a new axis `axis`; an index out of range hits nothing."""
+    indices, depth, values = x[0], int(x[1].reshape(-1)[0]), x[2].reshape(-1)
+    wrapped = torch.where(indices < 0, indices + depth, indices).long()
+    hits = (wrapped.unsqueeze(-1) == torch.arange(depth))
+    axis = int(a.get("axis", -1)) % (indices.dim() + 1)
+    out = torch.where(hits, values[1], values[0])
+    return (out.movedim(-1, axis),)
+
+
 @op("GatherElements")
 def gather_elements(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
     axis = int(a.get("axis", 0)) % x[0].dim()
@@ -588,7 +735,10 @@ def _product(t: torch.Tensor, dim: tuple[int, ...], keepdim: bool) -> torch.Tens
 
 OPS.update(ReduceMean=_reduce(torch.mean), ReduceSum=_reduce(torch.sum),
            ReduceMax=_reduce(torch.amax), ReduceMin=_reduce(torch.amin),
-           ReduceProd=_reduce(_product))
+           ReduceProd=_reduce(_product), ReduceLogSumExp=_reduce(torch.logsumexp),
+           ReduceL1=_reduce(lambda t, **k: t.abs().sum(**k)),
+           ReduceSumSquare=_reduce(lambda t, **k: t.square().sum(**k)),
+           ReduceLogSum=_reduce(lambda t, **k: t.sum(**k).log()))
 
 
 def _arg(largest: bool) -> OpFunction:
@@ -620,6 +770,17 @@ def cumsum(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
     out = data.cumsum(axis)
     if a.get("exclusive", 0):
         out = out - data
+    return (out.flip(axis) if a.get("reverse", 0) else out,)
+
+
+@op("CumProd")
+def cumprod(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
+    axis = int(x[1]) % x[0].dim()
+    data = x[0].flip(axis) if a.get("reverse", 0) else x[0]
+    if a.get("exclusive", 0):  # each product of the elements before it: a 1 shifted in
+        ones = torch.ones_like(data.narrow(axis, 0, 1))
+        data = torch.cat([ones, data.narrow(axis, 0, data.shape[axis] - 1)], axis)
+    out = data.cumprod(axis)
     return (out.flip(axis) if a.get("reverse", 0) else out,)
 
 

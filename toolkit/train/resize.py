@@ -54,6 +54,16 @@ def resize(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
     return (out,)
 
 
+@op("Upsample")
+def upsample(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
+    """Opset 7-9's Upsample: Resize with the scales of its input (9) or attribute (7),
+    sampling at `asymmetric` coordinates, the nearest element by floor."""
+    scales = x[1] if len(x) > 1 and x[1] is not None else torch.tensor(a["scales"])
+    mode = {"bilinear": "linear"}.get(a.get("mode", "nearest"), a.get("mode", "nearest"))
+    return resize({"mode": mode, "coordinate_transformation_mode": "asymmetric",
+                   "nearest_mode": "floor"}, [x[0], None, scales])
+
+
 def _source(at: np.ndarray, scale: float, size: int, mode: str) -> np.ndarray:
     """Input coordinates of output positions `at` along an axis of `size` resized by `scale`
     (to `len(at)` positions), as ONNX's reference computes them: against the unrounded
