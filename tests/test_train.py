@@ -215,6 +215,18 @@ def test_the_opset_23_normalizations_and_activations_train_as_pytorch_does(tmp_p
         assert torch.allclose(weights[name].grad, param.grad, atol=1e-5), name
 
 
+@pytest.mark.parametrize("p", [1, 2, 3])
+def test_global_lp_pooling_equals_onnxruntime(p):
+    """(The onnx package has no node test of GlobalLpPool.)"""
+    node = helper.make_node("GlobalLpPool", ["x"], ["y"], p=p)
+    graph = helper.make_graph([node], "g", [vi("x", [2, 3, 4, 5])], [vi("y", [2, 3, 1, 1])])
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    x = np.random.default_rng(p).standard_normal((2, 3, 4, 5)).astype(np.float32)
+    expected = ort.InferenceSession(m.SerializeToString()).run(None, {"x": x})[0]
+    got = OnnxModule(m, ())({"x": torch.from_numpy(x)})["y"]
+    assert np.allclose(got.numpy(), expected, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize(("op", "attrs", "message"), [
     ("Attention", {}, "need q_num_heads and kv_num_heads"),
     ("Attention", {"q_num_heads": 3, "kv_num_heads": 3}, "cannot run a Attention node"),

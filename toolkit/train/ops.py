@@ -347,6 +347,13 @@ def global_average_pool(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
     return (x[0].mean(dim=tuple(range(2, x[0].dim())), keepdim=True),)
 
 
+@op("GlobalLpPool")
+def global_lp_pool(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
+    p = float(a.get("p", 2))
+    axes = tuple(range(2, x[0].dim()))
+    return (x[0].abs().pow(p).sum(axes, keepdim=True).pow(1 / p),)
+
+
 @op("GlobalMaxPool")
 def global_max_pool(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
     return (x[0].amax(dim=tuple(range(2, x[0].dim())), keepdim=True),)
@@ -811,6 +818,27 @@ def scatter_elements(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
     if how is None:
         raise NotImplementedError(f"ScatterElements reduction {reduction}")
     return (data.scatter_reduce(axis, index, updates, how, include_self=True),)
+
+
+OPS["Scatter"] = scatter_elements  # (opset 9-10's name for it)
+
+
+@op("Compress")
+def compress(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
+    """The slices along `axis` (of the flattened input without one) where the condition
+    holds; a condition shorter than the axis selects nothing past its end."""
+    data = x[0] if "axis" in a else x[0].reshape(-1)
+    axis = int(a.get("axis", 0)) % data.dim()
+    keep = torch.nonzero(x[1].reshape(-1)[:data.shape[axis]]).reshape(-1)
+    return (data.index_select(axis, keep),)
+
+
+@op("EyeLike")
+def eye_like(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
+    rows, cols = x[0].shape
+    dtype = torch_dtype(int(a["dtype"])) if "dtype" in a else x[0].dtype
+    k = int(a.get("k", 0))
+    return (torch.ones(rows, cols, dtype=dtype).tril(k).triu(k),)
 
 
 @op("Trilu")
