@@ -215,6 +215,44 @@ def test_the_opset_23_normalizations_and_activations_train_as_pytorch_does(tmp_p
         assert torch.allclose(weights[name].grad, param.grad, atol=1e-5), name
 
 
+def test_a_deformable_convolution_and_pooling_indices_train_as_pytorch_does(tmp_path):
+    """torchvision's DeformConv2d exports as ONNX's DeformConv, and nn.MaxUnpool2d reads the
+    indices of a MaxPool with two outputs (ONNX counts them over the whole input): the
+    executor ran neither ('no torch function for op DeformConv'). Its forward and every
+    gradient equal PyTorch's."""
+    torchvision = pytest.importorskip("torchvision")
+    nn = torch.nn
+
+    class Deformable(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.offset, self.mask = nn.Conv2d(4, 18, 3, padding=1), nn.Conv2d(4, 9, 3, padding=1)
+            self.deform = torchvision.ops.DeformConv2d(4, 8, 3, padding=1)
+            self.pool, self.unpool = nn.MaxPool2d(2, return_indices=True), nn.MaxUnpool2d(2)
+
+        def forward(self, x):
+            h = self.deform(x, self.offset(x), torch.sigmoid(self.mask(x)))
+            return self.unpool(*self.pool(h))
+
+    torch.manual_seed(0)
+    module, x = Deformable().eval(), torch.randn(2, 4, 8, 8)
+    path = tmp_path / "deformable.onnx"
+    torch.onnx.export(module, (x,), str(path), opset_version=19, dynamo=True, verbose=False)
+    m = onnx.load(str(path))
+    assert "DeformConv" in {n.op_type for n in m.graph.node}
+    assert any(n.op_type == "MaxPool" and len(n.output) == 2 for n in m.graph.node)
+    executor = OnnxModule(m, trainable_initializers(m.graph))
+    got = executor({"x": x})[executor.output_names[0]]
+    expected = module(x)
+    assert torch.allclose(got, expected, atol=1e-5)
+    got.square().sum().backward()
+    expected.square().sum().backward()
+    weights = executor.named_weights()
+    assert sorted(weights) == sorted(name for name, _ in module.named_parameters())
+    for name, param in module.named_parameters():
+        assert torch.allclose(weights[name].grad, param.grad, atol=1e-4), name
+
+
 @pytest.mark.parametrize("p", [1, 2, 3])
 def test_global_lp_pooling_equals_onnxruntime(p):
     """(The onnx package has no node test of GlobalLpPool.)"""

@@ -308,14 +308,55 @@ def conv_transpose(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
     return (out,)
 
 
-@op("MaxPool")
-def max_pool(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
+def max_pool(a: Attrs, x: list[Value], outputs: int) -> tuple[Value, ...]:
+    """The window maxima and, where the node asks for them, their indices as ONNX counts
+    them: into the whole input flattened (samples and channels included), padding not
+    counted, row-major (or column-major within a plane: `storage_order` 1)."""
     kernel = list(a["kernel_shape"])
     spatial = len(kernel)
     data, padding = _padded(x[0], _pads(a, x[0].shape[2:], kernel), -math.inf, kernel)
-    fn = (F.max_pool1d, F.max_pool2d, F.max_pool3d)[spatial - 1]
-    return (fn(data, kernel, list(a.get("strides", [1] * spatial)), padding,
-               list(a.get("dilations", [1] * spatial)), bool(a.get("ceil_mode", 0))),)
+    fn: Callable[..., Any] = (F.max_pool1d, F.max_pool2d, F.max_pool3d)[spatial - 1]
+    pooled = fn(data, kernel, list(a.get("strides", [1] * spatial)), padding,
+                list(a.get("dilations", [1] * spatial)), bool(a.get("ceil_mode", 0)),
+                return_indices=outputs > 1)
+    if outputs < 2:
+        return (pooled,)
+    values, at = pooled
+    size, padded = list(x[0].shape[2:]), list(data.shape[2:])
+    begin = list(_pads(a, size, kernel)[:spatial]) if padded != size else [0] * spatial
+    coords = torch.unravel_index(at, tuple(padded))
+    coords = tuple(c - b for c, b in zip(coords, begin, strict=True))
+    order = range(spatial) if a.get("storage_order", 0) else reversed(range(spatial))
+    index, stride = torch.zeros_like(at), 1
+    for d in order:
+        index, stride = index + coords[d] * stride, stride * size[d]
+    planes = torch.arange(at.shape[0] * at.shape[1], device=at.device).reshape(
+        at.shape[0], at.shape[1], *([1] * spatial))
+    return values, index + planes * math.prod(size)
+
+
+OPS["MaxPool"] = lambda a, x: max_pool(a, x, 1)  # run_op passes the node's real output count
+
+
+@op("DeformConv")
+def deform_conv(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
+    """A 2-D convolution sampling each tap at its learned offset, scaled by the optional mask
+    (torchvision's `deform_conv2d`, which ONNX's DeformConv was written after)."""
+    try:
+        from torchvision.ops import deform_conv2d
+    except ImportError as exc:
+        raise NotImplementedError("DeformConv without torchvision (the zoo extra)") from exc
+    data, weight, offset = x[0], x[1], x[2]
+    if data.dim() != 4:
+        raise NotImplementedError(f"DeformConv on {data.dim() - 2} spatial axes")
+    pads = list(a.get("pads", [0] * 4))
+    if pads[:2] != pads[2:]:
+        data, pads = F.pad(data, [pads[1], pads[3], pads[0], pads[2]]), [0] * 4
+    bias = x[3] if len(x) > 3 else None
+    mask = x[4] if len(x) > 4 else None
+    return (deform_conv2d(data, offset, weight, bias, stride=tuple(a.get("strides", (1, 1))),
+                          padding=tuple(pads[:2]), dilation=tuple(a.get("dilations", (1, 1))),
+                          mask=mask),)
 
 
 @op("AveragePool")
@@ -990,6 +1031,8 @@ def run_op(op_type: str, attrs: Attrs, inputs: Sequence[Value], outputs: int) ->
         return split(attrs, list(inputs), outputs)
     if op_type == "Attention":
         return attention(attrs, list(inputs), outputs)
+    if op_type == "MaxPool":
+        return max_pool(attrs, list(inputs), outputs)
     return OPS[op_type](attrs, list(inputs))
 
 
