@@ -388,6 +388,36 @@ def global_average_pool(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
     return (x[0].mean(dim=tuple(range(2, x[0].dim())), keepdim=True),)
 
 
+@op("LpPool")
+def lp_pool(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
+    """(the sum of |x|^p over each window)^(1/p), zero padding counted as zeros."""
+    kernel = list(a["kernel_shape"])
+    spatial = len(kernel)
+    if any(d != 1 for d in a.get("dilations", [1] * spatial)):
+        raise NotImplementedError("LpPool with dilations")
+    p = float(a.get("p", 2))
+    data, padding = _padded(x[0].abs().pow(p), _pads(a, x[0].shape[2:], kernel), 0.0, kernel)
+    strides = list(a.get("strides", [1] * spatial))
+    if spatial == 1:  # (avg_pool1d takes no divisor)
+        data, kernel, strides, padding = data.unsqueeze(-1), [*kernel, 1], [*strides, 1], \
+            [*padding, 0]
+    fn: Callable[..., Any] = F.avg_pool2d if len(kernel) == 2 else F.avg_pool3d
+    sums = fn(data, kernel, strides, padding, bool(a.get("ceil_mode", 0)), True,
+              divisor_override=1)
+    return ((sums.squeeze(-1) if spatial == 1 else sums).pow(1 / p),)
+
+
+@op("Col2Im")
+def col2im(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
+    """Columns of blocks summed back into an image (nn.Fold)."""
+    image, block = ints(x[1]), ints(x[2])
+    pads = list(a.get("pads", [0] * 2 * len(image)))
+    if len(image) != 2 or pads[:2] != pads[2:]:
+        raise NotImplementedError("Col2Im other than 2-D with symmetric pads")
+    return (F.fold(x[0], image, block, dilation=list(a.get("dilations", [1, 1])),
+                   padding=pads[:2], stride=list(a.get("strides", [1, 1]))),)
+
+
 @op("GlobalLpPool")
 def global_lp_pool(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
     p = float(a.get("p", 2))
