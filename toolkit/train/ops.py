@@ -912,6 +912,43 @@ def eye_like(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
     return (torch.ones(rows, cols, dtype=dtype).tril(k).triu(k),)
 
 
+def _generator(a: Attrs) -> torch.Generator | None:
+    """A generator seeded by the node's `seed` (the same numbers at every run, as the seed
+    asks), or None: torch's own stream."""
+    if "seed" not in a:
+        return None
+    return torch.Generator().manual_seed(int(float(a["seed"])))
+
+
+def _random(like: bool, normal: bool) -> OpFunction:
+    """RandomNormal(Like) and RandomUniform(Like): fresh numbers at each run (a VAE's noise),
+    of the node's shape or its input's, in its `dtype` or the input's."""
+    def run(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
+        shape = tuple(x[0].shape) if like else tuple(int(d) for d in a["shape"])
+        dtype = torch_dtype(int(a["dtype"])) if "dtype" in a else (
+            x[0].dtype if like else torch.float32)
+        made = torch.empty(shape, dtype=torch.float32)
+        if normal:
+            made.normal_(float(a.get("mean", 0.0)), float(a.get("scale", 1.0)),
+                         generator=_generator(a))
+        else:
+            made.uniform_(float(a.get("low", 0.0)), float(a.get("high", 1.0)),
+                          generator=_generator(a))
+        return (made.to(x[0].device if like else "cpu").to(dtype),)
+
+    return run
+
+
+OPS.update(RandomNormal=_random(False, True), RandomNormalLike=_random(True, True),
+           RandomUniform=_random(False, False), RandomUniformLike=_random(True, False))
+
+
+@op("Bernoulli")
+def bernoulli(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
+    drawn = torch.bernoulli(x[0].detach().float(), generator=_generator(a))
+    return (drawn.to(torch_dtype(int(a["dtype"])) if "dtype" in a else x[0].dtype),)
+
+
 @op("Trilu")
 def trilu(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
     k = int(x[1]) if len(x) > 1 and x[1] is not None else 0
