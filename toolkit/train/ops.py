@@ -650,6 +650,73 @@ def sequence_at(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
     return (x[0][int(x[1])],)
 
 
+@op("SequenceConstruct")
+def sequence_construct(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
+    return (list(x),)
+
+
+@op("SequenceEmpty")
+def sequence_empty(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
+    return ([],)
+
+
+@op("SequenceInsert")
+def sequence_insert(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
+    """A new sequence with the tensor at `position` (counted from the end where negative;
+    at the end where not given)."""
+    items = list(x[0])
+    at = int(x[2]) if len(x) > 2 and x[2] is not None else len(items)
+    items.insert(at + len(items) if at < 0 else at, x[1])
+    return (items,)
+
+
+@op("SequenceErase")
+def sequence_erase(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
+    items = list(x[0])
+    del items[int(x[1]) if len(x) > 1 and x[1] is not None else -1]
+    return (items,)
+
+
+@op("SequenceLength")
+def sequence_length(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
+    return (torch.tensor(len(x[0]), dtype=torch.int64),)
+
+
+@op("ConcatFromSequence")
+def concat_from_sequence(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
+    axis = int(a["axis"])
+    return ((torch.stack if a.get("new_axis", 0) else torch.cat)(list(x[0]), axis),)
+
+
+@op("ReverseSequence")
+def reverse_sequence(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
+    """Each batch entry's first `sequence_lens` steps along `time_axis` reversed, the rest
+    as they are."""
+    axes = (int(a.get("time_axis", 0)), int(a.get("batch_axis", 1)))
+    moved = x[0].movedim(axes, (0, 1))  # [time, batch, ...]
+    steps, lens = torch.arange(moved.shape[0]).unsqueeze(1), x[1].long().unsqueeze(0)
+    where = torch.where(steps < lens, lens - 1 - steps, steps)
+    where = where.reshape(*where.shape, *[1] * (moved.dim() - 2)).expand_as(moved)
+    return (moved.gather(0, where).movedim((0, 1), axes),)
+
+
+@op("CenterCropPad")
+def center_crop_pad(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
+    """Each of `axes` (all by default) cropped or zero-padded to its size in `shape`, the
+    window centred (an odd difference's extra element at the end)."""
+    out, sizes = x[0], ints(x[1])
+    for axis, size in zip(a.get("axes", range(out.dim())), sizes, strict=True):
+        axis %= out.dim()
+        have = out.shape[axis]
+        if size < have:
+            out = out.narrow(axis, (have - size) // 2, size)
+        elif size > have:
+            before = (size - have) // 2
+            pads = [0, 0] * (out.dim() - 1 - axis) + [before, size - have - before]
+            out = F.pad(out, pads)
+    return (out,)
+
+
 @op("Shape")
 def shape(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
     dims = list(x[0].shape)
