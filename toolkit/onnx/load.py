@@ -228,7 +228,7 @@ def _name_after_calls(model: ModelProto, inlined: ModelProto) -> None:
             node.metadata_props.add(key=_CLASSES, value=repr(classes))
 
 
-_MAX_FUNCTION_DEPTH = 64  # deeper nesting is not named after its calls (nor would ONNX inline it)
+_MAX_FUNCTION_DEPTH = 64  # calls nested deeper keep the names the inliner gave
 
 
 def _module_scope(call: NodeProto) -> list[str]:
