@@ -304,6 +304,32 @@ def _run_one(node: onnx.NodeProto, x: torch.Tensor) -> torch.Tensor:
     return OnnxModule(m, ())({"x": x})["y"]
 
 
+def test_a_bf16_files_weights_train():
+    """The executor took an initializer for a float only where numpy's dtype of it was one,
+    which bfloat16 (ml_dtypes') is not: a model exported in bf16 trained nothing, its loss
+    the same at every step, while the reader counted its parameters. Every float width
+    trains now, the reader's and the executor's weights the same."""
+    import io
+
+    from toolkit.onnx import read_model
+
+    module = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(),
+                                 torch.nn.Linear(16, 4)).to(torch.bfloat16)
+    buffer = io.BytesIO()
+    torch.onnx.export(module, (torch.randn(2, 8, dtype=torch.bfloat16),), buffer,
+                      dynamo=False, input_names=["x"])
+    m = onnx.load_from_string(buffer.getvalue())
+    assert {t.data_type for t in m.graph.initializer} == {TensorProto.BFLOAT16}
+    trained = trainable_initializers(m.graph)
+    assert len(trained) == 4
+    assert read_model(m, "bf16").total_params == sum(p.numel() for p in module.parameters())
+    executor = OnnxModule(m, trained)
+    executor({"x": torch.randn(2, 8, dtype=torch.bfloat16)})[
+        executor.output_names[0]].float().square().sum().backward()
+    assert all(w.grad is not None and w.dtype == torch.bfloat16
+               for w in executor.named_weights().values())
+
+
 @pytest.mark.parametrize("p", [1, 2, 3])
 def test_global_lp_pooling_equals_onnxruntime(p):
     """(The onnx package has no node test of GlobalLpPool.)"""

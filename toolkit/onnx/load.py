@@ -66,8 +66,8 @@ WRITTEN_AS = "splitcut.written_as"
 _WEIGHT_INPUT = {"Conv": 1, "ConvTranspose": 1, "Gemm": 1, "MatMul": 1, "LSTM": 1, "GRU": 1,
                  "RNN": 1}
 """Where an operator reads its weight: a float Constant node there is a weight."""
-_FLOATS = frozenset({TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16,
-                     TensorProto.BFLOAT16})
+FLOAT_TYPES = frozenset({TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16,
+                         TensorProto.BFLOAT16})
 
 
 def constant_weights(model: ModelProto) -> ModelProto:
@@ -80,7 +80,7 @@ def constant_weights(model: ModelProto) -> ModelProto:
     `model` as it is otherwise (also a file whose weights are inputs: no Constant reads as
     one)."""
     graph = model.graph
-    if any(t.data_type in _FLOATS for t in graph.initializer):
+    if any(t.data_type in FLOAT_TYPES for t in graph.initializer):
         return model
     outputs = {o.name for o in graph.output}
     found: dict[int, TensorProto] = {}  # node index -> the weight it holds
@@ -90,7 +90,7 @@ def constant_weights(model: ModelProto) -> ModelProto:
             continue
         value = next((a.t for a in node.attribute
                       if a.name == "value" and a.type == AttributeProto.TENSOR), None)
-        if value is not None and value.data_type in _FLOATS:
+        if value is not None and value.data_type in FLOAT_TYPES:
             found[i] = value
     read_as_weight = set()
     for node in graph.node:

@@ -34,6 +34,7 @@ from toolkit.onnx.axes import Axis, AxisFate, follow_axis
 from toolkit.onnx.fold import fold_shapes
 from toolkit.onnx.load import (
     ELEM_BYTES,
+    FLOAT_TYPES,
     UNKNOWN_ELEM_BYTES,
     WRITTEN_AS,
     ExportedWeights,
@@ -53,7 +54,6 @@ from toolkit.onnx.load import (
 )
 from toolkit.onnx.scopes import modules_of
 from toolkit.onnx.shapes import (
-    FLOAT_TYPES,
     Info,
     Probe,
     dim_name,

@@ -126,11 +126,6 @@ def _probe_model(
     return probe, moved
 
 
-FLOAT_TYPES = frozenset(
-    {TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16}
-)
-
-
 @functools.lru_cache(maxsize=256)
 def dtype_name(elem_type: int) -> str:
     try:

@@ -20,7 +20,7 @@ from onnx import AttributeProto, GraphProto, ModelProto, NodeProto, helper
 
 from toolkit.errors import ModelError
 from toolkit.onnx import NOT_TRAINABLE_INPUTS, buffer_names, dft_axis
-from toolkit.onnx.load import attr_graphs, standard_form
+from toolkit.onnx.load import FLOAT_TYPES, attr_graphs, standard_form
 from toolkit.train.ops import known, run_op, to_tensor
 
 _FLOAT = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -30,8 +30,7 @@ def trainable_initializers(graph: GraphProto) -> set[str]:
     """The float initializers a training step updates, by the reader's rules: not a buffer
     or lifted constant of torch.export, and read somewhere other than a non-trainable input
     (BatchNormalization's running statistics, quantization scales)."""
-    floats = {t.name for t in graph.initializer
-              if helper.tensor_dtype_to_np_dtype(t.data_type).kind == "f"}
+    floats = {t.name for t in graph.initializer if t.data_type in FLOAT_TYPES}
     return (floats & _read_trainably(graph)) - buffer_names(graph)
 
 
