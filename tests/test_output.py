@@ -85,6 +85,21 @@ def test_partition_report_reads_as_a_verdict(capsys, monkeypatch):
     assert "finding the repeated blocks took" in " ".join(out.split())
 
 
+def test_a_cut_slower_than_the_device_alone_says_so():
+    """A memory budget that rules training on the device alone out can leave a cut slower
+    than it: the verdict said 'as fast as training on the device alone' for 135 ms against
+    73.7 ms."""
+    from toolkit.report import verdict
+
+    slower = verdict(135.0, 1, 48, ["stem"], 73.7)
+    assert slower.endswith(": 135 ms per iteration, 83% slower than training on the device "
+                           "alone"), slower
+    assert verdict(36.0, 1, 48, ["stem"], 73.7).endswith("51% faster than training on the "
+                                                         "device alone")
+    assert verdict(73.8, 1, 48, ["stem"], 73.7).endswith("as fast as training on the device "
+                                                         "alone")
+
+
 def test_query_results_read_well():
     rows = [{"model": "resnet50", "total_ms": 2005.1124, "gain_vs_device_only": 0.81776,
              "peak_bytes": 456_000_000.0, "signature": "d6b45e37f0ba6e45", "tiny": -1.33e-16,

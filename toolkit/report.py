@@ -140,10 +140,12 @@ def verdict(total_ms: float, device_layers: int, layers: int, cut_after: list[st
     else:
         where = f"cut after {_span(cut_after)} ({plural(device_layers, 'layer')} on the device)"
     line = f"{where}: {duration(total_ms)} per iteration"
-    if device_only_ms and device_layers < layers:
-        gain = 1 - total_ms / device_only_ms
+    if device_only_ms and device_layers < layers:  # (slower where a memory budget or a
+        gain = 1 - total_ms / device_only_ms  # chosen cut rules the fastest out)
         line += (f", {percent(gain)} faster than training on the device alone"
-                 if round(gain * 100) > 0 else ", as fast as training on the device alone")
+                 if round(gain * 100) > 0 else
+                 f", {percent(-gain)} slower than training on the device alone"
+                 if round(gain * 100) < 0 else ", as fast as training on the device alone")
     return line
 
 
