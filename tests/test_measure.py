@@ -25,6 +25,34 @@ def test_onnxruntime_times_every_layer(tmp_path):
     assert sum(times.values()) > 0
 
 
+def test_onnxruntime_times_layers_the_file_does_not_name(tmp_path):
+    """onnxruntime's profiler names a node as the file does, or as its own inlining of a
+    function does: a function's layers (`b1.MatMul`) were timed 0 ms (a TorchScript export
+    with `export_modules_as_functions` came out with 3 of 48 layers timed), and a file that
+    repeats a name (`mm`, `mm#1`) it refused. Every layer is timed now, an unnamed node's
+    (`MatMul_0`) as before, its weights read from external data as the file keeps them."""
+    import onnx
+
+    from tests.helpers import with_local_function
+
+    m = chain(3, width=256)
+    m.graph.node[0].name = ""
+    m.graph.node[2].name = m.graph.node[4].name = "mm"
+    onnx.save(m, str(tmp_path / "m.onnx"), save_as_external_data=True, location="m.data",
+              size_threshold=0)
+    called = with_local_function()
+    called.graph.node[1].name = ""
+    paths = [tmp_path / "m.onnx", save(called, tmp_path / "f.onnx")]
+    for path, names in zip(paths, [{"MatMul_0", "mm", "mm#1"},
+                                   {"b1.MatMul", "Block.MatMul"}], strict=True):
+        graph = read_onnx(path)
+        assert names <= set(graph.layers)
+        runs: list[dict[str, float]] = [onnxruntime_forward(path, graph, runs=3)
+                                        for _ in range(3)]
+        timed = {name for times in runs for name, ms in times.items() if ms > 0}
+        assert timed == set(graph.layers), set(graph.layers) - timed
+
+
 def test_measured_profile_replaces_the_roofline_on_its_processor(tmp_path):
     path = save(chain(4, width=64), tmp_path / "c.onnx")
     graph = read_onnx(path)

@@ -40,7 +40,7 @@ def onnxruntime_forward(onnx_path: Path, graph: LayerGraph, runs: int = 5,
     with tempfile.TemporaryDirectory() as tmp:
         options.profile_file_prefix = str(Path(tmp) / "ort")
         try:
-            session = ort.InferenceSession(str(onnx_path), options,
+            session = ort.InferenceSession(str(_as_read(onnx_path, Path(tmp))), options,
                                            providers=["CPUExecutionProvider"])
         except Exception as exc:
             reason = str(exc).strip().splitlines()[0][:200]
@@ -57,6 +57,21 @@ def onnxruntime_forward(onnx_path: Path, graph: LayerGraph, runs: int = 5,
             samples[name[: -len("_kernel_time")]].append(event["dur"] / 1000.0)
     node_ms = {name: statistics.median(values[-runs:]) for name, values in samples.items()}
     return {layer.name: node_ms.get(layer.name, 0.0) for layer in graph}
+
+
+def _as_read(onnx_path: Path, folder: Path) -> Path:
+    """The model as the reader reads it (its functions inlined, weights written as Constant
+    nodes initializers), each node named its layer, written into `folder`: onnxruntime's
+    profiler names a node as the file does, or as its own inlining does, and a layer's name
+    is neither for an unnamed node, a name the file repeats or a function's node."""
+    from toolkit.onnx import layer_names, load_external_data, load_model
+    from toolkit.onnx.split import save_model
+
+    whole = load_model(onnx_path)
+    load_external_data(whole, onnx_path.parent)
+    for node, name in zip(whole.graph.node, layer_names(whole.graph), strict=True):
+        node.name = name
+    return save_model(whole, folder / "model.onnx")
 
 
 def torch_forward_backward(

@@ -141,7 +141,7 @@ def split_tiers(
     models = {t: _half(model, roles, parts[t], inputs[t],
                        list(dict.fromkeys(sent[t] + made[t])), declared) for t in holding}
     paths: list[Path | None] = [
-        _save(models[t], out / f"{files[t]}.onnx") if t in models and parts[t] else None
+        save_model(models[t], out / f"{files[t]}.onnx") if t in models and parts[t] else None
         for t in range(k)]
     result = TierSplit(paths, inputs, None, None, None, sources, made)
     if check:
@@ -281,7 +281,7 @@ def _declarations(model: ModelProto) -> _Declared:
     return _Declared({vi.name: vi for vi in [*raw, *g.output]}, dynamic)
 
 
-def _save(model: ModelProto, path: Path) -> Path:
+def save_model(model: ModelProto, path: Path) -> Path:
     """Write through a temporary file in the same folder and `os.replace` it into place: an
     existing file or a planted symbolic link at `path` is replaced, never written through."""
     external = model.ByteSize() > _SIZE_LIMIT
