@@ -235,3 +235,19 @@ def test_parts_are_checked_on_outputs_that_are_not_tensors(tmp_path):
             a.ints[:] = [5, 6, 7]
     with pytest.raises(ToolkitError, match="'p' of the parts differs"):
         verify(_zipmap_model([0, 1, 2]), [device, server])
+
+
+def test_a_file_that_repeats_a_node_name_splits_and_is_checked(tmp_path):
+    """The reader names a repeated node name's second node `mm#1`; onnxruntime refuses a file
+    that repeats one ('two nodes with same node name'), so the parts could not be checked.
+    Each node of the halves is named its layer, and the check runs."""
+    m = chain(3, width=16)
+    m.graph.node[2].name = m.graph.node[4].name = "mm"
+    path = save(m, tmp_path / "dup.onnx")
+    names = [layer.name for layer in read_onnx(path)]
+    assert names == ["mm0", "relu0", "mm", "relu1", "mm#1", "relu2"]
+    split = split_tiers(path, {name: int(k >= 3) for k, name in enumerate(names)},
+                        ["device", "server"], tmp_path / "out")
+    assert split.not_verified is None and split.max_abs_error == 0.0
+    server = onnx.load(str(tmp_path / "out" / "server.onnx"))
+    assert [n.name for n in server.graph.node] == ["relu1", "mm#1", "relu2"]

@@ -95,6 +95,8 @@ def split_tiers(
     load_external_data(model, src.parent)
     roles = node_roles(model, src.parent, dims)
     g = model.graph
+    for node, name in zip(g.node, roles.names, strict=True):  # each node named its layer: a
+        node.name = name  # name the file repeats makes a model onnxruntime refuses
     k = len(files)
     missing = [n for n in tier_of if n not in set(roles.names)]
     if missing:
