@@ -57,6 +57,12 @@ def test_a_transformers_config_file_builds_and_exports(tmp_path):
     config.write_text(json.dumps(TINY_LLAMA))
     model = zoo.get(f"hf:{config}")
     assert model.family == "llama" and model.short_name == "hf:tiny"
+    # configs side by side in one folder are models of their own names (all were 'hf:configs')
+    for stem in ("small", "wide"):
+        (tmp_path / "configs").mkdir(exist_ok=True)
+        (tmp_path / "configs" / f"{stem}.json").write_text(json.dumps(TINY_LLAMA))
+    assert [zoo.get(f"hf:{tmp_path}/configs/{stem}.json").short_name
+            for stem in ("small", "wide")] == ["hf:small", "hf:wide"]
     path = zoo.export(f"hf:{config}", tmp_path / "out")
     stem = model.file_stem
     graph = read_onnx(path, model.short_name)

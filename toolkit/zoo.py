@@ -67,9 +67,13 @@ class ZooModel:
 
     @property
     def short_name(self) -> str:
-        """The model's default name: the zoo name, a config file's folder for `hf:PATH`."""
-        if self.config_file is not None:
-            return f"hf:{self.config_file.parent.name or self.config_file.stem}"
+        """The model's default name: the zoo name; for `hf:PATH`, the folder of a file named
+        `config.json` (Hugging Face's layout: `bert-tiny/config.json`), else the file's stem
+        (configs side by side, `configs/gemma2.json`, are different models)."""
+        config = self.config_file
+        if config is not None:
+            by_folder = config.name == "config.json" and config.parent.name
+            return f"hf:{config.parent.name if by_folder else config.stem}"
         return self.name
 
     @property
