@@ -223,6 +223,28 @@ def hardmax(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
     return (torch.zeros_like(x[0]).scatter(axis, first, 1),)
 
 
+def _loss_reading(a: Attrs, x: list[Value]) -> dict[str, Any]:
+    """F.nll_loss's and F.cross_entropy's keywords from a loss node: the class weights, the
+    reduction and the label to ignore (torch ignores -100 where ONNX names none: none is
+    one no label can be)."""
+    reduction = a.get("reduction", "mean")
+    return {"weight": x[2] if len(x) > 2 else None,
+            "reduction": reduction.decode() if isinstance(reduction, bytes) else reduction,
+            "ignore_index": int(a.get("ignore_index", -(2**62)))}
+
+
+@op("NegativeLogLikelihoodLoss")
+def nll_loss(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
+    return (F.nll_loss(x[0], x[1].long(), **_loss_reading(a, x)),)
+
+
+@op("SoftmaxCrossEntropyLoss")
+def softmax_cross_entropy_loss(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
+    """The loss and, as the second output, the log-probabilities it read."""
+    log_prob = torch.log_softmax(x[0], 1)
+    return F.nll_loss(log_prob, x[1].long(), **_loss_reading(a, x)), log_prob
+
+
 @op("LogSoftmax")
 def log_softmax(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
     return (torch.log_softmax(x[0], int(a.get("axis", -1))),)
@@ -1036,6 +1058,18 @@ def det(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
 @op("Swish")
 def swish(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
     return (x[0] * torch.sigmoid(float(a.get("alpha", 1.0)) * x[0]),)
+
+
+@op("SwiGLU")
+def swiglu(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
+    """The gate through Swish, times the value (Llama's MLP: silu(gate) * up)."""
+    return (swish(a, [x[0]])[0] * x[1],)
+
+
+@op("BitShift")
+def bit_shift(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
+    left = a.get("direction", "LEFT") in ("LEFT", b"LEFT")
+    return ((torch.bitwise_left_shift if left else torch.bitwise_right_shift)(x[0], x[1]),)
 
 
 @op("RotaryEmbedding")
