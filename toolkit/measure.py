@@ -62,8 +62,8 @@ def onnxruntime_forward(onnx_path: Path, graph: LayerGraph, runs: int = 5,
 def _as_read(onnx_path: Path, folder: Path) -> Path:
     """The model as the reader reads it (its functions inlined, weights written as Constant
     nodes initializers), each node named its layer, written into `folder`: onnxruntime's
-    profiler names a node as the file does, or as its own inlining does, and a layer's name
-    is neither for an unnamed node, a name the file repeats or a function's node."""
+    profiler names a node as the file does, or as its own inlining does, which a function's
+    layers are not named after, and it refuses a file that repeats a node name."""
     from toolkit.onnx import layer_names, load_external_data, load_model
     from toolkit.onnx.split import save_model
 

@@ -336,7 +336,8 @@ def max_pool(a: Attrs, x: list[Value], outputs: int) -> tuple[Value, ...]:
     counted, row-major (or column-major within a plane: `storage_order` 1)."""
     kernel = list(a["kernel_shape"])
     spatial = len(kernel)
-    data, padding = _padded(x[0], _pads(a, x[0].shape[2:], kernel), -math.inf, kernel)
+    pads = _pads(a, x[0].shape[2:], kernel)
+    data, padding = _padded(x[0], pads, -math.inf, kernel)
     fn: Callable[..., Any] = (F.max_pool1d, F.max_pool2d, F.max_pool3d)[spatial - 1]
     pooled = fn(data, kernel, list(a.get("strides", [1] * spatial)), padding,
                 list(a.get("dilations", [1] * spatial)), bool(a.get("ceil_mode", 0)),
@@ -345,7 +346,7 @@ def max_pool(a: Attrs, x: list[Value], outputs: int) -> tuple[Value, ...]:
         return (pooled,)
     values, at = pooled
     size, padded = list(x[0].shape[2:]), list(data.shape[2:])
-    begin = list(_pads(a, size, kernel)[:spatial]) if padded != size else [0] * spatial
+    begin = pads[:spatial] if padded != size else [0] * spatial  # (padded here, not by torch)
     coords = torch.unravel_index(at, tuple(padded))
     coords = tuple(c - b for c, b in zip(coords, begin, strict=True))
     order = range(spatial) if a.get("storage_order", 0) else reversed(range(spatial))
