@@ -694,20 +694,19 @@ def test_one_score_per_sample_trains_as_regression():
 
 
 def test_an_operator_with_no_torch_function_is_named_in_one_line():
-    """tf2onnx's LSTM and Loop, onnxruntime's fused ops: the model partitions, but training
-    runs each node in torch, so it is refused naming the operators (not the graph's name,
-    which tf2onnx sets to 'tf2onnx')."""
+    """An operator the executor has no torch function for (here onnxruntime's CUDA-only
+    BiasSoftmax): the model partitions, but training runs each node in torch, so it is refused
+    naming the operator (not the graph's name, which tf2onnx sets to 'tf2onnx')."""
     from toolkit.errors import ModelError
 
     nodes = [helper.make_node("Relu", ["x"], ["r"]),
-             helper.make_node("FusedConv", ["r", "w"], ["y"], domain="com.microsoft",
-                              activation="Relu")]
+             helper.make_node("BiasSoftmax", ["r", "w"], ["y"], domain="com.microsoft")]
     graph = helper.make_graph(nodes, "tf2onnx", [vi("x", [1, 3, 8, 8])], [vi("y", None)],
                               [weight("w", 4, 3, 3, 3)])
     m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
                                                 helper.make_opsetid("com.microsoft", 1)])
     with pytest.raises(ModelError, match=r"^cannot train this model: no torch function for op "
-                                         r"com\.microsoft\.FusedConv$"):
+                                         r"com\.microsoft\.BiasSoftmax$"):
         OnnxModule(m, ["w"])
 
 

@@ -13,6 +13,7 @@ from toolkit.onnx.reader import (
     NodeRoles,
     dft_axis,
     node_roles,
+    qualified_op,
     read_model,
     read_onnx,
 )
@@ -22,5 +23,5 @@ from toolkit.onnx.shapes import runtime_shapes
 __all__ = [
     "NOT_TRAINABLE_INPUTS", "READER_VERSION", "NodeRoles", "buffer_names", "dft_axis",
     "layer_names", "load_external_data", "load_model", "module_path", "node_roles",
-    "read_model", "read_onnx", "runtime_shapes",
+    "qualified_op", "read_model", "read_onnx", "runtime_shapes",
 ]

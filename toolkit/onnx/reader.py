@@ -328,7 +328,7 @@ def _attr_value(attr: AttributeProto) -> object:
     return value
 
 
-def _qualified(op: str, domain: str) -> str:
+def qualified_op(op: str, domain: str) -> str:
     """An operator's name as costs and layers know it: ONNX's own bare, any other domain's
     prefixed (`com.microsoft.FusedConv`), so a custom `Conv` is never costed as ONNX's."""
     return op if domain in ("", "ai.onnx") else f"{domain}.{op}"
@@ -549,7 +549,7 @@ class _Reader:
         self.constant_weights = sum(any(e.key == WRITTEN_AS for e in t.metadata_props)
                                     for t in g.initializer)
         self.names = unique_names(nodes.names, nodes.ops)
-        self.ops = [_qualified(op, domain) for op, domain in zip(nodes.ops, nodes.domains,
+        self.ops = [qualified_op(op, domain) for op, domain in zip(nodes.ops, nodes.domains,
                                                                  strict=True)]
         self.attributes = nodes.attributes
         self.subgraphs = nodes.subgraphs
@@ -961,7 +961,7 @@ class _Reader:
             local[t.name] = Info(tuple(t.dims), t.data_type)
         total = _Flow(0.0)
         for n in g.node:
-            op = _qualified(n.op_type, n.domain)
+            op = qualified_op(n.op_type, n.domain)
             if op in _SUBGRAPH_OPS:
                 part = self._control_flow(n, local)
             else:

@@ -19,7 +19,7 @@ import torch
 from onnx import AttributeProto, GraphProto, ModelProto, NodeProto, helper
 
 from toolkit.errors import ModelError
-from toolkit.onnx import NOT_TRAINABLE_INPUTS, buffer_names, dft_axis
+from toolkit.onnx import NOT_TRAINABLE_INPUTS, buffer_names, dft_axis, qualified_op
 from toolkit.onnx.load import FLOAT_TYPES, attr_graphs, standard_form
 from toolkit.train.ops import known, run_op, to_tensor
 
@@ -40,7 +40,8 @@ def _read_trainably(graph: GraphProto) -> set[str]:
     by name)."""
     return {
         name for node in _all_nodes(graph) for k, name in enumerate(node.input)
-        if k not in NOT_TRAINABLE_INPUTS.get(node.op_type, frozenset())
+        if k not in NOT_TRAINABLE_INPUTS.get(qualified_op(node.op_type, node.domain),
+                                             frozenset())
     }
 
 
@@ -71,7 +72,7 @@ def _node(node: NodeProto, opset: int) -> Node:
     attrs = {a.name: _attribute(a, opset) for a in node.attribute}
     if node.op_type == "DFT" and "axis" not in attrs:  # (the op reads an axis input first)
         attrs["axis"] = dft_axis(opset)
-    return node.op_type, attrs, list(node.input), list(node.output)
+    return qualified_op(node.op_type, node.domain), attrs, list(node.input), list(node.output)
 
 
 def _attribute(attr: AttributeProto, opset: int) -> Any:
@@ -247,11 +248,8 @@ def _host_or(fn: Callable[[torch.Tensor], torch.Tensor], value: torch.Tensor) ->
 
 def _unknown_ops(graph: GraphProto) -> set[str]:
     """Operators in the graph (bodies included) with no torch function here."""
-    return {
-        n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}.{n.op_type}"
-        for n in _all_nodes(graph)
-        if n.domain not in ("", "ai.onnx") or not (known(n.op_type) or n.op_type in _CONTROL_FLOW)
-    }
+    ops = {qualified_op(n.op_type, n.domain) for n in _all_nodes(graph)}
+    return {op for op in ops if not (known(op) or op in _CONTROL_FLOW)}
 
 
 class OnnxModule(torch.nn.Module):  # type: ignore[misc]  # torch is untyped here

@@ -1207,4 +1207,4 @@ def run_op(op_type: str, attrs: Attrs, inputs: Sequence[Value], outputs: int) ->
 
 _NO_ARITHMETIC = (torch.uint16, torch.uint32, torch.uint64)
 
-from toolkit.train import detection, recurrent, resize, sampling, spectral  # noqa: E402,F401  (they register their ops)
+from toolkit.train import contrib, detection, recurrent, resize, sampling, spectral  # noqa: E402,F401  (they register their ops)
