@@ -31,6 +31,7 @@ from tests.helpers import (
     with_local_function,
 )
 from toolkit import api, zoo
+from toolkit.onnx import read_model
 from toolkit.onnx.split import split_model
 from toolkit.train import wire
 from toolkit.train.executor import OnnxModule, trainable_initializers
@@ -291,6 +292,32 @@ def _run_one(node: onnx.NodeProto, x: torch.Tensor) -> torch.Tensor:
     graph = helper.make_graph([node], "g", [vi("x", list(x.shape))], [vi("y", list(x.shape))])
     m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     return OnnxModule(m, ())({"x": x})["y"]
+
+
+def test_a_float_constant_cast_to_integers_is_not_a_parameter():
+    """onnxruntime's optimizer makes a float Constant an initializer, so a Range's start reads
+    a float initializer cast to int64. No gradient passes a cast to integers: the start is no
+    parameter, for the reader or the executor, and the Range is folded as the constant it
+    is; the float weight the same Range scales still trains."""
+    nodes = [helper.make_node("Cast", ["start"], ["start_int"], to=TensorProto.INT64),
+             helper.make_node("Range", ["start_int", "limit", "delta"], ["positions"]),
+             helper.make_node("Cast", ["positions"], ["positions_float"],
+                              to=TensorProto.FLOAT),
+             helper.make_node("Mul", ["positions_float", "scale"], ["bias"]),
+             helper.make_node("Add", ["x", "bias"], ["y"])]
+    initializers = [numpy_helper.from_array(np.array(0.0, np.float32), "start"),
+                    numpy_helper.from_array(np.array(8, np.int64), "limit"),
+                    numpy_helper.from_array(np.array(1, np.int64), "delta"),
+                    weight("scale", 8)]
+    graph = helper.make_graph(nodes, "g", [vi("x", [2, 8])], [vi("y", [2, 8])], initializers)
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    layers = read_model(m, "m")
+    assert [layer.op for layer in layers] == ["Mul", "Add"]  # the Range folded
+    assert sum(layer.params for layer in layers) == 8
+    module = OnnxModule(m, trainable_initializers(m.graph))
+    assert list(module.named_weights()) == ["scale"]
+    module({"x": torch.ones(2, 8)})["y"].sum().backward()
+    assert float(module.named_weights()["scale"].grad.abs().sum()) > 0
 
 
 def test_a_bf16_files_weights_train():

@@ -113,7 +113,7 @@ _FX_NODE = "pkg.torch.onnx.fx_node"  # the FX node a dynamo export's node comes 
 _PLACEHOLDER = re.compile(r"%([pbc]_\w+)")  # torch.export's parameter, buffer, constant
 _SCALAR_ATTRIBUTES = frozenset({"value", "value_int", "value_float", "value_ints", "value_floats"})
 """How a Constant node can hold a number (its other forms hold strings or sparse tensors)."""
-READER_VERSION = 14  # 14: a function's inlined nodes named after their call, in its module
+READER_VERSION = 15  # 15: a float weight cast to integers is no weight (no gradient passes)
 """Bumped whenever the reader turns the same file into another layer graph, or what is derived
 from one and kept by `LayerGraph.sha256` changes (block detection, what a stored layer holds):
 stored models and cached block structures are then read again."""
@@ -745,7 +745,8 @@ class _Reader:
             if static_shape or (not trains and all(n in consts for n in names)):
                 constant.add(i)
                 consts.update(out for out in outputs if out)
-                if op in _WEIGHT_VIEWS and inputs and inputs[0] in self.weights:
+                if op in _WEIGHT_VIEWS and inputs and inputs[0] in self.weights \
+                        and self._float(outputs[0]):  # (a cast to integers passes no gradient)
                     self.weights.update(out for out in outputs if out)
                     # Identity is how the TorchScript exporter aliases distinct parameters
                     # that happen to hold equal values (it de-duplicates initializers): its
@@ -788,6 +789,11 @@ class _Reader:
         if not named or original in named:
             return weight
         return f"{weight} read by {' '.join(sorted(named))}"
+
+    def _float(self, name: str) -> bool:
+        """Whether tensor `name` holds floats, or may (its element type unknown)."""
+        info = self.info.get(name)
+        return info is None or not info.elem_type or info.elem_type in FLOAT_TYPES
 
     def _static(self, name: str) -> bool:
         info = self.info.get(name)

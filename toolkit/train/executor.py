@@ -35,14 +35,22 @@ def trainable_initializers(graph: GraphProto) -> set[str]:
 
 
 def _read_trainably(graph: GraphProto) -> set[str]:
-    """Names some node reads at an input that trains (not running statistics, scales), in
-    the graph or in a control-flow body inside it (a body reads the enclosing graph's weights
-    by name)."""
+    """Names some node reads at an input that trains (not running statistics, scales, nor a
+    cast to integers), in the graph or in a control-flow body inside it (a body reads the
+    enclosing graph's weights by name)."""
     return {
-        name for node in _all_nodes(graph) for k, name in enumerate(node.input)
+        name for node in _all_nodes(graph) if not _casts_to_integers(node)
+        for k, name in enumerate(node.input)
         if k not in NOT_TRAINABLE_INPUTS.get(qualified_op(node.op_type, node.domain),
                                              frozenset())
     }
+
+
+def _casts_to_integers(node: NodeProto) -> bool:
+    """A Cast to a type that is not a float: no gradient passes it (onnxruntime's optimizer
+    makes a float Constant an initializer and leaves its Cast to int64 before a Range)."""
+    return node.op_type == "Cast" and node.domain in ("", "ai.onnx") and any(
+        a.name == "to" and a.i not in FLOAT_TYPES for a in node.attribute)
 
 
 def _all_nodes(graph: GraphProto) -> Iterator[NodeProto]:
