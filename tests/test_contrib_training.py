@@ -261,3 +261,55 @@ def test_the_transformer_optimizers_rms_norms_train_as_their_source(zoo_path, tm
     assert len(scales) >= 5 and scales <= set(shared)  # (its projections were transposed)
     for name in shared:
         assert _close(grads[name], plain[name]), name
+
+
+class _Bert(torch.nn.Module):  # type: ignore[misc]  # torch is untyped here
+    """A two-layer BERT with eager attention, whose pattern the transformer optimizer fuses
+    into Attention, EmbedLayerNormalization, BiasGelu and SkipLayerNormalization."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        import transformers
+
+        config = transformers.BertConfig(
+            hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+            vocab_size=100, attn_implementation="eager")
+        self.bert = transformers.BertModel(config).eval()
+        for param in self.bert.parameters():  # (distinct values: none shared by the optimizer)
+            torch.nn.init.normal_(param, std=0.2)
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor, types: torch.Tensor
+                ) -> torch.Tensor:
+        return self.bert(input_ids=ids, attention_mask=mask,
+                         token_type_ids=types).last_hidden_state
+
+
+def test_the_transformer_optimizers_attention_trains_as_its_source(tmp_path):
+    """BERT through onnxruntime's transformer optimizer: its attention (with a padding mask)
+    one Attention node per layer, its embeddings one EmbedLayerNormalization. The output and
+    every gradient of the weights both files hold (the embeddings', reached through both
+    attentions) are the source's."""
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    torch.manual_seed(0)
+    ids, types = torch.randint(0, 100, (2, 16)), torch.zeros(2, 16, dtype=torch.int64)
+    mask = torch.ones(2, 16, dtype=torch.int64)
+    mask[1, 10:], types[:, 8:] = 0, 1
+    source, target = tmp_path / "bert.onnx", tmp_path / "optimized.onnx"
+    names = ["ids", "mask", "types"]
+    torch.onnx.export(_Bert(), (ids, mask, types), str(source), dynamo=False, opset_version=14,
+                      input_names=names, output_names=["y"],
+                      dynamic_axes={n: {0: "batch", 1: "sequence"} for n in names})
+    optimize_model(str(source), model_type="bert", num_heads=4,
+                   hidden_size=64).save_model_to_file(str(target))
+    optimized = onnx.load(str(target))
+    fused = [n.op_type for n in optimized.graph.node if n.domain == "com.microsoft"]
+    assert fused.count("Attention") == 2 and "EmbedLayerNormalization" in fused
+    feeds = {"ids": ids, "mask": mask, "types": types}
+    plain_out, plain = _forward_backward(onnx.load(str(source)), feeds)
+    fused_out, grads = _forward_backward(optimized, feeds)
+    assert torch.allclose(fused_out, plain_out, atol=1e-5)
+    shared = [n for n in plain if n in grads and grads[n].shape == plain[n].shape]
+    assert any("word_embeddings" in n for n in shared) and len(shared) >= 20
+    for name in shared:
+        assert _close(grads[name], plain[name]), name
