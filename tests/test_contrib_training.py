@@ -131,6 +131,22 @@ def test_a_contrib_operator_computes_what_onnxruntime_does(op, attrs, inputs, ou
                                    err_msg=f"output {k}")
 
 
+@pytest.mark.parametrize(("op", "attrs", "inputs", "outputs"), [
+    ("Attention", {"num_heads": 2}, [_f(2, 5, 8), _f(8, 24), _f(24), _MASK], 1),
+    ("SkipLayerNormalization", {}, [_f(2, 3, 8), _f(2, 3, 8), _f(8), _f(8), _f(8)], 4),
+    ("FusedMatMul", {"alpha": 0.5, "transB": 1}, [_f(3, 5, 4), _f(3, 6, 4)], 1)])
+def test_a_16_bit_contrib_operator_computes_what_onnxruntime_does(op, attrs, inputs, outputs):
+    """In a model converted to float16 (a masked score's fill and the softmax in float32, as
+    onnxruntime's kernels take them), within float16's resolution."""
+    halves = [v.astype(np.float16) if v.dtype == np.float32 else v for v in inputs]
+    expected = _onnxruntime(op, "com.microsoft", attrs, halves, outputs)
+    got = run_op(f"com.microsoft.{op}", attrs, [torch.from_numpy(v) for v in halves], outputs)
+    for k, want in enumerate(expected):
+        assert got[k].dtype == torch.from_numpy(want).dtype, f"output {k}"
+        np.testing.assert_allclose(got[k].float().numpy(), want.astype(np.float32),
+                                   rtol=2e-3, atol=2e-3, err_msg=f"output {k}")
+
+
 def test_onnxruntimes_rms_norm_in_onnxs_domain_computes_what_it_does():
     """onnxruntime registers SimplifiedLayerNormalization (LLaMA's RMSNorm, as its transformer
     optimizer writes it) in ONNX's own domain."""

@@ -194,20 +194,22 @@ def _key_mask(mask: Value, batch: int, queries: int, keys: int) -> Value:
 def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, a: Attrs, allowed: Value,
             bias: Value) -> torch.Tensor:
     """softmax(scale q k^T + bias + mask) v, onnxruntime's way: a masked score gets
-    `mask_filter_value` (-10000) added rather than -inf, and `unidirectional` masks a key
-    after its query (offset by the cached keys) with the lowest finite value."""
+    `mask_filter_value` (-10000) added rather than -inf, `unidirectional` masks a key after
+    its query (offset by the cached keys) with the lowest finite value, and the softmax is
+    taken in float32 (in a 16-bit model too)."""
     scale = float(a["scale"]) if a.get("scale", 0.0) else 1 / math.sqrt(q.shape[-1])
     scores = (q @ k.transpose(-1, -2)) * scale
     if bias is not None:
         scores = scores + bias
     if allowed is not None:
-        scores = scores + torch.where(allowed, 0.0, float(a.get("mask_filter_value", -10000.0)))
+        fill = float(a.get("mask_filter_value", -10000.0))
+        scores = scores + torch.where(allowed, 0.0, fill).to(scores.dtype)
     if int(a.get("unidirectional", 0)):
         queries, keys = scores.shape[-2:]
         later = torch.arange(keys, device=q.device) > \
             torch.arange(queries, device=q.device).reshape(-1, 1) + (keys - queries)
         scores = scores.masked_fill(later, torch.finfo(scores.dtype).min)
-    return torch.softmax(scores, -1) @ v
+    return torch.softmax(scores, -1, dtype=torch.float32).to(v.dtype) @ v
 
 
 @op(MS + "Attention")
