@@ -26,7 +26,9 @@ For the tier that trains the layers S (in topological order), at batch b, in ste
   (`fused_attention`); a dropout exported in training mode its mask: at the activation's
   precision on a CPU (PyTorch's CPU path multiplies by a float noise tensor), one byte per
   element on CUDA (its fused kernel keeps a bool mask: `ModelMemory.on`, by the processor
-  profile's `backend`); an LSTM its input, its outputs and the part of
+  profile's `backend`); an RMS normalisation its input, its normalised input and a root
+  per row, and onnxruntime's fusions what the executor's autograd keeps (`kept_unnamed`);
+  an LSTM its input, its outputs and the part of
   oneDNN's workspace its forward writes (`lstm_workspace`); a GRU or RNN its input and its
   steps' tensors (`recurrent_steps`). A tensor kept by several ops
   (ReLU's output is the next convolution's input) is kept once: b x its bytes at the
@@ -70,6 +72,7 @@ gradient, nothing saved) are its two extremes.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cached_property
@@ -93,6 +96,13 @@ NOT_DIFFERENTIABLE = frozenset({
     "RandomUniformLike", "RandomNormalLike", "RandomUniform", "RandomNormal", "Bernoulli",
     "Multinomial", "Less", "Greater", "LessOrEqual", "GreaterOrEqual", "Equal", "Not", "And",
     "Or", "Xor", "Shape", "Size", "ArgMax", "ArgMin", "NonZero", "IsNaN", "IsInf"})
+_MS = "com.microsoft."
+_SKIP_NORMALIZATIONS = frozenset({_MS + "SkipLayerNormalization",
+                                  _MS + "SkipSimplifiedLayerNormalization"})
+_RMS_NORMALIZATIONS = frozenset({"RMSNormalization", "SimplifiedLayerNormalization",
+                                 _MS + "SkipSimplifiedLayerNormalization"})
+_FUSED_LINEAR = frozenset({_MS + "FusedConv", _MS + "FusedGemm"})
+_CONTRIB_ATTENTION = frozenset({_MS + "Attention", _MS + "MultiHeadAttention"})
 _INDEX_BYTES = 8  # MaxPool's argmax, int64 per output element
 _MASK_BYTES = 1  # CUDA's dropout mask, a bool per element
 _PIVOT_BYTES = 4  # LAPACK's pivots, int32 per row
@@ -199,10 +209,72 @@ def kept_by(layer: Layer, carries_grad: Collection[str] | None = None) -> tuple[
         return layer.inputs[1:2]
     if layer.op == "Det":  # and the LU factors (`lu_factors`)
         return (*layer.inputs, *layer.outputs)
+    if layer.op in _SKIP_NORMALIZATIONS:  # the sum it normalises, where it is an output
+        return tuple(filter(None, layer.outputs[3:4]))  # (else `contrib_extras`)
+    if layer.op in _FUSED_LINEAR and fused_activation(layer) in KEEPS_OUTPUT:
+        return (*layer.inputs, *layer.outputs[:1])  # the product's inputs, the activation's out
+    if layer.op in _CONTRIB_ATTENTION:  # its projection's input (the rest: `kept_unnamed`)
+        return layer.inputs[:1] if layer.op.endswith(".Attention") else ()
     if layer.op == "Mul" and len(layer.inputs) == 2 and carries_grad is not None:
         a, b = layer.inputs
         return (*((a,) if b in carries_grad else ()), *((b,) if a in carries_grad else ()))
     return layer.inputs
+
+
+def fused_activation(layer: Layer) -> str:
+    """The `activation` a FusedConv or FusedGemm applies ("" for none)."""
+    found = re.search(r"(?:^|;)activation='([^']*)'", layer.attrs)
+    return found.group(1) if found else ""
+
+
+def kept_unnamed(graph: LayerGraph, layer: Layer, word: float) -> float:
+    """Bytes per sample a layer keeps for its backward that are no tensor of the graph: an
+    RMS normalisation (ONNX's, onnxruntime's, and PyTorch's `F.rms_norm` on a CPU alike: its
+    float32 arithmetic, as autograd records it) its normalised input before the scale and one
+    float32 reciprocal root per row; and, as the executor trains onnxruntime's fusions
+    (`toolkit.train.contrib`), a skip normalisation the sum it normalises where no output
+    holds it (and, centred, LayerNormalization's two statistics per row); a fused convolution
+    or Gemm its activation's input where the activation keeps its input (LeakyRelu, Clip);
+    attention the queries, keys and values split into heads (copies torch.matmul makes of
+    the strided views, or the views themselves: the same bytes) and the softmax's
+    probabilities in float32, heads x queries x keys. `word` is an activation element's bytes
+    at the training precision."""
+    tensors = graph.tensors
+    x = tensors.get(layer.inputs[0]) if layer.inputs else None
+    if x is None:
+        return 0.0
+    elements = x.bytes / ELEMENT_BYTES.get(x.dtype, WORD)
+    if layer.op in _SKIP_NORMALIZATIONS or layer.op in _RMS_NORMALIZATIONS:
+        named = len(layer.outputs) > 3 and bool(layer.outputs[3])
+        summed = elements * word if layer.op in _SKIP_NORMALIZATIONS and not named else 0.0
+        if layer.op.endswith(".SkipLayerNormalization"):
+            return summed + _row_statistics(graph, layer)
+        return summed + elements * word + _row_statistics(graph, layer) / 2
+    if layer.op in _FUSED_LINEAR:
+        out = tensors.get(layer.outputs[0]) if layer.outputs else None
+        activation = fused_activation(layer)
+        return out.bytes / ELEMENT_BYTES.get(out.dtype, WORD) * word \
+            if out is not None and activation and activation not in KEEPS_OUTPUT else 0.0
+    if layer.op not in _CONTRIB_ATTENTION or len(x.shape) != 3:
+        return 0.0
+    heads = (layer.ints("num_heads") or [0])[0]
+    out = tensors.get(layer.outputs[0]) if layer.outputs else None
+    if layer.op.endswith(".MultiHeadAttention"):  # (its inputs: the activations it reads,
+        # once each: a self-attention's query is its key and value)
+        key = tensors.get(layer.inputs[1]) if len(layer.inputs) > 1 else x
+        value = tensors.get(layer.inputs[2]) if len(layer.inputs) > 2 else key
+        if key is None or value is None:
+            return 0.0
+        split = sum(t.bytes / ELEMENT_BYTES.get(t.dtype, WORD) for t in (x, key, value)) * word
+    elif out is not None and len(out.shape) == 3:  # widths q + k + v, each v's by default
+        widths = sum(layer.ints("qkv_hidden_sizes")) or 3 * out.shape[-1]
+        key, split = x, x.shape[0] * x.shape[1] * widths * word
+    else:
+        return 0.0
+    if len(key.shape) not in (3, 4):
+        return split
+    keys = key.shape[-2] if len(key.shape) == 4 else key.shape[1]
+    return split + WORD * x.shape[0] * heads * x.shape[1] * keys
 
 
 def carrying_grad(graph: LayerGraph) -> set[str]:
@@ -541,6 +613,11 @@ def model_memory(graph: LayerGraph, batch: int, state_buffers: int,
         if layer.op == "LayerNormalization" and layer.inputs and layer.inputs[0] in graph.tensors:
             saved.append(SavedTensor(times(layer.inputs[0]) * _row_statistics(graph, layer),
                                      (i,)))
+        if (layer.op.startswith(_MS) or layer.op in _RMS_NORMALIZATIONS) and layer.inputs \
+                and layer.inputs[0] in graph.tensors:
+            x = layer.inputs[0]
+            word = bytes_of.get(x, 0.0) / max(elements(x) / times(x), 1.0)
+            saved.append(SavedTensor(times(x) * kept_unnamed(graph, layer, word), (i,)))
         if layer.op == "Dropout" and "training_mode=1" in layer.attrs and layer.outputs:
             variants[len(saved)] = (SavedTensor(per_step(layer.outputs[0]), (i,)),
                                     SavedTensor(elements(layer.outputs[0]) * _MASK_BYTES, (i,)))

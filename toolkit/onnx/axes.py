@@ -72,6 +72,23 @@ _REDUCTIONS = frozenset({
 _RECURRENT = frozenset({"LSTM", "GRU", "RNN"})
 _ALONG_OTHERS = frozenset({"Gather", "Slice", "Split", "Concat", "Pad", "Tile", "TopK",
                            "Resize", "Upsample", "SplitToSequence", "SequenceAt"})
+_NORMALIZATIONS = frozenset({"LayerNormalization", "RMSNormalization",
+                             "SimplifiedLayerNormalization"})
+"""Normalisations over every axis from `axis` (default the last) on."""
+_MS = "com.microsoft."
+_CONTRIB_AS = {_MS + "FusedConv": "Conv", _MS + "FusedGemm": "Gemm",
+               _MS + "FusedMatMul": "MatMul", _MS + "TransposeMatMul": "MatMul",
+               **dict.fromkeys((_MS + op for op in ("Gelu", "BiasGelu", "FastGelu",
+                                                    "QuickGelu")), "Add")}
+"""onnxruntime's fusions that treat the axes as the standard operator they fuse does (an
+elementwise one as a broadcasting Add: `FusedConv`'s activation changes no axis)."""
+_SKIP_NORMALIZATIONS = frozenset({_MS + "SkipLayerNormalization",
+                                  _MS + "SkipSimplifiedLayerNormalization"})
+"""input + skip (+ bias), normalised over the last axis."""
+_ATTENTIONS = frozenset({_MS + "Attention", _MS + "MultiHeadAttention",
+                         _MS + "EmbedLayerNormalization"})
+"""(batch, sequence, ...) in, (batch, sequence, ...) out: the sequence combined (or, for the
+embeddings, looked up per position: kept apart), the batch left alone."""
 
 
 def follow_axis(
@@ -110,7 +127,11 @@ def _step(layer: Layer, slots: Sequence[str], held: dict[int, Axis],
     if not outs or len(outs) < len(maybe) \
             or any(not 0 <= axis.at < len(ins[s]) for s, axis in held.items()):
         return False, {}  # sizes unknown (or not as inferred): the axis is lost
-    op, first = layer.op, outs[0]
+    op, first = _CONTRIB_AS.get(layer.op, layer.op), outs[0]
+    if op in _SKIP_NORMALIZATIONS:  # (the sum is elementwise: what the input's is, the skip's)
+        op, held = "LayerNormalization", {0: held.get(0) or held[min(held)]}
+    if layer.op in _ATTENTIONS:
+        return _attention(layer, held)
 
     def to_all(axis: Axis | None) -> dict[str, Axis]:
         return {name: axis for name in layer.outputs if axis is not None}
@@ -131,21 +152,21 @@ def _step(layer: Layer, slots: Sequence[str], held: dict[int, Axis],
             return False, {}
         return False, to_all(replace(axis, at=perm.index(axis.at)))
     if op in ("MatMul", "Gemm"):
-        return _matmul(layer, held, ins, first)
+        return _matmul(layer, op == "Gemm", held, ins, first)
     if op == "Einsum":
         return _einsum(layer, held, ins)
     if op in _BATCH_FIRST:
         return _batch_first(op, held.get(0), layer)
     if op in _RECURRENT:
         return _recurrent(layer, held.get(0), outs)
-    if op in _SOFTMAX or op == "LayerNormalization":
+    if op in _SOFTMAX or op in _NORMALIZATIONS:
         axis = held.get(0)
         if axis is None:
             return False, {}
-        last = _int(layer, "axis", -1 if op == "LayerNormalization" or opset >= 13 else 1)
+        last = _int(layer, "axis", -1 if op in _NORMALIZATIONS or opset >= 13 else 1)
         last %= len(ins[0])
-        # LayerNormalization, and Softmax before opset 13, treat every axis from `axis` on
-        spans = op == "LayerNormalization" or opset < 13
+        # the normalisations, and Softmax before opset 13, treat every axis from `axis` on
+        spans = op in _NORMALIZATIONS or opset < 13
         if axis.at == last or (spans and axis.at > last):
             return _COMBINED
         return False, to_all(axis)
@@ -206,13 +227,14 @@ def _reshaped(axis: Axis | None, before: Shape, after: Shape, size: int) -> Axis
     return None
 
 
-def _matmul(layer: Layer, held: dict[int, Axis], ins: list[Shape], out: Shape) -> _Step:
+def _matmul(layer: Layer, gemm: bool, held: dict[int, Axis], ins: list[Shape],
+            out: Shape) -> _Step:
     """A matrix product combines along the axis it contracts: the last of the first operand,
     the one before the last of the second (Gemm: as `transA`, `transB` say)."""
     moved: set[Axis] = set()
     for slot, axis in held.items():
         rank = len(ins[slot])
-        if layer.op == "Gemm":
+        if gemm:
             if slot == 2:  # C, broadcast onto the result
                 moved.add(replace(axis, at=len(out) - rank + axis.at))
                 continue
@@ -222,9 +244,13 @@ def _matmul(layer: Layer, held: dict[int, Axis], ins: list[Shape], out: Shape) -
                 return _COMBINED
             moved.add(replace(axis, at=0 if slot == 0 else 1))
             continue
-        if slot > 1:
-            return False, {}
+        if slot > 1 or _int(layer, "transBatchA", 0) or _int(layer, "transBatchB", 0):
+            return False, {}  # (FusedMatMul's batch-transposed operands: lost)
+        # (FusedMatMul's transA and transB, as Gemm's, swap an operand's last two axes)
+        flipped = _int(layer, "transA" if slot == 0 else "transB", 0) and rank >= 2
         contracted = rank - 1 if slot == 0 else max(rank - 2, 0)
+        if flipped:
+            contracted = 2 * rank - 3 - contracted  # (rank - 1 <-> rank - 2)
         if axis.at == contracted:
             return _COMBINED
         if rank == 1:
@@ -236,6 +262,23 @@ def _matmul(layer: Layer, held: dict[int, Axis], ins: list[Shape], out: Shape) -
     if len(moved) > 1:
         return _COMBINED  # e.g. one operand's rows against the other's columns: attention
     return False, {layer.outputs[0]: moved.pop()}
+
+
+def _attention(layer: Layer, held: dict[int, Axis]) -> _Step:
+    """onnxruntime's attention and BERT embeddings: the batch (axis 0 of the queries, the
+    token ids and the masks) goes to axis 0 of the result (and of the embeddings' sum and
+    mask index); the sequence is combined (the embeddings keep positions apart: there, it
+    goes to the same axis)."""
+    if any(axis.inner != 1 for axis in held.values()):
+        return False, {}
+    at = {axis.at for axis in held.values()}
+    embeddings = layer.op.endswith("EmbedLayerNormalization")
+    if at == {0}:
+        kept = layer.outputs[:3] if embeddings else layer.outputs[:1]
+        return True, dict.fromkeys(filter(None, kept), Axis(0))
+    if embeddings and at == {1}:
+        return False, dict.fromkeys(filter(None, layer.outputs[:3:2]), Axis(1))
+    return _COMBINED
 
 
 def _einsum(layer: Layer, held: dict[int, Axis], ins: list[Shape]) -> _Step:

@@ -100,8 +100,10 @@ def fast_gelu(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
 
 @op(MS + "QuickGelu")
 def quick_gelu(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
-    """x * sigmoid(alpha x): alpha 1.702 approximates GELU, 1 is SiLU (Swish)."""
-    return (x[0] * torch.sigmoid(float(a.get("alpha", 1.702)) * x[0]),)
+    """x * sigmoid(alpha x), as SiLU(alpha x) / alpha: alpha 1.702 approximates GELU, 1 is
+    SiLU (Swish), which PyTorch's fused SiLU computes keeping only its input."""
+    alpha = float(a.get("alpha", 1.702))
+    return (F.silu(x[0]) if alpha == 1.0 else F.silu(alpha * x[0]) / alpha,)
 
 
 def _skip_sum(x: list[Value], bias: int) -> torch.Tensor:
@@ -112,13 +114,18 @@ def _skip_sum(x: list[Value], bias: int) -> torch.Tensor:
 
 def _normalised(total: torch.Tensor, scale: torch.Tensor, shift: Value, epsilon: float,
                 centred: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """LayerNorm (`centred`) or RMSNorm of `total` over its last axis in float32, cast back,
-    with its mean and inverse standard deviation (onnxruntime's optional outputs)."""
+    """LayerNorm (`centred`: PyTorch's, which keeps its input and two float32 statistics per
+    row) or RMSNorm (in float32, cast back: ONNX's RMSNormalization's way) of `total` over its
+    last axis, with the mean and inverse standard deviation onnxruntime's optional outputs
+    give (no gradient flows back through those)."""
     wide = total.float()
-    mean = wide.mean(-1, keepdim=True) if centred else torch.zeros_like(wide[..., :1])
-    inv = torch.rsqrt((wide - mean).square().mean(-1, keepdim=True) + epsilon)
-    y = ((wide - mean) * inv).to(total.dtype) * scale
-    return (y + shift if shift is not None else y), mean, inv
+    if centred:
+        with torch.no_grad():
+            mean = wide.mean(-1, keepdim=True)
+            inv = torch.rsqrt((wide - mean).square().mean(-1, keepdim=True) + epsilon)
+        return F.layer_norm(total, total.shape[-1:], scale, shift, epsilon), mean, inv
+    root = torch.rsqrt(wide.square().mean(-1, keepdim=True) + epsilon)
+    return (wide * root).to(total.dtype) * scale, torch.zeros_like(root), root.detach()
 
 
 @op(MS + "SkipLayerNormalization")
