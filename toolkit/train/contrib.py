@@ -18,7 +18,16 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from toolkit.train.ops import OPS, Attrs, Value, conv, gemm, op, rotary_embedding
+from toolkit.train.ops import (
+    OPS,
+    Attrs,
+    Value,
+    conv,
+    gemm,
+    op,
+    rms_normalised,
+    rotary_embedding,
+)
 
 MS = "com.microsoft."
 
@@ -118,14 +127,14 @@ def _normalised(total: torch.Tensor, scale: torch.Tensor, shift: Value, epsilon:
     row) or RMSNorm (in float32, cast back: ONNX's RMSNormalization's way) of `total` over its
     last axis, with the mean and inverse standard deviation onnxruntime's optional outputs
     give (no gradient flows back through those)."""
-    wide = total.float()
     if centred:
         with torch.no_grad():
+            wide = total.float()
             mean = wide.mean(-1, keepdim=True)
             inv = torch.rsqrt((wide - mean).square().mean(-1, keepdim=True) + epsilon)
         return F.layer_norm(total, total.shape[-1:], scale, shift, epsilon), mean, inv
-    root = torch.rsqrt(wide.square().mean(-1, keepdim=True) + epsilon)
-    return (wide * root).to(total.dtype) * scale, torch.zeros_like(root), root.detach()
+    normed, root = rms_normalised(total, -1, epsilon)
+    return normed.to(total.dtype) * scale, torch.zeros_like(root), root.detach()
 
 
 @op(MS + "SkipLayerNormalization")
@@ -151,11 +160,8 @@ def skip_simplified_layer_norm(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
 def simplified_layer_norm(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
     """onnxruntime's RMSNorm, registered in ONNX's own domain: x over the root mean square of
     its axes from `axis` on, times the scale; and the inverse of that root."""
-    data = x[0]
-    axes = tuple(range(int(a.get("axis", -1)) % data.dim(), data.dim()))
-    wide = data.float()
-    inv = torch.rsqrt(wide.square().mean(axes, keepdim=True) + float(a.get("epsilon", 1e-5)))
-    return (wide * inv).to(data.dtype) * x[1], inv
+    normed, root = rms_normalised(x[0], int(a.get("axis", -1)), float(a.get("epsilon", 1e-5)))
+    return normed.to(x[0].dtype) * x[1], root
 
 
 @op(MS + "EmbedLayerNormalization")

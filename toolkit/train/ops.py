@@ -497,11 +497,18 @@ def layer_norm(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
 def rms_norm(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
     """x over the root mean square of its axes from `axis` on, times the scale; computed in
     float32 (`stash_type` 1, the only one ONNX defines) and cast back."""
-    data = x[0]
-    axes = tuple(range(int(a.get("axis", -1)) % data.dim(), data.dim()))
+    normed, _ = rms_normalised(x[0], int(a.get("axis", -1)), float(a.get("epsilon", 1e-5)))
+    return ((normed * x[1]).to(x[0].dtype),)
+
+
+def rms_normalised(data: torch.Tensor, axis: int, epsilon: float
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """`data` over the root mean square of its axes from `axis` on, in float32, and that
+    root's reciprocal (the RMS norms of ONNX and onnxruntime)."""
+    axes = tuple(range(axis % data.dim(), data.dim()))
     wide = data.float()
-    normed = wide * torch.rsqrt(wide.square().mean(axes, keepdim=True) + a.get("epsilon", 1e-5))
-    return ((normed * x[1]).to(data.dtype),)
+    root = torch.rsqrt(wide.square().mean(axes, keepdim=True) + epsilon)
+    return wide * root, root
 
 
 @op("GroupNormalization")
