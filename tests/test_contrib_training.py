@@ -91,6 +91,20 @@ CASES: list[tuple[str, dict[str, Any], list[np.ndarray | None], int]] = [
     ("Range", {}, [np.array(1.0, np.float32), np.array(5.0, np.float32),
                    np.array(0.5, np.float32)], 1),
     ("Trilu", {"upper": 0}, [_f(4, 4), np.array(1, np.int64)], 1),
+    *[("GroupQueryAttention", {"num_heads": 4, "kv_num_heads": 2, **attrs},
+       [*qkv, None, None, _i(lengths), _i(5), *rotary], 3)
+      for attrs, qkv, lengths, rotary in [
+          ({}, [_f(2, 5, 64), _f(2, 5, 32), _f(2, 5, 32)], [4, 4], []),
+          ({}, [_f(2, 5, 64), _f(2, 5, 32), _f(2, 5, 32)], [4, 2], []),  # a padded prompt
+          ({}, [_f(2, 5, 128), None, None], [4, 4], []),  # packed
+          ({"softcap": 2.0, "scale": 0.3}, [_f(2, 5, 64), _f(2, 5, 32), _f(2, 5, 32)],
+           [4, 4], []),
+          ({"local_window_size": 2}, [_f(2, 5, 64), _f(2, 5, 32), _f(2, 5, 32)], [4, 4], []),
+          ({"do_rotary": 1, "rotary_interleaved": 1},
+           [_f(2, 5, 64), _f(2, 5, 32), _f(2, 5, 32)], [4, 4], [_f(16, 8), _f(16, 8)])]],
+    ("GroupQueryAttention", {"num_heads": 4, "kv_num_heads": 2, "do_rotary": 1},
+     [_f(1, 2, 64), _f(1, 2, 32), _f(1, 2, 32), _f(1, 2, 3, 16), _f(1, 2, 3, 16), _i([4]),
+      _i(5), _f(16, 8), _f(16, 8)], 3),  # a step after a cache of 3
     ("RotaryEmbedding", {}, [_f(2, 5, 8), np.array([2], np.int64), _f(10, 4), _f(10, 4)], 1),
     ("RotaryEmbedding", {"interleaved": 1, "num_heads": 2},
      [_f(2, 5, 8), np.array([[0, 1, 2, 3, 4], [2, 3, 4, 5, 6]], np.int64), _f(10, 2),

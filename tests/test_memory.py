@@ -611,7 +611,8 @@ def _one_contrib_node(op: str, attrs: dict[str, Any], extra: list[str], shape: l
     from onnx import helper, numpy_helper
 
     rng = np.random.default_rng(0)
-    named = [numpy_helper.from_array(rng.standard_normal(s).astype(np.float32), n)
+    named = [numpy_helper.from_array(s if isinstance(s, np.ndarray) else
+                                     rng.standard_normal(s).astype(np.float32), n)
              for n, s in [("w0", shape[1:]), *weights]]
     nodes = [helper.make_node("Mul", ["x", "w0"], ["h"]),
              helper.make_node(op, ["h", *extra], ["o", *(f"o{k}" for k in range(1, outputs))],
@@ -650,6 +651,10 @@ _CONTRIB_KEEPS = [
      [("wa", [_H, 3 * _H]), ("ba", [3 * _H]), *_ROW], 1, "com.microsoft"),
     ("MultiHeadAttention", {"num_heads": 4}, ["h", "h"], [BATCH, _S, _H], _ROW, 1,
      "com.microsoft"),
+    ("GroupQueryAttention", {"num_heads": 2, "kv_num_heads": 1},  # packed: keys repeated
+     ["", "", "", "", "lengths", "total"], [BATCH, _S, _H],
+     [("lengths", np.full([BATCH], _S - 1, np.int32)), ("total", np.array(_S, np.int32)),
+      ("w1", [_S, _H // 2])], 3, "com.microsoft"),
 ]
 
 

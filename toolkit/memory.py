@@ -102,7 +102,8 @@ _SKIP_NORMALIZATIONS = frozenset({_MS + "SkipLayerNormalization",
 _RMS_NORMALIZATIONS = frozenset({"RMSNormalization", "SimplifiedLayerNormalization",
                                  _MS + "SkipSimplifiedLayerNormalization"})
 _FUSED_LINEAR = frozenset({_MS + "FusedConv", _MS + "FusedGemm"})
-_CONTRIB_ATTENTION = frozenset({_MS + "Attention", _MS + "MultiHeadAttention"})
+_CONTRIB_ATTENTION = frozenset({_MS + "Attention", _MS + "MultiHeadAttention",
+                                _MS + "GroupQueryAttention"})
 _INDEX_BYTES = 8  # MaxPool's argmax, int64 per output element
 _MASK_BYTES = 1  # CUDA's dropout mask, a bool per element
 _PIVOT_BYTES = 4  # LAPACK's pivots, int32 per row
@@ -259,6 +260,16 @@ def kept_unnamed(graph: LayerGraph, layer: Layer, word: float) -> float:
         return 0.0
     heads = (layer.ints("num_heads") or [0])[0]
     out = tensors.get(layer.outputs[0]) if layer.outputs else None
+    if layer.op.endswith(".GroupQueryAttention"):  # keys and values repeated per query head
+        key = tensors.get(layer.inputs[1]) if len(layer.inputs) > 1 else x
+        kv_heads = (layer.ints("kv_num_heads") or [0])[0]
+        if key is None or len(key.shape) != 3 or heads <= 0 or kv_heads <= 0:
+            return 0.0
+        packed = key is x
+        size = x.shape[-1] // (heads + 2 * kv_heads if packed else heads)
+        keys = key.shape[1]
+        split = x.shape[0] * (x.shape[1] + 2 * keys) * heads * size * word
+        return split + WORD * x.shape[0] * heads * x.shape[1] * keys
     if layer.op.endswith(".MultiHeadAttention"):  # (its inputs: the activations it reads,
         # once each: a self-attention's query is its key and value)
         key = tensors.get(layer.inputs[1]) if len(layer.inputs) > 1 else x

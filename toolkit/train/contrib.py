@@ -300,3 +300,66 @@ def expand_dims(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
 
 
 OPS.update({MS + name: OPS[name] for name in ("Trilu", "Range")})  # ONNX's, again
+
+
+_GQA_REFUSED = ("head_sink", "k_scale", "v_scale", "q_norm_weight", "k_norm_weight",
+                "query_seqlens")
+"""GroupQueryAttention's inputs for sinks, quantized caches, per-head norms and packed
+sequences, from input 11 on: refused by name, as its `position_ids`."""
+
+
+@op(MS + "GroupQueryAttention")
+def group_query_attention(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
+    """Causal attention of `num_heads` query heads over `kv_num_heads` key and value heads:
+    query (batch, sequence, heads x size), or queries, keys and values packed in it; past keys
+    and values (batch, kv heads, past, size) before the new ones, as present; each sample's
+    keys up to `seqlens_k` (its total length less one: a prompt's padding follows) attended,
+    a query at position p (its past plus its place) only keys up to p (and from
+    p - `local_window_size`); rotary
+    positions applied to queries and keys (`do_rotary`); a soft cap; an attention bias."""
+    query, key, value, past_k, past_v, seqlens, _, cos, sin, positions, bias = \
+        (*x, *[None] * 11)[:11]  # (position_ids: refused, their use is onnxruntime's own)
+    refused = [name for name, v in zip(_GQA_REFUSED, x[11:], strict=False) if v is not None]
+    refused += ["position_ids"] if positions is not None else []
+    if refused or any(int(a.get(k, 0)) for k in ("smooth_softmax", "qk_output")):
+        raise NotImplementedError(f"GroupQueryAttention with {', '.join(refused) or 'those'}")
+    heads, kv_heads = int(a["num_heads"]), int(a["kv_num_heads"])
+    batch, sequence = query.shape[:2]
+    if key is None:  # packed: heads x size of queries, then of keys, then of values
+        size = query.shape[-1] // (heads + 2 * kv_heads)
+        query, key, value = query.split([heads * size, kv_heads * size, kv_heads * size], -1)
+    q, k, v = _heads(query, heads), _heads(key, kv_heads), _heads(value, kv_heads)
+    total = seqlens.long().reshape(-1) + 1  # each sample's keys
+    # each sample's first query position: its past (a prompt starts at 0, its padding on
+    # the right, after `total` keys)
+    start = torch.zeros_like(total) if past_k is None else total - sequence
+    if past_k is not None and bool((start != past_k.shape[2]).any()):
+        raise NotImplementedError("GroupQueryAttention over a cache its samples fill unevenly")
+    at = torch.arange(sequence, device=q.device)
+    where = start.reshape(-1, 1) + at
+    if int(a.get("do_rotary", 0)):
+        rotate = {"interleaved": int(a.get("rotary_interleaved", 0))}
+        q = rotary_embedding(rotate, [q, cos, sin, where])[0]
+        k = rotary_embedding(rotate, [k, cos, sin, where])[0]
+    if past_k is not None:
+        k, v = torch.cat((past_k, k), 2), torch.cat((past_v, v), 2)
+    present = (k, v)
+    keys = torch.arange(k.shape[2], device=q.device)
+    query_at = (start.reshape(-1, 1) + at).unsqueeze(-1)  # (batch, sequence, 1)
+    allowed = keys < total.reshape(-1, 1, 1)
+    if int(a.get("causal", 1)):
+        allowed = allowed & (keys <= query_at)
+    window = int(a.get("local_window_size", -1))
+    if window >= 0:
+        allowed = allowed & (keys > query_at - window)
+    k, v = (t.repeat_interleave(heads // kv_heads, 1) for t in (k, v))
+    scale = float(a["scale"]) if a.get("scale", 0.0) else 1 / math.sqrt(q.shape[-1])
+    scores = (q @ k.transpose(-1, -2)) * scale
+    cap = float(a.get("softcap", 0.0))
+    if cap > 0:
+        scores = cap * torch.tanh(scores / cap)
+    if bias is not None:
+        scores = scores + bias
+    scores = scores.masked_fill(~allowed.unsqueeze(1), float("-inf"))  # (never a whole row)
+    probs = torch.softmax(scores, -1, dtype=torch.float32).to(v.dtype)
+    return ((probs @ v).transpose(1, 2).reshape(batch, sequence, -1), *present)
