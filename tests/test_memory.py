@@ -711,3 +711,41 @@ def test_an_onnxruntime_optimized_file_keeps_what_its_source_and_the_executor_ke
     assert source_kept == pytest.approx(torch_kept, rel=0.001)
     assert fused_kept == pytest.approx(source_kept, rel=0.001)
     assert fused_kept == pytest.approx(measured, rel=0.001)
+
+
+@pytest.mark.parametrize("sum_output", ["sum", ""])
+def test_berts_fused_embeddings_keep_their_sum_and_statistics(sum_output: str) -> None:
+    """onnxruntime's EmbedLayerNormalization (three lookups summed, then LayerNorm) keeps
+    what autograd keeps as the executor trains it: the sum (an output or not) and two
+    statistics per token; not the token ids its inputs are (it counted those alone)."""
+    from onnx import helper, numpy_helper
+
+    from toolkit.onnx import read_model
+    from toolkit.train.executor import OnnxModule, trainable_initializers
+
+    rng = np.random.default_rng(0)
+    tables = [numpy_helper.from_array(rng.standard_normal(s).astype(np.float32), n)
+              for n, s in [("words", [50, 32]), ("positions", [SEQ, 32]), ("types", [2, 32]),
+                           ("gamma", [32]), ("beta", [32]), ("w1", [SEQ, 32])]]
+    ids = ["ids", "segments", "mask"]
+    nodes = [helper.make_node("EmbedLayerNormalization",
+                              ["ids", "segments", "words", "positions", "types", "gamma",
+                               "beta", "mask"], ["o", "index", sum_output],
+                              domain="com.microsoft"),
+             helper.make_node("Mul", ["o", "w1"], ["y"])]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info(n, 6, [BATCH, SEQ]) for n in ids],
+        [helper.make_tensor_value_info("y", 1, None)], tables)
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                helper.make_opsetid("com.microsoft", 1)])
+    costs = build_cost_graph(read_model(m, "g"),
+                             api.make_scenario(batch=BATCH, optimizer="sgd", device=CPU))
+    assert costs.memory is not None
+    predicted = sum(x.nbytes for x in costs.memory.saved if x.start < 0 and not x.readers)
+    module = OnnxModule(m, trainable_initializers(m.graph))
+    params = {p.untyped_storage().data_ptr() for p in module.parameters()}
+    feeds = {"ids": torch.randint(0, 50, (BATCH, SEQ), dtype=torch.int32),
+             "segments": torch.randint(0, 2, (BATCH, SEQ), dtype=torch.int32),
+             "mask": torch.ones(BATCH, SEQ, dtype=torch.int32)}
+    measured = _autograd_saved_bytes(module(feeds)["y"], params)
+    assert predicted == pytest.approx(measured, rel=0.002)

@@ -211,7 +211,9 @@ def kept_by(layer: Layer, carries_grad: Collection[str] | None = None) -> tuple[
     if layer.op == "Det":  # and the LU factors (`lu_factors`)
         return (*layer.inputs, *layer.outputs)
     if layer.op in _SKIP_NORMALIZATIONS:  # the sum it normalises, where it is an output
-        return tuple(filter(None, layer.outputs[3:4]))  # (else `contrib_extras`)
+        return tuple(filter(None, layer.outputs[3:4]))  # (else `kept_unnamed`)
+    if layer.op == _MS + "EmbedLayerNormalization":  # likewise its embeddings' sum (not the
+        return tuple(filter(None, layer.outputs[2:3]))  # token ids: integers, a few bytes)
     if layer.op in _FUSED_LINEAR and fused_activation(layer) in KEEPS_OUTPUT:
         return (*layer.inputs, *layer.outputs[:1])  # the product's inputs, the activation's out
     if layer.op in _CONTRIB_ATTENTION:  # its projection's input (the rest: `kept_unnamed`)
@@ -233,8 +235,9 @@ def kept_unnamed(graph: LayerGraph, layer: Layer, word: float) -> float:
     RMS normalisation (ONNX's, onnxruntime's, and PyTorch's `F.rms_norm` on a CPU alike: its
     float32 arithmetic, as autograd records it) its normalised input before the scale and one
     float32 reciprocal root per row; and, as the executor trains onnxruntime's fusions
-    (`toolkit.train.contrib`), a skip normalisation the sum it normalises where no output
-    holds it (and, centred, LayerNormalization's two statistics per row); a fused convolution
+    (`toolkit.train.contrib`), a skip normalisation and BERT's embeddings the sum they
+    normalise where no output holds it (and, centred, LayerNormalization's two statistics per
+    row); a fused convolution
     or Gemm its activation's input where the activation keeps its input (LeakyRelu, Clip);
     attention the queries, keys and values split into heads (copies torch.matmul makes of
     the strided views, or the views themselves: the same bytes) and the softmax's
@@ -245,6 +248,13 @@ def kept_unnamed(graph: LayerGraph, layer: Layer, word: float) -> float:
     if x is None:
         return 0.0
     elements = x.bytes / ELEMENT_BYTES.get(x.dtype, WORD)
+    if layer.op == _MS + "EmbedLayerNormalization":  # the sum and LayerNorm's statistics
+        out = tensors.get(layer.outputs[0]) if layer.outputs else None
+        if out is None or not out.shape or not out.shape[-1]:
+            return 0.0
+        width = out.bytes / ELEMENT_BYTES.get(out.dtype, WORD)
+        named = len(layer.outputs) > 2 and bool(layer.outputs[2])
+        return (0.0 if named else width * word) + 2.0 * WORD * width / out.shape[-1]
     if layer.op in _SKIP_NORMALIZATIONS or layer.op in _RMS_NORMALIZATIONS:
         named = len(layer.outputs) > 3 and bool(layer.outputs[3])
         summed = elements * word if layer.op in _SKIP_NORMALIZATIONS and not named else 0.0
