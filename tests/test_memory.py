@@ -624,6 +624,21 @@ def _one_contrib_node(op: str, attrs: dict[str, Any], extra: list[str], shape: l
                                                    helper.make_opsetid("com.microsoft", 1)])
 
 
+def _kept_by_the_executor(m: Any, feeds: dict[str, Any]) -> tuple[float, int]:
+    """What the memory model keeps of `m` at BATCH, and what autograd keeps as the executor
+    trains it on `feeds` (its output `y`)."""
+    from toolkit.onnx import read_model
+    from toolkit.train.executor import OnnxModule, trainable_initializers
+
+    costs = build_cost_graph(read_model(m, "g"),
+                             api.make_scenario(batch=BATCH, optimizer="sgd", device=CPU))
+    assert costs.memory is not None
+    predicted = sum(x.nbytes for x in costs.memory.saved if x.start < 0 and not x.readers)
+    module = OnnxModule(m, trainable_initializers(m.graph))
+    params = {p.untyped_storage().data_ptr() for p in module.parameters()}
+    return predicted, _autograd_saved_bytes(module(feeds)["y"], params)
+
+
 _S, _H = 16, 32
 _ROW = [("w1", [_S, _H])]
 _CONTRIB_KEEPS = [
@@ -670,17 +685,8 @@ def test_onnxruntimes_fusions_and_rms_norms_keep_what_autograd_keeps(
     the terms no tensor of the graph holds (a skip normalisation's sum and statistics, a
     LeakyRelu's input after a convolution, attention's split heads and probabilities, an RMS
     norm's normalised input) some 25-60% is missing."""
-    from toolkit.onnx import read_model
-    from toolkit.train.executor import OnnxModule, trainable_initializers
-
     m = _one_contrib_node(op, attrs, extra, shape, weights, outputs, domain)
-    costs = build_cost_graph(read_model(m, "g"),
-                             api.make_scenario(batch=BATCH, optimizer="sgd", device=CPU))
-    assert costs.memory is not None
-    predicted = sum(x.nbytes for x in costs.memory.saved if x.start < 0 and not x.readers)
-    module = OnnxModule(m, trainable_initializers(m.graph))
-    params = {p.untyped_storage().data_ptr() for p in module.parameters()}
-    measured = _autograd_saved_bytes(module({"x": torch.randn(shape)})["y"], params)
+    predicted, measured = _kept_by_the_executor(m, {"x": torch.randn(shape)})
     assert predicted == pytest.approx(measured, rel=0.002)
 
 
@@ -720,9 +726,6 @@ def test_berts_fused_embeddings_keep_their_sum_and_statistics(sum_output: str) -
     statistics per token; not the token ids its inputs are (it counted those alone)."""
     from onnx import helper, numpy_helper
 
-    from toolkit.onnx import read_model
-    from toolkit.train.executor import OnnxModule, trainable_initializers
-
     rng = np.random.default_rng(0)
     tables = [numpy_helper.from_array(rng.standard_normal(s).astype(np.float32), n)
               for n, s in [("words", [50, 32]), ("positions", [SEQ, 32]), ("types", [2, 32]),
@@ -738,14 +741,8 @@ def test_berts_fused_embeddings_keep_their_sum_and_statistics(sum_output: str) -
         [helper.make_tensor_value_info("y", 1, None)], tables)
     m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
                                                 helper.make_opsetid("com.microsoft", 1)])
-    costs = build_cost_graph(read_model(m, "g"),
-                             api.make_scenario(batch=BATCH, optimizer="sgd", device=CPU))
-    assert costs.memory is not None
-    predicted = sum(x.nbytes for x in costs.memory.saved if x.start < 0 and not x.readers)
-    module = OnnxModule(m, trainable_initializers(m.graph))
-    params = {p.untyped_storage().data_ptr() for p in module.parameters()}
-    feeds = {"ids": torch.randint(0, 50, (BATCH, SEQ), dtype=torch.int32),
-             "segments": torch.randint(0, 2, (BATCH, SEQ), dtype=torch.int32),
-             "mask": torch.ones(BATCH, SEQ, dtype=torch.int32)}
-    measured = _autograd_saved_bytes(module(feeds)["y"], params)
+    predicted, measured = _kept_by_the_executor(m, {
+        "ids": torch.randint(0, 50, (BATCH, SEQ), dtype=torch.int32),
+        "segments": torch.randint(0, 2, (BATCH, SEQ), dtype=torch.int32),
+        "mask": torch.ones(BATCH, SEQ, dtype=torch.int32)})
     assert predicted == pytest.approx(measured, rel=0.002)

@@ -81,7 +81,7 @@ import numpy as np
 
 from toolkit.graph import ELEMENT_BYTES, Layer, LayerGraph
 from toolkit.layout import Storages, in_order, physical_order, storages, transposed
-from toolkit.ops import DATA_MOVEMENT
+from toolkit.ops import CONTRIB, DATA_MOVEMENT
 
 WORD = 4  # bytes of an fp32 weight, gradient or optimizer state element
 KEEPS_OUTPUT = frozenset({"Relu", "Sigmoid", "Tanh", "Softmax", "LogSoftmax", "Exp", "Sqrt",
@@ -96,14 +96,13 @@ NOT_DIFFERENTIABLE = frozenset({
     "RandomUniformLike", "RandomNormalLike", "RandomUniform", "RandomNormal", "Bernoulli",
     "Multinomial", "Less", "Greater", "LessOrEqual", "GreaterOrEqual", "Equal", "Not", "And",
     "Or", "Xor", "Shape", "Size", "ArgMax", "ArgMin", "NonZero", "IsNaN", "IsInf"})
-_MS = "com.microsoft."
-_SKIP_NORMALIZATIONS = frozenset({_MS + "SkipLayerNormalization",
-                                  _MS + "SkipSimplifiedLayerNormalization"})
+_SKIP_NORMALIZATIONS = frozenset({CONTRIB + "SkipLayerNormalization",
+                                  CONTRIB + "SkipSimplifiedLayerNormalization"})
 _RMS_NORMALIZATIONS = frozenset({"RMSNormalization", "SimplifiedLayerNormalization",
-                                 _MS + "SkipSimplifiedLayerNormalization"})
-_FUSED_LINEAR = frozenset({_MS + "FusedConv", _MS + "FusedGemm"})
-_CONTRIB_ATTENTION = frozenset({_MS + "Attention", _MS + "MultiHeadAttention",
-                                _MS + "GroupQueryAttention"})
+                                 CONTRIB + "SkipSimplifiedLayerNormalization"})
+_FUSED_LINEAR = frozenset({CONTRIB + "FusedConv", CONTRIB + "FusedGemm"})
+_CONTRIB_ATTENTION = frozenset({CONTRIB + "Attention", CONTRIB + "MultiHeadAttention",
+                                CONTRIB + "GroupQueryAttention"})
 _INDEX_BYTES = 8  # MaxPool's argmax, int64 per output element
 _MASK_BYTES = 1  # CUDA's dropout mask, a bool per element
 _PIVOT_BYTES = 4  # LAPACK's pivots, int32 per row
@@ -212,7 +211,7 @@ def kept_by(layer: Layer, carries_grad: Collection[str] | None = None) -> tuple[
         return (*layer.inputs, *layer.outputs)
     if layer.op in _SKIP_NORMALIZATIONS:  # the sum it normalises, where it is an output
         return tuple(filter(None, layer.outputs[3:4]))  # (else `kept_unnamed`)
-    if layer.op == _MS + "EmbedLayerNormalization":  # likewise its embeddings' sum (not the
+    if layer.op == CONTRIB + "EmbedLayerNormalization":  # likewise its embeddings' sum (not the
         return tuple(filter(None, layer.outputs[2:3]))  # token ids: integers, a few bytes)
     if layer.op in _FUSED_LINEAR and fused_activation(layer) in KEEPS_OUTPUT:
         return (*layer.inputs, *layer.outputs[:1])  # the product's inputs, the activation's out
@@ -248,7 +247,7 @@ def kept_unnamed(graph: LayerGraph, layer: Layer, word: float) -> float:
     if x is None:
         return 0.0
     elements = x.bytes / ELEMENT_BYTES.get(x.dtype, WORD)
-    if layer.op == _MS + "EmbedLayerNormalization":  # the sum and LayerNorm's statistics
+    if layer.op == CONTRIB + "EmbedLayerNormalization":  # the sum and LayerNorm's statistics
         out = tensors.get(layer.outputs[0]) if layer.outputs else None
         if out is None or not out.shape or not out.shape[-1]:
             return 0.0
@@ -634,7 +633,7 @@ def model_memory(graph: LayerGraph, batch: int, state_buffers: int,
         if layer.op == "LayerNormalization" and layer.inputs and layer.inputs[0] in graph.tensors:
             saved.append(SavedTensor(times(layer.inputs[0]) * _row_statistics(graph, layer),
                                      (i,)))
-        if (layer.op.startswith(_MS) or layer.op in _RMS_NORMALIZATIONS) and layer.inputs \
+        if (layer.op.startswith(CONTRIB) or layer.op in _RMS_NORMALIZATIONS) and layer.inputs \
                 and layer.inputs[0] in graph.tensors:
             x = layer.inputs[0]
             word = bytes_of.get(x, 0.0) / max(elements(x) / times(x), 1.0)

@@ -596,7 +596,9 @@ REGISTRY: dict[str, Handle] = {
     "DFT": dft,
     "STFT": stft,
 }
-REGISTRY.update({f"com.microsoft.{op}": handle for op, handle in {
+CONTRIB = "com.microsoft."
+"""The prefix of onnxruntime's contrib operators' names (`qualified_op`)."""
+REGISTRY.update({CONTRIB + op: handle for op, handle in {
     "FusedConv": fused(conv, summand=3),
     "NhwcConv": conv,
     "FusedGemm": fused(gemm),

@@ -25,7 +25,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from toolkit.graph import Layer
-from toolkit.ops import ELEMENTWISE
+from toolkit.ops import CONTRIB, ELEMENTWISE
 
 Shape = tuple[int, ...]
 
@@ -75,18 +75,17 @@ _ALONG_OTHERS = frozenset({"Gather", "Slice", "Split", "Concat", "Pad", "Tile", 
 _NORMALIZATIONS = frozenset({"LayerNormalization", "RMSNormalization",
                              "SimplifiedLayerNormalization"})
 """Normalisations over every axis from `axis` (default the last) on."""
-_MS = "com.microsoft."
-_CONTRIB_AS = {_MS + "FusedConv": "Conv", _MS + "FusedGemm": "Gemm",
-               _MS + "FusedMatMul": "MatMul", _MS + "TransposeMatMul": "MatMul",
-               **dict.fromkeys((_MS + op for op in ("Gelu", "BiasGelu", "FastGelu",
+_CONTRIB_AS = {CONTRIB + "FusedConv": "Conv", CONTRIB + "FusedGemm": "Gemm",
+               CONTRIB + "FusedMatMul": "MatMul", CONTRIB + "TransposeMatMul": "MatMul",
+               **dict.fromkeys((CONTRIB + op for op in ("Gelu", "BiasGelu", "FastGelu",
                                                     "QuickGelu")), "Add")}
 """onnxruntime's fusions that treat the axes as the standard operator they fuse does (an
 elementwise one as a broadcasting Add: `FusedConv`'s activation changes no axis)."""
-_SKIP_NORMALIZATIONS = frozenset({_MS + "SkipLayerNormalization",
-                                  _MS + "SkipSimplifiedLayerNormalization"})
+_SKIP_NORMALIZATIONS = frozenset({CONTRIB + "SkipLayerNormalization",
+                                  CONTRIB + "SkipSimplifiedLayerNormalization"})
 """input + skip (+ bias), normalised over the last axis."""
-_ATTENTIONS = frozenset({_MS + "Attention", _MS + "MultiHeadAttention",
-                         _MS + "EmbedLayerNormalization"})
+_ATTENTIONS = frozenset({CONTRIB + "Attention", CONTRIB + "MultiHeadAttention",
+                         CONTRIB + "EmbedLayerNormalization"})
 """(batch, sequence, ...) in, (batch, sequence, ...) out: the sequence combined (or, for the
 embeddings, looked up per position: kept apart), the batch left alone."""
 

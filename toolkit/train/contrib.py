@@ -18,6 +18,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from toolkit.ops import CONTRIB
 from toolkit.train.ops import (
     OPS,
     Attrs,
@@ -28,8 +29,6 @@ from toolkit.train.ops import (
     rms_normalised,
     rotary_embedding,
 )
-
-MS = "com.microsoft."
 
 
 def _activated(y: torch.Tensor, name: Any, attrs: Attrs) -> torch.Tensor:
@@ -47,7 +46,7 @@ _CONV_PARAMETERS = {"LeakyRelu": ("alpha",), "HardSigmoid": ("alpha", "beta"),
 """How FusedConv's `activation_params` list names its activation's attributes."""
 
 
-@op(MS + "FusedConv")
+@op(CONTRIB + "FusedConv")
 def fused_conv(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
     """activation(Conv(X, W, B) + Z): the Z summand where given."""
     y = conv(a, x[:3])[0]
@@ -59,7 +58,7 @@ def fused_conv(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
     return (_activated(y, name, params),)
 
 
-@op(MS + "FusedGemm")
+@op(CONTRIB + "FusedGemm")
 def fused_gemm(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
     """activation(Gemm(A, B, C)), the activation's alpha, beta and gamma as attributes."""
     params = {key: a[f"activation_{key}"] for key in ("alpha", "beta", "gamma")
@@ -73,7 +72,7 @@ def _batch_transposed(t: torch.Tensor) -> torch.Tensor:
     return t.movedim(0, -2) if t.dim() > 2 else t
 
 
-@op(MS + "FusedMatMul", MS + "TransposeMatMul")
+@op(CONTRIB + "FusedMatMul", CONTRIB + "TransposeMatMul")
 def fused_matmul(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
     """alpha * A @ B, each operand optionally batch-transposed, then transposed."""
     left, right = x[0], x[1]
@@ -95,19 +94,19 @@ def _biased(x: list[Value]) -> torch.Tensor:
     return x[0] + x[1] if len(x) > 1 and x[1] is not None else x[0]
 
 
-@op(MS + "Gelu", MS + "BiasGelu")
+@op(CONTRIB + "Gelu", CONTRIB + "BiasGelu")
 def gelu(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
     """The exact (erf) GELU of x (+ bias)."""
     return (F.gelu(_biased(x)),)
 
 
-@op(MS + "FastGelu")
+@op(CONTRIB + "FastGelu")
 def fast_gelu(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
     """The tanh approximation of GELU of x (+ bias)."""
     return (F.gelu(_biased(x), approximate="tanh"),)
 
 
-@op(MS + "QuickGelu")
+@op(CONTRIB + "QuickGelu")
 def quick_gelu(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
     """x * sigmoid(alpha x), as SiLU(alpha x) / alpha: alpha 1.702 approximates GELU, 1 is
     SiLU (Swish), which PyTorch's fused SiLU computes keeping only its input."""
@@ -137,7 +136,7 @@ def _normalised(total: torch.Tensor, scale: torch.Tensor, shift: Value, epsilon:
     return normed.to(total.dtype) * scale, torch.zeros_like(root), root.detach()
 
 
-@op(MS + "SkipLayerNormalization")
+@op(CONTRIB + "SkipLayerNormalization")
 def skip_layer_norm(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
     """LayerNorm(input + skip + bias) with gamma and beta; outputs the result, its mean and
     inverse standard deviation, and the sum it normalised (the next residual's input)."""
@@ -147,7 +146,7 @@ def skip_layer_norm(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
     return y, mean, inv, total
 
 
-@op(MS + "SkipSimplifiedLayerNormalization")
+@op(CONTRIB + "SkipSimplifiedLayerNormalization")
 def skip_simplified_layer_norm(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
     """RMSNorm(input + skip + bias) with gamma; outputs as SkipLayerNormalization's."""
     total = _skip_sum(x, 3)
@@ -164,7 +163,7 @@ def simplified_layer_norm(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
     return normed.to(x[0].dtype) * x[1], root
 
 
-@op(MS + "EmbedLayerNormalization")
+@op(CONTRIB + "EmbedLayerNormalization")
 def embed_layer_norm(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
     """BERT's embeddings: word + position (+ segment) embeddings looked up and summed, then
     LayerNorm; outputs the result, the mask index (each sample's count of unmasked tokens, or
@@ -225,7 +224,7 @@ def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, a: Attrs, allowed
     return torch.softmax(scores, -1, dtype=torch.float32).to(v.dtype) @ v
 
 
-@op(MS + "Attention")
+@op(CONTRIB + "Attention")
 def attention(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
     """Self-attention with its input projection: input (batch, sequence, width) times weights
     (width, q + k + v widths, `qkv_hidden_sizes` or three equal) plus bias, split into
@@ -249,7 +248,7 @@ def attention(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
     return y.transpose(1, 2).flatten(-2), present
 
 
-@op(MS + "MultiHeadAttention")
+@op(CONTRIB + "MultiHeadAttention")
 def multi_head_attention(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
     """Attention of projected queries, keys and values: query (batch, sequence, width); key and
     value (batch, keys, width) or already in heads (batch, heads, keys, size); an optional
@@ -278,7 +277,7 @@ def multi_head_attention(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
     return y.transpose(1, 2).flatten(-2), k, v
 
 
-@op(MS + "RotaryEmbedding")
+@op(CONTRIB + "RotaryEmbedding")
 def ms_rotary_embedding(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
     """ONNX's RotaryEmbedding with onnxruntime's input order (input, position_ids, cos, sin),
     where a one-element position_ids is the first position of every sample's sequence."""
@@ -294,12 +293,12 @@ def ms_rotary_embedding(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
     return rotary_embedding(attrs, [data, cos, sin, positions.long()])
 
 
-@op(MS + "ExpandDims")
+@op(CONTRIB + "ExpandDims")
 def expand_dims(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
     return (x[0].unsqueeze(int(x[1])),)
 
 
-OPS.update({MS + name: OPS[name] for name in ("Trilu", "Range")})  # ONNX's, again
+OPS.update({CONTRIB + name: OPS[name] for name in ("Trilu", "Range")})  # ONNX's, again
 
 
 _GQA_REFUSED = ("head_sink", "k_scale", "v_scale", "q_norm_weight", "k_norm_weight",
@@ -308,7 +307,7 @@ _GQA_REFUSED = ("head_sink", "k_scale", "v_scale", "q_norm_weight", "k_norm_weig
 sequences, from input 11 on: refused by name, as its `position_ids`."""
 
 
-@op(MS + "GroupQueryAttention")
+@op(CONTRIB + "GroupQueryAttention")
 def group_query_attention(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
     """Causal attention of `num_heads` query heads over `kv_num_heads` key and value heads:
     query (batch, sequence, heads x size), or queries, keys and values packed in it; past keys
