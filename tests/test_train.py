@@ -769,32 +769,42 @@ def test_a_sparse_weight_trains_as_a_dense_one():
     assert np.allclose(got, want.run(None, {"x": x})[0])
 
 
-def _training_mode_model(nodes, outputs, inits):
+def _training_mode_model(nodes, outputs, inits, opset=15):
     graph = helper.make_graph(nodes, "g",
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 3, 5])],
                               [helper.make_tensor_value_info(n, TensorProto.FLOAT, None)
                                for n in outputs], inits)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 15)])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
 
 
-def test_batch_norm_in_training_mode_runs_as_onnx_says():
+@pytest.mark.parametrize("opset", [9, 13, 15])
+def test_batch_norm_in_training_mode_runs_as_onnx_says(opset):
     """A model exported with TrainingMode.TRAINING normalises by the batch's statistics and
-    updates the running ones (it was refused): outputs equal onnxruntime's and ONNX's reference
-    evaluator's, and the scale and bias get gradients."""
+    updates the running ones (it was refused): outputs equal onnxruntime's (and, from opset
+    14, ONNX's reference evaluator's), and the scale and bias get gradients. From opset 14
+    `training_mode` says so; before, the node's optional outputs do (TorchScript's opset-13
+    training export declares all five: it was run in inference form, then refused)."""
     rng = np.random.default_rng(0)
     inits = [numpy_helper.from_array(rng.random(3).astype(np.float32) + c, n)
              for n, c in (("scale", 0.5), ("bias", 0.0), ("mean", 0.0), ("var", 1.0))]
+    outputs = ["y", "rm", "rv"] if opset >= 14 else ["y", "rm", "rv", "saved_mean", "saved_inv"]
+    flag = {"training_mode": 1} if opset >= 14 else {}
     m = _training_mode_model([helper.make_node(
-        "BatchNormalization", ["x", "scale", "bias", "mean", "var"], ["y", "rm", "rv"],
-        training_mode=1, momentum=0.8)], ["y", "rm", "rv"], inits)
+        "BatchNormalization", ["x", "scale", "bias", "mean", "var"], outputs, momentum=0.8,
+        **flag)], outputs, inits, opset)
     x = rng.standard_normal((4, 3, 5)).astype(np.float32)
     module = OnnxModule(m, ["scale", "bias"])
     got = module({"x": torch.from_numpy(x)})
-    for oracle in (ort.InferenceSession(m.SerializeToString(),
-                                        providers=["CPUExecutionProvider"]),
-                   onnx.reference.ReferenceEvaluator(m)):
-        for name, want in zip(("y", "rm", "rv"), oracle.run(None, {"x": x}), strict=True):
+    oracles = [ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])]
+    if opset >= 14:
+        oracles.append(onnx.reference.ReferenceEvaluator(m))
+    for oracle in oracles:
+        for name, want in zip(outputs, oracle.run(None, {"x": x}), strict=True):
             assert np.allclose(got[name].detach().numpy(), want, atol=1e-5), name
+    eval_mode = OnnxModule(_training_mode_model([helper.make_node(
+        "BatchNormalization", ["x", "scale", "bias", "mean", "var"], ["y"])], ["y"], inits,
+        opset), ["scale", "bias"])({"x": torch.from_numpy(x)})["y"]
+    assert not torch.allclose(eval_mode, got["y"])  # (the running statistics differ)
     got["y"].square().sum().backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in module.parameters())
 

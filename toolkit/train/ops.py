@@ -453,21 +453,29 @@ def global_max_pool(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
     return (x[0].amax(dim=tuple(range(2, x[0].dim())), keepdim=True),)
 
 
-@op("BatchNormalization")
-def batch_norm(a: Attrs, x: list[Value]) -> tuple[Value, ...]:
+def batch_norm(a: Attrs, x: list[Value], outputs: int) -> tuple[Value, ...]:
     """Inference form (running statistics), as PyTorch exports a model in eval mode; training
-    form (`training_mode=1`, a model exported with `TrainingMode.TRAINING`): normalised by the
-    batch's statistics, with the running ones updated as the ONNX specification says (the
-    momentum weighs the old value; the batch's variance is the population variance)."""
+    form, as a model exported with `TrainingMode.TRAINING` declares it (`training_mode=1`, or
+    before opset 14 the optional outputs: onnxruntime trains wherever a node declares more
+    than one): normalised by the batch's statistics, with the running ones updated as the ONNX
+    specification says (the momentum weighs the old value; the batch's variance is the
+    population variance) and, where the node declares them (opsets 9-13), the batch's own mean
+    and, as onnxruntime (after Caffe2) gives it, inverse standard deviation."""
     eps = a.get("epsilon", 1e-5)
-    if not a.get("training_mode", 0):
+    if not a.get("training_mode", 0) and outputs < 2:
         return (F.batch_norm(x[0], x[3].detach(), x[4].detach(), x[1], x[2], False, 0.0, eps),)
     momentum = float(a.get("momentum", 0.9))
     axes = [0, *range(2, x[0].dim())]
     data = x[0].detach()
-    mean = x[3].detach() * momentum + data.mean(dim=axes) * (1 - momentum)
-    var = x[4].detach() * momentum + data.var(dim=axes, unbiased=False) * (1 - momentum)
-    return (F.batch_norm(x[0], None, None, x[1], x[2], True, 0.0, eps), mean, var)
+    saved_mean, saved_var = data.mean(dim=axes), data.var(dim=axes, unbiased=False)
+    mean = x[3].detach() * momentum + saved_mean * (1 - momentum)
+    var = x[4].detach() * momentum + saved_var * (1 - momentum)
+    normalised = F.batch_norm(x[0], None, None, x[1], x[2], True, 0.0, eps)
+    inv_std = (saved_var + eps).rsqrt()
+    return (normalised, mean, var, saved_mean, inv_std)[:max(outputs, 3)]
+
+
+OPS["BatchNormalization"] = lambda a, x: batch_norm(a, x, 1)  # run_op passes the real count
 
 
 @op("Dropout")
@@ -1200,18 +1208,20 @@ def known(op_type: str) -> bool:
 
 def run_op(op_type: str, attrs: Attrs, inputs: Sequence[Value], outputs: int) -> tuple[Value,
                                                                                         ...]:
-    """Run one node; `outputs` is how many outputs the node declares (for Split)."""
+    """Run one node; `outputs` is how many outputs the node declares (`_COUNTED` need it)."""
     if any(isinstance(v, torch.Tensor) and v.dtype in _NO_ARITHMETIC for v in inputs):
         raise NotImplementedError("unsigned 16-, 32- or 64-bit tensors (torch has no kernels)")
-    if op_type == "Split":
-        return split(attrs, list(inputs), outputs)
-    if op_type == "Attention":
-        return attention(attrs, list(inputs), outputs)
-    if op_type == "MaxPool":
-        return max_pool(attrs, list(inputs), outputs)
+    counted = _COUNTED.get(op_type)
+    if counted is not None:
+        return counted(attrs, list(inputs), outputs)
     return OPS[op_type](attrs, list(inputs))
 
 
 _NO_ARITHMETIC = (torch.uint16, torch.uint32, torch.uint64)
+# operators whose outputs depend on how many the node declares
+_COUNTED: dict[str, Callable[[Attrs, list[Value], int], tuple[Value, ...]]] = {
+    "Split": split, "Attention": attention, "MaxPool": max_pool,
+    "BatchNormalization": batch_norm,
+}
 
 from toolkit.train import contrib, detection, recurrent, resize, sampling, spectral  # noqa: E402,F401  (they register their ops)
