@@ -251,3 +251,21 @@ def test_a_file_that_repeats_a_node_name_splits_and_is_checked(tmp_path):
     assert split.not_verified is None and split.max_abs_error == 0.0
     server = onnx.load(str(tmp_path / "out" / "server.onnx"))
     assert [n.name for n in server.graph.node] == ["relu1", "mm#1", "relu2"]
+
+
+def test_a_raw_input_passed_through_as_an_output_stays_on_the_device(tmp_path):
+    """A file that returns its raw input beside its result: the output no layer makes was
+    given to the last part, whose file then read the raw input (raw data leaving the device,
+    and a part the trainer could not run: 'KeyError: x'). The device's part returns it."""
+    m = chain(2, width=8)
+    m.graph.output.insert(0, onnx.helper.make_tensor_value_info(
+        m.graph.input[0].name, onnx.TensorProto.FLOAT, None))
+    path = save(m, tmp_path / "passthrough.onnx")
+    names = [layer.name for layer in read_onnx(path)]
+    raw = m.graph.input[0].name
+    split = split_tiers(path, {name: int(k >= 2) for k, name in enumerate(names)},
+                        ["device", "server"], tmp_path / "out")
+    assert split.not_verified is None and split.max_abs_error == 0.0
+    assert split.made[0] == [raw] and raw not in split.made[1] and raw not in split.inputs[1]
+    server = onnx.load(str(tmp_path / "out" / "server.onnx"))
+    assert raw not in [i.name for i in server.graph.input]

@@ -535,6 +535,36 @@ def test_a_softmax_classifier_learns_and_says_so(tmp_path, capsys, monkeypatch):
     assert float(first) > float(last)
 
 
+def test_the_loss_is_on_the_first_output_gradients_flow_from(tmp_path, capsys, monkeypatch):
+    """A file may list first an output no gradient flows back from (the raw input passed
+    through, a mask): the loss was computed on it and the peers died in backward ('a peer
+    failed (exit 1)'). It is computed on the first output that carries gradients, and a file
+    with none is refused in one line before anything runs."""
+    zero = numpy_helper.from_array(np.zeros(1, np.float32), "zero")
+    m = model(
+        [helper.make_node("MatMul", ["x", "w1"], ["h"], name="fc1"),
+         helper.make_node("MatMul", ["h", "w2"], ["y"], name="fc2"),
+         helper.make_node("Greater", ["y", "zero"], ["above"], name="cmp")],
+        [vi("x", [4, 8])],
+        [vi("x", [4, 8]), helper.make_tensor_value_info("above", TensorProto.BOOL, [4, 8]),
+         vi("y", [4, 8])], [weight("w1", 8, 8), weight("w2", 8, 8), zero])
+    path = save(m, tmp_path / "passthrough.onnx")
+    assert api.loss_output(api.load_graph(str(path))) == "y"
+    code, out, err = run_main([*_fc1_on_the_device(path, 2), "--json"], capsys, monkeypatch)
+    assert code == 0, err
+    losses = json.loads(out)["losses"]
+    assert losses[0] > losses[1]
+    untrained = model([helper.make_node("Relu", ["x"], ["r"], name="relu"),
+                       helper.make_node("Greater", ["x", "zero"], ["above"], name="cmp")],
+                      [vi("x", [4, 8])],
+                      [vi("r", [4, 8]), helper.make_tensor_value_info("above", TensorProto.BOOL,
+                                                                       [4, 8])],
+                      [zero])
+    with pytest.raises(TrainError, match=r"nothing to train in none: no model output \(r, "
+                                         r"above\)"):
+        api.train_model(str(save(untrained, tmp_path / "none.onnx")), api.make_scenario(batch=4))
+
+
 def test_an_invalid_cut_is_refused_before_anything_runs(tmp_path):
     from toolkit.errors import PartitionError
 

@@ -23,6 +23,7 @@ from toolkit.costs import LABEL_BYTES, Scenario, build_cost_graph, build_tier_gr
 from toolkit.errors import PartitionError, ScenarioError, ToolkitError
 from toolkit.graph import LayerGraph
 from toolkit.measured import MeasuredProfile, load_profile
+from toolkit.memory import carrying_grad
 from toolkit.partition import Partition, checked_partition, solve, stored
 from toolkit.partition.blockwise import Chain
 from toolkit.partition.stcut import CutResult
@@ -596,6 +597,22 @@ def device_layers_from(path: str) -> list[str] | dict[str, int]:
     return data
 
 
+def loss_output(graph: LayerGraph) -> str:
+    """The model output a training step computes its loss on: the first that gradients flow
+    back from (a file may list the raw input, a mask or a class index first); a `TrainError`
+    if none does, as then the step has nothing to train."""
+    from toolkit.train.session import TrainError
+
+    differentiable = carrying_grad(graph)
+    found = next((out for out in graph.outputs if out in differentiable), None)
+    if found is None:
+        listed = ", ".join(graph.outputs[:3]) + (", ..." if len(graph.outputs) > 3 else "")
+        raise TrainError(f"nothing to train in {graph.name}: no model output ({listed}) is "
+                         "computed from a trainable weight by operators gradients pass "
+                         "through, so a loss on it changes no weight")
+    return found
+
+
 def train_model(
     model: str, scenario: Scenario, name: str | None = None, exporter: str = "torchscript",
     dims: dict[str, int] | None = None, cut: str = "optimal",
@@ -619,6 +636,7 @@ def train_model(
 
     path, _ = zoo.resolve(model, exporter)
     graph = graph if graph is not None else load_graph(model, name, exporter, dims)
+    loss = loss_output(graph)
     names, boundaries = chain or (["device", "server"], [scenario])
     costs = build_tier_graph(graph, names, boundaries)
     tier = np.zeros(len(graph), dtype=np.int64)
@@ -661,7 +679,8 @@ def train_model(
         label = "device only"
     else:
         raise PartitionError(f"unknown --cut {cut!r}; choose one of {', '.join(CUTS)}")
-    return train(Path(path), graph.name, costs, tier.tolist(), label, boundaries, iterations,
-                 warmup, lr, paced, dims, graph.file_batch, progress=progress,
+    return train(Path(path), graph.name, costs, tier.tolist(), label, boundaries,
+                 loss, iterations, warmup, lr, paced, dims, graph.file_batch,
+                 progress=progress,
                  cpu={names[0]: device_cpu, **(tier_cpu or {})}, devices=tier_device)
 

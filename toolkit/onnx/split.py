@@ -118,7 +118,10 @@ def split_tiers(
               for t in range(k)]
     holding = [t for t in range(k) if parts[t]] or [0]
     outputs = [o.name for o in g.output]
-    made = [[o for o in outputs if produced_in.get(o, holding[-1]) == t] for t in range(k)]
+    # an output no layer makes: a raw input passed through stays where the raw data is (the
+    # first tier holding layers: the device), a constant comes from the last tier
+    made = [[o for o in outputs if produced_in.get(o, holding[0] if o in raw else holding[-1])
+             == t] for t in range(k)]
     declared = _declarations(model)
     sent: list[list[str]] = [[] for _ in range(k)]
     sources: dict[str, int] = {}

@@ -179,8 +179,9 @@ def input_specs(model: onnx.ModelProto, batch: int, dims: dict[str, int]
 
 def train(
     model_path: Path, name: str, graph: TierGraph, tier: Sequence[int], cut_label: str,
-    boundaries: Sequence[Scenario], iterations: int = 20, warmup: int = 3, lr: float = 0.001,
-    paced: bool = False, dims: dict[str, int] | None = None, fixed: int | None = None,
+    boundaries: Sequence[Scenario], loss_output: str, iterations: int = 20, warmup: int = 3,
+    lr: float = 0.001, paced: bool = False, dims: dict[str, int] | None = None,
+    fixed: int | None = None,
     timeout_s: float = 1800,
     progress: Callable[[int, int], None] | None = None, cpu: Mapping[str, float] | None = None,
     devices: Mapping[str, str] | None = None,
@@ -189,7 +190,8 @@ def train(
     `iterations` over each boundary's link at the scenario's batch, and compare with the
     prediction. A file that fixes its batch (`fixed`: `LayerGraph.file_batch`) trains at that
     batch, so the scenario must use it. `progress` is called with (iterations done, iterations
-    in all, warm-up included) while it runs. `cpu` gives tiers (by name) a share of one CPU: a
+    in all, warm-up included) while it runs. The loss is computed on model output
+    `loss_output`. `cpu` gives tiers (by name) a share of one CPU: a
     slower processor, emulated by a cgroup quota that a name's tiers share (a U-shape's
     device). `devices` runs tiers (by name) on a torch device: `{"server": "cuda"}` trains the
     server's part on this machine's GPU."""
@@ -213,7 +215,6 @@ def train(
                          f"{fixed} (or export it with a dynamic batch dimension)")
     trainable = sorted(trainable_initializers(whole.graph))
     inputs = input_specs(whole, batch, dims or {})
-    loss_output = whole.graph.output[0].name
     probe = OnnxModule(whole, trainable)
     with torch.no_grad():
         output = probe(synthetic_inputs(inputs, 0))[loss_output]
