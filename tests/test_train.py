@@ -42,7 +42,7 @@ from toolkit.train.peer import (
     synthetic_inputs,
     synthetic_labels,
 )
-from toolkit.train.session import TrainError, input_specs
+from toolkit.train.session import TrainError, input_specs, loss_output
 
 ZOO = [(name, exporter) for name in zoo.MODELS for exporter in ("torchscript", "dynamo")]
 
@@ -549,7 +549,7 @@ def test_the_loss_is_on_the_first_output_gradients_flow_from(tmp_path, capsys, m
         [vi("x", [4, 8]), helper.make_tensor_value_info("above", TensorProto.BOOL, [4, 8]),
          vi("y", [4, 8])], [weight("w1", 8, 8), weight("w2", 8, 8), zero])
     path = save(m, tmp_path / "passthrough.onnx")
-    assert api.loss_output(api.load_graph(str(path))) == "y"
+    assert loss_output(api.load_graph(str(path))) == "y"
     code, out, err = run_main([*_fc1_on_the_device(path, 2), "--json"], capsys, monkeypatch)
     assert code == 0, err
     losses = json.loads(out)["losses"]

@@ -23,7 +23,6 @@ from toolkit.costs import LABEL_BYTES, Scenario, build_cost_graph, build_tier_gr
 from toolkit.errors import PartitionError, ScenarioError, ToolkitError
 from toolkit.graph import LayerGraph
 from toolkit.measured import MeasuredProfile, load_profile
-from toolkit.memory import carrying_grad
 from toolkit.partition import Partition, checked_partition, solve, stored
 from toolkit.partition.blockwise import Chain
 from toolkit.partition.stcut import CutResult
@@ -597,22 +596,6 @@ def device_layers_from(path: str) -> list[str] | dict[str, int]:
     return data
 
 
-def loss_output(graph: LayerGraph) -> str:
-    """The model output a training step computes its loss on: the first that gradients flow
-    back from (a file may list the raw input, a mask or a class index first); a `TrainError`
-    if none does, as then the step has nothing to train."""
-    from toolkit.train.session import TrainError
-
-    differentiable = carrying_grad(graph)
-    found = next((out for out in graph.outputs if out in differentiable), None)
-    if found is None:
-        listed = ", ".join(graph.outputs[:3]) + (", ..." if len(graph.outputs) > 3 else "")
-        raise TrainError(f"nothing to train in {graph.name}: no model output ({listed}) is "
-                         "computed from a trainable weight by operators gradients pass "
-                         "through, so a loss on it changes no weight")
-    return found
-
-
 def train_model(
     model: str, scenario: Scenario, name: str | None = None, exporter: str = "torchscript",
     dims: dict[str, int] | None = None, cut: str = "optimal",
@@ -632,7 +615,7 @@ def train_model(
     already read (as `load_graph` reads it), for a caller that looked at it first (the
     CLI reads the batch the file fixes)."""
     from toolkit.partition.baselines import best_chain_split, best_ranges
-    from toolkit.train.session import train
+    from toolkit.train.session import loss_output, train
 
     path, _ = zoo.resolve(model, exporter)
     graph = graph if graph is not None else load_graph(model, name, exporter, dims)

@@ -30,6 +30,8 @@ import torch
 
 from toolkit.costs import Scenario, transfer_ms
 from toolkit.errors import ToolkitError
+from toolkit.graph import LayerGraph
+from toolkit.memory import carrying_grad
 from toolkit.onnx import load_external_data, load_model
 from toolkit.onnx.shapes import dim_name, given_dim
 from toolkit.partition.tiers import file_stems
@@ -175,6 +177,20 @@ def input_specs(model: onnx.ModelProto, batch: int, dims: dict[str, int]
         dtype = str(onnx.helper.tensor_dtype_to_np_dtype(t.elem_type))
         specs[vi.name] = {"shape": shape, "dtype": dtype}
     return specs
+
+
+def loss_output(graph: LayerGraph) -> str:
+    """The model output a training step computes its loss on: the first that gradients flow
+    back from (a file may list the raw input, a mask or a class index first); a `TrainError`
+    if none does, as then the step has nothing to train."""
+    differentiable = carrying_grad(graph)
+    found = next((out for out in graph.outputs if out in differentiable), None)
+    if found is None:
+        listed = ", ".join(graph.outputs[:3]) + (", ..." if len(graph.outputs) > 3 else "")
+        raise TrainError(f"nothing to train in {graph.name}: no model output ({listed}) is "
+                         "computed from a trainable weight by operators gradients pass "
+                         "through, so a loss on it changes no weight")
+    return found
 
 
 def train(

@@ -29,7 +29,7 @@ from toolkit.train.peer import (
     synthetic_inputs,
     synthetic_labels,
 )
-from toolkit.train.session import input_specs
+from toolkit.train.session import input_specs, loss_output
 
 
 def executor_profile(path: Path, graph: LayerGraph, processor: str, batch: int = 1,
@@ -50,7 +50,7 @@ def executor_profile(path: Path, graph: LayerGraph, processor: str, batch: int =
                 if not (n.op_type == "Identity" and n.input[0] in module.weight_names)]
     feeds = {n: x.to(device) for n, x in synthetic_inputs(input_specs(whole, batch, {}),
                                                           seed=0).items()}
-    output = whole.graph.output[0].name
+    output = loss_output(graph)
     with torch.no_grad():
         probe = module(feeds)[output]
     classes, shape = label_kind(probe)
