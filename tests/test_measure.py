@@ -192,3 +192,29 @@ def test_calibration_writes_the_measured_machine_and_roles_are_checked(tmp_path,
     assert "laptop is a device profile, used here as the --server" in err
     code, _, err = run_main(["partition", str(small)], capsys, monkeypatch)
     assert "warning" not in err
+
+
+def test_the_executor_times_forward_and_backward_of_any_file(tmp_path, capsys, monkeypatch):
+    """`profile --executor`: every layer of a file that is no zoo model timed forward and
+    backward in the executor `splitcut train` runs (onnxruntime alone gives forward only, and
+    the backward then comes from the roofline); `--measured` charges both as measured."""
+    path = save(chain(4, width=64), tmp_path / "c.onnx")
+    out = tmp_path / "p.json"
+    code, text, err = run_main(["profile", str(path), "--executor", "--processor",
+                                "jetson-nano", "-o", str(out)], capsys, monkeypatch)
+    assert code == 0, err
+    assert "backward" in text and "training executor" in text
+    graph = read_onnx(path)
+    profile = load_profile(out)
+    assert profile.layers_sha == layers_sha(graph) and profile.machine
+    assert set(profile.forward_ms) == set(graph.layers) == set(profile.backward_ms)
+    assert all(profile.backward_ms[layer.name] > 0 for layer in graph if layer.trainable)
+    scenario = api.make_scenario(batch=8, measured=[str(out)])
+    costs = build_cost_graph(graph, scenario)
+    for i, layer in enumerate(graph):
+        measured = profile.forward_ms[layer.name] + profile.backward_ms[layer.name]
+        step = step_ms(layer, scenario.device, scenario.optimizer)
+        assert costs.device_ms[i] == pytest.approx(measured * 8 + step)
+    code, _, err = run_main(["profile", str(path), "--executor", "--no-torch", "-o", str(out)],
+                            capsys, monkeypatch)
+    assert code == 2 and "drop --no-torch" in err

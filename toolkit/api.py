@@ -112,14 +112,22 @@ def make_scenario(
 
 def measure_model(
     model: str, name: str | None, exporter: str, processor: str, use_torch: bool = True,
-    dims: dict[str, int] | None = None,
+    dims: dict[str, int] | None = None, executor: bool = False,
 ) -> MeasuredProfile:
     """Per-layer times of MODEL on this machine (see `toolkit.measure`), its symbolic
-    dimensions at their `dims` values."""
+    dimensions at their `dims` values; with `executor`, forward and backward of every layer
+    of any file as `splitcut train` runs it (`toolkit.train.timing`)."""
     from toolkit.measure import measure
 
     path, _ = zoo.resolve(model, exporter)
     graph = load_graph(model, name, exporter, dims)
+    if executor:
+        from toolkit.train.timing import executor_profile
+
+        if graph.file_batch not in (None, 1):
+            raise ToolkitError(f"{graph.name} fixes its batch at {graph.file_batch}; "
+                               "--executor times batch 1 (export it with a dynamic batch)")
+        return executor_profile(Path(path), graph, processor, dims=dims, source_model=model)
     zoo_name = model if use_torch and model in zoo.MODELS else None
     return measure(path, graph, processor, zoo_name, source_model=model, dims=dims)
 

@@ -934,6 +934,9 @@ def train(model: str, name: str | None, exporter: str, dims: dict[str, int], cut
 @click.option("--processor", default="this-machine", show_default=True,
               help="Processor name the measurement (or calibrated profile) stands for.")
 @click.option("--no-torch", is_flag=True, help="Forward times only (onnxruntime).")
+@click.option("--executor", is_flag=True,
+              help="Forward and backward of every layer of any file, timed in the executor "
+                   "`splitcut train` runs (one thread, batch 1, mean of 5 steps).")
 @click.option("--calibrate", is_flag=True,
               help="INPUTS are measured profiles: fit a CPU profile to them instead of measuring.")
 @click.option("--base", default="cpu-server", show_default=True,
@@ -942,8 +945,8 @@ def train(model: str, name: str | None, exporter: str, dims: dict[str, int], cut
               show_default=True, help="What the calibrated profile is: --device or --server.")
 @dims_option
 def profile(inputs: tuple[str, ...], name: str | None, exporter: str, out_path: str,
-            processor: str, no_torch: bool, calibrate: bool, base: str, kind: str,
-            dims: dict[str, int]) -> None:
+            processor: str, no_torch: bool, executor: bool, calibrate: bool, base: str,
+            kind: str, dims: dict[str, int]) -> None:
     """Measure per-layer times of a MODEL on this machine, or calibrate a profile to them.
 
     Examples: splitcut profile resnet18 -o r18.json;
@@ -964,12 +967,16 @@ def profile(inputs: tuple[str, ...], name: str | None, exporter: str, out_path: 
     if len(inputs) != 1:
         raise click.UsageError("measure one MODEL at a time (or pass --calibrate PROFILES...)")
     model = inputs[0]
+    if executor and no_torch:
+        raise click.UsageError("--executor times with torch: drop --no-torch")
     measured = api.measure_model(model, name, exporter, processor, use_torch=not no_torch,
-                                 dims=dims)
+                                 dims=dims, executor=executor)
     Path(out_path).write_text(json.dumps(measured.to_dict(), indent=1))
     total = sum(measured.forward_ms.values())
+    backward = f", backward {sum(measured.backward_ms.values()):.2f} ms" \
+        if measured.backward_ms else ""
     click.echo(f"wrote {out_path}: {plural(len(measured.forward_ms), 'layer')}, forward "
-               f"{total:.2f} ms per sample ({measured.source})")
+               f"{total:.2f} ms{backward} per sample ({measured.source})")
 
 
 @cli.command()

@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from toolkit.graph import LayerGraph
-from toolkit.measured import MeasuredProfile, layers_sha, sizes_sha
+from toolkit.measured import MeasuredProfile, layers_sha, sizes_sha, this_machine
 from toolkit.onnx import layer_names, load_external_data, load_model
 from toolkit.train.executor import OnnxModule, synchronize, trainable_initializers
 from toolkit.train.peer import (
@@ -34,13 +34,14 @@ from toolkit.train.session import input_specs, loss_output
 
 def executor_profile(path: Path, graph: LayerGraph, processor: str, batch: int = 1,
                      repeats: int = 5, warmup: int = 2, threads: int = 1,
-                     device: str = "cpu") -> MeasuredProfile:
+                     device: str = "cpu", dims: Mapping[str, int] | None = None,
+                     source_model: str = "") -> MeasuredProfile:
     """Mean per-layer forward and backward times of one training step in the executor (means,
     not medians: under a CPU quota the throttling stalls land on different layers each run,
     and only means add up to the step's time). On a GPU (`device="cuda"`) each layer is timed
     to the end of its GPU work: the step is synchronised after every layer, so the times add
     up to a step that overlaps nothing (what a small batch, bound by launching kernels,
-    nearly is)."""
+    nearly is). `dims`: the symbolic dimensions `graph` was read with."""
     torch.set_num_threads(threads)
     whole = load_model(path)
     load_external_data(whole, path.parent)
@@ -48,8 +49,8 @@ def executor_profile(path: Path, graph: LayerGraph, processor: str, batch: int =
     names = layer_names(whole.graph)
     layer_of = [names[i] for i, n in enumerate(whole.graph.node)
                 if not (n.op_type == "Identity" and n.input[0] in module.weight_names)]
-    feeds = {n: x.to(device) for n, x in synthetic_inputs(input_specs(whole, batch, {}),
-                                                          seed=0).items()}
+    specs = input_specs(whole, batch, dict(dims or {}))
+    feeds = {n: x.to(device) for n, x in synthetic_inputs(specs, seed=0).items()}
     output = loss_output(graph)
     with torch.no_grad():
         probe = module(feeds)[output]
@@ -73,7 +74,7 @@ def executor_profile(path: Path, graph: LayerGraph, processor: str, batch: int =
         layers_sha=layers_sha(graph), sizes_sha=sizes_sha(graph),
         forward_ms={n: statistics.fmean(v) for n, v in forward.items() if n in layers},
         backward_ms={n: statistics.fmean(v) for n, v in backward.items() if n in layers},
-        source_model=str(path),
+        source_model=source_model or str(path), machine=this_machine(), dims=dict(dims or {}),
     )
 
 
