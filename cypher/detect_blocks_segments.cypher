@@ -1,11 +1,13 @@
 // Block detection, step 1: cut vertices and segments of a version of a model (read only).
 // A layer is a cut vertex iff no FEEDS edge jumps over its topological position (a virtual
-// input feeds every layer nothing feeds; every layer that feeds nothing feeds a virtual output).
+// input feeds every layer nothing feeds and every layer that reads a model input; every layer
+// that feeds nothing feeds a virtual output).
 // Layers weights alone make (weight_only) are on no input-to-output path: the virtual input does
 // not feed them and they are never cut vertices (toolkit/blocks.py says why).
 // A segment runs from after one cut vertex to the next, inclusive; the tail after the last cut
 // vertex is an open segment.
-// $model, $version, $layer_count. Returns cut_vertices (topological positions) and segments
+// $model, $version, $layer_count; $read_input: the topological positions of the layers that
+// read a model input (the store keeps no node for an input). Returns cut_vertices (topological positions) and segments
 // ([{entry, exit, closed}] in order; entry -1 for the first).
 // Internal: a step splitcut runs itself; `splitcut query` does not offer it.
 MATCH (l:Layer {model: $model, version: $version}) WHERE l.topo >= 0
@@ -13,7 +15,8 @@ CALL (l) {
   OPTIONAL MATCH (l)-[:FEEDS]->(s)
   RETURN max(s.topo) AS far
 }
-WITH l.topo AS topo, coalesce(far, $layer_count) AS far, EXISTS { (l)<-[:FEEDS]-() } AS fed,
+WITH l.topo AS topo, coalesce(far, $layer_count) AS far,
+     EXISTS { (l)<-[:FEEDS]-() } AND NOT l.topo IN $read_input AS fed,
      coalesce(l.weight_only, false) AS off
 ORDER BY topo
 WITH collect({topo: topo, far: far, fed: fed, off: off}) AS rows

@@ -1,11 +1,12 @@
 """Both solvers against brute force over every monotone partition, on adversarial cost graphs.
 
 Thousands of seeded random models per run: DAGs with multi-output layers, fan-out, several raw
-inputs, integer tensors, parameter-free layers forwarding raw data, layers that weights alone
-make (no input reaches them: Swin's bias tables), zero costs and ties; and chains of identical
-blocks, some holding such a layer, whose instances carry permuted costs (a two-output layer's
-outputs swapping their crossing costs, layers swapping delays), so that instances with equal
-sums need different inner cuts. Latency per message and the labels term are drawn too.
+inputs (some read deep in the model, beside activations), integer tensors, parameter-free layers
+forwarding raw data, layers that weights alone make (no input reaches them: Swin's bias tables),
+zero costs and ties; and chains of identical blocks, some holding such a layer, whose instances
+carry permuted costs (a two-output layer's outputs swapping their crossing costs, layers
+swapping delays), so that instances with equal sums need different inner cuts. Latency per
+message and the labels term are drawn too.
 """
 
 from __future__ import annotations
@@ -51,7 +52,9 @@ def _layer_graph(name: str, spec: list[tuple[list[str], int, bool, list[str]]],
     return LayerGraph.build(name, layers, tensors, list(raw), outputs)
 
 
-def random_dag(rng: np.random.Generator) -> LayerGraph:
+def random_dag(rng: np.random.Generator, late_inputs: float = 0.0) -> LayerGraph:
+    """A random model; `late_inputs`: how often a layer past the third also reads a model
+    input beside its activations."""
     n = int(rng.integers(2, 15))
     raw = {f"in{k}": ("float" if rng.random() < 0.6 else "int64")
            for k in range(int(rng.integers(1, 3)))}
@@ -59,11 +62,13 @@ def random_dag(rng: np.random.Generator) -> LayerGraph:
     weights_made: list[str] = []  # outputs no input reaches
     spec = []
     for i in range(n):
-        pool = available[-6:]
+        pool = [t for t in available[-6:] if i < 2 or t not in raw]  # (inputs: early)
         k = min(len(pool), int(rng.integers(1, 4)))
         inputs = list(rng.choice(pool, size=k, replace=False)) if i else [available[0]]
         if i and rng.random() < 0.15:  # made from weights (and what weights made) alone
             inputs = [t for t in weights_made[-2:] if rng.random() < 0.5]
+        elif i > 2 and late_inputs and rng.random() < late_inputs:  # a model input joined
+            inputs = list(dict.fromkeys([*inputs, str(rng.choice(list(raw)))]))  # late
         dtypes = ["float" if rng.random() < 0.8 else "int64"
                   for _ in range(1 if rng.random() < 0.75 else 2)]
         spec.append((inputs, int(rng.random() < 0.5) * 10, False, dtypes))
@@ -186,6 +191,20 @@ def test_both_solvers_equal_brute_force_on_random_dags(part):
     ways = Counter(_check(graph, _costs(graph, rng), rng)
                    for graph in (random_dag(rng) for _ in range(CASES // 3)))
     assert ways["chain"] > CASES // 60 and ways["general"] > CASES // 60, ways
+
+
+def test_both_solvers_equal_brute_force_with_model_inputs_read_late():
+    """A layer deep in the graph that reads a model input beside activations (a second input
+    joined late) is fed by the input: the layers before it are no cut vertices."""
+    rng = np.random.default_rng(1500)
+    late = 0
+    for _ in range(CASES // 3):
+        graph = random_dag(rng, late_inputs=0.3)
+        raw = set(graph.inputs)
+        late += any(raw.intersection(layer.inputs) and any(
+            graph.tensors[t].producer is not None for t in layer.inputs) for layer in graph)
+        _check(graph, _costs(graph, rng), rng)
+    assert late > CASES // 10, "the generator must read model inputs late"
 
 
 @pytest.mark.parametrize("part", range(3))

@@ -51,6 +51,26 @@ def model_size(store: Store, name: str) -> tuple[int, int, int]:
     )
 
 
+def test_a_model_input_read_late_leaves_no_cut_vertex_before_its_reader(store, tmp_path):
+    """A second input joined deep in the model (`x` added to the fourth layer's output): the
+    input reaches that layer past every layer before it, so none of them is a cut vertex, in
+    Cypher as in Python (both took the first three for cut vertices)."""
+    nodes = [helper.make_node("MatMul", ["x", "w0"], ["h0"], name="mm0"),
+             helper.make_node("Relu", ["h0"], ["r0"], name="relu0"),
+             helper.make_node("MatMul", ["r0", "w1"], ["h1"], name="mm1"),
+             helper.make_node("Add", ["h1", "extra"], ["a"], name="join"),
+             helper.make_node("MatMul", ["a", "w2"], ["h2"], name="mm2"),
+             helper.make_node("Relu", ["h2"], ["y"], name="relu2")]
+    path = save(model(nodes, [vi("x", [1, 8]), vi("extra", [1, 8])], [vi("y", [1, 8])],
+                      [weight("w0", 8, 8), weight("w1", 8, 8), weight("w2", 8, 8)]),
+                tmp_path / "late.onnx")
+    graph, _, _ = api.ingest_model(store, str(path), api.make_scenario(), "late-input")
+    python = find_blocks(graph)
+    assert python.cut_vertices == [3, 4, 5]
+    assert store.read_blocks("late-input").cut_vertices == python.cut_vertices
+    store.delete_model("late-input")
+
+
 @pytest.mark.parametrize("name", list(zoo.MODELS))
 def test_cypher_blocks_equal_python_blocks(store, zoo_path, name):
     scenario = api.make_scenario()

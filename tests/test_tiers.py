@@ -10,6 +10,7 @@ boundary latency and labels), and evaluates D with its own code, not the toolkit
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import json
 from pathlib import Path
@@ -138,8 +139,11 @@ def _small(rng: np.random.Generator, make: object) -> tuple[object, CostGraph]:
 @pytest.mark.parametrize("part", range(2))
 def test_three_tiers_equal_brute_force_on_random_dags(part):
     rng = np.random.default_rng(3000 + part)
+    late = functools.partial(random_dag, late_inputs=0.1)  # (a model input read late: the
+    # layers before its reader were taken for cut vertices, and the block-wise optimum erred)
     used = [_check(three_tiers(costs, rng), find_blocks(graph))
-            for graph, costs in (_small(rng, random_dag) for _ in range(CASES // 2))]
+            for graph, costs in (_small(rng, random_dag if k % 2 else late)
+                                 for k in range(CASES // 2))]
     assert used.count(3) > CASES // 200, "the generator must make all three tiers worth using"
 
 

@@ -23,7 +23,8 @@ from toolkit.blocks import BlockStructure, BlockType, Segment, find_blocks
 from toolkit.graph import LayerGraph
 
 log = logging.getLogger(__name__)
-_VERSION = 2  # 2: layers weights alone make are off the input's path
+_VERSION = 3  # 2: layers weights alone make are off the input's path; 3: a layer reading a
+# model input deep in the graph is fed by the input, past the layers before it
 
 
 def model_blocks(graph: LayerGraph) -> tuple[BlockStructure, float]:

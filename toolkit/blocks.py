@@ -2,8 +2,11 @@
 
 A cut vertex is a layer every input-to-output path passes through. In a topological order, v is
 one iff no edge jumps over v's position (with a virtual input feeding every layer that has no
-producer and a virtual output fed by every layer with no consumer) — one sweep, O(V + E), and
-the same set for any topological order.
+producer or reads a model input, and a virtual output fed by every layer with no consumer) — one
+sweep, O(V + E), and the same set for any topological order. A layer deep in the graph that
+reads a model input beside a layer's output (a second input joined late) is reached from the
+input past every layer before it: none of those is a cut vertex, so a solver may place them
+on a later tier than the layers that do not depend on them.
 
 Layers that weights and constants alone make (`weight_only`: Swin's relative-position bias
 looked up in its table in every block, Gemma's `1 + weight` in every RMSNorm) lie on no path
@@ -160,18 +163,29 @@ def weight_only(graph: LayerGraph) -> list[int]:
             and any(graph.tensors[t].consumers for t in layer.outputs)]
 
 
-def cut_vertices(n: int, edges: Iterable[tuple[int, int]], off_path: Iterable[int] = ()
-                 ) -> list[int]:
-    """Positions 0..n-1 (a topological order) that every input-to-output path passes;
-    `off_path` layers (`weight_only`) are on no such path: neither fed by the virtual input
-    nor cut vertices themselves."""
+def read_input(graph: LayerGraph) -> list[int]:
+    """Positions of the layers that read a model input (holding data) themselves."""
+    raw = {t for t in graph.inputs if not graph.tensors[t].empty}
+    return [i for i, layer in enumerate(graph)
+            if layer.reads_input or not raw.isdisjoint(layer.inputs)]
+
+
+def cut_vertices(n: int, edges: Iterable[tuple[int, int]], off_path: Iterable[int] = (),
+                 read_input: Iterable[int] = ()) -> list[int]:
+    """Positions 0..n-1 (a topological order) that every input-to-output path passes. The
+    virtual input feeds every layer no layer feeds and every layer in `read_input` (those that
+    read a model input: one that also reads a layer's output, deep in the graph, is reached
+    from the input past every layer before it, which are then no cut vertices); `off_path`
+    layers (`weight_only`) are on no such path: neither fed by it nor cut vertices."""
     furthest = [-1] * n
-    has_producer = [False] * n
+    fed_by_input = [True] * n
     for u, w in edges:
         furthest[u] = max(furthest[u], w)
-        has_producer[w] = True
+        fed_by_input[w] = False
+    for i in read_input:
+        fed_by_input[i] = True
     off = set(off_path)
-    reach = max((i for i in range(n) if not has_producer[i] and i not in off),
+    reach = max((i for i in range(n) if fed_by_input[i] and i not in off),
                 default=0)  # virtual input
     cuts = []
     for p in range(n):
@@ -188,7 +202,7 @@ def find_blocks(graph: LayerGraph) -> BlockStructure:
     index = {layer.name: i for i, layer in enumerate(layers)}
     edges = [(index[u], index[w]) for u, w, _ in graph.edges()]
     off_path = weight_only(graph)
-    cuts = cut_vertices(len(layers), edges, off_path)
+    cuts = cut_vertices(len(layers), edges, off_path, read_input(graph))
     bounds: list[tuple[int | None, int | None, tuple[int, ...]]] = []
     start, entry = 0, None
     for c in cuts:

@@ -30,7 +30,7 @@ from neo4j.exceptions import (
 )
 
 from toolkit import queries
-from toolkit.blocks import BlockStructure, BlockType, Segment, signature
+from toolkit.blocks import BlockStructure, BlockType, Segment, read_input, signature
 from toolkit.collector import collector_paused
 from toolkit.costgraph import CostGraph
 from toolkit.costs import scenario_key
@@ -252,24 +252,26 @@ class Store:
         for feeds in batched(across, self.batch_rows):
             self._statement("ingest_feeds", **where, feeds=feeds)
         written = time.perf_counter()
-        self._detect_blocks(graph.name, version, len(graph), names)
+        self._detect_blocks(graph.name, version, len(graph), names, read_input(graph))
         phases = {"layers": written - start, "blocks": time.perf_counter() - written}
         log.info("%r: %d layers and their edges written in %.2f s, blocks detected in %.2f s",
                  graph.name, len(graph), phases["layers"], phases["blocks"],
                  extra={"phases_s": phases})
 
     def _detect_blocks(self, model: str, version: str, layer_count: int,
-                       names: dict[str, str]) -> None:
+                       names: dict[str, str], read_input: list[int]) -> None:
         """Cut vertices, segments, keys and types computed by the Cypher in `cypher/`, written
         in batches of about `batch_rows` layers, `writers` at once (independent until
         `detect_blocks_link` joins their chains).
 
         Python only cuts the work into batches and hashes each segment key to its signature;
-        `names` (signature -> readable name) labels new block types.
+        `names` (signature -> readable name) labels new block types; `read_input` are the
+        positions of the layers that read a model input (`toolkit.blocks.read_input`: the store
+        keeps no node for an input).
         """
         where = {"model": model, "version": version}
-        segments = self._statement("detect_blocks_segments", **where,
-                                   layer_count=layer_count)[0]["segments"]
+        segments = self._statement("detect_blocks_segments", **where, layer_count=layer_count,
+                                   read_input=read_input)[0]["segments"]
         blocks: list[dict[str, Any]] = [
             {"uid": uid, "index": i, "entry": int(seg["entry"]), "exit": int(seg["exit"]),
              "closed": bool(seg["closed"])}
