@@ -1,7 +1,7 @@
 // Block detection, step 1: cut vertices and segments of a version of a model (read only).
 // A layer is a cut vertex iff no FEEDS edge jumps over its topological position (a virtual
-// input feeds every layer nothing feeds and every layer that reads a model input; every layer
-// that feeds nothing feeds a virtual output).
+// input feeds every layer that reads a model input and every layer no layer on the path feeds;
+// every layer that feeds nothing feeds a virtual output).
 // Layers weights alone make (weight_only) are on no input-to-output path: the virtual input does
 // not feed them and they are never cut vertices (toolkit/blocks.py says why).
 // A segment runs from after one cut vertex to the next, inclusive; the tail after the last cut
@@ -16,7 +16,8 @@ CALL (l) {
   RETURN max(s.topo) AS far
 }
 WITH l.topo AS topo, coalesce(far, $layer_count) AS far,
-     EXISTS { (l)<-[:FEEDS]-() } AND NOT l.topo IN $read_input AS fed,
+     EXISTS { (l)<-[:FEEDS]-(p) WHERE p.weight_only IS NULL } AND NOT l.topo IN $read_input
+       AS fed,
      coalesce(l.weight_only, false) AS off
 ORDER BY topo
 WITH collect({topo: topo, far: far, fed: fed, off: off}) AS rows

@@ -69,6 +69,8 @@ def random_dag(rng: np.random.Generator, late_inputs: float = 0.0) -> LayerGraph
             inputs = [t for t in weights_made[-2:] if rng.random() < 0.5]
         elif i > 2 and late_inputs and rng.random() < late_inputs:  # a model input joined
             inputs = list(dict.fromkeys([*inputs, str(rng.choice(list(raw)))]))  # late
+        elif weights_made and rng.random() < 0.6:  # what weights made, read beside activations
+            inputs = list(dict.fromkeys([*inputs, weights_made[-1]]))  # (Swin's bias tables)
         dtypes = ["float" if rng.random() < 0.8 else "int64"
                   for _ in range(1 if rng.random() < 0.75 else 2)]
         spec.append((inputs, int(rng.random() < 0.5) * 10, False, dtypes))
@@ -190,7 +192,9 @@ def test_both_solvers_equal_brute_force_on_random_dags(part):
     rng = np.random.default_rng(1000 + part)
     ways = Counter(_check(graph, _costs(graph, rng), rng)
                    for graph in (random_dag(rng) for _ in range(CASES // 3)))
-    assert ways["chain"] > CASES // 60 and ways["general"] > CASES // 60, ways
+    # (fewer chains than before a layer's path from the input past earlier cut vertices was
+    # seen: those cut vertices, which it left standing, were no cut vertices)
+    assert ways["chain"] > CASES // 100 and ways["general"] > CASES // 60, ways
 
 
 def test_both_solvers_equal_brute_force_with_model_inputs_read_late():

@@ -51,7 +51,7 @@ def model_size(store: Store, name: str) -> tuple[int, int, int]:
     )
 
 
-def test_a_model_input_read_late_leaves_no_cut_vertex_before_its_reader(store, tmp_path):
+def test_a_path_from_the_input_past_earlier_layers_leaves_them_no_cut_vertices(store, tmp_path):
     """A second input joined deep in the model (`x` added to the fourth layer's output): the
     input reaches that layer past every layer before it, so none of them is a cut vertex, in
     Cypher as in Python (both took the first three for cut vertices)."""
@@ -69,6 +69,18 @@ def test_a_model_input_read_late_leaves_no_cut_vertex_before_its_reader(store, t
     assert python.cut_vertices == [3, 4, 5]
     assert store.read_blocks("late-input").cut_vertices == python.cut_vertices
     store.delete_model("late-input")
+    # an output computed from weights alone, past a layer weights alone make (a learned
+    # scale returned beside the result): a path from the input starts at its layer too
+    nodes = [*nodes[:3], helper.make_node("Relu", ["h1"], ["y"], name="relu1"),
+             helper.make_node("Mul", ["w0", "w1"], ["ww"], name="weights"),
+             helper.make_node("ReduceSum", ["ww"], ["scale"], name="scale", keepdims=0)]
+    path = save(model(nodes, [vi("x", [1, 8])], [vi("y", [1, 8]), vi("scale", [])],
+                      [weight("w0", 8, 8), weight("w1", 8, 8)]), tmp_path / "scale.onnx")
+    graph, _, _ = api.ingest_model(store, str(path), api.make_scenario(), "weights-output")
+    python = find_blocks(graph)
+    assert python.weight_only == (4,) and python.cut_vertices == []
+    assert store.read_blocks("weights-output").cut_vertices == python.cut_vertices
+    store.delete_model("weights-output")
 
 
 @pytest.mark.parametrize("name", list(zoo.MODELS))

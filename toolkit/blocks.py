@@ -1,12 +1,13 @@
 """Cut vertices, segments, block signatures and block types: the model's compressed chain. Pure.
 
 A cut vertex is a layer every input-to-output path passes through. In a topological order, v is
-one iff no edge jumps over v's position (with a virtual input feeding every layer that has no
-producer or reads a model input, and a virtual output fed by every layer with no consumer) — one
-sweep, O(V + E), and the same set for any topological order. A layer deep in the graph that
-reads a model input beside a layer's output (a second input joined late) is reached from the
-input past every layer before it: none of those is a cut vertex, so a solver may place them
-on a later tier than the layers that do not depend on them.
+one iff no edge jumps over v's position (with a virtual input feeding every layer that reads a
+model input or that no layer on an input's path feeds, and a virtual output fed by every layer
+with no consumer) — one sweep, O(V + E), and the same set for any topological order. A layer
+deep in the graph that reads a model input beside a layer's output (a second input joined
+late), or that makes a model output from weights alone, starts a path from the input past
+every layer before it: none of those is a cut vertex, so a solver may place them on a later
+tier than the layers that do not depend on them.
 
 Layers that weights and constants alone make (`weight_only`: Swin's relative-position bias
 looked up in its table in every block, Gemma's `1 + weight` in every RMSNorm) lie on no path
@@ -173,18 +174,22 @@ def read_input(graph: LayerGraph) -> list[int]:
 def cut_vertices(n: int, edges: Iterable[tuple[int, int]], off_path: Iterable[int] = (),
                  read_input: Iterable[int] = ()) -> list[int]:
     """Positions 0..n-1 (a topological order) that every input-to-output path passes. The
-    virtual input feeds every layer no layer feeds and every layer in `read_input` (those that
-    read a model input: one that also reads a layer's output, deep in the graph, is reached
-    from the input past every layer before it, which are then no cut vertices); `off_path`
-    layers (`weight_only`) are on no such path: neither fed by it nor cut vertices."""
+    virtual input feeds every layer in `read_input` (those that read a model input: one that
+    also reads a layer's output, deep in the graph, is reached from the input past every layer
+    before it, which are then no cut vertices) and every layer no layer on the path feeds;
+    `off_path` layers (`weight_only`) are on no such path: neither fed by it nor cut vertices.
+    So a layer that only they feed and that makes a model output (an output computed from
+    weights alone) is fed by it: a path from the input to the output starts there too, past
+    the layers before it, which then do not hold it on their tier."""
+    off = set(off_path)
     furthest = [-1] * n
     fed_by_input = [True] * n
     for u, w in edges:
         furthest[u] = max(furthest[u], w)
-        fed_by_input[w] = False
+        if u not in off:
+            fed_by_input[w] = False
     for i in read_input:
         fed_by_input[i] = True
-    off = set(off_path)
     reach = max((i for i in range(n) if fed_by_input[i] and i not in off),
                 default=0)  # virtual input
     cuts = []
