@@ -113,7 +113,7 @@ _FX_NODE = "pkg.torch.onnx.fx_node"  # the FX node a dynamo export's node comes 
 _PLACEHOLDER = re.compile(r"%([pbc]_\w+)")  # torch.export's parameter, buffer, constant
 _SCALAR_ATTRIBUTES = frozenset({"value", "value_int", "value_float", "value_ints", "value_floats"})
 """How a Constant node can hold a number (its other forms hold strings or sparse tensors)."""
-READER_VERSION = 16  # 16: the batch followed through onnxruntime's fusions (per-sample sizes)
+READER_VERSION = 17  # 17: cut vertices where the input starts a path past earlier layers
 """Bumped whenever the reader turns the same file into another layer graph, or what is derived
 from one and kept by `LayerGraph.sha256` changes (block detection, what a stored layer holds):
 stored models and cached block structures are then read again."""
