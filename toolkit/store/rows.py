@@ -71,6 +71,7 @@ def ingest_rows(graph: LayerGraph, costs: CostGraph, version: str, batch: int) -
     layers = list(graph)
     produced = {t.name: t for t in costs.tensors}
     off_path = set(weight_only(graph))
+    outputs = set(costs.outputs)
 
     def rows(start: int) -> Batch:
         def build() -> tuple[Rows, Rows, Rows]:
@@ -79,7 +80,8 @@ def ingest_rows(graph: LayerGraph, costs: CostGraph, version: str, batch: int) -
             nodes = [
                 [uid, layer.name, layer.op, i, layer.flops, layer.macs, layer.params,
                  layer.out_bytes, float(costs.device_ms[i]), float(costs.server_ms[i]),
-                 bool(costs.pinned[i]), layer.module, layer_key(graph, layer), i in off_path]
+                 bool(costs.pinned[i]), layer.module, layer_key(graph, layer), i in off_path,
+                 i in outputs]
                 for i, (layer, uid) in enumerate(zip(span, uids, strict=True), start)]
             inside: Rows = []
             earlier: Rows = []
