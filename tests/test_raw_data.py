@@ -1,12 +1,15 @@
 """Raw data never leaves the device, in any disguise, on every zoo model and exporter.
 
 The oracle here is written independently of `LayerGraph.raw_data_readers`: a tensor is raw
-when it is a model input or every input of its producer is raw and that producer mixes no
-weights into it (reads none, or only scales and shifts each element: no MACs, no lookup). No
-such tensor may be a cut tensor, at any link rate of a sweep from 1 to 1000 Mbit/s.
+when it is a model input or every input of its producer that a model input reaches is raw and
+that producer mixes no weights into it (reads none, nor a tensor weights alone make, or only
+scales and shifts each element: no MACs, no lookup). No such tensor may be a cut tensor, at
+any link rate of a sweep from 1 to 1000 Mbit/s.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import numpy as np
 import onnx
@@ -15,24 +18,37 @@ from onnx import helper, numpy_helper
 
 from tests.helpers import model, vi, weight
 from toolkit import api, zoo
-from toolkit.graph import LayerGraph
+from toolkit.graph import Layer, LayerGraph
 from toolkit.onnx import read_model
 
 RATES_MBPS = (1, 3, 10, 30, 100, 300, 1000)
 
 
-def raw_tensors(graph: LayerGraph) -> set[str]:
-    raw = set(graph.inputs)
-    changed = True
-    while changed:  # a fixed point, not a topological sweep: independent of the solver's order
+def _fixed_point(graph: LayerGraph, grows: Callable[[Layer, set[str]], bool],
+                 start: set[str]) -> set[str]:
+    """`start` and the outputs of every layer `grows` says the set reaches, to a fixed point
+    (not a topological sweep: independent of the reader's order)."""
+    found, changed = set(start), True
+    while changed:
         changed = False
         for layer in graph:
-            mixes = layer.reads_weights > 0 and (layer.macs > 0 or layer.op.startswith("Gather"))
-            if not mixes and layer.inputs and set(layer.inputs) <= raw \
-                    and not set(layer.outputs) <= raw:
-                raw |= set(layer.outputs)
+            if not set(layer.outputs) <= found and grows(layer, found):
+                found |= set(layer.outputs)
                 changed = True
-    return raw
+    return found
+
+
+def raw_tensors(graph: LayerGraph) -> set[str]:
+    data = _fixed_point(graph, lambda layer, found: bool(found.intersection(layer.inputs)),
+                        set(graph.inputs))  # what a model input reaches
+
+    def stays_raw(layer: Layer, raw: set[str]) -> bool:
+        weighted = layer.reads_weights > 0 or not set(layer.inputs) <= data
+        mixes = weighted and (layer.macs > 0 or layer.op.startswith("Gather"))
+        read = set(layer.inputs) & data
+        return not mixes and bool(read) and read <= raw
+
+    return _fixed_point(graph, stays_raw, set(graph.inputs))
 
 
 @pytest.mark.parametrize("exporter", zoo.EXPORTERS)
@@ -102,6 +118,40 @@ def test_rescaled_and_normalised_pixels_are_still_raw():
         assert not crossing & raw, (rate, sorted(crossing & raw))
 
 
+def test_a_scale_and_shift_computed_from_weights_hide_nothing():
+    """A learned input normalisation as PyTorch users write it: the pixels times
+    `exp(log_scale)` plus `tanh(shift)`, each a tensor weights alone make (no model input
+    reaches it), then the stem convolution. Reading such a tensor beside the pixels was taken
+    for mixing in a second input, so the scaled pixels crossed to the server at 1 Gbit/s."""
+    channel = np.zeros((1, 3, 1, 1), np.float32)
+    nodes = [helper.make_node("Exp", ["log_scale"], ["scale"], name="scale_exp"),
+             helper.make_node("Tanh", ["shift"], ["offset"], name="shift_tanh"),
+             helper.make_node("Mul", ["x", "scale"], ["scaled"], name="learned_scale"),
+             helper.make_node("Add", ["scaled", "offset"], ["shifted"], name="learned_shift"),
+             helper.make_node("Conv", ["shifted", "w"], ["stem"], name="stem", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["stem"], ["act"], name="act")]
+    for k in range(4):
+        nodes += [helper.make_node("Conv", [nodes[-1].output[0], f"w{k}"], [f"c{k}"],
+                                   name=f"conv{k}", pads=[1, 1, 1, 1]),
+                  helper.make_node("Relu", [f"c{k}"], [f"r{k}"], name=f"relu{k}")]
+    inits = [numpy_helper.from_array(channel, "log_scale"),
+             numpy_helper.from_array(channel, "shift"), weight("w", 16, 3, 3, 3),
+             *(weight(f"w{k}", 16, 16, 3, 3, seed=k + 1) for k in range(4))]
+    graph = read_model(model(nodes, [vi("x", [1, 3, 64, 64])], [vi("r3", [1, 16, 64, 64])],
+                             inits), "learned_front")
+    assert not graph.tensors["scale"].per_sample and graph.layers["learned_scale"].params == 0
+    raw = raw_tensors(graph)
+    assert {"scaled", "shifted"} <= raw and "stem" not in raw
+    assert {"learned_shift", "stem"} <= set(graph.raw_data_readers())
+    for rate in RATES_MBPS:
+        scenario = api.make_scenario(device="jetson-nano", server="h100", link=None,
+                                     uplink=f"{rate}Mbps", downlink=f"{rate}Mbps",
+                                     latency="0.1ms", batch=8)
+        crossing = set(api.partition_model(graph, scenario).to_dict()["partition"]
+                       ["cut_tensors"])
+        assert not crossing & raw, (rate, sorted(crossing & raw))
+
+
 def test_frozen_integer_weights_hide_no_raw_data(tmp_path):
     """A file quantized by onnxruntime (`quantize_dynamic`: ConvInteger on int8 weights) keeps
     its float head trainable. An integer weight does not train, and anyone holding the file
@@ -132,7 +182,7 @@ def test_frozen_integer_weights_hide_no_raw_data(tmp_path):
     assert len(integer_convs) == 2
     assert not any(graph.layers[name].trainable for name in integer_convs)
     head = next(layer for layer in graph if layer.op == "MatMul")  # (the Gemm, rewritten)
-    assert head.trainable and head.hides_raw_data
+    assert head.trainable and head.hides_raw_data()
     reasons = graph.raw_data_readers()
     for name in [*integer_convs, head.name]:
         assert reasons[name] == \

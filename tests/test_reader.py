@@ -786,7 +786,7 @@ def test_a_modules_buffers_neither_train_nor_hide_raw_data_after_either_export(t
     trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
     assert graph.total_params == trainable == 2570
     head = next(layer for layer in graph if layer.trainable)
-    assert head.op in ("Gemm", "MatMul") and head.hides_raw_data
+    assert head.op in ("Gemm", "MatMul") and head.hides_raw_data()
     assert set(graph.raw_data_readers()) == set(graph.layers)  # every layer up to the head
 
 

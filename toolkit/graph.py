@@ -109,14 +109,15 @@ class Layer:
         """It computes gradients for weights (its own or shared ones)."""
         return self.reads_weights > 0
 
-    @property
-    def hides_raw_data(self) -> bool:
+    def hides_raw_data(self, weights_made: bool = False) -> bool:
         """It turns raw data into activations: it combines its input's elements with trainable
         weights (a convolution, a matmul, attention, a recurrence: it has MACs) or looks them
-        up in its weights (an embedding). A layer that only scales and shifts each element,
-        weights or not (a rescaling by 1/255, a per-channel normalisation), hides nothing:
-        its input comes back by undoing the scale and the shift."""
-        return self.trainable and (self.macs > 0 or self.op in _LOOKUPS)
+        up in its weights (an embedding); `weights_made`: it also reads a tensor weights alone
+        make, which counts as a weight. A layer that only scales and shifts each element,
+        weights or not (a rescaling by 1/255, a per-channel normalisation, a learned scale
+        read as `exp(log_scale)`), hides nothing: its input comes back by undoing the scale
+        and the shift."""
+        return (self.trainable or weights_made) and (self.macs > 0 or self.op in _LOOKUPS)
 
     def ints(self, name: str) -> list[int]:
         """An integer or list-of-integers attribute, read back from `attrs` ([] when absent
@@ -238,7 +239,9 @@ class LayerGraph:
         pixels) is still raw data, so it may not cross, and every layer that reads it stays on
         the device. A layer that mixes it with trainable weights (`Layer.hides_raw_data`: an
         embedding lookup, a convolution) turns raw data into activations; so does mixing in
-        any non-raw input.
+        any other input computed from the model's inputs. A tensor weights alone make (no
+        model input reaches it: `Tensor.per_sample` false) is a weight here, not such an
+        input: raw data times `exp(log_scale)` is still raw data.
         """
         raw = {t for t in self.inputs if not self.tensors[t].empty}
         reasons: dict[str, str] = {}
@@ -249,7 +252,9 @@ class LayerGraph:
             elif read:
                 reasons[layer.name] = "reads raw data (no layer on its path mixes it with " \
                                       "trainable weights)"
-            if read and not layer.hides_raw_data and len(read) == len(layer.inputs):
+            data = [t for t in layer.inputs if self.tensors[t].per_sample]
+            if read and len(read) == len(data) \
+                    and not layer.hides_raw_data(len(data) < len(layer.inputs)):
                 raw.update(layer.outputs)
         return reasons
 
