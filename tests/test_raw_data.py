@@ -1,10 +1,11 @@
 """Raw data never leaves the device, in any disguise, on every zoo model and exporter.
 
 The oracle here is written independently of `LayerGraph.raw_data_readers`: a tensor is raw
-when it is a model input or every input of its producer that a model input reaches is raw and
-that producer mixes no weights into it (reads none, nor a tensor weights alone make, or only
-scales and shifts each element: no MACs, no lookup). No such tensor may be a cut tensor, at
-any link rate of a sweep from 1 to 1000 Mbit/s.
+when it is a model input or its producer mixes no weights into it (reads none, nor a tensor
+weights alone make, or only scales and shifts each element: no MACs, no lookup) and either
+every input of it that a model input reaches is raw or it copies elements as they are (a
+concatenation, a `Where`) and one of them is raw values of its own element type (not sizes).
+No such tensor may be a cut tensor, at any link rate of a sweep from 1 to 1000 Mbit/s.
 """
 
 from __future__ import annotations
@@ -38,15 +39,27 @@ def _fixed_point(graph: LayerGraph, grows: Callable[[Layer, set[str]], bool],
     return found
 
 
+COPIES = {"Concat", "Where", "Max", "Min", "Gather", "GatherElements", "GatherND", "Slice",
+          "Split", "Reshape", "Expand", "Tile", "Pad", "Transpose", "Squeeze", "Unsqueeze",
+          "Flatten", "Identity", "ScatterND", "ScatterElements"}
+"""Operators that copy input elements into their output as they are."""
+
+
 def raw_tensors(graph: LayerGraph) -> set[str]:
     data = _fixed_point(graph, lambda layer, found: bool(found.intersection(layer.inputs)),
                         set(graph.inputs))  # what a model input reaches
+    sizes = _fixed_point(graph, lambda layer, found: layer.op in ("Shape", "Size") or (bool(
+        set(layer.inputs) & data) and set(layer.inputs) & data <= found), set())
 
     def stays_raw(layer: Layer, raw: set[str]) -> bool:
         weighted = layer.reads_weights > 0 or not set(layer.inputs) <= data
         mixes = weighted and (layer.macs > 0 or layer.op.startswith("Gather"))
         read = set(layer.inputs) & data
-        return not mixes and bool(read) and read <= raw
+        if mixes or not read & raw:
+            return False
+        kinds = {graph.tensors[o].dtype for o in layer.outputs}
+        return read <= raw or (layer.op in COPIES and any(  # raw values copied as they are
+            t in raw and t not in sizes and graph.tensors[t].dtype in kinds for t in read))
 
     return _fixed_point(graph, stays_raw, set(graph.inputs))
 
@@ -147,6 +160,51 @@ def test_a_scale_and_shift_computed_from_weights_hide_nothing():
         scenario = api.make_scenario(device="jetson-nano", server="h100", link=None,
                                      uplink=f"{rate}Mbps", downlink=f"{rate}Mbps",
                                      latency="0.1ms", batch=8)
+        crossing = set(api.partition_model(graph, scenario).to_dict()["partition"]
+                       ["cut_tensors"])
+        assert not crossing & raw, (rate, sorted(crossing & raw))
+
+
+def test_raw_features_joined_to_embeddings_stay_raw():
+    """A wide-and-deep front as tabular models write it: the raw dense features concatenated
+    with the embeddings of the raw ids, then an MLP. The concatenation mixes nothing: its
+    output holds the features as they are, so it is raw data and the first matmul stays on the
+    device (the concatenation crossed to the server from 10 Mbit/s up). A `Where` choosing
+    between the features and the embeddings by a raw mask, or picking by an index computed
+    from them, is as raw; a gather of activations by raw indices (their values not copied)
+    is not."""
+    width = 512
+    nodes = [helper.make_node("Gather", ["emb", "ids"], ["e"], name="embed"),
+             helper.make_node("Flatten", ["e"], ["ef"], name="flat"),
+             helper.make_node("Concat", ["dense", "ef"], ["h"], name="wide_and_deep", axis=1),
+             helper.make_node("Where", ["keep", "dense", "ef_first"], ["picked"], name="pick"),
+             helper.make_node("Slice", ["ef", "zero", "thirteen", "one"], ["ef_first"],
+                              name="first_features"),
+             helper.make_node("GatherElements", ["ef", "ids"], ["by_ids"], name="by_ids",
+                              axis=1),
+             helper.make_node("Concat", ["h", "picked", "by_ids"], ["joined"], name="join",
+                              axis=1),
+             helper.make_node("MatMul", ["joined", "w0"], ["m0"], name="fc0"),
+             helper.make_node("Relu", ["m0"], ["r0"], name="relu0")]
+    for k in range(1, 5):
+        nodes += [helper.make_node("MatMul", [f"r{k - 1}", f"w{k}"], [f"m{k}"], name=f"fc{k}"),
+                  helper.make_node("Relu", [f"m{k}"], [f"r{k}"], name=f"relu{k}")]
+    nodes.insert(3, nodes.pop(4))  # (the slice before the Where that reads it)
+    ints = [numpy_helper.from_array(np.array([v], np.int64), n)
+            for n, v in (("zero", 0), ("thirteen", 13), ("one", 1))]
+    inits = [weight("emb", 1000, 16), *ints, weight("w0", 45 + 13 + 2, width),
+             *(weight(f"w{k}", width, width, seed=k) for k in range(1, 5))]
+    graph = read_model(model(
+        nodes, [vi("dense", [1, 13]), vi("ids", [1, 2], onnx.TensorProto.INT64),
+                vi("keep", [1, 13], onnx.TensorProto.BOOL)], [vi("r4", [1, width])], inits),
+        "wide_and_deep")
+    raw = raw_tensors(graph)
+    assert {"h", "picked", "joined"} <= raw and not {"ef", "by_ids", "m0"} & raw
+    assert {"wide_and_deep", "pick", "join", "fc0"} <= set(graph.raw_data_readers())
+    for rate in RATES_MBPS:
+        scenario = api.make_scenario(device="jetson-nano", server="h100", link=None,
+                                     uplink=f"{rate}Mbps", downlink=f"{rate}Mbps",
+                                     latency="0.1ms", batch=64)
         crossing = set(api.partition_model(graph, scenario).to_dict()["partition"]
                        ["cut_tensors"])
         assert not crossing & raw, (rate, sorted(crossing & raw))

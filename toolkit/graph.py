@@ -12,6 +12,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from toolkit.errors import ModelError
+from toolkit.ops import DATA_MOVEMENT
 
 _LIMIT = 2.0**62
 """Sizes (bytes, FLOPs, parameters) at or beyond this are corrupt shapes: no model is that big,
@@ -32,6 +33,12 @@ ELEMENT_BYTES: dict[str, float] = {  # bytes of one element of each dtype
 
 _LOOKUPS = frozenset({"Gather", "GatherElements", "GatherND"})
 """Operators that look their indices up in a table: with a trainable table, an embedding."""
+_SIZES = frozenset({"Shape", "Size"})
+_COPIES = DATA_MOVEMENT - _SIZES - {"Constant", "ConstantOfShape", "Range", "EyeLike",
+                                    "NonZero", "SequenceEmpty", "SequenceLength",
+                                    "OptionalHasElement"} | {"Where", "Max", "Min"}
+"""Operators whose output holds elements of their inputs as they are (moved, joined, picked):
+raw data among them is raw data in the output, whatever else it is joined with."""
 
 
 @dataclass(frozen=True)
@@ -239,11 +246,16 @@ class LayerGraph:
         pixels) is still raw data, so it may not cross, and every layer that reads it stays on
         the device. A layer that mixes it with trainable weights (`Layer.hides_raw_data`: an
         embedding lookup, a convolution) turns raw data into activations; so does mixing in
-        any other input computed from the model's inputs. A tensor weights alone make (no
-        model input reaches it: `Tensor.per_sample` false) is a weight here, not such an
-        input: raw data times `exp(log_scale)` is still raw data.
+        any other input computed from the model's inputs, unless the layer only copies
+        elements (`_COPIES`: a concatenation of raw features with embeddings, a `Where` picking
+        raw values) and reads raw data of its output's element type (its values, not only
+        indices, a condition or sizes: a shape joined to an activation's is no raw data
+        copied). A tensor weights alone make (no model input reaches it:
+        `Tensor.per_sample` false) is a weight here, not such an input: raw data times
+        `exp(log_scale)` is still raw data.
         """
         raw = {t for t in self.inputs if not self.tensors[t].empty}
+        sizes: set[str] = set()  # raw tensors that hold only sizes of raw data
         reasons: dict[str, str] = {}
         for layer in self:
             read = [t for t in layer.inputs if t in raw]
@@ -253,9 +265,14 @@ class LayerGraph:
                 reasons[layer.name] = "reads raw data (no layer on its path mixes it with " \
                                       "trainable weights)"
             data = [t for t in layer.inputs if self.tensors[t].per_sample]
-            if read and len(read) == len(data) \
-                    and not layer.hides_raw_data(len(data) < len(layer.inputs)):
+            if not read or layer.hides_raw_data(len(data) < len(layer.inputs)):
+                continue
+            kinds = {self.tensors[o].dtype for o in layer.outputs} | {"undefined"}
+            if len(read) == len(data) or (layer.op in _COPIES and any(
+                    t not in sizes and self.tensors[t].dtype in kinds for t in read)):
                 raw.update(layer.outputs)
+                if layer.op in _SIZES or sizes.issuperset(read):
+                    sizes.update(layer.outputs)
         return reasons
 
     def input_layers(self) -> list[str]:
