@@ -2,7 +2,8 @@
 
 The oracle here is written independently of `LayerGraph.raw_data_readers`: a tensor is raw
 when it is a model input or its producer mixes no weights into it (reads none, nor a tensor
-weights alone make, or only scales and shifts each element: no MACs, no lookup) and either
+weights alone make, or only scales and shifts each element: no more MACs than outputs, no
+lookup) and either
 every input of it that a model input reaches is raw or it copies elements as they are (a
 concatenation, a `Where`) and one of them is raw values of its own element type (not sizes).
 No such tensor may be a cut tensor, at any link rate of a sweep from 1 to 1000 Mbit/s.
@@ -10,6 +11,7 @@ No such tensor may be a cut tensor, at any link rate of a sweep from 1 to 1000 M
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import numpy as np
@@ -53,7 +55,8 @@ def raw_tensors(graph: LayerGraph) -> set[str]:
 
     def stays_raw(layer: Layer, raw: set[str]) -> bool:
         weighted = layer.reads_weights > 0 or not set(layer.inputs) <= data
-        mixes = weighted and (layer.macs > 0 or layer.op.startswith("Gather"))
+        outputs = sum(math.prod(graph.tensors[o].shape) for o in layer.outputs)  # (batch 1)
+        mixes = weighted and (layer.macs > outputs or layer.op.startswith("Gather"))
         read = set(layer.inputs) & data
         if mixes or not read & raw:
             return False
@@ -205,6 +208,48 @@ def test_raw_features_joined_to_embeddings_stay_raw():
         scenario = api.make_scenario(device="jetson-nano", server="h100", link=None,
                                      uplink=f"{rate}Mbps", downlink=f"{rate}Mbps",
                                      latency="0.1ms", batch=64)
+        crossing = set(api.partition_model(graph, scenario).to_dict()["partition"]
+                       ["cut_tensors"])
+        assert not crossing & raw, (rate, sorted(crossing & raw))
+
+
+@pytest.mark.parametrize("front", ["series", "gray"])
+def test_one_mac_per_output_hides_nothing(front):
+    """A contraction that gives each output one input element times a weight: the value
+    embedding of a univariate series (`Linear(1, d)`, a MatMul over an axis of size 1) or a
+    1x1 convolution of a one-channel image. Each output is the input scaled and shifted, d
+    times over, so it is raw data; the matmul or 3x3 convolution after it mixes elements and
+    hides them (the embedding crossed to the server from 10 Mbit/s up)."""
+    if front == "series":
+        nodes = [helper.make_node("MatMul", ["x", "w"], ["first"], name="value_embedding"),
+                 helper.make_node("Relu", ["first"], ["a"], name="act"),
+                 helper.make_node("MatMul", ["a", "w0"], ["mixed"], name="mix")]
+        inits = [weight("w", 1, 64), weight("w0", 64, 64, seed=1)]
+        shape, width = [1, 256, 1], [1, 256, 64]
+        for k in range(4):
+            nodes += [helper.make_node("MatMul", [nodes[-1].output[0], f"w{k + 1}"],
+                                       [f"m{k}"], name=f"fc{k}")]
+            inits.append(weight(f"w{k + 1}", 64, 64, seed=k + 2))
+    else:
+        nodes = [helper.make_node("Conv", ["x", "w"], ["first"], name="pointwise",
+                                  kernel_shape=[1, 1]),
+                 helper.make_node("Relu", ["first"], ["a"], name="act"),
+                 helper.make_node("Conv", ["a", "w0"], ["mixed"], name="mix", pads=[1] * 4,
+                                  kernel_shape=[3, 3])]
+        inits = [weight("w", 16, 1, 1, 1), weight("w0", 16, 16, 3, 3, seed=1)]
+        shape, width = [1, 1, 64, 64], [1, 16, 64, 64]
+        for k in range(4):
+            nodes += [helper.make_node("Conv", [nodes[-1].output[0], f"w{k + 1}"], [f"m{k}"],
+                                       name=f"conv{k}", pads=[1] * 4, kernel_shape=[3, 3])]
+            inits.append(weight(f"w{k + 1}", 16, 16, 3, 3, seed=k + 2))
+    graph = read_model(model(nodes, [vi("x", shape)], [vi("m3", width)], inits), front)
+    raw = raw_tensors(graph)
+    assert {"first", "a"} <= raw and "mixed" not in raw
+    assert set(graph.raw_data_readers()) == {nodes[0].name, "act", "mix"}
+    for rate in RATES_MBPS:
+        scenario = api.make_scenario(device="jetson-nano", server="h100", link=None,
+                                     uplink=f"{rate}Mbps", downlink=f"{rate}Mbps",
+                                     latency="0.1ms", batch=8)
         crossing = set(api.partition_model(graph, scenario).to_dict()["partition"]
                        ["cut_tensors"])
         assert not crossing & raw, (rate, sorted(crossing & raw))

@@ -116,15 +116,18 @@ class Layer:
         """It computes gradients for weights (its own or shared ones)."""
         return self.reads_weights > 0
 
-    def hides_raw_data(self, weights_made: bool = False) -> bool:
+    def hides_raw_data(self, weights_made: bool = False, out_elements: float = 0.0) -> bool:
         """It turns raw data into activations: it combines its input's elements with trainable
         weights (a convolution, a matmul, attention, a recurrence: it has MACs) or looks them
         up in its weights (an embedding); `weights_made`: it also reads a tensor weights alone
         make, which counts as a weight. A layer that only scales and shifts each element,
         weights or not (a rescaling by 1/255, a per-channel normalisation, a learned scale
         read as `exp(log_scale)`), hides nothing: its input comes back by undoing the scale
-        and the shift."""
-        return (self.trainable or weights_made) and (self.macs > 0 or self.op in _LOOKUPS)
+        and the shift. Nor does a contraction of one MAC per output element (`out_elements`,
+        per sample, where known: a `Linear(1, d)` embedding of a univariate series, a 1x1
+        convolution of one channel per group): each output is one input element, scaled."""
+        mixes = self.macs > out_elements or self.op in _LOOKUPS
+        return (self.trainable or weights_made) and mixes
 
     def ints(self, name: str) -> list[int]:
         """An integer or list-of-integers attribute, read back from `attrs` ([] when absent
@@ -265,7 +268,9 @@ class LayerGraph:
                 reasons[layer.name] = "reads raw data (no layer on its path mixes it with " \
                                       "trainable weights)"
             data = [t for t in layer.inputs if self.tensors[t].per_sample]
-            if not read or layer.hides_raw_data(len(data) < len(layer.inputs)):
+            made = sum(self.tensors[o].bytes / ELEMENT_BYTES.get(self.tensors[o].dtype, 4)
+                       for o in layer.outputs)
+            if not read or layer.hides_raw_data(len(data) < len(layer.inputs), made):
                 continue
             kinds = {self.tensors[o].dtype for o in layer.outputs} | {"undefined"}
             if len(read) == len(data) or (layer.op in _COPIES and any(
