@@ -67,6 +67,29 @@ def raw_tensors(graph: LayerGraph) -> set[str]:
     return _fixed_point(graph, stays_raw, set(graph.inputs))
 
 
+def assert_raw_stays(graph: LayerGraph, raw: set[str], batch: int = 8) -> None:
+    """No tensor of `raw` is a cut tensor at any rate: a Jetson Nano training with an H100."""
+    for rate in RATES_MBPS:
+        scenario = api.make_scenario(device="jetson-nano", server="h100", link=None,
+                                     uplink=f"{rate}Mbps", downlink=f"{rate}Mbps",
+                                     latency="0.1ms", batch=batch)
+        crossing = set(api.partition_model(graph, scenario).to_dict()["partition"]
+                       ["cut_tensors"])
+        assert not crossing & raw, (rate, sorted(crossing & raw))
+
+
+def convs(source: str, count: int = 4) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
+    """`count` 3x3 convolutions of 16 channels, each with a ReLU, after tensor `source` (the
+    last output `r{count - 1}`), and their weights."""
+    nodes: list[onnx.NodeProto] = []
+    for k in range(count):
+        nodes += [helper.make_node("Conv", [nodes[-1].output[0] if nodes else source, f"w{k}"],
+                                   [f"c{k}"], name=f"conv{k}", pads=[1, 1, 1, 1],
+                                   kernel_shape=[3, 3]),
+                  helper.make_node("Relu", [f"c{k}"], [f"r{k}"], name=f"relu{k}")]
+    return nodes, [weight(f"w{k}", 16, 16, 3, 3, seed=k + 1) for k in range(count)]
+
+
 @pytest.mark.parametrize("exporter", zoo.EXPORTERS)
 @pytest.mark.parametrize("name", list(zoo.MODELS))
 def test_no_raw_tensor_crosses_at_any_rate(zoo_path, name, exporter):
@@ -113,25 +136,16 @@ def test_rescaled_and_normalised_pixels_are_still_raw():
              helper.make_node("Div", ["centred", "std"], ["normal"], name="normalise_std"),
              helper.make_node("Conv", ["normal", "w"], ["stem"], name="stem", pads=[1, 1, 1, 1]),
              helper.make_node("Relu", ["stem"], ["act"], name="act")]
-    for k in range(4):
-        nodes += [helper.make_node("Conv", [nodes[-1].output[0], f"w{k}"], [f"c{k}"],
-                                   name=f"conv{k}", pads=[1, 1, 1, 1]),
-                  helper.make_node("Relu", [f"c{k}"], [f"r{k}"], name=f"relu{k}")]
-    inits = [scalar, mean, std, weight("w", 16, 3, 3, 3),
-             *(weight(f"w{k}", 16, 16, 3, 3, seed=k + 1) for k in range(4))]
+    stack, weights = convs("act")
+    nodes += stack
+    inits = [scalar, mean, std, weight("w", 16, 3, 3, 3), *weights]
     graph = read_model(model(nodes, [vi("x", [1, 3, 64, 64])], [vi("r3", [1, 16, 64, 64])],
                              inits), "keras_front")
     raw = raw_tensors(graph)
     assert {"scaled", "centred", "normal"} <= raw and "stem" not in raw
     reasons = graph.raw_data_readers()
     assert {"normalise_mean", "normalise_std", "stem"} <= set(reasons)
-    for rate in RATES_MBPS:
-        scenario = api.make_scenario(device="jetson-nano", server="h100", link=None,
-                                     uplink=f"{rate}Mbps", downlink=f"{rate}Mbps",
-                                     latency="0.1ms", batch=8)
-        crossing = set(api.partition_model(graph, scenario).to_dict()["partition"]
-                       ["cut_tensors"])
-        assert not crossing & raw, (rate, sorted(crossing & raw))
+    assert_raw_stays(graph, raw)
 
 
 def test_a_scale_and_shift_computed_from_weights_hide_nothing():
@@ -146,26 +160,17 @@ def test_a_scale_and_shift_computed_from_weights_hide_nothing():
              helper.make_node("Add", ["scaled", "offset"], ["shifted"], name="learned_shift"),
              helper.make_node("Conv", ["shifted", "w"], ["stem"], name="stem", pads=[1, 1, 1, 1]),
              helper.make_node("Relu", ["stem"], ["act"], name="act")]
-    for k in range(4):
-        nodes += [helper.make_node("Conv", [nodes[-1].output[0], f"w{k}"], [f"c{k}"],
-                                   name=f"conv{k}", pads=[1, 1, 1, 1]),
-                  helper.make_node("Relu", [f"c{k}"], [f"r{k}"], name=f"relu{k}")]
+    stack, weights = convs("act")
+    nodes += stack
     inits = [numpy_helper.from_array(channel, "log_scale"),
-             numpy_helper.from_array(channel, "shift"), weight("w", 16, 3, 3, 3),
-             *(weight(f"w{k}", 16, 16, 3, 3, seed=k + 1) for k in range(4))]
+             numpy_helper.from_array(channel, "shift"), weight("w", 16, 3, 3, 3), *weights]
     graph = read_model(model(nodes, [vi("x", [1, 3, 64, 64])], [vi("r3", [1, 16, 64, 64])],
                              inits), "learned_front")
     assert not graph.tensors["scale"].per_sample and graph.layers["learned_scale"].params == 0
     raw = raw_tensors(graph)
     assert {"scaled", "shifted"} <= raw and "stem" not in raw
     assert {"learned_shift", "stem"} <= set(graph.raw_data_readers())
-    for rate in RATES_MBPS:
-        scenario = api.make_scenario(device="jetson-nano", server="h100", link=None,
-                                     uplink=f"{rate}Mbps", downlink=f"{rate}Mbps",
-                                     latency="0.1ms", batch=8)
-        crossing = set(api.partition_model(graph, scenario).to_dict()["partition"]
-                       ["cut_tensors"])
-        assert not crossing & raw, (rate, sorted(crossing & raw))
+    assert_raw_stays(graph, raw)
 
 
 def test_raw_features_joined_to_embeddings_stay_raw():
@@ -204,13 +209,7 @@ def test_raw_features_joined_to_embeddings_stay_raw():
     raw = raw_tensors(graph)
     assert {"h", "picked", "joined"} <= raw and not {"ef", "by_ids", "m0"} & raw
     assert {"wide_and_deep", "pick", "join", "fc0"} <= set(graph.raw_data_readers())
-    for rate in RATES_MBPS:
-        scenario = api.make_scenario(device="jetson-nano", server="h100", link=None,
-                                     uplink=f"{rate}Mbps", downlink=f"{rate}Mbps",
-                                     latency="0.1ms", batch=64)
-        crossing = set(api.partition_model(graph, scenario).to_dict()["partition"]
-                       ["cut_tensors"])
-        assert not crossing & raw, (rate, sorted(crossing & raw))
+    assert_raw_stays(graph, raw, batch=64)
 
 
 @pytest.mark.parametrize("front", ["series", "gray"])
@@ -231,28 +230,20 @@ def test_one_mac_per_output_hides_nothing(front):
                                        [f"m{k}"], name=f"fc{k}")]
             inits.append(weight(f"w{k + 1}", 64, 64, seed=k + 2))
     else:
+        stack, weights = convs("mixed")
         nodes = [helper.make_node("Conv", ["x", "w"], ["first"], name="pointwise",
                                   kernel_shape=[1, 1]),
                  helper.make_node("Relu", ["first"], ["a"], name="act"),
-                 helper.make_node("Conv", ["a", "w0"], ["mixed"], name="mix", pads=[1] * 4,
-                                  kernel_shape=[3, 3])]
-        inits = [weight("w", 16, 1, 1, 1), weight("w0", 16, 16, 3, 3, seed=1)]
+                 helper.make_node("Conv", ["a", "wm"], ["mixed"], name="mix", pads=[1] * 4,
+                                  kernel_shape=[3, 3]), *stack]
+        inits = [weight("w", 16, 1, 1, 1), weight("wm", 16, 16, 3, 3, seed=9), *weights]
         shape, width = [1, 1, 64, 64], [1, 16, 64, 64]
-        for k in range(4):
-            nodes += [helper.make_node("Conv", [nodes[-1].output[0], f"w{k + 1}"], [f"m{k}"],
-                                       name=f"conv{k}", pads=[1] * 4, kernel_shape=[3, 3])]
-            inits.append(weight(f"w{k + 1}", 16, 16, 3, 3, seed=k + 2))
-    graph = read_model(model(nodes, [vi("x", shape)], [vi("m3", width)], inits), front)
+    graph = read_model(model(nodes, [vi("x", shape)], [vi(nodes[-1].output[0], width)], inits),
+                       front)
     raw = raw_tensors(graph)
     assert {"first", "a"} <= raw and "mixed" not in raw
     assert set(graph.raw_data_readers()) == {nodes[0].name, "act", "mix"}
-    for rate in RATES_MBPS:
-        scenario = api.make_scenario(device="jetson-nano", server="h100", link=None,
-                                     uplink=f"{rate}Mbps", downlink=f"{rate}Mbps",
-                                     latency="0.1ms", batch=8)
-        crossing = set(api.partition_model(graph, scenario).to_dict()["partition"]
-                       ["cut_tensors"])
-        assert not crossing & raw, (rate, sorted(crossing & raw))
+    assert_raw_stays(graph, raw)
 
 
 def test_frozen_integer_weights_hide_no_raw_data(tmp_path):
