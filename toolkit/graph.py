@@ -267,10 +267,12 @@ class LayerGraph:
             elif read:
                 reasons[layer.name] = "reads raw data (no layer on its path mixes it with " \
                                       "trainable weights)"
+            if not read:
+                continue
             data = [t for t in layer.inputs if self.tensors[t].per_sample]
             made = sum(self.tensors[o].bytes / ELEMENT_BYTES.get(self.tensors[o].dtype, 4)
                        for o in layer.outputs)
-            if not read or layer.hides_raw_data(len(data) < len(layer.inputs), made):
+            if layer.hides_raw_data(len(data) < len(layer.inputs), made):
                 continue
             kinds = {self.tensors[o].dtype for o in layer.outputs} | {"undefined"}
             if len(read) == len(data) or (layer.op in _COPIES and any(
