@@ -7,13 +7,13 @@
 // index. Batches are independent (several are written at once); detect_blocks_link then
 // joins them.
 // $model, $version; $blocks: [{uid, index, entry, exit, closed}] consecutive in index.
-// Returns uid and key of the batch's blocks, in order.
+// Returns index and key of the batch's blocks, in order.
 // A batch already stored (committed, its acknowledgement lost, the write retried) is not
 // written again; its stored keys are returned.
 // Internal: a step splitcut runs itself; `splitcut query` does not offer it.
 CALL () {
   WITH $blocks[0].entry + 1 AS low, $blocks[-1].exit AS high
-  WHERE NOT EXISTS { MATCH (:Block {uid: $blocks[0].uid}) }
+  WHERE NOT EXISTS { MATCH (:Block {model: $model, version: $version, index: $blocks[0].index}) }
   MATCH (l:Layer {model: $model, version: $version})
   WHERE l.topo >= low AND l.topo <= high
   CALL (l) {
@@ -51,4 +51,4 @@ CALL () {
 WITH $blocks[0].index AS first, $blocks[-1].index AS last
 MATCH (b:Block {model: $model, version: $version})
 WHERE first <= b.index <= last
-RETURN b.uid AS uid, b.key AS key ORDER BY b.index
+RETURN b.index AS index, b.key AS key ORDER BY b.index

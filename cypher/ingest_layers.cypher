@@ -15,7 +15,7 @@
 // and the write retried) is not written again.
 // Internal: a step splitcut runs itself; `splitcut query` does not offer it.
 MATCH (m:Model {name: $model})
-WHERE NOT EXISTS { MATCH (:Layer {uid: $rows[0][0]}) }
+WHERE NOT EXISTS { MATCH (:Layer {model: $model, version: $version, topo: $rows[0][3]}) }
 UNWIND $rows AS row
 CREATE (l:Layer {uid: row[0], model: $model, version: $version, name: row[1], op: row[2],
                  topo: row[3], flops: row[4], macs: row[5], params: row[6], out_bytes: row[7],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import json
 import logging
 import os
@@ -12,6 +13,7 @@ from collections import Counter
 from pathlib import Path
 from typing import NoReturn
 
+import neo4j
 import numpy as np
 import onnx
 import pytest
@@ -125,6 +127,39 @@ def test_stored_blocks_and_cut_equal_python_and_brute_force_on_random_models(sto
     assert chains > 20, chains  # most were solved on the stored chain, not whole
     for name in ("dag", "blocks"):
         assert store.delete_model(name)
+
+
+def test_cut_vertices_scanned_in_ranges_at_once_are_python_s(store, monkeypatch):
+    """Batches of 1-4 layers and three writers: the cut-vertex scan runs in up to three ranges
+    at once, split anywhere (inside a block, under an edge that jumps across the split, before
+    a late model input), and the cut vertices joined from them are Python's."""
+    from tests.test_exactness import random_dag, repeated_blocks
+
+    scanned: list[tuple[int, int]] = []
+    statement = Store._statement
+
+    def spying(self, query, /, **params):
+        if query == "detect_blocks_cuts":
+            scanned.append((params["low"], params["high"]))
+        return statement(self, query, **params)
+
+    monkeypatch.setattr(Store, "_statement", spying)
+    rng = np.random.default_rng(31)
+    split = 0
+    with Store(store.connection, writers=3) as small:
+        for k in range(30):
+            graph = repeated_blocks(rng)[0] if k % 2 else random_dag(rng, late_inputs=0.4)
+            small.batch_rows = int(rng.integers(1, 5))
+            scanned.clear()
+            small.ingest(graph, build_cost_graph(graph, api.make_scenario()), f"ranges-{k}",
+                         "random", 17)
+            assert scanned[0][0] == 0 and scanned[-1][1] == len(graph)
+            assert all(a[1] == b[0] for a, b in itertools.pairwise(sorted(scanned)))
+            split += len(scanned) > 1
+            assert_same_blocks(small, graph)
+        for name in ("dag", "blocks"):
+            assert small.delete_model(name)
+    assert split > 20, split
 
 
 @pytest.mark.parametrize("name", list(zoo.MODELS))
@@ -492,6 +527,42 @@ def test_an_ingest_creates_the_schema_it_needs():
         store.delete_model(name)
         assert store.ingest(graph, costs, "schema", "synthetic", 0) == "created"
         assert "model_family" in indexes(store)
+        store.delete_model(name)
+
+
+def test_the_schema_before_moves_to_one_key_per_layer_and_block():
+    """A database made by the schema before (a uid constraint per layer and block beside a
+    plain (model, version, position) index) gets the unique (model, version, position) keys at
+    the next ingest, its old indexes dropped; the database then refuses a second layer at a
+    stored position of a version."""
+    name = "schema-before"
+    graph, costs = _versioned(name, "residual", 12)
+    old = ["DROP CONSTRAINT layer_key IF EXISTS", "DROP CONSTRAINT block_key IF EXISTS",
+           "CREATE CONSTRAINT layer_uid FOR (l:Layer) REQUIRE l.uid IS UNIQUE",
+           "CREATE CONSTRAINT block_uid FOR (b:Block) REQUIRE b.uid IS UNIQUE",
+           "CREATE INDEX layer_version_topo FOR (l:Layer) ON (l.model, l.version, l.topo)",
+           "CREATE INDEX block_version_index FOR (b:Block) ON (b.model, b.version, b.index)"]
+
+    def schema(store: Store) -> set[str]:
+        return {r["name"] for r in store.driver.execute_query(
+            "SHOW INDEXES YIELD name RETURN name").records}
+
+    with Store(Connection.from_env(password=PASSWORD)) as store:
+        for statement in old:
+            store.driver.execute_query(statement)
+        store.driver.execute_query("CALL db.awaitIndexes(60)")
+        assert {"layer_uid", "block_version_index"} <= schema(store)
+        store.delete_model(name)
+        assert store.ingest(graph, costs, "before", "synthetic", 0) == "created"
+        found = schema(store)
+        assert {"layer_key", "block_key"} <= found
+        assert not found & {"layer_uid", "block_uid", "layer_version_topo",
+                            "block_version_index"}
+        assert store.read_blocks(name).cut_vertices == find_blocks(graph).cut_vertices
+        with pytest.raises(neo4j.exceptions.ConstraintError):
+            store.driver.execute_query(
+                "MATCH (m:Model {name: $n}) CREATE (:Layer {uid: 'twin', model: $n, "
+                "version: m.version, topo: 3})", n=name)
         store.delete_model(name)
 
 

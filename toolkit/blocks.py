@@ -200,6 +200,17 @@ def cut_vertices(n: int, edges: Iterable[tuple[int, int]], off_path: Iterable[in
     return cuts
 
 
+def segment_spans(cuts: list[int], n: int) -> list[tuple[int, int, bool]]:
+    """The segments of n layers between consecutive cut vertices `cuts`, as (entry, last,
+    closed): the cut vertex before (-1 for the first), the last layer, and whether that is a cut
+    vertex (else the segment is the open tail after the last one)."""
+    entries = [-1, *cuts]
+    spans = [(entry, cut, True) for entry, cut in zip(entries[:-1], cuts, strict=True)]
+    if entries[-1] < n - 1:
+        spans.append((entries[-1], n - 1, False))
+    return spans
+
+
 @collector_paused
 def find_blocks(graph: LayerGraph) -> BlockStructure:
     """Cut vertices, segments and block types of a layer graph."""
@@ -208,13 +219,9 @@ def find_blocks(graph: LayerGraph) -> BlockStructure:
     edges = [(index[u], index[w]) for u, w, _ in graph.edges()]
     off_path = weight_only(graph)
     cuts = cut_vertices(len(layers), edges, off_path, read_input(graph))
-    bounds: list[tuple[int | None, int | None, tuple[int, ...]]] = []
-    start, entry = 0, None
-    for c in cuts:
-        bounds.append((entry, c, tuple(range(start, c + 1))))
-        start, entry = c + 1, c
-    if start < len(layers):
-        bounds.append((entry, None, tuple(range(start, len(layers)))))
+    bounds = [(None if entry < 0 else entry, last if closed else None,
+               tuple(range(entry + 1, last + 1)))
+              for entry, last, closed in segment_spans(cuts, len(layers))]
     signatures = [
         signature(segment_key(graph, layers, index, seg, entry, exit_ is not None))
         for entry, exit_, seg in bounds

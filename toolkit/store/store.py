@@ -30,7 +30,14 @@ from neo4j.exceptions import (
 )
 
 from toolkit import queries
-from toolkit.blocks import BlockStructure, BlockType, Segment, read_input, signature
+from toolkit.blocks import (
+    BlockStructure,
+    BlockType,
+    Segment,
+    read_input,
+    segment_spans,
+    signature,
+)
 from toolkit.collector import collector_paused
 from toolkit.costgraph import CostGraph
 from toolkit.costs import scenario_key
@@ -264,20 +271,29 @@ class Store:
         in batches of about `batch_rows` layers, `writers` at once (independent until
         `detect_blocks_link` joins their chains).
 
-        Python only cuts the work into batches and hashes each segment key to its signature;
+        Python only cuts the work into batches, joins the cut vertices of the ranges scanned
+        at once (`_joined_cuts`) and hashes each segment key to its signature;
         `names` (signature -> readable name) labels new block types; `read_input` are the
         positions of the layers that read a model input (`toolkit.blocks.read_input`: the store
         keeps no node for an input).
         """
         where = {"model": model, "version": version}
-        segments = self._statement("detect_blocks_segments", **where, layer_count=layer_count,
-                                   read_input=read_input)[0]["segments"]
+        parts = max(1, min(self.writers, layer_count // self.batch_rows))
+        bounds = [layer_count * part // parts for part in range(parts + 1)]
+        scans: dict[int, dict[str, Any]] = {}
+
+        def scan(part: int) -> None:
+            scans[part] = self._statement(
+                "detect_blocks_cuts", **where, low=bounds[part], high=bounds[part + 1],
+                layer_count=layer_count, read_input=read_input)[0]
+
+        self._each(scan, range(parts))
+        spans = segment_spans(_joined_cuts([scans[part] for part in range(parts)]),
+                              layer_count)
         blocks: list[dict[str, Any]] = [
-            {"uid": uid, "index": i, "entry": int(seg["entry"]), "exit": int(seg["exit"]),
-             "closed": bool(seg["closed"])}
-            for i, (seg, uid) in enumerate(zip(segments, node_uids(model, version,
-                                                                   range(len(segments))),
-                                               strict=True))]
+            {"uid": uid, "index": i, "entry": entry, "exit": last, "closed": closed}
+            for i, ((entry, last, closed), uid) in enumerate(zip(
+                spans, node_uids(model, version, range(len(spans))), strict=True))]
 
         named: dict[str, str] = {}  # the model's types: signature -> its name for them
 
@@ -286,11 +302,11 @@ class Store:
             for record in self._statement("detect_blocks_chain", **where, blocks=group):
                 key = record["key"]
                 sig = signature(key)
-                types.append({"uid": record["uid"], "signature": sig,
+                types.append({"index": record["index"], "signature": sig,
                               "name": names.get(sig, f"block {sig[:6]}"),
                               "size": key.count("](")})
             named.update((t["signature"], t["name"]) for t in types)
-            self._statement("detect_blocks_types", rows=types)
+            self._statement("detect_blocks_types", **where, rows=types)
 
         groups = list(by_layers(blocks, self.batch_rows))
         self._each(detect, groups)
@@ -539,6 +555,18 @@ def in_turn(work: Callable[[Item], object], items: Sequence[Item]) -> None:
     """`work(item)` for every item, one after the other."""
     for item in items:
         work(item)
+
+
+def _joined_cuts(scans: list[dict[str, Any]]) -> list[int]:
+    """The cut vertices of a model from the scans of consecutive ranges of its layers
+    (`detect_blocks_cuts`): a range's candidate is one where neither the virtual input nor an
+    edge from an earlier range goes beyond it either (the scans' running reach, carried on)."""
+    reach = max([0, *(int(scan["input_reach"]) for scan in scans)])
+    cuts: list[int] = []
+    for scan in scans:
+        cuts.extend(int(topo) for topo, before in scan["candidates"] if max(reach, before) <= topo)
+        reach = max(reach, int(scan["reach"]))
+    return cuts
 
 
 def concurrently(work: Callable[[Item], object], items: Sequence[Item], writers: int) -> None:
