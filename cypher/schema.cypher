@@ -2,7 +2,7 @@
 // Layers and blocks belong to a version of their model (`version`, the model's `version` names
 // the current one): every statement finds them by (model, version, position), a key the
 // database keeps unique. Their `uid`s (SHA-256 of model, version and name or index) are unique
-// by construction and need no index of their own: a second index per layer cost an ingest 5%
+// by construction and need no index of their own: a second index per layer cost an ingest 3-5%
 // (docs/benchmarks.md).
 // Internal: a step splitcut runs itself; `splitcut query` does not offer it.
 CREATE CONSTRAINT model_name IF NOT EXISTS FOR (m:Model) REQUIRE m.name IS UNIQUE;
